@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Debian packages the project needs: fonts for the OCR corpus, and the real monitoring
+# components the integration tests start (Prometheus, promtool, Alertmanager, amtool).
+# Idempotent: installs only what is missing. Needs root (or passwordless sudo).
+set -euo pipefail
+
+packages=(
+  fonts-dejavu-core fonts-dejavu-extra fonts-liberation fonts-freefont-ttf fonts-urw-base35
+  fonts-lato fonts-crosextra-carlito fonts-crosextra-caladea fonts-open-sans fonts-roboto-unhinted
+  fonts-noto-mono wamerican
+  prometheus prometheus-alertmanager
+  wrk  # HTTP load generator for benchmarks/serving
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+  if command -v sudo >/dev/null 2>&1; then SUDO="sudo"; else
+    echo "error: missing Debian packages (${missing[*]}) and not root; install them first." >&2
+    exit 1
+  fi
+fi
+echo "installing Debian packages: ${missing[*]}"
+$SUDO apt-get update -qq
+# policy-rc.d keeps Debian from starting the services on install: tests start their own.
+DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+for svc in prometheus prometheus-alertmanager prometheus-node-exporter; do
+  (command -v systemctl >/dev/null && $SUDO systemctl stop "$svc" 2>/dev/null) || true
+  (command -v service >/dev/null && $SUDO service "$svc" stop >/dev/null 2>&1) || true
+done

@@ -1,0 +1,38 @@
+"""The closed world the scene corpus draws from: colours, shapes, sizes and positions.
+
+Colours and the circle/rectangle/triangle shapes are those of easy-VQA, so that the scene
+corpus and the easy-VQA training split teach the same words.
+"""
+
+from __future__ import annotations
+
+COLORS: dict[str, tuple[int, int, int]] = {
+    "red": (220, 30, 30),
+    "green": (40, 170, 50),
+    "blue": (40, 70, 220),
+    "yellow": (240, 210, 20),
+    "teal": (0, 140, 140),
+    "brown": (130, 80, 30),
+    "gray": (128, 128, 128),
+    "black": (15, 15, 15),
+}
+SHAPES = ("circle", "rectangle", "triangle", "star")
+SIZES = ("small", "large")
+# 3x3 grid of cells; the phrase used in captions, answers and questions.
+POSITIONS = (
+    "top left",
+    "top",
+    "top right",
+    "left",
+    "center",
+    "right",
+    "bottom left",
+    "bottom",
+    "bottom right",
+)
+NUMBER_WORDS = ("zero", "one", "two", "three", "four")
+MAX_OBJECTS = 3
+
+# Characters the OCR head reads. Lowercase letters, digits and the space of short lines.
+OCR_CHARSET = " abcdefghijklmnopqrstuvwxyz0123456789"
+OCR_MAX_CHARS = 16

@@ -1,0 +1,96 @@
+"""Saving and loading a model directory: model.safetensors + manifest.json.
+
+The manifest carries the architecture config, the tokenizer, the data version, the sha256 of
+every file, the eval report and the quantization section (mode, bits, group size, per-layer
+precision). Nothing is inferred from file names.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from mobile_multimodal.model.errors import ModelLoadError
+
+MANIFEST = "manifest.json"
+WEIGHTS = "model.safetensors"
+FORMAT_VERSION = 1
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def file_entry(directory: Path, name: str) -> dict[str, Any]:
+    p = directory / name
+    return {"path": name, "bytes": p.stat().st_size, "sha256": sha256_file(p)}
+
+
+def write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
+    (directory / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
+
+
+def save_state(
+    directory: Path,
+    state: dict[str, torch.Tensor],
+    manifest: dict[str, Any],
+    extra_files: tuple[str, ...] = (),
+) -> dict[str, Any]:
+    """Write weights, then a manifest listing them with their hashes. Returns the manifest."""
+    directory.mkdir(parents=True, exist_ok=True)
+    # safetensors refuses shared storage (the tied embedding): save contiguous copies
+    save_file({k: v.detach().contiguous().clone() for k, v in state.items()}, str(directory / WEIGHTS))
+    manifest = {
+        **manifest,
+        "format_version": FORMAT_VERSION,
+        "files": [file_entry(directory, WEIGHTS), *(file_entry(directory, n) for n in extra_files)],
+    }
+    write_manifest(directory, manifest)
+    return manifest
+
+
+def read_manifest(directory: Path) -> dict[str, Any]:
+    path = directory / MANIFEST
+    if not path.exists():
+        raise ModelLoadError(f"no {MANIFEST} in {directory}", code="MODEL_NOT_FOUND")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ModelLoadError(f"{path} is not valid JSON: {e}", code="MODEL_MANIFEST_INVALID") from e
+    for key in ("config", "tokenizer", "files"):
+        if key not in manifest:
+            raise ModelLoadError(f"{path} lacks the {key!r} section", code="MODEL_MANIFEST_INVALID")
+    return manifest
+
+
+def verify_files(directory: Path, manifest: dict[str, Any]) -> list[str]:
+    """Names of files whose size or sha256 differ from the manifest (missing files included)."""
+    bad = []
+    for entry in manifest["files"]:
+        p = directory / entry["path"]
+        if not p.exists() or p.stat().st_size != entry["bytes"] or sha256_file(p) != entry["sha256"]:
+            bad.append(entry["path"])
+    return bad
+
+
+def load_state(directory: Path, manifest: dict[str, Any], verify: bool = True) -> dict[str, torch.Tensor]:
+    if verify:
+        bad = verify_files(directory, manifest)
+        if bad:
+            raise ModelLoadError(
+                f"model files differ from their manifest checksums: {', '.join(bad)} (tampered or corrupt)",
+                code="MODEL_INTEGRITY_FAILED",
+            )
+    try:
+        return load_file(str(directory / WEIGHTS))
+    except Exception as e:  # safetensors raises several types for a corrupt file
+        raise ModelLoadError(f"cannot read {directory / WEIGHTS}: {e}", code="MODEL_WEIGHTS_INVALID") from e

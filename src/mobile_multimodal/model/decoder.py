@@ -1,0 +1,125 @@
+"""Text decoder: causal transformer over word tokens, cross-attending to the image tokens.
+
+One decoder serves captioning and VQA; the task token in the prompt selects the behaviour.
+Greedy decoding keeps a KV cache of the self-attention keys/values and computes the
+cross-attention keys/values of the image once.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from mobile_multimodal.model.config import ModelConfig
+from mobile_multimodal.model.layers import DecoderBlock, KVCache
+
+
+class TextDecoder(nn.Module):
+    def __init__(self, cfg: ModelConfig, token_embedding: nn.Embedding) -> None:
+        super().__init__()
+        self.tok = token_embedding  # shared with the retrieval text encoder and tied to the output
+        self.pos = nn.Embedding(cfg.max_text_len, cfg.dim)
+        self.blocks = nn.ModuleList(
+            [DecoderBlock(cfg.dim, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.decoder_layers)]
+        )
+        self.norm = nn.LayerNorm(cfg.dim)
+        self.max_len = cfg.max_text_len
+
+    def layers(self) -> list[DecoderBlock]:
+        return [blk for blk in self.blocks if isinstance(blk, DecoderBlock)]
+
+    def image_kv(self, image_tokens: Tensor) -> list[KVCache]:
+        return [blk.cross_attn.project_kv(image_tokens) for blk in self.layers()]
+
+    def logits(self, h: Tensor) -> Tensor:
+        return self.norm(h) @ self.tok.weight.T
+
+    def forward(self, ids: Tensor, image_tokens: Tensor, key_valid: Tensor | None = None) -> Tensor:
+        """Teacher-forced pass. ids: (B, T); key_valid: (B, T) bool, False at padding.
+        Returns logits (B, T, V)."""
+        t = ids.shape[1]
+        if t > self.max_len:
+            raise ValueError(f"sequence of {t} tokens exceeds max_text_len {self.max_len}")
+        causal = torch.ones(t, t, dtype=torch.bool, device=ids.device).tril()
+        mask = causal[None, None]
+        if key_valid is not None:
+            mask = mask & key_valid[:, None, None, :]
+            # a padded query row may have no valid key; let it attend to itself to avoid NaN
+            mask = mask | torch.eye(t, dtype=torch.bool, device=ids.device)[None, None]
+        positions = torch.arange(t, device=ids.device)
+        x = self.tok(ids) + self.pos(positions)[None]
+        kv = self.image_kv(image_tokens)
+        for blk, ikv in zip(self.layers(), kv, strict=True):
+            x, _ = blk(x, mask, ikv)
+        return self.logits(x)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompts: list[list[int]],
+        image_tokens: Tensor,
+        max_new_tokens: int,
+        eos_id: int,
+        pad_id: int,
+        use_cache: bool = True,
+    ) -> list[list[int]]:
+        """Greedy decoding of a batch of prompts (left-padded to a common length)."""
+        b = len(prompts)
+        device = image_tokens.device
+        max_new_tokens = max(1, min(max_new_tokens, self.max_len - max(len(p) for p in prompts)))
+        if not use_cache:
+            return self._generate_uncached(prompts, image_tokens, max_new_tokens, eos_id, pad_id)
+        plen = max(len(p) for p in prompts)
+        ids = torch.full((b, plen), pad_id, dtype=torch.long, device=device)
+        valid = torch.zeros(b, plen, dtype=torch.bool, device=device)
+        for i, p in enumerate(prompts):
+            ids[i, plen - len(p) :] = torch.tensor(p, device=device)
+            valid[i, plen - len(p) :] = True
+        positions = (valid.long().cumsum(1) - 1).clamp(min=0)
+        causal = torch.ones(plen, plen, dtype=torch.bool, device=device).tril()
+        mask = causal[None, None] & valid[:, None, None, :]
+        mask = mask | torch.eye(plen, dtype=torch.bool, device=device)[None, None]
+        ikv = self.image_kv(image_tokens)
+        x = self.tok(ids) + self.pos(positions)
+        caches: list[KVCache] = []
+        for blk, kv in zip(self.layers(), ikv, strict=True):
+            x, cache = blk(x, mask, kv)
+            caches.append(cache)
+        next_tok = self.logits(x[:, -1]).argmax(-1)
+        out = [[] for _ in range(b)]  # type: list[list[int]]
+        done = torch.zeros(b, dtype=torch.bool, device=device)
+        pos = positions[:, -1]
+        for _ in range(max_new_tokens):
+            for i in range(b):
+                if not done[i]:
+                    out[i].append(int(next_tok[i]))
+            done |= next_tok == eos_id
+            if bool(done.all()):
+                break
+            pos = pos + 1
+            valid = torch.cat([valid, torch.ones(b, 1, dtype=torch.bool, device=device)], dim=1)
+            step_mask = valid[:, None, None, :]
+            x = self.tok(next_tok)[:, None] + self.pos(pos)[:, None]
+            for li, (blk, kv) in enumerate(zip(self.layers(), ikv, strict=True)):
+                x, caches[li] = blk(x, step_mask, kv, self_cache=caches[li])
+            next_tok = self.logits(x[:, -1]).argmax(-1)
+        return out
+
+    def _generate_uncached(
+        self, prompts: list[list[int]], image_tokens: Tensor, max_new_tokens: int, eos_id: int, pad_id: int
+    ) -> list[list[int]]:
+        """Reference path without a KV cache: re-runs the whole sequence each step. Used to check
+        the cached path and to measure what the cache saves."""
+        out = []
+        for i, p in enumerate(prompts):
+            seq = list(p)
+            gen: list[int] = []
+            for _ in range(max_new_tokens):
+                ids = torch.tensor([seq], device=image_tokens.device)
+                nxt = int(self.forward(ids, image_tokens[i : i + 1])[0, -1].argmax())
+                gen.append(nxt)
+                if nxt == eos_id:
+                    break
+                seq.append(nxt)
+            out.append(gen)
+        return out

@@ -1,0 +1,64 @@
+"""Task heads on top of the shared vision encoder: the CTC text reader and the retrieval
+projections (image side and a small text encoder)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mobile_multimodal.model.config import ModelConfig
+from mobile_multimodal.model.layers import EncoderBlock
+
+
+class CTCReader(nn.Module):
+    """Reads a text line from its column tokens: each token (8 px of width) is one CTC frame
+    (Graves et al. 2006), scored over blank + the character set."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(cfg.dim, cfg.dim)
+        self.fc2 = nn.Linear(cfg.dim, cfg.ocr_classes)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        """column tokens (B, frames, D) -> log-probabilities (B, frames, classes)."""
+        return F.log_softmax(self.fc2(F.gelu(self.fc1(tokens))), dim=-1)
+
+
+class ImageProjection(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.proj = nn.Linear(cfg.dim, cfg.embed_dim)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        return F.normalize(self.proj(tokens.mean(dim=1)), dim=-1)
+
+
+class TextEncoder(nn.Module):
+    """Bidirectional encoder over word tokens for retrieval; mean-pooled and projected."""
+
+    def __init__(self, cfg: ModelConfig, token_embedding: nn.Embedding) -> None:
+        super().__init__()
+        self.tok = token_embedding
+        self.pos = nn.Embedding(cfg.max_text_len, cfg.dim)
+        self.blocks = nn.ModuleList(
+            [EncoderBlock(cfg.dim, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.text_encoder_layers)]
+        )
+        self.norm = nn.LayerNorm(cfg.dim)
+        self.proj = nn.Linear(cfg.dim, cfg.embed_dim)
+        # CLIP's learned temperature, initialised at 1/0.07 (Radford et al. 2021)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+
+    def forward(self, ids: Tensor, valid: Tensor) -> Tensor:
+        """ids, valid: (B, T) -> L2-normalised embeddings (B, E)."""
+        t = ids.shape[1]
+        x = self.tok(ids) + self.pos(torch.arange(t, device=ids.device))[None]
+        mask = valid[:, None, None, :]
+        for blk in self.blocks:
+            x = blk(x, mask=mask)
+        x = self.norm(x)
+        w = valid.unsqueeze(-1).float()
+        pooled = (x * w).sum(1) / w.sum(1).clamp(min=1.0)
+        return F.normalize(self.proj(pooled), dim=-1)

@@ -1,0 +1,238 @@
+"""MobileMultiModalLLM: the Python API around the network.
+
+Example::
+
+    from mobile_multimodal.model import MobileMultiModalLLM
+    m = MobileMultiModalLLM.from_pretrained("default")
+    m.generate_caption("scene.png")          # 'a large red circle at the top left'
+    m.extract_text(line_image)               # 'hello'
+    m.answer_question(img, "what color is the circle ?")
+"""
+
+from __future__ import annotations
+
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from mobile_multimodal.model import checkpoint
+from mobile_multimodal.model.config import ModelConfig
+from mobile_multimodal.model.errors import ModelLoadError
+from mobile_multimodal.model.network import MultiModalNet
+from mobile_multimodal.model.preprocess import ImageInput, scene_tensor, text_line_tensor
+from mobile_multimodal.model.tokenizer import Tokenizer
+
+QUANTIZATIONS = ("fp32", "int8", "int4", "int2")
+MODEL_NAME = "mobile-multimodal-llm"
+
+
+def bundled_model_dir() -> Path:
+    return Path(str(files("mobile_multimodal"))) / "weights" / "default"
+
+
+def resolve_model_dir(path_or_name: str | Path, quantization: str = "fp32") -> Path:
+    """'default' -> the bundled model; a quantized variant lives in <dir>/<quantization>/."""
+    if quantization not in QUANTIZATIONS:
+        raise ModelLoadError(
+            f"unknown quantization {quantization!r}; choose one of {QUANTIZATIONS}",
+            code="QUANTIZATION_UNAVAILABLE",
+        )
+    base = bundled_model_dir() if str(path_or_name) == "default" else Path(path_or_name)
+    if not base.exists():
+        raise ModelLoadError(f"model directory {base} does not exist", code="MODEL_NOT_FOUND")
+    if quantization == "fp32":
+        return base
+    variant = base / quantization
+    if not (variant / checkpoint.MANIFEST).exists():
+        raise ModelLoadError(
+            f"no {quantization} variant at {variant}; build it with "
+            f"`mobile-mm quantize --bits {quantization[3:]} --model {path_or_name} --out {variant}`",
+            code="QUANTIZATION_UNAVAILABLE",
+        )
+    return variant
+
+
+def _module_bytes(modules: list[nn.Module]) -> int:
+    seen: set[int] = set()
+    total = 0
+    for m in modules:
+        for t in [*m.parameters(), *m.buffers()]:
+            if id(t) not in seen:
+                seen.add(id(t))
+                total += t.numel() * t.element_size()
+    return total
+
+
+class MobileMultiModalLLM:
+    def __init__(
+        self,
+        network: MultiModalNet,
+        tokenizer: Tokenizer,
+        manifest: dict[str, Any] | None = None,
+        model_dir: Path | None = None,
+        quantization: str = "fp32",
+    ) -> None:
+        self.network = network.eval()
+        self.tokenizer = tokenizer
+        self.config = network.cfg
+        self.manifest = manifest or {}
+        self.model_dir = model_dir
+        self.quantization = quantization
+
+    # ---- construction ------------------------------------------------------------------
+    @classmethod
+    def from_config(
+        cls, config: ModelConfig | None = None, seed: int = 0, tokenizer: Tokenizer | None = None
+    ) -> MobileMultiModalLLM:
+        """A model with fresh random weights (for training and tests)."""
+        tokenizer = tokenizer or Tokenizer.default()
+        config = config or ModelConfig.default()
+        config.vocab_size = tokenizer.vocab_size
+        config.ocr_classes = tokenizer.ctc_classes
+        torch.manual_seed(seed)
+        return cls(MultiModalNet(config), tokenizer)
+
+    @classmethod
+    def from_pretrained(
+        cls, path_or_name: str | Path = "default", quantization: str = "fp32", verify: bool = True
+    ) -> MobileMultiModalLLM:
+        directory = resolve_model_dir(path_or_name, quantization)
+        manifest = checkpoint.read_manifest(directory)
+        try:
+            config = ModelConfig.from_dict(manifest["config"])
+            tokenizer = Tokenizer.from_dict(manifest["tokenizer"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise ModelLoadError(
+                f"invalid config/tokenizer in the manifest: {e}", code="MODEL_MANIFEST_INVALID"
+            ) from e
+        network = MultiModalNet(config)
+        state = checkpoint.load_state(directory, manifest, verify=verify)
+        mode = manifest.get("quantization", {}).get("mode", "fp32")
+        if mode != "fp32":
+            from mobile_multimodal.quantization.io import load_quantized_into
+
+            load_quantized_into(network, state, manifest["quantization"])
+        else:
+            missing, unexpected = network.load_state_dict(state, strict=False)
+            # the tied embedding is stored once under either name
+            missing = [k for k in missing if not k.endswith("tok.weight")]
+            if missing or unexpected:
+                raise ModelLoadError(
+                    f"weights do not match the architecture: missing {missing[:5]}, "
+                    f"unexpected {unexpected[:5]}",
+                    code="MODEL_WEIGHTS_INVALID",
+                )
+        return cls(network, tokenizer, manifest, directory, quantization=mode)
+
+    def save(self, directory: str | Path, extra_manifest: dict[str, Any] | None = None) -> Path:
+        directory = Path(directory)
+        manifest = {
+            "name": MODEL_NAME,
+            "version": self.manifest.get("version", "0.1.0"),
+            "config": self.config.to_dict(),
+            "tokenizer": self.tokenizer.to_dict(),
+            "quantization": {"mode": "fp32", "bits": 32},
+            **{
+                k: v
+                for k, v in self.manifest.items()
+                if k not in ("files", "config", "tokenizer", "format_version")
+            },
+            **(extra_manifest or {}),
+        }
+        state = {k: v for k, v in self.network.state_dict().items() if not k.endswith(".tok.weight")}
+        self.manifest = checkpoint.save_state(directory, state, manifest)
+        self.model_dir = directory
+        return directory
+
+    # ---- inference ---------------------------------------------------------------------
+    def _scenes(self, images: list[ImageInput]) -> torch.Tensor:
+        return torch.stack([scene_tensor(i, self.config.scene_size) for i in images])
+
+    @torch.inference_mode()
+    def generate_captions(self, images: list[ImageInput], max_tokens: int = 32) -> list[str]:
+        tokens, _ = self.network.encode_images(self._scenes(images))
+        prompts = [self.tokenizer.prompt("captioning")] * len(images)
+        out = self.network.decoder.generate(
+            prompts, tokens, max_tokens + 1, self.tokenizer.eos_id, self.tokenizer.pad_id
+        )
+        return [self.tokenizer.decode(o[:max_tokens]) for o in out]
+
+    @torch.inference_mode()
+    def answer_questions(
+        self, images: list[ImageInput], questions: list[str], max_tokens: int = 8
+    ) -> list[str]:
+        if len(images) != len(questions):
+            raise ValueError(f"{len(images)} images but {len(questions)} questions")
+        tokens, _ = self.network.encode_images(self._scenes(images))
+        prompts = [self.tokenizer.prompt("vqa", q) for q in questions]
+        out = self.network.decoder.generate(
+            prompts, tokens, max_tokens + 1, self.tokenizer.eos_id, self.tokenizer.pad_id
+        )
+        return [self.tokenizer.decode(o[:max_tokens]) for o in out]
+
+    @torch.inference_mode()
+    def extract_texts(self, images: list[ImageInput]) -> list[str]:
+        batch = torch.stack(
+            [text_line_tensor(i, self.config.ocr_height, self.config.ocr_width) for i in images]
+        )
+        best = self.network.read_text(batch).argmax(-1)  # (B, frames)
+        return [self.tokenizer.decode_ctc(row.tolist()) for row in best]
+
+    @torch.inference_mode()
+    def get_image_embeddings(self, images: list[ImageInput]) -> np.ndarray:
+        return self.network.image_embeddings(self._scenes(images)).numpy()
+
+    def encode_texts(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        seqs = [
+            self.tokenizer.encode(t)[: self.config.max_text_len] or [self.tokenizer.stoi["<unk>"]]
+            for t in texts
+        ]
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), width), self.tokenizer.pad_id, dtype=torch.long)
+        valid = torch.zeros(len(seqs), width, dtype=torch.bool)
+        for i, s in enumerate(seqs):
+            ids[i, : len(s)] = torch.tensor(s)
+            valid[i, : len(s)] = True
+        return ids, valid
+
+    @torch.inference_mode()
+    def get_text_embeddings(self, texts: list[str]) -> np.ndarray:
+        if not texts:
+            raise ValueError("texts must not be empty")
+        return self.network.text_embeddings(*self.encode_texts(texts)).numpy()
+
+    def generate_caption(self, image: ImageInput, max_tokens: int = 32) -> str:
+        return self.generate_captions([image], max_tokens)[0]
+
+    def answer_question(self, image: ImageInput, question: str, max_tokens: int = 8) -> str:
+        return self.answer_questions([image], [question], max_tokens)[0]
+
+    def extract_text(self, image: ImageInput) -> str:
+        return self.extract_texts([image])[0]
+
+    # ---- introspection -----------------------------------------------------------------
+    def component_memory_bytes(self) -> dict[str, int]:
+        return {name: _module_bytes(mods) for name, mods in self.network.components().items()}
+
+    def size_bytes(self) -> int:
+        if self.model_dir is not None and self.manifest.get("files"):
+            return sum(int(f["bytes"]) for f in self.manifest["files"])
+        return _module_bytes([self.network])
+
+    def get_model_info(self) -> dict[str, Any]:
+        return {
+            "name": self.manifest.get("name", MODEL_NAME),
+            "version": self.manifest.get("version", "0.1.0"),
+            "quantization": self.quantization,
+            "parameters": sum(p.numel() for p in self.network.parameters()),
+            "size_bytes": self.size_bytes(),
+            "components": self.component_memory_bytes(),
+            "tasks": ["captioning", "ocr", "vqa", "retrieval"],
+            "data_version": self.manifest.get("data_version"),
+            "eval": self.manifest.get("eval"),
+            "model_dir": str(self.model_dir) if self.model_dir else None,
+        }

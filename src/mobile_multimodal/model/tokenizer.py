@@ -1,0 +1,158 @@
+"""Our tokenizer: a closed word vocabulary for captions, questions and answers, and a character
+set for the OCR head (CTC). Serialised into the model manifest."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from mobile_multimodal.data.vocabulary import COLORS, NUMBER_WORDS, OCR_CHARSET, POSITIONS, SHAPES, SIZES
+
+PAD, BOS, EOS, UNK, SEP = "<pad>", "<bos>", "<eos>", "<unk>", "<sep>"
+TASK_TOKENS = {"captioning": "<caption>", "vqa": "<vqa>", "ocr": "<ocr>"}
+SPECIALS = (PAD, BOS, EOS, UNK, SEP, *TASK_TOKENS.values())
+
+# Words of the scene language, our question templates and easy-VQA's questions and answers.
+_BASE_WORDS = [
+    "a",
+    "an",
+    "and",
+    "the",
+    "is",
+    "there",
+    "at",
+    "on",
+    "in",
+    "of",
+    "to",
+    "what",
+    "where",
+    "which",
+    "how",
+    "many",
+    "color",
+    "colour",
+    "shape",
+    "shapes",
+    "size",
+    "object",
+    "objects",
+    "are",
+    "not",
+    "does",
+    "contain",
+    "image",
+    "present",
+    "yes",
+    "no",
+    ",",
+    ":",
+    "?",
+    "this",
+    "picture",
+]
+
+_SPLIT = re.compile(r"[a-z0-9]+|[?,:]")
+
+
+def _default_words() -> list[str]:
+    words: list[str] = []
+    for w in [
+        *_BASE_WORDS,
+        *COLORS,
+        *SHAPES,
+        *SIZES,
+        *NUMBER_WORDS,
+        *(p for pos in POSITIONS for p in pos.split()),
+    ]:
+        if w not in words:
+            words.append(w)
+    return words
+
+
+@dataclass
+class Tokenizer:
+    words: list[str]
+    charset: str = OCR_CHARSET
+
+    def __post_init__(self) -> None:
+        self.itos = [*SPECIALS, *self.words]
+        self.stoi = {s: i for i, s in enumerate(self.itos)}
+        if len(self.stoi) != len(self.itos):
+            raise ValueError("tokenizer vocabulary has duplicates")
+
+    @classmethod
+    def default(cls) -> Tokenizer:
+        return cls(words=_default_words())
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.itos)
+
+    @property
+    def ctc_classes(self) -> int:
+        return len(self.charset) + 1  # 0 is the CTC blank
+
+    @property
+    def pad_id(self) -> int:
+        return self.stoi[PAD]
+
+    @property
+    def bos_id(self) -> int:
+        return self.stoi[BOS]
+
+    @property
+    def eos_id(self) -> int:
+        return self.stoi[EOS]
+
+    @property
+    def sep_id(self) -> int:
+        return self.stoi[SEP]
+
+    def task_id(self, task: str) -> int:
+        return self.stoi[TASK_TOKENS[task]]
+
+    def split(self, text: str) -> list[str]:
+        return _SPLIT.findall(text.lower())
+
+    def encode(self, text: str) -> list[int]:
+        unk = self.stoi[UNK]
+        return [self.stoi.get(w, unk) for w in self.split(text)]
+
+    def decode(self, ids: list[int]) -> str:
+        out = []
+        for i in ids:
+            if i == self.eos_id:
+                break
+            tok = self.itos[i] if 0 <= i < len(self.itos) else UNK
+            if tok in SPECIALS:
+                continue
+            out.append(tok)
+        return " ".join(out)
+
+    def prompt(self, task: str, question: str | None = None) -> list[int]:
+        """<bos> <task> [question tokens] <sep>: the decoder continues after <sep>."""
+        ids = [self.bos_id, self.task_id(task)]
+        if question:
+            ids += self.encode(question)
+        return [*ids, self.sep_id]
+
+    def encode_chars(self, text: str) -> list[int]:
+        """CTC targets: 1..len(charset); characters outside the charset are dropped."""
+        return [self.charset.index(c) + 1 for c in text.lower() if c in self.charset]
+
+    def decode_ctc(self, ids: list[int]) -> str:
+        out, prev = [], 0
+        for i in ids:
+            if i != prev and i != 0:
+                out.append(self.charset[i - 1])
+            prev = i
+        return "".join(out).strip()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": "word+ctc-chars", "words": self.words, "charset": self.charset}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Tokenizer:
+        return cls(words=list(d["words"]), charset=str(d["charset"]))

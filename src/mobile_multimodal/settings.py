@@ -1,0 +1,126 @@
+"""Every environment variable the service reads, in one place.
+
+Service configuration lives here (pydantic-settings, read at the edge); architecture
+configuration lives in ``model.config`` as dataclasses. Tests override settings through
+:func:`get_settings.cache_clear` plus environment variables, or by passing a ``Settings``
+instance to the app factory.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Quantization = Literal["fp32", "int8", "int4", "int2"]
+
+
+def _default_data_dir() -> Path:
+    return Path.cwd() / "var"
+
+
+class Settings(BaseSettings):
+    """Service settings. Environment variables use the ``MOBILE_MM_`` prefix, except the
+    names the operator's guide fixes (``ENABLE_PROFILING`` and friends) and ``OTEL_*``."""
+
+    model_config = SettingsConfigDict(env_prefix="MOBILE_MM_", extra="ignore", populate_by_name=True)
+
+    # --- model -------------------------------------------------------------------------
+    model: str = Field("default", description="Model directory, or 'default' for the bundled model.")
+    quantization: Quantization = "fp32"
+    model_type: str = "multimodal"
+
+    # --- HTTP --------------------------------------------------------------------------
+    host: str = "0.0.0.0"
+    port: int = Field(8080, ge=1, le=65535)
+    workers: int = Field(1, ge=1, le=64)
+    auth: Literal["required", "disabled"] = "disabled"
+    metrics_token: str | None = Field(None, repr=False)
+    max_body_bytes: int = Field(10 * 1024 * 1024, ge=1024)
+    max_image_pixels: int = Field(4096 * 4096, ge=64)
+    max_image_side: int = Field(4096, ge=16)
+    request_timeout_s: float = Field(10.0, gt=0)
+
+    # --- batching / backpressure -------------------------------------------------------
+    max_batch_size: int = Field(16, ge=1, le=256)
+    max_batch_wait_ms: float = Field(5.0, ge=0, le=1000)
+    max_queue: int = Field(256, ge=1)
+
+    # --- storage -----------------------------------------------------------------------
+    data_dir: Path = Field(default_factory=_default_data_dir)
+    log_dir: Path | None = None
+    database_url: str | None = Field(None, repr=False)
+    integrity_check_interval_s: float = Field(60.0, gt=0)
+    observability_config: Path = Path("monitoring/observability.yml")
+    backup_dir: Path | None = Field(None, description="Where backups go; default <data_dir>/backups.")
+    backup_interval_s: float = Field(0.0, ge=0, description="Server-side backup period; 0 = off (use cron).")
+
+    # --- security: per-key token buckets and anomaly rules (security/) -----------------
+    rate_limit_free_per_minute: float = Field(60.0, gt=0)
+    rate_limit_free_burst: int = Field(10, ge=1)
+    rate_limit_pro_per_minute: float = Field(600.0, gt=0)
+    rate_limit_pro_burst: int = Field(50, ge=1)
+    anomaly_error_burst: int = Field(20, ge=2, description="4xx answers to one source in the window.")
+    anomaly_window_s: float = Field(60.0, gt=0)
+
+    # --- health thresholds -------------------------------------------------------------
+    health_memory_max_percent: float = Field(95.0, gt=0, le=100)
+    health_disk_min_free_percent: float = Field(10.0, ge=0, lt=100)
+    health_database_max_latency_ms: float = Field(1000.0, gt=0)
+    # Seconds a SIGTERM'd server waits for in-flight requests before it gives up on them.
+    shutdown_grace_s: float = Field(30.0, gt=0)
+
+    # --- profiling: the guide's own names, no prefix -----------------------------------
+    enable_profiling: bool = Field(False, validation_alias=AliasChoices("ENABLE_PROFILING"))
+    cpu_profile_duration: float = Field(30.0, gt=0, validation_alias=AliasChoices("CPU_PROFILE_DURATION"))
+    cpu_profile_interval: float = Field(3600.0, gt=0, validation_alias=AliasChoices("CPU_PROFILE_INTERVAL"))
+    memory_profile_duration: float = Field(
+        60.0, gt=0, validation_alias=AliasChoices("MEMORY_PROFILE_DURATION")
+    )
+    memory_profile_interval: float = Field(
+        1800.0, gt=0, validation_alias=AliasChoices("MEMORY_PROFILE_INTERVAL")
+    )
+    profile_dir: Path = Path("profiles")
+
+    # --- observability: None = take monitoring/observability.yml's value -----------------
+    telemetry_enabled: bool | None = None
+    log_level: str | None = None
+    log_sample_ratio: float | None = Field(None, ge=0, le=1)
+    otel_sdk_disabled: bool | None = Field(None, validation_alias=AliasChoices("OTEL_SDK_DISABLED"))
+    otel_service_name: str | None = Field(None, validation_alias=AliasChoices("OTEL_SERVICE_NAME"))
+    otel_traces_sampler: str | None = Field(None, validation_alias=AliasChoices("OTEL_TRACES_SAMPLER"))
+    otel_traces_sampler_arg: float | None = Field(
+        None, validation_alias=AliasChoices("OTEL_TRACES_SAMPLER_ARG")
+    )
+    otel_exporter_otlp_endpoint: str | None = Field(
+        None, validation_alias=AliasChoices("OTEL_EXPORTER_OTLP_ENDPOINT")
+    )
+    otel_exporter_otlp_traces_endpoint: str | None = Field(
+        None, validation_alias=AliasChoices("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    )
+    otel_exporter_otlp_protocol: Literal["http/protobuf", "grpc"] | None = Field(
+        None, validation_alias=AliasChoices("OTEL_EXPORTER_OTLP_PROTOCOL")
+    )
+
+    @property
+    def resolved_log_dir(self) -> Path:
+        return self.log_dir if self.log_dir is not None else self.data_dir / "logs"
+
+    @property
+    def resolved_backup_dir(self) -> Path:
+        return self.backup_dir if self.backup_dir is not None else self.data_dir / "backups"
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'mobile_mm.db').as_posix()}"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment."""
+    return Settings()

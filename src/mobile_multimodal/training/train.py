@@ -1,0 +1,189 @@
+"""The training loop: `mobile-mm train`.
+
+CPU-first (2 cores is the target machine), reproducible by seed, resumable from
+OUT/checkpoint.pt, with a progress bar and a JSON-lines loss log (OUT/train_log.jsonl).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from mobile_multimodal.data.easyvqa import load_easy_vqa
+from mobile_multimodal.data.splits import DATA_VERSION
+from mobile_multimodal.model.config import ModelConfig
+from mobile_multimodal.model.llm import MobileMultiModalLLM
+from mobile_multimodal.model.network import MultiModalNet
+from mobile_multimodal.training.batches import Batch, BatchBuilder, BatchSizes
+
+
+@dataclass
+class TrainPreset:
+    model: str
+    steps: int
+    sizes: BatchSizes
+    lr: float = 1e-3
+    warmup: int = 200
+    weight_decay: float = 0.01
+    contrastive_weight: float = 0.5
+    checkpoint_every: int = 100
+
+
+PRESETS = {
+    "default": TrainPreset(model="default", steps=4000, sizes=BatchSizes()),
+    "tiny": TrainPreset(
+        model="tiny",
+        steps=30,
+        sizes=BatchSizes(caption=4, scene_vqa=4, easy_vqa=2, ocr=4),
+        warmup=5,
+        checkpoint_every=10,
+    ),
+}
+
+
+@dataclass
+class TrainOptions:
+    out: Path
+    seed: int = 0
+    steps: int | None = None
+    preset: str = "default"
+    resume: bool = True
+    device: str = "auto"
+    evaluate: bool = True
+    threads: int | None = None
+    use_easy_vqa: bool = True
+    # stop (with a checkpoint) after this many steps of the schedule; a later run resumes
+    stop_after: int | None = None
+
+
+def compute_losses(net: MultiModalNet, batch: Batch, contrastive_weight: float) -> dict[str, torch.Tensor]:
+    tokens, _ = net.encode_images(batch.images)
+    logits = net.decoder(batch.seq_ids, tokens, batch.seq_valid)  # (N, T, V)
+    # logits at position t predict token t+1
+    pred = logits[:, :-1][batch.target_mask[:, :-1]]
+    gold = batch.seq_ids[:, 1:][batch.target_mask[:, :-1]]
+    text_loss = F.cross_entropy(pred, gold)
+
+    img = net.image_head(tokens[: batch.n_caption])
+    txt = net.text_embeddings(batch.caption_ids, batch.caption_valid)
+    scale = net.text_encoder.logit_scale.exp().clamp(max=100.0)
+    sim = scale * img @ txt.T
+    labels = torch.arange(sim.shape[0], device=sim.device)
+    contrastive = (F.cross_entropy(sim, labels) + F.cross_entropy(sim.T, labels)) / 2
+
+    logp = net.read_text(batch.ocr_images)  # (B, frames, C)
+    frames = torch.full((logp.shape[0],), logp.shape[1], dtype=torch.long)
+    ctc = F.ctc_loss(
+        logp.transpose(0, 1), batch.ocr_targets, frames, batch.ocr_target_lengths, blank=0, zero_infinity=True
+    )
+    total = text_loss + ctc + contrastive_weight * contrastive
+    return {"loss": total, "text": text_loss, "ctc": ctc, "contrastive": contrastive}
+
+
+def _lr(step: int, preset: TrainPreset, total: int) -> float:
+    if step < preset.warmup:
+        return preset.lr * (step + 1) / preset.warmup
+    progress = (step - preset.warmup) / max(1, total - preset.warmup)
+    return preset.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def train_model(opts: TrainOptions) -> Path:
+    """Train and write OUT/ (model.safetensors + manifest.json, checkpoint.pt, train_log.jsonl)."""
+    if opts.preset not in PRESETS:
+        raise ValueError(f"unknown preset {opts.preset!r}; choose one of {sorted(PRESETS)}")
+    preset = PRESETS[opts.preset]
+    total = opts.steps if opts.steps is not None else preset.steps
+    if total < 1:
+        raise ValueError("--steps must be >= 1")
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if opts.device == "auto" else opts.device
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    out = opts.out
+    out.mkdir(parents=True, exist_ok=True)
+
+    model = MobileMultiModalLLM.from_config(ModelConfig.from_name(preset.model), seed=opts.seed)
+    net = model.network.to(device).train()
+    decay = [p for n, p in net.named_parameters() if p.ndim >= 2 and "pos" not in n]
+    no_decay = [p for n, p in net.named_parameters() if p.ndim < 2 or "pos" in n]
+    optim = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": preset.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=preset.lr,
+    )
+    start = 0
+    ckpt_path = out / "checkpoint.pt"
+    if opts.resume and ckpt_path.exists():
+        ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
+        net.load_state_dict(ckpt["model"])
+        optim.load_state_dict(ckpt["optim"])
+        start = int(ckpt["step"])
+    torch.manual_seed(opts.seed + start)
+
+    builder = BatchBuilder(
+        model.tokenizer,
+        opts.seed,
+        preset.sizes,
+        load_easy_vqa("train") if opts.use_easy_vqa else None,
+        model.config.scene_size,
+        model.config.ocr_height,
+        model.config.ocr_width,
+    )
+    log = open(out / "train_log.jsonl", "a")  # noqa: SIM115 - closed in finally
+    started = time.time()
+    try:
+        end = total if opts.stop_after is None else min(total, opts.stop_after)
+        bar = tqdm(range(start, end), initial=start, total=total, desc="train", unit="step")
+        for step in bar:
+            batch = builder.build(step)
+            if device != "cpu":
+                batch = batch.to(device)
+            for g in optim.param_groups:
+                g["lr"] = _lr(step, preset, total)
+            losses = compute_losses(net, batch, preset.contrastive_weight)
+            optim.zero_grad(set_to_none=True)
+            losses["loss"].backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+            optim.step()
+            row = {
+                "step": step + 1,
+                "lr": optim.param_groups[0]["lr"],
+                "elapsed_s": round(time.time() - started, 1),
+                **{k: round(v.item(), 4) for k, v in losses.items()},
+            }
+            log.write(json.dumps(row) + "\n")
+            bar.set_postfix(loss=row["loss"], text=row["text"], ctc=row["ctc"], clip=row["contrastive"])
+            if (step + 1) % preset.checkpoint_every == 0 or step + 1 == end:
+                log.flush()
+                tmp = ckpt_path.with_suffix(".tmp")
+                torch.save({"model": net.state_dict(), "optim": optim.state_dict(), "step": step + 1}, tmp)
+                tmp.replace(ckpt_path)
+    finally:
+        log.close()
+    if end < total:
+        return out
+
+    net.to("cpu").eval()
+    model.manifest = {
+        "version": "0.1.0",
+        "data_version": DATA_VERSION,
+        "training": {
+            "preset": opts.preset,
+            "seed": opts.seed,
+            "steps": total,
+            "device": device,
+            "batch_sizes": preset.sizes.__dict__,
+            "lr": preset.lr,
+        },
+    }
+    model.save(out)
+    if opts.evaluate:
+        from mobile_multimodal.training.evaluate import attach_report, evaluate_loaded
+
+        attach_report(out, evaluate_loaded(model, limit=None if opts.preset == "default" else 20))
+    return out
