@@ -9,8 +9,14 @@ packages=(
   fonts-lato fonts-crosextra-carlito fonts-crosextra-caladea fonts-open-sans fonts-roboto-unhinted
   fonts-noto-mono wamerican
   prometheus prometheus-alertmanager
+  prometheus-node-exporter docker-compose  # tests/monitoring, tests/integration: real node-exporter; compose file validation
   wrk  # HTTP load generator for benchmarks/serving
+  postgresql  # tests/store start a throwaway cluster (initdb/pg_ctl); pg_dump/psql for backups
 )
+
+# npm runs the Grafana dashboard validator (monitoring/grafana/validate). Only when no npm is on
+# the PATH at all: a NodeSource nodejs already bundles npm and conflicts with Debian's.
+command -v npm >/dev/null 2>&1 || packages+=(nodejs npm)
 
 missing=()
 for p in "${packages[@]}"; do
@@ -29,7 +35,7 @@ echo "installing Debian packages: ${missing[*]}"
 $SUDO apt-get update -qq
 # policy-rc.d keeps Debian from starting the services on install: tests start their own.
 DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-for svc in prometheus prometheus-alertmanager prometheus-node-exporter; do
+for svc in prometheus prometheus-alertmanager prometheus-node-exporter postgresql; do
   (command -v systemctl >/dev/null && $SUDO systemctl stop "$svc" 2>/dev/null) || true
   (command -v service >/dev/null && $SUDO service "$svc" stop >/dev/null 2>&1) || true
 done

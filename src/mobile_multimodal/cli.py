@@ -42,13 +42,16 @@ def train(
     out: Path = typer.Option(Path("runs/default"), help="Output directory for the trained model."),
     seed: int = typer.Option(0, help="Random seed; the same seed gives the same model."),
     steps: int | None = typer.Option(None, help="Optimizer steps (default: the preset's)."),
-    preset: str = typer.Option("default", help="Model/training preset: default or tiny."),
+    preset: str = typer.Option(
+        "default", help="Training preset: default, finetune-vqa (with --init-from) or tiny."
+    ),
     resume: bool = typer.Option(True, help="Resume from OUT/checkpoint.pt when it exists."),
     device: str = typer.Option("auto", help="cpu, cuda or auto."),
     threads: int | None = typer.Option(
         None, help="CPU threads for torch; 1 is fastest on a 2-core machine that is doing other work."
     ),
     evaluate: bool = typer.Option(True, help="Evaluate on the held-out splits and store the report."),
+    init_from: Path | None = typer.Option(None, help="Start from this trained model directory."),
 ) -> None:
     """Train the model on the procedural corpus (+ easy-VQA train split)."""
     from mobile_multimodal.training.train import TrainOptions, train_model
@@ -63,6 +66,7 @@ def train(
             device=device,
             threads=threads,
             evaluate=evaluate,
+            init_from=init_from,
         )
     )
 
@@ -81,6 +85,46 @@ def evaluate(
     typer.echo(json.dumps(report, indent=2) if as_json else format_report(report))
 
 
+# ---- quantize --------------------------------------------------------------------------------
+@app.command()
+def quantize(
+    bits: int = typer.Option(..., help="Target width: 8, 4 or 2."),
+    out: Path = typer.Option(
+        ..., help="Variant directory to write (e.g. MODEL/int2, where --quantization finds it)."
+    ),
+    method: str = typer.Option("gptq", help="rtn (round to nearest), gptq (calibrated) or qat (distilled)."),
+    model: str = typer.Option("default", help="The fp32 model directory, or 'default'."),
+    group_size: int = typer.Option(80, help="Weights per scale/zero point at INT4/INT2."),
+    report: Path | None = typer.Option(None, help="Also write the JSON report here."),
+    limit: int | None = typer.Option(None, help="Evaluate at most N examples per task (default: all)."),
+    calibration_batches: int = typer.Option(16, help="Training batches for GPTQ calibration."),
+    qat_steps: int = typer.Option(600, help="QAT steps (method qat)."),
+    threads: int | None = typer.Option(None, help="CPU threads for torch."),
+) -> None:
+    """Quantize the model (weight-only, packed), evaluate it against fp32 and write a report."""
+    from mobile_multimodal.quantization.pipeline import QuantizeOptions, quantize_model
+    from mobile_multimodal.quantization.qat import QATOptions
+    from mobile_multimodal.quantization.report import format_report as format_quant_report
+
+    try:
+        opts = QuantizeOptions(
+            bits=bits,
+            out=out,
+            method=method,
+            model=model,
+            group_size=group_size,
+            report=report,
+            eval_limit=limit,
+            calibration_batches=calibration_batches,
+            qat=QATOptions(steps=qat_steps),
+            threads=threads,
+        )
+        opts.validate()
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    typer.echo(format_quant_report(quantize_model(opts, log=lambda line: typer.echo(line, err=True))))
+
+
 # ---- keys ----------------------------------------------------------------------------------
 @keys_app.command("create")
 def keys_create(
@@ -91,11 +135,15 @@ def keys_create(
 ) -> None:
     """Create an API key and print it once (only its sha256 is stored)."""
     from mobile_multimodal.security.commands import keys_create as run
+    from mobile_multimodal.store import DatabaseError
 
     try:
         typer.echo(run(user, key_type, admin, as_json))
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
+    except DatabaseError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
 
 
 @keys_app.command("list")
@@ -105,8 +153,13 @@ def keys_list(
 ) -> None:
     """List API keys (ids, users, prefixes; never the secrets)."""
     from mobile_multimodal.security.commands import keys_list as run
+    from mobile_multimodal.store import DatabaseError
 
-    typer.echo(run(include_revoked, as_json))
+    try:
+        typer.echo(run(include_revoked, as_json))
+    except DatabaseError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
 
 
 @keys_app.command("revoke")
@@ -114,10 +167,11 @@ def keys_revoke(key_id: str = typer.Argument(..., help="The key id shown by `key
     """Revoke an API key; requests with it get 401 REVOKED_API_KEY from then on."""
     from mobile_multimodal.security.commands import keys_revoke as run
     from mobile_multimodal.security.keys import KeyNotFoundError
+    from mobile_multimodal.store import DatabaseError
 
     try:
         typer.echo(run(key_id))
-    except KeyNotFoundError as exc:
+    except (KeyNotFoundError, DatabaseError) as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(1) from exc
 
@@ -149,6 +203,47 @@ def db_verify(
     typer.echo(text)
     if not ok:
         raise typer.Exit(1)
+
+
+# ---- monitoring ------------------------------------------------------------------------------
+@monitoring_app.command("check")
+def monitoring_check(
+    root: Path | None = typer.Option(None, help="Project directory (default: found from the cwd)."),
+    strict: bool = typer.Option(False, help="Fail when a check is skipped because its tool is missing."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show every tool's output."),
+) -> None:
+    """Offline checks: promtool, amtool, docker-compose, hadolint, dashboards vs Grafana's schema."""
+    from mobile_multimodal.observability.stack import StackError, find_root, format_result, run_checks
+
+    try:
+        results = run_checks(find_root(root), on_result=lambda r: typer.echo(format_result(r, verbose)))
+    except StackError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    failed = [r for r in results if not r.ok and (strict or not r.skipped)]
+    skipped = sum(r.skipped for r in results)
+    typer.echo(f"{len(results) - len(failed) - skipped} passed, {len(failed)} failed, {skipped} skipped")
+    if failed:
+        raise typer.Exit(1)
+
+
+@monitoring_app.command("test-alert")
+def monitoring_test_alert(
+    alertmanager_url: str = typer.Option("http://localhost:9093", "--alertmanager-url", help="Alertmanager."),
+    severity: str = typer.Option("info", help="critical (PagerDuty), warning (Slack) or info (email)."),
+    duration: float = typer.Option(300.0, help="Seconds until the test alert resolves by itself."),
+) -> None:
+    """Send a test alert through a running Alertmanager (the guide's weekly notification test)."""
+    from mobile_multimodal.observability.stack import TEST_ALERT_NAME, StackError, send_test_alert
+
+    try:
+        receivers = send_test_alert(alertmanager_url, severity=severity, duration_s=duration)
+    except StackError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(
+        f"{TEST_ALERT_NAME} ({severity}) accepted by {alertmanager_url}; routed to: {', '.join(receivers)}"
+    )
 
 
 def main() -> None:

@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     host: str = "0.0.0.0"
     port: int = Field(8080, ge=1, le=65535)
     workers: int = Field(1, ge=1, le=64)
+    # Intra-op threads per worker for the model; 0 = auto: (cores // workers) - 1, at least 1, so
+    # the event loop keeps a core (two spinning OpenMP threads beside it cost 10-100x latency).
+    torch_threads: int = Field(0, ge=0, le=256)
     auth: Literal["required", "disabled"] = "disabled"
     metrics_token: str | None = Field(None, repr=False)
     max_body_bytes: int = Field(10 * 1024 * 1024, ge=1024)
@@ -57,6 +60,8 @@ class Settings(BaseSettings):
     observability_config: Path = Path("monitoring/observability.yml")
     backup_dir: Path | None = Field(None, description="Where backups go; default <data_dir>/backups.")
     backup_interval_s: float = Field(0.0, ge=0, description="Server-side backup period; 0 = off (use cron).")
+    # How often the server reads backup_runs into its backup metrics (backups made by other processes).
+    backup_sync_interval_s: float = Field(60.0, gt=0)
 
     # --- security: per-key token buckets and anomaly rules (security/) -----------------
     rate_limit_free_per_minute: float = Field(60.0, gt=0)

@@ -119,7 +119,7 @@ def evaluate_loaded(
         res["retrieval"] = {
             "primary": recall_at_k(sim, correct, 1),
             "recall_at_1": recall_at_k(sim, correct, 1),
-            "recall_at_5": recall_at_k(sim, correct, 5),
+            "recall_at_5": recall_at_k(sim, correct, min(5, len(ex))),
             "n": len(ex),
             "pool": len(ex),
         }

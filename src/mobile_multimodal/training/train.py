@@ -22,6 +22,7 @@ from mobile_multimodal.model.config import ModelConfig
 from mobile_multimodal.model.llm import MobileMultiModalLLM
 from mobile_multimodal.model.network import MultiModalNet
 from mobile_multimodal.training.batches import Batch, BatchBuilder, BatchSizes
+from mobile_multimodal.training.bn_calibration import recalibrate_batchnorm
 
 
 @dataclass
@@ -34,16 +35,26 @@ class TrainPreset:
     weight_decay: float = 0.01
     contrastive_weight: float = 0.5
     checkpoint_every: int = 100
+    bn_calibration_steps: int = 100
 
 
 PRESETS = {
     "default": TrainPreset(model="default", steps=4000, sizes=BatchSizes()),
+    # continue a trained model with a VQA-heavy mix at a lower learning rate (use with --init-from)
+    "finetune-vqa": TrainPreset(
+        model="default",
+        steps=1500,
+        sizes=BatchSizes(caption=8, scene_vqa=32, easy_vqa=16, ocr=24),
+        lr=3e-4,
+        warmup=50,
+    ),
     "tiny": TrainPreset(
         model="tiny",
         steps=30,
         sizes=BatchSizes(caption=4, scene_vqa=4, easy_vqa=2, ocr=4),
         warmup=5,
         checkpoint_every=10,
+        bn_calibration_steps=3,
     ),
 }
 
@@ -61,6 +72,8 @@ class TrainOptions:
     use_easy_vqa: bool = True
     # stop (with a checkpoint) after this many steps of the schedule; a later run resumes
     stop_after: int | None = None
+    # start from the weights of a trained model directory instead of random initialisation
+    init_from: Path | None = None
 
 
 def compute_losses(net: MultiModalNet, batch: Batch, contrastive_weight: float) -> dict[str, torch.Tensor]:
@@ -108,7 +121,14 @@ def train_model(opts: TrainOptions) -> Path:
     out = opts.out
     out.mkdir(parents=True, exist_ok=True)
 
-    model = MobileMultiModalLLM.from_config(ModelConfig.from_name(preset.model), seed=opts.seed)
+    if opts.init_from is not None:
+        model = MobileMultiModalLLM.from_pretrained(opts.init_from)
+        base_manifest = {
+            k: v for k, v in model.manifest.items() if k not in ("files", "eval", "format_version")
+        }
+    else:
+        model = MobileMultiModalLLM.from_config(ModelConfig.from_name(preset.model), seed=opts.seed)
+        base_manifest = {}
     net = model.network.to(device).train()
     decay = [p for n, p in net.named_parameters() if p.ndim >= 2 and "pos" not in n]
     no_decay = [p for n, p in net.named_parameters() if p.ndim < 2 or "pos" in n]
@@ -168,8 +188,12 @@ def train_model(opts: TrainOptions) -> Path:
     if end < total:
         return out
 
-    net.to("cpu").eval()
+    net.to("cpu")
+    # batches past the end of the schedule: data the optimiser never saw
+    recalibrate_batchnorm(net, builder.build, steps=preset.bn_calibration_steps, first_step=total)
+    net.eval()
     model.manifest = {
+        **base_manifest,
         "version": "0.1.0",
         "data_version": DATA_VERSION,
         "training": {
@@ -179,6 +203,10 @@ def train_model(opts: TrainOptions) -> Path:
             "device": device,
             "batch_sizes": preset.sizes.__dict__,
             "lr": preset.lr,
+            "bn_calibration_steps": preset.bn_calibration_steps,
+            "init_from": None
+            if opts.init_from is None
+            else {"path": str(opts.init_from), "training": base_manifest.get("training")},
         },
     }
     model.save(out)

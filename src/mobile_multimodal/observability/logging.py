@@ -1,0 +1,256 @@
+"""Structured JSON logs: one line per record, the guide's fields on every line, secrets redacted.
+
+Every line carries ``timestamp, level, service, version, instance_id, trace_id, span_id,
+message`` (trace and span ids from the active OpenTelemetry span, ``null`` outside one); lines
+about a request also carry ``duration_ms, model_type, task, batch_size, memory_mb``. Fields
+passed with ``extra={...}`` land in the line. Records go through a queue to a background
+thread that writes them to stdout and to a size- and time-rotated file, so a request never waits
+on disk or pipe I/O.
+
+Example::
+
+    from mobile_multimodal.observability.logging import get_logger
+    log = get_logger(__name__)
+    log.info("model loaded", extra={"duration_ms": 812.5, "model_type": "multimodal"})
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import json
+import logging
+import logging.handlers
+import os
+import queue
+import re
+import sys
+import time
+import traceback
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from opentelemetry import trace
+
+from mobile_multimodal.observability.config import LoggingConfig
+from mobile_multimodal.observability.identity import SERVICE_NAME, instance_id, service_version
+
+BASE_FIELDS = ("timestamp", "level", "service", "version", "instance_id", "trace_id", "span_id", "message")
+REQUEST_FIELDS = ("duration_ms", "model_type", "task", "batch_size", "memory_mb")
+
+REDACTED = "[REDACTED]"
+# Keys whose values are secrets wherever they appear in ``extra`` (matched on the lower-cased key).
+_SECRET_KEY = re.compile(r"(authorization|api[_-]?key|token|secret|password|passwd|cookie|credential)")
+# Secrets embedded in free text: bearer tokens, key=value pairs, passwords inside URLs.
+_SECRET_TEXT = (
+    (re.compile(r"(?i)\b(bearer)\s+[A-Za-z0-9._~+/=-]+"), r"\1 " + REDACTED),
+    (
+        re.compile(r"(?i)\b(api[_-]?key|token|secret|password|passwd)([\"']?\s*[:=]\s*[\"']?)[^\s\"',;&]+"),
+        r"\1\2" + REDACTED,
+    ),
+    (re.compile(r"(://[^/\s:@]+):[^@\s/]+@"), r"\1:" + REDACTED + "@"),
+)
+# LogRecord's own attributes: everything else on a record came from ``extra``.
+_RECORD_ATTRS = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
+_ROOT_NAME = "mobile_multimodal"
+# Internal markers, and uvicorn's ANSI-coloured duplicate of its message.
+_DROPPED = frozenset({"otel_captured", "exc_formatted", "color_message"})
+
+
+def redact_text(text: str) -> str:
+    """``text`` with bearer tokens, ``key=value`` secrets and URL passwords replaced."""
+    for pattern, repl in _SECRET_TEXT:
+        text = pattern.sub(repl, text)
+    return text
+
+
+def redact(value: Any, key: str = "") -> Any:
+    """A copy of ``value`` with secrets removed: by key name, then inside strings."""
+    if key and _SECRET_KEY.search(key.lower()):
+        return REDACTED
+    if isinstance(value, str):
+        return redact_text(value)
+    if isinstance(value, Mapping):
+        return {str(k): redact(v, str(k)) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [redact(v) for v in value]
+    return value
+
+
+def _span_ids() -> tuple[str | None, str | None]:
+    ctx = trace.get_current_span().get_span_context()
+    if not ctx.is_valid:
+        return None, None
+    return format(ctx.trace_id, "032x"), format(ctx.span_id, "016x")
+
+
+class JsonFormatter(logging.Formatter):
+    """Formats a record as one JSON object on one line (see the module docstring for the fields)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._static = {"service": SERVICE_NAME, "version": service_version(), "instance_id": instance_id()}
+
+    def format(self, record: logging.LogRecord) -> str:
+        trace_id = getattr(record, "trace_id", None)
+        span_id = getattr(record, "span_id", None)
+        if trace_id is None and not hasattr(record, "otel_captured"):
+            trace_id, span_id = _span_ids()
+        ts = dt.datetime.fromtimestamp(record.created, tz=dt.UTC)
+        line: dict[str, Any] = {
+            "timestamp": ts.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "level": record.levelname,
+            **self._static,
+            "trace_id": trace_id,
+            "span_id": span_id,
+            "message": redact_text(record.getMessage()),
+            "logger": record.name,
+        }
+        for key, value in record.__dict__.items():
+            if key not in _RECORD_ATTRS and key not in line and key not in _DROPPED:
+                line[key] = redact(value, key)
+        exc = getattr(record, "exc_formatted", None)
+        if exc is None and record.exc_info:
+            exc = "".join(traceback.format_exception(*record.exc_info))
+        if exc:
+            line["exception"] = redact_text(exc)
+        return json.dumps(line, default=str, ensure_ascii=False)
+
+
+class _ContextQueueHandler(logging.handlers.QueueHandler):
+    """Enqueues records after capturing what only the calling thread knows: the active span."""
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        record = copy.copy(record)
+        if getattr(record, "trace_id", None) is None:
+            record.trace_id, record.span_id = _span_ids()
+        record.otel_captured = True
+        record.msg, record.args = record.getMessage(), None
+        if record.exc_info:
+            record.exc_formatted = "".join(traceback.format_exception(*record.exc_info))
+            record.exc_info = None
+        return record
+
+
+class SizeAndTimeRotatingFileHandler(logging.handlers.RotatingFileHandler):
+    """Rotates when the file would pass ``max_bytes`` or when ``interval_s`` has passed.
+
+    Backups are numbered like :class:`RotatingFileHandler` (``application.log.1`` is the newest),
+    so a size rollover and a time rollover in the same period never collide. With ``--workers N``
+    each worker rotates on its own: no line is lost, but a worker may go on writing into a file
+    another worker has just rotated until its own next rollover.
+    """
+
+    def __init__(self, filename: Path, max_bytes: int, backup_count: int, interval_s: float) -> None:
+        super().__init__(filename, maxBytes=max_bytes, backupCount=backup_count, encoding="utf-8")
+        self.interval_s = interval_s
+        self.rollover_at = time.time() + interval_s
+
+    def shouldRollover(self, record: logging.LogRecord) -> int:
+        if time.time() >= self.rollover_at and self.stream is not None and self.stream.tell() > 0:
+            return 1
+        return super().shouldRollover(record)
+
+    def doRollover(self) -> None:
+        super().doRollover()
+        self.rollover_at = time.time() + self.interval_s
+
+
+class LoggingRuntime:
+    """The handlers :func:`configure_logging` installed; :meth:`close` flushes and removes them."""
+
+    def __init__(self, listener: logging.handlers.QueueListener, handler: logging.Handler, path: Path | None):
+        self.listener, self.handler, self.path = listener, handler, path
+
+    def close(self) -> None:
+        root = logging.getLogger()
+        if self.handler in root.handlers:
+            root.removeHandler(self.handler)
+        self.listener.stop()  # drains the queue before returning
+        for h in self.listener.handlers:
+            h.close()
+
+
+_runtime: LoggingRuntime | None = None
+
+
+def configure_logging(cfg: LoggingConfig, log_dir: Path | None) -> LoggingRuntime:
+    """Route every logger (ours, uvicorn's, libraries') to JSON on stdout and a rotating file.
+
+    Replaces a previous configuration made by this function, so tests can reconfigure.
+    """
+    global _runtime
+    if _runtime is not None:
+        _runtime.close()
+    formatter = JsonFormatter()
+    sinks: list[logging.Handler] = []
+    if cfg.stdout:
+        sinks.append(logging.StreamHandler(sys.stdout))
+    path = None
+    if cfg.file.enabled and log_dir is not None:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        path = log_dir / cfg.file.name
+        sinks.append(
+            SizeAndTimeRotatingFileHandler(
+                path, cfg.file.max_bytes, cfg.file.backup_count, cfg.file.rotate_interval_hours * 3600
+            )
+        )
+    for sink in sinks:
+        sink.setFormatter(formatter)
+    q: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    handler = _ContextQueueHandler(q)
+    listener = logging.handlers.QueueListener(q, *sinks, respect_handler_level=False)
+    listener.start()
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        if isinstance(old, _ContextQueueHandler):
+            root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(cfg.level)
+    # uvicorn installs its own plain-text handlers; send its records through ours instead. Its
+    # access log is replaced by the middleware's request line, which has the guide's fields.
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        lg = logging.getLogger(name)
+        lg.handlers.clear()
+        lg.propagate = True
+    logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+    _runtime = LoggingRuntime(listener, handler, path)
+    return _runtime
+
+
+def shutdown_logging() -> None:
+    """Flush queued records and remove the handlers (at app stop)."""
+    global _runtime
+    if _runtime is not None:
+        _runtime.close()
+        _runtime = None
+
+
+def get_logger(name: str = _ROOT_NAME) -> logging.Logger:
+    """A stdlib logger; its records become JSON lines once :func:`configure_logging` ran."""
+    return logging.getLogger(name)
+
+
+_MEMORY_TTL_S = 1.0
+_memory_cache = [-1e9, 0.0]  # [monotonic time read, MiB]
+
+
+def process_memory_mb() -> float:
+    """Resident memory of this process in MiB, read at most once a second.
+
+    Every request's log line carries it; reading /proc per request would be a system call on the
+    request path, and one that releases the GIL to the log and span exporter threads.
+    """
+    now = time.monotonic()
+    if now - _memory_cache[0] >= _MEMORY_TTL_S:
+        try:
+            with open("/proc/self/statm", "rb") as f:
+                resident_pages = int(f.read().split()[1])
+            mib = resident_pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+        except (OSError, ValueError, IndexError):
+            import psutil
+
+            mib = psutil.Process().memory_info().rss / 2**20
+        _memory_cache[:] = [now, round(mib, 1)]
+    return _memory_cache[1]

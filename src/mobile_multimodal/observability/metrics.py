@@ -1,0 +1,239 @@
+"""Every Prometheus metric the project exposes, declared here and nowhere else.
+
+Names are a contract (dashboards, alert rules and the operator's guide use them), see
+DESIGN.md. Counters are exposed with the ``_total`` suffix the client adds.
+
+Buckets are chosen for this model: a batch-1 inference on two CPU cores takes a few to a few
+tens of milliseconds, so the latency histogram is fine-grained between 1 ms and 1 s, and still
+has the 0.1 s / 0.5 s / 1 s edges the alert thresholds need.
+
+Gauges set a ``multiprocess_mode`` so ``--workers N`` (PROMETHEUS_MULTIPROC_DIR) aggregates
+correctly across processes.
+
+Example::
+
+    from mobile_multimodal.observability import metrics
+    metrics.INFERENCE_REQUESTS.labels("multimodal", "captioning", "success").inc()
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from mobile_multimodal.observability.config import latency_buckets
+
+# Latency of one model call, seconds: monitoring/observability.yml's metrics.latency_buckets (read
+# here, at import, because a histogram's buckets are fixed when it is created), by default fine
+# edges from 1 ms to 1 s with the 0.1 / 0.5 / 1.0 edges the alert thresholds need.
+LATENCY_BUCKETS = latency_buckets()
+EXPORT_BUCKETS = (1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
+
+# Batch sizes are bucketed into these label values so the label set stays bounded.
+BATCH_SIZE_LABELS = ("1", "2", "4", "8", "16", "32", "64+")
+
+
+def batch_size_label(n: int) -> str:
+    """Map a batch size to its bounded label: the smallest bucket edge >= n."""
+    if n < 1:
+        raise ValueError(f"batch size must be >= 1, got {n}")
+    for edge in (1, 2, 4, 8, 16, 32):
+        if n <= edge:
+            return str(edge)
+    return "64+"
+
+
+# --- the guide's core performance metrics ---------------------------------------------------
+INFERENCE_DURATION = Histogram(
+    "model_inference_duration_seconds",
+    "Time spent in the model for one request (seconds), from batch start to result.",
+    ["model_type", "task", "quantization"],
+    buckets=LATENCY_BUCKETS,
+)
+INFERENCE_REQUESTS = Counter(
+    "model_inference_requests",
+    "Inference requests by outcome (status: success, error, rejected, timeout).",
+    ["model_type", "task", "status"],
+)
+INFERENCE_ERRORS = Counter(
+    "model_inference_errors",
+    "Inference requests that failed, by bounded error code.",
+    ["model_type", "task", "error_code"],
+)
+MODEL_MEMORY = Gauge(
+    "model_memory_usage_bytes",
+    "Bytes held by each model component's parameters and buffers (as stored, packed if quantized).",
+    ["model_type", "component"],
+    multiprocess_mode="max",
+)
+MODEL_LOAD_DURATION = Gauge(
+    "model_load_duration_seconds",
+    "Seconds the last model load took, including warm-up.",
+    ["model_type", "quantization"],
+    multiprocess_mode="max",
+)
+MODEL_LOAD_FAILURES = Counter(
+    "model_load_failures",
+    "Model loads that failed (missing file, bad checksum, wrong format).",
+    ["model_type", "reason"],
+)
+MODEL_ACCURACY = Gauge(
+    "model_accuracy_score",
+    "Primary metric of each task from the loaded model's eval report (0..1 or CIDEr-D).",
+    ["model_type", "quantization", "task"],
+    multiprocess_mode="max",
+)
+# A gauge fixed at 1 rather than an Info: Info series vanish in multiprocess mode (--workers N).
+MODEL_INFO = Gauge(
+    "model_info",
+    "The loaded model (always 1): name, version, quantization, parameters, size and sha256 of its weights.",
+    ["name", "version", "quantization", "parameters", "size_bytes", "weights_sha256"],
+    multiprocess_mode="max",
+)
+
+# --- mobile ------------------------------------------------------------------------------
+EXPORT_DURATION = Histogram(
+    "mobile_export_duration_seconds",
+    "Wall time of one mobile export, including validation (seconds).",
+    ["platform", "quantization"],
+    buckets=EXPORT_BUCKETS,
+)
+EXPORT_SIZE = Gauge(
+    "mobile_export_size_bytes",
+    "Total bytes of the last exported artifact set.",
+    ["platform", "quantization"],
+    multiprocess_mode="max",
+)
+EXPORT_FAILURES = Counter(
+    "mobile_export_failures",
+    "Mobile exports that failed.",
+    ["platform", "quantization"],
+)
+QUANTIZATION_LOSS = Gauge(
+    "quantization_accuracy_loss",
+    "Relative loss of a task's primary metric against fp32: (fp32 - quantized) / fp32.",
+    ["quantization_type", "task"],
+    multiprocess_mode="max",
+)
+QUANTIZATION_LOSS_ALIAS = Gauge(
+    "model_quantization_accuracy_loss",
+    "Alias of quantization_accuracy_loss (the guide uses both names).",
+    ["quantization_type", "task"],
+    multiprocess_mode="max",
+)
+
+# --- system ------------------------------------------------------------------------------
+GPU_MEMORY = Gauge(
+    "gpu_memory_usage_bytes",
+    "GPU memory by device and kind (allocated, reserved, used, total).",
+    ["gpu_id", "memory_type"],
+    multiprocess_mode="max",
+)
+BATCH_DURATION = Histogram(
+    "batch_processing_duration_seconds",
+    "Time to run one batch through the model (seconds); batch_size is bucketed.",
+    ["batch_size", "task"],
+    buckets=LATENCY_BUCKETS,
+)
+QUEUE_DEPTH = Gauge(
+    "inference_queue_depth",
+    "Requests waiting in the dynamic batcher's queue.",
+    ["task"],
+    multiprocess_mode="livesum",
+)
+QUEUE_REJECTIONS = Counter(
+    "inference_queue_rejections",
+    "Requests refused with 503 because the queue was full.",
+    ["task"],
+)
+CPU_PERCENT = Gauge(
+    "process_cpu_usage_percent", "CPU use of this process, percent of one core.", multiprocess_mode="livesum"
+)
+SYSTEM_CPU_PERCENT = Gauge(
+    "system_cpu_usage_percent", "CPU use of the host, percent of all cores.", multiprocess_mode="max"
+)
+SYSTEM_MEMORY_PERCENT = Gauge(
+    "system_memory_usage_percent", "Host memory in use, percent.", multiprocess_mode="max"
+)
+PROCESS_MEMORY = Gauge(
+    "process_memory_usage_bytes", "Resident memory of this process.", multiprocess_mode="livesum"
+)
+DISK_FREE_PERCENT = Gauge(
+    "disk_free_percent",
+    "Free space on the data directory's filesystem, percent.",
+    ["path"],
+    multiprocess_mode="min",
+)
+DISK_USAGE_PERCENT = Gauge(
+    "disk_usage_percent",
+    "Used space on the data directory's filesystem, percent.",
+    ["path"],
+    multiprocess_mode="max",
+)
+
+# --- business ------------------------------------------------------------------------------
+API_REQUESTS_PER_USER = Counter(
+    "api_requests_per_user",
+    "API requests by user (known API keys only, else 'anonymous') and endpoint.",
+    ["user_id", "endpoint"],
+)
+USAGE_BY_TASK = Counter(
+    "model_usage_by_task",
+    "Successful model calls by task and user tier.",
+    ["task", "user_type"],
+)
+ERROR_RATE_BY_ENDPOINT = Gauge(
+    "error_rate_by_endpoint",
+    "Errors per second over the last 60 s, kept by the app (alerts use the counters instead).",
+    ["endpoint", "error_type"],
+    multiprocess_mode="livesum",
+)
+HTTP_REQUESTS = Counter(
+    "http_requests",
+    "HTTP requests by route template, method and status code.",
+    ["endpoint", "method", "status"],
+)
+HTTP_REQUEST_DURATION = Histogram(
+    "http_request_duration_seconds",
+    "Wall time of one HTTP request in the app, first byte in to last byte out (seconds).",
+    ["endpoint", "method"],
+    buckets=LATENCY_BUCKETS,
+)
+
+# --- security / integrity / backup ----------------------------------------------------------
+AUTH_FAILURES = Counter(
+    "auth_failures",
+    "Requests refused for a missing, unknown or revoked API key.",
+    ["reason"],
+)
+SECURITY_EVENTS = Counter(
+    "security_events",
+    "Security-relevant events (unauthorized, anomalous_request, rate_limited, config_change, ...).",
+    ["event_type"],
+)
+MODEL_INTEGRITY_FAILURES = Counter(
+    "model_integrity_failures",
+    "Tampering incidents: an integrity check found model files differing from the manifest "
+    "(counted once per change of the files, not again on each re-check).",
+    ["model_type"],
+)
+MODEL_INTEGRITY_LAST_CHECK = Gauge(
+    "model_integrity_last_check_timestamp_seconds",
+    "Unix time of the last integrity check of the loaded model files.",
+    multiprocess_mode="max",
+)
+MODEL_INTEGRITY_OK = Gauge(
+    "model_integrity_ok",
+    "1 if the last integrity check matched the manifest, else 0.",
+    # --workers N: every worker checks the same files, so the newest verdict is the server's. Not
+    # "min": a worker that has not checked yet (still 0) would look like tampering to the alert.
+    multiprocess_mode="livemostrecent",
+)
+BACKUP_LAST_SUCCESS = Gauge(
+    "backup_last_success_timestamp_seconds",
+    "Unix time of the last successful database backup.",
+    multiprocess_mode="max",
+)
+BACKUP_FAILURES = Counter("backup_failures", "Database backups that failed.")
+CONFIG_RELOADS = Counter(
+    "config_changes", "Configuration changes applied at start or at run time.", ["source"]
+)

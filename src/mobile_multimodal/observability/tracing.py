@@ -1,0 +1,234 @@
+"""OpenTelemetry tracing: the provider, OTLP export, and the ``stage()`` helper for the guide's stages.
+
+The guide's inference trace is ``model_inference`` with children authentication →
+model_loading → preprocessing → inference → postprocessing → response; the export trace is
+``mobile_export`` with model_validation → platform_selection → quantization → export →
+validation → storage. Serving and export code open them with :func:`stage`.
+
+A process-wide :class:`_SwitchableTracerProvider` is registered with the OpenTelemetry API once;
+:func:`configure_tracing` swaps the SDK provider behind it, so libraries that call
+``trace.get_tracer()`` (database instrumentation, for instance) follow reconfiguration too.
+
+Example::
+
+    from mobile_multimodal.observability.tracing import stage
+    with stage("model_inference", {"model.type": "multimodal", "model.task": "captioning"}) as span:
+        with stage("preprocessing", {"input.size": len(image_bytes)}):
+            ...
+        span.set_attribute("output.size", len(caption))
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_OFF,
+    ALWAYS_ON,
+    ParentBased,
+    Sampler,
+    TraceIdRatioBased,
+)
+from opentelemetry.trace import Span, Status, StatusCode
+from opentelemetry.util.types import AttributeValue
+
+from mobile_multimodal.observability.config import TracingConfig
+from mobile_multimodal.observability.identity import instance_id, service_version
+
+INSTRUMENTATION_NAME = "mobile_multimodal"
+
+
+class _SwitchableTracer(trace.Tracer):
+    """Delegates to the tracer of whatever provider is current, looked up per span."""
+
+    def __init__(self, owner: _SwitchableTracerProvider, name: str, version: str | None) -> None:
+        self._owner, self._name, self._version = owner, name, version
+
+    def _current(self) -> trace.Tracer:
+        return self._owner.delegate_tracer(self._name, self._version)
+
+    def start_span(self, *args: Any, **kwargs: Any) -> Span:
+        return self._current().start_span(*args, **kwargs)
+
+    # The API types this with a private context-manager class; delegating keeps its behaviour.
+    def start_as_current_span(self, *args: Any, **kwargs: Any) -> Any:
+        return self._current().start_as_current_span(*args, **kwargs)
+
+
+class _SwitchableTracerProvider(trace.TracerProvider):
+    def __init__(self) -> None:
+        self.delegate: trace.TracerProvider = trace.NoOpTracerProvider()
+        self._tracers: dict[tuple[str, str | None], trace.Tracer] = {}
+
+    def delegate_tracer(self, name: str, version: str | None) -> trace.Tracer:
+        tracer = self._tracers.get((name, version))
+        if tracer is None:
+            tracer = self.delegate.get_tracer(name, version)
+            self._tracers[(name, version)] = tracer
+        return tracer
+
+    def swap(self, delegate: trace.TracerProvider) -> None:
+        self.delegate = delegate
+        self._tracers = {}
+
+    def get_tracer(self, instrumenting_module_name: str, *args: Any, **kwargs: Any) -> trace.Tracer:
+        version = args[0] if args else kwargs.get("instrumenting_library_version")
+        return _SwitchableTracer(self, instrumenting_module_name, version)
+
+
+_PROVIDER = _SwitchableTracerProvider()
+_registered = False
+_sdk_provider: TracerProvider | None = None
+
+
+def _register_global() -> None:
+    global _registered
+    if not _registered:
+        trace.set_tracer_provider(_PROVIDER)
+        _registered = True
+
+
+def build_sampler(cfg: TracingConfig) -> Sampler:
+    """The sampler named by ``cfg.sampler`` (the OTEL_TRACES_SAMPLER names) with ``cfg.sample_ratio``."""
+    ratio = TraceIdRatioBased(cfg.sample_ratio)
+    return {
+        "always_on": ALWAYS_ON,
+        "always_off": ALWAYS_OFF,
+        "traceidratio": ratio,
+        "parentbased_always_on": ParentBased(ALWAYS_ON),
+        "parentbased_always_off": ParentBased(ALWAYS_OFF),
+        "parentbased_traceidratio": ParentBased(ratio),
+    }[cfg.sampler]
+
+
+def build_exporter(cfg: TracingConfig) -> SpanExporter | None:
+    """An OTLP exporter for ``cfg.endpoint`` over ``cfg.protocol``; None when no endpoint is set.
+
+    Headers, timeout, compression and certificates come from the standard OTEL_EXPORTER_OTLP_*
+    variables, which the exporters read themselves.
+    """
+    if not cfg.endpoint:
+        return None
+    if cfg.protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
+
+        return GrpcExporter(endpoint=cfg.endpoint, insecure=cfg.endpoint.startswith("http://"))
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
+
+    return HttpExporter(endpoint=cfg.endpoint)
+
+
+def configure_tracing(
+    cfg: TracingConfig, service_name: str, exporter: SpanExporter | None = None
+) -> TracerProvider | None:
+    """Install a tracer provider per ``cfg`` (or none when tracing is disabled) and return it.
+
+    ``exporter`` replaces the OTLP exporter (tests pass an in-memory one). A previous provider
+    set by this function is flushed and shut down first.
+    """
+    global _sdk_provider
+    _register_global()
+    shutdown_tracing()
+    if not cfg.enabled:
+        return None
+    resource = Resource.create(
+        {
+            "service.name": service_name,
+            "service.version": service_version(),
+            "service.instance.id": instance_id(),
+        }
+    )
+    provider = TracerProvider(sampler=build_sampler(cfg), resource=resource)
+    exporter = exporter if exporter is not None else build_exporter(cfg)
+    if exporter is not None:
+        provider.add_span_processor(BatchSpanProcessor(exporter))
+    _sdk_provider = provider
+    _PROVIDER.swap(provider)
+    return provider
+
+
+def shutdown_tracing() -> None:
+    """Export what is buffered and stop the provider; spans after this are non-recording."""
+    global _sdk_provider
+    if _sdk_provider is not None:
+        # shutdown() exports what is queued; a force_flush() first would double the wait (the
+        # exporter's retries, ~7 s) when the collector is down.
+        _sdk_provider.shutdown()
+        _sdk_provider = None
+    _PROVIDER.swap(trace.NoOpTracerProvider())
+
+
+def force_flush(timeout_ms: int = 5000) -> bool:
+    """Export buffered spans now (tests, shutdown). True when nothing was left behind."""
+    return _sdk_provider.force_flush(timeout_ms) if _sdk_provider is not None else True
+
+
+def get_tracer(name: str = INSTRUMENTATION_NAME) -> trace.Tracer:
+    _register_global()
+    return _PROVIDER.get_tracer(name, service_version())
+
+
+@contextlib.contextmanager
+def stage(
+    name: str, attributes: Mapping[str, AttributeValue] | None = None, /, **attrs: AttributeValue
+) -> Iterator[Span]:
+    """A child span of the active one for one stage of a trace; an exception marks it as an error.
+
+    Dotted attribute names (``model.type``) go in the mapping; plain names may be keywords.
+    """
+    merged: dict[str, AttributeValue] = dict(attributes or {})
+    merged.update(attrs)
+    # start_span + attach rather than start_as_current_span: two fewer generator-based context
+    # managers per stage, on the request path of every inference (seven stages per request).
+    span = _PROVIDER.delegate_tracer(INSTRUMENTATION_NAME, None).start_span(name, attributes=merged)
+    token = otel_context.attach(trace.set_span_in_context(span))
+    try:
+        yield span
+    except BaseException as exc:
+        if span.is_recording():
+            span.record_exception(exc)
+            span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+        raise
+    finally:
+        otel_context.detach(token)
+        span.end()
+
+
+def current_ids() -> tuple[str | None, str | None]:
+    """(trace_id, span_id) of the active span as lower-case hex, or (None, None) outside one."""
+    ctx = trace.get_current_span().get_span_context()
+    if not ctx.is_valid:
+        return None, None
+    return format(ctx.trace_id, "032x"), format(ctx.span_id, "016x")
+
+
+def current_trace_id() -> str | None:
+    """The active trace id as 32 hex digits (what responses and error bodies carry), else None."""
+    return current_ids()[0]
+
+
+def trace_exemplar() -> dict[str, str] | None:
+    """``{"trace_id": ...}`` for ``Histogram.observe(v, exemplar=...)`` when the span is sampled.
+
+    Only sampled traces are worth linking to: an exemplar pointing at a trace the backend never
+    received is a dead link.
+    """
+    ctx = trace.get_current_span().get_span_context()
+    if not ctx.is_valid or not ctx.trace_flags.sampled:
+        return None
+    return {"trace_id": format(ctx.trace_id, "032x")}
+
+
+def set_attributes(span: Span, attributes: Mapping[str, AttributeValue | None]) -> None:
+    """Set the attributes whose value is not None (OpenTelemetry refuses None values)."""
+    if span.is_recording():
+        for key, value in attributes.items():
+            if value is not None:
+                span.set_attribute(key, value)

@@ -1,0 +1,148 @@
+"""`mobile-mm quantize`: fp32 model -> packed variant directory + accuracy report.
+
+Steps: plan the per-layer precision (policy.py), quantize with the chosen method (RTN, GPTQ
+calibrated on our corpus, or QAT distilled from fp32 starting from GPTQ), write the variant,
+load it back through ``MobileMultiModalLLM.from_pretrained`` (the path every user takes), score
+it with the same evaluation as ``mobile-mm eval``, and compare with fp32.
+
+Example::
+
+    report = quantize_model(QuantizeOptions(bits=2, method="qat", model="default",
+                                            out=Path("weights/default/int2")))
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mobile_multimodal.data.easyvqa import load_easy_vqa
+from mobile_multimodal.model import checkpoint
+from mobile_multimodal.model.llm import MobileMultiModalLLM
+from mobile_multimodal.quantization.gptq import quantize_gptq_layers
+from mobile_multimodal.quantization.io import save_variant
+from mobile_multimodal.quantization.policy import DEFAULT_GROUP_SIZE, make_plan
+from mobile_multimodal.quantization.qat import QATOptions, run_qat, summary
+from mobile_multimodal.quantization.report import build_report
+from mobile_multimodal.quantization.rtn import quantize_rtn_layers
+from mobile_multimodal.training.batches import BatchBuilder, BatchSizes
+from mobile_multimodal.training.evaluate import TASKS, evaluate_loaded
+
+METHODS = ("rtn", "gptq", "qat")
+REPORT_NAME = "quantization_report.json"
+CALIBRATION_SEED = 1  # a seed training (seed 0) never used: calibration sees fresh samples
+
+
+@dataclass
+class QuantizeOptions:
+    bits: int
+    out: Path
+    method: str = "gptq"
+    model: str | Path = "default"
+    group_size: int = DEFAULT_GROUP_SIZE
+    report: Path | None = None
+    eval_limit: int | None = None
+    calibration_batches: int = 16
+    batch_sizes: BatchSizes = field(default_factory=BatchSizes)
+    qat: QATOptions = field(default_factory=QATOptions)
+    threads: int | None = None
+    use_easy_vqa: bool = True
+
+    def validate(self) -> None:
+        if self.bits not in (2, 4, 8):
+            raise ValueError(f"--bits must be 8, 4 or 2, got {self.bits}")
+        if self.method not in METHODS:
+            raise ValueError(f"--method must be one of {METHODS}, got {self.method!r}")
+        if self.calibration_batches < 1:
+            raise ValueError("--calibration-batches must be >= 1")
+        if self.method == "qat" and self.qat.steps < 1:
+            raise ValueError("--qat-steps must be >= 1")
+
+
+def _fp32_eval(fp32: MobileMultiModalLLM, q_eval: dict[str, Any], limit: int | None) -> dict[str, Any]:
+    """The fp32 report over the same examples: the one stored in the fp32 manifest when it
+    covers exactly the same tasks and counts (evaluation is deterministic), else measured now."""
+    stored = fp32.manifest.get("eval")
+    if isinstance(stored, dict) and isinstance(stored.get("tasks"), dict):
+        same = all(stored["tasks"].get(t, {}).get("n") == r["n"] for t, r in q_eval["tasks"].items())
+        if same:
+            return stored
+    return evaluate_loaded(fp32, limit, tuple(q_eval["tasks"]))
+
+
+def quantize_model(opts: QuantizeOptions, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Quantize, write ``opts.out`` (and ``opts.report``), return the report."""
+    opts.validate()
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    fp32 = MobileMultiModalLLM.from_pretrained(opts.model)
+    if fp32.quantization != "fp32":
+        raise ValueError(f"{opts.model} is already quantized ({fp32.quantization}); quantize its fp32 model")
+    net = fp32.network.eval()
+    plan = make_plan(net, opts.bits, opts.group_size)
+    cfg = fp32.config
+    builder = BatchBuilder(
+        fp32.tokenizer,
+        CALIBRATION_SEED,
+        opts.batch_sizes,
+        load_easy_vqa("train") if opts.use_easy_vqa else None,
+        cfg.scene_size,
+        cfg.ocr_height,
+        cfg.ocr_width,
+    )
+    extra: dict[str, Any] = {
+        "source": {"model": str(fp32.model_dir), "files": fp32.manifest.get("files", [])}
+    }
+    float_net = net
+    if opts.method == "rtn":
+        quantized = quantize_rtn_layers(net, plan)
+    else:
+        log(f"calibrating on {opts.calibration_batches} training batches (GPTQ)")
+        quantized = quantize_gptq_layers(
+            net, plan, (builder.build(i) for i in range(opts.calibration_batches))
+        )
+        extra["calibration"] = {
+            "batches": opts.calibration_batches,
+            "seed": CALIBRATION_SEED,
+            "batch_sizes": opts.batch_sizes.__dict__,
+            "data": "procedural corpus + easy-VQA train",
+        }
+        if opts.method == "qat":
+            log(f"quantization-aware training, {opts.qat.steps} steps, distilling from fp32")
+            float_net, quantized, qat_log = run_qat(
+                net,
+                quantized,
+                plan,
+                builder.build,
+                opts.qat,
+                progress=lambda r: log(f"  qat step {r['step']}: loss {r['loss']:.4f} ({r['elapsed_s']}s)"),
+            )
+            extra["qat"] = summary(opts.qat, qat_log)
+    group_size = None if opts.bits == 8 else opts.group_size  # INT8 is per output channel
+    manifest = save_variant(
+        opts.out, fp32, float_net, quantized, plan, opts.method, opts.bits, group_size, extra
+    )
+
+    # score what was written, loaded the way users load it
+    variant = MobileMultiModalLLM.from_pretrained(opts.out)
+    log(f"evaluating {variant.quantization} (limit {opts.eval_limit})")
+    q_eval = evaluate_loaded(variant, opts.eval_limit, TASKS)
+    fp32_eval = _fp32_eval(fp32, q_eval, opts.eval_limit)
+    fp32_params = sum(p.numel() for p in net.parameters())
+    report = build_report(fp32_eval, q_eval, quantized, fp32_params, manifest["quantization"])
+
+    manifest["eval"] = q_eval
+    manifest["quantization"]["bits_per_weight"] = report["bits_per_weight"]
+    manifest["quantization"]["baseline_eval"] = fp32_eval
+    checkpoint.write_manifest(opts.out, manifest)
+    text = json.dumps(report, indent=2) + "\n"
+    (opts.out / REPORT_NAME).write_text(text)
+    if opts.report is not None:
+        opts.report.parent.mkdir(parents=True, exist_ok=True)
+        opts.report.write_text(text)
+    return report

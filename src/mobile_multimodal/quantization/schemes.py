@@ -1,0 +1,192 @@
+"""Weight-only affine quantization, group-wise along the input dimension.
+
+A weight matrix ``W`` (out, in) is cut, row by row, into groups of ``group_size`` consecutive
+input columns (the last group of a row may be shorter: nothing is padded in storage). Each
+group ``g`` has a scale ``s`` and a zero point ``z`` and stores codes ``q`` in
+``[0, 2**bits - 1]``::
+
+    W[o, i] ≈ (q[o, i] - z[o, g]) * s[o, g]            with g = i // group_size
+
+INT8 uses one group per output channel (``group_size = in``); INT4 and INT2 use small groups.
+Scales and zero points are stored as float16; codes are always computed with the float16
+value of the scale, so what is stored dequantizes exactly as it was measured.
+A conv weight (out, in, kh, kw) is treated as the matrix (out, in * kh * kw).
+
+Example::
+
+    qw = quantize_rtn(torch.randn(64, 160), bits=2, group_size=64)
+    qw.packed.shape          # (64, 40): four 2-bit codes per byte
+    err = qw.dequantize() - w
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from mobile_multimodal.quantization.packing import pack, padded_length, unpack
+
+# Below this a scale would be a float16 subnormal; it only happens for groups of (near) zeros.
+MIN_SCALE = 2.0**-20
+CLIP_GRID = tuple(1.0 - 0.025 * i for i in range(21))  # shrink factors 1.0 .. 0.5
+
+
+def qmax(bits: int) -> int:
+    return (1 << bits) - 1
+
+
+def num_groups(in_features: int, group_size: int) -> int:
+    return -(-in_features // group_size)
+
+
+def as_matrix(weight: Tensor) -> Tensor:
+    """(out, ...) -> (out, prod(...)) float32."""
+    return weight.detach().reshape(weight.shape[0], -1).float()
+
+
+def _groups(w: Tensor, group_size: int) -> Tensor:
+    """(out, n) -> (out, groups, group_size); a short last group is padded by repeating its last
+    value, which changes neither its minimum nor its maximum."""
+    out, n = w.shape
+    ng = num_groups(n, group_size)
+    if ng * group_size != n:
+        w = F.pad(w[None], (0, ng * group_size - n), mode="replicate")[0]
+    return w.reshape(out, ng, group_size)
+
+
+def _pad_mask(n: int, group_size: int, device: torch.device) -> Tensor:
+    """(groups, group_size) bool: True at real columns, False at the padding of a short group."""
+    ng = num_groups(n, group_size)
+    return (torch.arange(ng * group_size, device=device) < n).reshape(ng, group_size)
+
+
+def round_scale(scale: Tensor) -> Tensor:
+    """Each scale rounded *up* to a float16 value (what storage will hold), back in float32.
+    Rounding up keeps the grid as wide as the range it must cover, so every weight stays
+    within half a step of a grid point."""
+    s = scale.clamp(min=MIN_SCALE)
+    h = s.half()
+    h = torch.where(h.float() < s, torch.nextafter(h, torch.full_like(h, torch.inf)), h)
+    return h.float()
+
+
+def params_from_range(lo: Tensor, hi: Tensor, bits: int, integer_zero: bool = True) -> tuple[Tensor, Tensor]:
+    """Scale and zero point that map [lo, hi] (widened to contain 0) onto [0, qmax]."""
+    lo, hi = lo.clamp(max=0.0), hi.clamp(min=0.0)
+    scale = round_scale((hi - lo) / qmax(bits))
+    zero = (-lo / scale).clamp(0, qmax(bits))
+    if integer_zero:
+        zero = zero.round()
+    return scale, zero.half().float()
+
+
+def quantize_codes(w: Tensor, scale: Tensor, zero: Tensor, group_size: int, bits: int) -> Tensor:
+    """(out, n) float -> (out, n) uint8 codes, round to nearest with the given group parameters."""
+    n = w.shape[1]
+    q = torch.round(_groups(w, group_size) / scale[..., None] + zero[..., None]).clamp(0, qmax(bits))
+    return q.reshape(w.shape[0], -1)[:, :n].to(torch.uint8)
+
+
+def dequantize_codes(codes: Tensor, scale: Tensor, zero: Tensor, group_size: int) -> Tensor:
+    """(out, n) codes -> (out, n) float32 weights."""
+    out, n = codes.shape
+    ng = scale.shape[1]
+    c = codes.to(torch.float32)
+    if ng * group_size != n:
+        c = F.pad(c, (0, ng * group_size - n))
+    w = (c.reshape(out, ng, group_size) - zero[..., None].float()) * scale[..., None].float()
+    return w.reshape(out, ng * group_size)[:, :n]
+
+
+def minmax_params(w: Tensor, bits: int, group_size: int, clip_search: bool = False) -> tuple[Tensor, Tensor]:
+    """Per-group (scale, zero) of a (out, n) matrix from the group's min and max. With
+    ``clip_search`` each group's range is shrunk by the factor in CLIP_GRID that minimises the
+    group's squared rounding error (outliers then cost less than the resolution they steal)."""
+    g = _groups(w, group_size)
+    lo, hi = g.amin(-1), g.amax(-1)
+    scale, zero = params_from_range(lo, hi, bits)
+    if not clip_search:
+        return scale, zero
+    mask = _pad_mask(w.shape[1], group_size, w.device)
+    best = torch.full_like(lo, math.inf)
+    for factor in CLIP_GRID:
+        s, z = params_from_range(lo * factor, hi * factor, bits)
+        q = torch.round(g / s[..., None] + z[..., None]).clamp(0, qmax(bits))
+        err = (((q - z[..., None]) * s[..., None] - g) ** 2 * mask).sum(-1)
+        better = err < best
+        best = torch.where(better, err, best)
+        scale, zero = torch.where(better, s, scale), torch.where(better, z, zero)
+    return scale, zero
+
+
+@dataclass
+class QuantizedWeight:
+    """A quantized weight as stored: packed codes and float16 group parameters."""
+
+    packed: Tensor  # uint8 (out, padded_length(in, bits) * bits // 8)
+    scales: Tensor  # float16 (out, groups)
+    zeros: Tensor  # float16 (out, groups)
+    bits: int
+    group_size: int
+    shape: tuple[int, ...]  # the float weight's shape
+
+    @property
+    def in_features(self) -> int:
+        return math.prod(self.shape[1:])
+
+    def codes(self) -> Tensor:
+        return unpack(self.packed, self.bits)[:, : self.in_features]
+
+    def dequantize(self) -> Tensor:
+        w = dequantize_codes(self.codes(), self.scales, self.zeros, self.group_size)
+        return w.reshape(self.shape)
+
+    def storage_bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.packed, self.scales, self.zeros))
+
+    def bits_per_weight(self) -> float:
+        """Stored bits (codes, scales and zero points) per weight."""
+        return 8 * self.storage_bytes() / math.prod(self.shape)
+
+
+def from_codes(
+    codes: Tensor, scale: Tensor, zero: Tensor, bits: int, group_size: int, shape: tuple[int, ...]
+) -> QuantizedWeight:
+    """Pack (out, n) codes with their group parameters into a QuantizedWeight."""
+    n = codes.shape[1]
+    padded = padded_length(n, bits)
+    if padded != n:
+        codes = F.pad(codes, (0, padded - n))
+    return QuantizedWeight(
+        packed=pack(codes.contiguous(), bits),
+        scales=scale.half().contiguous(),
+        zeros=zero.half().contiguous(),
+        bits=bits,
+        group_size=group_size,
+        shape=tuple(shape),
+    )
+
+
+def quantize_with(weight: Tensor, scale: Tensor, zero: Tensor, bits: int, group_size: int) -> QuantizedWeight:
+    """Quantize ``weight`` to nearest with given (float16-representable) group parameters."""
+    w = as_matrix(weight)
+    return from_codes(
+        quantize_codes(w, scale, zero, group_size, bits), scale, zero, bits, group_size, tuple(weight.shape)
+    )
+
+
+def quantize_rtn(
+    weight: Tensor, bits: int, group_size: int | None = None, clip_search: bool = False
+) -> QuantizedWeight:
+    """Round-to-nearest with min-max group parameters. ``group_size=None``: one group per
+    output channel."""
+    w = as_matrix(weight)
+    gs = w.shape[1] if group_size is None else min(group_size, w.shape[1])
+    if gs < 1:
+        raise ValueError(f"group_size must be >= 1, got {group_size}")
+    scale, zero = minmax_params(w, bits, gs, clip_search)
+    return quantize_with(weight, scale, zero, bits, gs)

@@ -1,0 +1,63 @@
+"""Security: API keys, the auth dependency, rate limits, anomaly rules, the audit trail,
+model integrity (tampering) checks and configuration-change records.
+
+Example::
+
+    from mobile_multimodal.security import install_security, require_api_key, Principal
+    security = install_security(app, settings, db)
+    app.include_router(router, dependencies=[Depends(require_api_key)])
+
+Each module's docstring shows its part of the interface; ``auth`` shows the app wiring.
+"""
+
+from mobile_multimodal.security.anomaly import Anomaly, AnomalyDetector
+from mobile_multimodal.security.audit import AUDIT_LOGGER, AuditLog, EventType, count_security_event
+from mobile_multimodal.security.auth import get_security, install_security, require_admin, require_api_key
+from mobile_multimodal.security.config_audit import ConfigChange, record_config_state
+from mobile_multimodal.security.context import ANONYMOUS, Principal, SecurityContext, extract_key
+from mobile_multimodal.security.errors import SECURITY_CODES, SecurityError
+from mobile_multimodal.security.integrity import FileMismatch, IntegrityMonitor, IntegrityResult, ManifestFile
+from mobile_multimodal.security.keys import (
+    KeyNotFoundError,
+    create_key,
+    hash_key,
+    list_keys,
+    lookup_key,
+    revoke_key,
+)
+from mobile_multimodal.security.middleware import SecurityMiddleware
+from mobile_multimodal.security.ratelimit import RateLimit, RateLimiter
+
+__all__ = [
+    "ANONYMOUS",
+    "AUDIT_LOGGER",
+    "SECURITY_CODES",
+    "Anomaly",
+    "AnomalyDetector",
+    "AuditLog",
+    "ConfigChange",
+    "EventType",
+    "FileMismatch",
+    "IntegrityMonitor",
+    "IntegrityResult",
+    "KeyNotFoundError",
+    "ManifestFile",
+    "Principal",
+    "RateLimit",
+    "RateLimiter",
+    "SecurityContext",
+    "SecurityError",
+    "SecurityMiddleware",
+    "count_security_event",
+    "create_key",
+    "extract_key",
+    "get_security",
+    "hash_key",
+    "install_security",
+    "list_keys",
+    "lookup_key",
+    "record_config_state",
+    "require_admin",
+    "require_api_key",
+    "revoke_key",
+]

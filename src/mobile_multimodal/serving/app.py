@@ -1,0 +1,154 @@
+"""The FastAPI application factory: routes, error handlers, observability, store and engine.
+
+The app starts answering at once: ``/alive`` is 200 from the first request, ``/ready`` is 503
+until the model has loaded and a warm-up inference succeeded (the engine loads in the
+background). The background duties (background.py: configuration record, model integrity
+loop, backup metrics) start with it; a model file changed on disk turns ``/health`` 503
+(``MODEL_INTEGRITY_FAILED``) while inference goes on, background.py says why. On shutdown
+(SIGTERM, after uvicorn has drained in-flight requests) the duties stop, the batcher finishes
+what is queued, then telemetry is flushed.
+
+Example::
+
+    app = create_app(Settings(model="default", quantization="int2"))
+    uvicorn.run(app, port=8080)
+
+    # tests: a real model, built in-process instead of read from disk
+    app = create_app(settings, model_loader=lambda s: MobileMultiModalLLM.from_config(ModelConfig.tiny()))
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from opentelemetry.sdk.trace.export import SpanExporter
+
+from mobile_multimodal.observability import Observability
+from mobile_multimodal.observability.health import HealthChecker
+from mobile_multimodal.observability.identity import SERVICE_NAME, service_version
+from mobile_multimodal.security.auth import install_security
+from mobile_multimodal.serving.auth import build_authenticator
+from mobile_multimodal.serving.background import BackgroundDuties
+from mobile_multimodal.serving.body_limit import BodyLimitMiddleware
+from mobile_multimodal.serving.engine import InferenceEngine, ModelLoader, default_loader
+from mobile_multimodal.serving.errors import ErrorCode, install_error_handlers
+from mobile_multimodal.serving.openapi import install_openapi
+from mobile_multimodal.serving.routers import health, inference, openai_compat
+from mobile_multimodal.settings import Settings, get_settings
+from mobile_multimodal.store import Database
+from mobile_multimodal.store.database import DatabaseError
+
+log = logging.getLogger(__name__)
+
+
+def _open_database(settings: Settings) -> tuple[Database | None, str]:
+    """The project's store, or None and why (the service still starts; /health reports it)."""
+    try:
+        return Database(settings.resolved_database_url), ""
+    except (DatabaseError, OSError) as exc:  # OSError: the SQLite directory cannot be created
+        log.error("database unavailable: %s", exc)
+        return None, f"database unavailable: {exc}"
+
+
+def _model_status(engine: InferenceEngine, duties: BackgroundDuties) -> tuple[str | None, str]:
+    if engine.state == "ready":
+        # Files changed on disk: unhealthy, though still serving the weights verified at load.
+        problem = duties.integrity_problem()
+        if problem is not None:
+            return ErrorCode.MODEL_INTEGRITY_FAILED, problem
+        return None, "ready"
+    if engine.state == "loading":
+        return ErrorCode.MODEL_LOADING, "the model is loading"
+    if engine.state == "failed":
+        detail = f" ({engine.error.code}: {engine.error.message})" if engine.error else ""
+        return ErrorCode.MODEL_LOAD_FAILED, f"Model failed to load{detail}"
+    return ErrorCode.SHUTTING_DOWN, "the server is shutting down"
+
+
+def create_app(
+    settings: Settings | None = None,
+    model_loader: ModelLoader | None = None,
+    *,
+    span_exporter: SpanExporter | None = None,
+) -> FastAPI:
+    """Build the service. ``model_loader(settings)`` returns the model (default: from_pretrained)."""
+    settings = settings if settings is not None else get_settings()
+    observability = Observability(settings, span_exporter=span_exporter)
+    engine = InferenceEngine(
+        settings,
+        model_loader or default_loader,
+        on_loaded=observability.record_model_loaded,  # type: ignore[arg-type]
+        on_load_failed=observability.record_model_load_failure,
+    )
+    database, database_error = _open_database(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await observability.start()
+        await engine.start()
+        await duties.start()
+        try:
+            yield
+        finally:
+            app.state.shutting_down = True
+            await duties.stop()  # before the database closes: the loops write to it
+            await engine.stop()
+            if database is not None:
+                database.dispose()
+            await observability.stop()
+            _mark_process_dead()
+
+    app = FastAPI(
+        title=SERVICE_NAME,
+        version=service_version(),
+        summary="Captioning, OCR, VQA and retrieval with a small multimodal model.",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    install_openapi(app, auth_required=settings.auth == "required")
+    app.include_router(inference.router)
+    app.include_router(openai_compat.router)
+    app.include_router(health.router)
+    # Added first = innermost; the observability middleware (added last) wraps everything and
+    # so also counts and traces the 413s and 401s of the layers inside it. SecurityMiddleware
+    # refuses a declared Content-Length over the limit; BodyLimitMiddleware inside it counts
+    # chunked bodies and reports an oversized one to app.state.security as an anomaly.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    security = install_security(app, settings, database) if database is not None else None
+    observability.install(app)
+    duties = BackgroundDuties(settings, engine, database, security)
+
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.database = database
+    app.state.duties = duties
+    app.state.health_checker = HealthChecker(
+        settings,
+        database=database,
+        model_status=lambda: _model_status(engine, duties),
+        database_unavailable_reason=database_error,
+    )
+    app.state.observability = observability
+    app.state.shutting_down = False
+    app.state.started_wall = time.time()
+    app.state.authenticate = build_authenticator(settings, database)
+    return app
+
+
+def create_app_from_env() -> FastAPI:
+    """Factory for ``uvicorn --factory`` and ``--workers N``: settings from the environment."""
+    get_settings.cache_clear()
+    return create_app(get_settings())
+
+
+def _mark_process_dead() -> None:
+    """Multiprocess metrics: drop this worker's live gauges from the aggregate."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(os.getpid())

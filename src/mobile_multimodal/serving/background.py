@@ -1,0 +1,161 @@
+"""The server's background duties: configuration record, model integrity loop, backup metrics.
+
+Started by the app's lifespan, stopped at shutdown (before the database is closed):
+
+* at start, :func:`~mobile_multimodal.security.record_config_state`: a changed configuration is
+  ``config_changes_total{source="startup"}`` +1, a ``config_change`` security event and an audit row;
+* once the model has loaded, an :class:`~mobile_multimodal.security.IntegrityMonitor` re-hashes
+  the model's files against its manifest every ``MOBILE_MM_INTEGRITY_CHECK_INTERVAL_S``
+  (``model_integrity_ok``, ``model_integrity_last_check_timestamp_seconds``, and per tampering
+  incident ``model_integrity_failures_total``, ``security_events_total{event_type="model_tampering"}``
+  and an audit row);
+* :class:`~mobile_multimodal.store.BackupMetricsSync` mirrors the ``backup_runs`` table into
+  ``backup_last_success_timestamp_seconds`` / ``backup_failures_total`` every
+  ``MOBILE_MM_BACKUP_SYNC_INTERVAL_S``, so a ``mobile-mm db backup`` run by cron (another
+  process, never scraped) reaches this server's ``/metrics``; with ``MOBILE_MM_BACKUP_INTERVAL_S``
+  > 0 it also backs up by itself.
+
+**Tampering found at run time: the service keeps serving, and says so loudly.** ``/health``
+turns 503 with ``{"component": "model", "code": "MODEL_INTEGRITY_FAILED"}``, ModelTampering
+pages, the audit trail names the files; ``/ready`` stays 200 and inference goes on. Why:
+the weights in memory were checked against the manifest when they were loaded and are the
+process's own copies (``load_state_dict`` copies out of the safetensors mapping; the serving
+tests check that answers do not change after a byte of the file flips), so the service still
+answers with the released model. A change on disk only matters at the next load, and the
+loader refuses files that do not match (``MODEL_INTEGRITY_FAILED``), so a restart cannot
+serve them either. Refusing traffic instead would turn one written byte into an outage of
+every replica sharing the model volume, a kill switch for whoever can write there, while
+protecting nothing. The operator restores the files from a trusted copy (runbook
+ModelTampering); the next check clears ``/health`` and audits the recovery, no restart needed.
+
+Under ``--workers N`` (see :mod:`.leader`) every worker runs its own integrity check, so each
+worker's ``/health`` is true, but only the leader records the configuration, counts and audits
+tampering, and syncs backups: the summed counters then move once per event, not N times, and
+the server does not write N backups or N ``config_state`` rows.
+
+Example::
+
+    duties = BackgroundDuties(settings, engine, database, security)
+    await duties.start()
+    duties.integrity_problem()     # None, or why /health reports the model unhealthy
+    await duties.stop()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Coroutine
+from typing import Any
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from mobile_multimodal.security import AuditLog, IntegrityMonitor, SecurityContext, record_config_state
+from mobile_multimodal.serving.engine import InferenceEngine
+from mobile_multimodal.serving.leader import WorkerLeader
+from mobile_multimodal.settings import Settings
+from mobile_multimodal.store import BackupMetricsSync, Database
+
+log = logging.getLogger(__name__)
+
+
+class BackgroundDuties:
+    """Owns the integrity monitor and the backup sync task; see the module docstring."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        engine: InferenceEngine,
+        database: Database | None,
+        security: SecurityContext | None,
+        leader: WorkerLeader | None = None,
+    ) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.database = database
+        # Without a database there is no security context; audit events then go to the log only.
+        self.audit = security.audit if security is not None else AuditLog(None)
+        self.leader = leader or WorkerLeader.for_this_process()
+        self.monitor: IntegrityMonitor | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        """Record the configuration, then start the loops; returns at once after that."""
+        if self.database is not None and self.leader.is_leader():
+            await self._record_config(self.database)
+        self._spawn(self._watch_model(), "start-integrity-monitor")
+        if self.database is not None:
+            self._spawn(self._sync_backups(self.database), "backup-metrics-sync")
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)  # a crash was logged already
+        self._tasks.clear()
+        if self.monitor is not None:
+            await self.monitor.stop()
+        self.leader.release()
+
+    def integrity_problem(self) -> str | None:
+        """Why the model's files are not trusted (for /health), or None when the last check passed."""
+        result = self.monitor.last_result if self.monitor is not None else None
+        if result is None or result.ok:
+            return None
+        files = ", ".join(f"{m.path} ({m.reason})" for m in result.mismatches)
+        return (
+            f"model files differ from their manifest: {files}. Still serving the weights verified at "
+            "load; restore the files from a trusted copy (runbook ModelTampering)"
+        )
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        task.add_done_callback(_log_crash)
+        self._tasks.append(task)
+
+    async def _record_config(self, database: Database) -> None:
+        try:
+            change = await asyncio.to_thread(record_config_state, database, self.settings, audit=self.audit)
+        except SQLAlchemyError as exc:  # a database hiccup must not stop the service from starting
+            log.error("configuration state not recorded: %s", exc)
+            return
+        if change.changed:
+            log.warning("configuration changed since the last start: %s", ", ".join(change.changed_fields))
+
+    async def _watch_model(self) -> None:
+        """Start the integrity loop once the model has loaded (nothing to check if it failed)."""
+        await self.engine.wait_ready()
+        model = self.engine.model
+        if not self.engine.ready or model is None:
+            return
+        model_dir = getattr(model, "model_dir", None)
+        files = (getattr(model, "manifest", None) or {}).get("files")
+        if model_dir is None or not files:
+            log.warning("no integrity checks: the model was not loaded from a directory with a manifest")
+            return
+        try:
+            self.monitor = IntegrityMonitor(
+                model_dir,
+                files,
+                model_type=self.settings.model_type,
+                audit=self.audit,
+                reports_incidents=self.leader.is_leader,
+            )
+        except ValueError as exc:
+            log.error("no integrity checks: invalid manifest in %s: %s", model_dir, exc)
+            return
+        self.monitor.start(self.settings.integrity_check_interval_s)
+
+    async def _sync_backups(self, database: Database) -> None:
+        interval = self.settings.backup_sync_interval_s
+        while not self.leader.is_leader():  # another worker syncs; take over if it dies
+            await asyncio.sleep(interval)
+        await BackupMetricsSync(database).run_forever(
+            interval_s=interval,
+            backup_dir=self.settings.resolved_backup_dir,
+            backup_interval_s=self.settings.backup_interval_s,
+        )
+
+
+def _log_crash(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("background task %s stopped", task.get_name(), exc_info=task.exception())

@@ -1,0 +1,249 @@
+"""Dynamic batching: concurrent requests that can share one model call are run as one batch.
+
+Requests are queued under a *key* (here ``(task, max_tokens)``: only requests with the same task
+and generation budget can share a forward pass). One collector task forms batches: it takes the
+key whose oldest request has waited longest, waits until that key has ``max_batch_size`` requests
+or ``max_wait_s`` have passed since the oldest arrived (or since the model became free, if that
+is later: a request that waited out a busy model still gets its peers), then runs the batch in
+the executor (the model's single worker thread, so the event loop keeps answering ``/alive`` and
+``/metrics``). While a batch runs, new requests pile up, so under load batches grow on their
+own, and no request waits more than ``max_wait_s`` for an idle model.
+
+Waiting only pays when more requests are on their way. With ``arriving`` (a count of requests
+that have entered the service but are still being decoded, not yet queued) the collector waits
+only while someone is arriving, or while fewer requests are queued than the last batch had (the
+clients just answered are likely sending their next request). So a lone client is served at
+once instead of idling ``max_wait_s`` per request, while a busy service keeps its batches full
+instead of alternating a batch of one (the first client back) with a batch of the rest.
+
+Backpressure: at most ``max_queue`` requests wait; the next is refused at once with
+:class:`QueueFullError` (the route answers 503 + Retry-After) rather than queueing without bound.
+A request that times out while still queued is removed and never runs.
+
+Example::
+
+    batcher = DynamicBatcher(lambda key, items: [x * 2 for x in items], max_batch_size=8,
+                             max_wait_s=0.005, max_queue=64, executor=executor)
+    await batcher.start()
+    outcome = await batcher.submit("double", 21, timeout=1.0)   # outcome.result == 42
+    await batcher.close()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Hashable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+from mobile_multimodal.observability import metrics
+
+log = logging.getLogger(__name__)
+
+ItemT = TypeVar("ItemT")
+ResultT = TypeVar("ResultT")
+KeyT = TypeVar("KeyT", bound=Hashable)
+
+
+class QueueFullError(Exception):
+    """The queue holds ``max_queue`` requests already; try again later."""
+
+
+class BatcherClosedError(Exception):
+    """The batcher is shutting down and takes no new requests."""
+
+
+@dataclass
+class BatchOutcome(Generic[ResultT]):
+    """One request's result and how it was run."""
+
+    result: ResultT
+    batch_size: int
+    queued_s: float  # from submit to the start of its batch
+    run_s: float  # duration of the batch's model call
+
+
+@dataclass
+class _Pending(Generic[ItemT]):
+    item: ItemT
+    future: asyncio.Future[BatchOutcome[object]]
+    enqueued: float = field(default_factory=time.perf_counter)
+
+
+class DynamicBatcher(Generic[KeyT, ItemT, ResultT]):
+    """Groups concurrent :meth:`submit` calls with the same key into one ``run_batch`` call.
+
+    ``run_batch(key, items)`` runs in ``executor`` and must return one result per item, in order.
+    ``label(key)`` names the key in the metrics (the ``task`` label).
+    """
+
+    def __init__(
+        self,
+        run_batch: Callable[[KeyT, list[ItemT]], list[ResultT]],
+        *,
+        max_batch_size: int,
+        max_wait_s: float,
+        max_queue: int,
+        executor: Executor | None = None,
+        label: Callable[[KeyT], str] = str,
+        arriving: Callable[[], int] | None = None,
+    ) -> None:
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        if max_wait_s < 0:
+            raise ValueError(f"max_wait_s must be >= 0, got {max_wait_s}")
+        if max_queue < 1:
+            raise ValueError(f"max_queue must be >= 1, got {max_queue}")
+        self._run_batch = run_batch
+        self.max_batch_size = max_batch_size
+        self.max_wait_s = max_wait_s
+        self.max_queue = max_queue
+        self._executor = executor
+        self._label = label
+        self._arriving = arriving
+        self._queues: dict[KeyT, deque[_Pending[ItemT]]] = {}
+        self._queued = 0
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self.batches_run = 0
+        self.largest_batch = 0
+        self._last_batch_size = 0
+        self._last_batch_end = 0.0
+
+    # --- lifecycle ----------------------------------------------------------------------------
+    async def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._collect(), name="dynamic-batcher")
+
+    async def close(self) -> None:
+        """Refuse new requests, finish every queued one, then stop."""
+        self._closing = True
+        self._wakeup.set()
+        if self._task is not None:
+            await self._task
+            self._task = None
+
+    def poke(self) -> None:
+        """Re-check the waiting batch (an expected arrival gave up before it was queued)."""
+        self._wakeup.set()
+
+    @property
+    def depth(self) -> int:
+        """Requests queued and not yet in a running batch."""
+        return self._queued
+
+    # --- submitting ---------------------------------------------------------------------------
+    async def submit(self, key: KeyT, item: ItemT, timeout: float) -> BatchOutcome[ResultT]:
+        """Queue ``item`` under ``key`` and wait for its result (at most ``timeout`` seconds).
+
+        Raises :class:`QueueFullError`, :class:`BatcherClosedError`, ``TimeoutError``, or whatever
+        ``run_batch`` raised for the batch.
+        """
+        if self._closing:
+            raise BatcherClosedError("the batcher is shutting down")
+        if self._task is None:
+            raise RuntimeError("DynamicBatcher.start() was not awaited")
+        if self._queued >= self.max_queue:
+            metrics.QUEUE_REJECTIONS.labels(self._label(key)).inc()
+            raise QueueFullError(f"{self._queued} requests are already queued (max_queue={self.max_queue})")
+        future: asyncio.Future[BatchOutcome[object]] = asyncio.get_running_loop().create_future()
+        pending = _Pending(item, future)
+        self._queues.setdefault(key, deque()).append(pending)
+        self._queued += 1
+        self._publish_depth(key)
+        self._wakeup.set()
+        try:
+            outcome = await asyncio.wait_for(future, timeout)
+        except (TimeoutError, asyncio.CancelledError):
+            self._discard(key, pending)
+            raise
+        return outcome  # type: ignore[return-value]
+
+    def _discard(self, key: KeyT, pending: _Pending[ItemT]) -> None:
+        """Drop a request that gave up while still queued, so it never runs."""
+        queue = self._queues.get(key)
+        if queue is not None and pending in queue:
+            queue.remove(pending)
+            self._queued -= 1
+            self._publish_depth(key)
+
+    def _publish_depth(self, key: KeyT) -> None:
+        label = self._label(key)
+        depth = sum(len(q) for k, q in self._queues.items() if self._label(k) == label)
+        metrics.QUEUE_DEPTH.labels(label).set(depth)
+
+    # --- forming and running batches ----------------------------------------------------------
+    def _oldest_key(self) -> KeyT | None:
+        oldest: tuple[float, KeyT] | None = None
+        for key, queue in self._queues.items():
+            if queue and (oldest is None or queue[0].enqueued < oldest[0]):
+                oldest = (queue[0].enqueued, key)
+        return None if oldest is None else oldest[1]
+
+    def _expect_more(self, queued: int) -> bool:
+        if self._arriving is None:
+            return True  # no signal: always allow max_wait_s for the batch to fill
+        return self._arriving() > 0 or queued < self._last_batch_size
+
+    async def _collect(self) -> None:
+        while True:
+            key = self._oldest_key()
+            if key is None:
+                if self._closing:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            queue = self._queues[key]
+            deadline = max(queue[0].enqueued, self._last_batch_end) + self.max_wait_s
+            # Wait for the batch to fill, but never past the oldest request's deadline.
+            while len(queue) < self.max_batch_size and not self._closing:
+                if not self._expect_more(len(queue)):
+                    break  # nobody else is on the way: waiting would only add latency
+                remaining = deadline - time.perf_counter()
+                if remaining <= 0:
+                    break
+                self._wakeup.clear()
+                try:
+                    await asyncio.wait_for(self._wakeup.wait(), remaining)
+                except TimeoutError:
+                    break
+            batch = [queue.popleft() for _ in range(min(self.max_batch_size, len(queue)))]
+            self._queued -= len(batch)
+            if not queue:
+                del self._queues[key]
+            self._publish_depth(key)
+            batch = [p for p in batch if not p.future.done()]
+            if batch:
+                await self._run(key, batch)
+
+    async def _run(self, key: KeyT, batch: list[_Pending[ItemT]]) -> None:
+        loop = asyncio.get_running_loop()
+        items = [p.item for p in batch]
+        start = time.perf_counter()
+        try:
+            results = await loop.run_in_executor(self._executor, self._run_batch, key, items)
+            if len(results) != len(items):
+                raise RuntimeError(f"run_batch returned {len(results)} results for {len(items)} items")
+        except Exception as exc:
+            for p in batch:
+                if not p.future.done():
+                    p.future.set_exception(exc)
+            return
+        finally:
+            run_s = time.perf_counter() - start
+            metrics.BATCH_DURATION.labels(metrics.batch_size_label(len(batch)), self._label(key)).observe(
+                run_s
+            )
+            self.batches_run += 1
+            self.largest_batch = max(self.largest_batch, len(batch))
+            self._last_batch_size = len(batch)
+            self._last_batch_end = time.perf_counter()
+        for p, result in zip(batch, results, strict=True):
+            if not p.future.done():
+                p.future.set_result(BatchOutcome(result, len(batch), start - p.enqueued, run_s))

@@ -1,0 +1,95 @@
+"""FastAPI dependencies shared by the inference routes: the engine, the trace span, and auth.
+
+The guide's inference trace starts with *authentication*, so the ``model_inference`` span must
+exist before the API key is checked. FastAPI resolves dependencies in parameter order, so
+:func:`inference_span` (first) opens the span and :func:`authenticated` (second) runs the key
+check as its ``authentication`` child; the handler then makes the span current for the later
+stages. Auth failures thus show up in the trace, and a request without a valid key is refused
+before its body is validated or decoded.
+
+Example::
+
+    @router.post("/inference")
+    async def infer(body: Req, span: Span = Depends(inference_span),
+                    principal: Principal = Depends(authenticated)) -> ...
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from fastapi import Request
+from opentelemetry import trace
+from opentelemetry.trace import Span, Status, StatusCode
+
+from mobile_multimodal.observability.context import annotate_request
+from mobile_multimodal.observability.tracing import get_tracer
+from mobile_multimodal.serving.engine import InferenceEngine
+from mobile_multimodal.settings import Settings
+
+
+class Principal(Protocol):
+    """Who made the request (the security package's principal satisfies this)."""
+
+    @property
+    def user_id(self) -> str: ...
+    @property
+    def user_type(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class Anonymous:
+    """The principal when auth is disabled and no key was sent."""
+
+    user_id: str = "anonymous"
+    user_type: str = "anonymous"
+
+
+# (request) -> principal; raises an HTTP 401/403/429 error when the key is refused.
+Authenticator = Callable[[Request], Awaitable[Principal]]
+
+
+def get_engine(request: Request) -> InferenceEngine:
+    engine: InferenceEngine = request.app.state.engine
+    return engine
+
+
+def get_settings_dep(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+async def inference_span(request: Request) -> AsyncIterator[Span]:
+    """Open ``model_inference`` (child of the HTTP server span); end it however the request ends."""
+    request.state.started = time.perf_counter()
+    span = get_tracer().start_span("model_inference", kind=trace.SpanKind.INTERNAL)
+    request.state.inference_span = span
+    try:
+        yield span
+    except BaseException as exc:
+        if span.is_recording():
+            span.record_exception(exc)
+            span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+        raise
+    finally:
+        if span.is_recording():
+            span.end()
+
+
+async def authenticated(request: Request) -> Principal:
+    """Check the API key inside the ``authentication`` stage of the request's inference span."""
+    authenticate: Authenticator = request.app.state.authenticate
+    span: Span | None = getattr(request.state, "inference_span", None)
+    parent = trace.set_span_in_context(span) if span is not None else None
+    with get_tracer().start_as_current_span("authentication", context=parent) as auth_span:
+        try:
+            principal = await authenticate(request)
+        except BaseException as exc:
+            auth_span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+            raise
+        auth_span.set_attribute("user.type", principal.user_type)
+    annotate_request(user_id=principal.user_id, user_type=principal.user_type)
+    return principal

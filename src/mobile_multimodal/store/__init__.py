@@ -1,0 +1,34 @@
+"""Persistence: SQLAlchemy models and sessions (SQLite default, PostgreSQL by URL), backups.
+
+Example::
+
+    from mobile_multimodal.store import Database, backup, verify
+    db = Database()                      # MOBILE_MM_DATABASE_URL, else SQLite in the data dir
+    latency_s = db.ping()
+    path = backup(db, Path("var/backups"))
+    assert verify(path).ok
+"""
+
+from mobile_multimodal.store.backup import BackupError, backup, restore
+from mobile_multimodal.store.backup_metrics import BackupMetricsSync
+from mobile_multimodal.store.database import SCHEMA_VERSION, Database, DatabaseError
+from mobile_multimodal.store.models import ApiKey, AuditEvent, BackupRun, Base, ConfigState, SchemaVersion
+from mobile_multimodal.store.verify import VerifyResult, verify
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "ApiKey",
+    "AuditEvent",
+    "BackupError",
+    "BackupMetricsSync",
+    "BackupRun",
+    "Base",
+    "ConfigState",
+    "Database",
+    "DatabaseError",
+    "SchemaVersion",
+    "VerifyResult",
+    "backup",
+    "restore",
+    "verify",
+]

@@ -1,0 +1,42 @@
+"""Shared fixtures: settings isolated from the machine's environment, telemetry reset after each test."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from prometheus_client import REGISTRY
+
+from mobile_multimodal.observability.logging import shutdown_logging
+from mobile_multimodal.observability.tracing import shutdown_tracing
+from mobile_multimodal.settings import Settings
+
+_ENV = (
+    "OTEL_SDK_DISABLED", "OTEL_SERVICE_NAME", "OTEL_TRACES_SAMPLER", "OTEL_TRACES_SAMPLER_ARG",
+    "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_PROTOCOL",
+    "MOBILE_MM_LOG_LEVEL", "MOBILE_MM_LOG_SAMPLE_RATIO", "MOBILE_MM_TELEMETRY_ENABLED",
+    "MOBILE_MM_METRICS_TOKEN",
+    "MOBILE_MM_OBSERVABILITY_CONFIG", "ENABLE_PROFILING", "CPU_PROFILE_DURATION", "CPU_PROFILE_INTERVAL",
+    "MEMORY_PROFILE_DURATION", "MEMORY_PROFILE_INTERVAL", "PROMETHEUS_MULTIPROC_DIR",
+)  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    for name in _ENV:
+        monkeypatch.delenv(name, raising=False)
+    yield
+    shutdown_tracing()
+    shutdown_logging()
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(data_dir=tmp_path / "data", log_dir=tmp_path / "logs")
+
+
+def sample(name: str, labels: dict[str, str] | None = None) -> float:
+    """Current value of one sample in the default registry (0 when the series does not exist yet)."""
+    value = REGISTRY.get_sample_value(name, labels or {})
+    return 0.0 if value is None else value

@@ -1,0 +1,49 @@
+from __future__ import annotations
+
+import torch
+
+from mobile_multimodal.model import MobileMultiModalLLM
+from mobile_multimodal.quantization.gptq import collect_hessians, gptq_quantize, quantize_gptq_layers
+from mobile_multimodal.quantization.policy import make_plan
+from mobile_multimodal.quantization.schemes import quantize_rtn
+from mobile_multimodal.training.batches import BatchBuilder, BatchSizes
+
+SIZES = BatchSizes(caption=4, scene_vqa=4, easy_vqa=0, ocr=4)
+
+
+def test_gptq_lowers_the_output_error_below_round_to_nearest() -> None:
+    gen = torch.Generator().manual_seed(0)
+    mix = torch.randn(160, 160, generator=gen) / 160**0.5
+    x = torch.randn(3000, 160, generator=gen) @ mix  # correlated inputs, as in a real layer
+    w = torch.randn(96, 160, generator=gen) * 0.05
+    h = x.T @ x / x.shape[0]
+
+    def output_mse(q: torch.Tensor) -> float:
+        return float(((x @ (q - w).T) ** 2).mean())
+
+    for bits, gs in ((2, 80), (4, 80), (8, None)):
+        rtn = output_mse(quantize_rtn(w, bits, gs).dequantize())
+        gptq = output_mse(gptq_quantize(w, h, bits, gs).dequantize())
+        assert gptq < 0.8 * rtn, (bits, gptq, rtn)
+
+
+def test_hessians_cover_every_linear_and_are_symmetric_psd(tiny_model: MobileMultiModalLLM) -> None:
+    net = tiny_model.network
+    builder = BatchBuilder(tiny_model.tokenizer, 0, SIZES, None)
+    names = [n for n, m in net.named_modules() if isinstance(m, torch.nn.Linear)]
+    hessians = collect_hessians(net, names, [builder.build(0)])
+    assert set(hessians) == set(names)
+    for name, h in hessians.items():
+        n = net.get_submodule(name).in_features
+        assert h.shape == (n, n)
+        assert torch.allclose(h, h.T, atol=1e-5)
+        assert float(torch.linalg.eigvalsh(h.double()).min()) > -1e-6
+
+
+def test_gptq_plan_quantizes_every_planned_layer_at_its_width(tiny_model: MobileMultiModalLLM) -> None:
+    plan = make_plan(tiny_model.network, 2, 32)
+    builder = BatchBuilder(tiny_model.tokenizer, 0, SIZES, None)
+    quantized = quantize_gptq_layers(tiny_model.network, plan, [builder.build(0)])
+    assert set(quantized) == set(plan)
+    assert {quantized[n].bits for n in plan} == {2, 8}
+    assert all(quantized[n].bits == plan[n].bits for n in plan)

@@ -1,0 +1,85 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from mobile_multimodal.cli import app
+from mobile_multimodal.model import MobileMultiModalLLM
+
+runner = CliRunner()
+
+
+def _eval(model: Path, quantization: str, limit: int) -> dict:
+    result = runner.invoke(
+        app, ["eval", "--model", str(model), "--quantization", quantization, "--json", "--limit", str(limit)]
+    )
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout[result.stdout.index("{") :])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["rtn", "gptq", "qat"])
+def test_quantize_writes_a_loadable_variant_whose_reported_loss_is_what_eval_measures(
+    method: str, tiny_model: MobileMultiModalLLM, tmp_path: Path
+) -> None:
+    model_dir = tiny_model.save(tmp_path / "model")
+    report_path = tmp_path / "report.json"
+    result = runner.invoke(
+        app,
+        [
+            "quantize",
+            "--bits",
+            "2",
+            "--method",
+            method,
+            "--model",
+            str(model_dir),
+            "--group-size",
+            "16",
+            "--out",
+            str(model_dir / "int2"),
+            "--report",
+            str(report_path),
+            "--limit",
+            "6",
+            "--calibration-batches",
+            "1",
+            "--qat-steps",
+            "3",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(report_path.read_text())
+    assert (report["quantization"], report["method"], report["bits"], report["group_size"]) == (
+        "int2",
+        method,
+        2,
+        16,
+    )
+    assert report["size_bytes"] == (model_dir / "int2" / "model.safetensors").stat().st_size
+    assert report["size_bytes"] < report["fp32_size_bytes"] / 3
+    assert 2 < report["bits_per_weight"]["by_bits"]["2"]["bits_per_weight"] < 4.5
+
+    fp32 = _eval(model_dir, "fp32", 6)
+    int2 = _eval(model_dir, "int2", 6)
+    assert int2["quantization"] == "int2"
+    for task, row in report["tasks"].items():
+        assert row["quantized"] == int2["tasks"][task]["primary"]
+        assert row["fp32"] == fp32["tasks"][task]["primary"]
+        ref = fp32["tasks"][task]["primary"]
+        expected = None if ref == 0 else (ref - int2["tasks"][task]["primary"]) / ref
+        assert row["accuracy_loss"] == expected
+    manifest = json.loads((model_dir / "int2" / "manifest.json").read_text())
+    assert manifest["quantization"]["method"] == method
+    assert manifest["eval"]["tasks"] == int2["tasks"]
+
+
+def test_quantize_rejects_bad_options_with_a_clear_message(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["quantize", "--bits", "3", "--out", str(tmp_path / "x")])
+    assert result.exit_code != 0
+    assert "--bits must be 8, 4 or 2" in result.output
+    result = runner.invoke(app, ["quantize", "--bits", "2", "--method", "awq", "--out", str(tmp_path / "x")])
+    assert result.exit_code != 0 and "--method must be one of" in result.output

@@ -1,0 +1,173 @@
+"""Fixtures for the serving tests: a real uvicorn server on a free port, and real (tiny) models.
+
+``live_server(settings, loader)`` starts the app from ``create_app`` under uvicorn in a thread,
+bound to a socket on 127.0.0.1:0, and stops it (graceful shutdown) at the end of the test.
+The model is a real ``MobileMultiModalLLM`` (tiny config, random weights): the tests check the
+serving machinery around it, not its answers (see test_bundled_model.py for those).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from PIL import Image
+
+from mobile_multimodal.model import MobileMultiModalLLM, ModelConfig
+from mobile_multimodal.serving.app import create_app
+from mobile_multimodal.serving.engine import ModelLoader, ServableModel
+from mobile_multimodal.serving.probe import ProbeCase
+from mobile_multimodal.settings import Settings
+
+
+def tiny_model(settings: Settings | None = None) -> ServableModel:
+    model: ServableModel = MobileMultiModalLLM.from_config(ModelConfig.tiny(), seed=0)
+    return model
+
+
+def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "data_dir": tmp_path,
+        "auth": "disabled",
+        "max_batch_size": 8,
+        "max_batch_wait_ms": 5.0,
+        "request_timeout_s": 30.0,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+def png_bytes(img: Image.Image | None = None, fmt: str = "PNG") -> bytes:
+    img = img if img is not None else ProbeCase.default().image
+    buf = io.BytesIO()
+    img.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def data_uri(img: Image.Image | None = None, fmt: str = "PNG") -> str:
+    mime = {
+        "PNG": "image/png",
+        "JPEG": "image/jpeg",
+        "WEBP": "image/webp",
+        "GIF": "image/gif",
+        "BMP": "image/bmp",
+    }
+    return f"data:{mime[fmt]};base64,{base64.b64encode(png_bytes(img, fmt)).decode()}"
+
+
+class LiveServer:
+    """The app under a real uvicorn server in a background thread."""
+
+    def __init__(self, settings: Settings, loader: ModelLoader, **app_kwargs: Any) -> None:
+        self.settings = settings
+        self.app = create_app(settings, model_loader=loader, **app_kwargs)
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(self.app, log_config=None, access_log=False, timeout_graceful_shutdown=10)
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+
+    def start(self) -> LiveServer:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("the server did not start")
+            time.sleep(0.01)
+        return self
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        with httpx.Client(base_url=self.url) as client:
+            while time.monotonic() < deadline:
+                if client.get("/ready").status_code == 200:
+                    return
+                time.sleep(0.02)
+        raise TimeoutError("the server did not become ready")
+
+    def client(self, **kwargs: Any) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=60.0, **kwargs)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+        self.sock.close()
+
+
+@pytest.fixture
+def live_server(tmp_path: Path) -> Iterator[Callable[..., LiveServer]]:
+    """``live_server(loader=tiny_model, ready=True, **settings_overrides)`` -> a started server."""
+    servers: list[LiveServer] = []
+
+    def start(
+        loader: ModelLoader = tiny_model,
+        ready: bool = True,
+        app_kwargs: dict[str, Any] | None = None,
+        **overrides: Any,
+    ) -> LiveServer:
+        server = LiveServer(make_settings(tmp_path, **overrides), loader, **(app_kwargs or {})).start()
+        servers.append(server)
+        if ready:
+            server.wait_ready()
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """A ready server with the tiny model and default test settings, shared by a module's tests
+    (they assert metric deltas, never absolute values, so sharing is safe)."""
+    started = LiveServer(make_settings(tmp_path_factory.mktemp("server")), tiny_model).start()
+    started.wait_ready()
+    yield started
+    started.stop()
+
+
+def metric_value(text: str, name: str, **labels: str) -> float:
+    """The value of one sample in Prometheus text output (0.0 when absent)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                total += sample.value
+    return total
+
+
+class OpenAPIChecker:
+    """Validates a real response against what the app's OpenAPI schema says that route returns."""
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        self.spec = spec
+
+    def check(self, method: str, path: str, response: httpx.Response) -> None:
+        from jsonschema import Draft202012Validator
+
+        operation = self.spec["paths"][path][method.lower()]
+        status = str(response.status_code)
+        documented = operation["responses"]
+        assert status in documented, (
+            f"{method} {path} answered {status}, not in the schema ({sorted(documented)})"
+        )
+        content = documented[status].get("content", {})
+        media = response.headers["content-type"].split(";")[0]
+        assert media in content, f"{method} {path} {status}: {media} is not documented ({sorted(content)})"
+        if media == "application/json":
+            schema = {"components": self.spec["components"], **content[media]["schema"]}
+            Draft202012Validator(schema).validate(response.json())
