@@ -15,7 +15,7 @@ size, and CPU latency of fixed workloads relative to fp32 (torch rows only).
 
 Usage::
 
-    nice -n 10 .venv/bin/python -m benchmarks.quantization.run --limit 200
+    nice -n 10 .venv/bin/python -m benchmarks.quantization.run --limit 1000 --repeats 30
     nice -n 10 .venv/bin/python -m benchmarks.quantization.run --limit 20 --out /tmp/qbench --no-ablations
 
 Writes results.json, results.md and results.png into --out (default: this directory).
@@ -335,10 +335,10 @@ def check_targets(results: dict[str, Any]) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="default")
-    parser.add_argument("--limit", type=int, default=200, help="examples per task (same for every row)")
+    parser.add_argument("--limit", type=int, default=1000, help="examples per task (same for every row)")
     parser.add_argument("--group-size", type=int, default=DEFAULT_GROUP_SIZE)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=12, help="timed repetitions per latency workload")
+    parser.add_argument("--repeats", type=int, default=30, help="timed repetitions per latency workload")
     parser.add_argument("--peers", default="quanto,hqq,onnxruntime")
     parser.add_argument("--no-ablations", dest="ablations", action="store_false")
     parser.add_argument(

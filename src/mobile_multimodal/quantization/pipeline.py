@@ -95,9 +95,7 @@ def quantize_model(opts: QuantizeOptions, log: Callable[[str], None] = print) ->
         cfg.ocr_height,
         cfg.ocr_width,
     )
-    extra: dict[str, Any] = {
-        "source": {"model": str(fp32.model_dir), "files": fp32.manifest.get("files", [])}
-    }
+    extra: dict[str, Any] = {"source": {"model": str(opts.model), "files": fp32.manifest.get("files", [])}}
     float_net = net
     if opts.method == "rtn":
         quantized = quantize_rtn_layers(net, plan)
