@@ -33,7 +33,7 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 echo "installing Debian packages: ${missing[*]}"
 $SUDO apt-get update -qq
-# policy-rc.d keeps Debian from starting the services on install: tests start their own.
+# Debian may start these services on install: stop them, tests start their own on 127.0.0.1.
 DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 for svc in prometheus prometheus-alertmanager prometheus-node-exporter postgresql; do
   (command -v systemctl >/dev/null && $SUDO systemctl stop "$svc" 2>/dev/null) || true
