@@ -207,6 +207,7 @@ def _session(
             (workdir / "prom").mkdir()
             target = [{"targets": [f"127.0.0.1:{servers['on'].port}"]}]
             prom = PrometheusServer(workdir / "prom", [{"job_name": "on", "static_configs": target}]).start()
+            prom.wait_for('up{job="on"}', lambda v: v == 1)  # its first scrape comes a few seconds in
         clients = {arm: httpx.Client(base_url=s.url, timeout=60) for arm, s in servers.items()}
         for client in clients.values():
             for task in tasks:

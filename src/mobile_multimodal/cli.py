@@ -246,6 +246,24 @@ def monitoring_test_alert(
     )
 
 
+@app.command()
+def bench(
+    names: list[str] | None = typer.Argument(
+        None, help="Benchmarks to run (serving, telemetry, quantization, ocr_baseline); default all."
+    ),
+) -> None:
+    """Run the benchmarks of a source checkout (benchmarks/, results written beside each script)."""
+    import subprocess
+
+    if not (Path.cwd() / "benchmarks" / "run_all.py").is_file():
+        typer.echo(
+            "error: run `mobile-mm bench` from the root of a source checkout (benchmarks/ not found)",
+            err=True,
+        )
+        raise typer.Exit(2)
+    raise typer.Exit(subprocess.call([sys.executable, "-m", "benchmarks.run_all", *(names or [])]))
+
+
 def main() -> None:
     app()
 
