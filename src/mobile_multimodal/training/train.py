@@ -213,5 +213,5 @@ def train_model(opts: TrainOptions) -> Path:
     if opts.evaluate:
         from mobile_multimodal.training.evaluate import attach_report, evaluate_loaded
 
-        attach_report(out, evaluate_loaded(model, limit=None if opts.preset == "default" else 20))
+        attach_report(out, evaluate_loaded(model, limit=20 if opts.preset == "tiny" else None))
     return out
