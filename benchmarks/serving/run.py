@@ -33,7 +33,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -45,6 +44,7 @@ from typing import Any
 
 import httpx
 from benchmarks.serving.report import CONCURRENCY, plot, write_markdown
+from tests.integration.servers import free_port, wait_http
 
 HERE = Path(__file__).resolve().parent
 ARMS = {
@@ -123,16 +123,10 @@ def measure_model(opts: Options, png: bytes) -> dict[str, Any]:
     }
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def start_server(
     opts: Options, env_extra: dict[str, str], data_dir: Path
 ) -> tuple[subprocess.Popen[bytes], str]:
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "MOBILE_MM_DATA_DIR": str(data_dir),
@@ -156,18 +150,12 @@ def start_server(
     ]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the server exited with {proc.returncode}")
-        try:
-            if httpx.get(url + "/ready", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    proc.kill()
-    raise TimeoutError("the server did not become ready")
+    try:
+        wait_http(url + "/ready", timeout_s=180, process=proc)
+    except TimeoutError:
+        proc.kill()
+        raise
+    return proc, url
 
 
 def run_wrk(url: str, concurrency: int, duration: int, body_file: Path) -> dict[str, float]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,16 +13,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+from tests.integration.servers import free_port, wait_http
 
 from mobile_multimodal.model import MobileMultiModalLLM, ModelConfig
 
 from .conftest import data_uri, metric_value
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +29,7 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _serve(model_dir: Path, tmp_path: Path, *extra: str, **env: str) -> tuple[subprocess.Popen[bytes], str]:
-    port = _free_port()
+    port = free_port()
     environ = {**os.environ, "MOBILE_MM_DATA_DIR": str(tmp_path), "MOBILE_MM_AUTH": "disabled", **env}
     environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
     cmd = [
@@ -53,18 +47,16 @@ def _serve(model_dir: Path, tmp_path: Path, *extra: str, **env: str) -> tuple[su
     ]
     proc = subprocess.Popen(cmd, env=environ, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited: {proc.stderr.read().decode()[-2000:] if proc.stderr else ''}")
-        try:
-            if httpx.get(url + "/ready", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    proc.kill()
-    raise TimeoutError("server did not become ready")
+    try:
+        wait_http(url + "/ready", timeout_s=90, process=proc)
+    except RuntimeError as exc:  # it exited: show why
+        raise RuntimeError(
+            f"server exited: {proc.stderr.read().decode()[-2000:] if proc.stderr else ''}"
+        ) from exc
+    except TimeoutError:
+        proc.kill()
+        raise
+    return proc, url
 
 
 @pytest.fixture

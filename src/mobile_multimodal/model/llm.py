@@ -11,6 +11,7 @@ Example::
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -149,11 +150,11 @@ class MobileMultiModalLLM:
         return directory
 
     # ---- inference ---------------------------------------------------------------------
-    def _scenes(self, images: list[ImageInput]) -> torch.Tensor:
+    def _scenes(self, images: Sequence[ImageInput]) -> torch.Tensor:
         return torch.stack([scene_tensor(i, self.config.scene_size) for i in images])
 
     @torch.inference_mode()
-    def generate_captions(self, images: list[ImageInput], max_tokens: int = 32) -> list[str]:
+    def generate_captions(self, images: Sequence[ImageInput], max_tokens: int = 32) -> list[str]:
         tokens, _ = self.network.encode_images(self._scenes(images))
         prompts = [self.tokenizer.prompt("captioning")] * len(images)
         out = self.network.decoder.generate(
@@ -163,7 +164,7 @@ class MobileMultiModalLLM:
 
     @torch.inference_mode()
     def answer_questions(
-        self, images: list[ImageInput], questions: list[str], max_tokens: int = 8
+        self, images: Sequence[ImageInput], questions: Sequence[str], max_tokens: int = 8
     ) -> list[str]:
         if len(images) != len(questions):
             raise ValueError(f"{len(images)} images but {len(questions)} questions")
@@ -175,7 +176,7 @@ class MobileMultiModalLLM:
         return [self.tokenizer.decode(o[:max_tokens]) for o in out]
 
     @torch.inference_mode()
-    def extract_texts(self, images: list[ImageInput]) -> list[str]:
+    def extract_texts(self, images: Sequence[ImageInput]) -> list[str]:
         batch = torch.stack(
             [text_line_tensor(i, self.config.ocr_height, self.config.ocr_width) for i in images]
         )
@@ -183,10 +184,10 @@ class MobileMultiModalLLM:
         return [self.tokenizer.decode_ctc(row.tolist()) for row in best]
 
     @torch.inference_mode()
-    def get_image_embeddings(self, images: list[ImageInput]) -> np.ndarray:
+    def get_image_embeddings(self, images: Sequence[ImageInput]) -> np.ndarray:
         return self.network.image_embeddings(self._scenes(images)).numpy()
 
-    def encode_texts(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode_texts(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         seqs = [
             self.tokenizer.encode(t)[: self.config.max_text_len] or [self.tokenizer.stoi["<unk>"]]
             for t in texts
@@ -200,7 +201,7 @@ class MobileMultiModalLLM:
         return ids, valid
 
     @torch.inference_mode()
-    def get_text_embeddings(self, texts: list[str]) -> np.ndarray:
+    def get_text_embeddings(self, texts: Sequence[str]) -> np.ndarray:
         if not texts:
             raise ValueError("texts must not be empty")
         return self.network.text_embeddings(*self.encode_texts(texts)).numpy()
