@@ -29,7 +29,6 @@ Writes benchmarks/ocr_baseline/results.json and results.md (or under --out).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import platform
@@ -45,6 +44,7 @@ from PIL import Image
 from rapidocr import RapidOCR
 
 from mobile_multimodal.data.splits import load_eval_split
+from mobile_multimodal.filehash import sha256_file
 from mobile_multimodal.training.metrics import char_error_rate, word_accuracy
 
 SPLITS = ("ocr", "ocr_unseen_fonts")
@@ -74,10 +74,6 @@ def bundled_model_files() -> dict[str, Path]:
             )
         found[task] = matches[0]
     return found
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def case_fold(text: str) -> str:
@@ -176,7 +172,7 @@ def run(
         "baseline": "rapidocr (PP-OCR, ONNX Runtime CPU)",
         "versions": {pkg: metadata.version(pkg) for pkg in ("rapidocr", "onnxruntime")},
         "model_files": {
-            task: {"file": path.name, "bytes": path.stat().st_size, "sha256": _sha256(path)}
+            task: {"file": path.name, "bytes": path.stat().st_size, "sha256": sha256_file(path)}
             for task, path in bundled_model_files().items()
         },
         "machine": {

@@ -7,7 +7,6 @@ precision). Nothing is inferred from file names.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -15,19 +14,12 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from mobile_multimodal.filehash import sha256_file
 from mobile_multimodal.model.errors import ModelLoadError
 
 MANIFEST = "manifest.json"
 WEIGHTS = "model.safetensors"
 FORMAT_VERSION = 1
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def file_entry(directory: Path, name: str) -> dict[str, Any]:

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import re
 import time
@@ -38,6 +37,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from mobile_multimodal.filehash import sha256_file
 from mobile_multimodal.observability import metrics
 from mobile_multimodal.security.audit import AuditLog, EventType, count_security_event
 
@@ -76,14 +76,6 @@ class IntegrityResult:
     def state(self) -> frozenset[tuple[str, str, int | None, str | None]]:
         """What the files look like now, as far as they differ from the manifest (empty when ok)."""
         return frozenset((m.path, m.reason, m.actual_bytes, m.actual_sha256) for m in self.mismatches)
-
-
-def _sha256(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 class IntegrityMonitor:
@@ -135,7 +127,7 @@ class IntegrityMonitor:
                 if size != f.bytes:
                     mismatches.append(FileMismatch(f.path, "size", f.bytes, size, f.sha256, None))
                     continue
-                digest = _sha256(path)
+                digest = sha256_file(path)
             except FileNotFoundError:
                 mismatches.append(FileMismatch(f.path, "missing", f.bytes, None, f.sha256, None))
                 continue

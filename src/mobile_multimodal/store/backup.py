@@ -28,6 +28,7 @@ from pathlib import Path
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from mobile_multimodal.filehash import sha256_file
 from mobile_multimodal.observability import metrics
 from mobile_multimodal.store.database import Database
 from mobile_multimodal.store.models import BackupRun
@@ -35,7 +36,6 @@ from mobile_multimodal.store.verify import (
     VerifyResult,
     inspect_pg_dump,
     inspect_sqlite,
-    sha256_file,
     sidecar_path,
 )
 from mobile_multimodal.store.verify import verify as verify_backup

@@ -15,13 +15,14 @@ Example::
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import sqlite3
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+
+from mobile_multimodal.filehash import sha256_file
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
 PG_DUMP_HEAD = "-- PostgreSQL database dump"
@@ -54,14 +55,6 @@ class VerifyResult:
 
 def sidecar_path(backup_path: Path) -> Path:
     return backup_path.with_name(backup_path.name + ".json")
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def detect_format(path: Path) -> BackupFormat:
