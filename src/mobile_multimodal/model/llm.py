@@ -153,14 +153,17 @@ class MobileMultiModalLLM:
     def _scenes(self, images: Sequence[ImageInput]) -> torch.Tensor:
         return torch.stack([scene_tensor(i, self.config.scene_size) for i in images])
 
-    @torch.inference_mode()
-    def generate_captions(self, images: Sequence[ImageInput], max_tokens: int = 32) -> list[str]:
+    def _generate(self, images: Sequence[ImageInput], prompts: list[list[int]], max_tokens: int) -> list[str]:
+        """Greedy decoding of one prompt per image; one token beyond the budget lets <eos> end it."""
         tokens, _ = self.network.encode_images(self._scenes(images))
-        prompts = [self.tokenizer.prompt("captioning")] * len(images)
         out = self.network.decoder.generate(
             prompts, tokens, max_tokens + 1, self.tokenizer.eos_id, self.tokenizer.pad_id
         )
         return [self.tokenizer.decode(o[:max_tokens]) for o in out]
+
+    @torch.inference_mode()
+    def generate_captions(self, images: Sequence[ImageInput], max_tokens: int = 32) -> list[str]:
+        return self._generate(images, [self.tokenizer.prompt("captioning")] * len(images), max_tokens)
 
     @torch.inference_mode()
     def answer_questions(
@@ -168,12 +171,7 @@ class MobileMultiModalLLM:
     ) -> list[str]:
         if len(images) != len(questions):
             raise ValueError(f"{len(images)} images but {len(questions)} questions")
-        tokens, _ = self.network.encode_images(self._scenes(images))
-        prompts = [self.tokenizer.prompt("vqa", q) for q in questions]
-        out = self.network.decoder.generate(
-            prompts, tokens, max_tokens + 1, self.tokenizer.eos_id, self.tokenizer.pad_id
-        )
-        return [self.tokenizer.decode(o[:max_tokens]) for o in out]
+        return self._generate(images, [self.tokenizer.prompt("vqa", q) for q in questions], max_tokens)
 
     @torch.inference_mode()
     def extract_texts(self, images: Sequence[ImageInput]) -> list[str]:
