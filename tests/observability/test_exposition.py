@@ -40,7 +40,8 @@ def test_plain_text_by_default_and_openmetrics_with_exemplars_on_request(setting
         if s.exemplar is not None and s.labels.get("endpoint") == "/inference"
     ]
     assert exemplars, "the latency histogram carries exemplars in OpenMetrics"
-    assert exemplars[-1].labels == {"trace_id": "4bf92f3577b34da6a3ce929d0e0e4736"}
+    # the bucket our request landed in links to its trace (other buckets keep earlier tests' ones)
+    assert {"trace_id": "4bf92f3577b34da6a3ce929d0e0e4736"} in [e.labels for e in exemplars]
 
 
 def test_bearer_token_guards_metrics(tmp_path: Path) -> None:

@@ -32,7 +32,7 @@ from mobile_multimodal.observability.config import ObservabilityConfig
 from mobile_multimodal.observability.context import begin_request, end_request, error_type_for_status
 from mobile_multimodal.observability.error_window import ErrorRateWindow
 from mobile_multimodal.observability.logging import process_memory_mb
-from mobile_multimodal.observability.tracing import get_tracer
+from mobile_multimodal.observability.tracing import start_span
 
 _log = logging.getLogger("mobile_multimodal.access")
 _UNMATCHED = "unmatched"  # label for paths no route matched: keeps the endpoint label bounded
@@ -61,7 +61,6 @@ class ObservabilityMiddleware:
         self.window = window
         self.model_type = model_type
         self.untraced = frozenset(cfg.tracing.excluded_paths)
-        self.tracer = get_tracer("mobile_multimodal.http")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -77,11 +76,11 @@ class ObservabilityMiddleware:
         if not polled:
             carrier = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
             parent = propagate.extract(carrier)
-            span = self.tracer.start_span(
+            span = start_span(
                 f"{method} {path}",
-                context=parent,
-                kind=SpanKind.SERVER,
-                attributes={"http.request.method": method, "url.path": path, "url.scheme": scope["scheme"]},
+                parent,
+                SpanKind.SERVER,
+                {"http.request.method": method, "url.path": path, "url.scheme": scope["scheme"]},
             )
             ctx_token = otel_context.attach(trace.set_span_in_context(span, parent))
         span_ctx = span.get_span_context()

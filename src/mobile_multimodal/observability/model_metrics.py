@@ -74,6 +74,17 @@ def accuracy_loss(quantized: Mapping[str, float], fp32: Mapping[str, float]) -> 
 def record_model(model: LoadedModel, load_seconds: float, model_type: str) -> None:
     """Set every model gauge for a freshly loaded ``model``."""
     quant = model.quantization
+    # One model per process: a reload replaces the previous model's series, so a task or a
+    # quantization the new model lacks does not keep reporting the old one's numbers. (The
+    # multiprocess client cannot clear labels; it warns instead.)
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        for gauge in (
+            metrics.MODEL_ACCURACY,
+            metrics.QUANTIZATION_LOSS,
+            metrics.QUANTIZATION_LOSS_ALIAS,
+            metrics.MODEL_INFO,
+        ):
+            gauge.clear()
     for component, nbytes in model.component_memory_bytes().items():
         metrics.MODEL_MEMORY.labels(model_type, component).set(nbytes)
     metrics.MODEL_LOAD_DURATION.labels(model_type, quant).set(load_seconds)
@@ -97,8 +108,6 @@ def record_model(model: LoadedModel, load_seconds: float, model_type: str) -> No
     weights_sha = next(
         (f.get("sha256", "") for f in files if str(f.get("path", "")).endswith(".safetensors")), ""
     )
-    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # the client cannot clear labels there (it warns)
-        metrics.MODEL_INFO.clear()  # one model per process: a reload replaces the previous series
     metrics.MODEL_INFO.labels(
         str(info.get("name", "")),
         str(info.get("version", "")),

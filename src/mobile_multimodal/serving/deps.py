@@ -22,11 +22,12 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from fastapi import Request
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Span, Status, StatusCode
 
 from mobile_multimodal.observability.context import annotate_request
-from mobile_multimodal.observability.tracing import get_tracer
+from mobile_multimodal.observability.tracing import start_span
 from mobile_multimodal.serving.engine import InferenceEngine
 from mobile_multimodal.settings import Settings
 
@@ -65,7 +66,7 @@ def get_settings_dep(request: Request) -> Settings:
 async def inference_span(request: Request) -> AsyncIterator[Span]:
     """Open ``model_inference`` (child of the HTTP server span); end it however the request ends."""
     request.state.started = time.perf_counter()
-    span = get_tracer().start_span("model_inference", kind=trace.SpanKind.INTERNAL)
+    span = start_span("model_inference")
     request.state.inference_span = span
     try:
         yield span
@@ -84,12 +85,17 @@ async def authenticated(request: Request) -> Principal:
     authenticate: Authenticator = request.app.state.authenticate
     span: Span | None = getattr(request.state, "inference_span", None)
     parent = trace.set_span_in_context(span) if span is not None else None
-    with get_tracer().start_as_current_span("authentication", context=parent) as auth_span:
-        try:
-            principal = await authenticate(request)
-        except BaseException as exc:
-            auth_span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
-            raise
+    auth_span = start_span("authentication", parent)
+    token = otel_context.attach(trace.set_span_in_context(auth_span, parent))
+    try:
+        principal = await authenticate(request)
         auth_span.set_attribute("user.type", principal.user_type)
+    except BaseException as exc:
+        auth_span.record_exception(exc)
+        auth_span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+        raise
+    finally:
+        otel_context.detach(token)
+        auth_span.end()
     annotate_request(user_id=principal.user_id, user_type=principal.user_type)
     return principal
