@@ -13,6 +13,7 @@ Usage::
 
     .venv/bin/python -m benchmarks.run_all                      # all of them, in the order below
     .venv/bin/python -m benchmarks.run_all serving telemetry    # some of them
+    .venv/bin/python -m benchmarks.run_all backbone              # on demand only: it trains models
 """
 
 from __future__ import annotations
@@ -28,11 +29,14 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 # Serving first: it is the one the service's latency targets are judged on; the OCR peer last.
 BENCHMARKS = ("serving", "telemetry", "quantization", "ocr_baseline")
+# Run only when named: they train models for the better part of an hour.
+ON_DEMAND = ("backbone",)
 
 
-def available() -> list[str]:
-    """The benchmarks of BENCHMARKS whose ``run.py`` exists in this checkout."""
-    return [name for name in BENCHMARKS if (HERE / name / "run.py").is_file()]
+def available(include_on_demand: bool = True) -> list[str]:
+    """The benchmarks (of BENCHMARKS, then ON_DEMAND) whose ``run.py`` exists in this checkout."""
+    names = BENCHMARKS + ON_DEMAND if include_on_demand else BENCHMARKS
+    return [name for name in names if (HERE / name / "run.py").is_file()]
 
 
 def command(name: str) -> list[str]:
@@ -41,9 +45,13 @@ def command(name: str) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("names", nargs="*", help=f"benchmarks to run (default: all of {available()})")
+    parser.add_argument(
+        "names",
+        nargs="*",
+        help=f"benchmarks to run (default: {available(False)}; also on demand: {list(ON_DEMAND)})",
+    )
     args = parser.parse_args(argv)
-    names: list[str] = args.names or available()
+    names: list[str] = args.names or available(include_on_demand=False)
     unknown = sorted(set(names) - set(available()))
     if unknown:
         parser.error(f"unknown benchmarks {unknown}; choose from {available()}")

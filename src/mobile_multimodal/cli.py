@@ -43,7 +43,9 @@ def train(
     seed: int = typer.Option(0, help="Random seed; the same seed gives the same model."),
     steps: int | None = typer.Option(None, help="Optimizer steps (default: the preset's)."),
     preset: str = typer.Option(
-        "default", help="Training preset: default, finetune-vqa (with --init-from) or tiny."
+        "default",
+        help="Training preset: default, finetune-vqa (with --init-from), backbone-probe (default with "
+        "an ImageNet-pretrained EfficientNet-Lite0 stem) or tiny.",
     ),
     resume: bool = typer.Option(True, help="Resume from OUT/checkpoint.pt when it exists."),
     device: str = typer.Option("auto", help="cpu, cuda or auto."),

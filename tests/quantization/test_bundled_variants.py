@@ -67,6 +67,8 @@ def test_variant_loads_packed_and_passes_the_fixed_held_out_examples(
     assert model.quantization == q
     packed = [m for m in model.network.modules() if isinstance(m, PackedWeight)]
     assert packed and {m.bits for m in packed} == ({8} if q == "int8" else {8, int(q[3:])})
+    # packed weights are buffers, yet they are the same parameters as fp32's
+    assert model.get_model_info()["parameters"] == bundled_model.get_model_info()["parameters"]
     got = evaluate_loaded(model, FIXED_EXAMPLES, TASKS)["tasks"]
     ref = evaluate_loaded(bundled_model, FIXED_EXAMPLES, TASKS)["tasks"]
     for task in TASKS:

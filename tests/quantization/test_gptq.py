@@ -37,7 +37,9 @@ def test_hessians_cover_every_linear_and_are_symmetric_psd(tiny_model: MobileMul
         n = net.get_submodule(name).in_features
         assert h.shape == (n, n)
         assert torch.allclose(h, h.T, atol=1e-5)
-        assert float(torch.linalg.eigvalsh(h.double()).min()) > -1e-6
+        eig = torch.linalg.eigvalsh(h.double())
+        # PSD up to float32 accumulation error, relative to the largest eigenvalue
+        assert float(eig.min()) > -1e-6 * max(1.0, float(eig.max()))
 
 
 def test_gptq_plan_quantizes_every_planned_layer_at_its_width(tiny_model: MobileMultiModalLLM) -> None:

@@ -8,7 +8,7 @@ split is reproducible from its seed.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -59,6 +59,36 @@ def sample_scene(rng: np.random.Generator) -> Scene:
     )
     jitter = tuple((int(rng.integers(-3, 4)), int(rng.integers(-3, 4))) for _ in objects)
     return Scene(objects=objects, background=background, jitter=jitter)
+
+
+def perturb_scene(scene: Scene, rng: np.random.Generator) -> Scene:
+    """A near-duplicate: one object changes one attribute (colour, shape, size, or cell).
+
+    Put beside the original in a contrastive batch, it is a hard negative: retrieval over a
+    pool of 1,000 scenes has to tell apart captions that differ in one word, and random
+    in-batch scenes almost never do."""
+    objects = list(scene.objects)
+    i = int(rng.integers(len(objects)))
+    o = objects[i]
+    attribute = int(rng.integers(4))
+    if attribute == 0:
+        o = replace(o, color=str(rng.choice([c for c in COLORS if c != o.color])))
+    elif attribute == 1:
+        o = replace(o, shape=str(rng.choice([s for s in SHAPES if s != o.shape])))
+    elif attribute == 2:
+        o = replace(o, size="large" if o.size == "small" else "small")
+    else:
+        taken = {x.position for x in objects}
+        free = [p for p in POSITIONS if p not in taken]
+        o = replace(o, position=str(rng.choice(free)))
+    objects[i] = o
+    # keep the reading order (top-left to bottom-right) that captions rely on
+    order = sorted(range(len(objects)), key=lambda k: POSITIONS.index(objects[k].position))
+    return Scene(
+        objects=tuple(objects[k] for k in order),
+        background=scene.background,
+        jitter=tuple(scene.jitter[k] for k in order),
+    )
 
 
 def _star(cx: float, cy: float, r: float) -> list[tuple[float, float]]:

@@ -1,9 +1,12 @@
-"""Architecture configuration: a dataclass with presets (``ModelConfig.default()``, ``.tiny()``)."""
+"""Architecture configuration: a dataclass with presets (``ModelConfig.default()``, ``.tiny()``,
+``.default_effnet()``)."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
+
+STEMS = ("conv", "efficientnet-lite0")
 
 
 @dataclass
@@ -26,6 +29,21 @@ class ModelConfig:
     vocab_size: int = 0
     ocr_classes: int = 0  # CTC classes: blank + charset
     dropout: float = 0.0
+    # Architecture switches. The dataclass defaults are the v1 architecture, so manifests written
+    # before a switch existed load unchanged; the presets below turn them on.
+    # CTC frames per 8-px column token: 2 gives a frame every 4 px, so doubled narrow letters
+    # ("ll", "tt") can be emitted with a blank between them (v1 read "shallow" as "shalow").
+    ocr_subframes: int = 1
+    # VQA: the question's tokens join the image tokens in the vision encoder (early fusion), so
+    # every encoder layer can relate words to image regions, not only the decoder's
+    # cross-attention (v1 answered "is there a yellow star ?" at chance).
+    question_fusion: bool = False
+    # retrieval image embedding: "mean" of the tokens, or "attention" pooling with learned queries
+    image_pool: str = "mean"
+    pool_queries: int = 4
+    # the conv stem: "conv" (ours, widths stem_channels) or "efficientnet-lite0" (its layers up to
+    # stride 8, 40 channels, ImageNet-pretrained for training; stem_channels is then unused)
+    stem: str = "conv"
     scene_size: int = 64
     ocr_height: int = 32
     ocr_width: int = 256
@@ -37,6 +55,12 @@ class ModelConfig:
             raise ValueError(f"dim ({self.dim}) must be divisible by heads ({self.heads})")
         if self.scene_size % 8 or self.ocr_height % 8 or self.ocr_width % 8:
             raise ValueError("image sizes must be multiples of the stem stride (8)")
+        if self.ocr_subframes < 1:
+            raise ValueError(f"ocr_subframes must be >= 1, got {self.ocr_subframes}")
+        if self.stem not in STEMS:
+            raise ValueError(f"stem must be one of {STEMS}, got {self.stem!r}")
+        if self.image_pool not in ("mean", "attention"):
+            raise ValueError(f"image_pool must be 'mean' or 'attention', got {self.image_pool!r}")
 
     @property
     def head_dim(self) -> int:
@@ -44,7 +68,7 @@ class ModelConfig:
 
     @classmethod
     def default(cls) -> ModelConfig:
-        return cls()
+        return cls(ocr_subframes=2, question_fusion=True, image_pool="attention")
 
     @classmethod
     def tiny(cls) -> ModelConfig:
@@ -58,11 +82,20 @@ class ModelConfig:
             text_encoder_layers=1,
             embed_dim=32,
             mlp_ratio=2.0,
+            ocr_subframes=2,
+            question_fusion=True,
+            image_pool="attention",
+            pool_queries=2,
         )
 
     @classmethod
+    def default_effnet(cls) -> ModelConfig:
+        """``default`` with EfficientNet-Lite0's first layers as the stem: the backbone probe's arm."""
+        return replace(cls.default(), stem="efficientnet-lite0")
+
+    @classmethod
     def from_name(cls, name: str) -> ModelConfig:
-        presets = {"default": cls.default, "tiny": cls.tiny}
+        presets = {"default": cls.default, "default-effnet": cls.default_effnet, "tiny": cls.tiny}
         if name not in presets:
             raise ValueError(f"unknown model preset {name!r}; choose one of {sorted(presets)}")
         return presets[name]()

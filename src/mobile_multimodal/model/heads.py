@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mobile_multimodal.model.config import ModelConfig
-from mobile_multimodal.model.layers import EncoderBlock
+from mobile_multimodal.model.layers import Attention, EncoderBlock
 
 
 class CTCReader(nn.Module):
@@ -19,21 +19,44 @@ class CTCReader(nn.Module):
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
+        self.subframes = cfg.ocr_subframes
+        self.classes = cfg.ocr_classes
         self.fc1 = nn.Linear(cfg.dim, cfg.dim)
-        self.fc2 = nn.Linear(cfg.dim, cfg.ocr_classes)
+        self.fc2 = nn.Linear(cfg.dim, cfg.ocr_classes * cfg.ocr_subframes)
 
     def forward(self, tokens: Tensor) -> Tensor:
-        """column tokens (B, frames, D) -> log-probabilities (B, frames, classes)."""
-        return F.log_softmax(self.fc2(F.gelu(self.fc1(tokens))), dim=-1)
+        """column tokens (B, T, D) -> log-probabilities (B, T * subframes, classes): each token
+        scores ``subframes`` consecutive frames, left to right."""
+        b, t, _ = tokens.shape
+        scores = self.fc2(F.gelu(self.fc1(tokens))).view(b, t * self.subframes, self.classes)
+        return F.log_softmax(scores, dim=-1)
 
 
 class ImageProjection(nn.Module):
+    """Image tokens -> one L2-normalised retrieval embedding.
+
+    "mean" pools the tokens; "attention" lets a few learned queries attend over them and
+    projects their concatenation: a mean of (content + position) vectors blurs which object is
+    where, while each query can pick out one region and keep its attributes bound together."""
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.proj = nn.Linear(cfg.dim, cfg.embed_dim)
+        self.mode = cfg.image_pool
+        if self.mode == "attention":
+            self.queries = nn.Parameter(torch.zeros(cfg.pool_queries, cfg.dim))
+            nn.init.normal_(self.queries, std=0.02)
+            self.norm = nn.LayerNorm(cfg.dim)
+            self.attn = Attention(cfg.dim, cfg.heads)
+            self.proj = nn.Linear(cfg.pool_queries * cfg.dim, cfg.embed_dim)
+        else:
+            self.proj = nn.Linear(cfg.dim, cfg.embed_dim)
 
     def forward(self, tokens: Tensor) -> Tensor:
-        return F.normalize(self.proj(tokens.mean(dim=1)), dim=-1)
+        if self.mode == "mean":
+            return F.normalize(self.proj(tokens.mean(dim=1)), dim=-1)
+        queries = self.queries[None].expand(tokens.shape[0], -1, -1)
+        pooled, _ = self.attn(queries, source=self.norm(tokens))
+        return F.normalize(self.proj(pooled.flatten(1)), dim=-1)
 
 
 class TextEncoder(nn.Module):

@@ -11,6 +11,7 @@ Example::
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from importlib.resources import files
 from pathlib import Path
@@ -87,15 +88,23 @@ class MobileMultiModalLLM:
     # ---- construction ------------------------------------------------------------------
     @classmethod
     def from_config(
-        cls, config: ModelConfig | None = None, seed: int = 0, tokenizer: Tokenizer | None = None
+        cls,
+        config: ModelConfig | None = None,
+        seed: int = 0,
+        tokenizer: Tokenizer | None = None,
+        pretrained_stem: bool = False,
     ) -> MobileMultiModalLLM:
-        """A model with fresh random weights (for training and tests)."""
+        """A model with fresh random weights (for training and tests); with ``pretrained_stem``
+        the vision stem starts from ImageNet weights (``stem="efficientnet-lite0"`` only)."""
         tokenizer = tokenizer or Tokenizer.default()
         config = config or ModelConfig.default()
         config.vocab_size = tokenizer.vocab_size
         config.ocr_classes = tokenizer.ctc_classes
         torch.manual_seed(seed)
-        return cls(MultiModalNet(config), tokenizer)
+        network = MultiModalNet(config)
+        if pretrained_stem:
+            network.encoder.load_pretrained_stem()
+        return cls(network, tokenizer)
 
     @classmethod
     def from_pretrained(
@@ -153,9 +162,20 @@ class MobileMultiModalLLM:
     def _scenes(self, images: Sequence[ImageInput]) -> torch.Tensor:
         return torch.stack([scene_tensor(i, self.config.scene_size) for i in images])
 
-    def _generate(self, images: Sequence[ImageInput], prompts: list[list[int]], max_tokens: int) -> list[str]:
-        """Greedy decoding of one prompt per image; one token beyond the budget lets <eos> end it."""
-        tokens, _ = self.network.encode_images(self._scenes(images))
+    def _generate(
+        self,
+        images: Sequence[ImageInput],
+        prompts: list[list[int]],
+        max_tokens: int,
+        questions: Sequence[str] | None = None,
+    ) -> list[str]:
+        """Greedy decoding of one prompt per image; one token beyond the budget lets <eos> end it.
+        With questions, the image encoding is conditioned on them (see ``question_fusion``)."""
+        scenes = self._scenes(images)
+        if questions is not None and self.config.question_fusion:
+            tokens, _ = self.network.encode_images(scenes, *self.encode_texts(questions, allow_empty=True))
+        else:
+            tokens, _ = self.network.encode_images(scenes)
         out = self.network.decoder.generate(
             prompts, tokens, max_tokens + 1, self.tokenizer.eos_id, self.tokenizer.pad_id
         )
@@ -171,7 +191,8 @@ class MobileMultiModalLLM:
     ) -> list[str]:
         if len(images) != len(questions):
             raise ValueError(f"{len(images)} images but {len(questions)} questions")
-        return self._generate(images, [self.tokenizer.prompt("vqa", q) for q in questions], max_tokens)
+        prompts = [self.tokenizer.prompt("vqa", q) for q in questions]
+        return self._generate(images, prompts, max_tokens, questions)
 
     @torch.inference_mode()
     def extract_texts(self, images: Sequence[ImageInput]) -> list[str]:
@@ -185,11 +206,13 @@ class MobileMultiModalLLM:
     def get_image_embeddings(self, images: Sequence[ImageInput]) -> np.ndarray:
         return self.network.image_embeddings(self._scenes(images)).numpy()
 
-    def encode_texts(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        seqs = [
-            self.tokenizer.encode(t)[: self.config.max_text_len] or [self.tokenizer.stoi["<unk>"]]
-            for t in texts
-        ]
+    def encode_texts(
+        self, texts: Sequence[str], allow_empty: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Word ids (B, T) and validity (B, T), right-padded. An empty text becomes <unk>, unless
+        ``allow_empty``, where it stays a row with no valid token."""
+        unk = [] if allow_empty else [self.tokenizer.stoi["<unk>"]]
+        seqs = [self.tokenizer.encode(t)[: self.config.max_text_len] or unk for t in texts]
         width = max(len(s) for s in seqs)
         ids = torch.full((len(seqs), width), self.tokenizer.pad_id, dtype=torch.long)
         valid = torch.zeros(len(seqs), width, dtype=torch.bool)
@@ -222,12 +245,24 @@ class MobileMultiModalLLM:
             return sum(int(f["bytes"]) for f in self.manifest["files"])
         return _module_bytes([self.network])
 
+    def parameter_count(self) -> int:
+        """Weights of the architecture, whatever their storage: a quantized layer keeps its packed
+        weight (and bias) as buffers, which count as the parameters they stand for."""
+        total = sum(p.numel() for p in self.network.parameters())
+        for module in self.network.modules():
+            shape = getattr(module, "weight_shape", None)  # quantization.qlinear.PackedWeight
+            if shape is not None:
+                total += math.prod(shape)
+                bias = getattr(module, "bias", None)
+                total += bias.numel() if isinstance(bias, torch.Tensor) else 0
+        return total
+
     def get_model_info(self) -> dict[str, Any]:
         return {
             "name": self.manifest.get("name", MODEL_NAME),
             "version": self.manifest.get("version", "0.1.0"),
             "quantization": self.quantization,
-            "parameters": sum(p.numel() for p in self.network.parameters()),
+            "parameters": self.parameter_count(),
             "size_bytes": self.size_bytes(),
             "components": self.component_memory_bytes(),
             "tasks": ["captioning", "ocr", "vqa", "retrieval"],

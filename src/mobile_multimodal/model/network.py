@@ -28,8 +28,15 @@ class MultiModalNet(nn.Module):
         self.image_head = ImageProjection(cfg)
         self.text_encoder = TextEncoder(cfg, self.embeddings)
 
-    def encode_images(self, images: Tensor) -> tuple[Tensor, tuple[int, int]]:
-        return self.encoder(images)
+    def encode_images(
+        self, images: Tensor, question_ids: Tensor | None = None, question_valid: Tensor | None = None
+    ) -> tuple[Tensor, tuple[int, int]]:
+        """Scene images -> image tokens. With ``question_fusion`` and question ids (B, Tq) the
+        tokens are conditioned on the question (VQA); without, they are the plain encoding
+        (captioning, retrieval)."""
+        if question_ids is None or question_ids.shape[1] == 0 or not self.cfg.question_fusion:
+            return self.encoder(images)
+        return self.encoder(images, question=self.embeddings(question_ids), question_valid=question_valid)
 
     def read_text(self, line_images: Tensor) -> Tensor:
         """(B, 3, 32, 256) -> CTC log-probs (B, 32, classes)."""

@@ -1,5 +1,8 @@
 """Vision encoder: a small conv stem (stride 8) then a transformer over the feature grid.
 
+The stem is our own (``stem="conv"``) or EfficientNet-Lite0's first layers
+(``stem="efficientnet-lite0"``, see ``efficientnet_stem.py``), optionally ImageNet-pretrained.
+
 The same weights read 64x64 scenes as an 8x8 grid of tokens, and 32x256 text lines as 32
 column tokens (the 4 feature rows of each 8-pixel-wide column concatenated and projected):
 8 pixels of width per token, enough horizontal resolution for the CTC reader, at a quarter of
@@ -13,44 +16,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mobile_multimodal.model.config import ModelConfig
+from mobile_multimodal.model.efficientnet_stem import OUT_CHANNELS as EFFICIENTNET_CHANNELS
+from mobile_multimodal.model.efficientnet_stem import efficientnet_lite0_stem, load_imagenet_weights
 from mobile_multimodal.model.layers import EncoderBlock
-
-
-class DomainBatchNorm2d(nn.BatchNorm2d):
-    """BatchNorm with one set of running statistics per input domain ("scene", "line").
-
-    Training normalises each domain's batch by its own statistics (scenes and text lines go
-    through the stem in separate forward passes), so inference must too: one shared set of
-    running statistics would be a blend of both domains and shift every activation of either.
-    The inherited buffers hold the scene statistics; the ``*_line`` buffers the text lines'.
-    """
-
-    running_mean_line: Tensor
-    running_var_line: Tensor
-    num_batches_tracked_line: Tensor
-
-    def __init__(self, channels: int) -> None:
-        super().__init__(channels)
-        self.register_buffer("running_mean_line", torch.zeros(channels))
-        self.register_buffer("running_var_line", torch.ones(channels))
-        self.register_buffer("num_batches_tracked_line", torch.tensor(0, dtype=torch.long))
-
-    def forward(self, x: Tensor, domain: str = "scene") -> Tensor:
-        mean: Tensor | None
-        var: Tensor | None
-        count: Tensor | None
-        if domain == "scene":
-            mean, var, count = self.running_mean, self.running_var, self.num_batches_tracked
-        elif domain == "line":
-            mean, var, count = self.running_mean_line, self.running_var_line, self.num_batches_tracked_line
-        else:
-            raise ValueError(f"unknown domain {domain!r}; expected 'scene' or 'line'")
-        momentum = self.momentum
-        if self.training and count is not None:
-            count.add_(1)
-            if momentum is None:  # cumulative average, used when re-estimating statistics
-                momentum = 1.0 / float(count)
-        return F.batch_norm(x, mean, var, self.weight, self.bias, self.training, momentum or 0.0, self.eps)
+from mobile_multimodal.model.norm import DomainBatchNorm2d
 
 
 class ConvNormAct(nn.Module):
@@ -66,33 +35,61 @@ class ConvNormAct(nn.Module):
 class VisionEncoder(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        c1, c2, c3 = cfg.stem_channels
-        # no stride-1 conv at the highest resolution: that layer alone would cost more than the rest
-        self.stem = nn.ModuleList(
-            [
-                ConvNormAct(3, c1, 2),
-                ConvNormAct(c1, c2, 2),
-                ConvNormAct(c2, c2, 1),
-                ConvNormAct(c2, c3, 2),
-                ConvNormAct(c3, c3, 1),
-            ]
-        )
-        self.proj = nn.Linear(c3, cfg.dim)
+        self.stem_name = cfg.stem
+        if cfg.stem == "conv":
+            c1, c2, c3 = cfg.stem_channels
+            # no stride-1 conv at the highest resolution: that layer alone would cost more than the rest
+            self.stem = nn.ModuleList(
+                [
+                    ConvNormAct(3, c1, 2),
+                    ConvNormAct(c1, c2, 2),
+                    ConvNormAct(c2, c2, 1),
+                    ConvNormAct(c2, c3, 2),
+                    ConvNormAct(c3, c3, 1),
+                ]
+            )
+            features = c3
+        else:  # "efficientnet-lite0" (the config validated the name)
+            self.stem = efficientnet_lite0_stem()
+            features = EFFICIENTNET_CHANNELS
+        self.proj = nn.Linear(features, cfg.dim)
         self.line_rows = cfg.ocr_height // 8
-        self.column_proj = nn.Linear(self.line_rows * c3, cfg.dim)
+        self.column_proj = nn.Linear(self.line_rows * features, cfg.dim)
         self.row_pos = nn.Parameter(torch.zeros(cfg.max_grid_rows, cfg.dim))
         self.col_pos = nn.Parameter(torch.zeros(cfg.max_grid_cols, cfg.dim))
         nn.init.normal_(self.row_pos, std=0.02)
         nn.init.normal_(self.col_pos, std=0.02)
+        if cfg.question_fusion:
+            # positions of the question's word tokens inside the encoder (early fusion)
+            self.question_pos = nn.Parameter(torch.zeros(cfg.max_text_len, cfg.dim))
+            nn.init.normal_(self.question_pos, std=0.02)
         self.blocks = nn.ModuleList(
             [EncoderBlock(cfg.dim, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.encoder_layers)]
         )
         self.norm = nn.LayerNorm(cfg.dim)
 
-    def forward(self, images: Tensor, columns: bool = False) -> tuple[Tensor, tuple[int, int]]:
+    def load_pretrained_stem(self) -> None:
+        """Put ImageNet weights into the stem, for training from them (never needed to serve:
+        a saved model carries its stem's weights). Only the EfficientNet-Lite0 stem has any."""
+        if self.stem_name != "efficientnet-lite0":
+            raise ValueError(
+                f"the {self.stem_name!r} stem has no pretrained weights; use stem='efficientnet-lite0'"
+            )
+        load_imagenet_weights(self.stem)
+
+    def forward(
+        self,
+        images: Tensor,
+        columns: bool = False,
+        question: Tensor | None = None,
+        question_valid: Tensor | None = None,
+    ) -> tuple[Tensor, tuple[int, int]]:
         """images: (B, 3, H, W) normalised to [-1, 1].
         Grid mode -> tokens (B, H/8 * W/8, D), grid (H/8, W/8).
-        Column mode (text lines, H = ocr_height) -> tokens (B, W/8, D), grid (1, W/8)."""
+        Column mode (text lines, H = ocr_height) -> tokens (B, W/8, D), grid (1, W/8).
+        question: embedded question tokens (B, Tq, D) with question_valid (B, Tq) bool, only
+        with ``question_fusion``: they attend jointly with the image tokens in every block, and
+        only the image tokens are returned."""
         f = images
         for layer in self.stem:
             f = layer(f, "line" if columns else "scene")  # (B, C, h, w) at the end
@@ -110,6 +107,20 @@ class VisionEncoder(nn.Module):
         else:
             x = self.proj(f.flatten(2).transpose(1, 2))  # (B, h*w, D)
             x = x + (self.row_pos[:h, None, :] + self.col_pos[None, :w, :]).reshape(h * w, -1)
+        if question is None or question.shape[1] == 0:
+            for block in self.blocks:
+                x = block(x)
+            return self.norm(x), (h, w)
+        if not hasattr(self, "question_pos"):
+            raise ValueError("this encoder was built without question_fusion")
+        n, tq = x.shape[1], question.shape[1]
+        if tq > self.question_pos.shape[0]:
+            raise ValueError(f"question of {tq} tokens exceeds {self.question_pos.shape[0]}")
+        if question_valid is None:
+            question_valid = torch.ones(b, tq, dtype=torch.bool, device=x.device)
+        x = torch.cat([x, question + self.question_pos[:tq][None]], dim=1)
+        keys = torch.cat([torch.ones(b, n, dtype=torch.bool, device=x.device), question_valid], dim=1)
+        mask = keys[:, None, None, :]  # every query sees the image and the real question tokens
         for block in self.blocks:
-            x = block(x)
-        return self.norm(x), (h, w)
+            x = block(x, mask=mask)
+        return self.norm(x[:, :n]), (h, w)

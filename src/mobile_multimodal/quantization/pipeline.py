@@ -48,7 +48,11 @@ class QuantizeOptions:
     report: Path | None = None
     eval_limit: int | None = None
     calibration_batches: int = 16
-    batch_sizes: BatchSizes = field(default_factory=BatchSizes)
+    # smaller than training's batches: calibration and distillation need coverage, not the large
+    # contrastive batch that retrieval training wants, and QAT runs at half the cost per step
+    batch_sizes: BatchSizes = field(
+        default_factory=lambda: BatchSizes(caption=16, scene_vqa=16, easy_vqa=8, ocr=32)
+    )
     qat: QATOptions = field(default_factory=QATOptions)
     threads: int | None = None
     use_easy_vqa: bool = True

@@ -66,7 +66,7 @@ class Outputs:
 
 def outputs(net: MultiModalNet, batch: Batch) -> Outputs:
     """Every scored output of one batch (the same forward passes as training's loss)."""
-    tokens, _ = net.encode_images(batch.images)
+    tokens, _ = net.encode_images(batch.images, batch.question_ids, batch.question_valid)
     logits = net.decoder(batch.seq_ids, tokens, batch.seq_valid)[:, :-1][batch.target_mask[:, :-1]]
     image = net.image_head(tokens[: batch.n_caption])
     text = net.text_embeddings(batch.caption_ids, batch.caption_valid)

@@ -17,14 +17,15 @@ from mobile_multimodal.model.preprocess import scene_tensor, text_line_tensor
 from mobile_multimodal.model.tokenizer import Tokenizer
 
 TRAIN_NAMESPACE = 0
+HARD_NEGATIVE_RATE = 0.5
 
 
 @dataclass(frozen=True)
 class BatchSizes:
-    caption: int = 16
-    scene_vqa: int = 16
-    easy_vqa: int = 8
-    ocr: int = 32
+    caption: int = 32
+    scene_vqa: int = 24
+    easy_vqa: int = 12
+    ocr: int = 48
 
 
 @dataclass
@@ -34,6 +35,8 @@ class Batch:
     seq_valid: torch.Tensor  # (Ns, T) bool
     target_mask: torch.Tensor  # (Ns, T) bool: positions whose *next* token is a target
     n_caption: int
+    question_ids: torch.Tensor  # (Ns, Tq) the question of each VQA row (none for caption rows)
+    question_valid: torch.Tensor
     caption_ids: torch.Tensor  # (Nc, Tc) for the retrieval text encoder
     caption_valid: torch.Tensor
     ocr_images: torch.Tensor  # (No, 3, 32, 256)
@@ -50,7 +53,7 @@ class Batch:
 
 
 def _pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(s) for s in seqs)
+    width = max((len(s) for s in seqs), default=0)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     valid = torch.zeros(len(seqs), width, dtype=torch.bool)
     for i, s in enumerate(seqs):
@@ -84,14 +87,22 @@ class BatchBuilder:
     def build(self, step: int) -> Batch:
         rng = np.random.default_rng([TRAIN_NAMESPACE, self.seed, step])
         images, seqs, prompt_lens, caption_texts = [], [], [], []
-        for _ in range(self.sizes.caption):
-            scene = scenes.sample_scene(rng)
+        questions: list[list[int]] = []
+        scene = None
+        for i in range(self.sizes.caption):
+            # every odd row is, half the time, a one-attribute change of the row before it: a
+            # hard negative for the contrastive loss
+            if i % 2 == 1 and scene is not None and rng.random() < HARD_NEGATIVE_RATE:
+                scene = scenes.perturb_scene(scene, rng)
+            else:
+                scene = scenes.sample_scene(rng)
             variants = scenes.caption_variants(scene)
             # the canonical phrasing half the time, a paraphrase otherwise
             caption = variants[0] if rng.random() < 0.5 else variants[int(rng.integers(1, len(variants)))]
             images.append(scene_tensor(scenes.render_scene(scene), self.scene_size))
             seq, plen = self._sequence("captioning", None, caption)
             seqs.append(seq)
+            questions.append([])
             prompt_lens.append(plen)
             caption_texts.append(variants[0] if rng.random() < 0.5 else caption)
         for _ in range(self.sizes.scene_vqa):
@@ -100,6 +111,7 @@ class BatchBuilder:
             images.append(scene_tensor(scenes.render_scene(scene), self.scene_size))
             seq, plen = self._sequence("vqa", q, a)
             seqs.append(seq)
+            questions.append(self.tok.encode(q))
             prompt_lens.append(plen)
         if self.easy_vqa is not None and self.sizes.easy_vqa:
             for qi in rng.integers(len(self.easy_vqa.questions), size=self.sizes.easy_vqa):
@@ -107,12 +119,14 @@ class BatchBuilder:
                 images.append(scene_tensor(img, self.scene_size))
                 seq, plen = self._sequence("vqa", self.easy_vqa.questions[qi], self.easy_vqa.answers[qi])
                 seqs.append(seq)
+                questions.append(self.tok.encode(self.easy_vqa.questions[qi]))
                 prompt_lens.append(plen)
         seq_ids, seq_valid = _pad(seqs, self.tok.pad_id)
         target_mask = torch.zeros_like(seq_valid)
         for i, (s, plen) in enumerate(zip(seqs, prompt_lens, strict=True)):
             target_mask[i, plen - 1 : len(s) - 1] = True  # predict target tokens and <eos>
         caption_ids, caption_valid = _pad([self.tok.encode(c) for c in caption_texts], self.tok.pad_id)
+        question_ids, question_valid = _pad(questions, self.tok.pad_id)
 
         ocr_imgs, targets, lengths = [], [], []
         for _ in range(self.sizes.ocr):
@@ -127,6 +141,8 @@ class BatchBuilder:
             seq_valid=seq_valid,
             target_mask=target_mask,
             n_caption=self.sizes.caption,
+            question_ids=question_ids,
+            question_valid=question_valid,
             caption_ids=caption_ids,
             caption_valid=caption_valid,
             ocr_images=torch.stack(ocr_imgs),

@@ -12,7 +12,7 @@ from collections.abc import Callable
 import torch
 
 from mobile_multimodal.model.network import MultiModalNet
-from mobile_multimodal.model.vision import DomainBatchNorm2d
+from mobile_multimodal.model.norm import DomainBatchNorm2d
 from mobile_multimodal.training.batches import Batch
 
 
