@@ -112,3 +112,34 @@ def test_embeddings_are_normalised(tiny_model: MobileMultiModalLLM) -> None:
     assert img.shape == (2, tiny_model.config.embed_dim) == txt.shape
     assert np.allclose(np.linalg.norm(img, axis=1), 1, atol=1e-5)
     assert np.allclose(np.linalg.norm(txt, axis=1), 1, atol=1e-5)
+
+
+def test_word_and_position_embeddings_start_at_one_scale() -> None:
+    # v1 initialised positions at N(0, 1): rows 12x the words', which drowned the question's
+    # content words ("is there a red star ?" was answered like "... a gray circle ?")
+    net = MobileMultiModalLLM.from_config(ModelConfig.default()).network
+    with torch.no_grad():
+        word = float(net.embeddings.weight.norm(dim=-1).mean())
+        for pos in (net.decoder.pos.weight, net.text_encoder.pos.weight, net.encoder.question_pos):
+            assert float(pos.norm(dim=-1).mean()) < 2 * word
+
+
+def test_question_fusion_conditions_the_image_tokens_on_the_question(tiny_model: MobileMultiModalLLM) -> None:
+    images = torch.stack([scene_tensor(_scene())] * 2)
+    ids, valid = tiny_model.encode_texts(["is there a red star ?", "is there a blue circle ?"])
+    fused, _ = tiny_model.network.encode_images(images, ids, valid)
+    plain, _ = tiny_model.network.encode_images(images)
+    assert fused.shape == plain.shape  # only the image tokens come back
+    assert not torch.allclose(fused[0], fused[1])
+    # padding a question does not change its encoding: padded slots are masked out
+    wide_ids = torch.cat([ids, torch.full_like(ids[:, :3], tiny_model.tokenizer.pad_id)], dim=1)
+    wide_valid = torch.cat([valid, torch.zeros_like(valid[:, :3])], dim=1)
+    padded, _ = tiny_model.network.encode_images(images, wide_ids, wide_valid)
+    assert torch.allclose(padded, fused, atol=1e-5)
+
+
+def test_ocr_head_scores_two_frames_per_column(tiny_model: MobileMultiModalLLM) -> None:
+    line = torch.zeros(1, 3, 32, 256)
+    logp = tiny_model.network.read_text(line)
+    assert logp.shape == (1, 64, tiny_model.config.ocr_classes)
+    assert torch.allclose(logp.exp().sum(-1), torch.ones(1, 64), atol=1e-5)

@@ -19,6 +19,10 @@ class TextDecoder(nn.Module):
         super().__init__()
         self.tok = token_embedding  # shared with the retrieval text encoder and tied to the output
         self.pos = nn.Embedding(cfg.max_text_len, cfg.dim)
+        # GPT-2's scale, the token embedding's: nn.Embedding's default N(0, 1) rows are ~12x
+        # longer than the tokens' (dim 160), and a word's identity drowned in its position;
+        # the v1 model answered "is there a red star ?" and "... a gray circle ?" alike.
+        nn.init.normal_(self.pos.weight, std=0.02)
         self.blocks = nn.ModuleList(
             [DecoderBlock(cfg.dim, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.decoder_layers)]
         )

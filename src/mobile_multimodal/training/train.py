@@ -40,7 +40,7 @@ class TrainPreset:
     pretrained_stem: bool = False
 
 
-_DEFAULT = TrainPreset(model="default", steps=7000, sizes=BatchSizes())
+_DEFAULT = TrainPreset(model="default", steps=6000, sizes=BatchSizes())
 PRESETS = {
     "default": _DEFAULT,
     # the default recipe with an ImageNet-pretrained EfficientNet-Lite0 stem instead of our conv
