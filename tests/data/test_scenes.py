@@ -50,3 +50,19 @@ def test_questions_have_answers_consistent_with_the_scene() -> None:
             assert a in POSITIONS
         elif q.startswith("what color is the"):
             assert a in COLORS
+
+
+def test_a_perturbed_scene_differs_in_exactly_one_attribute_of_one_object() -> None:
+    rng = np.random.default_rng(3)
+    for _ in range(200):
+        scene = scenes.sample_scene(rng)
+        near = scenes.perturb_scene(scene, rng)
+        assert len(near.objects) == len(scene.objects)
+        positions = [o.position for o in near.objects]
+        assert positions == sorted(positions, key=POSITIONS.index)  # captions keep reading order
+        assert len(set(positions)) == len(positions)  # one object per cell
+        before = {(o.shape, o.color, o.size, o.position) for o in scene.objects}
+        after = {(o.shape, o.color, o.size, o.position) for o in near.objects}
+        (old,), (new,) = before - after, after - before
+        assert sum(a != b for a, b in zip(old, new, strict=True)) == 1
+        assert scenes.canonical_caption(near) != scenes.canonical_caption(scene)
