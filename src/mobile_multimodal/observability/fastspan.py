@@ -2,9 +2,10 @@
 
 Every inference request opens eight spans (the server span, ``model_inference`` and its six
 stages). The SDK's ``Span`` gives each a lock, bounded event/link/attribute containers and a
-processor ``on_start`` call: about 7 µs per span on our 2-core target, a measurable share of a
-3 ms OCR request. :class:`FastSpan` keeps a plain dict of attributes and a list of events, and on
-``end()`` hands an ordinary :class:`~opentelemetry.sdk.trace.ReadableSpan` to the SDK's span
+processor ``on_start`` call: 8.3 µs per span against 4.6 µs for a FastSpan (measured side by
+side on our 2-core machine), eight times per request, on a 3 ms OCR request.
+:class:`FastSpan` keeps a plain dict of attributes and a list of events, and on ``end()``
+hands an ordinary :class:`~opentelemetry.sdk.trace.ReadableSpan` to the SDK's span
 processor, so batching, OTLP export, the resource and the instrumentation scope are exactly
 the SDK's. It is a real ``opentelemetry.trace.Span``: put in the context, it parents spans
 that libraries open with the SDK tracer (the database instrumentation, for instance).
