@@ -105,3 +105,16 @@ def test_no_endpoint_still_gives_trace_ids() -> None:
     configure_tracing(TracingConfig(), "svc")  # no exporter: spans are recorded, then dropped
     with stage("inference") as span:
         assert span.is_recording() and span.get_span_context().is_valid
+
+
+def test_links_are_exported() -> None:
+    exporter = InMemorySpanExporter()
+    configure_tracing(TracingConfig(), "svc", exporter)
+    span = start_span("batch", links=[trace.Link(REMOTE, {"why": "batched with"})])
+    span.add_link(REMOTE, {"n": 2})
+    span.add_link(trace.INVALID_SPAN_CONTEXT)  # dropped, as by the SDK
+    span.end()
+    force_flush()
+    (got,) = exporter.get_finished_spans()
+    assert [dict(link.attributes or {}) for link in got.links] == [{"why": "batched with"}, {"n": 2}]
+    assert all(link.context == REMOTE for link in got.links)

@@ -171,11 +171,9 @@ class MobileMultiModalLLM:
     ) -> list[str]:
         """Greedy decoding of one prompt per image; one token beyond the budget lets <eos> end it.
         With questions, the image encoding is conditioned on them (see ``question_fusion``)."""
-        scenes = self._scenes(images)
-        if questions is not None and self.config.question_fusion:
-            tokens, _ = self.network.encode_images(scenes, *self.encode_texts(questions, allow_empty=True))
-        else:
-            tokens, _ = self.network.encode_images(scenes)
+        # the network uses the questions only when it was built with question_fusion
+        question = self.encode_texts(questions, allow_empty=True) if questions is not None else (None, None)
+        tokens, _ = self.network.encode_images(self._scenes(images), *question)
         out = self.network.decoder.generate(
             prompts, tokens, max_tokens + 1, self.tokenizer.eos_id, self.tokenizer.pad_id
         )

@@ -28,7 +28,6 @@ from __future__ import annotations
 import time
 import traceback
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -54,6 +53,7 @@ class FastSpan(trace.Span):
         "_end",
         "_events",
         "_kind",
+        "_links",
         "_name",
         "_parent",
         "_recorder",
@@ -69,6 +69,7 @@ class FastSpan(trace.Span):
         parent: SpanContext | None,
         kind: SpanKind,
         attributes: Mapping[str, AttributeValue] | None,
+        links: Sequence[Link] = (),
     ) -> None:
         self._recorder = recorder
         self._name = name
@@ -79,6 +80,7 @@ class FastSpan(trace.Span):
             {k: v for k, v in attributes.items() if v is not None} if attributes else {}
         )
         self._events: list[Event] = []
+        self._links: list[Link] = list(links)
         self._status = _UNSET
         self._start = time.time_ns()
         self._end: int | None = None
@@ -108,8 +110,8 @@ class FastSpan(trace.Span):
             self._events.append(Event(name, attributes, timestamp or time.time_ns()))
 
     def add_link(self, context: SpanContext, attributes: Mapping[str, AttributeValue] | None = None) -> None:
-        # links are not used on the request path; the SDK span is there for code that needs them
-        raise NotImplementedError("FastSpan does not record links; use the SDK tracer")
+        if self._end is None and context.is_valid:  # the SDK drops links to invalid contexts too
+            self._links.append(Link(context, attributes))
 
     def update_name(self, name: str) -> None:
         if self._end is None:
@@ -158,6 +160,7 @@ class FastSpan(trace.Span):
             resource=r.resource,
             attributes=self._attributes,
             events=tuple(self._events),
+            links=tuple(self._links),
             kind=self._kind,
             status=self._status,
             start_time=self._start,
@@ -197,7 +200,7 @@ class SpanRecorder:
             span_ctx = SpanContext(
                 parent.trace_id, self.ids.generate_span_id(), False, _SAMPLED, parent.trace_state
             )
-            return FastSpan(self, name, span_ctx, parent, kind, attributes)
+            return FastSpan(self, name, span_ctx, parent, kind, attributes, links)
         trace_id = parent.trace_id if parent.is_valid else self.ids.generate_trace_id()
         result = self.sampler.should_sample(context, trace_id, name, kind, attributes, links)
         span_ctx = SpanContext(
@@ -209,9 +212,9 @@ class SpanRecorder:
         )
         if not result.decision.is_recording():
             return trace.NonRecordingSpan(span_ctx)
-        merged: dict[str, Any] = dict(attributes or {})
-        merged.update(result.attributes or {})
-        return FastSpan(self, name, span_ctx, parent if parent.is_valid else None, kind, merged)
+        # as in the SDK, the span takes the attributes the sampler returns (ours return those given)
+        parent_ctx = parent if parent.is_valid else None
+        return FastSpan(self, name, span_ctx, parent_ctx, kind, result.attributes, links)
 
     def finish(self, span: FastSpan) -> None:
         if self.processor is not None and span.get_span_context().trace_flags.sampled:

@@ -25,7 +25,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from opentelemetry import context as otel_context
@@ -192,28 +192,33 @@ def start_span(
     context: otel_context.Context | None = None,
     kind: SpanKind = SpanKind.INTERNAL,
     attributes: Mapping[str, AttributeValue] | None = None,
+    links: Sequence[trace.Link] = (),
 ) -> Span:
     """Open a request-path span (not made current; end it yourself). A child of the span active
     in ``context`` (default: the current context); non-recording when tracing is off."""
     recorder = _recorder
     if recorder is None:
         return trace.NonRecordingSpan(trace.get_current_span(context).get_span_context())
-    return recorder.start(name, context, kind, attributes)
+    return recorder.start(name, context, kind, attributes, links)
 
 
 @contextlib.contextmanager
 def stage(
-    name: str, attributes: Mapping[str, AttributeValue] | None = None, /, **attrs: AttributeValue
+    name: str,
+    attributes: Mapping[str, AttributeValue] | None = None,
+    parent: otel_context.Context | None = None,
+    /,
+    **attrs: AttributeValue,
 ) -> Iterator[Span]:
-    """A child span of the active one for one stage of a trace, current while the block runs;
-    an exception marks it as an error.
+    """A child span of the span active in ``parent`` (default: the current context) for one
+    stage of a trace, current while the block runs; an exception marks it as an error.
 
     Dotted attribute names (``model.type``) go in the mapping; plain names may be keywords.
     """
     merged: dict[str, AttributeValue] = dict(attributes or {})
     merged.update(attrs)
-    span = start_span(name, attributes=merged)
-    token = otel_context.attach(trace.set_span_in_context(span))
+    span = start_span(name, parent, attributes=merged)
+    token = otel_context.attach(trace.set_span_in_context(span, parent))
     try:
         yield span
     except BaseException as exc:

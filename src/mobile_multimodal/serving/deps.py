@@ -22,12 +22,11 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from fastapi import Request
-from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Span, Status, StatusCode
 
 from mobile_multimodal.observability.context import annotate_request
-from mobile_multimodal.observability.tracing import start_span
+from mobile_multimodal.observability.tracing import stage, start_span
 from mobile_multimodal.serving.engine import InferenceEngine
 from mobile_multimodal.settings import Settings
 
@@ -85,17 +84,8 @@ async def authenticated(request: Request) -> Principal:
     authenticate: Authenticator = request.app.state.authenticate
     span: Span | None = getattr(request.state, "inference_span", None)
     parent = trace.set_span_in_context(span) if span is not None else None
-    auth_span = start_span("authentication", parent)
-    token = otel_context.attach(trace.set_span_in_context(auth_span, parent))
-    try:
+    with stage("authentication", None, parent) as auth_span:
         principal = await authenticate(request)
         auth_span.set_attribute("user.type", principal.user_type)
-    except BaseException as exc:
-        auth_span.record_exception(exc)
-        auth_span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
-        raise
-    finally:
-        otel_context.detach(token)
-        auth_span.end()
     annotate_request(user_id=principal.user_id, user_type=principal.user_type)
     return principal
