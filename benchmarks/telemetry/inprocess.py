@@ -4,11 +4,18 @@ Two server processes with identical settings can differ by several percent for t
 (where their threads land on a 2-core machine, memory layout), which swamps a 3 % effect. Here
 both arms are instances of the real app (``create_app``) serving the same loaded model inside
 one process, so that bias is gone. Requests go through ASGI (no sockets) in short alternating
-blocks; logging and tracing are process-wide, so they are switched to the arm that runs next
-between blocks (outside the timing). The "on" arm exports every span over OTLP/HTTP to a real
-receiver, writes JSON logs at INFO (file and stdout, /dev/null here) and is scraped for
-OpenMetrics every second, as Prometheus would; the "off" arm has no middleware, no tracing,
-logs at WARNING and no scraper.
+blocks. The "on" arm is the app with its middleware, every span recorded and exported over
+OTLP/HTTP to a real receiver, JSON logs at INFO (file and stdout, /dev/null here), and /metrics
+scraped every second, as Prometheus would; the "off" arm has no middleware, records no spans
+and logs at WARNING.
+
+Tracing and logging are process-wide, so the arm about to run is switched in between blocks:
+span recording is paused or resumed (``tracing.set_recording``) and the root log level set, while
+the span export process and the log writer stay up (idle during "off" blocks). Restarting them
+per block (as an earlier version did) put their start-up, paid once per process in production,
+into the measurement, and made every switch cost ~0.3 s, which limited the run to a few dozen
+blocks: too few on this noisy machine. Before each timed block, whatever the previous block left
+(spans to export, log lines to write) is finished, so neither arm pays for the other.
 
 Example::
 
@@ -21,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import statistics
 import tempfile
@@ -29,15 +37,28 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from benchmarks.telemetry.micro import asgi_request
+from benchmarks.telemetry.micro import asgi_exchange, asgi_request
 from fastapi import FastAPI
 from tests.integration.servers import scene_png_b64
 
 from mobile_multimodal.model import MobileMultiModalLLM
+from mobile_multimodal.observability.logging import flush_logging
+from mobile_multimodal.observability.tracing import force_flush, set_recording
 from mobile_multimodal.serving.app import create_app
 from mobile_multimodal.settings import Settings
 
 _JSON = ((b"content-type", b"application/json"),)
+SETTLE = 2  # untimed requests at the start of each block
+
+
+async def _switch_to(arm: str) -> None:
+    """Make ``arm``'s telemetry the process's, after finishing what the last block left behind."""
+    await asyncio.to_thread(force_flush)  # spans of the last block: handed over and exported
+    await asyncio.to_thread(flush_logging)  # its log lines: written
+    set_recording(arm == "on")
+    logging.getLogger().setLevel(logging.INFO if arm == "on" else logging.WARNING)
+
+
 _SCRAPE = ((b"accept", b"application/openmetrics-text;version=1.0.0"), (b"accept-encoding", b"gzip"))
 
 
@@ -85,11 +106,14 @@ def _body(task: str, i: int) -> bytes:
 async def measure(
     model_dir: Path, tasks: tuple[str, ...], blocks: int, per_block: int, otlp_endpoint: str
 ) -> dict[str, Any]:
-    """Per-request latency (ms) of each arm and task over ``blocks`` alternating blocks."""
+    """Per-request latency (ms, until the whole response was sent) of each arm and task over
+    ``blocks`` alternating blocks, and the time until the app returned (``busy_ms``)."""
     model = MobileMultiModalLLM.from_pretrained(model_dir)
     bodies = {t: [_body(t, i) for i in range(per_block)] for t in tasks}
     samples: dict[str, dict[str, list[float]]] = {t: {"on": [], "off": []} for t in tasks}
     block_diffs: dict[str, list[float]] = {t: [] for t in tasks}
+    # until the app returned: the response plus the work done after it (see asgi_exchange)
+    busy: dict[str, dict[str, list[float]]] = {t: {"on": [], "off": []} for t in tasks}
     with tempfile.TemporaryDirectory(prefix="telemetry-inprocess-") as tmp, open(os.devnull, "w") as devnull:
         apps = {
             arm: create_app(
@@ -99,33 +123,36 @@ async def measure(
         }
         with contextlib.redirect_stdout(devnull):
             async with _serving(apps["on"]), _serving(apps["off"]):
-                current = "off"  # the lifespan entered last configured logging and tracing
+                # the lifespan entered last configured logging and tracing: make it the on arm's
+                await apps["off"].state.observability.stop()
+                await apps["on"].state.observability.start()
                 stop = asyncio.Event()
                 scraper = asyncio.create_task(_scraper(apps["on"], stop))
                 for b in range(blocks):
                     for task in tasks:
                         medians = {}
                         for arm in ("on", "off") if (b % 2 == 0) else ("off", "on"):
-                            if arm != current:
-                                await apps[current].state.observability.stop()
-                                await apps[arm].state.observability.start()
-                                current = arm
-                            await asgi_request(
-                                apps[arm], "POST", "/inference", bodies[task][0], _JSON
-                            )  # settle
+                            await _switch_to(arm)
+                            for body in bodies[task][:SETTLE]:
+                                await asgi_request(apps[arm], "POST", "/inference", body, _JSON)
                             got = []
                             for body in bodies[task]:
                                 start = time.perf_counter()
-                                status = await asgi_request(apps[arm], "POST", "/inference", body, _JSON)
-                                got.append((time.perf_counter() - start) * 1000)
+                                status, responded = await asgi_exchange(
+                                    apps[arm], "POST", "/inference", body, _JSON
+                                )
+                                returned = time.perf_counter()
                                 if status != 200:
                                     raise RuntimeError(f"{arm} {task}: status {status}")
+                                got.append((responded - start) * 1000)
+                                busy[task][arm].append((returned - start) * 1000)
                             samples[task][arm] += got
                             medians[arm] = statistics.median(got)
                         block_diffs[task].append(medians["on"] - medians["off"])
                 stop.set()
                 scrapes = await scraper
-                if current != "off":  # leave the process configured as the lifespans expect
-                    await apps[current].state.observability.stop()
-                    await apps["off"].state.observability.start()
-    return {"samples": samples, "block_median_diffs_ms": block_diffs, "scrapes": scrapes}
+                await _switch_to("on")
+                # leave the process configured as the lifespans expect
+                await apps["on"].state.observability.stop()
+                await apps["off"].state.observability.start()
+    return {"samples": samples, "busy_ms": busy, "block_median_diffs_ms": block_diffs, "scrapes": scrapes}

@@ -34,7 +34,7 @@ from fastapi.responses import JSONResponse
 
 from mobile_multimodal.observability import Observability, metrics
 from mobile_multimodal.observability.context import annotate_request
-from mobile_multimodal.observability.tracing import current_trace_id, stage, trace_exemplar
+from mobile_multimodal.observability.tracing import current_trace_id, force_flush, stage, trace_exemplar
 from mobile_multimodal.settings import Settings
 
 STAGES = ("authentication", "model_loading", "preprocessing", "inference", "postprocessing", "response")
@@ -87,14 +87,20 @@ def build_app(settings: Settings) -> tuple[FastAPI, Observability]:
     return app, obs
 
 
-async def asgi_request(
+async def asgi_exchange(
     app: FastAPI,
     method: str,
     path: str,
     body: bytes = b"",
     headers: tuple[tuple[bytes, bytes], ...] = (),
-) -> int:
-    """One HTTP request straight through the app's ASGI interface; returns the status code."""
+) -> tuple[int, float]:
+    """One HTTP request straight through the app's ASGI interface.
+
+    Returns the status code and the ``time.perf_counter()`` at which the response's last body
+    chunk was handed to the server: the moment a client has its whole answer. What the app does
+    after that (the middleware's metrics, span and access line) is not part of the latency a client
+    sees, though it keeps the event loop busy; ``await`` on this returns after it.
+    """
     scope = {
         "type": "http",
         "asgi": {"version": "3.0"},
@@ -110,6 +116,7 @@ async def asgi_request(
         "server": ("127.0.0.1", 8080),
     }
     status = 0
+    responded = 0.0
     delivered = False
 
     async def receive() -> dict[str, Any]:
@@ -120,12 +127,25 @@ async def asgi_request(
         return {"type": "http.request", "body": body, "more_body": False}
 
     async def send(message: MutableMapping[str, Any]) -> None:
-        nonlocal status
+        nonlocal status, responded
         if message["type"] == "http.response.start":
             status = message["status"]
+        elif message["type"] == "http.response.body" and not message.get("more_body", False):
+            responded = time.perf_counter()
 
     await app(scope, receive, send)
-    return status
+    return status, responded
+
+
+async def asgi_request(
+    app: FastAPI,
+    method: str,
+    path: str,
+    body: bytes = b"",
+    headers: tuple[tuple[bytes, bytes], ...] = (),
+) -> int:
+    """:func:`asgi_exchange`, for the status code only."""
+    return (await asgi_exchange(app, method, path, body, headers))[0]
 
 
 _JSON = ((b"content-type", b"application/json"), (b"accept-encoding", b"gzip"))
@@ -148,6 +168,7 @@ async def measure(blocks: int, per_block: int, otlp_endpoint: str) -> dict[str, 
                 for arm in ("on", "off") if b % 2 == 0 else ("off", "on"):
                     app, obs = arms[arm]
                     await obs.start()  # logging and tracing are process-wide: configure this arm's
+                    await asyncio.to_thread(force_flush)  # the span export process is up (see inprocess.py)
                     try:
                         for _ in range(10):  # settle
                             await _call(app)

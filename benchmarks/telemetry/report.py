@@ -56,6 +56,16 @@ def write_markdown(result: dict[str, Any], path: Path) -> None:
         "",
         f"Evidence that telemetry was on: {inproc['evidence']['spans']} spans reached the OTLP receiver, "
         f"/metrics was scraped {inproc['evidence']['scrapes']} times.",
+        "",
+        "Latency ends when the last byte of the response is handed to the server, as a client sees it. "
+        "The middleware's metrics, span end and access line run after that; counted until the app "
+        "returns, the p50 overhead is "
+        + ", ".join(
+            f"{task} {_pct(r['busy_p50_overhead'])}"
+            for task, r in inproc["tasks"].items()
+            if "busy_p50_overhead" in r
+        )
+        + ".",
     ]
     http = result.get("http")
     if http is not None:

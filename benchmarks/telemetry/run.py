@@ -170,8 +170,12 @@ def run_inprocess(
     out: dict[str, Any] = {"blocks": blocks, "requests_per_block": per_block, "tasks": {}}
     for task, s in measured["samples"].items():
         diffs = measured["block_median_diffs_ms"][task]
+        busy = measured["busy_ms"][task]
         out["tasks"][task] = task_result(
-            s["on"], s["off"], median_block_difference_ms=statistics.median(diffs)
+            s["on"],
+            s["off"],
+            median_block_difference_ms=statistics.median(diffs),
+            busy_p50_overhead=overhead(busy["on"], busy["off"]),
         )
     out["samples_ms"] = measured["samples"]
     out["evidence"] = {"spans": received.get("spans", 0), "scrapes": measured["scrapes"]}
@@ -301,7 +305,7 @@ def main() -> None:
     )
     parser.add_argument("--model", type=Path, default=bundled_model_dir())
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
-    parser.add_argument("--blocks", type=int, default=40, help="in-process: alternating blocks")
+    parser.add_argument("--blocks", type=int, default=120, help="in-process: alternating blocks")
     parser.add_argument("--per-block", type=int, default=20, help="in-process: requests per block and arm")
     parser.add_argument(
         "--sessions", type=int, default=3, help="over HTTP: pairs of fresh processes (0: skip)"

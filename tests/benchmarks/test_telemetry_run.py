@@ -1,7 +1,8 @@
-"""The telemetry benchmark's statistics and report, on known numbers (the runs need servers and a model)."""
+"""The telemetry benchmark: its statistics and report on known numbers, and a short real in-process run."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,9 @@ def test_arms_differ_only_in_telemetry() -> None:
 
 def _result() -> dict[str, Any]:
     samples = {"on": [10.1, 10.2, 10.4], "off": [10.0, 10.0, 10.1]}
-    inproc = bench.task_result(samples["on"], samples["off"], median_block_difference_ms=0.2)
+    inproc = bench.task_result(
+        samples["on"], samples["off"], median_block_difference_ms=0.2, busy_p50_overhead=0.025
+    )
     http = bench.task_result(
         samples["on"], samples["off"], session_overheads=[0.01, 0.03], median_paired_difference_ms=0.2
     )
@@ -81,6 +84,32 @@ def test_report_states_pass_or_fail(tmp_path: Path) -> None:
     assert "| captioning | 10.00 | 10.20 | +2.00 % | +0.200 | 10.10 | 10.40 | yes |" in text
     assert "| captioning | 10.00 | 10.20 | +2.00 % | +1.0 % +3.0 % | 10.10 | 10.40 | yes |" in text
     assert "24 spans reached the OTLP receiver" in text
+    assert "the p50 overhead is captioning +2.50 %" in text
     assert "telemetry adds 180 µs per request" in text and "captioning +1.80 %" in text
     assert report.plot(result, tmp_path / "results.png")
     assert (tmp_path / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_the_in_process_measurement_runs_both_arms_for_real(tmp_path: Path) -> None:
+    """A short real run: the bundled model, spans to a real receiver, arms switched in one process."""
+    from benchmarks.telemetry import inprocess
+    from tests.integration.otlp_receiver import OtlpReceiver
+
+    from mobile_multimodal.model import bundled_model_dir
+    from mobile_multimodal.observability import tracing
+    from mobile_multimodal.observability.logging import shutdown_logging
+
+    with OtlpReceiver() as receiver:
+        measured = asyncio.run(inprocess.measure(bundled_model_dir(), ("ocr",), 2, 3, receiver.endpoint))
+        spans = receiver.snapshot()
+    samples, busy = measured["samples"]["ocr"], measured["busy_ms"]["ocr"]
+    assert len(samples["on"]) == len(samples["off"]) == 6
+    assert all(b >= s > 0 for b, s in zip(busy["on"], samples["on"], strict=True))
+    assert len(measured["block_median_diffs_ms"]["ocr"]) == 2
+    # the on arm's requests were traced (8 spans each, settling requests included); the off arm's not
+    traced = {s.trace_id for s in spans if s.name == "POST /inference"}
+    assert len(traced) == 2 * (inprocess.SETTLE + 3)
+    assert {s.name for s in spans} >= {"POST /inference", "model_inference", "authentication", "response"}
+    assert tracing._recorder is None  # left as the off arm's lifespan configured it
+    shutdown_logging()  # it wrote into a temporary directory that is gone now

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import time
@@ -14,8 +15,10 @@ from mobile_multimodal.observability.logging import (
     BASE_FIELDS,
     REDACTED,
     JsonFormatter,
+    RequestLogRecord,
     SizeAndTimeRotatingFileHandler,
     configure_logging,
+    flush_logging,
     get_logger,
     redact,
     redact_text,
@@ -160,3 +163,32 @@ def test_file_logging_can_be_turned_off(tmp_path: Path) -> None:
     runtime = configure_logging(LoggingConfig(stdout=False, file=LogFileConfig(enabled=False)), tmp_path)
     assert runtime.path is None
     assert not list(tmp_path.iterdir())
+
+
+def test_a_request_record_formats_like_any_log_record() -> None:
+    """Access lines skip LogRecord's constructor; every handler must still be able to format them."""
+    fields = {"trace_id": "0af7651916cd43dd8448eb211c80319c", "span_id": "b7ad6b7169203331", "status": 200}
+    record = RequestLogRecord("mobile_multimodal.access", logging.WARNING, "GET /x 200 1.0ms", fields)
+    plain = logging.Formatter(
+        "%(asctime)s %(levelname)s %(name)s %(filename)s:%(lineno)d %(funcName)s %(threadName)s "
+        "%(process)s %(processName)s %(module)s %(pathname)s %(relativeCreated)d %(message)s"
+    )
+    assert plain.format(record).endswith("GET /x 200 1.0ms")
+    line = json.loads(JsonFormatter().format(record))
+    assert line["level"] == "WARNING" and line["message"] == "GET /x 200 1.0ms" and line["status"] == 200
+    assert line["trace_id"] == fields["trace_id"] and line["span_id"] == fields["span_id"]
+    stamped = dt.datetime.fromisoformat(line["timestamp"].replace("Z", "+00:00"))
+    assert abs(stamped.timestamp() - time.time()) < 60
+    reference = logging.makeLogRecord({})
+    assert set(reference.__dict__) <= set(record.__dict__)  # nothing a formatter may read is missing
+
+
+def test_flush_logging_writes_what_is_queued(tmp_path: Path) -> None:
+    cfg = LoggingConfig(stdout=False, file=LogFileConfig(enabled=True))
+    runtime = configure_logging(cfg, tmp_path)
+    runtime.writer.interval_s = 3600  # the writer thread would not get to it ...
+    time.sleep(0.2)  # ... once its current 50 ms wait is over
+    get_logger("mobile_multimodal.test").warning("now, please")
+    assert runtime.path is not None
+    flush_logging()
+    assert "now, please" in runtime.path.read_text()

@@ -183,3 +183,32 @@ def test_a_malformed_traceparent_starts_a_new_trace(settings: Settings) -> None:
     (server,) = [s for s in exporter.get_finished_spans() if s.name == "POST /inference"]
     assert server.parent is None
     assert response.headers["x-trace-id"] == format(server.context.trace_id, "032x") != "0" * 32
+
+
+def test_without_propagation_headers_the_request_starts_its_own_trace(settings: Settings) -> None:
+    app, _, exporter = build_app(settings)
+    with TestClient(app) as client:
+        plain = client.post("/inference")
+        # any header the propagators read still counts: a tracestate alone is no parent, but is
+        # handed to the propagator (which ignores it), and baggage alone starts a new trace too
+        stated = client.post("/inference", headers={"tracestate": "vendor=value", "baggage": "k=v"})
+        child = client.post("/inference", headers={"traceparent": TRACEPARENT, "tracestate": "vendor=value"})
+        force_flush()
+    servers = {s.context.trace_id: s for s in exporter.get_finished_spans() if s.name == "POST /inference"}
+    for response in (plain, stated):
+        server = servers[int(response.headers["x-trace-id"], 16)]
+        assert server.parent is None
+    continued = servers[int(TRACE_ID, 16)]
+    assert continued.parent is not None and continued.context.trace_state.get("vendor") == "value"
+    assert child.headers["x-trace-id"] == TRACE_ID
+
+
+def test_an_invented_method_shares_one_label_value(settings: Settings) -> None:
+    labels = {"endpoint": "unmatched", "method": "other", "status": "404"}
+    before = sample("http_requests_total", labels)
+    app, _, _ = build_app(settings)
+    with TestClient(app) as client:
+        for method in ("FROB", "XYZZY", "PLUGH"):
+            assert client.request(method, "/nowhere").status_code in (404, 405)
+    assert sample("http_requests_total", labels) == before + 3
+    assert sample("http_requests_total", {"endpoint": "unmatched", "method": "FROB", "status": "404"}) == 0

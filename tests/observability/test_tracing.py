@@ -15,6 +15,8 @@ from mobile_multimodal.observability.tracing import (
     current_trace_id,
     force_flush,
     get_tracer,
+    set_recording,
+    shutdown_tracing,
     stage,
     trace_exemplar,
 )
@@ -135,3 +137,25 @@ def test_exporter_follows_protocol() -> None:
     grpc = build_exporter(TracingConfig(endpoint="http://127.0.0.1:4317", protocol="grpc"))
     assert isinstance(grpc, GrpcExporter)
     grpc.shutdown()
+
+
+def test_recording_can_be_paused_without_stopping_export() -> None:
+    exporter = InMemorySpanExporter()
+    configure_tracing(TracingConfig(sampler="always_on"), "svc", exporter)
+    with stage("kept"):
+        pass
+    set_recording(False)
+    with stage("paused") as span:
+        assert not span.is_recording()
+    set_recording(False)  # idempotent
+    set_recording(True)
+    set_recording(True)
+    with stage("kept again"):
+        pass
+    assert force_flush()
+    assert [s.name for s in exporter.get_finished_spans()] == ["kept", "kept again"]
+    set_recording(False)
+    shutdown_tracing()
+    set_recording(True)  # nothing to resume after a shutdown
+    with stage("after shutdown") as span:
+        assert not span.is_recording()

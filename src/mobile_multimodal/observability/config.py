@@ -79,6 +79,8 @@ class TracingConfig(_Strict):
     # None: spans are made (trace ids reach the logs and responses) but not exported.
     endpoint: str | None = None
     protocol: Literal["http/protobuf", "grpc"] = "http/protobuf"
+    # Encode and send spans from a child process (export_process.py), off the serving GIL.
+    export_process: bool = True
     excluded_paths: tuple[str, ...] = DEFAULT_UNTRACED
 
 

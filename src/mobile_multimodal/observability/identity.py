@@ -27,9 +27,20 @@ def service_version() -> str:
         return str(__version__)
 
 
+_instance_override: str | None = None
+
+
 def instance_id() -> str:
     """``host-pid``: one id per serving process, so ``--workers N`` stay distinguishable.
 
     Not cached: a forked worker must not inherit its parent's pid.
     """
+    if _instance_override is not None:
+        return _instance_override
     return f"{os.environ.get('HOSTNAME') or socket.gethostname()}-{os.getpid()}"
+
+
+def set_instance_id(value: str) -> None:
+    """Speak for another process: a helper process (span export) logs as the server it serves."""
+    global _instance_override
+    _instance_override = value

@@ -124,10 +124,61 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, default=str, ensure_ascii=False)
 
 
+_LOG_START = time.time()
+
+
+# What a LogRecord works out that the JSON line never shows (source file, thread and process
+# names); formatters read a record's __dict__, so these are copied in, not class attributes.
+_REQUEST_RECORD_DEFAULTS = {
+    "pathname": __file__,
+    "filename": "logging.py",
+    "module": "logging",
+    "lineno": 0,
+    "funcName": "access",
+    "args": (),
+    "exc_info": None,
+    "exc_text": None,
+    "stack_info": None,
+    "thread": None,
+    "threadName": None,
+    "processName": None,
+    "process": None,
+    "taskName": None,
+    "otel_captured": True,  # the trace ids are in the fields already: never read at format time
+}
+
+
+class RequestLogRecord(logging.LogRecord):
+    """A record for a request's access line, made in ~1 µs instead of the ~5 µs a LogRecord costs.
+
+    It carries the line's fields (the caller puts ``trace_id`` and ``span_id`` in them) and a final
+    message; the attributes only a LogRecord's constructor works out get fixed defaults.
+
+    Example::
+
+        log.handle(RequestLogRecord(log.name, logging.INFO, "GET /ready 200 0.4ms", {"trace_id": None}))
+    """
+
+    def __init__(self, name: str, level: int, message: str, fields: Mapping[str, Any]) -> None:
+        created = time.time()
+        attrs = self.__dict__
+        attrs.update(_REQUEST_RECORD_DEFAULTS)
+        attrs.update(fields)
+        self.name = name
+        self.msg = message
+        self.levelno = level
+        self.levelname = logging.getLevelName(level)
+        self.created = created
+        self.msecs = int((created - int(created)) * 1000) + 0.0
+        self.relativeCreated = (created - _LOG_START) * 1000
+
+
 class _ContextQueueHandler(logging.handlers.QueueHandler):
     """Enqueues records after capturing what only the calling thread knows: the active span."""
 
     def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        if type(record) is RequestLogRecord:
+            return record  # made for this queue, complete and never changed after
         record = copy.copy(record)
         if getattr(record, "trace_id", None) is None:
             record.trace_id, record.span_id = _span_ids()
@@ -191,6 +242,7 @@ class _BatchWriter(threading.Thread):
         self.records, self.stdout, self.file, self.interval_s = records, stdout, file, interval_s
         self.formatter = JsonFormatter()
         self._stop_event = threading.Event()
+        self._drain_lock = threading.Lock()  # flush_logging() drains from another thread
 
     def run(self) -> None:
         while not self._stop_event.wait(self.interval_s):
@@ -198,6 +250,10 @@ class _BatchWriter(threading.Thread):
         self.drain()
 
     def drain(self) -> None:
+        with self._drain_lock:
+            self._drain()
+
+    def _drain(self) -> None:
         lines = []
         while True:
             try:
@@ -281,6 +337,12 @@ def configure_logging(cfg: LoggingConfig, log_dir: Path | None) -> LoggingRuntim
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
     _runtime = LoggingRuntime(writer, handler, path)
     return _runtime
+
+
+def flush_logging() -> None:
+    """Write every queued record now (tests, benchmarks); the writer thread does it every 50 ms."""
+    if _runtime is not None:
+        _runtime.writer.drain()
 
 
 def shutdown_logging() -> None:

@@ -237,3 +237,10 @@ BACKUP_FAILURES = Counter("backup_failures", "Database backups that failed.")
 CONFIG_RELOADS = Counter(
     "config_changes", "Configuration changes applied at start or at run time.", ["source"]
 )
+
+# --- the telemetry pipeline itself ------------------------------------------------------------
+TRACE_SPANS_DROPPED = Counter(
+    "trace_spans_dropped",
+    "Finished spans that were never exported (reason: queue_full, exporter_down).",
+    ["reason"],
+)

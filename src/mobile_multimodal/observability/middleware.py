@@ -31,11 +31,15 @@ from mobile_multimodal.observability import metrics
 from mobile_multimodal.observability.config import ObservabilityConfig
 from mobile_multimodal.observability.context import begin_request, end_request, error_type_for_status
 from mobile_multimodal.observability.error_window import ErrorRateWindow
-from mobile_multimodal.observability.logging import process_memory_mb
+from mobile_multimodal.observability.logging import RequestLogRecord, process_memory_mb
 from mobile_multimodal.observability.tracing import start_span
 
 _log = logging.getLogger("mobile_multimodal.access")
 _UNMATCHED = "unmatched"  # label for paths no route matched: keeps the endpoint label bounded
+# Any token is a valid HTTP method; a label per invented one would let a client grow the series.
+_ROOT = otel_context.Context()
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+_MAX_CACHED_CHILDREN = 4096  # label sets whose metric children are kept (bounded labels: a few dozen)
 
 
 def _route_template(scope: Scope) -> str:
@@ -61,6 +65,13 @@ class ObservabilityMiddleware:
         self.window = window
         self.model_type = model_type
         self.untraced = frozenset(cfg.tracing.excluded_paths)
+        # Header names the configured propagators read (traceparent, tracestate, baggage, ...):
+        # without any of them there is no caller context to extract, and the request skips it.
+        fields = propagate.get_global_textmap().fields
+        self.propagation_headers = frozenset(f.lower().encode("latin-1") for f in fields)
+        # prometheus_client's labels() costs ~1.2 us per call; the label sets here are few and fixed
+        self._http_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self._user_children: dict[tuple[str, str], Any] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -74,8 +85,12 @@ class ObservabilityMiddleware:
         span: trace.Span = trace.INVALID_SPAN
         ctx_token = None
         if not polled:
-            carrier = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-            parent = propagate.extract(carrier)
+            headers = scope["headers"]
+            fields = self.propagation_headers
+            if any(k in fields for k, _ in headers):
+                parent = propagate.extract({k.decode("latin-1"): v.decode("latin-1") for k, v in headers})
+            else:
+                parent = _ROOT  # what extract() returns without those headers: no caller context
             span = start_span(
                 f"{method} {path}",
                 parent,
@@ -84,7 +99,8 @@ class ObservabilityMiddleware:
             )
             ctx_token = otel_context.attach(trace.set_span_in_context(span, parent))
         span_ctx = span.get_span_context()
-        trace_header = format(span_ctx.trace_id, "032x").encode() if span_ctx.is_valid else None
+        trace_hex = format(span_ctx.trace_id, "032x") if span_ctx.is_valid else None
+        trace_header = trace_hex.encode() if trace_hex is not None else None
         status = 500
 
         async def send_wrapper(message: Message) -> None:
@@ -103,7 +119,7 @@ class ObservabilityMiddleware:
             raise
         finally:
             duration = time.perf_counter() - start
-            self._finish(scope, method, path, polled, status, duration, info, span, error)
+            self._finish(scope, method, path, polled, status, duration, info, span, trace_hex, error)
             if ctx_token is not None:
                 otel_context.detach(ctx_token)
             end_request(info_token)
@@ -118,23 +134,39 @@ class ObservabilityMiddleware:
         duration: float,
         info: Any,
         span: trace.Span,
+        trace_hex: str | None,
         error: BaseException | None,
     ) -> None:
         endpoint = _route_template(scope)
-        metrics.HTTP_REQUESTS.labels(endpoint, method, str(status)).inc()
-        exemplar = None
+        label_method = method if method in _METHODS else "other"
         span_ctx = span.get_span_context()
-        if span_ctx.is_valid and span_ctx.trace_flags.sampled:
-            exemplar = {"trace_id": format(span_ctx.trace_id, "032x")}
-        metrics.HTTP_REQUEST_DURATION.labels(endpoint, method).observe(duration, exemplar)
+        # only sampled traces are worth linking to from the histogram
+        exemplar = {"trace_id": trace_hex} if trace_hex is not None and span_ctx.trace_flags.sampled else None
+        key = (endpoint, label_method, status)
+        children = self._http_children.get(key)
+        if children is None:
+            children = (
+                metrics.HTTP_REQUESTS.labels(endpoint, label_method, str(status)),
+                metrics.HTTP_REQUEST_DURATION.labels(endpoint, label_method),
+            )
+            if len(self._http_children) < _MAX_CACHED_CHILDREN:
+                self._http_children[key] = children
+        children[0].inc()
+        children[1].observe(duration, exemplar)
         if not polled:
-            metrics.API_REQUESTS_PER_USER.labels(info.user_id, endpoint).inc()
+            user_key = (info.user_id, endpoint)
+            per_user = self._user_children.get(user_key)
+            if per_user is None:
+                per_user = metrics.API_REQUESTS_PER_USER.labels(*user_key)
+                if len(self._user_children) < _MAX_CACHED_CHILDREN:
+                    self._user_children[user_key] = per_user
+            per_user.inc()
         error_type = None
         if status >= 400:
             error_type = info.error_type or error_type_for_status(status)
             self.window.record(endpoint, error_type)
         if span.is_recording():
-            span.update_name(f"{method} {endpoint}")
+            span.update_name(f"{label_method} {endpoint}")
             span.set_attribute("http.route", endpoint)
             span.set_attribute("http.response.status_code", status)
             if error is not None:
@@ -154,13 +186,12 @@ class ObservabilityMiddleware:
             level = logging.INFO
         if not _log.isEnabledFor(level):
             return
-        if level == logging.INFO and not _sampled_for_log(
-            span_ctx.trace_id, self.cfg.logging.request_sample_ratio
-        ):
+        ratio = self.cfg.logging.request_sample_ratio
+        if level == logging.INFO and ratio < 1.0 and not _sampled_for_log(span_ctx.trace_id, ratio):
             return
         fields = {
-            "trace_id": format(span_ctx.trace_id, "032x") if span_ctx.is_valid else None,
-            "span_id": format(span_ctx.span_id, "016x") if span_ctx.is_valid else None,
+            "trace_id": trace_hex,
+            "span_id": format(span_ctx.span_id, "016x") if trace_hex is not None else None,
             "operation": "http_request",
             "method": method,
             "path": path,
@@ -175,4 +206,5 @@ class ObservabilityMiddleware:
             "error_type": error_type,
             **info.extra,
         }
-        _log.log(level, "%s %s %d %.1fms", method, path, status, duration_ms, extra=fields)
+        message = f"{method} {path} {status} {duration_ms:.1f}ms"
+        _log.handle(RequestLogRecord(_log.name, level, message, fields))

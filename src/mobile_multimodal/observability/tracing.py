@@ -25,13 +25,14 @@ Example::
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
+from opentelemetry.context.context import Context
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.sdk.trace.sampling import (
     ALWAYS_OFF,
@@ -42,9 +43,11 @@ from opentelemetry.sdk.trace.sampling import (
 )
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from opentelemetry.trace.propagation import _SPAN_KEY  # the key trace.set_span_in_context() sets
 from opentelemetry.util.types import AttributeValue
 
 from mobile_multimodal.observability.config import TracingConfig
+from mobile_multimodal.observability.export_process import SpanExportProcess
 from mobile_multimodal.observability.fastspan import SpanRecorder
 from mobile_multimodal.observability.identity import instance_id, service_version
 
@@ -93,6 +96,7 @@ _PROVIDER = _SwitchableTracerProvider()
 _registered = False
 _sdk_provider: TracerProvider | None = None
 _recorder: SpanRecorder | None = None
+_paused: SpanRecorder | None = None  # the recorder set_recording(False) put aside
 
 
 def _register_global() -> None:
@@ -137,8 +141,10 @@ def configure_tracing(
 ) -> TracerProvider | None:
     """Install a tracer provider per ``cfg`` (or none when tracing is disabled) and return it.
 
-    ``exporter`` replaces the OTLP exporter (tests pass an in-memory one). A previous provider
-    set by this function is flushed and shut down first.
+    Spans go to ``exporter`` when one is given (tests pass an in-memory one), else to the OTLP
+    endpoint of ``cfg``: from a child process (:class:`SpanExportProcess`) when
+    ``cfg.export_process``, else from the SDK's exporter thread. A previous provider set by this
+    function is flushed and shut down first.
     """
     global _sdk_provider, _recorder
     _register_global()
@@ -154,8 +160,14 @@ def configure_tracing(
     )
     sampler = build_sampler(cfg)
     provider = TracerProvider(sampler=sampler, resource=resource)
-    exporter = exporter if exporter is not None else build_exporter(cfg)
-    processor = BatchSpanProcessor(exporter) if exporter is not None else None
+    processor: SpanProcessor | None = None
+    if exporter is not None:
+        processor = BatchSpanProcessor(exporter)
+    elif cfg.endpoint and cfg.export_process:
+        processor = SpanExportProcess(cfg, resource)
+    else:
+        exporter = build_exporter(cfg)
+        processor = BatchSpanProcessor(exporter) if exporter is not None else None
     if processor is not None:
         provider.add_span_processor(processor)
     scope = InstrumentationScope(INSTRUMENTATION_NAME, service_version())
@@ -167,14 +179,25 @@ def configure_tracing(
 
 def shutdown_tracing() -> None:
     """Export what is buffered and stop the provider; spans after this are non-recording."""
-    global _sdk_provider, _recorder
-    _recorder = None
+    global _sdk_provider, _recorder, _paused
+    _recorder = _paused = None
     if _sdk_provider is not None:
         # shutdown() exports what is queued; a force_flush() first would double the wait (the
         # exporter's retries, ~7 s) when the collector is down.
         _sdk_provider.shutdown()
         _sdk_provider = None
     _PROVIDER.swap(trace.NoOpTracerProvider())
+
+
+def set_recording(on: bool) -> None:
+    """Pause (``False``) or resume (``True``) recording. Paused, every span is non-recording, as
+    with tracing off, while the provider and its span export process stay up: the telemetry
+    benchmark switches arms this way, many times a second, without restarting them."""
+    global _recorder, _paused
+    if on and _paused is not None:
+        _recorder, _paused = _paused, None
+    elif not on and _recorder is not None:
+        _recorder, _paused = None, _recorder
 
 
 def force_flush(timeout_ms: int = 5000) -> bool:
@@ -202,33 +225,54 @@ def start_span(
     return recorder.start(name, context, kind, attributes, links)
 
 
-@contextlib.contextmanager
+class _Stage:
+    """The context manager :func:`stage` returns (a class: cheaper than a generator per use)."""
+
+    __slots__ = ("_attributes", "_name", "_parent", "_span", "_token")
+
+    def __init__(
+        self, name: str, attributes: Mapping[str, AttributeValue] | None, parent: otel_context.Context | None
+    ) -> None:
+        self._name, self._attributes, self._parent = name, attributes, parent
+
+    def __enter__(self) -> Span:
+        # start_span() and trace.set_span_in_context(), with the context looked up once
+        base = self._parent if self._parent is not None else otel_context.get_current()
+        recorder = _recorder
+        if recorder is not None:
+            span = recorder.start(self._name, base, SpanKind.INTERNAL, self._attributes)
+        else:
+            span = trace.NonRecordingSpan(trace.get_current_span(base).get_span_context())
+        self._span = span
+        values = dict(base)
+        values[_SPAN_KEY] = span
+        self._token = otel_context.attach(Context(values))
+        return span
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        span = self._span
+        if exc is not None and span.is_recording():
+            span.record_exception(exc)
+            span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+        otel_context.detach(self._token)
+        span.end()
+
+
 def stage(
     name: str,
     attributes: Mapping[str, AttributeValue] | None = None,
     parent: otel_context.Context | None = None,
     /,
     **attrs: AttributeValue,
-) -> Iterator[Span]:
+) -> contextlib.AbstractContextManager[Span]:
     """A child span of the span active in ``parent`` (default: the current context) for one
     stage of a trace, current while the block runs; an exception marks it as an error.
 
     Dotted attribute names (``model.type``) go in the mapping; plain names may be keywords.
     """
-    merged: dict[str, AttributeValue] = dict(attributes or {})
-    merged.update(attrs)
-    span = start_span(name, parent, attributes=merged)
-    token = otel_context.attach(trace.set_span_in_context(span, parent))
-    try:
-        yield span
-    except BaseException as exc:
-        if span.is_recording():
-            span.record_exception(exc)
-            span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
-        raise
-    finally:
-        otel_context.detach(token)
-        span.end()
+    if attrs:
+        attributes = {**(attributes or {}), **attrs}
+    return _Stage(name, attributes, parent)
 
 
 def current_ids() -> tuple[str | None, str | None]:
