@@ -249,3 +249,21 @@ def test_a_span_that_cannot_be_encoded_costs_only_itself(receiver: OtlpReceiver)
         assert sample("trace_spans_dropped_total", {"reason": "export_failed"}) == before + 1
     finally:
         processor.shutdown()
+
+
+def test_the_request_path_sets_the_context_the_api_reads() -> None:
+    """stage() sets the current context through OpenTelemetry's own ContextVar, not its API."""
+    from opentelemetry import context as otel_context
+
+    from mobile_multimodal.observability.fastspan import CONTEXT_VAR
+
+    assert CONTEXT_VAR is not None  # the default runtime context: the shortcut is in use
+    tracing.configure_tracing(TracingConfig(sampler="always_on"), "svc")
+    before = otel_context.get_current()
+    with tracing.stage("outer") as outer:
+        assert trace.get_current_span() is outer
+        with tracing.stage("inner") as inner:
+            assert trace.get_current_span() is inner
+            assert inner.get_span_context().trace_id == outer.get_span_context().trace_id
+        assert trace.get_current_span() is outer
+    assert otel_context.get_current() == before

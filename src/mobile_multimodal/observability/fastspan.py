@@ -27,12 +27,15 @@ Example::
 
 from __future__ import annotations
 
+import contextvars
+import random
 import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
+from opentelemetry.context.contextvars_context import ContextVarsRuntimeContext
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Event, ReadableSpan, SpanProcessor
 from opentelemetry.sdk.trace.id_generator import IdGenerator, RandomIdGenerator
@@ -45,7 +48,22 @@ from opentelemetry.util.types import AttributeValue
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 _NOT_SAMPLED = TraceFlags(TraceFlags.DEFAULT)
 _UNSET = Status(StatusCode.UNSET)
-_current_context = otel_context.get_current
+
+
+def _runtime_context_var() -> contextvars.ContextVar[otel_context.Context] | None:
+    """The ContextVar behind OpenTelemetry's default runtime context, so the request path can get
+    and set the current context without the API's call layers; None under another runtime
+    context (OTEL_PYTHON_CONTEXT), where the API's functions are used. A test pins the equivalence."""
+    runtime = getattr(otel_context, "_RUNTIME_CONTEXT", None)
+    if type(runtime) is ContextVarsRuntimeContext:
+        var = getattr(runtime, "_current_context", None)
+        if isinstance(var, contextvars.ContextVar):
+            return var
+    return None
+
+
+CONTEXT_VAR = _runtime_context_var()
+_current_context = CONTEXT_VAR.get if CONTEXT_VAR is not None else otel_context.get_current
 
 
 class FastSpan(trace.Span):
@@ -86,8 +104,8 @@ class FastSpan(trace.Span):
         self._attributes: dict[str, AttributeValue] = (
             {k: v for k, v in attributes.items() if v is not None} if attributes else {}
         )
-        self._events: list[Event] = []
-        self._links: list[Link] = list(links)
+        self._events: list[Event] | None = None  # made on first use: most spans have none
+        self._links: list[Link] | None = list(links) if links else None
         self._status = _UNSET
         self._start = time.time_ns()
         self._end: int | None = None
@@ -114,11 +132,19 @@ class FastSpan(trace.Span):
         timestamp: int | None = None,
     ) -> None:
         if self._end is None:
-            self._events.append(Event(name, attributes, timestamp or time.time_ns()))
+            event = Event(name, attributes, timestamp or time.time_ns())
+            if self._events is None:
+                self._events = [event]
+            else:
+                self._events.append(event)
 
     def add_link(self, context: SpanContext, attributes: Mapping[str, AttributeValue] | None = None) -> None:
         if self._end is None and context.is_valid:  # the SDK drops links to invalid contexts too
-            self._links.append(Link(context, attributes))
+            link = Link(context, attributes)
+            if self._links is None:
+                self._links = [link]
+            else:
+                self._links.append(link)
 
     def update_name(self, name: str) -> None:
         if self._end is None:
@@ -166,8 +192,8 @@ class FastSpan(trace.Span):
             parent=self._parent,
             resource=r.resource,
             attributes=self._attributes,
-            events=tuple(self._events),
-            links=tuple(self._links),
+            events=tuple(self._events or ()),
+            links=tuple(self._links or ()),
             kind=self._kind,
             status=self._status,
             start_time=self._start,
@@ -192,7 +218,9 @@ class SpanRecorder:
         self.resource = resource
         self.scope = scope
         self.ids = id_generator or RandomIdGenerator()
-        self._new_span_id = self.ids.generate_span_id
+        # the SDK's RandomIdGenerator.generate_span_id, without its call layers, when it is the one
+        default_ids = type(self.ids) is RandomIdGenerator
+        self._new_span_id = _random_span_id if default_ids else self.ids.generate_span_id
         # where a finished, sampled span goes: a processor that reads FastSpans itself
         # (SpanExportProcess.submit) is spared the ReadableSpan copy and on_end's checks
         self._sink: Callable[[FastSpan], None] | None = None
@@ -236,6 +264,11 @@ class SpanRecorder:
         sink = self._sink
         if sink is not None and span._sampled:
             sink(span)
+
+
+def _random_span_id() -> int:
+    """A random non-zero 64-bit span id, as RandomIdGenerator makes them."""
+    return random.getrandbits(64) or 1
 
 
 def _child_context(parent: SpanContext, span_id: int) -> SpanContext:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import datetime as dt
+import functools
 import json
 import logging
 import logging.handlers
@@ -71,11 +72,22 @@ def redact_text(text: str) -> str:
     return text
 
 
+@functools.lru_cache(maxsize=4096)  # field names are few; every log line asks about each of its own
+def _secret_key(key: str) -> bool:
+    return _SECRET_KEY.search(key.lower()) is not None
+
+
+_PLAIN = frozenset({int, float, bool, type(None)})
+
+
 def redact(value: Any, key: str = "") -> Any:
     """A copy of ``value`` with secrets removed: by key name, then inside strings."""
-    if key and _SECRET_KEY.search(key.lower()):
+    if key and _secret_key(key):
         return REDACTED
-    if isinstance(value, str):
+    kind = type(value)
+    if kind in _PLAIN:  # most fields of most lines: no isinstance() walk through the ABCs
+        return value
+    if kind is str or isinstance(value, str):
         return redact_text(value)
     if isinstance(value, Mapping):
         return {str(k): redact(v, str(k)) for k, v in value.items()}

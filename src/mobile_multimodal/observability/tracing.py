@@ -25,6 +25,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -48,10 +49,12 @@ from opentelemetry.util.types import AttributeValue
 
 from mobile_multimodal.observability.config import TracingConfig
 from mobile_multimodal.observability.export_process import SpanExportProcess
-from mobile_multimodal.observability.fastspan import SpanRecorder
+from mobile_multimodal.observability.fastspan import CONTEXT_VAR, SpanRecorder
+from mobile_multimodal.observability.fastspan import _current_context as current_context
 from mobile_multimodal.observability.identity import instance_id, service_version
 
 INSTRUMENTATION_NAME = "mobile_multimodal"
+_log = logging.getLogger(__name__)
 
 
 class _SwitchableTracer(trace.Tracer):
@@ -236,8 +239,9 @@ class _Stage:
         self._name, self._attributes, self._parent = name, attributes, parent
 
     def __enter__(self) -> Span:
-        # start_span() and trace.set_span_in_context(), with the context looked up once
-        base = self._parent if self._parent is not None else otel_context.get_current()
+        # start_span(), trace.set_span_in_context() and context.attach(), with the context looked
+        # up once and set without the API's call layers
+        base = self._parent if self._parent is not None else current_context()
         recorder = _recorder
         if recorder is not None:
             span = recorder.start(self._name, base, SpanKind.INTERNAL, self._attributes)
@@ -246,7 +250,8 @@ class _Stage:
         self._span = span
         values = dict(base)
         values[_SPAN_KEY] = span
-        self._token = otel_context.attach(Context(values))
+        context = Context(values)
+        self._token = CONTEXT_VAR.set(context) if CONTEXT_VAR is not None else otel_context.attach(context)
         return span
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
@@ -254,7 +259,13 @@ class _Stage:
         if exc is not None and span.is_recording():
             span.record_exception(exc)
             span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
-        otel_context.detach(self._token)
+        if CONTEXT_VAR is None:
+            otel_context.detach(self._token)
+        else:
+            try:
+                CONTEXT_VAR.reset(self._token)
+            except ValueError:  # exited in another context than entered; the API logs it too
+                _log.exception("Failed to detach context")
         span.end()
 
 
