@@ -546,10 +546,19 @@ class _ChildExporter:
         self.exporter.shutdown()
 
 
+def _lower_priority() -> None:
+    """Let the serving process's threads have a CPU first: a batch of spans can wait a few ms, a
+    request should not. ``nice 10``, not SCHED_IDLE: under sustained full load the exporter still
+    gets a share, instead of starving until its queue overflows."""
+    with contextlib.suppress(AttributeError, OSError):  # not on this platform, or not allowed
+        os.nice(10)
+
+
 def _child(data_fd: int, report_fd: int) -> int:
     """The export process: read frames, export spans in batches, confirm flushes, report drops."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # (so does `docker stop`, through the parent)
+    _lower_priority()
     from mobile_multimodal.observability.logging import configure_logging, shutdown_logging
     from mobile_multimodal.observability.tracing import build_exporter
 
