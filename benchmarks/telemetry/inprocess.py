@@ -3,11 +3,12 @@
 Two server processes with identical settings can differ by several percent for their whole life
 (where their threads land on a 2-core machine, memory layout), which swamps a 3 % effect. Here
 both arms are instances of the real app (``create_app``) serving the same loaded model inside
-one process, so that bias is gone. Requests go through ASGI (no sockets) in short alternating
-blocks. The "on" arm is the app with its middleware, every span recorded and exported over
-OTLP/HTTP to a real receiver, JSON logs at INFO (file and stdout, /dev/null here), and /metrics
-scraped every second, as Prometheus would; the "off" arm has no middleware, records no spans
-and logs at WARNING.
+one process, so that bias is gone, and they share one inference engine (one model thread and
+batcher): with an engine each, an A/A run (both arms configured "off") still showed up to 2 %
+between them. Requests go through ASGI (no sockets) in short alternating blocks. The "on" arm is
+the app with its middleware, every span recorded and exported over OTLP/HTTP to a real receiver,
+JSON logs at INFO (file and stdout, /dev/null here), and /metrics scraped every second, as
+Prometheus would; the "off" arm has no middleware, records no spans and logs at WARNING.
 
 Tracing and logging are process-wide, so the arm about to run is switched in between blocks:
 span recording is paused or resumed (``tracing.set_recording``) and the root log level set, while
@@ -123,6 +124,10 @@ async def measure(
         }
         with contextlib.redirect_stdout(devnull):
             async with _serving(apps["on"]), _serving(apps["off"]):
+                # One engine (model thread, batcher) serves both arms, so they differ in telemetry
+                # alone. With one engine each, an A/A run (both arms "off") measured the second
+                # engine up to 2 % slower or faster for a whole run (where its thread ran).
+                apps["off"].state.engine = apps["on"].state.engine
                 # the lifespan entered last configured logging and tracing: make it the on arm's
                 await apps["off"].state.observability.stop()
                 await apps["on"].state.observability.start()

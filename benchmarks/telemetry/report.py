@@ -16,11 +16,15 @@ def _pct(x: float) -> str:
     return f"{100 * x:+.2f} %"
 
 
-def _table(section: dict[str, Any], extra_header: str, extra: Any) -> list[str]:
+def _interval(ci: Any) -> str:
+    return f"{_pct(ci[0])} to {_pct(ci[1])}" if ci else "n/a"
+
+
+def _table(section: dict[str, Any], extra_header: str, extra: Any, extra_align: str = "---:") -> list[str]:
     lines = [
         f"| task | p50 off (ms) | p50 on (ms) | p50 overhead | {extra_header} "
         "| p99 off (ms) | p99 on (ms) | < 3 % |",
-        "|---|---:|---:|---:|---:|---:|---:|---|",
+        f"|---|---:|---:|---:|{extra_align}|---:|---:|---|",
     ]
     for task, r in section["tasks"].items():
         cells = [
@@ -52,7 +56,12 @@ def write_markdown(result: dict[str, Any], path: Path) -> None:
         f"## In-process, the verdict ({inproc['blocks']} alternating blocks x {inproc['requests_per_block']} "
         "requests per arm and task, both arms in one process)",
         "",
-        *_table(inproc, "median block difference (ms)", lambda r: f"{r['median_block_difference_ms']:+.3f}"),
+        *_table(
+            inproc,
+            "95 % interval (blocks resampled) | median block difference (ms)",
+            lambda r: f"{_interval(r.get('p50_overhead_ci95'))} | {r['median_block_difference_ms']:+.3f}",
+            extra_align="---:|---:",
+        ),
         "",
         f"Evidence that telemetry was on: {inproc['evidence']['spans']} spans reached the OTLP receiver, "
         f"/metrics was scraped {inproc['evidence']['scrapes']} times.",

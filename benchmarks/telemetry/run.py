@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import psutil
 from benchmarks.telemetry import inprocess, micro
 from benchmarks.telemetry.report import plot, write_markdown
@@ -162,6 +163,24 @@ def task_result(on: list[float], off: list[float], **extra: Any) -> dict[str, An
     }
 
 
+def bootstrap_ci(
+    on: list[float], off: list[float], per_block: int, resamples: int = 2000, seed: int = 0
+) -> tuple[float, float]:
+    """95 % interval of the p50 overhead, resampling whole blocks (the unit that was alternated).
+
+    ``on`` and ``off`` hold ``per_block`` samples per block, block after block. On this machine the
+    same measurement moves by a percent or more from run to run; the interval says how far."""
+    on_blocks = np.asarray(on).reshape(-1, per_block)
+    off_blocks = np.asarray(off).reshape(-1, per_block)
+    rng = np.random.default_rng(seed)
+    ratios = np.empty(resamples)
+    for i in range(resamples):
+        pick = rng.integers(0, len(on_blocks), len(on_blocks))
+        ratios[i] = np.median(on_blocks[pick]) / np.median(off_blocks[pick]) - 1
+    low, high = np.percentile(ratios, [2.5, 97.5])
+    return float(low), float(high)
+
+
 def run_inprocess(
     model_dir: Path, tasks: tuple[str, ...], blocks: int, per_block: int, workdir: Path
 ) -> dict[str, Any]:
@@ -176,6 +195,7 @@ def run_inprocess(
             s["off"],
             median_block_difference_ms=statistics.median(diffs),
             busy_p50_overhead=overhead(busy["on"], busy["off"]),
+            p50_overhead_ci95=bootstrap_ci(s["on"], s["off"], per_block),
         )
     out["samples_ms"] = measured["samples"]
     out["evidence"] = {"spans": received.get("spans", 0), "scrapes": measured["scrapes"]}

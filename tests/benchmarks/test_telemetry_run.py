@@ -28,6 +28,15 @@ def test_overhead_and_verdict_are_relative_to_the_off_arm() -> None:
     assert bench.task_result([10.4], [10.0])["pass"] is False  # 4 % is over the 3 % target
 
 
+def test_the_interval_resamples_blocks() -> None:
+    off = [10.0, 10.0, 11.0, 11.0, 12.0, 12.0]  # three blocks of two
+    low, high = bench.bootstrap_ci([x * 1.02 for x in off], off, per_block=2)
+    assert low == pytest.approx(0.02) and high == pytest.approx(0.02)  # 2 % in every block
+    on = [10.0, 10.0, 11.0, 11.0, 13.2, 13.2]  # +10 % in one block of three
+    low, high = bench.bootstrap_ci(on, off, per_block=2)
+    assert low == pytest.approx(0.0) and 0.05 < high <= 0.1 + 1e-9
+
+
 def test_arms_differ_only_in_telemetry() -> None:
     on, off = bench.arm_env("on", "http://127.0.0.1:4318"), bench.arm_env("off", "http://127.0.0.1:4318")
     assert on["OTEL_TRACES_SAMPLER"] == "always_on"  # 100 % sampling
@@ -39,7 +48,11 @@ def test_arms_differ_only_in_telemetry() -> None:
 def _result() -> dict[str, Any]:
     samples = {"on": [10.1, 10.2, 10.4], "off": [10.0, 10.0, 10.1]}
     inproc = bench.task_result(
-        samples["on"], samples["off"], median_block_difference_ms=0.2, busy_p50_overhead=0.025
+        samples["on"],
+        samples["off"],
+        median_block_difference_ms=0.2,
+        busy_p50_overhead=0.025,
+        p50_overhead_ci95=(0.01, 0.03),
     )
     http = bench.task_result(
         samples["on"], samples["off"], session_overheads=[0.01, 0.03], median_paired_difference_ms=0.2
@@ -81,7 +94,8 @@ def test_report_states_pass_or_fail(tmp_path: Path) -> None:
     result = _result()
     report.write_markdown(result, tmp_path / "results.md")
     text = (tmp_path / "results.md").read_text()
-    assert "| captioning | 10.00 | 10.20 | +2.00 % | +0.200 | 10.10 | 10.40 | yes |" in text
+    row = "| captioning | 10.00 | 10.20 | +2.00 % | +1.00 % to +3.00 % | +0.200 | 10.10 | 10.40 | yes |"
+    assert row in text
     assert "| captioning | 10.00 | 10.20 | +2.00 % | +1.0 % +3.0 % | 10.10 | 10.40 | yes |" in text
     assert "24 spans reached the OTLP receiver" in text
     assert "the p50 overhead is captioning +2.50 %" in text
