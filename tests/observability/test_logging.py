@@ -15,6 +15,7 @@ from mobile_multimodal.observability.logging import (
     BASE_FIELDS,
     REDACTED,
     JsonFormatter,
+    RateLimitFilter,
     RequestLogRecord,
     SizeAndTimeRotatingFileHandler,
     configure_logging,
@@ -192,3 +193,34 @@ def test_flush_logging_writes_what_is_queued(tmp_path: Path) -> None:
     assert runtime.path is not None
     flush_logging()
     assert "now, please" in runtime.path.read_text()
+
+
+def test_the_sdk_span_drop_warning_is_rate_limited(tmp_path: Path) -> None:
+    class Keep(logging.Handler):
+        def __init__(self) -> None:
+            super().__init__()
+            self.records: list[logging.LogRecord] = []
+
+        def emit(self, record: logging.LogRecord) -> None:
+            self.records.append(record)
+
+    log = logging.Logger("drops")
+    keep = Keep()
+    log.addHandler(keep)
+    log.addFilter(RateLimitFilter(0.3))
+    for _ in range(1000):  # what the SDK's batch processor says per dropped span
+        log.warning("Queue full, dropping %s.", "Span")
+    log.warning("another message")
+    time.sleep(0.35)
+    log.warning("Queue full, dropping %s.", "Span")
+    assert [r.getMessage() for r in keep.records] == [
+        "Queue full, dropping Span.",
+        "another message",
+        "Queue full, dropping Span.",
+    ]
+    assert not hasattr(keep.records[0], "suppressed") and keep.records[2].suppressed == 999
+    # the app puts one on the SDK's logger, and reconfiguring does not add a second
+    sdk = logging.getLogger("opentelemetry.sdk._shared_internal")
+    for _ in range(2):
+        configure_logging(LoggingConfig(stdout=False), tmp_path)
+        assert len([f for f in sdk.filters if type(f).__name__ == "RateLimitFilter"]) == 1

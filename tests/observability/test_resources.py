@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import time
 from pathlib import Path
 
 import psutil
@@ -16,7 +17,11 @@ from .conftest import sample
 def test_resource_gauges_match_the_system(tmp_path: Path) -> None:
     data_dir = tmp_path / "not-created-yet"
     sampler = ResourceSampler(data_dir, interval_s=1)
-    sum(i * i for i in range(300_000))  # some CPU so the process percentage is not trivially 0
+    # 0.3 s of CPU: the percentage comes from clock ticks (10 ms), so a shorter stretch reads 0 %
+    # or over 200 % on a busy 2-core machine
+    busy_until = time.process_time() + 0.3
+    while time.process_time() < busy_until:
+        pass
     sampler.sample_once()
     rss = psutil.Process().memory_info().rss
     assert sample("process_memory_usage_bytes") == pytest.approx(rss, rel=0.2)

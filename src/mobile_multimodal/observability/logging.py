@@ -296,6 +296,31 @@ class _BatchWriter(threading.Thread):
         self.join()
 
 
+class RateLimitFilter(logging.Filter):
+    """Lets a message (by its template) through at most once per ``interval_s``; the line that
+    gets through says how many were held back since the last one."""
+
+    def __init__(self, interval_s: float) -> None:
+        super().__init__()
+        self.interval_s = interval_s
+        self._last: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = str(record.msg)
+        now = time.monotonic()
+        with self._lock:
+            if now - self._last.get(key, -self.interval_s) < self.interval_s:
+                self._held[key] = self._held.get(key, 0) + 1
+                return False
+            self._last[key] = now
+            held = self._held.pop(key, 0)
+        if held:
+            record.suppressed = held  # a field of the JSON line
+        return True
+
+
 class LoggingRuntime:
     """What :func:`configure_logging` installed; :meth:`close` writes what is queued and removes it."""
 
@@ -347,6 +372,13 @@ def configure_logging(cfg: LoggingConfig, log_dir: Path | None) -> LoggingRuntim
         lg.handlers.clear()
         lg.propagate = True
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+    # The SDK's batch span processor (tracing.export_process: false) warns once per span it drops:
+    # thousands of lines a second under overload. One line per message a minute says the same.
+    sdk_batching = logging.getLogger("opentelemetry.sdk._shared_internal")
+    # (by name, not class: a test that reloads this module makes a second RateLimitFilter class)
+    for old_filter in [f for f in sdk_batching.filters if type(f).__name__ == "RateLimitFilter"]:
+        sdk_batching.removeFilter(old_filter)
+    sdk_batching.addFilter(RateLimitFilter(60.0))
     _runtime = LoggingRuntime(writer, handler, path)
     return _runtime
 
