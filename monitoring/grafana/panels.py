@@ -68,10 +68,16 @@ BACKUP_AGE = thresholds((26 * 3600, "red"))  # BackupStale
 NONE = thresholds()
 
 
+# Histograms whose observations carry a trace_id exemplar (the app records one per sampled
+# request). A graph over them asks Prometheus for the exemplars too: Grafana draws them as points
+# that open the trace in Jaeger (the Prometheus data source's exemplarTraceIdDestinations).
+EXEMPLAR_HISTOGRAMS = ("model_inference_duration_seconds_bucket", "http_request_duration_seconds_bucket")
+
+
 def target(
     expr: str, legend: str = "__auto", ref: str = "A", instant: bool = False, fmt: str = "time_series"
 ) -> dict[str, Any]:
-    return {
+    query = {
         "refId": ref,
         "datasource": PROM,
         "expr": expr,
@@ -81,6 +87,9 @@ def target(
         "format": fmt,
         "editorMode": "code",
     }
+    if not instant and any(name in expr for name in EXEMPLAR_HISTOGRAMS):
+        query["exemplar"] = True
+    return query
 
 
 def log_target(expr: str) -> dict[str, Any]:

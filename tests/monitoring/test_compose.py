@@ -131,6 +131,12 @@ def test_mounted_configs_exist(resolved: dict[str, Any]) -> None:
     assert prom["/etc/prometheus/alerts.yml"].endswith("monitoring/alerts.yml")
 
 
+def test_prometheus_keeps_exemplars(resolved: dict[str, Any]) -> None:
+    """Without the feature flag Prometheus drops the trace_id exemplars the app exposes (the
+    integration tests' Prometheus runs with the same flag and queries them)."""
+    assert "--enable-feature=exemplar-storage" in resolved["services"]["prometheus"]["command"]
+
+
 def _hadolint() -> str:
     found = shutil.which("hadolint") or str(Path(sys.executable).with_name("hadolint"))
     if not Path(found).is_file():

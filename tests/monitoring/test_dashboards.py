@@ -201,3 +201,30 @@ def test_provisioning_matches_dashboards() -> None:
     assert used <= set(by_uid)
     providers = yaml.safe_load((MONITORING / "grafana/provisioning/dashboards/dashboards.yml").read_text())
     assert providers["providers"][0]["options"]["path"] == "/var/lib/grafana/dashboards"
+
+
+def test_latency_graphs_show_the_trace_exemplars() -> None:
+    """The app attaches a trace_id exemplar to its latency histograms; every graph over them asks
+    for the exemplars (Grafana links them to Jaeger), and nothing else does."""
+    with_exemplars = []
+    for dashboard in _dashboards().values():
+        for panel in _panels(dashboard):
+            for query in panel.get("targets", []):
+                over_exemplars = any(
+                    name in query.get("expr", "")
+                    for name in (
+                        "model_inference_duration_seconds_bucket",
+                        "http_request_duration_seconds_bucket",
+                    )
+                )
+                assert query.get("exemplar", False) == (over_exemplars and not query.get("instant")), query
+                if query.get("exemplar"):
+                    with_exemplars.append(query["expr"])
+    assert any("model_inference_duration_seconds_bucket" in e for e in with_exemplars)
+    datasources = yaml.safe_load(
+        (MONITORING / "grafana" / "provisioning" / "datasources" / "datasources.yml").read_text()
+    )
+    prometheus = next(d for d in datasources["datasources"] if d["type"] == "prometheus")
+    assert prometheus["jsonData"]["exemplarTraceIdDestinations"] == [
+        {"name": "trace_id", "datasourceUid": "jaeger"}
+    ]
