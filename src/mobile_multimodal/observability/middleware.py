@@ -36,8 +36,8 @@ from mobile_multimodal.observability.tracing import start_span
 
 _log = logging.getLogger("mobile_multimodal.access")
 _UNMATCHED = "unmatched"  # label for paths no route matched: keeps the endpoint label bounded
+_ROOT = otel_context.Context()  # no caller context: the request starts a trace
 # Any token is a valid HTTP method; a label per invented one would let a client grow the series.
-_ROOT = otel_context.Context()
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _MAX_CACHED_CHILDREN = 4096  # label sets whose metric children are kept (bounded labels: a few dozen)
 
