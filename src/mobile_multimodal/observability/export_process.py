@@ -307,12 +307,16 @@ class SpanExportProcess(SpanProcessor):
         }
         self._send(("start", start))
 
+    def _close_data(self) -> None:
+        """Close our end of the data pipe (the child sees its end). Call with ``_write_lock`` held."""
+        if self._data is not None:
+            with contextlib.suppress(OSError):
+                self._data.close()
+            self._data = None
+
     def _close_pipes(self) -> None:
         with self._write_lock:
-            if self._data is not None:
-                with contextlib.suppress(OSError):
-                    self._data.close()
-                self._data = None
+            self._close_data()
         with self._report_lock:
             if self._reports is not None:
                 with contextlib.suppress(OSError):
@@ -333,9 +337,7 @@ class SpanExportProcess(SpanProcessor):
             except (OSError, ValueError):
                 code = self._proc.poll() if self._proc is not None else None
                 _log.error("the span export process is gone (exit code %s); spans are dropped", code)
-                with contextlib.suppress(OSError):
-                    self._data.close()
-                self._data = None
+                self._close_data()
                 return False
 
     def _read_reports(self, timeout_s: float) -> None:
@@ -367,18 +369,12 @@ class SpanExportProcess(SpanProcessor):
 
     def on_end(self, span: FastSpan | ReadableSpan) -> None:
         ctx = span.get_span_context()
-        if self._shut_down or ctx is None or not ctx.trace_flags.sampled:
-            return
-        queue = self.queue
-        if len(queue) >= self.max_queue_size:
-            self._drop(1, "queue_full")
-            return
-        queue.append(span)
-        if len(queue) >= self.handoff_batch:
-            self._wake.set()
+        if ctx is not None and ctx.trace_flags.sampled:
+            self.submit(span)
 
-    def submit(self, span: FastSpan) -> None:
-        """``on_end`` for a sampled FastSpan (SpanRecorder's path: ~8 calls per request)."""
+    def submit(self, span: FastSpan | ReadableSpan) -> None:
+        """Queue a span known to be sampled: ``on_end`` without its check, which SpanRecorder
+        (the request path, ~8 calls per request) has made already."""
         queue = self.queue
         if len(queue) >= self.max_queue_size or self._shut_down:
             if not self._shut_down:
@@ -468,10 +464,7 @@ class SpanExportProcess(SpanProcessor):
         self._shut_down = True
         self._send(("shutdown",))
         with self._write_lock:  # end of the pipe: the child exports what it has and exits
-            if self._data is not None:
-                with contextlib.suppress(OSError):
-                    self._data.close()
-                self._data = None
+            self._close_data()
         if self._proc is not None:
             try:
                 self._proc.wait(timeout=self.shutdown_timeout_s)

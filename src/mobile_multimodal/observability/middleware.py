@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from opentelemetry import context as otel_context
@@ -40,6 +41,16 @@ _ROOT = otel_context.Context()  # no caller context: the request starts a trace
 # Any token is a valid HTTP method; a label per invented one would let a client grow the series.
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _MAX_CACHED_CHILDREN = 4096  # label sets whose metric children are kept (bounded labels: a few dozen)
+
+
+def _cached(cache: dict[Any, Any], key: Any, make: Callable[[], Any]) -> Any:
+    """``cache[key]``, made by ``make()`` on first use; a full cache makes without keeping."""
+    value = cache.get(key)
+    if value is None:
+        value = make()
+        if len(cache) < _MAX_CACHED_CHILDREN:
+            cache[key] = value
+    return value
 
 
 def _route_template(scope: Scope) -> str:
@@ -142,25 +153,20 @@ class ObservabilityMiddleware:
         span_ctx = span.get_span_context()
         # only sampled traces are worth linking to from the histogram
         exemplar = {"trace_id": trace_hex} if trace_hex is not None and span_ctx.trace_flags.sampled else None
-        key = (endpoint, label_method, status)
-        children = self._http_children.get(key)
-        if children is None:
-            children = (
+        requests, durations = _cached(
+            self._http_children,
+            (endpoint, label_method, status),
+            lambda: (
                 metrics.HTTP_REQUESTS.labels(endpoint, label_method, str(status)),
                 metrics.HTTP_REQUEST_DURATION.labels(endpoint, label_method),
-            )
-            if len(self._http_children) < _MAX_CACHED_CHILDREN:
-                self._http_children[key] = children
-        children[0].inc()
-        children[1].observe(duration, exemplar)
+            ),
+        )
+        requests.inc()
+        durations.observe(duration, exemplar)
         if not polled:
             user_key = (info.user_id, endpoint)
-            per_user = self._user_children.get(user_key)
-            if per_user is None:
-                per_user = metrics.API_REQUESTS_PER_USER.labels(*user_key)
-                if len(self._user_children) < _MAX_CACHED_CHILDREN:
-                    self._user_children[user_key] = per_user
-            per_user.inc()
+            per_user = metrics.API_REQUESTS_PER_USER
+            _cached(self._user_children, user_key, lambda: per_user.labels(*user_key)).inc()
         error_type = None
         if status >= 400:
             error_type = info.error_type or error_type_for_status(status)

@@ -242,12 +242,7 @@ class _Stage:
         # start_span(), trace.set_span_in_context() and context.attach(), with the context looked
         # up once and set without the API's call layers
         base = self._parent if self._parent is not None else current_context()
-        recorder = _recorder
-        if recorder is not None:
-            span = recorder.start(self._name, base, SpanKind.INTERNAL, self._attributes)
-        else:
-            span = trace.NonRecordingSpan(trace.get_current_span(base).get_span_context())
-        self._span = span
+        span = self._span = start_span(self._name, base, SpanKind.INTERNAL, self._attributes)
         values = dict(base)
         values[_SPAN_KEY] = span
         context = Context(values)
