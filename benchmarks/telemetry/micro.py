@@ -5,10 +5,11 @@ run time. This measures only what telemetry adds: a FastAPI app with the real
 :class:`~mobile_multimodal.observability.Observability` (middleware, gzip, OTLP export, JSON
 logs) and one route that makes the telemetry calls the inference route makes per request
 (``annotate_request``; the ``model_inference`` span with the guide's attributes and its six
-stage spans; the inference counters and the latency histogram with its exemplar), but no model
-call. Requests go straight through ASGI (no sockets) in alternating blocks, "on" (100 %
-sampling, spans exported over OTLP/HTTP, JSON logs at INFO to a file and to stdout, which is
-/dev/null here) against "off" (no middleware, no tracing, logs at WARNING); logging and tracing
+stages, ``authentication`` a full stage and the other five leaf stages; the inference counters
+and the latency histogram with its exemplar), but no model call. Requests go straight through
+ASGI (no sockets) in alternating blocks, "on" (100 % sampling, spans exported over OTLP/HTTP,
+JSON logs at INFO to a file and to stdout, which is /dev/null here) against "off" (no
+middleware, no tracing, logs at WARNING); logging and tracing
 are process-wide, so they are switched over between blocks.
 
 Example::
@@ -34,10 +35,18 @@ from fastapi.responses import JSONResponse
 
 from mobile_multimodal.observability import Observability, metrics
 from mobile_multimodal.observability.context import annotate_request
-from mobile_multimodal.observability.tracing import current_trace_id, force_flush, stage, trace_exemplar
+from mobile_multimodal.observability.tracing import (
+    current_trace_id,
+    force_flush,
+    leaf_stage,
+    stage,
+    trace_exemplar,
+)
 from mobile_multimodal.settings import Settings
 
-STAGES = ("authentication", "model_loading", "preprocessing", "inference", "postprocessing", "response")
+# the inference route's stages: authentication is a full stage (its key lookup's database spans
+# nest under it), the others leaf stages, as in serving/deps.py, runner.py and the routes
+LEAF_STAGES = ("model_loading", "preprocessing", "inference", "postprocessing", "response")
 
 
 def _settings(workdir: Path, on: bool, otlp_endpoint: str) -> Settings:
@@ -68,8 +77,10 @@ def build_app(settings: Settings) -> tuple[FastAPI, Observability]:
             "input.size": 4096,
         }
         with stage("model_inference", attrs) as root:
-            for name in STAGES:
-                with stage(name) as span:
+            with stage("authentication") as auth:
+                auth.set_attribute("user.type", "anonymous")
+            for name in LEAF_STAGES:
+                with leaf_stage(name) as span:
                     span.set_attribute("batch_size", 1)
             root.set_attribute("output.size", 42)
             metrics.INFERENCE_REQUESTS.labels("multimodal", task, "success").inc()

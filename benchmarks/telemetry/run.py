@@ -328,7 +328,7 @@ def main() -> None:
     parser.add_argument("--blocks", type=int, default=120, help="in-process: alternating blocks")
     parser.add_argument("--per-block", type=int, default=20, help="in-process: requests per block and arm")
     parser.add_argument(
-        "--sessions", type=int, default=3, help="over HTTP: pairs of fresh processes (0: skip)"
+        "--sessions", type=int, default=6, help="over HTTP: pairs of fresh processes (0: skip)"
     )
     parser.add_argument("--rounds", type=int, default=2, help="over HTTP: rounds per session")
     parser.add_argument(

@@ -18,7 +18,7 @@ from typing import Any
 
 from mobile_multimodal.observability import metrics
 from mobile_multimodal.observability.context import annotate_request
-from mobile_multimodal.observability.tracing import stage, trace_exemplar
+from mobile_multimodal.observability.tracing import leaf_stage, trace_exemplar
 from mobile_multimodal.serving.batcher import BatcherClosedError, BatchOutcome, QueueFullError
 from mobile_multimodal.serving.engine import InferenceEngine, Job
 from mobile_multimodal.serving.errors import ErrorCode, ServiceError
@@ -106,14 +106,14 @@ async def run_inference(
     engine.arriving += 1  # the batcher waits for company only while someone is arriving
     try:
         try:
-            with stage("model_loading"):
+            with leaf_stage("model_loading"):
                 require_ready(engine)
-            with stage("preprocessing"):
+            with leaf_stage("preprocessing"):
                 job = await preprocess()
         finally:
             engine.arriving -= 1
             engine.batcher.poke()
-        with stage("inference") as span:
+        with leaf_stage("inference") as span:
             outcome = await submit(engine, task, job, max_tokens)
             span.set_attribute("batch_size", outcome.batch_size)
             span.set_attribute("queue_ms", round(outcome.queued_s * 1000, 3))

@@ -24,7 +24,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Span
 
 from mobile_multimodal.observability.context import annotate_request
-from mobile_multimodal.observability.tracing import current_trace_id, set_attributes, stage
+from mobile_multimodal.observability.tracing import current_trace_id, leaf_stage, set_attributes
 from mobile_multimodal.serving.batcher import BatchOutcome
 from mobile_multimodal.serving.deps import Principal, authenticated, get_engine, inference_span
 from mobile_multimodal.serving.engine import InferenceEngine, Job
@@ -73,12 +73,12 @@ async def _handle(
         outcome: BatchOutcome[dict[str, Any]] = await run_inference(
             engine, task, body.tokens(), preprocess, user_type=principal.user_type
         )
-        with stage("postprocessing") as post:
+        with leaf_stage("postprocessing") as post:
             result = outcome.result
             output_size = len(json.dumps(result, separators=(",", ":")))
             post.set_attribute("batch_size", outcome.batch_size)
             span.set_attribute("output.size", output_size)
-        with stage("response"):
+        with leaf_stage("response"):
             content = {
                 "task": task,
                 "result": result,

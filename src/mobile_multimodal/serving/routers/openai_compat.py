@@ -42,7 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from mobile_multimodal.observability.context import annotate_request
 from mobile_multimodal.observability.identity import SERVICE_NAME
-from mobile_multimodal.observability.tracing import current_trace_id, set_attributes, stage
+from mobile_multimodal.observability.tracing import current_trace_id, leaf_stage, set_attributes
 from mobile_multimodal.serving.deps import Principal, authenticated, get_engine, inference_span
 from mobile_multimodal.serving.engine import InferenceEngine, Job
 from mobile_multimodal.serving.errors import ErrorCode, ServiceError
@@ -266,7 +266,7 @@ async def chat_completions(
             return Job(image=decode_image(image_uri, image_limits(engine.settings)), question=question)
 
         outcome = await run_inference(engine, task, max_tokens, preprocess, user_type=principal.user_type)
-        with stage("postprocessing"):
+        with leaf_stage("postprocessing"):
             answer = str(next(iter(outcome.result.values())))
             usage = _usage(engine, task, question, answer)
             span.set_attribute("output.size", len(answer))
@@ -280,7 +280,7 @@ async def chat_completions(
                 usage=usage,
                 system_fingerprint=f"{ref['name']}-{ref['version']}-{ref['quantization']}",
             )
-        with stage("response"):
+        with leaf_stage("response"):
             if body.stream:
                 include_usage = bool(body.stream_options and body.stream_options.include_usage)
                 return StreamingResponse(
