@@ -5,12 +5,11 @@ run time. This measures only what telemetry adds: a FastAPI app with the real
 :class:`~mobile_multimodal.observability.Observability` (middleware, gzip, OTLP export, JSON
 logs) and one route that makes the telemetry calls the inference route makes per request
 (``annotate_request``; the ``model_inference`` span with the guide's attributes and its six
-stages, ``authentication`` a full stage and the other five leaf stages; the inference counters
-and the latency histogram with its exemplar), but no model call. Requests go straight through
-ASGI (no sockets) in alternating blocks, "on" (100 % sampling, spans exported over OTLP/HTTP,
-JSON logs at INFO to a file and to stdout, which is /dev/null here) against "off" (no
-middleware, no tracing, logs at WARNING); logging and tracing
-are process-wide, so they are switched over between blocks.
+stages, leaf stages as with auth disabled; the inference counters and the latency histogram with
+its exemplar), but no model call. Requests go straight through ASGI (no sockets) in alternating
+blocks, "on" (100 % sampling, spans exported over OTLP/HTTP, JSON logs at INFO to a file and to
+stdout, which is /dev/null here) against "off" (no middleware, no tracing, logs at WARNING);
+logging and tracing are process-wide, so they are switched over between blocks.
 
 Example::
 
@@ -44,9 +43,9 @@ from mobile_multimodal.observability.tracing import (
 )
 from mobile_multimodal.settings import Settings
 
-# the inference route's stages: authentication is a full stage (its key lookup's database spans
-# nest under it), the others leaf stages, as in serving/deps.py, runner.py and the routes
-LEAF_STAGES = ("model_loading", "preprocessing", "inference", "postprocessing", "response")
+# the inference route's stages, all leaf stages with auth disabled (the default), as in
+# serving/deps.py, runner.py and the routes
+STAGES = ("authentication", "model_loading", "preprocessing", "inference", "postprocessing", "response")
 
 
 def _settings(workdir: Path, on: bool, otlp_endpoint: str) -> Settings:
@@ -77,9 +76,7 @@ def build_app(settings: Settings) -> tuple[FastAPI, Observability]:
             "input.size": 4096,
         }
         with stage("model_inference", attrs) as root:
-            with stage("authentication") as auth:
-                auth.set_attribute("user.type", "anonymous")
-            for name in LEAF_STAGES:
+            for name in STAGES:
                 with leaf_stage(name) as span:
                     span.set_attribute("batch_size", 1)
             root.set_attribute("output.size", 42)

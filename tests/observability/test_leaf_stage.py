@@ -184,3 +184,16 @@ def test_leaf_stages_reach_a_real_receiver_and_count_when_dropped() -> None:
             assert sample("trace_spans_dropped_total", {"reason": "queue_full"}) == before + 3
         finally:
             processor.shutdown()
+
+
+def test_a_leaf_stage_takes_its_parent_from_an_explicit_context() -> None:
+    exporter = InMemorySpanExporter()
+    configure_tracing(TracingConfig(), "svc", exporter)
+    root = tracing.start_span("model_inference")  # not current, as in the auth dependency
+    with leaf_stage("authentication", None, trace.set_span_in_context(root)) as auth:
+        assert isinstance(auth, LeafSpan)
+        assert trace.get_current_span() is not root
+    root.end()
+    spans = _by_name(exporter)
+    auth_parent = spans["authentication"].parent
+    assert auth_parent is not None and auth_parent.span_id == root.get_span_context().span_id

@@ -14,9 +14,9 @@ instrumentation, for instance).
 
 Stages that open no spans of their own are cheaper still as :class:`LeafSpan`\\ s: recorded on
 their parent FastSpan and exported with it as its children, without a context switch or a span
-queued of their own (0.8 µs against 2.2 µs for a stage that is a FastSpan). Five of the six
-inference stages are leaves; ``authentication`` is not, as its key lookup's database spans
-belong under it.
+queued of their own (0.8 µs against 2.2 µs for a stage that is a FastSpan). The inference
+stages are leaves, except ``authentication`` when API keys are required: the key lookup's
+database spans belong under it.
 
 Sampling follows the configured sampler: a span whose parent is not a recording
 :class:`FastSpan` of this process asks the sampler, as the SDK does; a child of a recording

@@ -284,12 +284,17 @@ def stage(
 
 
 def leaf_stage(
-    name: str, attributes: Mapping[str, AttributeValue] | None = None, /, **attrs: AttributeValue
+    name: str,
+    attributes: Mapping[str, AttributeValue] | None = None,
+    parent: otel_context.Context | None = None,
+    /,
+    **attrs: AttributeValue,
 ) -> contextlib.AbstractContextManager[Span]:
-    """A stage that is a leaf of the trace: a child span of the current span, timed and exported
-    like :func:`stage`, but never made current. Log lines written inside it carry the enclosing
-    span's id, and spans opened inside it (a database query, say) are the enclosing span's
-    children, so use it only for stages that open none.
+    """A stage that is a leaf of the trace: a child span of the span active in ``parent``
+    (default: the current context), timed and exported like :func:`stage`, but never made
+    current. Log lines written inside it carry the enclosing span's id, and spans opened inside
+    it (a database query, say) are the enclosing span's children, so use it only for stages
+    that open none.
 
     Under a request-path span it is a :class:`~mobile_multimodal.observability.fastspan.LeafSpan`,
     recorded on that span and exported with it: 0.8 µs against 2.2 µs for ``stage()`` (no
@@ -297,10 +302,10 @@ def leaf_stage(
     """
     if attrs:
         attributes = {**(attributes or {}), **attrs}
-    parent = current_context().get(_SPAN_KEY)
-    if type(parent) is FastSpan and parent._end is None:
-        return LeafSpan(parent, name, attributes)
-    return _Stage(name, attributes, None)
+    enclosing = (parent if parent is not None else current_context()).get(_SPAN_KEY)
+    if type(enclosing) is FastSpan and enclosing._end is None:
+        return LeafSpan(enclosing, name, attributes)
+    return _Stage(name, attributes, parent)
 
 
 def current_ids() -> tuple[str | None, str | None]:
