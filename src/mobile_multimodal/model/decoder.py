@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from mobile_multimodal.model.config import ModelConfig
 from mobile_multimodal.model.layers import DecoderBlock, KVCache
+from mobile_multimodal.model.weight_reuse import reuse_weights
 
 
 class TextDecoder(nn.Module):
@@ -68,11 +69,18 @@ class TextDecoder(nn.Module):
         use_cache: bool = True,
     ) -> list[list[int]]:
         """Greedy decoding of a batch of prompts (left-padded to a common length)."""
+        max_new_tokens = max(1, min(max_new_tokens, self.max_len - max(len(p) for p in prompts)))
+        # every step runs every layer: packed (quantized) layers dequantize once per call, not per token
+        with reuse_weights():
+            if not use_cache:
+                return self._generate_uncached(prompts, image_tokens, max_new_tokens, eos_id, pad_id)
+            return self._generate_cached(prompts, image_tokens, max_new_tokens, eos_id, pad_id)
+
+    def _generate_cached(
+        self, prompts: list[list[int]], image_tokens: Tensor, max_new_tokens: int, eos_id: int, pad_id: int
+    ) -> list[list[int]]:
         b = len(prompts)
         device = image_tokens.device
-        max_new_tokens = max(1, min(max_new_tokens, self.max_len - max(len(p) for p in prompts)))
-        if not use_cache:
-            return self._generate_uncached(prompts, image_tokens, max_new_tokens, eos_id, pad_id)
         plen = max(len(p) for p in prompts)
         ids = torch.full((b, plen), pad_id, dtype=torch.long, device=device)
         valid = torch.zeros(b, plen, dtype=torch.bool, device=device)

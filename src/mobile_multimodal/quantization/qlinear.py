@@ -2,7 +2,8 @@
 
 Each holds its weight as the packed codes and float16 group parameters of a
 ``QuantizedWeight`` (buffers ``qweight``, ``scales``, ``zeros``): that is all the weight memory
-it keeps. ``forward`` unpacks and dequantizes the weight on the fly, then runs the float op.
+it keeps. ``forward`` unpacks and dequantizes the weight on the fly, then runs the float op;
+inside a ``reuse_weights()`` scope (the decoder's generation loop) only on its first call.
 
 The alternative is measured in benchmarks/quantization: ``set_weight_cache(network, True)``
 keeps each dequantized float weight as a (non-persistent) buffer, which buys fp32 speed at fp32
@@ -23,6 +24,7 @@ import math
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mobile_multimodal.model.weight_reuse import reuse_cache
 from mobile_multimodal.quantization.packing import unpack
 from mobile_multimodal.quantization.schemes import QuantizedWeight, dequantize_codes
 
@@ -58,9 +60,18 @@ class PackedWeight(nn.Module):
         )
 
     def dequantized_weight(self) -> Tensor:
-        """The float weight: the cached copy when caching is on, else rebuilt from the codes."""
+        """The float weight: the cached copy when caching is on, else rebuilt from the codes (once
+        per :func:`~mobile_multimodal.model.weight_reuse.reuse_weights` scope, as in decoding)."""
         cached = self._buffers.get("weight_cache")
-        return cached if cached is not None else self._dequantize()
+        if cached is not None:
+            return cached
+        scope = reuse_cache()
+        if scope is None:
+            return self._dequantize()
+        weight = scope.get(self)
+        if weight is None:
+            weight = scope[self] = self._dequantize()
+        return weight
 
     def _dequantize(self) -> Tensor:
         n, gs = self.in_features, self.group_size
