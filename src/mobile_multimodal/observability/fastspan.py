@@ -73,6 +73,14 @@ CONTEXT_VAR = _runtime_context_var()
 _current_context = CONTEXT_VAR.get if CONTEXT_VAR is not None else otel_context.get_current
 
 
+def record_failure(span: trace.Span, exc: BaseException) -> None:
+    """Mark a recording span as failed by ``exc``: an exception event and an ERROR status naming
+    it, as the SDK's ``start_as_current_span`` does when an exception leaves its block."""
+    if span.is_recording():
+        span.record_exception(exc)
+        span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+
+
 class _Recording:
     """What FastSpan and LeafSpan share: attributes, events, name and status, until ``end()``,
     under the SDK's rules. (No ``__slots__`` here: ``trace.Span`` has none, so the spans keep a
@@ -259,9 +267,8 @@ class LeafSpan(_Recording, trace.Span):
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
-        if exc is not None and self._end is None:
-            self.record_exception(exc)
-            self.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+        if exc is not None:
+            record_failure(self, exc)
         self.end()
 
     def get_span_context(self) -> SpanContext:

@@ -45,13 +45,19 @@ from opentelemetry.sdk.trace.sampling import (
     TraceIdRatioBased,
 )
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from opentelemetry.trace import Span, SpanKind
 from opentelemetry.trace.propagation import _SPAN_KEY  # the key trace.set_span_in_context() sets
 from opentelemetry.util.types import AttributeValue
 
 from mobile_multimodal.observability.config import TracingConfig
 from mobile_multimodal.observability.export_process import SpanExportProcess
-from mobile_multimodal.observability.fastspan import CONTEXT_VAR, FastSpan, LeafSpan, SpanRecorder
+from mobile_multimodal.observability.fastspan import (
+    CONTEXT_VAR,
+    FastSpan,
+    LeafSpan,
+    SpanRecorder,
+    record_failure,
+)
 from mobile_multimodal.observability.fastspan import _current_context as current_context
 from mobile_multimodal.observability.identity import instance_id, service_version
 
@@ -253,9 +259,8 @@ class _Stage:
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
         span = self._span
-        if exc is not None and span.is_recording():
-            span.record_exception(exc)
-            span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+        if exc is not None:
+            record_failure(span, exc)
         if CONTEXT_VAR is None:
             otel_context.detach(self._token)
         else:

@@ -23,10 +23,10 @@ from typing import Protocol
 
 from fastapi import Request
 from opentelemetry import trace
-from opentelemetry.trace import Span, Status, StatusCode
+from opentelemetry.trace import Span
 
 from mobile_multimodal.observability.context import annotate_request
-from mobile_multimodal.observability.tracing import leaf_stage, stage, start_span
+from mobile_multimodal.observability.tracing import leaf_stage, record_failure, stage, start_span
 from mobile_multimodal.serving.engine import InferenceEngine
 from mobile_multimodal.settings import Settings
 
@@ -70,9 +70,7 @@ async def inference_span(request: Request) -> AsyncIterator[Span]:
     try:
         yield span
     except BaseException as exc:
-        if span.is_recording():
-            span.record_exception(exc)
-            span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+        record_failure(span, exc)
         raise
     finally:
         if span.is_recording():
