@@ -7,7 +7,6 @@ import os
 import pickle
 import signal
 import threading
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -184,10 +183,22 @@ def test_a_full_queue_drops_and_counts(receiver: OtlpReceiver) -> None:
         processor.shutdown()
 
 
+class _SteppedClock:
+    """A monotonic clock that moves only when the test says so: when a dead child is started
+    again must not depend on how fast this machine started it the first time."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def test_a_dead_export_process_costs_spans_then_comes_back(receiver: OtlpReceiver) -> None:
     before = sample("trace_spans_dropped_total", {"reason": "exporter_down"})
+    clock = _SteppedClock()
     processor = SpanExportProcess(
-        _cfg(_traces(receiver)), RESOURCE, handoff_interval_s=60, respawn_interval_s=0.5
+        _cfg(_traces(receiver)), RESOURCE, handoff_interval_s=60, respawn_interval_s=10, clock=clock
     )
     try:
         assert processor.force_flush()  # up and running
@@ -195,17 +206,23 @@ def test_a_dead_export_process_costs_spans_then_comes_back(receiver: OtlpReceive
         assert first is not None
         os.kill(first, signal.SIGKILL)
         assert processor._proc is not None
-        processor._proc.wait(timeout=10)
-        lost, kept = _finished(2)
+        processor._proc.wait(timeout=60)
+        lost, early, kept = _finished(3)
         processor.submit(lost)
         processor._hand_off()  # the pipe is broken: counted, never raised
         assert processor.dropped["exporter_down"] == 1
         assert sample("trace_spans_dropped_total", {"reason": "exporter_down"}) == before + 1
-        time.sleep(0.6)
+        clock.now += 9  # not yet due: still down, still counted
+        processor.submit(early)
+        processor._hand_off()
+        assert processor.pid == first
+        assert processor.dropped["exporter_down"] == 2
+        clock.now += 1  # respawn_interval_s after the first start
         processor.submit(kept)
         assert processor.force_flush()  # started again, and exported
         assert processor.pid not in (None, first)
         assert [s.name for s in receiver.snapshot()] == [kept._name]
+        assert sample("trace_spans_dropped_total", {"reason": "exporter_down"}) == before + 2
     finally:
         processor.shutdown()
 

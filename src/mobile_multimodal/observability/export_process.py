@@ -45,6 +45,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import IO, Any
 
 from opentelemetry import context as otel_context
@@ -285,6 +286,7 @@ class SpanExportProcess(SpanProcessor):
         handoff_batch: int = 256,
         shutdown_timeout_s: float = 30.0,
         respawn_interval_s: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not cfg.endpoint:
             raise ValueError("SpanExportProcess needs an OTLP endpoint (tracing.endpoint)")
@@ -295,6 +297,7 @@ class SpanExportProcess(SpanProcessor):
         self.handoff_batch = handoff_batch
         self.shutdown_timeout_s = shutdown_timeout_s
         self.respawn_interval_s = respawn_interval_s
+        self._clock = clock  # decides when a dead child is due to be started again (tests step it)
         self.dropped: collections.Counter[str] = collections.Counter()
         self.queue: collections.deque[FastSpan | ReadableSpan] = collections.deque()
         self._wake = threading.Event()
@@ -321,7 +324,7 @@ class SpanExportProcess(SpanProcessor):
         return self._proc.pid if self._proc is not None else None
 
     def _spawn(self) -> None:
-        self._last_spawn = time.monotonic()
+        self._last_spawn = self._clock()
         data_r, data_w = os.pipe()
         report_r, report_w = os.pipe()
         try:
@@ -464,7 +467,7 @@ class SpanExportProcess(SpanProcessor):
         with contextlib.suppress(IndexError):  # another thread may drain the queue at the same time
             for _ in range(len(queue)):
                 spans.append(queue.popleft())
-        respawn_due = time.monotonic() - self._last_spawn >= self.respawn_interval_s
+        respawn_due = self._clock() - self._last_spawn >= self.respawn_interval_s
         if not self._alive() and not self._closing and respawn_due:
             self._close_pipes()
             try:
