@@ -1,0 +1,296 @@
+"""The export graphs: the network cut into static-shape pieces that serve all four tasks.
+
+A mobile runtime cannot run our Python decode loop nor a KV cache that grows with
+``torch.cat``; it runs a few fixed-shape graphs and the app drives them (``bundle.json`` says
+how). The split, batch 1 everywhere:
+
+- ``vision``: scene image (+ the question's word ids and mask when the model fuses questions
+  into the encoder, for VQA; all-zero mask for captioning and retrieval) -> image tokens;
+- ``ocr``: text-line image -> CTC log-probabilities per frame (greedy CTC decode in the app);
+- ``cross_kv``: image tokens -> every decoder layer's cross-attention keys/values (once per image);
+- ``decoder_step``: one token at one position + a FIXED-SIZE self-attention KV cache -> logits and
+  the updated cache. The new key/value is written into slot ``position`` with a mask (``where``),
+  attention sees slots ``<= position``; the prompt is fed through it token by token;
+- ``image_embed`` / ``text_embed``: the retrieval heads (L2-normalised embeddings).
+
+The modules here reuse the model's own submodules (weights and code); only the decoder step is
+written anew, because the model's attention appends to its cache. Quantized layers appear as
+float layers holding their dequantized weights (what PyTorch computes with), and
+``GraphSpec.quantized`` maps each such layer to the packed weight it came from, so a format
+writer can store the packed form instead (ONNX MatMulNBits does).
+
+Example::
+
+    model = MobileMultiModalLLM.from_pretrained("default", quantization="int2")
+    graphs = {g.name: g for g in build_graphs(model)}
+    step = graphs["decoder_step"]
+    logits, k, v = step.module(*step.example_inputs)
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mobile_multimodal.model.decoder import TextDecoder
+from mobile_multimodal.model.heads import CTCReader, ImageProjection, TextEncoder
+from mobile_multimodal.model.llm import MobileMultiModalLLM
+from mobile_multimodal.model.network import MultiModalNet
+from mobile_multimodal.model.vision import VisionEncoder
+from mobile_multimodal.quantization.qlinear import (
+    PackedWeight,
+    QuantConv2d,
+    QuantEmbedding,
+    QuantLinear,
+    replace_module,
+)
+from mobile_multimodal.quantization.schemes import QuantizedWeight
+
+GRAPH_NAMES = ("vision", "ocr", "cross_kv", "decoder_step", "image_embed", "text_embed")
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    """One graph to export: an eval-mode fp32 module with static shapes and its example inputs."""
+
+    name: str
+    module: nn.Module
+    example_inputs: tuple[Tensor, ...]
+    input_names: tuple[str, ...]
+    output_names: tuple[str, ...]
+    dynamic_batch: bool = False  # formats that need fully static shapes ignore it (batch 1)
+    # submodule name inside ``module`` -> the packed weight its float weight was dequantized from
+    quantized: Mapping[str, QuantizedWeight] = field(default_factory=dict)
+
+
+# ---- the float network -----------------------------------------------------------------------
+def _float_twin(packed: PackedWeight) -> nn.Module:
+    """The float module that computes what ``packed`` computes (its weight dequantized)."""
+    weight = packed.quantized().dequantize()
+    new: nn.Module
+    if isinstance(packed, QuantLinear):
+        new = nn.Linear(weight.shape[1], weight.shape[0], bias=packed.bias is not None)
+    elif isinstance(packed, QuantConv2d):
+        new = nn.Conv2d(
+            weight.shape[1] * packed.groups,
+            weight.shape[0],
+            tuple(weight.shape[2:]),  # type: ignore[arg-type]
+            stride=packed.stride,  # type: ignore[arg-type]
+            padding=packed.padding,  # type: ignore[arg-type]
+            dilation=packed.dilation,  # type: ignore[arg-type]
+            groups=packed.groups,
+            bias=packed.bias is not None,
+        )
+    elif isinstance(packed, QuantEmbedding):
+        new = nn.Embedding(weight.shape[0], weight.shape[1])
+    else:
+        raise TypeError(f"no float twin for {type(packed).__name__}")
+    with torch.no_grad():
+        new.weight.copy_(weight)
+        if packed.bias is not None:
+            new.bias.copy_(packed.bias)  # type: ignore[union-attr, operator]
+    return new
+
+
+def float_network(network: MultiModalNet) -> tuple[MultiModalNet, dict[int, QuantizedWeight]]:
+    """A copy of ``network`` with every packed layer replaced by its float twin, and
+    id(twin) -> the packed weight it stands for. The original network is left untouched."""
+    net = copy.deepcopy(network).eval()
+    quantized: dict[int, QuantizedWeight] = {}
+    packed = [m for m in net.modules() if isinstance(m, PackedWeight)]
+    for module in dict.fromkeys(packed):  # a tied module is listed once
+        twin = _float_twin(module)
+        replace_module(net, module, twin)
+        quantized[id(twin)] = module.quantized()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return net, quantized
+
+
+# ---- the graphs --------------------------------------------------------------------------------
+class VisionGraph(nn.Module):
+    """(1, 3, S, S) scene in [-1, 1] [+ question ids (1, Q) int64 and mask (1, Q) int64, 1 = real
+    token] -> image tokens (1, N, D). An all-zero mask is the plain (unfused) encoding."""
+
+    def __init__(self, encoder: VisionEncoder, embeddings: nn.Embedding, fuse_question: bool) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.embeddings = embeddings
+        self.fuse_question = fuse_question
+
+    def forward(
+        self, image: Tensor, question_ids: Tensor | None = None, question_mask: Tensor | None = None
+    ) -> Tensor:
+        if not self.fuse_question or question_ids is None or question_mask is None:
+            return self.encoder(image)[0]
+        question = self.embeddings(question_ids)
+        return self.encoder(image, question=question, question_valid=question_mask != 0)[0]
+
+
+class OcrGraph(nn.Module):
+    """(1, 3, 32, 256) text line in [-1, 1] -> CTC log-probabilities (1, frames, classes)."""
+
+    def __init__(self, encoder: VisionEncoder, head: CTCReader) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.head = head
+
+    def forward(self, line: Tensor) -> Tensor:
+        return self.head(self.encoder(line, columns=True)[0])
+
+
+def _heads(x: Tensor, heads: int) -> Tensor:
+    b, t, d = x.shape
+    return x.view(b, t, heads, d // heads).transpose(1, 2)  # (B, nh, T, hs)
+
+
+class CrossKVGraph(nn.Module):
+    """image tokens (1, N, D) -> cross_k, cross_v (L, 1, nh, N, hs): each decoder layer's
+    cross-attention keys and values, computed once per image."""
+
+    def __init__(self, decoder: TextDecoder) -> None:
+        super().__init__()
+        self.decoder = decoder
+
+    def forward(self, image_tokens: Tensor) -> tuple[Tensor, Tensor]:
+        kv = self.decoder.image_kv(image_tokens)
+        return torch.stack([k for k, _ in kv]), torch.stack([v for _, v in kv])
+
+
+class DecoderStepGraph(nn.Module):
+    """One greedy-decode step with a fixed-size self-attention cache.
+
+    token (1, 1) int64, position (1,) int64 (0-based index of this token in the sequence),
+    self_k / self_v (L, 1, nh, S, hs) float32, cross_k / cross_v (L, 1, nh, N, hs)
+    -> logits (1, V) for the next token, self_k_out / self_v_out (the caches with slot
+    ``position`` written). Slots after ``position`` are ignored, so a fresh cache may hold anything
+    (zeros by convention)."""
+
+    def __init__(self, decoder: TextDecoder, cache_len: int) -> None:
+        super().__init__()
+        self.decoder = decoder
+        self.cache_len = cache_len
+        self.register_buffer("slots", torch.arange(cache_len), persistent=False)
+
+    def forward(
+        self,
+        token: Tensor,
+        position: Tensor,
+        self_k: Tensor,
+        self_v: Tensor,
+        cross_k: Tensor,
+        cross_v: Tensor,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        dec = self.decoder
+        slots: Tensor = self.slots  # type: ignore[assignment]
+        write = (slots == position)[None, None, :, None]  # (1, 1, S, 1): the slot of this token
+        visible = (slots <= position)[None, None, None, :]  # (1, 1, 1, S): keys it may attend to
+        x = dec.tok(token) + dec.pos(position)[None]  # (1, 1, D)
+        new_k, new_v = [], []
+        for i, blk in enumerate(dec.layers()):
+            attn = blk.self_attn
+            h = blk.norm1(x)
+            q = _heads(attn.q(h), attn.heads)
+            k, v = attn.project_kv(h)  # (1, nh, 1, hs)
+            k_all = torch.where(write, k, self_k[i])  # (1, nh, S, hs)
+            v_all = torch.where(write, v, self_v[i])
+            y = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=visible)
+            x = x + attn.out(y.transpose(1, 2).reshape(1, 1, -1))
+            x = x + blk.cross_attn(blk.norm2(x), cache=(cross_k[i], cross_v[i]))[0]
+            x = x + blk.mlp(blk.norm3(x))
+            new_k.append(k_all)
+            new_v.append(v_all)
+        return dec.logits(x[:, -1]), torch.stack(new_k), torch.stack(new_v)
+
+
+class ImageEmbedGraph(nn.Module):
+    """image tokens (1, N, D) (vision graph, no question) -> retrieval embedding (1, E)."""
+
+    def __init__(self, head: ImageProjection) -> None:
+        super().__init__()
+        self.head = head
+
+    def forward(self, image_tokens: Tensor) -> Tensor:
+        return self.head(image_tokens)
+
+
+class TextEmbedGraph(nn.Module):
+    """word ids (1, T) int64 and mask (1, T) int64 (1 = real token, right-padded) -> (1, E)."""
+
+    def __init__(self, encoder: TextEncoder) -> None:
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, ids: Tensor, mask: Tensor) -> Tensor:
+        return self.encoder(ids, mask != 0)
+
+
+def _quantized_names(module: nn.Module, quantized: dict[int, QuantizedWeight]) -> dict[str, QuantizedWeight]:
+    return {name: quantized[id(m)] for name, m in module.named_modules() if id(m) in quantized}
+
+
+def build_graphs(model: MobileMultiModalLLM, max_cache_len: int | None = None) -> list[GraphSpec]:
+    """The six graphs of ``model`` (see the module docstring), float and eval-mode, batch 1.
+    ``max_cache_len`` (default and upper bound: the decoder's ``max_text_len``) is the number of
+    self-attention cache slots, i.e. the longest prompt + answer the bundle can decode."""
+    cfg = model.config
+    cache_len = cfg.max_text_len if max_cache_len is None else max_cache_len
+    if not 1 <= cache_len <= cfg.max_text_len:
+        raise ValueError(
+            f"max_cache_len must be in 1..{cfg.max_text_len} (the position table), got {cache_len}"
+        )
+    net, quantized = float_network(model.network)
+    d, heads, layers = cfg.dim, cfg.heads, cfg.decoder_layers
+    n_tokens = (cfg.scene_size // 8) ** 2
+    q_len = cfg.max_text_len
+    scene = torch.zeros(1, 3, cfg.scene_size, cfg.scene_size)
+    tokens = torch.zeros(1, n_tokens, d)
+    cross = torch.zeros(layers, 1, heads, n_tokens, cfg.head_dim)
+    cache = torch.zeros(layers, 1, heads, cache_len, cfg.head_dim)
+    ids = torch.full((1, q_len), model.tokenizer.pad_id, dtype=torch.long)
+    mask = torch.zeros(1, q_len, dtype=torch.long)
+
+    vision = VisionGraph(net.encoder, net.embeddings, cfg.question_fusion)
+    vision_inputs: tuple[tuple[Tensor, ...], tuple[str, ...]] = (
+        ((scene, ids, mask), ("image", "question_ids", "question_mask"))
+        if cfg.question_fusion
+        else ((scene,), ("image",))
+    )
+    modules: list[tuple[str, nn.Module, tuple[Tensor, ...], tuple[str, ...], tuple[str, ...]]] = [
+        ("vision", vision, vision_inputs[0], vision_inputs[1], ("image_tokens",)),
+        (
+            "ocr",
+            OcrGraph(net.encoder, net.ocr_head),
+            (torch.zeros(1, 3, cfg.ocr_height, cfg.ocr_width),),
+            ("line_image",),
+            ("log_probs",),
+        ),
+        ("cross_kv", CrossKVGraph(net.decoder), (tokens,), ("image_tokens",), ("cross_k", "cross_v")),
+        (
+            "decoder_step",
+            DecoderStepGraph(net.decoder, cache_len),
+            (
+                torch.tensor([[model.tokenizer.bos_id]]),
+                torch.tensor([0]),
+                cache,
+                cache.clone(),
+                cross,
+                cross.clone(),
+            ),
+            ("token", "position", "self_k", "self_v", "cross_k", "cross_v"),
+            ("logits", "self_k_out", "self_v_out"),
+        ),
+        ("image_embed", ImageEmbedGraph(net.image_head), (tokens,), ("image_tokens",), ("embedding",)),
+        ("text_embed", TextEmbedGraph(net.text_encoder), (ids, mask), ("ids", "mask"), ("embedding",)),
+    ]
+    return [
+        GraphSpec(
+            name, module.eval(), inputs, in_names, out_names, quantized=_quantized_names(module, quantized)
+        )
+        for name, module, inputs, in_names, out_names in modules
+    ]
