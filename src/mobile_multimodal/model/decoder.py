@@ -3,16 +3,48 @@
 One decoder serves captioning and VQA; the task token in the prompt selects the behaviour.
 Greedy decoding keeps a KV cache of the self-attention keys/values and computes the
 cross-attention keys/values of the image once.
+
+The context is ``max_text_len`` positions: a prompt must leave at least one free, or
+:meth:`TextDecoder.generate` refuses it with :class:`PromptTooLongError` before building any
+tensor (the masks grow with the square of the prompt). Each row of a batch may carry a stop
+signal (anything with ``is_set()``, e.g. ``threading.Event``): it is read before every decode
+step, a stopped row is finished as it stands, and the loop ends when every row is finished, so
+a caller that gave up on a request frees the model at the next token.
+
+Example::
+
+    stop = [threading.Event() for _ in prompts]
+    out = decoder.generate(prompts, image_tokens, 32, eos_id, pad_id, stop=stop)
+    # another thread: stop[0].set() -> row 0 ends at its next step
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
 
 import torch
 from torch import Tensor, nn
 
 from mobile_multimodal.model.config import ModelConfig
+from mobile_multimodal.model.errors import PromptTooLongError
 from mobile_multimodal.model.layers import DecoderBlock, KVCache
 from mobile_multimodal.model.weight_reuse import reuse_weights
+
+
+class StopSignal(Protocol):
+    """Set when the caller no longer wants a row's output (``threading.Event`` is one)."""
+
+    def is_set(self) -> bool: ...
+
+
+Stops = Sequence[StopSignal | None] | None
+
+
+def _stopped(stop: Stops, b: int) -> list[bool]:
+    if stop is None:
+        return [False] * b
+    return [s is not None and s.is_set() for s in stop]
 
 
 class TextDecoder(nn.Module):
@@ -67,17 +99,44 @@ class TextDecoder(nn.Module):
         eos_id: int,
         pad_id: int,
         use_cache: bool = True,
+        stop: Stops = None,
     ) -> list[list[int]]:
-        """Greedy decoding of a batch of prompts (left-padded to a common length)."""
-        max_new_tokens = max(1, min(max_new_tokens, self.max_len - max(len(p) for p in prompts)))
+        """Greedy decoding of a batch of prompts (left-padded to a common length), at most
+        ``max_new_tokens`` each and never past the context. ``stop``: one signal (or None) per
+        prompt, read before every step; a stopped row keeps the tokens it has."""
+        if not prompts:
+            return []
+        if stop is not None and len(stop) != len(prompts):
+            raise ValueError(f"{len(stop)} stop signals for {len(prompts)} prompts")
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        longest = max(len(p) for p in prompts)
+        if longest < 1:
+            raise ValueError("a prompt must have at least one token")
+        if longest > self.max_len - 1:
+            raise PromptTooLongError(
+                f"a prompt of {longest} tokens leaves no room to generate: the decoder's context "
+                f"is {self.max_len} tokens (max_text_len)",
+                tokens=longest,
+                limit=self.max_len - 1,
+            )
+        max_new_tokens = min(max_new_tokens, self.max_len - longest)  # >= 1, by the check above
+        if all(_stopped(stop, len(prompts))):
+            return [[] for _ in prompts]
         # every step runs every layer: packed (quantized) layers dequantize once per call, not per token
         with reuse_weights():
             if not use_cache:
-                return self._generate_uncached(prompts, image_tokens, max_new_tokens, eos_id, pad_id)
-            return self._generate_cached(prompts, image_tokens, max_new_tokens, eos_id, pad_id)
+                return self._generate_uncached(prompts, image_tokens, max_new_tokens, eos_id, stop)
+            return self._generate_cached(prompts, image_tokens, max_new_tokens, eos_id, pad_id, stop)
 
     def _generate_cached(
-        self, prompts: list[list[int]], image_tokens: Tensor, max_new_tokens: int, eos_id: int, pad_id: int
+        self,
+        prompts: list[list[int]],
+        image_tokens: Tensor,
+        max_new_tokens: int,
+        eos_id: int,
+        pad_id: int,
+        stop: Stops,
     ) -> list[list[int]]:
         b = len(prompts)
         device = image_tokens.device
@@ -101,12 +160,15 @@ class TextDecoder(nn.Module):
         out = [[] for _ in range(b)]  # type: list[list[int]]
         done = torch.zeros(b, dtype=torch.bool, device=device)
         pos = positions[:, -1]
-        for _ in range(max_new_tokens):
+        for step in range(max_new_tokens):
+            if stop is not None:
+                done |= torch.tensor(_stopped(stop, b), device=device)
             for i in range(b):
                 if not done[i]:
                     out[i].append(int(next_tok[i]))
             done |= next_tok == eos_id
-            if bool(done.all()):
+            # the last token needs no step after it (nor a position past the context)
+            if bool(done.all()) or step == max_new_tokens - 1:
                 break
             pos = pos + 1
             valid = torch.cat([valid, torch.ones(b, 1, dtype=torch.bool, device=device)], dim=1)
@@ -118,7 +180,7 @@ class TextDecoder(nn.Module):
         return out
 
     def _generate_uncached(
-        self, prompts: list[list[int]], image_tokens: Tensor, max_new_tokens: int, eos_id: int, pad_id: int
+        self, prompts: list[list[int]], image_tokens: Tensor, max_new_tokens: int, eos_id: int, stop: Stops
     ) -> list[list[int]]:
         """Reference path without a KV cache: re-runs the whole sequence each step. Used to check
         the cached path and to measure what the cache saves."""
@@ -127,6 +189,8 @@ class TextDecoder(nn.Module):
             seq = list(p)
             gen: list[int] = []
             for _ in range(max_new_tokens):
+                if _stopped(stop, len(prompts))[i]:
+                    break
                 ids = torch.tensor([seq], device=image_tokens.device)
                 nxt = int(self.forward(ids, image_tokens[i : i + 1])[0, -1].argmax())
                 gen.append(nxt)

@@ -7,6 +7,13 @@ Example::
     m.generate_caption("scene.png")          # 'a large red circle at the top left'
     m.extract_text(line_image)               # 'hello'
     m.answer_question(img, "what color is the circle ?")
+    m.max_question_tokens                    # 36 for max_text_len 48: longer -> PromptTooLongError
+
+Limits: a question may use the decoder's context (``max_text_len`` tokens) except the prompt's
+three markers (``<bos> <task> <sep>``) and room for a default-length answer and its ``<eos>``;
+a retrieval text, the text encoder's ``max_text_len``. Both are checked by counting tokens
+before any tensor is built. ``stop`` (one ``threading.Event``-like signal per image) ends a
+row's decoding at its next token (see ``decoder.py``).
 """
 
 from __future__ import annotations
@@ -23,13 +30,16 @@ from torch import nn
 
 from mobile_multimodal.model import checkpoint
 from mobile_multimodal.model.config import ModelConfig
-from mobile_multimodal.model.errors import ModelLoadError
+from mobile_multimodal.model.decoder import Stops
+from mobile_multimodal.model.errors import ModelLoadError, PromptTooLongError
 from mobile_multimodal.model.network import MultiModalNet
 from mobile_multimodal.model.preprocess import ImageInput, scene_tensor, text_line_tensor
 from mobile_multimodal.model.tokenizer import Tokenizer
 
 QUANTIZATIONS = ("fp32", "int8", "int4", "int2")
 MODEL_NAME = "mobile-multimodal-llm"
+PROMPT_MARKERS = 3  # <bos> <task> ... <sep> around a question (Tokenizer.prompt)
+DEFAULT_ANSWER_TOKENS = 8  # answer_question's default budget; a question leaves room for it + <eos>
 
 
 def bundled_model_dir() -> Path:
@@ -158,6 +168,28 @@ class MobileMultiModalLLM:
         self.model_dir = directory
         return directory
 
+    # ---- limits ------------------------------------------------------------------------
+    @property
+    def max_question_tokens(self) -> int:
+        """Most tokens a VQA question may have (see the module doc)."""
+        return self.config.max_text_len - PROMPT_MARKERS - (DEFAULT_ANSWER_TOKENS + 1)
+
+    @property
+    def max_text_tokens(self) -> int:
+        """Most tokens a retrieval text may have: the text encoder's positions."""
+        return self.config.max_text_len
+
+    def check_question(self, question: str) -> None:
+        """Raise PromptTooLongError if ``question`` has more than ``max_question_tokens``."""
+        limit = self.max_question_tokens
+        n = self.tokenizer.count(question, stop_after=limit)
+        if n > limit:
+            raise PromptTooLongError(
+                f"the question has more than {limit} tokens (words and ? , :); the limit is {limit} tokens",
+                tokens=n,
+                limit=limit,
+            )
+
     # ---- inference ---------------------------------------------------------------------
     def _scenes(self, images: Sequence[ImageInput]) -> torch.Tensor:
         return torch.stack([scene_tensor(i, self.config.scene_size) for i in images])
@@ -168,29 +200,41 @@ class MobileMultiModalLLM:
         prompts: list[list[int]],
         max_tokens: int,
         questions: Sequence[str] | None = None,
+        stop: Stops = None,
     ) -> list[str]:
         """Greedy decoding of one prompt per image; one token beyond the budget lets <eos> end it.
         With questions, the image encoding is conditioned on them (see ``question_fusion``)."""
+        if max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
         # the network uses the questions only when it was built with question_fusion
         question = self.encode_texts(questions, allow_empty=True) if questions is not None else (None, None)
         tokens, _ = self.network.encode_images(self._scenes(images), *question)
         out = self.network.decoder.generate(
-            prompts, tokens, max_tokens + 1, self.tokenizer.eos_id, self.tokenizer.pad_id
+            prompts, tokens, max_tokens + 1, self.tokenizer.eos_id, self.tokenizer.pad_id, stop=stop
         )
         return [self.tokenizer.decode(o[:max_tokens]) for o in out]
 
     @torch.inference_mode()
-    def generate_captions(self, images: Sequence[ImageInput], max_tokens: int = 32) -> list[str]:
-        return self._generate(images, [self.tokenizer.prompt("captioning")] * len(images), max_tokens)
+    def generate_captions(
+        self, images: Sequence[ImageInput], max_tokens: int = 32, stop: Stops = None
+    ) -> list[str]:
+        prompts = [self.tokenizer.prompt("captioning")] * len(images)
+        return self._generate(images, prompts, max_tokens, stop=stop)
 
     @torch.inference_mode()
     def answer_questions(
-        self, images: Sequence[ImageInput], questions: Sequence[str], max_tokens: int = 8
+        self,
+        images: Sequence[ImageInput],
+        questions: Sequence[str],
+        max_tokens: int = DEFAULT_ANSWER_TOKENS,
+        stop: Stops = None,
     ) -> list[str]:
         if len(images) != len(questions):
             raise ValueError(f"{len(images)} images but {len(questions)} questions")
+        for q in questions:  # before any tensor: a 100k-word question is refused after 37 words
+            self.check_question(q)
         prompts = [self.tokenizer.prompt("vqa", q) for q in questions]
-        return self._generate(images, prompts, max_tokens, questions)
+        return self._generate(images, prompts, max_tokens, questions, stop=stop)
 
     @torch.inference_mode()
     def extract_texts(self, images: Sequence[ImageInput]) -> list[str]:
@@ -228,7 +272,9 @@ class MobileMultiModalLLM:
     def generate_caption(self, image: ImageInput, max_tokens: int = 32) -> str:
         return self.generate_captions([image], max_tokens)[0]
 
-    def answer_question(self, image: ImageInput, question: str, max_tokens: int = 8) -> str:
+    def answer_question(
+        self, image: ImageInput, question: str, max_tokens: int = DEFAULT_ANSWER_TOKENS
+    ) -> str:
         return self.answer_questions([image], [question], max_tokens)[0]
 
     def extract_text(self, image: ImageInput) -> str:

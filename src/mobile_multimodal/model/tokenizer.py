@@ -1,5 +1,15 @@
 """Our tokenizer: a closed word vocabulary for captions, questions and answers, and a character
-set for the OCR head (CTC). Serialised into the model manifest."""
+set for the OCR head (CTC). Serialised into the model manifest.
+
+A token is a run of letters/digits or one of ``? , :``, so a text never has more tokens than
+characters: a limit in characters bounds the work of counting before any list is built.
+
+Example::
+
+    tok = Tokenizer.default()
+    tok.encode("what color is the circle ?")       # six word ids
+    tok.count("is " + "a " * 100_000, stop_after=36)  # 37: stopped as soon as it passed 36
+"""
 
 from __future__ import annotations
 
@@ -115,6 +125,17 @@ class Tokenizer:
 
     def split(self, text: str) -> list[str]:
         return _SPLIT.findall(text.lower())
+
+    def count(self, text: str, stop_after: int | None = None) -> int:
+        """How many tokens ``encode(text)`` would give, without building the list. With
+        ``stop_after`` it stops counting at ``stop_after + 1``: enough to say "too long" about a
+        100k-word text after reading only its first words."""
+        n = 0
+        for _ in _SPLIT.finditer(text.lower()):
+            n += 1
+            if stop_after is not None and n > stop_after:
+                break
+        return n
 
     def encode(self, text: str) -> list[int]:
         unk = self.stoi[UNK]
