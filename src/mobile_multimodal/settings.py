@@ -46,6 +46,8 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(4096 * 4096, ge=64)
     max_image_side: int = Field(4096, ge=16)
     request_timeout_s: float = Field(10.0, gt=0)
+    # /model/health runs one probe inference per this many seconds at most (it needs no key).
+    model_health_cache_s: float = Field(5.0, ge=0)
 
     # --- batching / backpressure -------------------------------------------------------
     max_batch_size: int = Field(16, ge=1, le=256)

@@ -41,6 +41,8 @@ def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
         "max_batch_size": 8,
         "max_batch_wait_ms": 5.0,
         "request_timeout_s": 30.0,
+        # each /model/health call runs its probe (tests count model calls); the cache has its own tests
+        "model_health_cache_s": 0.0,
     }
     values.update(overrides)
     return Settings(**values)

@@ -94,16 +94,16 @@ def _existing_ancestor(path: Path) -> Path:
 def check_disk(path: Path, min_free_percent: float) -> CheckResult:
     usage = shutil.disk_usage(_existing_ancestor(path))
     free_percent = 100.0 * usage.free / usage.total if usage.total else 0.0
-    details: dict[str, float | str | None] = {
-        "disk_free_percent": round(free_percent, 2),
-        "disk_path": str(path),
-    }
+    # The path stays out of the answer: /health needs no key, and where the data lives is the
+    # operator's business (they configured it), not a caller's.
+    details: dict[str, float | str | None] = {"disk_free_percent": round(free_percent, 2)}
     if free_percent < min_free_percent:
         return CheckResult(
             False,
             details,
             ErrorCode.DISK_LOW,
-            f"{free_percent:.1f}% free on {path} (threshold {min_free_percent:.1f}%)",
+            f"{free_percent:.1f}% free on the data directory's filesystem "
+            f"(threshold {min_free_percent:.1f}%, MOBILE_MM_DATA_DIR)",
         )
     return CheckResult(True, details)
 

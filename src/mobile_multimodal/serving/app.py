@@ -108,6 +108,10 @@ def create_app(
         version=service_version(),
         summary="Captioning, OCR, VQA and retrieval with a small multimodal model.",
         lifespan=lifespan,
+        # Starlette answers a path with an extra (or missing) slash with a redirect whose Location
+        # is built from the request's Host header: a client-chosen host in our answer. Our paths
+        # are exact; `POST /inference/` is a 404.
+        redirect_slashes=False,
     )
     install_error_handlers(app)
     install_openapi(app, auth_required=settings.auth == "required")

@@ -150,6 +150,21 @@ def error_body(code: ErrorCode | str, message: str, trace_id: str | None = None)
     return {"error": {"code": str(code), "message": message}, "trace_id": trace_id or current_trace_id()}
 
 
+# What a 500 tells the caller. Its cause (an exception class, a file name, a tensor shape) is a
+# fact about our code, not about the request: whoever raises logs it, under the same trace id.
+INTERNAL_MESSAGES = {
+    ErrorCode.INFERENCE_FAILED: "inference failed; the trace id identifies the cause in the logs",
+    ErrorCode.INTERNAL_ERROR: "internal error; the trace id identifies the cause in the logs",
+}
+
+
+def public_message(exc: ServiceError) -> str:
+    """The message a client may see: a 500's is generic, whatever the raiser put in it."""
+    if exc.status >= 500 and exc.code in INTERNAL_MESSAGES:
+        return INTERNAL_MESSAGES[exc.code]
+    return exc.message
+
+
 def error_response(
     code: ErrorCode, message: str, *, status: int | None = None, headers: dict[str, str] | None = None
 ) -> JSONResponse:
@@ -214,7 +229,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def on_service_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ServiceError)
-        return error_response(exc.code, exc.message, status=exc.status, headers=dict(exc.headers))
+        return error_response(exc.code, public_message(exc), status=exc.status, headers=dict(exc.headers))
 
     async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
@@ -244,9 +259,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error_response(
-            ErrorCode.INTERNAL_ERROR, "internal error; the trace id identifies it in the logs"
-        )
+        return error_response(ErrorCode.INTERNAL_ERROR, INTERNAL_MESSAGES[ErrorCode.INTERNAL_ERROR])
 
     app.add_exception_handler(ServiceError, on_service_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)

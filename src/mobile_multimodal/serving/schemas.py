@@ -160,7 +160,6 @@ class HealthResponse(BaseModel):
 class AliveResponse(BaseModel):
     status: Literal["alive"]
     uptime_seconds: float
-    pid: int = Field(description="The answering process (one of N with --workers N).")
 
 
 class ReadyResponse(BaseModel):

@@ -6,14 +6,15 @@
 * ``GET /health``: database, model, memory and disk checks (observability/health.py); 503 when
   any is unhealthy.
 * ``GET|POST /model/health``: runs the known-answer probe through the batcher and the model and
-  reports its latency and whether the answer was right; 503 when it failed or was wrong.
+  reports its latency and whether the answer was right; 503 when it failed or was wrong. At most
+  one probe runs per ``MOBILE_MM_MODEL_HEALTH_CACHE_S``: concurrent calls share the one in flight
+  and later ones get its answer (probe_cache.py), so a flood of calls costs one inference.
 
-None of these need an API key.
+None of these need an API key, so none says more than a caller needs: no process id, no paths.
 """
 
 from __future__ import annotations
 
-import os
 import time
 from datetime import UTC, datetime
 
@@ -23,8 +24,9 @@ from fastapi.responses import JSONResponse
 
 from mobile_multimodal.observability.health import HealthChecker
 from mobile_multimodal.serving.deps import get_engine
-from mobile_multimodal.serving.engine import Job
-from mobile_multimodal.serving.errors import ErrorCode, ServiceError
+from mobile_multimodal.serving.engine import InferenceEngine, Job
+from mobile_multimodal.serving.errors import ErrorCode, ServiceError, public_message
+from mobile_multimodal.serving.probe_cache import CachedProbe, ProbeAnswer
 from mobile_multimodal.serving.runner import require_ready, submit
 from mobile_multimodal.serving.schemas import (
     AliveResponse,
@@ -42,7 +44,7 @@ router = APIRouter(tags=["health"])
 @router.get("/alive", response_model=AliveResponse, summary="Liveness")
 async def alive(request: Request) -> AliveResponse:
     checker: HealthChecker = request.app.state.health_checker
-    return AliveResponse(status="alive", uptime_seconds=checker.uptime_seconds(), pid=os.getpid())
+    return AliveResponse(status="alive", uptime_seconds=checker.uptime_seconds())
 
 
 @router.get(
@@ -85,13 +87,14 @@ async def health(request: Request) -> JSONResponse:
     return JSONResponse(report, status_code=200 if report["status"] == "healthy" else 503)
 
 
-async def _model_health(request: Request) -> JSONResponse:
-    engine = get_engine(request)
+async def _probe(engine: InferenceEngine) -> ProbeAnswer:
     probe = engine.probe
     checked_at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     model_ref = ModelRef(**engine.describe()) if engine.model is not None else None
+    ran = False
     try:
         require_ready(engine)
+        ran = True
         start = time.perf_counter()
         outcome = await submit(engine, "captioning", Job(image=probe.image), 32)
         latency_ms = (time.perf_counter() - start) * 1000
@@ -100,10 +103,10 @@ async def _model_health(request: Request) -> JSONResponse:
             status="unhealthy",
             model=model_ref,
             probe=None,
-            error=ErrorDetail(code=exc.code, message=exc.message),
+            error=ErrorDetail(code=exc.code, message=public_message(exc)),
             checked_at=checked_at,
         )
-        return JSONResponse(failed.model_dump(mode="json"), status_code=503)
+        return ProbeAnswer(503, failed.model_dump(mode="json"), ran_inference=ran)
     answer = str(outcome.result["caption"])
     correct = probe.is_correct(answer)
     report = ModelHealthResponse(
@@ -123,7 +126,17 @@ async def _model_health(request: Request) -> JSONResponse:
         ),
         checked_at=checked_at,
     )
-    return JSONResponse(report.model_dump(mode="json"), status_code=200 if correct else 503)
+    return ProbeAnswer(200 if correct else 503, report.model_dump(mode="json"), ran_inference=True)
+
+
+async def _model_health(request: Request) -> JSONResponse:
+    cache: CachedProbe | None = getattr(request.app.state, "model_probe", None)
+    if cache is None:  # one per app, made on first use (the event loop runs one request at a time here)
+        engine = get_engine(request)
+        cache = CachedProbe(lambda: _probe(engine), ttl_s=engine.settings.model_health_cache_s)
+        request.app.state.model_probe = cache
+    answer = await cache.get()
+    return JSONResponse(answer.body, status_code=answer.status_code)
 
 
 _MODEL_HEALTH_RESPONSES: dict[int | str, dict[str, object]] = {
