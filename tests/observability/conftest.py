@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client import REGISTRY
@@ -40,3 +42,27 @@ def sample(name: str, labels: dict[str, str] | None = None) -> float:
     """Current value of one sample in the default registry (0 when the series does not exist yet)."""
     value = REGISTRY.get_sample_value(name, labels or {})
     return 0.0 if value is None else value
+
+
+class SteppedClock:
+    """A clock that moves only when the test moves it: what a test decides by elapsed time must
+    not depend on how fast this machine is (pass it where the code takes a ``clock``)."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def running(*functions: Callable[..., Any]) -> bool:
+    """Whether, right now, some thread is inside each of ``functions`` (a profile in progress)."""
+    wanted = {f.__code__ for f in functions}
+    seen = set()
+    for frame in sys._current_frames().values():
+        f: Any = frame
+        while f is not None:
+            if f.f_code in wanted:
+                seen.add(f.f_code)
+            f = f.f_back
+    return seen == wanted

@@ -30,7 +30,7 @@ from mobile_multimodal.observability.export_process import SpanExportProcess, fr
 from mobile_multimodal.observability.fastspan import FastSpan, SpanRecorder, _child_context
 from mobile_multimodal.observability.identity import instance_id
 
-from .conftest import sample
+from .conftest import SteppedClock, sample
 
 RESOURCE = Resource.create({"service.name": "svc", "service.instance.id": "host-1"})
 SCOPE = InstrumentationScope("mobile_multimodal", "0.1.0")
@@ -183,20 +183,9 @@ def test_a_full_queue_drops_and_counts(receiver: OtlpReceiver) -> None:
         processor.shutdown()
 
 
-class _SteppedClock:
-    """A monotonic clock that moves only when the test says so: when a dead child is started
-    again must not depend on how fast this machine started it the first time."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_a_dead_export_process_costs_spans_then_comes_back(receiver: OtlpReceiver) -> None:
     before = sample("trace_spans_dropped_total", {"reason": "exporter_down"})
-    clock = _SteppedClock()
+    clock = SteppedClock()  # when the dead child is due again must not depend on this machine's speed
     processor = SpanExportProcess(
         _cfg(_traces(receiver)), RESOURCE, handoff_interval_s=60, respawn_interval_s=10, clock=clock
     )

@@ -27,6 +27,8 @@ from mobile_multimodal.observability.logging import (
 )
 from mobile_multimodal.observability.tracing import configure_tracing, stage
 
+from .conftest import SteppedClock
+
 
 def _record(msg: str, *args: object, **extra: object) -> logging.LogRecord:
     record = logging.LogRecord("mobile_multimodal.test", logging.INFO, __file__, 1, msg, args, None)
@@ -148,15 +150,18 @@ def test_rotation_by_size(tmp_path: Path) -> None:
 
 
 def test_rotation_by_time(tmp_path: Path) -> None:
+    clock = SteppedClock(1_700_000_000.0)
     handler = SizeAndTimeRotatingFileHandler(
-        tmp_path / "app.log", max_bytes=10**9, backup_count=5, interval_s=0.2
+        tmp_path / "app.log", max_bytes=10**9, backup_count=5, interval_s=3600, clock=clock
     )
     handler.setFormatter(JsonFormatter())
     handler.emit(_record("before"))
-    time.sleep(0.25)
+    clock.now += 3599
+    handler.emit(_record("not yet"))
+    clock.now += 1
     handler.emit(_record("after"))
     handler.close()
-    assert [line["message"] for line in _lines(tmp_path / "app.log.1")] == ["before"]
+    assert [line["message"] for line in _lines(tmp_path / "app.log.1")] == ["before", "not yet"]
     assert [line["message"] for line in _lines(tmp_path / "app.log")] == ["after"]
 
 
@@ -187,10 +192,10 @@ def test_a_request_record_formats_like_any_log_record() -> None:
 def test_flush_logging_writes_what_is_queued(tmp_path: Path) -> None:
     cfg = LoggingConfig(stdout=False, file=LogFileConfig(enabled=True))
     runtime = configure_logging(cfg, tmp_path)
-    runtime.writer.interval_s = 3600  # the writer thread would not get to it ...
-    time.sleep(0.2)  # ... once its current 50 ms wait is over
+    runtime.writer.stop()  # no writer thread from here on: only flush_logging() can write the line
     get_logger("mobile_multimodal.test").warning("now, please")
     assert runtime.path is not None
+    assert "now, please" not in runtime.path.read_text()
     flush_logging()
     assert "now, please" in runtime.path.read_text()
 
@@ -207,18 +212,21 @@ def test_the_sdk_span_drop_warning_is_rate_limited(tmp_path: Path) -> None:
     log = logging.Logger("drops")
     keep = Keep()
     log.addHandler(keep)
-    log.addFilter(RateLimitFilter(0.3))
+    clock = SteppedClock()
+    log.addFilter(RateLimitFilter(60, clock=clock))
     for _ in range(1000):  # what the SDK's batch processor says per dropped span
         log.warning("Queue full, dropping %s.", "Span")
     log.warning("another message")
-    time.sleep(0.35)
+    clock.now += 59
+    log.warning("Queue full, dropping %s.", "Span")  # still held back
+    clock.now += 1
     log.warning("Queue full, dropping %s.", "Span")
     assert [r.getMessage() for r in keep.records] == [
         "Queue full, dropping Span.",
         "another message",
         "Queue full, dropping Span.",
     ]
-    assert not hasattr(keep.records[0], "suppressed") and keep.records[2].suppressed == 999
+    assert not hasattr(keep.records[0], "suppressed") and keep.records[2].suppressed == 1000
     # the app puts one on the SDK's logger, and reconfiguring does not add a second
     sdk = logging.getLogger("opentelemetry.sdk._shared_internal")
     for _ in range(2):

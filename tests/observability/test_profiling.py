@@ -5,12 +5,16 @@ import contextlib
 import json
 import threading
 import time
+import tracemalloc
 from pathlib import Path
 
 import jsonschema
+import pytest
 
 from mobile_multimodal.observability.config import CpuProfileConfig, MemoryProfileConfig, ProfilingConfig
-from mobile_multimodal.observability.profiling import SPEEDSCOPE_SCHEMA, Profiler
+from mobile_multimodal.observability.profiling import SPEEDSCOPE_SCHEMA, CpuSampler, Profiler
+
+from .conftest import running
 
 SCHEMA_FILE = Path(__file__).parent / "data" / "speedscope-file-format-schema.json"
 
@@ -29,12 +33,24 @@ def busy_worker_function(stop: threading.Event) -> None:
         sum(i * i for i in range(2000))
 
 
-def test_cpu_profile_covers_other_threads_in_speedscope_format(tmp_path: Path) -> None:
+def test_cpu_profile_covers_other_threads_in_speedscope_format(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    take_sample = CpuSampler.sample
+    taken = []
+
+    def sample_then_count(sampler: CpuSampler, weight: float) -> None:
+        take_sample(sampler, weight)
+        taken.append(weight)
+        if len(taken) == 30:  # the profile ends after 30 samples, however long a busy machine takes
+            sampler.stop.set()
+
+    monkeypatch.setattr(CpuSampler, "sample", sample_then_count)
     stop = threading.Event()
     worker = threading.Thread(target=busy_worker_function, args=(stop,), name="busy-worker")
     worker.start()
     try:
-        path = Profiler(_config(tmp_path)).cpu_profile()
+        path = Profiler(_config(tmp_path)).cpu_profile(duration_s=600)
     finally:
         stop.set()
         worker.join()
@@ -47,7 +63,8 @@ def test_cpu_profile_covers_other_threads_in_speedscope_format(tmp_path: Path) -
     assert busy, [p["name"] for p in doc["profiles"]]
     profile = busy[0]
     assert profile["type"] == "sampled" and profile["unit"] == "seconds"
-    assert len(profile["samples"]) == len(profile["weights"]) >= 20  # 0.5 s at 5 ms
+    assert len(profile["samples"]) == len(profile["weights"]) == 30  # the thread is in every sample
+    assert profile["weights"] == taken
     assert abs(sum(profile["weights"]) - profile["endValue"]) < 0.1
     # nearly every sample of that thread is inside the busy function (root first, leaf last)
     inside = sum(1 for s in profile["samples"] if any(frames[i]["name"] == "busy_worker_function" for i in s))
@@ -62,13 +79,31 @@ def allocate_on_purpose(store: list[bytes]) -> None:
         store.append(bytes(10_000))
 
 
-def test_memory_profile_top_and_diff_name_the_allocating_line(tmp_path: Path) -> None:
+def test_memory_profile_top_and_diff_name_the_allocating_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     store: list[bytes] = []
     profiler = Profiler(_config(tmp_path))
-    timer = threading.Timer(0.1, allocate_on_purpose, args=(store,))
-    timer.start()
-    top, diff = profiler.memory_profile()
-    timer.join()
+    take_snapshot = tracemalloc.take_snapshot
+    first_taken = threading.Event()
+
+    def snapshot_then_signal() -> tracemalloc.Snapshot:
+        snapshot = take_snapshot()
+        first_taken.set()
+        return snapshot
+
+    def allocate_then_stop() -> None:
+        # another thread allocates between the two snapshots, then ends the window
+        first_taken.wait(60)
+        allocate_on_purpose(store)
+        profiler.stop()
+
+    monkeypatch.setattr(tracemalloc, "take_snapshot", snapshot_then_signal)
+    allocator = threading.Thread(target=allocate_then_stop, name="allocator")
+    allocator.start()
+    top, diff = profiler.memory_profile(duration_s=600)  # ended by the allocator, not by the clock
+    allocator.join(60)
+    assert first_taken.is_set() and len(store) == 200
     assert top.parent == diff.parent == tmp_path / "profiles" / "memory"
     assert "test_profiling.py" in top.read_text()
     first_entry = diff.read_text().splitlines()[2]
@@ -76,21 +111,25 @@ def test_memory_profile_top_and_diff_name_the_allocating_line(tmp_path: Path) ->
 
 
 def test_scheduler_runs_both_profiles_and_stops_promptly(tmp_path: Path) -> None:
-    profiler = Profiler(_config(tmp_path).model_copy(update={"cpu": CpuProfileConfig(duration_s=30)}))
+    long = {"cpu": CpuProfileConfig(duration_s=600), "memory": MemoryProfileConfig(duration_s=600)}
+    profiler = Profiler(_config(tmp_path).model_copy(update=long))
 
     async def scenario() -> float:
         task = asyncio.create_task(profiler.run())
-        await asyncio.sleep(0.5)
-        # The event loop stayed free while profiles ran in threads (this sleep returned on time).
-        started = time.perf_counter()
+        # The event loop stays free while both profiles run in threads: this loop goes on polling.
+        deadline = time.monotonic() + 60
+        while not running(Profiler.cpu_profile, Profiler.memory_profile):
+            assert time.monotonic() < deadline, "the profiles never started"
+            await asyncio.sleep(0.01)
+        started = time.monotonic()
         profiler.stop()
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-        # to_thread work finishes when the profiler's stop event is set, not after 30 s
-        await asyncio.get_running_loop().shutdown_default_executor()
-        return time.perf_counter() - started
+        # to_thread work finishes when the profiler's stop event is set, not after 600 s
+        await asyncio.wait_for(asyncio.get_running_loop().shutdown_default_executor(), 60)
+        return time.monotonic() - started
 
-    assert asyncio.run(scenario()) < 5
+    assert asyncio.run(scenario()) < 60
     assert list((tmp_path / "profiles" / "cpu").glob("*.speedscope.json"))
     assert list((tmp_path / "profiles" / "memory").glob("*-diff.txt"))

@@ -9,6 +9,7 @@ import psutil
 import pytest
 import torch
 
+from mobile_multimodal.observability import metrics
 from mobile_multimodal.observability.resources import ResourceSampler, gpu_memory
 
 from .conftest import sample
@@ -35,10 +36,18 @@ def test_resource_gauges_match_the_system(tmp_path: Path) -> None:
 
 
 def test_sampler_runs_in_the_background_until_cancelled(tmp_path: Path) -> None:
+    async def sampled_again(deadline: float) -> None:
+        metrics.PROCESS_MEMORY.set(0)  # the next sample sets it back to the process's size
+        while sample("process_memory_usage_bytes") == 0:
+            assert time.monotonic() < deadline, "the sampler did not sample"
+            await asyncio.sleep(0.01)
+
     async def scenario() -> None:
         sampler = ResourceSampler(tmp_path, interval_s=0.05)
         task = asyncio.create_task(sampler.run())
-        await asyncio.sleep(0.2)
+        deadline = time.monotonic() + 60
+        for _ in range(3):  # again and again, every interval_s
+            await sampled_again(deadline)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task

@@ -30,7 +30,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -212,10 +212,18 @@ class SizeAndTimeRotatingFileHandler(logging.handlers.RotatingFileHandler):
     another worker has just rotated until its own next rollover.
     """
 
-    def __init__(self, filename: Path, max_bytes: int, backup_count: int, interval_s: float) -> None:
+    def __init__(
+        self,
+        filename: Path,
+        max_bytes: int,
+        backup_count: int,
+        interval_s: float,
+        clock: Callable[[], float] = time.time,  # tests step their own
+    ) -> None:
         super().__init__(filename, maxBytes=max_bytes, backupCount=backup_count, encoding="utf-8")
         self.interval_s = interval_s
-        self.rollover_at = time.time() + interval_s
+        self._clock = clock
+        self.rollover_at = clock() + interval_s
 
     def shouldRollover(self, record: logging.LogRecord) -> int:
         # The stdlib version formats every record a second time and stats the file twice to
@@ -226,11 +234,11 @@ class SizeAndTimeRotatingFileHandler(logging.handlers.RotatingFileHandler):
         position = self.stream.tell()
         if 0 < self.maxBytes <= position:
             return 1
-        return 1 if position > 0 and time.time() >= self.rollover_at else 0
+        return 1 if position > 0 and self._clock() >= self.rollover_at else 0
 
     def doRollover(self) -> None:
         super().doRollover()
-        self.rollover_at = time.time() + self.interval_s
+        self.rollover_at = self._clock() + self.interval_s
 
 
 _ANY_RECORD = logging.makeLogRecord({})
@@ -301,16 +309,17 @@ class RateLimitFilter(logging.Filter):
     """Lets a message (by its template) through at most once per ``interval_s``; the line that
     gets through says how many were held back since the last one."""
 
-    def __init__(self, interval_s: float) -> None:
+    def __init__(self, interval_s: float, clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__()
         self.interval_s = interval_s
+        self._clock = clock  # tests step their own
         self._last: dict[str, float] = {}
         self._held: dict[str, int] = {}
         self._lock = threading.Lock()
 
     def filter(self, record: logging.LogRecord) -> bool:
         key = str(record.msg)
-        now = time.monotonic()
+        now = self._clock()
         with self._lock:
             if now - self._last.get(key, -self.interval_s) < self.interval_s:
                 self._held[key] = self._held.get(key, 0) + 1
