@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Debian packages the project needs: fonts for the OCR corpus, and the real monitoring
-# components the integration tests start (Prometheus, promtool, Alertmanager, amtool).
+# components the integration tests start (Prometheus, promtool, Alertmanager, amtool, Pushgateway).
 # Idempotent: installs only what is missing. Needs root (or passwordless sudo).
 set -euo pipefail
 
@@ -9,6 +9,7 @@ packages=(
   fonts-lato fonts-crosextra-carlito fonts-crosextra-caladea fonts-open-sans fonts-roboto-unhinted
   fonts-noto-mono wamerican
   prometheus prometheus-alertmanager
+  prometheus-pushgateway  # tests push CLI exports' metrics to a real one (observability/pushgateway.py)
   prometheus-node-exporter docker-compose  # tests/monitoring, tests/integration: real node-exporter; compose file validation
   wrk  # HTTP load generator for benchmarks/serving
   postgresql  # tests/store start a throwaway cluster (initdb/pg_ctl); pg_dump/psql for backups
@@ -35,7 +36,7 @@ echo "installing Debian packages: ${missing[*]}"
 $SUDO apt-get update -qq
 # Debian may start these services on install: stop them, tests start their own on 127.0.0.1.
 DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-for svc in prometheus prometheus-alertmanager prometheus-node-exporter postgresql; do
+for svc in prometheus prometheus-alertmanager prometheus-pushgateway prometheus-node-exporter postgresql; do
   (command -v systemctl >/dev/null && $SUDO systemctl stop "$svc" 2>/dev/null) || true
   (command -v service >/dev/null && $SUDO service "$svc" stop >/dev/null 2>&1) || true
 done

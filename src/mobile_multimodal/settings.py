@@ -73,6 +73,16 @@ class Settings(BaseSettings):
     anomaly_error_burst: int = Field(20, ge=2, description="4xx answers to one source in the window.")
     anomaly_window_s: float = Field(60.0, gt=0)
 
+    # --- mobile export ------------------------------------------------------------------
+    # A CLI export is a short-lived process: its metrics reach Prometheus through this
+    # Pushgateway (e.g. http://pushgateway:9091); unset = no push.
+    pushgateway_url: str | None = Field(None, repr=False)
+    pushgateway_timeout_s: float = Field(10.0, gt=0)
+    # POST /export jobs: a child process killed after this long, at this nice level and torch threads.
+    export_timeout_s: float = Field(1800.0, gt=0)
+    export_nice: int = Field(10, ge=0, le=19)
+    export_threads: int = Field(1, ge=1, le=256)
+
     # --- health thresholds -------------------------------------------------------------
     health_memory_max_percent: float = Field(95.0, gt=0, le=100)
     health_disk_min_free_percent: float = Field(10.0, ge=0, lt=100)
@@ -119,6 +129,11 @@ class Settings(BaseSettings):
     @property
     def resolved_backup_dir(self) -> Path:
         return self.backup_dir if self.backup_dir is not None else self.data_dir / "backups"
+
+    @property
+    def exports_dir(self) -> Path:
+        """Where POST /export writes bundles (one directory per export id); never client-chosen."""
+        return self.data_dir / "exports"
 
     @property
     def resolved_database_url(self) -> str:

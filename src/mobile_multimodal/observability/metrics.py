@@ -108,6 +108,25 @@ EXPORT_FAILURES = Counter(
     "Mobile exports that failed.",
     ["platform", "quantization"],
 )
+EXPORTS = Counter(
+    "mobile_exports",
+    "Mobile exports by outcome (status: success, failure).",
+    ["platform", "format", "quantization", "status"],
+)
+EXPORT_VALIDATION_SCORE = Gauge(
+    "mobile_export_validation_score",
+    "Primary metric of each task measured on the exported artifact in its own runtime at validation "
+    "(same held-out subset as the manifest's validation.tasks).",
+    ["platform", "format", "quantization", "task"],
+    multiprocess_mode="max",
+)
+EXPORT_RUNTIME_LATENCY = Gauge(
+    "mobile_export_runtime_latency_seconds",
+    "Mean seconds per example of each task in the export's own runtime at validation "
+    "(a greedy decode driven by bundle.json): compare runtimes and precisions.",
+    ["platform", "format", "quantization", "task"],
+    multiprocess_mode="max",
+)
 QUANTIZATION_LOSS = Gauge(
     "quantization_accuracy_loss",
     "Relative loss of a task's primary metric against fp32: (fp32 - quantized) / fp32.",

@@ -12,6 +12,9 @@ Tables
   so a start with different settings is recorded as a configuration change.
 - ``backup_runs``: every backup attempt, so the server process (which scrapes metrics) learns
   about backups that ``mobile-mm db backup`` ran in another process.
+- ``export_records``: every mobile export (CLI or ``POST /export``) with its outcome and
+  manifest, so export history survives the short-lived process that ran it; ``POST /export``
+  jobs are rows that move queued → running → succeeded|failed.
 
 Example::
 
@@ -41,6 +44,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 KEY_TYPES = ("free", "pro")
 RESULTS = ("success", "failure")
+EXPORT_STATES = ("queued", "running", "succeeded", "failed")
 
 
 def utcnow() -> datetime:
@@ -140,3 +144,31 @@ class BackupRun(Base):
     sha256: Mapped[str | None] = mapped_column(String(64), default=None)
     size_bytes: Mapped[int | None] = mapped_column(BigInteger, default=None)
     error: Mapped[str | None] = mapped_column(Text, default=None)
+
+
+class ExportRecord(Base):
+    __tablename__ = "export_records"
+    __table_args__ = (
+        CheckConstraint(f"status IN {EXPORT_STATES!r}", name="ck_export_records_status"),
+        Index("ix_export_records_group", "host", "platform", "format", "quantization"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    platform: Mapped[str] = mapped_column(String(16))
+    format: Mapped[str] = mapped_column(String(16))
+    quantization: Mapped[str] = mapped_column(String(8))
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    started_at: Mapped[datetime | None] = mapped_column(default=None)
+    finished_at: Mapped[datetime | None] = mapped_column(default=None)
+    duration_s: Mapped[float | None] = mapped_column(default=None)
+    size_bytes: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    manifest: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+    error_code: Mapped[str | None] = mapped_column(String(64), default=None)
+    error_message: Mapped[str | None] = mapped_column(Text, default=None)
+    # "cli:<os user>" or "api:<user id>/<key id>": who asked for it (the audit trail has the rest).
+    requested_by: Mapped[str] = mapped_column(String(256))
+    # The machine that ran it: the pushed history is per host (observability/pushgateway.py).
+    host: Mapped[str] = mapped_column(String(255))
+    model: Mapped[str] = mapped_column(Text)
+    out_dir: Mapped[str] = mapped_column(Text)

@@ -1,0 +1,127 @@
+"""Run one mobile export, record it in ``export_records`` and push its group's history.
+
+What ``mobile-mm export`` and the child process of a ``POST /export`` job both call. The export
+itself (``export.pipeline.export_model``) knows nothing of the database (export sits below
+store); this module wraps it: the row is written as running before any work, finished with the
+manifest or the error, and then, when ``MOBILE_MM_PUSHGATEWAY_URL`` is set, the history of the
+export's (host, platform, format, quantization) group is pushed (observability/pushgateway.py
+explains why the history and not this process's counters).
+
+A request refused before any work (an unknown platform, Core ML for Android) raises at once and
+is not recorded: nothing was exported.
+
+Example::
+
+    manifest = run_recorded_export(
+        Database(), platform="android", fmt="onnx", quantization="int2", model="default",
+        out=Path("bundle"), requested_by="cli:alice", pushgateway_url="http://pushgateway:9091")
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from mobile_multimodal.errors import ExportError, ExportErrorCode
+from mobile_multimodal.export.formats import check_quantization, resolve_format
+from mobile_multimodal.observability.pushgateway import push_export_group
+from mobile_multimodal.store.database import Database, DatabaseError
+from mobile_multimodal.store.export_records import (
+    add_export,
+    export_group,
+    finish_export,
+    mark_running,
+    this_host,
+)
+
+ExportFn = Callable[..., dict[str, Any]]
+# Recorded for a failure that is not an ExportError (a bug): the message says what it was.
+UNEXPECTED = "INTERNAL_ERROR"
+_log = logging.getLogger("mobile_multimodal.export")
+
+
+def _default_export() -> ExportFn:
+    from mobile_multimodal.export.pipeline import export_model
+
+    return export_model
+
+
+def run_recorded_export(
+    db: Database | None,
+    *,
+    platform: str,
+    fmt: str | None,
+    quantization: str,
+    model: str,
+    out: Path,
+    requested_by: str,
+    export_id: str | None = None,
+    pushgateway_url: str | None = None,
+    push_timeout_s: float = 10.0,
+    export: ExportFn | None = None,
+) -> dict[str, Any]:
+    """Export, record, push; returns the manifest or raises the export's ExportError.
+
+    ``db`` None (the database could not be opened): the export still runs, unrecorded and
+    unpushed (a push must carry the group's whole history, which only the database has).
+    ``export_id`` names a queued row to run (a ``POST /export`` job); else a new row is added.
+    """
+    fmt = resolve_format(platform, fmt)
+    check_quantization(quantization)
+    run = export or _default_export()
+    if db is not None:
+        if export_id is not None:
+            mark_running(db, export_id)
+        else:
+            export_id = add_export(
+                db,
+                platform=platform,
+                fmt=fmt,
+                quantization=quantization,
+                requested_by=requested_by,
+                model=model,
+                out_dir=str(out),
+                status="running",
+            ).id
+    start = time.perf_counter()
+    manifest: dict[str, Any] | None = None
+    code, message = UNEXPECTED, ""
+    try:
+        manifest = run(model, platform=platform, fmt=fmt, quantization=quantization, out=out)
+        return manifest
+    except ExportError as exc:
+        code, message = str(exc.code), exc.message
+        raise
+    except KeyboardInterrupt:
+        code, message = str(ExportErrorCode.EXPORT_INTERRUPTED), "the export was interrupted"
+        raise
+    except Exception as exc:
+        message = f"{type(exc).__name__}: {exc}"
+        raise
+    finally:
+        if db is not None and export_id is not None:
+            _finish(db, export_id, time.perf_counter() - start, manifest, code, message)
+            if pushgateway_url:
+                push_export_group(
+                    pushgateway_url,
+                    export_group(db, host=this_host(), platform=platform, fmt=fmt, quantization=quantization),
+                    timeout_s=push_timeout_s,
+                )
+
+
+def _finish(
+    db: Database, export_id: str, duration_s: float, manifest: dict[str, Any] | None, code: str, message: str
+) -> None:
+    try:
+        if manifest is not None:
+            finish_export(db, export_id, duration_s=duration_s, manifest=manifest)
+        else:
+            finish_export(db, export_id, duration_s=duration_s, error_code=code, error_message=message)
+    except (DatabaseError, SQLAlchemyError, OSError) as exc:
+        # The export's own outcome matters more than its record: log, do not mask it.
+        _log.error("export %s not recorded: %s", export_id, exc, extra={"operation": "mobile_export"})
