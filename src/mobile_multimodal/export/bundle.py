@@ -1,0 +1,253 @@
+"""The export bundle's description files: ``tokenizer.json``, ``bundle.json``, ``manifest.json``.
+
+``bundle.json`` is written for a mobile engineer who will not read our Python: every graph's
+file with its inputs and outputs (names, dtypes, shapes), the KV-cache layout and its fixed
+length, the special token ids, each task's prompt and which graphs it runs, the image
+preprocessing, and the greedy-decode loop in words. ``export/decode.py`` drives the graphs from
+this file alone, and the export's validation runs through it, so the description is proven
+sufficient by every export. ``manifest.json`` is DESIGN.md's export manifest.
+
+Example::
+
+    write_json(out / TOKENIZER_FILE, tokenizer_json(model.tokenizer))
+    write_json(out / BUNDLE_FILE, describe_bundle(model, graphs, files, platform="android", ...))
+    write_json(out / MANIFEST_FILE, manifest(out, ...))
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mobile_multimodal.export.graphs import GraphSpec
+from mobile_multimodal.filehash import sha256_file
+from mobile_multimodal.model.llm import MobileMultiModalLLM
+from mobile_multimodal.model.tokenizer import _SPLIT, SPECIALS, TASK_TOKENS, Tokenizer
+
+BUNDLE_VERSION = 1
+BUNDLE_FILE = "bundle.json"
+TOKENIZER_FILE = "tokenizer.json"
+MANIFEST_FILE = "manifest.json"
+# what PyTorch's API generates at most per task (MobileMultiModalLLM's defaults)
+MAX_NEW_TOKENS = {"captioning": 32, "vqa": 8}
+
+DECODE_LOOP = [
+    "Greedy decoding of captioning and vqa, batch 1, driven by the graphs below:",
+    "1. Preprocess the image as image_preprocessing.scene says. For vqa, split the question into "
+    "word ids with tokenizer.json (lower-case, split_regex, unknown words -> <unk>), truncate to "
+    "question.max_len, right-pad with <pad> to question.max_len and build question_mask (1 = real "
+    "word, 0 = padding). For captioning, question_ids = <pad> everywhere and question_mask = 0.",
+    "2. Run 'vision' -> image_tokens, then 'cross_kv'(image_tokens) -> cross_k, cross_v (once per image).",
+    "3. The prompt is tasks.<task>.prompt with the question's word ids (untruncated) in place of "
+    "'{question}'. Start with self_k = self_v = zeros of kv_cache.shape.",
+    "4. Feed the prompt one token at a time: for i, t in enumerate(prompt): run 'decoder_step' with "
+    "token=[[t]], position=[i], the current self_k/self_v and cross_k/cross_v; replace self_k/self_v "
+    "by self_k_out/self_v_out. The logits of the last prompt token score the first answer token.",
+    "5. Loop: next = argmax(logits) (the first maximum on ties); append it to the answer; stop if it "
+    "is <eos>, or when the answer holds max_new_tokens + 1 tokens, or when the next position would "
+    "reach kv_cache.max_len. Otherwise run 'decoder_step' with token=[[next]] at the next position "
+    "and continue.",
+    "6. Text: keep the first max_new_tokens answer tokens, stop at <eos>, drop special tokens, and "
+    "join the words with single spaces.",
+    "OCR: preprocess as image_preprocessing.text_line, run 'ocr' -> log_probs (1, frames, classes); "
+    "take the argmax class of every frame, collapse runs of the same class, drop the blank (class "
+    "0); class c >= 1 is tokenizer.ctc.charset[c - 1]; strip surrounding spaces.",
+    "Retrieval: image embedding = 'image_embed'(image_tokens of 'vision' without a question); text "
+    "embedding = 'text_embed'(ids, mask) with the text's word ids right-padded to text.max_len (an "
+    "empty text is the single word <unk>). Both are L2-normalised: similarity is their dot product.",
+]
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def tokenizer_json(tokenizer: Tokenizer) -> dict[str, Any]:
+    """The tokenizer, self-contained: vocabulary (index = id), how text splits, the CTC charset."""
+    return {
+        "kind": "word+ctc-chars",
+        "vocab": list(tokenizer.itos),
+        "special_tokens": {tok: tokenizer.stoi[tok] for tok in SPECIALS},
+        "lowercase": True,
+        "split_regex": _SPLIT.pattern,
+        "unknown_token": "<unk>",
+        "decode": "stop at <eos>, drop special tokens, join words with single spaces",
+        "ctc": {"blank": 0, "charset": tokenizer.charset, "class_of_char": "charset.index(c) + 1"},
+    }
+
+
+def _tensor_entry(name: str, t: torch.Tensor) -> dict[str, Any]:
+    return {"name": name, "dtype": str(t.dtype).removeprefix("torch."), "shape": list(t.shape)}
+
+
+def describe_graph(spec: GraphSpec, file: str) -> dict[str, Any]:
+    """A graph's file and its inputs and outputs (outputs measured by running the module once)."""
+    with torch.no_grad():
+        outputs = spec.module(*spec.example_inputs)
+    outs = outputs if isinstance(outputs, tuple) else (outputs,)
+    return {
+        "file": file,
+        "inputs": [_tensor_entry(n, t) for n, t in zip(spec.input_names, spec.example_inputs, strict=True)],
+        "outputs": [_tensor_entry(n, t) for n, t in zip(spec.output_names, outs, strict=True)],
+        "doc": (type(spec.module).__doc__ or "").strip().split("\n\n")[0].replace("\n", " "),
+    }
+
+
+def _preprocessing(model: MobileMultiModalLLM) -> dict[str, Any]:
+    cfg = model.config
+    common = {
+        "color": "RGB (RGBA is composited over white first; grey is replicated)",
+        "layout": "NCHW float32, batch 1",
+        "normalization": "x = pixel / 127.5 - 1 (pixel in 0..255), i.e. mean 0.5 and std 0.5 on 0..1",
+        "scale": 1 / 127.5,
+        "offset": -1.0,
+    }
+    return {
+        "scene": {
+            **common,
+            "height": cfg.scene_size,
+            "width": cfg.scene_size,
+            "resize": "bilinear (PIL) to height x width, aspect ratio not kept",
+        },
+        "text_line": {
+            **common,
+            "height": cfg.ocr_height,
+            "width": cfg.ocr_width,
+            "resize": "bilinear (PIL) to `height` px high keeping the aspect ratio; width capped at "
+            "`width` (a longer line is squeezed)",
+            "pad": "on the right to `width`, with the per-channel median of the resized image's border "
+            "pixels (first row, last row, first column, last column)",
+        },
+    }
+
+
+def describe_bundle(
+    model: MobileMultiModalLLM,
+    graphs: list[GraphSpec],
+    files: dict[str, str],
+    *,
+    platform: str,
+    fmt: str,
+    runtime: str,
+    quantization: str,
+    weights: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """bundle.json: everything an app needs to drive the graphs (see DECODE_LOOP)."""
+    cfg, tok = model.config, model.tokenizer
+    by_name = {g.name: g for g in graphs}
+    step = by_name["decoder_step"].example_inputs[2]  # (L, 1, nh, S, hs)
+    cross = by_name["decoder_step"].example_inputs[4]
+    fused = "question_ids" in by_name["vision"].input_names
+    return {
+        "bundle_version": BUNDLE_VERSION,
+        "model": {
+            "name": str(model.manifest.get("name", "mobile-multimodal-llm")),
+            "version": str(model.manifest.get("version", "0.1.0")),
+            "quantization": quantization,
+        },
+        "platform": platform,
+        "format": fmt,
+        "runtime": runtime,
+        "graphs": {g.name: describe_graph(g, files[g.name]) for g in graphs},
+        "tokenizer": TOKENIZER_FILE,
+        "special_tokens": {tok_name: tok.stoi[tok_name] for tok_name in SPECIALS},
+        "image_preprocessing": _preprocessing(model),
+        "question": {
+            "fused_into_vision": fused,
+            "max_len": by_name["vision"].example_inputs[1].shape[1] if fused else 0,
+            "pad_id": tok.pad_id,
+        },
+        "text": {"max_len": by_name["text_embed"].example_inputs[0].shape[1], "pad_id": tok.pad_id},
+        "kv_cache": {
+            "layout": "(layers, batch, heads, max_len, head_dim)",
+            "shape": list(step.shape),
+            "max_len": int(step.shape[3]),
+            "dtype": "float32",
+            "initial": "zeros",
+            "update": "decoder_step writes this token's key/value into slot `position` and attends to "
+            "slots 0..position; feed its self_k_out/self_v_out back as the next step's self_k/self_v",
+            "cross_shape": list(cross.shape),
+        },
+        "tasks": {
+            "captioning": {
+                "graphs": ["vision", "cross_kv", "decoder_step"],
+                "prompt": [tok.bos_id, tok.task_id("captioning"), tok.sep_id],
+                "prompt_tokens": ["<bos>", TASK_TOKENS["captioning"], "<sep>"],
+                "question": False,
+                "max_new_tokens": MAX_NEW_TOKENS["captioning"],
+            },
+            "vqa": {
+                "graphs": ["vision", "cross_kv", "decoder_step"],
+                "prompt": [tok.bos_id, tok.task_id("vqa"), "{question}", tok.sep_id],
+                "prompt_tokens": ["<bos>", TASK_TOKENS["vqa"], "{question}", "<sep>"],
+                "question": fused,
+                "max_new_tokens": MAX_NEW_TOKENS["vqa"],
+            },
+            "ocr": {
+                "graphs": ["ocr"],
+                "decode": "ctc_greedy",
+                "frames": cfg.ocr_width // 8 * cfg.ocr_subframes,
+            },
+            "retrieval": {"graphs": ["vision", "image_embed", "text_embed"], "similarity": "dot product"},
+        },
+        "decode_loop": DECODE_LOOP,
+        "weights": weights or {},
+    }
+
+
+def weight_summary(graphs: list[GraphSpec]) -> dict[str, Any]:
+    """Which layers carry packed (quantized) weights, by kind and width, over all graphs (a layer
+    two graphs share, the vision encoder in 'vision' and 'ocr', is written into both files)."""
+    seen: dict[int, tuple[str, int, int, int]] = {}
+    for spec in graphs:
+        for name, qw in spec.quantized.items():
+            kind = type(spec.module.get_submodule(name)).__name__.lower()
+            seen[id(qw.packed)] = (kind, qw.bits, qw.group_size, int(qw.packed.numel() * 8 // qw.bits))
+    layers: dict[str, dict[str, Any]] = {}
+    for kind, bits, group, count in seen.values():
+        entry = layers.setdefault(f"{kind} int{bits}", {"layers": 0, "weights": 0, "group_sizes": []})
+        entry["layers"] += 1
+        entry["weights"] += count
+        entry["group_sizes"] = sorted({*entry["group_sizes"], group})
+    return {
+        "scheme": "weight-only affine, group-wise along the input: w = (code - zero) * scale",
+        "packed_layers": dict(sorted(layers.items())),
+        "float": "LayerNorm/BatchNorm parameters, biases and position tables stay float32"
+        + ("" if layers else "; this bundle is fp32 throughout"),
+    }
+
+
+def file_entries(out: Path, files: list[Path]) -> list[dict[str, Any]]:
+    """Each bundle file (relative path, bytes, sha256), walking into package directories."""
+    entries = []
+    for f in sorted(files):
+        paths = sorted(p for p in f.rglob("*") if p.is_file()) if f.is_dir() else [f]
+        for p in paths:
+            entries.append(
+                {"path": p.relative_to(out).as_posix(), "bytes": p.stat().st_size, "sha256": sha256_file(p)}
+            )
+    return entries
+
+
+def manifest(
+    out: Path,
+    files: list[Path],
+    *,
+    platform: str,
+    fmt: str,
+    quantization: str,
+    duration_s: float,
+    validation: dict[str, Any],
+) -> dict[str, Any]:
+    """DESIGN.md's export manifest over the files already in ``out`` (all but itself)."""
+    return {
+        "format": fmt,
+        "platform": platform,
+        "quantization": quantization,
+        "duration_s": round(duration_s, 3),
+        "files": file_entries(out, files),
+        "validation": validation,
+    }

@@ -1,0 +1,242 @@
+"""Drive an exported bundle from its ``bundle.json`` and ``tokenizer.json`` alone.
+
+This is what an app does on the phone, written in Python: preprocess, run the graphs through a
+``GraphRunner`` (ONNX Runtime, ExecuTorch, ...), greedy-decode with the fixed-size KV cache,
+detokenize. It imports nothing of the model package on purpose: if the description files were
+missing something, validation (which runs through here) would fail.
+``BundleModel`` offers the methods the eval report calls on a PyTorch model, so the same
+metrics score both.
+
+Example::
+
+    bundle = load_bundle(Path("bundle"))
+    model = BundleModel(bundle, WRITER.open(Path("bundle"), bundle.description))
+    model.generate_captions([image])       # ['a small red circle at the top left']
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from mobile_multimodal.export.formats import GraphRunner
+
+RunHook = Callable[[str, dict[str, np.ndarray], dict[str, np.ndarray]], None]
+
+
+@dataclass
+class Bundle:
+    directory: Path
+    description: dict[str, Any]  # bundle.json
+    tokenizer: dict[str, Any]  # tokenizer.json
+
+
+def load_bundle(directory: Path) -> Bundle:
+    description = json.loads((directory / "bundle.json").read_text())
+    tokenizer = json.loads((directory / description["tokenizer"]).read_text())
+    return Bundle(directory, description, tokenizer)
+
+
+class BundleTokenizer:
+    """tokenizer.json: word ids for prompts and questions, text from ids, CTC decoding."""
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        self.vocab: list[str] = list(spec["vocab"])
+        self.ids = {w: i for i, w in enumerate(self.vocab)}
+        self.specials = set(spec["special_tokens"])
+        self.unk = self.ids[spec["unknown_token"]]
+        self.eos = spec["special_tokens"]["<eos>"]
+        self.split = re.compile(spec["split_regex"])
+        self.lowercase = bool(spec["lowercase"])
+        self.charset: str = spec["ctc"]["charset"]
+        self.blank = int(spec["ctc"]["blank"])
+
+    def encode(self, text: str) -> list[int]:
+        words = self.split.findall(text.lower() if self.lowercase else text)
+        return [self.ids.get(w, self.unk) for w in words]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        words = []
+        for i in ids:
+            if i == self.eos:
+                break
+            word = self.vocab[i] if 0 <= i < len(self.vocab) else "<unk>"
+            if word not in self.specials:
+                words.append(word)
+        return " ".join(words)
+
+    def decode_ctc(self, classes: Sequence[int]) -> str:
+        chars, prev = [], self.blank
+        for c in classes:
+            if c != prev and c != self.blank:
+                chars.append(self.charset[c - 1])
+            prev = c
+        return "".join(chars).strip()
+
+
+# ---- preprocessing (bundle.json "image_preprocessing") -------------------------------------------
+def _rgb(image: Image.Image | np.ndarray) -> Image.Image:
+    img = Image.fromarray(image) if isinstance(image, np.ndarray) else image
+    if img.mode == "RGBA":
+        background = Image.new("RGB", img.size, (255, 255, 255))
+        background.paste(img, mask=img.getchannel("A"))
+        return background
+    return img.convert("RGB")
+
+
+def _to_input(img: Image.Image, spec: dict[str, Any]) -> np.ndarray:
+    arr = np.asarray(img, dtype=np.float32) * np.float32(spec["scale"]) + np.float32(spec["offset"])
+    return np.ascontiguousarray(arr.transpose(2, 0, 1)[None])  # (1, 3, H, W)
+
+
+def scene_input(image: Image.Image | np.ndarray, spec: dict[str, Any]) -> np.ndarray:
+    img = _rgb(image)
+    size = (spec["width"], spec["height"])
+    if img.size != size:
+        img = img.resize(size, Image.Resampling.BILINEAR)
+    return _to_input(img, spec)
+
+
+def text_line_input(image: Image.Image | np.ndarray, spec: dict[str, Any]) -> np.ndarray:
+    img = _rgb(image)
+    height, width = spec["height"], spec["width"]
+    scaled = max(1, round(img.width * height / max(1, img.height)))
+    img = img.resize((min(scaled, width), height), Image.Resampling.BILINEAR)
+    if img.width < width:
+        arr = np.asarray(img)
+        border = np.concatenate([arr[0], arr[-1], arr[:, 0], arr[:, -1]])
+        fill = tuple(int(c) for c in np.median(border, axis=0))
+        canvas = Image.new("RGB", (width, height), fill)
+        canvas.paste(img, (0, 0))
+        img = canvas
+    return _to_input(img, spec)
+
+
+def _padded(ids: list[int], length: int, pad: int) -> tuple[np.ndarray, np.ndarray]:
+    ids = ids[:length]
+    out = np.full((1, length), pad, dtype=np.int64)
+    mask = np.zeros((1, length), dtype=np.int64)
+    out[0, : len(ids)] = ids
+    mask[0, : len(ids)] = 1
+    return out, mask
+
+
+class BundleModel:
+    """The four tasks of an exported bundle, through a GraphRunner (batch 1 per call)."""
+
+    def __init__(self, bundle: Bundle, runner: GraphRunner, on_run: RunHook | None = None) -> None:
+        self.bundle = bundle
+        self.spec = bundle.description
+        self.runner = runner
+        self.on_run = on_run
+        self.tokenizer = BundleTokenizer(bundle.tokenizer)
+        self.quantization = self.spec["model"]["quantization"]
+        self.manifest = {"name": self.spec["model"]["name"]}
+        self._pre = self.spec["image_preprocessing"]
+
+    def size_bytes(self) -> int:
+        return sum(
+            (self.bundle.directory / g["file"]).stat().st_size
+            for g in self.spec["graphs"].values()
+            if (self.bundle.directory / g["file"]).is_file()
+        )
+
+    def _run(self, graph: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        outputs = self.runner.run(graph, inputs)
+        if self.on_run is not None:
+            self.on_run(graph, inputs, outputs)
+        return outputs
+
+    def _image_tokens(self, image: Image.Image | np.ndarray, question: str | None) -> np.ndarray:
+        inputs = {"image": scene_input(image, self._pre["scene"])}
+        q = self.spec["question"]
+        if q["fused_into_vision"]:
+            words = self.tokenizer.encode(question) if question else []
+            inputs["question_ids"], inputs["question_mask"] = _padded(words, q["max_len"], q["pad_id"])
+        return self._run("vision", inputs)["image_tokens"]
+
+    def _greedy(self, image_tokens: np.ndarray, prompt: list[int], max_new_tokens: int) -> list[int]:
+        cross = self._run("cross_kv", {"image_tokens": image_tokens})
+        cache = self.spec["kv_cache"]
+        self_k = np.zeros(cache["shape"], dtype=np.float32)
+        self_v = np.zeros(cache["shape"], dtype=np.float32)
+
+        def step(token: int, position: int) -> np.ndarray:
+            nonlocal self_k, self_v
+            out = self._run(
+                "decoder_step",
+                {
+                    "token": np.array([[token]], dtype=np.int64),
+                    "position": np.array([position], dtype=np.int64),
+                    "self_k": self_k,
+                    "self_v": self_v,
+                    "cross_k": cross["cross_k"],
+                    "cross_v": cross["cross_v"],
+                },
+            )
+            self_k, self_v = out["self_k_out"], out["self_v_out"]
+            return out["logits"]
+
+        for position, token in enumerate(prompt):
+            logits = step(token, position)
+        answer: list[int] = []
+        position = len(prompt)
+        budget = min(max_new_tokens + 1, cache["max_len"] - len(prompt))
+        while True:
+            nxt = int(np.argmax(logits[0]))
+            answer.append(nxt)
+            if nxt == self.tokenizer.eos or len(answer) >= budget:
+                return answer
+            logits = step(nxt, position)
+            position += 1
+
+    def _prompt(self, task: str, question: str = "") -> list[int]:
+        prompt: list[int] = []
+        for item in self.spec["tasks"][task]["prompt"]:
+            prompt.extend(self.tokenizer.encode(question) if item == "{question}" else [int(item)])
+        return prompt
+
+    def _generate(self, task: str, image: Image.Image | np.ndarray, question: str = "") -> str:
+        limit = int(self.spec["tasks"][task]["max_new_tokens"])
+        tokens = self._image_tokens(image, question if self.spec["tasks"][task]["question"] else None)
+        return self.tokenizer.decode(self._greedy(tokens, self._prompt(task, question), limit)[:limit])
+
+    # ---- the methods the eval report calls ---------------------------------------------------------
+    def generate_captions(self, images: Sequence[Image.Image | np.ndarray]) -> list[str]:
+        return [self._generate("captioning", image) for image in images]
+
+    def answer_questions(
+        self, images: Sequence[Image.Image | np.ndarray], questions: Sequence[str]
+    ) -> list[str]:
+        return [self._generate("vqa", i, q) for i, q in zip(images, questions, strict=True)]
+
+    def extract_texts(self, images: Sequence[Image.Image | np.ndarray]) -> list[str]:
+        out = []
+        for image in images:
+            line = text_line_input(image, self._pre["text_line"])
+            log_probs = self._run("ocr", {"line_image": line})["log_probs"]
+            out.append(self.tokenizer.decode_ctc(log_probs[0].argmax(-1).tolist()))
+        return out
+
+    def get_image_embeddings(self, images: Sequence[Image.Image | np.ndarray]) -> np.ndarray:
+        rows = [
+            self._run("image_embed", {"image_tokens": self._image_tokens(image, None)})["embedding"]
+            for image in images
+        ]
+        return np.concatenate(rows)
+
+    def get_text_embeddings(self, texts: Sequence[str]) -> np.ndarray:
+        text = self.spec["text"]
+        rows = []
+        for t in texts:
+            words = self.tokenizer.encode(t) or [self.tokenizer.unk]
+            ids, mask = _padded(words, text["max_len"], text["pad_id"])
+            rows.append(self._run("text_embed", {"ids": ids, "mask": mask})["embedding"])
+        return np.concatenate(rows)
