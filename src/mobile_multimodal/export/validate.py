@@ -19,6 +19,7 @@ Example::
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -30,6 +31,7 @@ from mobile_multimodal.data.easyvqa import EasyVQAUnavailable
 from mobile_multimodal.export.decode import Bundle, BundleModel
 from mobile_multimodal.export.formats import GraphRunner
 from mobile_multimodal.export.graphs import GraphSpec
+from mobile_multimodal.export.latency import LATENCY_EXAMPLES, task_latency
 from mobile_multimodal.model.llm import MobileMultiModalLLM
 from mobile_multimodal.training.evaluate import TASKS, evaluate_loaded
 
@@ -87,6 +89,51 @@ def _available_tasks(tasks: Sequence[str]) -> tuple[list[str], dict[str, str]]:
     return [t for t in tasks if t not in skipped], skipped
 
 
+class _Timed:
+    """Proxies a model and adds up the seconds spent in its inference methods (not in the data
+    generation or the metrics around them)."""
+
+    METHODS = (
+        "generate_captions",
+        "answer_questions",
+        "extract_texts",
+        "get_image_embeddings",
+        "get_text_embeddings",
+    )
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.seconds = 0.0
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self.model, name)
+        if name not in self.METHODS:
+            return attr
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return attr(*args, **kwargs)
+            finally:
+                self.seconds += time.perf_counter() - start
+
+        return timed
+
+
+def _timed_report(
+    model: Any, examples: int | None, tasks: Sequence[str]
+) -> tuple[dict[str, Any], dict[str, float]]:
+    """The eval report over ``tasks``, and each task's mean inference seconds per example."""
+    report: dict[str, Any] = {"tasks": {}}
+    latency: dict[str, float] = {}
+    for task in tasks:
+        timed = _Timed(model)
+        part = evaluate_loaded(cast(MobileMultiModalLLM, timed), examples, [task])
+        report["tasks"].update(part["tasks"])
+        latency[task] = timed.seconds / max(1, int(part["tasks"][task]["n"]))
+    return report, latency
+
+
 def _primaries(report: dict[str, Any]) -> dict[str, float]:
     return {task: float(r["primary"]) for task, r in report["tasks"].items()}
 
@@ -110,8 +157,8 @@ def validate_bundle(
     exported = BundleModel(bundle, runner, on_run=recorder)
     # BundleModel has every method the eval report calls on a model (duck-typed on purpose: the
     # report's metrics are the project's one implementation and must score both sides alike)
-    report = evaluate_loaded(cast(MobileMultiModalLLM, exported), examples, run_tasks)
-    reference = evaluate_loaded(model, examples, run_tasks)
+    report, latency = _timed_report(exported, examples, run_tasks)
+    reference, ref_latency = _timed_report(model, examples, run_tasks)
     scores, ref_scores = _primaries(report), _primaries(reference)
     diffs = graph_differences(graphs, recorder)
     max_diff = max(diffs.values(), default=0.0)
@@ -130,10 +177,18 @@ def validate_bundle(
         "tasks": scores,
         "reference": ref_scores,
         "max_abs_diff_by_graph": diffs,
+        # mean seconds per example of each task, batch 1 in the runtime; PyTorch's (batched as
+        # the eval report batches) beside it, from the same run
+        "latency_s": latency,
+        "reference_latency_s": ref_latency,
         "examples_per_task": {task: int(r["n"]) for task, r in report["tasks"].items()},
         "tolerance": {"accuracy_relative": tolerance, "max_abs_diff": max_abs_diff_limit},
         "passed": not failures,
     }
+    # batch-1 latency of each task, in the runtime and in PyTorch eager on the same machine
+    validation["latency_s"] = task_latency(exported, run_tasks)
+    validation["reference_latency_s"] = task_latency(model, run_tasks)
+    validation["latency_examples"] = LATENCY_EXAMPLES
     if skipped:
         validation["skipped"] = skipped
     return ValidationResult(validation, failures)

@@ -41,6 +41,7 @@ class ErrorCode(StrEnum):
     MISSING_QUESTION = "MISSING_QUESTION"
     INVALID_MAX_TOKENS = "INVALID_MAX_TOKENS"
     INVALID_TEXTS = "INVALID_TEXTS"
+    PROMPT_TOO_LONG = "PROMPT_TOO_LONG"  # a question/prompt/text over the model's limit in tokens
     # --- the image (4xx) ---------------------------------------------------------------------
     MISSING_IMAGE = "MISSING_IMAGE"
     INVALID_BASE64 = "INVALID_BASE64"
@@ -89,6 +90,7 @@ STATUS: dict[ErrorCode, int] = {
     ErrorCode.MISSING_QUESTION: 422,
     ErrorCode.INVALID_MAX_TOKENS: 422,
     ErrorCode.INVALID_TEXTS: 422,
+    ErrorCode.PROMPT_TOO_LONG: 422,
     ErrorCode.MISSING_IMAGE: 422,
     ErrorCode.INVALID_BASE64: 400,
     ErrorCode.INVALID_DATA_URI: 400,
