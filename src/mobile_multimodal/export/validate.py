@@ -31,7 +31,6 @@ from mobile_multimodal.data.easyvqa import EasyVQAUnavailable
 from mobile_multimodal.export.decode import Bundle, BundleModel
 from mobile_multimodal.export.formats import GraphRunner
 from mobile_multimodal.export.graphs import GraphSpec
-from mobile_multimodal.export.latency import LATENCY_EXAMPLES, task_latency
 from mobile_multimodal.model.llm import MobileMultiModalLLM
 from mobile_multimodal.training.evaluate import TASKS, evaluate_loaded
 
@@ -185,10 +184,6 @@ def validate_bundle(
         "tolerance": {"accuracy_relative": tolerance, "max_abs_diff": max_abs_diff_limit},
         "passed": not failures,
     }
-    # batch-1 latency of each task, in the runtime and in PyTorch eager on the same machine
-    validation["latency_s"] = task_latency(exported, run_tasks)
-    validation["reference_latency_s"] = task_latency(model, run_tasks)
-    validation["latency_examples"] = LATENCY_EXAMPLES
     if skipped:
         validation["skipped"] = skipped
     return ValidationResult(validation, failures)
