@@ -106,7 +106,7 @@ def test_auth_failures(db: Database, headers: dict[str, str], code: str, reason:
 
 def test_revoked_key(db: Database, caplog: pytest.LogCaptureFixture) -> None:
     key, record = create_key(db, "bob")
-    client = TestClient(make_app(db))
+    client = TestClient(make_app(db), client=("198.51.100.4", 4000))
     assert client.get("/whoami", headers={"X-API-Key": key}).status_code == 200
     revoke_key(db, record.id)
     before = value("auth_failures_total", reason="revoked")
@@ -115,13 +115,13 @@ def test_revoked_key(db: Database, caplog: pytest.LogCaptureFixture) -> None:
     assert r.status_code == 401 and r.json()["error"]["code"] == "REVOKED_API_KEY"
     assert value("auth_failures_total", reason="revoked") == before + 1
     row = audit_rows(db)[-1]
-    assert (row.user_id, row.details["key_id"], row.source_ip) == ("bob", record.id, "testclient")
+    assert (row.user_id, row.details["key_id"], row.source_ip) == ("bob", record.id, "198.51.100.4")
     # the same event on the audit logger, with the guide's fields
     (log,) = [r for r in caplog.records if getattr(r, "action", None) == "auth.authenticate"]
     assert (log.user_id, log.result, log.source_ip, log.resource) == (  # type: ignore[attr-defined]
         "bob",
         "failure",
-        "testclient",
+        "198.51.100.4",
         "GET /whoami",
     )
     assert log.audit_timestamp and log.details["code"] == "REVOKED_API_KEY"  # type: ignore[attr-defined]

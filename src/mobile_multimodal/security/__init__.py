@@ -27,6 +27,8 @@ from mobile_multimodal.security.keys import (
 )
 from mobile_multimodal.security.middleware import SecurityMiddleware
 from mobile_multimodal.security.ratelimit import RateLimit, RateLimiter
+from mobile_multimodal.security.source import client_ip, normalize_ip
+from mobile_multimodal.security.throttle import FailureAuditThrottle, SuppressedFailures
 
 __all__ = [
     "ANONYMOUS",
@@ -37,6 +39,7 @@ __all__ = [
     "AuditLog",
     "ConfigChange",
     "EventType",
+    "FailureAuditThrottle",
     "FileMismatch",
     "IntegrityMonitor",
     "IntegrityResult",
@@ -48,6 +51,8 @@ __all__ = [
     "SecurityContext",
     "SecurityError",
     "SecurityMiddleware",
+    "SuppressedFailures",
+    "client_ip",
     "count_security_event",
     "create_key",
     "extract_key",
@@ -56,6 +61,7 @@ __all__ = [
     "install_security",
     "list_keys",
     "lookup_key",
+    "normalize_ip",
     "record_config_state",
     "require_admin",
     "require_api_key",

@@ -26,6 +26,7 @@ from mobile_multimodal.security.audit import AuditLog
 from mobile_multimodal.security.context import ANONYMOUS, Principal, SecurityContext
 from mobile_multimodal.security.errors import SecurityError, security_error_handler
 from mobile_multimodal.security.middleware import SecurityMiddleware
+from mobile_multimodal.security.source import client_ip
 from mobile_multimodal.settings import Settings
 from mobile_multimodal.store import Database
 
@@ -53,7 +54,7 @@ def get_security(request: Request) -> SecurityContext:
 
 
 def _source_ip(request: Request) -> str:
-    return request.client.host if request.client else "unknown"
+    return client_ip(request.scope)
 
 
 def _resource(request: Request) -> str:

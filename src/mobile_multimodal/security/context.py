@@ -4,7 +4,9 @@ Holds the database, audit log, rate limiter and anomaly detector, and implements
 FastAPI dependencies in :mod:`.auth` and the middleware in :mod:`.middleware` do: authenticate
 a key, enforce its rate limit, decide admin access, and turn every refusal into the metrics
 (``auth_failures_total{reason}``, ``security_events_total{event_type}``), an audit event with
-the source IP, and a :class:`SecurityError` carrying the error code.
+the source IP, and a :class:`SecurityError` carrying the error code. Failed authentications are
+audited through a per-source throttle (throttle.py): every one is counted, the first few per
+window get a row each, the rest one summary row (:meth:`SecurityContext.flush_suppressed_audits`).
 
 Example::
 
@@ -28,6 +30,7 @@ from mobile_multimodal.security.audit import AuditLog, EventType, count_security
 from mobile_multimodal.security.errors import SecurityError
 from mobile_multimodal.security.keys import looks_like_key, lookup_key, touch_key
 from mobile_multimodal.security.ratelimit import RateLimiter
+from mobile_multimodal.security.throttle import FailureAuditThrottle, SuppressedFailures
 from mobile_multimodal.serving.errors import ErrorCode
 from mobile_multimodal.settings import Settings
 from mobile_multimodal.store import Database
@@ -86,6 +89,7 @@ class SecurityContext:
         limiter: RateLimiter | None = None,
         detector: AnomalyDetector | None = None,
         touch_interval_s: float = 60.0,
+        failure_audits: FailureAuditThrottle | None = None,
     ) -> None:
         self.settings = settings
         self.db = db
@@ -93,6 +97,9 @@ class SecurityContext:
         self.limiter = limiter or RateLimiter.from_settings(settings)
         self.detector = detector or AnomalyDetector.from_settings(settings)
         self.touch_interval_s = touch_interval_s
+        self.failure_audits = failure_audits or FailureAuditThrottle(
+            settings.auth_failure_audit_limit, settings.auth_failure_audit_window_s
+        )
         self._last_touch: dict[str, float] = {}
         self._last_limited_audit: dict[str, float] = {}
         self._lock = threading.Lock()
@@ -159,18 +166,48 @@ class SecurityContext:
         count_security_event(EventType.AUTHENTICATION_FAILURE)
         if admin_route:
             count_security_event(EventType.UNAUTHORIZED)
-        details = {"code": code.value, "reason": reason, "admin_route": admin_route}
-        if key_id is not None:
-            details["key_id"] = key_id
-        self.audit.record(
-            user_id=user_id,
-            action="auth.authenticate",
-            resource=resource,
-            result="failure",
-            source_ip=source_ip,
-            details=details,
-        )
+        admit, closed_window = self.failure_audits.admit(source_ip, reason, resource)
+        if closed_window is not None:
+            self._record_suppressed(closed_window)
+        if admit:
+            details = {"code": code.value, "reason": reason, "admin_route": admin_route}
+            if key_id is not None:
+                details["key_id"] = key_id
+            self.audit.record(
+                user_id=user_id,
+                action="auth.authenticate",
+                resource=resource,
+                result="failure",
+                source_ip=source_ip,
+                details=details,
+            )
         raise SecurityError(code, message)
+
+    def flush_suppressed_audits(self, *, final: bool = False) -> int:
+        """Write one summary row per source whose throttle window closed with failures not
+        audited one by one (every window with ``final``, at shutdown); returns how many."""
+        closed = self.failure_audits.closed_windows(final=final)
+        for window in closed:
+            self._record_suppressed(window)
+        return len(closed)
+
+    def _record_suppressed(self, window: SuppressedFailures) -> None:
+        self.audit.record(
+            user_id="anonymous",
+            action="auth.authenticate.suppressed",
+            resource=max(window.resources, key=window.resources.__getitem__),
+            result="failure",
+            source_ip=window.source_ip,
+            details={
+                "suppressed": window.count,
+                "reasons": window.reasons,
+                "resources": window.resources,
+                "window_s": window.window_s,
+                "first_at": window.first_at,
+                "last_at": window.last_at,
+                "audited_per_window": self.failure_audits.limit,
+            },
+        )
 
     def _maybe_touch(self, key_id: str) -> None:
         # last_used_at is a write: at most one per key per touch_interval_s, not one per request.

@@ -16,6 +16,7 @@ import asyncio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mobile_multimodal.security.context import SecurityContext
+from mobile_multimodal.security.source import client_ip
 from mobile_multimodal.serving.errors import ErrorCode, error_response
 
 
@@ -38,8 +39,7 @@ class SecurityMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        client = scope.get("client")
-        source_ip = str(client[0]) if client else "unknown"
+        source_ip = client_ip(scope)
         raw = scope.get("raw_path") or scope.get("path", "").encode()
         query = scope.get("query_string", b"")
         raw_path = raw.decode("latin-1") + ("?" + query.decode("latin-1") if query else "")

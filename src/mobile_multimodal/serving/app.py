@@ -32,13 +32,13 @@ from mobile_multimodal.observability import Observability
 from mobile_multimodal.observability.health import HealthChecker
 from mobile_multimodal.observability.identity import SERVICE_NAME, service_version
 from mobile_multimodal.security.auth import install_security
-from mobile_multimodal.serving.auth import build_authenticator
+from mobile_multimodal.serving.auth import KeyBeforeBodyMiddleware, build_authenticator
 from mobile_multimodal.serving.background import BackgroundDuties
 from mobile_multimodal.serving.body_limit import BodyLimitMiddleware
 from mobile_multimodal.serving.engine import InferenceEngine, ModelLoader, default_loader
 from mobile_multimodal.serving.errors import ErrorCode, install_error_handlers
 from mobile_multimodal.serving.openapi import install_openapi
-from mobile_multimodal.serving.routers import health, inference, openai_compat
+from mobile_multimodal.serving.routers import export, health, inference, openai_compat
 from mobile_multimodal.settings import Settings, get_settings
 from mobile_multimodal.store import Database
 from mobile_multimodal.store.database import DatabaseError
@@ -118,10 +118,13 @@ def create_app(
     app.include_router(inference.router)
     app.include_router(openai_compat.router)
     app.include_router(health.router)
+    app.include_router(export.router)  # admin keys only (its own dependency)
     # Added first = innermost; the observability middleware (added last) wraps everything and
     # so also counts and traces the 413s and 401s of the layers inside it. SecurityMiddleware
     # refuses a declared Content-Length over the limit; BodyLimitMiddleware inside it counts
     # chunked bodies and reports an oversized one to app.state.security as an anomaly.
+    # KeyBeforeBodyMiddleware (innermost) checks a keyed route's API key before its body is read.
+    app.add_middleware(KeyBeforeBodyMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     security = install_security(app, settings, database) if database is not None else None
     observability.install(app)

@@ -9,6 +9,8 @@ Started by the app's lifespan, stopped at shutdown (before the database is close
   (``model_integrity_ok``, ``model_integrity_last_check_timestamp_seconds``, and per tampering
   incident ``model_integrity_failures_total``, ``security_events_total{event_type="model_tampering"}``
   and an audit row);
+* failed authentications the audit throttle held back (security/throttle.py) are written as one
+  summary row per source every ``MOBILE_MM_AUTH_FAILURE_AUDIT_WINDOW_S``, and at shutdown;
 * :class:`~mobile_multimodal.store.BackupMetricsSync` mirrors the ``backup_runs`` table into
   ``backup_last_success_timestamp_seconds`` / ``backup_failures_total`` every
   ``MOBILE_MM_BACKUP_SYNC_INTERVAL_S``, so a ``mobile-mm db backup`` run by cron (another
@@ -75,6 +77,7 @@ class BackgroundDuties:
         self.database = database
         # Without a database there is no security context; audit events then go to the log only.
         self.audit = security.audit if security is not None else AuditLog(None)
+        self.security = security
         self.leader = leader or WorkerLeader.for_this_process()
         self.monitor: IntegrityMonitor | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -86,12 +89,16 @@ class BackgroundDuties:
         self._spawn(self._watch_model(), "start-integrity-monitor")
         if self.database is not None:
             self._spawn(self._sync_backups(self.database), "backup-metrics-sync")
+        if self.security is not None:
+            self._spawn(self._flush_suppressed_audits(self.security), "suppressed-audit-flush")
 
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)  # a crash was logged already
         self._tasks.clear()
+        if self.security is not None:  # what the throttle still holds goes to the trail now
+            await asyncio.to_thread(self.security.flush_suppressed_audits, final=True)
         if self.monitor is not None:
             await self.monitor.stop()
         self.leader.release()
@@ -144,6 +151,12 @@ class BackgroundDuties:
             log.error("no integrity checks: invalid manifest in %s: %s", model_dir, exc)
             return
         self.monitor.start(self.settings.integrity_check_interval_s)
+
+    async def _flush_suppressed_audits(self, security: SecurityContext) -> None:
+        interval = self.settings.auth_failure_audit_window_s
+        while True:
+            await asyncio.sleep(interval)
+            await asyncio.to_thread(security.flush_suppressed_audits)
 
     async def _sync_backups(self, database: Database) -> None:
         interval = self.settings.backup_sync_interval_s

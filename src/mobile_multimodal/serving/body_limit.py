@@ -23,7 +23,7 @@ import asyncio
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from mobile_multimodal.security import Anomaly, EventType, SecurityContext, count_security_event
+from mobile_multimodal.security import Anomaly, EventType, SecurityContext, client_ip, count_security_event
 from mobile_multimodal.serving.errors import ErrorCode, error_response
 
 
@@ -75,10 +75,9 @@ class BodyLimitMiddleware:
 
 
 async def _report_oversized(scope: Scope, received: int, max_bytes: int) -> None:
-    client = scope.get("client")
     anomaly = Anomaly(
         "oversized_body",
-        str(client[0]) if client else "unknown",
+        client_ip(scope),
         f"chunked body passed {max_bytes} bytes ({received} received) without a Content-Length",
     )
     app = scope.get("app")

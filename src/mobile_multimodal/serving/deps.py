@@ -4,8 +4,13 @@ The guide's inference trace starts with *authentication*, so the ``model_inferen
 exist before the API key is checked. FastAPI resolves dependencies in parameter order, so
 :func:`inference_span` (first) opens the span and :func:`authenticated` (second) runs the key
 check as its ``authentication`` child; the handler then makes the span current for the later
-stages. Auth failures thus show up in the trace, and a request without a valid key is refused
-before its body is validated or decoded.
+stages. Auth failures thus show up in the trace.
+
+FastAPI reads and parses a route's JSON body *before* it solves dependencies, so on its own it
+would answer a bad key with a malformed body 400, having read all of it. ``auth.py``'s
+:class:`~mobile_multimodal.serving.auth.KeyBeforeBodyMiddleware` therefore runs both functions
+below when the route first asks for its body: both are idempotent per request, so when FastAPI
+then calls them as dependencies they hand back the span and principal already made.
 
 Example::
 
@@ -62,11 +67,19 @@ def get_settings_dep(request: Request) -> Settings:
     return settings
 
 
+def open_inference_span(request: Request) -> Span:
+    """The request's ``model_inference`` span (child of the HTTP server span), opened on first call."""
+    span: Span | None = getattr(request.state, "inference_span", None)
+    if span is None:
+        request.state.started = time.perf_counter()
+        span = start_span("model_inference")
+        request.state.inference_span = span
+    return span
+
+
 async def inference_span(request: Request) -> AsyncIterator[Span]:
-    """Open ``model_inference`` (child of the HTTP server span); end it however the request ends."""
-    request.state.started = time.perf_counter()
-    span = start_span("model_inference")
-    request.state.inference_span = span
+    """Open ``model_inference`` (or take the one opened already); end it however the request ends."""
+    span = open_inference_span(request)
     try:
         yield span
     except BaseException as exc:
@@ -79,6 +92,9 @@ async def inference_span(request: Request) -> AsyncIterator[Span]:
 
 async def authenticated(request: Request) -> Principal:
     """Check the API key inside the ``authentication`` stage of the request's inference span."""
+    done: Principal | None = getattr(request.state, "authenticated_principal", None)
+    if done is not None:  # checked already, before the body was read
+        return done
     authenticate: Authenticator = request.app.state.authenticate
     span: Span | None = getattr(request.state, "inference_span", None)
     parent = trace.set_span_in_context(span) if span is not None else None
@@ -89,4 +105,5 @@ async def authenticated(request: Request) -> Principal:
         principal = await authenticate(request)
         auth_span.set_attribute("user.type", principal.user_type)
     annotate_request(user_id=principal.user_id, user_type=principal.user_type)
+    request.state.authenticated_principal = principal
     return principal
