@@ -16,6 +16,9 @@ clients just answered are likely sending their next request). So a lone client i
 once instead of idling ``max_wait_s`` per request, while a busy service keeps its batches full
 instead of alternating a batch of one (the first client back) with a batch of the rest.
 
+A batch that raises is not the end of its requests: each is run again alone, so only the one
+the model refuses gets the error, never the strangers it was batched with.
+
 Backpressure: at most ``max_queue`` requests wait; the next is refused at once with
 :class:`QueueFullError` (the route answers 503 + Retry-After) rather than queueing without bound.
 A request that times out while still queued is removed and never runs.
@@ -223,6 +226,31 @@ class DynamicBatcher(Generic[KeyT, ItemT, ResultT]):
                 await self._run(key, batch)
 
     async def _run(self, key: KeyT, batch: list[_Pending[ItemT]]) -> None:
+        """Run a batch; if it raises, run each of its requests alone, so that one bad request
+        (an input the model refuses, say) fails alone and its batch-mates still get results."""
+        try:
+            results, start, run_s = await self._call(key, batch)
+        except Exception as exc:
+            if len(batch) == 1:
+                if not batch[0].future.done():
+                    batch[0].future.set_exception(exc)
+                return
+            log.warning(
+                "a batch of %d %s requests failed (%s); running each alone",
+                len(batch),
+                self._label(key),
+                type(exc).__name__,
+            )
+            for p in batch:
+                if not p.future.done():  # one that gave up meanwhile is not run again
+                    await self._run(key, [p])
+            return
+        for p, result in zip(batch, results, strict=True):
+            if not p.future.done():
+                p.future.set_result(BatchOutcome(result, len(batch), start - p.enqueued, run_s))
+
+    async def _call(self, key: KeyT, batch: list[_Pending[ItemT]]) -> tuple[list[ResultT], float, float]:
+        """One ``run_batch`` call in the executor, with its metrics: (results, start, run_s)."""
         loop = asyncio.get_running_loop()
         items = [p.item for p in batch]
         start = time.perf_counter()
@@ -230,11 +258,6 @@ class DynamicBatcher(Generic[KeyT, ItemT, ResultT]):
             results = await loop.run_in_executor(self._executor, self._run_batch, key, items)
             if len(results) != len(items):
                 raise RuntimeError(f"run_batch returned {len(results)} results for {len(items)} items")
-        except Exception as exc:
-            for p in batch:
-                if not p.future.done():
-                    p.future.set_exception(exc)
-            return
         finally:
             run_s = time.perf_counter() - start
             metrics.BATCH_DURATION.labels(metrics.batch_size_label(len(batch)), self._label(key)).observe(
@@ -244,6 +267,4 @@ class DynamicBatcher(Generic[KeyT, ItemT, ResultT]):
             self.largest_batch = max(self.largest_batch, len(batch))
             self._last_batch_size = len(batch)
             self._last_batch_end = time.perf_counter()
-        for p, result in zip(batch, results, strict=True):
-            if not p.future.done():
-                p.future.set_result(BatchOutcome(result, len(batch), start - p.enqueued, run_s))
+        return results, start, run_s

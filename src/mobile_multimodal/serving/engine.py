@@ -5,6 +5,10 @@ event loop keeps answering ``/alive``, ``/ready`` and ``/metrics`` during infere
 is never called from two threads at once. Loading runs in that thread too, in the background: the
 service answers ``/alive`` at once and ``/ready`` with 503 until load *and* warm-up succeeded.
 
+A request that gives up (timeout, or the client went away) sets its job's ``cancelled`` event;
+the decoder reads it before every token, so an abandoned job frees the model thread at its next
+step instead of running to the end, and shutdown never waits for work nobody wants.
+
 Example::
 
     engine = InferenceEngine(settings, loader=lambda s: MobileMultiModalLLM.from_pretrained(s.model))
@@ -18,10 +22,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 import numpy as np
@@ -40,11 +45,23 @@ class ServableModel(Protocol):
     """What the engine needs of a model (``MobileMultiModalLLM`` provides it)."""
 
     quantization: str
-    tokenizer: Any  # .encode(text) -> ids, .prompt(task, question) -> ids (usage counts)
+    tokenizer: Any  # .encode(text) -> ids, .count(text, stop_after) -> int, .prompt(task, question) -> ids
 
-    def generate_captions(self, images: list[Any], max_tokens: int = 32) -> list[str]: ...
+    @property
+    def max_question_tokens(self) -> int: ...
+    @property
+    def max_text_tokens(self) -> int: ...
+    def generate_captions(
+        self, images: list[Any], max_tokens: int = 32, stop: Sequence[threading.Event] | None = None
+    ) -> list[str]: ...
     def extract_texts(self, images: list[Any]) -> list[str]: ...
-    def answer_questions(self, images: list[Any], questions: list[str], max_tokens: int = 8) -> list[str]: ...
+    def answer_questions(
+        self,
+        images: list[Any],
+        questions: list[str],
+        max_tokens: int = 8,
+        stop: Sequence[threading.Event] | None = None,
+    ) -> list[str]: ...
     def get_image_embeddings(self, images: list[Any]) -> np.ndarray: ...
     def get_text_embeddings(self, texts: list[str]) -> np.ndarray: ...
     def get_model_info(self) -> dict[str, Any]: ...
@@ -84,27 +101,43 @@ def configure_torch_threads(workers: int, requested: int = 0) -> int:
 
 @dataclass(frozen=True)
 class Job:
-    """One request's inputs (the image is already decoded and validated)."""
+    """One request's inputs (the image is already decoded and validated). ``cancelled`` is set
+    when its request gave up: the model stops working on it at its next decode step."""
 
     image: Any
     question: str | None = None
     texts: tuple[str, ...] | None = None
+    cancelled: threading.Event = field(default_factory=threading.Event, compare=False, repr=False)
 
 
 BatchKey = tuple[str, int]  # (task, max_tokens): only these requests can share a forward pass
 
 
 def run_batch(model: ServableModel, key: BatchKey, jobs: list[Job]) -> list[dict[str, Any]]:
-    """Run one batch of one task through the model; one result dict per job, in order."""
+    """Run one batch of one task through the model; one result dict per job, in order.
+
+    Jobs cancelled before the batch starts are not run at all (their result is an empty dict
+    that nobody reads: their requests have already been answered)."""
+    live = [i for i, j in enumerate(jobs) if not j.cancelled.is_set()]
+    results: list[dict[str, Any]] = [{} for _ in jobs]
+    if live:
+        for i, result in zip(live, _run_jobs(model, key, [jobs[i] for i in live]), strict=True):
+            results[i] = result
+    return results
+
+
+def _run_jobs(model: ServableModel, key: BatchKey, jobs: list[Job]) -> list[dict[str, Any]]:
     task, max_tokens = key
     images = [j.image for j in jobs]
+    stop = [j.cancelled for j in jobs]
     if task == "captioning":
-        return [{"caption": c} for c in model.generate_captions(images, max_tokens=max_tokens)]
+        return [{"caption": c} for c in model.generate_captions(images, max_tokens=max_tokens, stop=stop)]
     if task == "ocr":
         return [{"text": t} for t in model.extract_texts(images)]
     if task == "vqa":
         questions = [j.question or "" for j in jobs]
-        return [{"answer": a} for a in model.answer_questions(images, questions, max_tokens=max_tokens)]
+        answers = model.answer_questions(images, questions, max_tokens=max_tokens, stop=stop)
+        return [{"answer": a} for a in answers]
     if task == "retrieval":
         image_emb = model.get_image_embeddings(images)  # (N, D), L2-normalised
         all_texts = [t for j in jobs for t in (j.texts or ())]
@@ -186,7 +219,8 @@ class InferenceEngine:
         return self.ready
 
     async def stop(self) -> None:
-        """Finish queued requests, then release the worker thread."""
+        """Finish queued requests, then release the worker thread. Requests that gave up are
+        skipped if queued and stop at their next token if running, so this waits for none of them."""
         if self._load_task is not None and not self._load_task.done():
             self._load_task.cancel()
         await self.batcher.close()
@@ -253,7 +287,13 @@ class InferenceEngine:
     async def infer(self, task: str, job: Job, max_tokens: int) -> BatchOutcome[dict[str, Any]]:
         """Queue one job; raises QueueFullError, BatcherClosedError, TimeoutError or the model's error."""
         key: BatchKey = (task, max_tokens if task in ("captioning", "vqa") else 0)
-        return await self.batcher.submit(key, job, timeout=self.settings.request_timeout_s)
+        try:
+            return await self.batcher.submit(key, job, timeout=self.settings.request_timeout_s)
+        except BaseException:
+            # timed out, the client went away (CancelledError) or the batch failed: either way
+            # nobody waits for this job any more, so its decoding stops at the next token
+            job.cancelled.set()
+            raise
 
     def describe(self) -> dict[str, str]:
         """name, version, quantization of the loaded model (what responses report)."""

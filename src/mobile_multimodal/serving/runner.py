@@ -3,6 +3,9 @@
 ``POST /inference`` and ``POST /v1/chat/completions`` differ in their bodies only; from "is the
 model ready" to "the batch returned" they are the same, and they move the same metrics.
 
+Prompt sizes are checked here too, in tokens, against the loaded model's limits
+(:func:`check_prompt`), before the image is decoded and long before any tensor is built.
+
 Example::
 
     outcome = await run_inference(engine, "captioning", 32, preprocess, user_type="free")
@@ -13,9 +16,10 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+from mobile_multimodal.model.errors import PromptTooLongError
 from mobile_multimodal.observability import metrics
 from mobile_multimodal.observability.context import annotate_request
 from mobile_multimodal.observability.tracing import leaf_stage, trace_exemplar
@@ -67,6 +71,33 @@ def require_ready(engine: InferenceEngine) -> None:
     raise ServiceError(ErrorCode.SHUTTING_DOWN, "the server is shutting down", headers={"Retry-After": "5"})
 
 
+def _too_long(what: str, tokens: int, limit: int) -> ServiceError:
+    count = f"more than {limit}" if tokens > limit else str(tokens)
+    return ServiceError(
+        ErrorCode.PROMPT_TOO_LONG,
+        f"{what} has {count} tokens (words and ? , :); the model accepts at most {limit} tokens",
+    )
+
+
+def check_prompt(engine: InferenceEngine, question: str | None, texts: Sequence[str] = ()) -> None:
+    """Refuse a question or retrieval text over the model's limit in tokens (422 PROMPT_TOO_LONG).
+
+    Counting stops one token past the limit, so a huge text costs no more than a short one."""
+    model = engine.model
+    if model is None:
+        return  # require_ready answered already; nothing runs without a model
+    if question is not None:
+        limit = model.max_question_tokens
+        n = model.tokenizer.count(question, stop_after=limit)
+        if n > limit:
+            raise _too_long("the question", n, limit)
+    for i, text in enumerate(texts):
+        limit = model.max_text_tokens
+        n = model.tokenizer.count(text, stop_after=limit)
+        if n > limit:
+            raise _too_long(f"texts[{i}]", n, limit)
+
+
 async def submit(
     engine: InferenceEngine, task: str, job: Job, max_tokens: int
 ) -> BatchOutcome[dict[str, Any]]:
@@ -88,6 +119,8 @@ async def submit(
             ErrorCode.REQUEST_TIMEOUT,
             f"no result within {engine.settings.request_timeout_s:g} s (MOBILE_MM_REQUEST_TIMEOUT_S)",
         ) from exc
+    except PromptTooLongError as exc:  # check_prompt's limits are the model's own: a second line
+        raise _too_long("the prompt", exc.tokens, exc.limit) from exc
     except Exception as exc:  # the model raised: the client gets a 500 with a trace id, never a traceback
         log.exception("inference failed for task %s", task)
         raise ServiceError(ErrorCode.INFERENCE_FAILED, f"inference failed: {type(exc).__name__}") from exc

@@ -27,6 +27,10 @@ DEFAULT_MAX_TOKENS: dict[str, int] = {"captioning": 32, "ocr": 24, "vqa": 8}
 MAX_TEXTS = 64
 MAX_TEXT_CHARS = 256
 MAX_QUESTION_CHARS = 512
+# The text of a chat request's user turn. Tokens are what the model limits (the loaded model's
+# max_question_tokens / max_text_tokens, checked in runner.check_prompt); characters bound the
+# work of reading the text (task rule, token count) before that check.
+MAX_PROMPT_CHARS = 2048
 
 
 class InferenceRequest(BaseModel):

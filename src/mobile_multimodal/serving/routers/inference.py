@@ -17,7 +17,6 @@ import json
 import time
 from typing import Any
 
-import anyio
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from opentelemetry import trace
@@ -28,24 +27,14 @@ from mobile_multimodal.observability.tracing import current_trace_id, leaf_stage
 from mobile_multimodal.serving.batcher import BatchOutcome
 from mobile_multimodal.serving.deps import Principal, authenticated, get_engine, inference_span
 from mobile_multimodal.serving.engine import InferenceEngine, Job
-from mobile_multimodal.serving.images import decode_image
+from mobile_multimodal.serving.images import decode_image_async
 from mobile_multimodal.serving.openapi import error_responses
-from mobile_multimodal.serving.runner import image_limits, run_inference
+from mobile_multimodal.serving.runner import check_prompt, image_limits, run_inference
 from mobile_multimodal.serving.schemas import InferenceRequest, InferenceResponse
 
 router = APIRouter(tags=["inference"])
 
-# Images bigger than this are decoded in a worker thread so the event loop stays responsive.
-_INLINE_DECODE_CHARS = 256 * 1024
-
 _RESPONSES = error_responses(400, 401, 403, 413, 415, 422, 429, 500, 503, 504)
-
-
-async def _decode(request: InferenceRequest, engine: InferenceEngine) -> Any:
-    limits = image_limits(engine.settings)
-    if len(request.image) <= _INLINE_DECODE_CHARS:
-        return decode_image(request.image, limits)
-    return await anyio.to_thread.run_sync(decode_image, request.image, limits)
 
 
 async def _handle(
@@ -66,7 +55,9 @@ async def _handle(
         )
 
         async def preprocess() -> Job:
-            image = await _decode(body, engine)
+            # tokens first: a too-long question costs a count, not an image decode
+            check_prompt(engine, body.question if task == "vqa" else None, body.texts or ())
+            image = await decode_image_async(body.image, image_limits(engine.settings))
             texts = tuple(body.texts) if body.texts else None
             return Job(image=image, question=body.question, texts=texts)
 

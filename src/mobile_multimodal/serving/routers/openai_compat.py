@@ -12,6 +12,10 @@ Which task runs is read from the text of the last user message (the one carrying
    does, do, can, who, why, when, count* → **vqa**, the text being the question;
 3. else → **captioning** (also when there is no text at all).
 
+Limits: the user turn's text may have at most ``MAX_PROMPT_CHARS`` characters, and a question
+(vqa) at most the model's ``max_question_tokens`` tokens; over either is 422 ``PROMPT_TOO_LONG``
+(with or without ``stream``), answered before the image is decoded.
+
 Decoding is greedy, so ``temperature`` and ``top_p`` are accepted and have no effect; ``n`` must
 be 1. With ``stream: true`` the answer is generated in one batched pass and then sent as one
 chunk per word. ``usage`` counts the model's own tokens: prompt tokens the decoder reads
@@ -46,10 +50,10 @@ from mobile_multimodal.observability.tracing import current_trace_id, leaf_stage
 from mobile_multimodal.serving.deps import Principal, authenticated, get_engine, inference_span
 from mobile_multimodal.serving.engine import InferenceEngine, Job
 from mobile_multimodal.serving.errors import ErrorCode, ServiceError
-from mobile_multimodal.serving.images import decode_image
+from mobile_multimodal.serving.images import decode_image_async
 from mobile_multimodal.serving.openapi import error_responses
-from mobile_multimodal.serving.runner import image_limits, run_inference
-from mobile_multimodal.serving.schemas import DEFAULT_MAX_TOKENS, MAX_TOKENS_LIMIT
+from mobile_multimodal.serving.runner import check_prompt, image_limits, run_inference
+from mobile_multimodal.serving.schemas import DEFAULT_MAX_TOKENS, MAX_PROMPT_CHARS, MAX_TOKENS_LIMIT
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 
@@ -170,6 +174,12 @@ def _last_user_turn(messages: list[ChatMessage]) -> tuple[str, str]:
         if len(images) > 1:
             raise ServiceError(ErrorCode.UNSUPPORTED_PARAMETER, "one image per message is supported")
         text = " ".join(p.text for p in message.content if isinstance(p, TextPart))
+        if len(text) > MAX_PROMPT_CHARS:
+            raise ServiceError(
+                ErrorCode.PROMPT_TOO_LONG,
+                f"the message's text is {len(text)} characters; the limit is {MAX_PROMPT_CHARS} "
+                "characters (and a question's, the model's limit in tokens)",
+            )
         return text, images[0]
     raise ServiceError(
         ErrorCode.MISSING_IMAGE,
@@ -263,7 +273,9 @@ async def chat_completions(
         )
 
         async def preprocess() -> Job:
-            return Job(image=decode_image(image_uri, image_limits(engine.settings)), question=question)
+            check_prompt(engine, question)  # before the image: a refusal should cost nothing
+            image = await decode_image_async(image_uri, image_limits(engine.settings))
+            return Job(image=image, question=question)
 
         outcome = await run_inference(engine, task, max_tokens, preprocess, user_type=principal.user_type)
         with leaf_stage("postprocessing"):
