@@ -32,6 +32,9 @@ class ExportErrorCode(StrEnum):
     EXPORT_CONVERSION_FAILED = "EXPORT_CONVERSION_FAILED"  # the toolchain rejected a graph
     EXPORT_VALIDATION_FAILED = "EXPORT_VALIDATION_FAILED"  # the artifact disagrees with PyTorch
     EXPORT_INTERRUPTED = "EXPORT_INTERRUPTED"  # Ctrl-C / SIGTERM during the export
+    # --- POST /export jobs (the child process that runs the export) ------------------------------
+    EXPORT_TIMEOUT = "EXPORT_TIMEOUT"  # ran past MOBILE_MM_EXPORT_TIMEOUT_S and was stopped
+    EXPORT_PROCESS_FAILED = "EXPORT_PROCESS_FAILED"  # died without recording an outcome (killed, OOM)
 
 
 class ExportError(RuntimeError):
