@@ -63,6 +63,10 @@ class ErrorCode(StrEnum):
     REVOKED_API_KEY = "REVOKED_API_KEY"  # a real key that `mobile-mm keys revoke` revoked
     FORBIDDEN = "FORBIDDEN"  # authenticated, but not allowed here (admin routes)
     RATE_LIMITED = "RATE_LIMITED"  # the key's token bucket is empty; see Retry-After
+    # --- mobile export (POST /export): errors.ExportErrorCode's refusals, as HTTP answers ----------
+    UNSUPPORTED_PLATFORM_FORMAT = "UNSUPPORTED_PLATFORM_FORMAT"  # e.g. coreml for android
+    EXPORT_DEPENDENCY_MISSING = "EXPORT_DEPENDENCY_MISSING"  # this server lacks the format's toolchain
+    EXPORT_IN_PROGRESS = "EXPORT_IN_PROGRESS"  # one export at a time; see Retry-After
     # --- the service (5xx) -------------------------------------------------------------------
     OVERLOADED = "OVERLOADED"
     MODEL_NOT_READY = "MODEL_NOT_READY"
@@ -108,6 +112,9 @@ STATUS: dict[ErrorCode, int] = {
     ErrorCode.REVOKED_API_KEY: 401,
     ErrorCode.FORBIDDEN: 403,
     ErrorCode.RATE_LIMITED: 429,
+    ErrorCode.UNSUPPORTED_PLATFORM_FORMAT: 422,
+    ErrorCode.EXPORT_DEPENDENCY_MISSING: 422,
+    ErrorCode.EXPORT_IN_PROGRESS: 409,
     ErrorCode.OVERLOADED: 503,
     ErrorCode.MODEL_NOT_READY: 503,
     ErrorCode.REQUEST_TIMEOUT: 504,
