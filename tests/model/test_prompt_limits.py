@@ -152,3 +152,10 @@ def test_a_batch_whose_rows_are_all_stopped_stops_computing(tiny_model: MobileMu
         assert steps.calls == 0  # nothing decoded for rows nobody wants
     finally:
         steps.close()
+
+
+def test_the_bundled_model_limits_are_the_ones_the_readme_states(bundled_model: MobileMultiModalLLM) -> None:
+    """README "Request limits": 36 question tokens, 48 per retrieval text, for the bundled model."""
+    assert bundled_model.config.max_text_len == 48
+    assert bundled_model.max_question_tokens == 36
+    assert bundled_model.max_text_tokens == 48
