@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -20,13 +21,23 @@ class Recorder:
         self.batches: list[tuple[str, list[int]]] = []
         self.delay_s = delay_s
         self.gate = gate
+        self.started = threading.Event()  # set when the first batch has begun
 
     def __call__(self, key: str, items: list[int]) -> list[int]:
+        self.started.set()
         if self.gate is not None:
-            self.gate.wait(10)
+            self.gate.wait(60)  # (the tests always open it; the bound only matters when one fails)
         time.sleep(self.delay_s)
         self.batches.append((key, list(items)))
         return [x * 2 for x in items]
+
+
+async def _until(condition: Callable[[], bool], timeout_s: float = 60) -> None:
+    """Wait, without blocking the event loop, until ``condition()`` holds (60 s at most: a failure)."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.005)
 
 
 def _batcher(run: Recorder, **kw: float) -> DynamicBatcher[str, int, int]:
@@ -103,13 +114,14 @@ def test_different_keys_never_share_a_batch() -> None:
 def test_full_queue_is_refused_at_once_and_counted() -> None:
     async def main() -> None:
         gate = threading.Event()
-        b = _batcher(Recorder(gate=gate), max_batch_size=1, max_wait_s=0, max_queue=3)
+        run = Recorder(gate=gate)
+        b = _batcher(run, max_batch_size=1, max_wait_s=0, max_queue=3)
         await b.start()
         before = metrics.QUEUE_REJECTIONS.labels("t")._value.get()
-        first = asyncio.create_task(b.submit("t", 0, timeout=10))
-        await asyncio.sleep(0.05)  # the first is now running (blocked on the gate), not queued
-        queued = [asyncio.create_task(b.submit("t", i, timeout=10)) for i in range(1, 4)]
-        await asyncio.sleep(0.01)
+        first = asyncio.create_task(b.submit("t", 0, timeout=60))
+        await _until(run.started.is_set)  # the first is running (blocked on the gate), not queued
+        queued = [asyncio.create_task(b.submit("t", i, timeout=60)) for i in range(1, 4)]
+        await asyncio.sleep(0)  # each queues its request
         assert b.depth == 3
         assert metrics.QUEUE_DEPTH.labels("t")._value.get() == 3
         with pytest.raises(QueueFullError):
@@ -130,8 +142,8 @@ def test_a_request_that_times_out_in_the_queue_never_runs() -> None:
         run = Recorder(gate=gate)
         b = _batcher(run, max_batch_size=1, max_wait_s=0)
         await b.start()
-        blocker = asyncio.create_task(b.submit("t", 1, timeout=10))
-        await asyncio.sleep(0.05)
+        blocker = asyncio.create_task(b.submit("t", 1, timeout=60))
+        await _until(run.started.is_set)  # the blocker is running (blocked on the gate), not queued
         with pytest.raises(TimeoutError):
             await b.submit("t", 2, timeout=0.05)
         assert b.depth == 0
