@@ -4,7 +4,7 @@
     python monitoring/grafana/build_dashboards.py --check   # exit 1 if a file differs
 
 The JSON files are what Grafana provisions and what is committed; this script and its modules
-(panels.py, app_dashboards.py, platform_dashboards.py) are their source,
+(panels.py, app_dashboards.py, platform_dashboards.py, export_dashboard.py) are their source,
 so units, colours, thresholds and template variables stay the same on every panel. Queries use
 only metric names the app exposes (src/mobile_multimodal/observability/metrics.py) or the
 standard exporters (node-exporter, Prometheus, Alertmanager, the Python process collector).
@@ -19,7 +19,8 @@ import sys
 from pathlib import Path
 
 from app_dashboards import model_performance, overview
-from platform_dashboards import infrastructure, mobile_export
+from export_dashboard import mobile_export
+from platform_dashboards import infrastructure
 
 OUT_DIR = Path(__file__).resolve().parent / "dashboards"
 

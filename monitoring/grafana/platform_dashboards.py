@@ -1,4 +1,4 @@
-"""The Infrastructure Monitoring and Mobile Export Monitoring dashboards."""
+"""The Infrastructure Monitoring dashboard (Mobile Export Monitoring: export_dashboard.py)."""
 
 from __future__ import annotations
 
@@ -7,13 +7,9 @@ from panels import (
     BACKUP_AGE,
     CPU,
     DISK_USED,
-    EXPORT_TIME,
     LATENCY,
-    LOGS,
     MEMORY,
     NODE,
-    NONE,
-    QUANT_LOSS,
     UP_MAPPINGS,
     Dashboard,
     quantile,
@@ -191,109 +187,5 @@ def infrastructure() -> Dashboard:
         ],
         "short",
         w=8,
-    )
-    return d
-
-
-def mobile_export() -> Dashboard:
-    d = Dashboard(
-        "mobile-mm-export",
-        "Mobile Export Monitoring",
-        "Export success rates, model size trends, platform-specific metrics and comparisons.",
-        ["mobile-multimodal-llm", "export"],
-    )
-    done = f"sum(increase(mobile_export_duration_seconds_count{{{APP}}}[24h]))"
-    failed = f"(sum(increase(mobile_export_failures_total{{{APP}}}[24h])) or vector(0))"
-    per_combination = "sum by (platform, quantization) (increase"
-    d.row("Success")
-    d.stat(
-        "Export success rate (24h)",
-        "Successful exports / all exports in the last 24 hours.",
-        [target(f"{done} / ({done} + {failed})", "success rate")],
-        "percentunit",
-        thresholds((0.9, "orange"), (0.99, "green"), base="red"),
-        w=6,
-        h=8,
-    )
-    d.timeseries(
-        "Exports by platform",
-        "Successful exports per hour.",
-        [
-            target(
-                f"sum by (platform) (increase(mobile_export_duration_seconds_count{{{APP}}}[1h]))",
-                "{{platform}}",
-            )
-        ],
-        "short",
-        colours=["android", "ios"],
-        w=9,
-    )
-    d.timeseries(
-        "Export failures",
-        "Failed exports per hour (MobileExportFailures).",
-        [
-            target(
-                f"sum by (platform, quantization) (increase(mobile_export_failures_total{{{APP}}}[1h]))",
-                "{{platform}} {{quantization}}",
-            )
-        ],
-        "short",
-        w=9,
-    )
-    d.row("Duration and size")
-    d.timeseries(
-        "Export duration p95 by platform",
-        "Target below 1 min; SlowMobileExport above 5 min.",
-        [
-            target(
-                quantile(0.95, "mobile_export_duration_seconds", APP, "platform", window="1h"), "{{platform}}"
-            )
-        ],
-        "s",
-        EXPORT_TIME,
-        colours=["android", "ios"],
-    )
-    d.timeseries(
-        "Exported model size",
-        "Bytes of the last exported artifact set.",
-        [target(f"mobile_export_size_bytes{{{APP}}}", "{{platform}} {{quantization}}")],
-        "bytes",
-    )
-    d.row("Platform comparison")
-    d.bargauge(
-        "Size by platform and quantization",
-        "Latest export size of each combination.",
-        [target(f"mobile_export_size_bytes{{{APP}}}", "{{platform}} {{quantization}}", instant=True)],
-        "bytes",
-        NONE,
-        w=8,
-    )
-    d.table(
-        "Mean export time (24h)",
-        "Mean duration per platform and quantization.",
-        [
-            target(
-                f"{per_combination}(mobile_export_duration_seconds_sum{{{APP}}}[24h]))"
-                f" / {per_combination}(mobile_export_duration_seconds_count{{{APP}}}[24h]))",
-                "",
-                instant=True,
-                fmt="table",
-            )
-        ],
-        unit="s",
-        w=8,
-    )
-    d.bargauge(
-        "Quantization accuracy loss",
-        "The accuracy price of each quantization level; alert above 5%.",
-        [target(f"quantization_accuracy_loss{{{APP}}}", "{{quantization_type}} {{task}}", instant=True)],
-        "percentunit",
-        QUANT_LOSS,
-        w=8,
-    )
-    d.logs(
-        "Export logs",
-        "The guide's query: every log line of a mobile export.",
-        f'{LOGS} | json | operation="mobile_export"',
     )
     return d

@@ -64,6 +64,7 @@ def test_default_and_profiles(resolved: dict[str, Any]) -> None:
         "promtail",
         "alertmanager",
         "node-exporter",
+        "pushgateway",
     }
     assert profiles["app-gpu"] == ("gpu",)
 
@@ -107,6 +108,7 @@ def test_app_gpu(resolved: dict[str, Any]) -> None:
         ("alertmanager", 9093),
         ("loki", 3100),
         ("node-exporter", 9100),
+        ("pushgateway", 9091),
     ],
 )
 def test_monitoring_services(resolved: dict[str, Any], service: str, port: int) -> None:

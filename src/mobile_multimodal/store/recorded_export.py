@@ -10,8 +10,14 @@ explains why the history and not this process's counters).
 A request refused before any work (an unknown platform, Core ML for Android) raises at once and
 is not recorded: nothing was exported.
 
+``mobile-mm export`` calls :func:`export_from_cli`, which adds what a command-line process needs:
+the database from the settings (an export still runs when it is unavailable), ``requested_by``
+from the OS user, and the service's logs and traces for the process (process_telemetry.py).
+
 Example::
 
+    manifest = export_from_cli(platform="android", fmt=None, quantization="int2", model="default",
+                               out=Path("bundle"), validation_examples=32)
     manifest = run_recorded_export(
         Database(), platform="android", fmt="onnx", quantization="int2", model="default",
         out=Path("bundle"), requested_by="cli:alice", pushgateway_url="http://pushgateway:9091")
@@ -19,7 +25,9 @@ Example::
 
 from __future__ import annotations
 
+import getpass
 import logging
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,7 +37,9 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from mobile_multimodal.errors import ExportError, ExportErrorCode
 from mobile_multimodal.export.formats import check_quantization, resolve_format
+from mobile_multimodal.observability.process_telemetry import process_telemetry
 from mobile_multimodal.observability.pushgateway import push_export_group
+from mobile_multimodal.settings import Settings, get_settings
 from mobile_multimodal.store.database import Database, DatabaseError
 from mobile_multimodal.store.export_records import (
     add_export,
@@ -64,8 +74,11 @@ def run_recorded_export(
     pushgateway_url: str | None = None,
     push_timeout_s: float = 10.0,
     export: ExportFn | None = None,
+    **options: Any,
 ) -> dict[str, Any]:
     """Export, record, push; returns the manifest or raises the export's ExportError.
+
+    ``options`` go to the export as they are (``validation_examples``, ``overwrite``, ``progress``).
 
     ``db`` None (the database could not be opened): the export still runs, unrecorded and
     unpushed (a push must carry the group's whole history, which only the database has).
@@ -88,11 +101,15 @@ def run_recorded_export(
                 out_dir=str(out),
                 status="running",
             ).id
+    if db is not None and pushgateway_url:
+        # The group's series exist before they move: rate() and increase() count a change
+        # between two scrapes, not a series that appears already at 1 (its first export).
+        _push(db, pushgateway_url, platform, fmt, quantization, push_timeout_s)
     start = time.perf_counter()
     manifest: dict[str, Any] | None = None
     code, message = UNEXPECTED, ""
     try:
-        manifest = run(model, platform=platform, fmt=fmt, quantization=quantization, out=out)
+        manifest = run(model, platform=platform, fmt=fmt, quantization=quantization, out=out, **options)
         return manifest
     except ExportError as exc:
         code, message = str(exc.code), exc.message
@@ -107,11 +124,16 @@ def run_recorded_export(
         if db is not None and export_id is not None:
             _finish(db, export_id, time.perf_counter() - start, manifest, code, message)
             if pushgateway_url:
-                push_export_group(
-                    pushgateway_url,
-                    export_group(db, host=this_host(), platform=platform, fmt=fmt, quantization=quantization),
-                    timeout_s=push_timeout_s,
-                )
+                _push(db, pushgateway_url, platform, fmt, quantization, push_timeout_s)
+
+
+def _push(db: Database, url: str, platform: str, fmt: str, quantization: str, timeout_s: float) -> None:
+    try:
+        group = export_group(db, host=this_host(), platform=platform, fmt=fmt, quantization=quantization)
+    except SQLAlchemyError as exc:  # a push is never worth failing an export for
+        _log.warning("export metrics not pushed: %s", exc, extra={"operation": "mobile_export_push"})
+        return
+    push_export_group(url, group, timeout_s=timeout_s)
 
 
 def _finish(
@@ -125,3 +147,50 @@ def _finish(
     except (DatabaseError, SQLAlchemyError, OSError) as exc:
         # The export's own outcome matters more than its record: log, do not mask it.
         _log.error("export %s not recorded: %s", export_id, exc, extra={"operation": "mobile_export"})
+
+
+def export_from_cli(
+    *,
+    platform: str,
+    fmt: str | None,
+    quantization: str,
+    model: str,
+    out: Path,
+    settings: Settings | None = None,
+    **options: Any,
+) -> dict[str, Any]:
+    """What ``mobile-mm export`` runs: a recorded, pushed export with the service's telemetry."""
+    settings = settings or get_settings()
+    with process_telemetry(settings, traceparent=os.environ.get("TRACEPARENT")):
+        try:
+            db: Database | None = Database(settings.resolved_database_url)
+        except (DatabaseError, OSError) as exc:
+            _log.warning(
+                "the export runs unrecorded (its metrics are not pushed): %s",
+                exc,
+                extra={"operation": "mobile_export"},
+            )
+            db = None
+        try:
+            return run_recorded_export(
+                db,
+                platform=platform,
+                fmt=fmt,
+                quantization=quantization,
+                model=model,
+                out=out,
+                requested_by=f"cli:{_os_user()}",
+                pushgateway_url=settings.pushgateway_url,
+                push_timeout_s=settings.pushgateway_timeout_s,
+                **options,
+            )
+        finally:
+            if db is not None:
+                db.dispose()
+
+
+def _os_user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (a container's arbitrary uid)
+        return f"uid{os.getuid()}"
