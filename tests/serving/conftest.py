@@ -34,6 +34,45 @@ def tiny_model(settings: Settings | None = None) -> ServableModel:
     return model
 
 
+class ModelGate:
+    """The real tiny model, whose next caption call after :meth:`arm` is held until
+    :meth:`release`: a test can act while the model is busy, or queue requests behind it, however
+    fast or slow this machine is. ``live_server(loader=gate.loader)``."""
+
+    def __init__(self) -> None:
+        self._armed = False
+        self.entered = threading.Event()  # the held call has begun
+        self.finished = threading.Event()  # ... and has returned
+        self._release = threading.Event()
+
+    def loader(self, settings: Settings | None = None) -> ServableModel:
+        model = tiny_model(settings)
+        captions = model.generate_captions
+
+        def generate_captions(images: list[Any], *args: Any, **kwargs: Any) -> list[str]:
+            if not self._armed:
+                return captions(images, *args, **kwargs)
+            self._armed = False
+            self.entered.set()
+            self._release.wait(120)  # (the tests release it; the bound only matters when one fails)
+            try:
+                return captions(images, *args, **kwargs)
+            finally:
+                self.finished.set()
+
+        model.generate_captions = generate_captions  # type: ignore[method-assign]
+        return model
+
+    def arm(self) -> None:
+        self._armed = True
+
+    def wait_entered(self, timeout_s: float = 60) -> None:
+        assert self.entered.wait(timeout_s), "the held model call never began"
+
+    def release(self) -> None:
+        self._release.set()
+
+
 def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "data_dir": tmp_path,
