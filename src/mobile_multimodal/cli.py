@@ -16,9 +16,14 @@ app = typer.Typer(
 keys_app = typer.Typer(no_args_is_help=True, help="API keys.")
 db_app = typer.Typer(no_args_is_help=True, help="The project's database.")
 monitoring_app = typer.Typer(no_args_is_help=True, help="The monitoring stack beside the app.")
+export_app = typer.Typer(
+    invoke_without_command=True,
+    help="Export a validated bundle for Android or iOS (`export check`: the toolchains).",
+)
 app.add_typer(keys_app, name="keys")
 app.add_typer(db_app, name="db")
 app.add_typer(monitoring_app, name="monitoring")
+app.add_typer(export_app, name="export")
 
 
 # ---- serve ---------------------------------------------------------------------------------
@@ -125,6 +130,79 @@ def quantize(
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
     typer.echo(format_quant_report(quantize_model(opts, log=lambda line: typer.echo(line, err=True))))
+
+
+# ---- export ----------------------------------------------------------------------------------
+# refused requests exit 2 (as a bad option does), an export that failed 1, an interrupted one 130
+_EXPORT_USAGE_CODES = {
+    "UNKNOWN_PLATFORM",
+    "UNKNOWN_FORMAT",
+    "UNSUPPORTED_PLATFORM_FORMAT",
+    "UNKNOWN_QUANTIZATION",
+    "EXPORT_OUTPUT_EXISTS",
+}
+
+
+@export_app.callback()
+def export(
+    ctx: typer.Context,
+    platform: str | None = typer.Option(None, help="android or ios."),
+    fmt: str | None = typer.Option(
+        None, "--format", help="onnx, executorch, coreml or tflite (default: onnx on android, coreml on ios)."
+    ),
+    quantization: str = typer.Option("fp32", help="fp32, int8, int4 or int2."),
+    model: str = typer.Option("default", help="Model directory, or 'default' for the bundled model."),
+    out: Path | None = typer.Option(None, help="Bundle directory to create."),
+    overwrite: bool = typer.Option(False, help="Replace an existing bundle at --out."),
+    examples: int = typer.Option(32, min=1, help="Held-out examples per task for the validation."),
+    as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON."),
+) -> None:
+    """Export the model as a bundle for a phone, validated in its own runtime."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if platform is None or out is None:
+        raise typer.BadParameter("--platform and --out are required (see `mobile-mm export --help`)")
+    from mobile_multimodal.errors import ExportError
+    from mobile_multimodal.export.pipeline import export_model
+    from mobile_multimodal.export.summary import format_manifest
+
+    try:
+        manifest = export_model(
+            model,
+            platform=platform,
+            fmt=fmt,
+            quantization=quantization,
+            out=out,
+            progress=True,
+            validation_examples=examples,
+            overwrite=overwrite,
+        )
+    except ExportError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        code = 2 if exc.code in _EXPORT_USAGE_CODES else 130 if exc.code == "EXPORT_INTERRUPTED" else 1
+        raise typer.Exit(code) from exc
+    typer.echo(json.dumps(manifest, indent=2) if as_json else format_manifest(manifest, out))
+
+
+@export_app.command("check")
+def export_check(
+    formats: list[str] | None = typer.Option(
+        None, "--format", help="Formats that must be ready (repeatable); default: list all."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """List each export toolchain and runtime with its version; exit 1 if a requested one is missing."""
+    from mobile_multimodal.errors import ExportError
+    from mobile_multimodal.export.check import check_toolchains
+
+    try:
+        report = check_toolchains(formats or [])
+    except ExportError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    typer.echo(report.json() if as_json else report.text())
+    if not report.ok:
+        raise typer.Exit(1)
 
 
 # ---- keys ----------------------------------------------------------------------------------

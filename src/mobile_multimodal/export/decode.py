@@ -154,7 +154,7 @@ class BundleModel:
             self.on_run(graph, inputs, outputs)
         return outputs
 
-    def _image_tokens(self, image: Image.Image | np.ndarray, question: str | None) -> np.ndarray:
+    def image_tokens(self, image: Image.Image | np.ndarray, question: str | None) -> np.ndarray:
         inputs = {"image": scene_input(image, self._pre["scene"])}
         q = self.spec["question"]
         if q["fused_into_vision"]:
@@ -162,7 +162,8 @@ class BundleModel:
             inputs["question_ids"], inputs["question_mask"] = _padded(words, q["max_len"], q["pad_id"])
         return self._run("vision", inputs)["image_tokens"]
 
-    def _greedy(self, image_tokens: np.ndarray, prompt: list[int], max_new_tokens: int) -> list[int]:
+    def greedy(self, image_tokens: np.ndarray, prompt: list[int], max_new_tokens: int) -> list[int]:
+        """Token ids of the greedy answer to ``prompt`` (<eos> included when reached)."""
         cross = self._run("cross_kv", {"image_tokens": image_tokens})
         cache = self.spec["kv_cache"]
         self_k = np.zeros(cache["shape"], dtype=np.float32)
@@ -197,7 +198,7 @@ class BundleModel:
             logits = step(nxt, position)
             position += 1
 
-    def _prompt(self, task: str, question: str = "") -> list[int]:
+    def prompt(self, task: str, question: str = "") -> list[int]:
         prompt: list[int] = []
         for item in self.spec["tasks"][task]["prompt"]:
             prompt.extend(self.tokenizer.encode(question) if item == "{question}" else [int(item)])
@@ -205,8 +206,8 @@ class BundleModel:
 
     def _generate(self, task: str, image: Image.Image | np.ndarray, question: str = "") -> str:
         limit = int(self.spec["tasks"][task]["max_new_tokens"])
-        tokens = self._image_tokens(image, question if self.spec["tasks"][task]["question"] else None)
-        return self.tokenizer.decode(self._greedy(tokens, self._prompt(task, question), limit)[:limit])
+        tokens = self.image_tokens(image, question if self.spec["tasks"][task]["question"] else None)
+        return self.tokenizer.decode(self.greedy(tokens, self.prompt(task, question), limit)[:limit])
 
     # ---- the methods the eval report calls ---------------------------------------------------------
     def generate_captions(self, images: Sequence[Image.Image | np.ndarray]) -> list[str]:
@@ -227,7 +228,7 @@ class BundleModel:
 
     def get_image_embeddings(self, images: Sequence[Image.Image | np.ndarray]) -> np.ndarray:
         rows = [
-            self._run("image_embed", {"image_tokens": self._image_tokens(image, None)})["embedding"]
+            self._run("image_embed", {"image_tokens": self.image_tokens(image, None)})["embedding"]
             for image in images
         ]
         return np.concatenate(rows)

@@ -36,6 +36,9 @@ PLATFORM_FORMATS: dict[str, tuple[str, ...]] = {
     "ios": ("coreml", "onnx", "executorch"),
 }
 DEFAULT_FORMAT = {"android": "onnx", "ios": "coreml"}
+# formats whose toolchain is an optional extra (not in the default install): `export check`
+# reports them missing without failing, unless asked for by name
+OPTIONAL_FORMATS = ("tflite",)
 
 # format -> "module:attribute" of its writer (a FormatWriter instance)
 WRITERS: dict[str, str] = {

@@ -33,6 +33,7 @@ import copy
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -230,6 +231,21 @@ class TextEmbedGraph(nn.Module):
         return self.encoder(ids, mask != 0)
 
 
+class TorchGraphRunner:
+    """Runs the graphs in PyTorch (eager), as a GraphRunner: the reference a format's runtime is
+    compared with, and what the decode loop is tested against without any export."""
+
+    def __init__(self, graphs: list[GraphSpec]) -> None:
+        self.graphs = {g.name: g for g in graphs}
+
+    def run(self, graph: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        spec = self.graphs[graph]
+        with torch.no_grad():
+            outputs = spec.module(*(torch.from_numpy(inputs[n]) for n in spec.input_names))
+        outs = outputs if isinstance(outputs, tuple) else (outputs,)
+        return {n: o.numpy() for n, o in zip(spec.output_names, outs, strict=True)}
+
+
 def _quantized_names(module: nn.Module, quantized: dict[int, QuantizedWeight]) -> dict[str, QuantizedWeight]:
     return {name: quantized[id(m)] for name, m in module.named_modules() if id(m) in quantized}
 
@@ -247,7 +263,7 @@ def build_graphs(model: MobileMultiModalLLM, max_cache_len: int | None = None) -
     net, quantized = float_network(model.network)
     d, heads, layers = cfg.dim, cfg.heads, cfg.decoder_layers
     n_tokens = (cfg.scene_size // 8) ** 2
-    q_len = cfg.max_text_len
+    q_len = model.max_question_tokens  # longer questions are refused by the model's API too
     scene = torch.zeros(1, 3, cfg.scene_size, cfg.scene_size)
     tokens = torch.zeros(1, n_tokens, d)
     cross = torch.zeros(layers, 1, heads, n_tokens, cfg.head_dim)

@@ -49,7 +49,9 @@ from mobile_multimodal.export.decode import load_bundle
 from mobile_multimodal.export.formats import check_quantization, resolve_format, writer_for
 from mobile_multimodal.export.graphs import GraphSpec, build_graphs
 from mobile_multimodal.export.validate import (
+    ACCURACY_TOLERANCE,
     DEFAULT_EXAMPLES,
+    MAX_ABS_DIFF_LIMIT,
     ValidationResult,
     not_executed,
     validate_bundle,
@@ -149,7 +151,7 @@ def export_model(
                 written += [tmp / TOKENIZER_FILE, tmp / BUNDLE_FILE]
             steps.update()
             with stage("validation", {"export.runtime": writer.runtime}) as span:
-                result = _validate(loaded, graphs, tmp, writer, validation_examples)
+                result = _validate(loaded, graphs, tmp, writer, quantization, validation_examples)
                 span.set_attribute("export.validation.executed", bool(result.validation["executed"]))
                 if result.failures:
                     raise ExportError(
@@ -168,10 +170,9 @@ def export_model(
                     validation=result.validation,
                 )
                 write_json(tmp / MANIFEST_FILE, description)
-                size = sum(f["bytes"] for f in description["files"]) + (tmp / MANIFEST_FILE).stat().st_size
                 _place(tmp, out, overwrite)
                 tmp = None
-                record.size_bytes = size
+                record.use_manifest(description)  # size, validation scores, runtime latency
             steps.update()
             record.span.set_attribute("export.bundle", str(out))
             return description
@@ -227,10 +228,28 @@ def _describe(
 
 
 def _validate(
-    model: MobileMultiModalLLM, graphs: list[GraphSpec], tmp: Path, writer: Any, examples: int | None
+    model: MobileMultiModalLLM,
+    graphs: list[GraphSpec],
+    tmp: Path,
+    writer: Any,
+    quantization: str,
+    examples: int | None,
 ) -> ValidationResult:
     bundle = load_bundle(tmp)
     runner = writer.open(tmp, bundle.description)
     if isinstance(runner, str):
         return not_executed(writer.runtime, runner, writer.inspect(tmp, bundle.description))
-    return validate_bundle(model, graphs, bundle, runner, runtime=writer.runtime, examples=examples)
+    # a writer whose runtime computes differently by design (ExecuTorch quantizes activations)
+    # may declare its own bounds: tolerance(quantization) -> (accuracy_relative, max_abs_diff)
+    tolerance = getattr(writer, "tolerance", None)
+    accuracy, max_diff = tolerance(quantization) if tolerance else (ACCURACY_TOLERANCE, MAX_ABS_DIFF_LIMIT)
+    return validate_bundle(
+        model,
+        graphs,
+        bundle,
+        runner,
+        runtime=writer.runtime,
+        examples=examples,
+        tolerance=accuracy,
+        max_abs_diff_limit=max_diff,
+    )

@@ -1,0 +1,126 @@
+"""The export graphs compute what the PyTorch model computes: the fixed-size-cache decoder step
+greedy-decodes the same tokens as the model's own cached decode, on held-out examples."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mobile_multimodal.data.splits import load_eval_split
+from mobile_multimodal.export.bundle import describe_bundle, tokenizer_json
+from mobile_multimodal.export.decode import Bundle, BundleModel
+from mobile_multimodal.export.graphs import GRAPH_NAMES, TorchGraphRunner, build_graphs, float_network
+from mobile_multimodal.model.llm import MobileMultiModalLLM
+from mobile_multimodal.quantization.qlinear import PackedWeight
+
+N = 12  # held-out examples per task
+
+
+@pytest.fixture(scope="module", params=["fp32", "int2"])
+def model(request: pytest.FixtureRequest) -> MobileMultiModalLLM:
+    return MobileMultiModalLLM.from_pretrained("default", quantization=request.param)
+
+
+def _torch_bundle(model: MobileMultiModalLLM) -> BundleModel:
+    graphs = build_graphs(model)
+    files = {g.name: f"{g.name}.pt" for g in graphs}
+    description = describe_bundle(
+        model,
+        graphs,
+        files,
+        platform="android",
+        fmt="torch",
+        runtime="pytorch",
+        quantization=model.quantization,
+    )
+    bundle = Bundle(Path("."), description, tokenizer_json(model.tokenizer))
+    return BundleModel(bundle, TorchGraphRunner(graphs))
+
+
+def _reference_tokens(
+    model: MobileMultiModalLLM, image: object, prompt: list[int], question: str | None, limit: int
+) -> list[int]:
+    """The model's own greedy decode (decoder.generate, KV cache grown with torch.cat)."""
+    with torch.inference_mode():
+        q = model.encode_texts([question], allow_empty=True) if question is not None else (None, None)
+        tokens, _ = model.network.encode_images(model._scenes([image]), *q)  # type: ignore[list-item]
+        out = model.network.decoder.generate(
+            [prompt], tokens, limit + 1, model.tokenizer.eos_id, model.tokenizer.pad_id
+        )
+    return out[0]
+
+
+def test_step_graph_decodes_the_models_tokens(model: MobileMultiModalLLM) -> None:
+    exported = _torch_bundle(model)
+    tok = model.tokenizer
+    cases = [(e.image, tok.prompt("captioning"), None, 32) for e in load_eval_split("captioning", N)]
+    cases += [(e.image, tok.prompt("vqa", e.question), e.question, 8) for e in load_eval_split("vqa", N)]
+    for image, prompt, question, limit in cases:
+        want = _reference_tokens(model, image, prompt, question, limit)
+        image_tokens = exported.image_tokens(image, question)
+        assert exported.prompt("vqa" if question else "captioning", question or "") == prompt
+        got = exported.greedy(image_tokens, prompt, limit)
+        assert got == want, (question, tok.decode(got), tok.decode(want))
+        assert got[-1] == tok.eos_id  # the answers end by themselves, not by the budget
+
+
+def test_every_task_matches_the_python_api(model: MobileMultiModalLLM) -> None:
+    exported = _torch_bundle(model)
+    lines = load_eval_split("ocr", N)
+    assert exported.extract_texts([e.image for e in lines]) == model.extract_texts([e.image for e in lines])
+    scenes = load_eval_split("retrieval", N)
+    images = [e.image for e in scenes]
+    np.testing.assert_allclose(
+        exported.get_image_embeddings(images), model.get_image_embeddings(images), atol=1e-5
+    )
+    texts = [e.text for e in scenes] + [""]
+    np.testing.assert_allclose(
+        exported.get_text_embeddings(texts), model.get_text_embeddings(texts), atol=1e-5
+    )
+    captions = exported.generate_captions(images[:4])
+    assert captions == model.generate_captions(images[:4])
+    assert all(captions)
+
+
+def test_cache_slots_after_the_position_are_ignored(model: MobileMultiModalLLM) -> None:
+    step = {g.name: g for g in build_graphs(model)}["decoder_step"]
+    token, _, self_k, self_v, cross_k, cross_v = step.example_inputs
+    cross_k, cross_v = torch.randn_like(cross_k), torch.randn_like(cross_v)
+    with torch.no_grad():
+        logits, k, v = step.module(token, torch.tensor([0]), self_k, self_v, cross_k, cross_v)
+        garbage_k, garbage_v = torch.randn_like(self_k) * 100, torch.randn_like(self_v) * 100
+        logits2, k2, v2 = step.module(token, torch.tensor([0]), garbage_k, garbage_v, cross_k, cross_v)
+    torch.testing.assert_close(logits, logits2)
+    torch.testing.assert_close(k[:, :, :, 0], k2[:, :, :, 0])  # slot 0 written, the same either way
+    torch.testing.assert_close(v[:, :, :, 0], v2[:, :, :, 0])
+    torch.testing.assert_close(k2[:, :, :, 1:], garbage_k[:, :, :, 1:])  # the others untouched
+    torch.testing.assert_close(v2[:, :, :, 1:], garbage_v[:, :, :, 1:])
+
+
+def test_graphs_are_static_and_named(model: MobileMultiModalLLM) -> None:
+    graphs = build_graphs(model, max_cache_len=20)
+    assert tuple(g.name for g in graphs) == GRAPH_NAMES
+    step = graphs[GRAPH_NAMES.index("decoder_step")]
+    assert step.example_inputs[2].shape == (
+        model.config.decoder_layers,
+        1,
+        model.config.heads,
+        20,
+        model.config.head_dim,
+    )
+    with pytest.raises(ValueError, match="max_cache_len"):
+        build_graphs(model, max_cache_len=model.config.max_text_len + 1)
+
+
+def test_float_network_stands_for_the_packed_one(model: MobileMultiModalLLM) -> None:
+    net, quantized = float_network(model.network)
+    packed = [m for m in model.network.modules() if isinstance(m, PackedWeight)]
+    assert len(set(map(id, packed))) == len(quantized)
+    assert not any(isinstance(m, PackedWeight) for m in net.modules())
+    assert any(isinstance(m, PackedWeight) for m in model.network.modules()) == (model.quantization != "fp32")
+    lines = torch.stack([torch.zeros(3, 32, 256)])
+    with torch.no_grad():
+        torch.testing.assert_close(net.read_text(lines), model.network.read_text(lines), atol=1e-5, rtol=0)
