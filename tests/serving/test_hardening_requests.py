@@ -16,6 +16,8 @@ import asyncio
 import base64
 import io
 import threading
+import time
+import weakref
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
@@ -278,6 +280,28 @@ def test_a_small_but_huge_image_is_decoded_off_the_event_loop(
         response = pending.result(timeout=60)
     assert response.status_code == 200, response.text
     assert spy.calls == [(4096 * 4096, False)]
+
+
+def test_large_decodes_wait_for_a_decode_thread(
+    server: LiveServer, spy: DecodeSpy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A dozen 4096x4096 decodes at once would starve the event loop of CPU: they queue instead."""
+    monkeypatch.setattr(images, "DECODE_THREADS", 1)
+    monkeypatch.setattr(images, "_LIMITERS", weakref.WeakKeyDictionary())
+    body = {"image": _solid_png_uri(4096), "task": "ocr"}
+    with ThreadPoolExecutor(3) as pool, server.client() as client:
+        pending = [pool.submit(client.post, "/inference", json=body) for _ in range(3)]
+        assert spy.entered.wait(30), "the image was never decoded"
+        deadline = time.monotonic() + 30
+        while not images._LIMITERS or next(iter(images._LIMITERS.values())).statistics().tasks_waiting < 2:
+            assert len(spy.calls) == 1, f"decodes ran side by side: {spy.calls}"
+            assert time.monotonic() < deadline, "the other two requests never reached the decoder"
+            time.sleep(0.01)
+        assert len(spy.calls) == 1  # one decoding, two waiting for its thread
+        spy.release.set()
+        responses = [p.result(timeout=60) for p in pending]
+    assert [r.status_code for r in responses] == [200] * 3
+    assert spy.calls == [(4096 * 4096, False)] * 3
 
 
 def test_a_small_image_is_decoded_inline(server: LiveServer, spy: DecodeSpy) -> None:

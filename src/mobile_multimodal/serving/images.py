@@ -26,10 +26,13 @@ Example::
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import io
+import os
 import warnings
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -65,6 +68,14 @@ _KNOWN_OTHER = {
 # a millisecond, and our inputs (64x64 scenes, 32x256 text lines) are far smaller.
 INLINE_DECODE_PIXELS = 256 * 256
 INLINE_DECODE_CHARS = 256 * 1024  # base64 characters: decoding the base64 itself costs too
+
+# Large decodes at once, per event loop. Each is CPU-bound C code outside the GIL: a dozen at once
+# on two cores starved the event loop of CPU (/alive stalled for seconds, where with one decode
+# thread it stayed under a tenth of that). One core stays the loop's.
+DECODE_THREADS = max(1, (os.cpu_count() or 1) - 1)
+_LIMITERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, anyio.CapacityLimiter] = (
+    weakref.WeakKeyDictionary()
+)
 
 _EXIF_ORIENTATION = 0x0112
 
@@ -235,16 +246,25 @@ def decode_image(value: str, limits: ImageLimits) -> Image.Image:
     return open_image(data, limits)
 
 
+def _decode_limiter() -> anyio.CapacityLimiter:
+    loop = asyncio.get_running_loop()
+    limiter = _LIMITERS.get(loop)
+    if limiter is None:
+        limiter = _LIMITERS[loop] = anyio.CapacityLimiter(DECODE_THREADS)
+    return limiter
+
+
 async def decode_image_async(value: str, limits: ImageLimits) -> Image.Image:
     """:func:`decode_image` without blocking the event loop on a large image: the header is read
-    inline (cheap), the pixels are decoded inline only up to :data:`INLINE_DECODE_PIXELS`."""
+    inline (cheap), the pixels are decoded inline only up to :data:`INLINE_DECODE_PIXELS`, larger
+    ones in a worker thread (at most :data:`DECODE_THREADS` at once)."""
     if len(value) > INLINE_DECODE_CHARS:
-        return await anyio.to_thread.run_sync(decode_image, value, limits)
+        return await anyio.to_thread.run_sync(decode_image, value, limits, limiter=_decode_limiter())
     _, payload = split_data_uri(value.strip())
     header = read_header(decode_base64(payload, limits.max_bytes), limits)
     if header.pixels <= INLINE_DECODE_PIXELS:
         return decode_pixels(header)
-    return await anyio.to_thread.run_sync(decode_pixels, header)
+    return await anyio.to_thread.run_sync(decode_pixels, header, limiter=_decode_limiter())
 
 
 def encode_data_uri(img: Image.Image, fmt: str = "PNG") -> str:
