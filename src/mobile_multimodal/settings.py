@@ -8,11 +8,12 @@ instance to the app factory.
 
 from __future__ import annotations
 
+import ipaddress
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Quantization = Literal["fp32", "int8", "int4", "int2"]
@@ -42,12 +43,28 @@ class Settings(BaseSettings):
     torch_threads: int = Field(0, ge=0, le=256)
     auth: Literal["required", "disabled"] = "disabled"
     metrics_token: str | None = Field(None, repr=False)
+    # The token read from a file (a Docker/Kubernetes secret) when metrics_token is not set.
+    metrics_token_file: Path | None = None
     max_body_bytes: int = Field(10 * 1024 * 1024, ge=1024)
     max_image_pixels: int = Field(4096 * 4096, ge=64)
     max_image_side: int = Field(4096, ge=16)
     request_timeout_s: float = Field(10.0, gt=0)
     # /model/health runs one probe inference per this many seconds at most (it needs no key).
     model_health_cache_s: float = Field(5.0, ge=0)
+    # Proxies whose X-Forwarded-For / X-Forwarded-Proto are believed: comma-separated IPs or
+    # CIDRs, "*" for any. None by default, so no client chooses the address the audit records.
+    trusted_proxies: str = ""
+    # Slow or oversized clients (serving/http_limits.py): request line + headers at most
+    # max_header_bytes in max_headers fields, all within header_timeout_s; a body that pauses
+    # body_timeout_s, or averages under body_min_rate_bytes_s after the first body_timeout_s, is
+    # cut off; past max_connections open connections new requests get 503.
+    max_header_bytes: int = Field(64 * 1024, ge=1024)
+    max_headers: int = Field(100, ge=8)
+    header_timeout_s: float = Field(10.0, gt=0)
+    body_timeout_s: float = Field(15.0, gt=0)
+    body_min_rate_bytes_s: float = Field(1024.0, gt=0)
+    max_connections: int = Field(1024, ge=1)
+    keep_alive_timeout_s: int = Field(5, ge=1)
 
     # --- batching / backpressure -------------------------------------------------------
     max_batch_size: int = Field(16, ge=1, le=256)
@@ -125,6 +142,30 @@ class Settings(BaseSettings):
     otel_exporter_otlp_protocol: Literal["http/protobuf", "grpc"] | None = Field(
         None, validation_alias=AliasChoices("OTEL_EXPORTER_OTLP_PROTOCOL")
     )
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies_are_addresses(cls, value: str) -> str:
+        items = [item.strip() for item in value.split(",") if item.strip()]
+        for item in items:
+            if item != "*":
+                try:
+                    ipaddress.ip_network(item, strict=False)
+                except ValueError as exc:
+                    raise ValueError(f"{item!r} is not an IP address or network (e.g. 10.0.0.0/8)") from exc
+        return ",".join(items)
+
+    @model_validator(mode="after")
+    def _read_metrics_token_file(self) -> Settings:
+        if self.metrics_token_file is not None and not self.metrics_token:
+            try:
+                token = self.metrics_token_file.read_text().strip()
+            except OSError as exc:
+                raise ValueError(f"metrics_token_file {self.metrics_token_file}: {exc.strerror}") from exc
+            if not token:
+                raise ValueError(f"metrics_token_file {self.metrics_token_file} is empty")
+            self.metrics_token = token
+        return self
 
     @property
     def resolved_log_dir(self) -> Path:

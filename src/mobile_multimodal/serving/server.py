@@ -10,6 +10,13 @@ multiprocess mode: every worker writes its samples under ``PROMETHEUS_MULTIPROC_
 ``<data_dir>/prometheus-multiproc``, emptied at start) and ``/metrics`` on any worker answers
 the sum over all of them. Torch threads are shared out: each worker gets cores // N.
 
+What a client can make the server hold is bounded here: header size and count, header and body
+read deadlines (http_limits.py, uvicorn's protocol with limits), open connections
+(``MOBILE_MM_MAX_CONNECTIONS``) and keep-alive. ``X-Forwarded-For`` is believed only from
+``MOBILE_MM_TRUSTED_PROXIES`` (none by default; uvicorn's own default trusts 127.0.0.1, which
+would let anything on the host, or a proxy that passes the header on, choose the address the
+audit trail and the anomaly rules see).
+
 Example::
 
     run_server(host="127.0.0.1", port=8080, model="default", quantization="int2", workers=2)
@@ -26,6 +33,8 @@ from pydantic import ValidationError
 from mobile_multimodal.settings import Settings, get_settings
 
 _MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# uvicorn imports the protocol class itself (in each worker); a string keeps this module light.
+HTTP_PROTOCOL = "mobile_multimodal.serving.http_limits:GuardedHttpToolsProtocol"
 
 
 def _settings_from(host: str, port: int, model: str, quantization: str, workers: int) -> Settings:
@@ -62,7 +71,8 @@ def prepare_multiprocess_dir(settings: Settings) -> Path:
     return path
 
 
-def _uvicorn_options(settings: Settings) -> dict[str, Any]:
+def uvicorn_options(settings: Settings) -> dict[str, Any]:
+    """The uvicorn options of ``mobile-mm serve`` (also for tests that run the app in-process)."""
     return {
         "host": settings.host,
         "port": settings.port,
@@ -71,6 +81,14 @@ def _uvicorn_options(settings: Settings) -> dict[str, Any]:
         "access_log": False,
         "timeout_graceful_shutdown": settings.shutdown_grace_s,
         "lifespan": "on",
+        # An import path, not the class: --workers N processes import it and read the limits
+        # from the same environment.
+        "http": HTTP_PROTOCOL,
+        "h11_max_incomplete_event_size": settings.max_header_bytes,  # were h11 chosen instead
+        "limit_concurrency": settings.max_connections,
+        "timeout_keep_alive": settings.keep_alive_timeout_s,
+        "proxy_headers": bool(settings.trusted_proxies),
+        "forwarded_allow_ips": settings.trusted_proxies or None,
     }
 
 
@@ -85,7 +103,7 @@ def run_server(host: str, port: int, model: str, quantization: str, workers: int
             "mobile_multimodal.serving.app:create_app_from_env",
             factory=True,
             workers=workers,
-            **_uvicorn_options(settings),
+            **uvicorn_options(settings),
         )
         return
 
@@ -99,4 +117,4 @@ def run_server(host: str, port: int, model: str, quantization: str, workers: int
             app.state.shutting_down = True
             super().handle_exit(sig, frame)
 
-    _Server(uvicorn.Config(app, **_uvicorn_options(settings))).run()
+    _Server(uvicorn.Config(app, **uvicorn_options(settings))).run()
