@@ -13,6 +13,7 @@ import base64
 import io
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -29,8 +30,34 @@ REPO = Path(__file__).resolve().parents[2]
 MOBILE_MM = Path(sys.executable).with_name("mobile-mm")
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = (int(v) for v in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999  # Linux's default
+    return low, high
+
+
 def free_port() -> int:
-    with socket.socket() as s:
+    """A port nobody listens on, for a server that another process will bind.
+
+    Not ``bind(0)``: the kernel hands out its ephemeral range to every outgoing connection and to
+    every other ``bind(0)`` on the machine, so a port it has just freed for us can be taken before
+    the server binds it (on a busy machine that happens). A random port below that range, checked
+    free, cannot be taken that way.
+    """
+    low, _ = _ephemeral_range()
+    rng = random.SystemRandom()
+    if low > 11024:
+        for _ in range(200):
+            port = rng.randrange(10000, low)
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
+    with socket.socket() as s:  # no room below the range: the kernel's pick
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import copy
 import json
 import shutil
-import socket
 import socketserver
 import subprocess
 import threading
@@ -33,15 +32,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from tests.integration.servers import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 MONITORING = REPO / "monitoring"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def load_yaml(path: Path) -> Any:
@@ -116,7 +110,7 @@ class WebhookReceiver:
             def log_message(self, format: str, *args: Any) -> None:  # silence per-request lines
                 return
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)  # the kernel picks the port
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
@@ -178,11 +172,16 @@ def shortened_rules(rules: dict[str, Any], for_: str = "0s") -> dict[str, Any]:
 
 
 def prometheus_test_config(
-    rules_file: Path, targets: dict[str, list[str]], alertmanager: str
+    rules_file: Path,
+    targets: dict[str, list[str]],
+    alertmanager: str,
+    metrics_token_file: Path | None = None,
 ) -> dict[str, Any]:
     """Our prometheus.yml at 1 s intervals, each job's targets replaced by ``targets[job]``.
 
     Jobs not in ``targets`` are dropped, and so is the DNS discovery of app-gpu (no DNS here).
+    A job's bearer token is read from ``metrics_token_file`` instead of /run/secrets; without
+    one the job sends none (for apps started without MOBILE_MM_METRICS_TOKEN).
     """
     config = load_yaml(MONITORING / "prometheus.yml")
     config["global"].update({"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"})
@@ -194,6 +193,11 @@ def prometheus_test_config(
             continue
         job.pop("dns_sd_configs", None)
         job.pop("relabel_configs", None)
+        if "authorization" in job:
+            if metrics_token_file is None:
+                del job["authorization"]
+            else:
+                job["authorization"]["credentials_file"] = str(metrics_token_file)
         for static in job["static_configs"]:
             static["targets"] = targets[job["job_name"]]
         jobs.append(job)
@@ -391,7 +395,7 @@ class SMTPReceiver:
                     else:  # MAIL, RCPT, RSET, NOOP
                         self.reply("250 OK")
 
-        self._server = socketserver.ThreadingTCPServer(("127.0.0.1", free_port()), Handler)
+        self._server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
         self.address = f"127.0.0.1:{self._server.server_address[1]}"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)

@@ -9,6 +9,7 @@ PagerDuty, Slack and email integrations and templates aimed at local endpoints.
 
 from __future__ import annotations
 
+import socket
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,6 @@ from .localstack import (
     AlertmanagerProcess,
     SMTPReceiver,
     WebhookReceiver,
-    free_port,
     load_yaml,
     local_integrations_variant,
     missing_binaries,
@@ -244,9 +244,11 @@ def test_cli_test_alert(config: dict[str, Any], tmp_path: Path) -> None:
 
 
 def test_test_alert_without_alertmanager() -> None:
-    url = f"http://127.0.0.1:{free_port()}"
-    with pytest.raises(StackError, match="cannot reach Alertmanager"):
-        send_test_alert(url)
-    result = CliRunner().invoke(app, ["monitoring", "test-alert", "--alertmanager-url", url])
+    with socket.socket() as bound:  # bound and never listening: nothing can answer there meanwhile
+        bound.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{bound.getsockname()[1]}"
+        with pytest.raises(StackError, match="cannot reach Alertmanager"):
+            send_test_alert(url)
+        result = CliRunner().invoke(app, ["monitoring", "test-alert", "--alertmanager-url", url])
     assert result.exit_code == 1
     assert "cannot reach Alertmanager" in result.output

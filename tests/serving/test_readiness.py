@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,11 +22,12 @@ def test_ready_only_after_load_and_warm_up(live_server: Callable[..., LiveServer
 
     def gated_loader(settings: Settings) -> object:
         # The real tiny model, held back until the test has seen the loading state.
-        release.wait(30)
+        release.wait(120)  # (the test releases it; the bound only matters when it fails first)
         return tiny_model(settings)
 
     server = live_server(loader=gated_loader, ready=False)
-    with server.client() as client:
+    with server.client() as client, contextlib.ExitStack() as releasing:
+        releasing.callback(release.set)  # also when an assertion fails: the server must stop
         assert client.get("/alive").status_code == 200
         ready = client.get("/ready")
         assert ready.status_code == 503
@@ -52,13 +55,10 @@ def test_failed_load_stays_unready_and_is_reported(
     missing = tmp_path / "no-such-model"
     server = live_server(loader=default_loader, ready=False, model=str(missing))
     with server.client() as client:
-        for _ in range(200):
-            if (
-                "failed" in (client.get("/ready").json().get("reason") or "")
-                or server.app.state.engine.state == "failed"
-            ):
-                break
-            threading.Event().wait(0.02)
+        deadline = time.monotonic() + 60  # the load fails at once; the bound only matters if it never does
+        while server.app.state.engine.state != "failed":
+            assert time.monotonic() < deadline, f"the load never failed: {server.app.state.engine.state}"
+            time.sleep(0.02)
         ready = client.get("/ready")
         assert ready.status_code == 503 and ready.json()["status"] == "not_ready"
         assert "MODEL_NOT_FOUND" in ready.json()["reason"]

@@ -12,7 +12,6 @@ import glob
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import uuid
@@ -20,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tests.integration.servers import free_port
 
 from mobile_multimodal.store import Database
 
@@ -32,18 +32,12 @@ def _pg_bin() -> Path | None:
     return None
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class PgCluster:
     def __init__(self, bin_dir: Path) -> None:
         self.bin = bin_dir
         self.root = Path(tempfile.mkdtemp(prefix="mm-pg-"))
         self.data = self.root / "data"
-        self.port = _free_port()
+        self.port = free_port()
         self.as_root = os.geteuid() == 0
         if self.as_root:
             pw = pwd.getpwnam("postgres")

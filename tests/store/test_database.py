@@ -98,11 +98,11 @@ def test_unreachable_postgres_is_a_clear_error() -> None:
     pytest.importorskip("psycopg")
     import socket
 
-    with socket.socket() as s:  # a port nobody listens on
+    with socket.socket() as s:  # bound, never listening: nobody else can listen there meanwhile
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    with pytest.raises(DatabaseError, match=rf"postgres:\*\*\*@127\.0\.0\.1:{port}/x"):
-        Database(f"postgresql://postgres:secret@127.0.0.1:{port}/x", connect_timeout_s=2)
+        with pytest.raises(DatabaseError, match=rf"postgres:\*\*\*@127\.0\.0\.1:{port}/x"):
+            Database(f"postgresql://postgres:secret@127.0.0.1:{port}/x", connect_timeout_s=2)
 
 
 def test_ping_failure_names_database_without_password(tmp_path: Path) -> None:
