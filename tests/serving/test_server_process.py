@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -70,28 +71,64 @@ def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
             proc.wait(10)
 
 
+def _start_request(port: int, body: bytes) -> socket.socket:
+    """POST /inference up to its body: the headers ask ``Expect: 100-continue``, and the server's
+    100 says the request is in progress there (the app is reading its body)."""
+    conn = socket.create_connection(("127.0.0.1", port), timeout=60)
+    conn.sendall(
+        b"POST /inference HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        + f"Content-Length: {len(body)}\r\nExpect: 100-continue\r\n\r\n".encode()
+    )
+    interim = b""
+    while not interim.endswith(b"\r\n\r\n"):
+        chunk = conn.recv(1)
+        assert chunk, f"the server closed the connection: {interim!r}"
+        interim += chunk
+    assert interim.startswith(b"HTTP/1.1 100"), interim
+    return conn
+
+
+def _finish_request(conn: socket.socket, body: bytes) -> tuple[int, bytes]:
+    """Send the body; the status and the whole response (the server closes the connection)."""
+    conn.sendall(body)
+    response = b""
+    while chunk := conn.recv(65536):
+        response += chunk
+    conn.close()
+    return int(response.split(b" ", 2)[1]), response
+
+
 @pytest.mark.slow
 def test_sigterm_drains_in_flight_requests(
     model_dir: Path, tmp_path: Path, processes: list[subprocess.Popen[bytes]]
 ) -> None:
-    # A long batch wait keeps the requests queued when the signal arrives.
     proc, url = _serve(model_dir, tmp_path, MOBILE_MM_MAX_BATCH_WAIT_MS="400", MOBILE_MM_MAX_BATCH_SIZE="16")
     processes.append(proc)
-
-    async def main() -> list[httpx.Response]:
-        async with httpx.AsyncClient(base_url=url, timeout=60) as client:
-            body = {"image": data_uri(), "task": "ocr"}
-            requests = [asyncio.create_task(client.post("/inference", json=body)) for _ in range(10)]
-            await asyncio.sleep(0.15)
-            proc.send_signal(signal.SIGTERM)
-            return await asyncio.gather(*requests)
-
-    responses = asyncio.run(main())
-    assert [r.status_code for r in responses] == [200] * 10, [r.text for r in responses]
+    port = int(url.rsplit(":", 1)[1])
+    body = json.dumps({"image": data_uri(), "task": "ocr"}).encode()
+    # Ten requests in progress in the server (each had its 100 Continue) when the signal arrives,
+    # however long this machine took to get them there; their bodies come after it.
+    conns = [_start_request(port, body) for _ in range(10)]
+    proc.send_signal(signal.SIGTERM)
+    responses = [_finish_request(conn, body) for conn in conns]
+    assert [status for status, _ in responses] == [200] * 10, [text[-500:] for _, text in responses]
     # uvicorn re-raises the signal once the drain is done, so the exit reads "terminated by SIGTERM".
     assert proc.wait(30) == -signal.SIGTERM
     with pytest.raises(httpx.TransportError):  # and it no longer accepts connections
         httpx.get(url + "/alive", timeout=2)
+
+
+def _log_lines(log_dir: Path) -> list[dict[str, Any]]:
+    """The JSON lines the workers have written so far (a line still being written is left out)."""
+    lines = []
+    for path in log_dir.glob("application.log*"):
+        text = path.read_text()
+        lines += [json.loads(line) for line in text[: text.rfind("\n") + 1].splitlines() if line]
+    return lines
+
+
+def _instances(log_dir: Path, match: Callable[[dict[str, Any]], bool]) -> set[str]:
+    return {line["instance_id"] for line in _log_lines(log_dir) if match(line)}
 
 
 @pytest.mark.slow
@@ -100,32 +137,34 @@ def test_workers_share_one_view_of_the_metrics(
 ) -> None:
     proc, url = _serve(model_dir, tmp_path, "--workers", "2", MOBILE_MM_LOG_SAMPLE_RATIO="1")
     processes.append(proc)
-    # Both workers must be up: the first /ready answered by one of them says nothing of the other.
-    time.sleep(1.0)
-    for _ in range(50):
-        if all(httpx.get(url + "/ready", timeout=5).status_code == 200 for _ in range(6)):
-            break
-        time.sleep(0.2)
+    logs = tmp_path / "logs"
+    # Both workers must be ready: the first /ready answered by one of them says nothing of the other.
+    # Each worker's log lines name its process (instance_id = host-pid; /alive no longer tells the pid).
+    deadline = time.monotonic() + 120
+    while len(_instances(logs, lambda line: line["message"].startswith("model ready"))) < 2:
+        assert time.monotonic() < deadline, "both workers never became ready"
+        time.sleep(0.1)
+    # Which worker takes a connection is up to the kernel: send requests (a new connection each
+    # time) until both have answered some, however unevenly a busy machine shares them out.
     body = {"image": data_uri(), "task": "ocr"}
-    for _ in range(20):
-        with httpx.Client(base_url=url, timeout=30) as client:  # a new connection each time
+    sent = 0
+    deadline = time.monotonic() + 120
+    while sent < 20 or len(_instances(logs, lambda line: line.get("path") == "/inference")) < 2:
+        assert time.monotonic() < deadline, f"after {sent} requests, not both workers had answered"
+        with httpx.Client(base_url=url, timeout=30) as client:
             assert client.post("/inference", json=body).status_code == 200
+        sent += 1
     labels = {"model_type": "multimodal", "task": "ocr", "status": "success"}
     for _ in range(4):
         with httpx.Client(base_url=url, timeout=30) as client:
             text = client.get("/metrics").text
-        assert metric_value(text, "model_inference_requests_total", **labels) == 20
+        assert metric_value(text, "model_inference_requests_total", **labels) == sent
         assert (
             metric_value(text, "model_load_duration_seconds", model_type="multimodal", quantization="fp32")
             > 0
         )
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(30) in (0, -signal.SIGTERM)
-    # Which worker answered: each request's log line names its process (instance_id = host-pid);
-    # /alive no longer tells callers the pid.
-    lines = [json.loads(line) for f in (tmp_path / "logs").glob("application.log*") for line in f.open()]
-    workers = {line["instance_id"] for line in lines if line.get("path") == "/inference"}
-    assert len(workers) == 2, f"requests reached workers {workers}"
 
 
 def test_invalid_serve_options_exit_with_a_clear_message(tmp_path: Path) -> None:
