@@ -25,9 +25,10 @@ from mobile_multimodal.settings import Settings
 from mobile_multimodal.store import AuditEvent, BackupRun, Database
 
 from .conftest import LiveServer, data_uri, metric_value
-from .test_server_process import _serve
+from .test_server_process import _instances, _serve
 
 FAILURES = "model_integrity_failures_total"
+CHECKED = "model_integrity_last_check_timestamp_seconds"
 TAMPERING = {"event_type": "model_tampering"}
 
 
@@ -48,7 +49,8 @@ def _metrics(client: httpx.Client) -> str:
     return client.get("/metrics").text
 
 
-def _wait_for(what: str, check: Callable[[], Any], timeout_s: float = 5.0) -> Any:
+def _wait_for(what: str, check: Callable[[], Any], timeout_s: float = 60.0) -> Any:
+    """Poll ``check`` until it returns something true (the bound only matters when it never does)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         result = check()
@@ -56,6 +58,17 @@ def _wait_for(what: str, check: Callable[[], Any], timeout_s: float = 5.0) -> An
             return result
         time.sleep(0.05)
     raise TimeoutError(f"{what} not seen within {timeout_s} s")
+
+
+def _more_checks(client: httpx.Client, n: int = 3) -> None:
+    """Wait until the integrity loop has checked at least ``n`` more times (its timestamp moved)."""
+    stamps = {metric_value(_metrics(client), CHECKED)}
+
+    def moved() -> bool:
+        stamps.add(metric_value(_metrics(client), CHECKED))
+        return len(stamps) > n
+
+    _wait_for(f"{n} more integrity checks", moved)
 
 
 def _audit(database: Database, action: str) -> list[AuditEvent]:
@@ -90,7 +103,7 @@ def test_runtime_tampering_is_counted_once_and_turns_health_unhealthy(
 
         _flip_last_byte(model_dir)
         _wait_for("model_integrity_ok 0", lambda: metric_value(_metrics(client), "model_integrity_ok") == 0)
-        time.sleep(1.0)  # five more checks find the same modification: still one incident
+        _more_checks(client)  # more checks find the same modification: still one incident
         after = _metrics(client)
         assert metric_value(after, FAILURES, model_type="multimodal") == (
             metric_value(before, FAILURES, model_type="multimodal") + 1
@@ -211,14 +224,23 @@ def test_workers_count_tampering_and_config_changes_once(model_dir: Path, tmp_pa
         def every_worker(path: str, status: int) -> bool:  # a new connection per request
             return all(httpx.get(url + path, timeout=10).status_code == status for _ in range(8))
 
-        _wait_for("both workers ready", lambda: every_worker("/ready", 200), 60)
-        _wait_for("both workers checked", lambda: every_worker("/health", 200), 30)
+        # which worker takes a connection is up to the kernel: each worker's log lines say it is
+        # ready, and that it found the modification
+        def workers_that_logged(message: str) -> set[str]:
+            return _instances(data / "logs", lambda line: line["message"].startswith(message))
+
+        _wait_for("both workers ready", lambda: len(workers_that_logged("model ready")) == 2)
+        first_workers = workers_that_logged("model ready")
+        _wait_for("both workers checked", lambda: every_worker("/health", 200))
         before = httpx.get(url + "/metrics").text
         assert metric_value(before, "model_integrity_ok") == 1
 
         _flip_last_byte(model_dir)
-        _wait_for("every worker unhealthy", lambda: every_worker("/health", 503), 30)
-        time.sleep(1.0)
+        found = "model integrity check failed"
+        _wait_for("both workers found it", lambda: len(workers_that_logged(found)) == 2)
+        assert every_worker("/health", 503)
+        with httpx.Client(base_url=url, timeout=10) as client:
+            _more_checks(client)  # more checks find the same modification: still one incident
         after = httpx.get(url + "/metrics").text
         assert metric_value(after, "model_integrity_ok") == 0
         assert metric_value(after, FAILURES, model_type="multimodal") == 1
@@ -232,7 +254,8 @@ def test_workers_count_tampering_and_config_changes_once(model_dir: Path, tmp_pa
         _flip_last_byte(model_dir)  # restored, so the restarted workers can load it
         proc, url = _serve(model_dir, data, "--workers", "2", MOBILE_MM_MAX_BATCH_SIZE="4")
         procs.append(proc)
-        _wait_for("both workers ready", lambda: every_worker("/ready", 200), 60)
+        ready = "model ready"
+        _wait_for("both new workers ready", lambda: len(workers_that_logged(ready) - first_workers) == 2)
         text = httpx.get(url + "/metrics").text
         assert metric_value(text, "config_changes_total", source="startup") == 1
         assert len(_audit(database, "config.change")) == 1
