@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -102,15 +104,18 @@ def test_background_loop_catches_tampering(tmp_path: Path) -> None:
     monitor = IntegrityMonitor(model, manifest)
     tampering = value("security_events_total", {"event_type": "model_tampering"})
 
+    async def until(condition: Callable[[], bool], what: str) -> None:
+        deadline = time.monotonic() + 60  # the loop checks every 50 ms: only a failure gets near this
+        while not condition():
+            assert time.monotonic() < deadline, f"{what} not seen in 60 s"
+            await asyncio.sleep(0.01)
+
     async def scenario() -> None:
         monitor.start(interval_s=0.05)
-        await asyncio.sleep(0.2)
+        await until(lambda: monitor.last_result is not None, "a first check")
         assert monitor.last_result is not None and monitor.last_result.ok
         (model / "model.safetensors").write_bytes(b"\x00" * (256 * 4000))
-        for _ in range(100):
-            await asyncio.sleep(0.05)
-            if monitor.last_result is not None and not monitor.last_result.ok:
-                break
+        await until(lambda: monitor.last_result is not None and not monitor.last_result.ok, "the tampering")
         await monitor.stop()
 
     asyncio.run(scenario())
