@@ -152,7 +152,13 @@ def run_checks(root: Path, on_result: Callable[[CheckResult], None] | None = Non
     root = root.resolve()
     mon = root / "monitoring"
     steps: list[Callable[[], CheckResult | list[CheckResult]]] = [
-        lambda: _run("prometheus.yml", ["promtool", "check", "config", str(mon / "prometheus.yml")], root),
+        # --syntax-only: the files the config names are checked on their own (alerts.yml below),
+        # and the metrics token's file exists only where the stack runs (/run/secrets).
+        lambda: _run(
+            "prometheus.yml",
+            ["promtool", "check", "config", "--syntax-only", str(mon / "prometheus.yml")],
+            root,
+        ),
         lambda: _run("alerts.yml", ["promtool", "check", "rules", str(mon / "alerts.yml")], root),
         lambda: _run("alert unit tests", ["promtool", "test", "rules", str(mon / "alerts.test.yml")], root),
         lambda: check_runbooks(root),
