@@ -6,6 +6,7 @@ import json
 import os
 import pickle
 import signal
+import socket
 import threading
 from collections.abc import Iterator
 
@@ -22,7 +23,6 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanKind, StatusCode
 from opentelemetry.trace.propagation import _SPAN_KEY
 from tests.integration.otlp_receiver import OtlpReceiver
-from tests.integration.servers import free_port
 
 from mobile_multimodal.observability import tracing
 from mobile_multimodal.observability.config import TracingConfig
@@ -221,16 +221,18 @@ def test_a_collector_that_is_down_is_reported_back(
 ) -> None:
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "1")  # seconds; the child inherits it
     before = sample("trace_spans_dropped_total", {"reason": "export_failed"})
-    nobody = f"http://127.0.0.1:{free_port()}/v1/traces"
-    processor = SpanExportProcess(_cfg(nobody), RESOURCE, handoff_interval_s=60)
-    try:
-        for span in _finished(3):
-            processor.submit(span)
-        assert processor.force_flush(timeout_millis=30000)  # the export ran, and failed
-        assert processor.dropped["export_failed"] == 3
-        assert sample("trace_spans_dropped_total", {"reason": "export_failed"}) == before + 3
-    finally:
-        processor.shutdown()
+    with socket.socket() as bound:  # bound and never listening: no collector can be there meanwhile
+        bound.bind(("127.0.0.1", 0))
+        nobody = f"http://127.0.0.1:{bound.getsockname()[1]}/v1/traces"
+        processor = SpanExportProcess(_cfg(nobody), RESOURCE, handoff_interval_s=60)
+        try:
+            for span in _finished(3):
+                processor.submit(span)
+            assert processor.force_flush(timeout_millis=60000)  # the export ran, and failed
+            assert processor.dropped["export_failed"] == 3
+            assert sample("trace_spans_dropped_total", {"reason": "export_failed"}) == before + 3
+        finally:
+            processor.shutdown()
     # the child's complaints are JSON lines that name the serving process
     lines = [json.loads(line) for line in capfd.readouterr().out.splitlines() if line.strip()]
     assert lines, "the exporter's failure was not logged"
