@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -315,3 +316,22 @@ def test_serve_trusts_forwarded_headers_only_from_configured_proxies(
     assert options["proxy_headers"] is proxy_headers
     assert options["forwarded_allow_ips"] == (trusted or None)
     assert options["http"].endswith("http_limits:GuardedHttpToolsProtocol")
+
+
+def test_the_readme_names_real_settings_with_their_defaults() -> None:
+    from mobile_multimodal.settings import Settings
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    paragraph = readme.split("What a client can make the server hold is bounded too")[1].split("\n\n")[0]
+    names = re.findall(r"`([A-Z][A-Z_]*[A-Z])`", paragraph)
+    assert len(names) >= 9, names
+    fields = Settings.model_fields
+    for name in names:
+        if name not in {"HEADERS_TOO_LARGE", "CLIENT_TOO_SLOW"}:  # error codes, not settings
+            assert name.lower() in fields, name
+    defaults = Settings.model_construct()  # the declared defaults, whatever the environment says
+    assert (defaults.max_header_bytes, defaults.max_headers) == (64 * 1024, 100)
+    assert (defaults.header_timeout_s, defaults.body_timeout_s) == (10, 15)
+    assert (defaults.body_min_rate_bytes_s, defaults.max_connections) == (1024, 1024)
+    assert (defaults.model_health_cache_s, defaults.trusted_proxies) == (5, "")
+    assert (defaults.auth_failure_audit_limit, defaults.auth_failure_audit_window_s) == (10, 60)
