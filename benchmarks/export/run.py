@@ -1,0 +1,253 @@
+"""Export benchmark: every available format x precision of the bundled model, measured on this machine.
+
+For each format whose toolchain is installed (``mobile-mm export check``) and each precision:
+
+- export time: ``export_model`` wall time, validation included (target < 60 s on 2 cores; the
+  guide alerts at 5 min), in a process of its own, one export at a time;
+- bundle size (the manifest's files) and the export process's peak RSS;
+- task accuracy of the exported bundle in its own runtime on the held-out splits (full by
+  default: ``--examples N`` caps them, and the results say so), next to the PyTorch model's at
+  the same precision on the same examples: equal (to the last digit) is the bar for INT2 ONNX;
+- batch-1 latency per task in the runtime beside PyTorch eager (their ratio), and the peak RSS
+  of each (runtime and PyTorch measured in separate processes of the same run).
+
+Formats that cannot execute here (Core ML on Linux) get export time, size and the manifest's
+structural validation only.
+
+Each measurement runs in its own process (cell.py) and is kept under ``--work`` (in var/, not
+committed) as it finishes, so a run that is stopped resumes where it was (``--fresh`` starts
+over). Cells run ``--jobs`` at a time, exports always alone.
+
+Usage::
+
+    nice -n 10 .venv/bin/python -m benchmarks.export.run                         # everything
+    nice -n 10 .venv/bin/python -m benchmarks.export.run --formats onnx --quantizations int2 fp32
+    .venv/bin/python -m benchmarks.export.run --examples 4 --latency-examples 1 --out /tmp/eb
+
+Writes results.json, results.md and results.png into --out (default: this directory).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from benchmarks.export.report import write_markdown, write_plot
+
+from mobile_multimodal.errors import ExportError
+from mobile_multimodal.export.formats import FORMATS, PLATFORM_FORMATS, PLATFORMS, QUANTIZATIONS, writer_for
+
+OUT = Path(__file__).resolve().parent
+REPO = OUT.parents[1]
+EXPORT_TARGET_S = 60.0
+
+
+def available_formats(wanted: list[str]) -> tuple[list[str], dict[str, str]]:
+    """(formats whose writer and toolchain are here, format -> why not for the others)."""
+    ok, skipped = [], {}
+    for fmt in wanted:
+        try:
+            writer_for(fmt)
+        except ExportError as exc:
+            skipped[fmt] = exc.message
+            continue
+        ok.append(fmt)
+    return ok, skipped
+
+
+def platform_for(fmt: str) -> str:
+    return next(p for p in PLATFORMS if fmt in PLATFORM_FORMATS[p])
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for dist in ("torch", "onnx", "onnxruntime", "executorch", "coremltools", "mobile-multimodal-llm"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = "not installed"
+    return out
+
+
+def _commit() -> str:
+    result = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    return result.stdout.strip() or "unknown"
+
+
+class Cells:
+    """Runs cell.py processes, keeping each result as <work>/<name>.json."""
+
+    def __init__(self, work: Path, model: str, examples: int | None, latency_examples: int) -> None:
+        self.work, self.model = work, model
+        self.examples, self.latency_examples = examples, latency_examples
+        work.mkdir(parents=True, exist_ok=True)
+
+    def run(self, name: str, args: list[str]) -> dict[str, Any]:
+        path = self.work / f"{name}.json"
+        if path.exists():
+            return dict(json.loads(path.read_text()))
+        command = [sys.executable, "-m", "benchmarks.export.cell", *args, "--model", self.model]
+        command += ["--latency-examples", str(self.latency_examples), "--json", str(path)]
+        if self.examples is not None:
+            command += ["--examples", str(self.examples)]
+        log = self.work / f"{name}.log"
+        print(f"--- {name}", flush=True)
+        start = time.perf_counter()
+        with log.open("w") as out:
+            returncode = subprocess.call(command, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
+        if returncode != 0:
+            tail = log.read_text()[-1500:]
+            print(f"    {name} failed (exit {returncode}):\n{tail}", flush=True)
+            return {"error": f"exit {returncode}: {tail.strip().splitlines()[-1] if tail.strip() else ''}"}
+        print(f"    {name} done in {time.perf_counter() - start:.0f} s", flush=True)
+        return dict(json.loads(path.read_text()))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--formats", nargs="+", default=list(FORMATS))
+    parser.add_argument("--quantizations", nargs="+", default=list(QUANTIZATIONS))
+    parser.add_argument("--model", default="default")
+    parser.add_argument("--examples", type=int, default=None, help="per task; default: the full splits")
+    parser.add_argument("--latency-examples", type=int, default=8)
+    parser.add_argument("--jobs", type=int, default=2, help="accuracy cells at a time (exports run alone)")
+    parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument(
+        "--work", type=Path, default=REPO / "var" / "bench-export", help="kept cells and bundles"
+    )
+    parser.add_argument("--fresh", action="store_true", help="discard the kept cells of an earlier run")
+    args = parser.parse_args(argv)
+    work = args.work
+    if args.fresh and work.exists():
+        shutil.rmtree(work)
+    formats, skipped = available_formats(args.formats)
+    cells = Cells(work, args.model, args.examples, args.latency_examples)
+
+    exports: dict[tuple[str, str], dict[str, Any]] = {}
+    for fmt in formats:
+        for q in args.quantizations:
+            bundle = work / f"bundle-{fmt}-{q}"
+            name = f"export-{fmt}-{q}"
+            if not (work / f"{name}.json").exists() and bundle.exists():
+                shutil.rmtree(bundle)  # a bundle left by a run stopped before its cell was kept
+            exports[(fmt, q)] = cells.run(
+                name,
+                [
+                    "export",
+                    "--format",
+                    fmt,
+                    "--platform",
+                    platform_for(fmt),
+                    "--quantization",
+                    q,
+                    "--bundle",
+                    str(bundle),
+                ],
+            )
+
+    jobs: dict[str, list[str]] = {f"torch-{q}": ["torch", "--quantization", q] for q in args.quantizations}
+    for (fmt, q), result in exports.items():
+        if "error" not in result:
+            jobs[f"runtime-{fmt}-{q}"] = [
+                "runtime",
+                "--format",
+                fmt,
+                "--bundle",
+                str(work / f"bundle-{fmt}-{q}"),
+            ]
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        futures = {name: pool.submit(cells.run, name, cell_args) for name, cell_args in jobs.items()}
+        measured = {name: f.result() for name, f in futures.items()}
+
+    results = assemble(args, formats, skipped, exports, measured)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_markdown(results, args.out / "results.md")
+    write_plot(results, args.out / "results.png")
+    print(f"wrote {args.out / 'results.md'}")
+    return 0 if not any("error" in row for row in results["rows"]) else 1
+
+
+def assemble(
+    args: argparse.Namespace,
+    formats: list[str],
+    skipped: dict[str, str],
+    exports: dict[tuple[str, str], dict[str, Any]],
+    measured: dict[str, dict[str, Any]],
+) -> dict[str, Any]:
+    rows = []
+    for (fmt, q), export in exports.items():
+        row: dict[str, Any] = {"format": fmt, "platform": platform_for(fmt), "quantization": q}
+        if "error" in export:
+            rows.append({**row, "error": export["error"]})
+            continue
+        manifest = export["manifest"]
+        validation = manifest["validation"]
+        row.update(
+            {
+                "export_s": round(export["wall_s"], 2),
+                "export_under_target": export["wall_s"] < EXPORT_TARGET_S,
+                "export_rss_peak_bytes": export["rss_peak_bytes"],
+                "bundle_bytes": sum(f["bytes"] for f in manifest["files"]),
+                "runtime": validation["runtime"],
+                "executed": bool(validation["executed"]),
+            }
+        )
+        runtime = measured.get(f"runtime-{fmt}-{q}", {})
+        reference = measured.get(f"torch-{q}", {})
+        if not validation["executed"]:
+            row["reason"] = validation.get("reason")
+        elif "error" in runtime or "error" in reference:
+            row["error"] = runtime.get("error") or reference.get("error")
+        else:
+            row["tasks"] = {
+                task: {
+                    "n": r["n"],
+                    "exported": r["primary"],
+                    "pytorch": reference["tasks"][task]["primary"],
+                    "equal": r["primary"] == reference["tasks"][task]["primary"],
+                    "latency_ms": 1000 * runtime["latency_s"][task],
+                    "pytorch_latency_ms": 1000 * runtime["pytorch_latency_s"][task],
+                    "latency_ratio": runtime["latency_s"][task] / runtime["pytorch_latency_s"][task],
+                }
+                for task, r in runtime["tasks"].items()
+            }
+            row["rss_peak_bytes"] = runtime["rss_peak_bytes"]
+            row["rss_model_bytes"] = runtime["rss_model_bytes"]
+            row["pytorch_rss_peak_bytes"] = reference["rss_peak_bytes"]
+            row["pytorch_rss_model_bytes"] = reference["rss_model_bytes"]
+        rows.append(row)
+    return {
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "load_avg_at_end": os.getloadavg(),
+        },
+        "versions": _versions(),
+        "commit": _commit(),
+        "model": args.model,
+        "examples_per_task": args.examples if args.examples is not None else "full held-out splits",
+        "latency_examples": args.latency_examples,
+        "threads": 1,
+        "export_target_s": EXPORT_TARGET_S,
+        "formats_measured": formats,
+        "formats_skipped": skipped,
+        "memory": "rss_peak_bytes: ru_maxrss of the cell's own process (interpreter and libraries "
+        "included); rss_model_bytes: that peak minus the RSS after the imports, before loading",
+        "rows": rows,
+    }
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,52 @@
+"""The export benchmark end to end on tiny inputs: a tiny model, two examples per task, fp32 ONNX."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from benchmarks.export import run
+from benchmarks.export.report import summary_table
+
+from mobile_multimodal.model import MobileMultiModalLLM, ModelConfig
+
+
+@pytest.mark.slow
+def test_export_benchmark_measures_and_reports(tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    model = MobileMultiModalLLM.from_config(ModelConfig.tiny(), seed=0).save(tmp_path / "model")
+    args = ["--model", str(model), "--formats", "onnx", "--quantizations", "fp32", "--examples", "2"]
+    args += ["--latency-examples", "1", "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work")]
+    assert run.main(args) == 0
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    (row,) = results["rows"]
+    assert (row["format"], row["platform"], row["quantization"], row["executed"]) == (
+        "onnx",
+        "android",
+        "fp32",
+        True,
+    )
+    export = json.loads((tmp_path / "work" / "export-onnx-fp32.json").read_text())
+    assert row["bundle_bytes"] == sum(f["bytes"] for f in export["manifest"]["files"]) > 0
+    assert row["export_s"] > 0 and row["export_rss_peak_bytes"] > row["rss_model_bytes"] > 0
+    assert {t["n"] for t in row["tasks"].values()} == {2}
+    for task in row["tasks"].values():
+        assert task["equal"] == (task["exported"] == task["pytorch"])
+        assert task["latency_ratio"] == pytest.approx(task["latency_ms"] / task["pytorch_latency_ms"])
+    assert results["examples_per_task"] == 2
+    markdown = (tmp_path / "out" / "results.md").read_text()
+    assert summary_table(results)[2] in markdown
+    assert (tmp_path / "out" / "results.png").stat().st_size > 10_000
+
+    # a second run keeps the measured cells instead of measuring again
+    kept = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "work").glob("*.json")}
+    assert run.main(args) == 0
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "work").glob("*.json")} == kept
+
+
+def test_unavailable_formats_are_reported_not_measured() -> None:
+    formats, skipped = run.available_formats(["onnx", "webgpu"])
+    assert formats == ["onnx"]
+    assert "unknown format 'webgpu'" in skipped["webgpu"]
+    assert run.platform_for("coreml") == "ios" and run.platform_for("onnx") == "android"
