@@ -3,6 +3,8 @@ low-bit ones carry our own packed codes as MatMulNBits."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -10,7 +12,11 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
+from mobile_multimodal.data.splits import load_eval_split
+from mobile_multimodal.export import onnx as onnx_format
+from mobile_multimodal.export.decode import BundleModel, load_bundle
 from mobile_multimodal.export.onnx import block_size_for, matmul_nbits_exact, matmul_nbits_tensors
+from mobile_multimodal.model.llm import MobileMultiModalLLM
 from mobile_multimodal.quantization.schemes import params_from_range, quantize_rtn, quantize_with
 
 from .conftest import BuiltBundle
@@ -114,3 +120,27 @@ def test_int4_and_int8_bundles_match_pytorch(name: str, request: pytest.FixtureR
         if n.op_type == "MatMulNBits"
     }
     assert bits in widths
+
+
+def test_onnxruntime_genai_runs_the_bundles_decoder(onnx_int2: BuiltBundle) -> None:
+    """genai's own greedy loop over genai/decoder.onnx (type "decoder", the image's cross-attention
+    keys/values as extra inputs) answers exactly as the bundle's decoder_step and as PyTorch."""
+    genai = onnx_int2.manifest["validation"]["onnxruntime_genai"]
+    assert genai["executed"] is True and genai["identical_tokens"] == genai["answers"] == 16
+    og = pytest.importorskip("onnxruntime_genai")
+    config = json.loads((onnx_int2.out / "genai" / "genai_config.json").read_text())
+    assert config["model"]["type"] == "decoder"
+    bundle = load_bundle(onnx_int2.out)
+    app = BundleModel(bundle, onnx_format.WRITER.open(onnx_int2.out, bundle.description))  # type: ignore[arg-type]
+    model = MobileMultiModalLLM.from_pretrained("default", quantization="int2")
+    example = load_eval_split("vqa", 3)[2]
+    cross = app.runner.run("cross_kv", {"image_tokens": app.image_tokens(example.image, example.question)})
+    generated = og.Model(str(onnx_int2.out / "genai"))
+    generator = og.Generator(generated, og.GeneratorParams(generated))
+    generator.set_model_input("cross_k", cross["cross_k"])
+    generator.set_model_input("cross_v", cross["cross_v"])
+    generator.append_tokens(np.array(app.prompt("vqa", example.question), dtype=np.int32))
+    while not generator.is_done():
+        generator.generate_next_token()
+    answer = app.tokenizer.decode(list(generator.get_sequence(0))[len(app.prompt("vqa", example.question)) :])
+    assert answer == model.answer_question(example.image, example.question) == example.answer

@@ -31,6 +31,7 @@ from .conftest import BuiltBundle, sample
 GRAPH_FILES = {
     f"{g}.onnx" for g in ("vision", "ocr", "cross_kv", "decoder_step", "image_embed", "text_embed")
 }
+GENAI_FILES = {"genai/decoder.onnx", "genai/genai_config.json"}
 DTYPES = {1: "float32", 7: "int64"}
 
 
@@ -45,11 +46,12 @@ def test_manifest_is_designs_export_manifest(onnx_int2: BuiltBundle) -> None:
     assert (m["format"], m["platform"], m["quantization"]) == ("onnx", "ios", "int2")
     assert json.loads((onnx_int2.out / "manifest.json").read_text()) == m
     paths = {f["path"] for f in m["files"]}
-    assert paths == GRAPH_FILES | {"bundle.json", "tokenizer.json"}
+    assert paths == GRAPH_FILES | GENAI_FILES | {"bundle.json", "tokenizer.json"}
     for f in m["files"]:
         assert sha256_file(onnx_int2.out / f["path"]) == f["sha256"]
         assert (onnx_int2.out / f["path"]).stat().st_size == f["bytes"]
-    assert {p.name for p in onnx_int2.out.iterdir()} == paths | {"manifest.json"}
+    on_disk = {p.relative_to(onnx_int2.out).as_posix() for p in onnx_int2.out.rglob("*") if p.is_file()}
+    assert on_disk == paths | {"manifest.json"}
     assert {"executed", "runtime", "max_abs_diff", "tasks", "reference"} <= set(m["validation"])
     assert 0 < m["duration_s"] < 600
     assert _leftovers(onnx_int2.out) == []

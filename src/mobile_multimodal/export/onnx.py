@@ -119,8 +119,9 @@ class _MatMulNBits(torch.autograd.Function):
         y = g.op(
             f"{MS_DOMAIN}::MatMulNBits", x, b, scales, zeros, K_i=k, N_i=n, bits_i=bits, block_size_i=block
         )
-        sizes = x.type().sizes()
-        y.setType(x.type().with_sizes([*sizes[:-1], n]))
+        sizes = x.type().varyingSizes()  # None where a dimension is dynamic (the genai decoder)
+        if sizes is not None:
+            y.setType(x.type().with_sizes([*sizes[:-1], n]))
         return y
 
 
@@ -230,6 +231,40 @@ def onnx_module(spec: GraphSpec) -> tuple[nn.Module, dict[str, int]]:
     return module.eval(), counts
 
 
+def export_onnx(
+    spec: GraphSpec, path: Path, quantization: str, dynamic_axes: dict[str, dict[int, str]] | None = None
+) -> None:
+    """Trace ``spec`` into the ONNX file ``path`` (packed layers as MatMulNBits/DequantizeLinear)."""
+    import onnx
+
+    module, counts = onnx_module(spec)
+    buffer = io.BytesIO()
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            # the TorchScript exporter is deprecated upstream (see the module docstring)
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                module,
+                spec.example_inputs,
+                buffer,  # type: ignore[arg-type]  # the TorchScript path writes to a file object
+                input_names=list(spec.input_names),
+                output_names=list(spec.output_names),
+                opset_version=OPSET,
+                do_constant_folding=True,
+                dynamo=False,
+                dynamic_axes=dynamic_axes,
+                custom_opsets={MS_DOMAIN: 1} if counts["matmul_nbits"] else None,
+            )
+        proto = onnx.load_from_string(buffer.getvalue())
+        proto.doc_string = f"mobile-multimodal-llm {spec.name} ({quantization}): {counts}"
+        onnx.checker.check_model(proto)
+    except Exception as exc:  # the toolchain's own errors are many and untyped
+        raise ExportError(
+            ExportErrorCode.EXPORT_CONVERSION_FAILED, f"ONNX export of graph {spec.name!r} failed: {exc}"
+        ) from exc
+    path.write_bytes(proto.SerializeToString())
+
+
 # ---- the writer ---------------------------------------------------------------------------------
 class OnnxGraphRunner:
     """One ONNX Runtime session per graph, on the CPU execution provider."""
@@ -264,41 +299,21 @@ class OnnxWriter:
     def write(
         self, model: MobileMultiModalLLM, graphs: list[GraphSpec], quantization: str, out: Path
     ) -> list[Path]:
-        import onnx
+        from mobile_multimodal.export.genai import write_genai
 
         files = []
         for spec in graphs:
-            module, counts = onnx_module(spec)
-            buffer = io.BytesIO()
-            try:
-                with warnings.catch_warnings(), torch.no_grad():
-                    # the TorchScript exporter is deprecated upstream (see the module docstring)
-                    warnings.simplefilter("ignore")
-                    torch.onnx.export(
-                        module,
-                        spec.example_inputs,
-                        buffer,  # type: ignore[arg-type]  # the TorchScript path writes to a file object
-                        input_names=list(spec.input_names),
-                        output_names=list(spec.output_names),
-                        opset_version=OPSET,
-                        do_constant_folding=True,
-                        dynamo=False,
-                        custom_opsets={MS_DOMAIN: 1} if counts["matmul_nbits"] else None,
-                    )
-                proto = onnx.load_from_string(buffer.getvalue())
-                proto.doc_string = f"mobile-multimodal-llm {spec.name} ({quantization}): {counts}"
-                onnx.checker.check_model(proto)
-            except ExportError:
-                raise
-            except Exception as exc:  # the toolchain's own errors are many and untyped
-                raise ExportError(
-                    ExportErrorCode.EXPORT_CONVERSION_FAILED,
-                    f"ONNX export of graph {spec.name!r} failed: {exc}",
-                ) from exc
             path = out / f"{spec.name}{self.extension}"
-            path.write_bytes(proto.SerializeToString())
+            export_onnx(spec, path, quantization)
             files.append(path)
-        return files
+        # the same decoder for onnxruntime-genai's generation loop (see genai.py)
+        return files + write_genai(model, graphs, quantization, out)
+
+    def bundle_extras(self, out: Path, bundle: dict[str, Any]) -> dict[str, Any]:
+        """What bundle.json says beyond the graphs: how onnxruntime-genai loads this bundle."""
+        from mobile_multimodal.export.genai import describe_genai
+
+        return describe_genai(out)
 
     def open(self, out: Path, bundle: dict[str, Any]) -> OnnxGraphRunner | str:
         return OnnxGraphRunner(out, {name: g["file"] for name, g in bundle["graphs"].items()})

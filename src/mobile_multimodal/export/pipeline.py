@@ -45,8 +45,9 @@ from mobile_multimodal.export.bundle import (
     weight_summary,
     write_json,
 )
-from mobile_multimodal.export.decode import load_bundle
+from mobile_multimodal.export.decode import BundleModel, load_bundle
 from mobile_multimodal.export.formats import check_quantization, resolve_format, writer_for
+from mobile_multimodal.export.genai import validate_genai
 from mobile_multimodal.export.graphs import GraphSpec, build_graphs
 from mobile_multimodal.export.validate import (
     ACCURACY_TOLERANCE,
@@ -61,6 +62,7 @@ from mobile_multimodal.model.llm import MobileMultiModalLLM
 from mobile_multimodal.observability.export_telemetry import mobile_export
 from mobile_multimodal.observability.tracing import stage
 
+GENAI_EXAMPLES = 8  # captioning and VQA answers compared between onnxruntime-genai and decoder_step
 _UNWRITABLE = {errno.EROFS, errno.EACCES, errno.EPERM}
 _FULL = {errno.ENOSPC, errno.EDQUOT}
 
@@ -223,6 +225,9 @@ def _describe(
     )
     # how the weights are stored, as the written files show it (ONNX: bytes by dtype)
     bundle["weights"] = {**weight_summary(graphs), "storage": writer.inspect(tmp, bundle)}
+    extras = getattr(writer, "bundle_extras", None)  # optional: what else the format's files offer
+    if extras is not None:
+        bundle.update(extras(tmp, bundle))
     write_json(tmp / BUNDLE_FILE, bundle)
     return bundle
 
@@ -243,7 +248,7 @@ def _validate(
     # may declare its own bounds: tolerance(quantization) -> (accuracy_relative, max_abs_diff)
     tolerance = getattr(writer, "tolerance", None)
     accuracy, max_diff = tolerance(quantization) if tolerance else (ACCURACY_TOLERANCE, MAX_ABS_DIFF_LIMIT)
-    return validate_bundle(
+    result = validate_bundle(
         model,
         graphs,
         bundle,
@@ -253,3 +258,12 @@ def _validate(
         tolerance=accuracy,
         max_abs_diff_limit=max_diff,
     )
+    if "onnxruntime_genai" in bundle.description:
+        genai = validate_genai(BundleModel(bundle, runner), min(examples or GENAI_EXAMPLES, GENAI_EXAMPLES))
+        result.validation["onnxruntime_genai"] = genai
+        if genai["executed"] and genai["identical_tokens"] != genai["answers"]:
+            result.failures.append(
+                f"onnxruntime-genai decoded {genai['answers'] - genai['identical_tokens']} of "
+                f"{genai['answers']} answers differently from the bundle's decoder_step"
+            )
+    return result
