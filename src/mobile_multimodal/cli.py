@@ -163,12 +163,13 @@ def export(
     if platform is None or out is None:
         raise typer.BadParameter("--platform and --out are required (see `mobile-mm export --help`)")
     from mobile_multimodal.errors import ExportError
-    from mobile_multimodal.export.pipeline import export_model
     from mobile_multimodal.export.summary import format_manifest
+    from mobile_multimodal.store.recorded_export import export_from_cli
 
     try:
-        manifest = export_model(
-            model,
+        # recorded in export_records and pushed to MOBILE_MM_PUSHGATEWAY_URL (a short-lived process)
+        manifest = export_from_cli(
+            model=model,
             platform=platform,
             fmt=fmt,
             quantization=quantization,

@@ -27,9 +27,13 @@ from mobile_multimodal.settings import Settings
 
 
 @contextmanager
-def process_telemetry(settings: Settings, *, traceparent: str | None = None) -> Iterator[None]:
+def process_telemetry(
+    settings: Settings, *, traceparent: str | None = None, stdout: bool = True
+) -> Iterator[None]:
+    """``stdout=False``: log lines go to the log file only (a command whose stdout is its output)."""
     cfg = load_config(settings)
-    configure_logging(cfg.logging, settings.resolved_log_dir)
+    logging_cfg = cfg.logging if stdout else cfg.logging.model_copy(update={"stdout": False})
+    configure_logging(logging_cfg, settings.resolved_log_dir)
     # In process: a helper process to export the spans of one job would cost more than it saves.
     tracing = cfg.tracing.model_copy(
         update={"export_process": False, "enabled": cfg.tracing.enabled and cfg.enabled}

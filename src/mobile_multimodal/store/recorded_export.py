@@ -161,7 +161,8 @@ def export_from_cli(
 ) -> dict[str, Any]:
     """What ``mobile-mm export`` runs: a recorded, pushed export with the service's telemetry."""
     settings = settings or get_settings()
-    with process_telemetry(settings, traceparent=os.environ.get("TRACEPARENT")):
+    # stdout is the command's (the manifest with --json): log lines go to the log file only
+    with process_telemetry(settings, traceparent=os.environ.get("TRACEPARENT"), stdout=False):
         try:
             db: Database | None = Database(settings.resolved_database_url)
         except (DatabaseError, OSError) as exc:
