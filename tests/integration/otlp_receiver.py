@@ -125,7 +125,7 @@ class OtlpReceiver:
             return list(self.spans)
 
     def wait_for(
-        self, done: Callable[[list[ReceivedSpan]], bool], timeout_s: float = 30.0
+        self, done: Callable[[list[ReceivedSpan]], bool], timeout_s: float = 60.0
     ) -> list[ReceivedSpan]:
         """Poll until ``done(spans)``; raise TimeoutError with what arrived otherwise."""
         deadline = time.monotonic() + timeout_s

@@ -67,7 +67,7 @@ class PrometheusServer:
         )
         log.close()
         try:
-            wait_http(f"{self.url}/-/ready", timeout_s=30, process=self._proc)
+            wait_http(f"{self.url}/-/ready", timeout_s=120, process=self._proc)
         except Exception as exc:
             self.stop()
             raise RuntimeError(f"prometheus did not start: {self.log_path.read_text()[-2000:]}") from exc
@@ -118,7 +118,7 @@ class PrometheusServer:
         return {r["metric"].get(label, ""): float(r["value"][1]) for r in self.query(promql)}
 
     def wait_for(
-        self, promql: str, done: Callable[[float | None], bool], timeout_s: float = 30.0
+        self, promql: str, done: Callable[[float | None], bool], timeout_s: float = 60.0
     ) -> float | None:
         """Poll a one-series query until ``done(value)``; raise with the last value otherwise."""
         deadline = time.monotonic() + timeout_s

@@ -116,6 +116,26 @@ class Stack:
     ) -> None:
         self.good_model, self.hook, self.prom, self.am = good_model, hook, prom, am
         self.good, self.broken = good, broken
+        self.traffic_sent = False
+
+    def ensure_traffic(self) -> None:
+        """The good instance's traffic, sent once for the tests that need it, in whatever order
+        they run."""
+        if not self.traffic_sent:
+            _send_traffic(self.good)
+            self.traffic_sent = True
+
+    def wait_scrapes(self, n: int) -> None:
+        """Wait until Prometheus has scraped the good instance ``n`` more times (however long a
+        busy machine makes its 1 s interval)."""
+        instance = f'instance="127.0.0.1:{self.good.port}"'
+        stamps: set[float] = set()
+
+        def scraped() -> bool:
+            stamps.update(float(r["value"][1]) for r in self.prom.query(f"timestamp(up{{{instance}}})"))
+            return len(stamps) > n
+
+        _wait(f"{n} more scrapes", scraped)
 
 
 @pytest.fixture(scope="module")
@@ -224,7 +244,7 @@ def test_new_deployment_is_mailed(stack: Stack) -> None:
 
 
 def test_error_rate_warns(stack: Stack) -> None:
-    _send_traffic(stack.good)
+    stack.ensure_traffic()
     note = stack.hook.wait_for(lambda n: n["commonLabels"].get("alertname") == "HighErrorRate", 90)
     assert _receiver(note) == "slack-warnings"
     ratio = stack.prom.query(
@@ -255,11 +275,12 @@ def _grafana_to_promql(expr: str) -> str:
 
 
 def test_dashboard_queries_run_and_return_data(stack: Stack) -> None:
+    stack.ensure_traffic()
     _wait(
         "traffic scraped",
         lambda: stack.prom.query(f'model_inference_requests_total{{job="{JOB}", status="success"}}'),
     )
-    time.sleep(3)  # a few more scrapes so rate() over the 1 m windows has points
+    stack.wait_scrapes(3)  # a few more scrapes so rate() over the 1 m windows has points
     empty = []
     exprs = dashboard_queries()
     for expr in exprs:

@@ -128,7 +128,7 @@ class WebhookReceiver:
         with self._cond:
             return [r["body"] for r in self.received if isinstance(r["body"], dict) and "alerts" in r["body"]]
 
-    def wait_for(self, match: Callable[[dict[str, Any]], bool], timeout_s: float = 30) -> dict[str, Any]:
+    def wait_for(self, match: Callable[[dict[str, Any]], bool], timeout_s: float = 60) -> dict[str, Any]:
         """The first notification ``match`` accepts, waiting for it if need be."""
         deadline = time.monotonic() + timeout_s
         with self._cond:
@@ -227,7 +227,7 @@ class _Process:
         with self.log.open("wb") as out:
             self._proc = subprocess.Popen(self.command(), stdout=out, stderr=subprocess.STDOUT)
         try:
-            wait_until(self.name, lambda: _http_ok(self.ready_url()), 30, self._proc, self.log)
+            wait_until(self.name, lambda: _http_ok(self.ready_url()), 120, self._proc, self.log)
         except Exception:
             self.stop()
             raise
@@ -409,7 +409,7 @@ class SMTPReceiver:
         self._server.server_close()
         self._thread.join(timeout=5)
 
-    def wait_for_message(self, timeout_s: float = 30) -> str:
+    def wait_for_message(self, timeout_s: float = 60) -> str:
         with self._cond:
             if not self._cond.wait_for(lambda: bool(self.messages), timeout_s):
                 raise TimeoutError(f"no email in {timeout_s}s")
