@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -143,6 +144,10 @@ _EXPORT_USAGE_CODES = {
 }
 
 
+def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 @export_app.callback()
 def export(
     ctx: typer.Context,
@@ -163,10 +168,16 @@ def export(
     if platform is None or out is None:
         raise typer.BadParameter("--platform and --out are required (see `mobile-mm export --help`)")
     from mobile_multimodal.errors import ExportError
+    from mobile_multimodal.export.formats import check_quantization, resolve_format
     from mobile_multimodal.export.summary import format_manifest
     from mobile_multimodal.store.recorded_export import export_from_cli
 
+    # SIGTERM (a container stop, a job runner) ends the export as Ctrl-C does: cleaned up, no bundle
+    previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
+        # a request that makes no sense is refused before anything (telemetry, database) starts
+        check_quantization(quantization)
+        resolve_format(platform, fmt)
         # recorded in export_records and pushed to MOBILE_MM_PUSHGATEWAY_URL (a short-lived process)
         manifest = export_from_cli(
             model=model,
@@ -182,6 +193,8 @@ def export(
         typer.echo(f"error: {exc}", err=True)
         code = 2 if exc.code in _EXPORT_USAGE_CODES else 130 if exc.code == "EXPORT_INTERRUPTED" else 1
         raise typer.Exit(code) from exc
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     typer.echo(json.dumps(manifest, indent=2) if as_json else format_manifest(manifest, out))
 
 

@@ -6,8 +6,10 @@ import importlib.metadata
 import json
 import re
 import shlex
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,7 @@ def test_a_pair_that_makes_no_sense_is_refused_before_any_work(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(pipeline, "_load", _no_work)
+    monkeypatch.chdir(tmp_path)  # where the default data dir (database, logs) would appear
     out = tmp_path / "bundle"
     result = CliRunner().invoke(
         app, ["export", "--platform", "android", "--format", "coreml", "--out", str(out)]
@@ -42,6 +45,7 @@ def test_a_pair_that_makes_no_sense_is_refused_before_any_work(
     )
     assert result.exit_code == 2 and "UNKNOWN_QUANTIZATION" in result.output
     assert CliRunner().invoke(app, ["export", "--out", str(out)]).exit_code == 2  # no --platform
+    assert list(tmp_path.iterdir()) == []  # no bundle, no database, no log file
 
 
 def test_export_check_lists_versions_and_exits_by_the_requested_formats(
@@ -101,3 +105,35 @@ def test_the_readmes_export_commands_run_as_written(tmp_path: Path, monkeypatch:
             validation = manifest["validation"]
             assert validation["executed"] and validation["tasks"] == validation["reference"]
             assert f"bundle: {tmp_path / out}" in result.output or f"bundle: {out}" in result.output
+
+
+def test_sigterm_ends_an_export_like_ctrl_c(tmp_path: Path) -> None:
+    """A stopped container or job runner sends SIGTERM: the export ends as interrupted (exit 130)
+    and leaves neither the bundle nor its temporary directory."""
+    out = tmp_path / "bundle"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mobile_multimodal.cli", "export", "--platform", "android", "--out", str(out)],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        # wait (bounded) until the bundle is being written: the temporary directory beside --out
+        for _ in range(6000):
+            if (
+                any(p.name.startswith(".bundle.tmp-") for p in tmp_path.iterdir())
+                or process.poll() is not None
+            ):
+                break
+            time.sleep(0.05)
+        assert process.poll() is None, "the export ended before it could be interrupted"
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=300)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, stderr[-2000:]
+    assert "EXPORT_INTERRUPTED" in stderr
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".bundle.")]
