@@ -259,3 +259,26 @@ def test_a_full_disk_fails_cleanly(tmp_path: Path) -> None:
     done = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, timeout=600)
     assert "error: EXPORT_DISK_FULL" in done.stderr, done.stderr[-2000:]
     assert done.stdout.strip().splitlines() == ["rc=1"]  # and nothing left on the file system
+
+
+def test_any_model_directory_exports(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """--model DIR: another architecture (width 48, two layers) gets its own shapes in bundle.json."""
+    manifest = export_model(
+        tiny_model_dir, platform="android", quantization="fp32", out=tmp_path / "tiny", validation_examples=2
+    )
+    v = manifest["validation"]
+    assert v["executed"] and v["tasks"] == v["reference"] and v["max_abs_diff"] < 1e-3
+    bundle = json.loads((tmp_path / "tiny" / "bundle.json").read_text())
+    assert bundle["kv_cache"]["shape"] == [2, 1, 2, 48, 24]
+    assert bundle["graphs"]["vision"]["outputs"][0]["shape"] == [1, 64, 48]
+
+
+def test_a_missing_quantized_variant_is_a_clear_failure(tiny_model_dir: Path, tmp_path: Path) -> None:
+    labels = {"platform": "ios", "quantization": "int2"}
+    before = sample("mobile_export_failures_total", labels)
+    with pytest.raises(ExportError) as info:
+        export_model(tiny_model_dir, platform="ios", fmt="onnx", quantization="int2", out=tmp_path / "b")
+    assert info.value.code == ExportErrorCode.EXPORT_MODEL_INVALID
+    assert "mobile-mm quantize --bits 2" in info.value.message
+    assert sample("mobile_export_failures_total", labels) == before + 1
+    assert list(tmp_path.iterdir()) == []
