@@ -77,12 +77,18 @@ def _accuracy(model: Any, examples: int | None) -> dict[str, Any]:
 def export_cell(args: argparse.Namespace) -> dict[str, Any]:
     from mobile_multimodal.export.pipeline import export_model
 
+    load_before = os.getloadavg()[0]  # other work on the machine while this export ran
     start = time.perf_counter()
     manifest = export_model(
         args.model, platform=args.platform, fmt=args.format, quantization=args.quantization, out=args.bundle
     )
     wall = time.perf_counter() - start
-    return {"wall_s": wall, "manifest": manifest, "rss_peak_bytes": _peak_rss_bytes()}
+    return {
+        "wall_s": wall,
+        "manifest": manifest,
+        "rss_peak_bytes": _peak_rss_bytes(),
+        "load_avg_1m": [load_before, os.getloadavg()[0]],
+    }
 
 
 def runtime_cell(args: argparse.Namespace) -> dict[str, Any]:

@@ -27,12 +27,13 @@ def summary_table(results: dict[str, Any]) -> list[str]:
             continue
         size = f"{row['bundle_bytes'] / MIB:.2f} MiB"
         target = "" if row["export_under_target"] else " (over the 60 s target)"
-        export = f"{row['export_s']:.1f} s{target}"
+        load = row.get("export_load_avg_1m")
+        export = f"{row['export_s']:.1f} s{target}" + (f" (load {load[0]:.1f})" if load else "")
         if "tasks" in row:
             tasks = row["tasks"]
             equal = sum(t["equal"] for t in tasks.values())
             worst = max(tasks.items(), key=lambda kv: abs(kv[1]["exported"] - kv[1]["pytorch"]))
-            accuracy = f"{equal}/{len(tasks)} equal"
+            accuracy = f"{equal}/{len(tasks)} equal ({row.get('examples_per_task', 'full')} per task)"
             if equal < len(tasks):
                 name, t = worst
                 gap = f"{_fmt_score(name, t['exported'])} vs {_fmt_score(name, t['pytorch'])}"
@@ -56,7 +57,8 @@ def task_tables(results: dict[str, Any]) -> list[str]:
         if "tasks" not in row:
             continue
         lines += [
-            f"### {row['format']} {row['quantization']} ({row['runtime']})",
+            f"### {row['format']} {row['quantization']} ({row['runtime']}; "
+            f"{row.get('examples_per_task', 'full')} examples per task)",
             "",
             "| task | n | exported | PyTorch | equal | latency ms | PyTorch ms | ratio |",
             "|---|---:|---:|---:|---|---:|---:|---:|",
@@ -87,7 +89,8 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
         "",
         f"Commit {results['commit']}; {machine['cpu_count']} CPU cores ({machine['platform']}), load average "
         f"at the end {', '.join(f'{x:.1f}' for x in machine['load_avg_at_end'])}; torch and ONNX Runtime on "
-        f"{results['threads']} thread. Accuracy on {results['examples_per_task']} (examples per task), the "
+        f"{results['threads']} thread. Accuracy on {results['examples_per_task']} (examples per task; the "
+        f"full held-out splits for {results['full_splits_for']}), the "
         "exported bundle driven by its own description files (decode.BundleModel) against the PyTorch "
         "model at the same precision on the same examples. Latency: mean of "
         f"{results['latency_examples']} batch-1 calls per task after one warm-up call. "

@@ -6,8 +6,9 @@ For each format whose toolchain is installed (``mobile-mm export check``) and ea
   guide alerts at 5 min), in a process of its own, one export at a time;
 - bundle size (the manifest's files) and the export process's peak RSS;
 - task accuracy of the exported bundle in its own runtime on the held-out splits (full by
-  default: ``--examples N`` caps them, and the results say so), next to the PyTorch model's at
-  the same precision on the same examples: equal (to the last digit) is the bar for INT2 ONNX;
+  default; ``--examples N`` caps them except for the ``--full`` cells, INT2 ONNX by default, and
+  the results say which), next to the PyTorch model's at the same precision on the same
+  examples: equal (to the last digit) is the bar for INT2 ONNX;
 - batch-1 latency per task in the runtime beside PyTorch eager (their ratio), and the peak RSS
   of each (runtime and PyTorch measured in separate processes of the same run).
 
@@ -87,19 +88,18 @@ def _commit() -> str:
 class Cells:
     """Runs cell.py processes, keeping each result as <work>/<name>.json."""
 
-    def __init__(self, work: Path, model: str, examples: int | None, latency_examples: int) -> None:
-        self.work, self.model = work, model
-        self.examples, self.latency_examples = examples, latency_examples
+    def __init__(self, work: Path, model: str, latency_examples: int) -> None:
+        self.work, self.model, self.latency_examples = work, model, latency_examples
         work.mkdir(parents=True, exist_ok=True)
 
-    def run(self, name: str, args: list[str]) -> dict[str, Any]:
+    def run(self, name: str, args: list[str], examples: int | None = None) -> dict[str, Any]:
         path = self.work / f"{name}.json"
         if path.exists():
             return dict(json.loads(path.read_text()))
         command = [sys.executable, "-m", "benchmarks.export.cell", *args, "--model", self.model]
         command += ["--latency-examples", str(self.latency_examples), "--json", str(path)]
-        if self.examples is not None:
-            command += ["--examples", str(self.examples)]
+        if examples is not None:
+            command += ["--examples", str(examples)]
         log = self.work / f"{name}.log"
         print(f"--- {name}", flush=True)
         start = time.perf_counter()
@@ -119,6 +119,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quantizations", nargs="+", default=list(QUANTIZATIONS))
     parser.add_argument("--model", default="default")
     parser.add_argument("--examples", type=int, default=None, help="per task; default: the full splits")
+    parser.add_argument(
+        "--full",
+        nargs="*",
+        default=["onnx-int2"],
+        help="FORMAT-PRECISION cells measured on the full splits even with --examples",
+    )
     parser.add_argument("--latency-examples", type=int, default=8)
     parser.add_argument("--jobs", type=int, default=2, help="accuracy cells at a time (exports run alone)")
     parser.add_argument("--out", type=Path, default=OUT)
@@ -131,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.fresh and work.exists():
         shutil.rmtree(work)
     formats, skipped = available_formats(args.formats)
-    cells = Cells(work, args.model, args.examples, args.latency_examples)
+    cells = Cells(work, args.model, args.latency_examples)
 
     exports: dict[tuple[str, str], dict[str, Any]] = {}
     for fmt in formats:
@@ -155,18 +161,19 @@ def main(argv: list[str] | None = None) -> int:
                 ],
             )
 
-    jobs: dict[str, list[str]] = {f"torch-{q}": ["torch", "--quantization", q] for q in args.quantizations}
+    # (cell name, arguments, examples per task); the PyTorch reference once per precision and size
+    jobs: dict[str, tuple[list[str], int | None]] = {}
     for (fmt, q), result in exports.items():
-        if "error" not in result:
-            jobs[f"runtime-{fmt}-{q}"] = [
-                "runtime",
-                "--format",
-                fmt,
-                "--bundle",
-                str(work / f"bundle-{fmt}-{q}"),
-            ]
+        if "error" in result:
+            continue
+        n = examples_for(args, fmt, q)
+        bundle = str(work / f"bundle-{fmt}-{q}")
+        jobs[f"runtime-{fmt}-{q}-{n or 'full'}"] = (["runtime", "--format", fmt, "--bundle", bundle], n)
+        jobs[f"torch-{q}-{n or 'full'}"] = (["torch", "--quantization", q], n)
+    # the longest first, so the pool is not left waiting on one of them at the end
+    order = sorted(jobs, key=lambda name: (jobs[name][1] is not None, name.startswith("torch")))
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        futures = {name: pool.submit(cells.run, name, cell_args) for name, cell_args in jobs.items()}
+        futures = {name: pool.submit(cells.run, name, *jobs[name]) for name in order}
         measured = {name: f.result() for name, f in futures.items()}
 
     results = assemble(args, formats, skipped, exports, measured)
@@ -176,6 +183,11 @@ def main(argv: list[str] | None = None) -> int:
     write_plot(results, args.out / "results.png")
     print(f"wrote {args.out / 'results.md'}")
     return 0 if not any("error" in row for row in results["rows"]) else 1
+
+
+def examples_for(args: argparse.Namespace, fmt: str, quantization: str) -> int | None:
+    """Examples per task of a cell: None (the full splits) by default or for the ``--full`` cells."""
+    return None if f"{fmt}-{quantization}" in args.full else args.examples
 
 
 def assemble(
@@ -198,13 +210,16 @@ def assemble(
                 "export_s": round(export["wall_s"], 2),
                 "export_under_target": export["wall_s"] < EXPORT_TARGET_S,
                 "export_rss_peak_bytes": export["rss_peak_bytes"],
+                "export_load_avg_1m": export.get("load_avg_1m"),
                 "bundle_bytes": sum(f["bytes"] for f in manifest["files"]),
                 "runtime": validation["runtime"],
                 "executed": bool(validation["executed"]),
             }
         )
-        runtime = measured.get(f"runtime-{fmt}-{q}", {})
-        reference = measured.get(f"torch-{q}", {})
+        n = examples_for(args, fmt, q)
+        runtime = measured.get(f"runtime-{fmt}-{q}-{n or 'full'}", {})
+        reference = measured.get(f"torch-{q}-{n or 'full'}", {})
+        row["examples_per_task"] = n if n is not None else "full"
         if not validation["executed"]:
             row["reason"] = validation.get("reason")
         elif "error" in runtime or "error" in reference:
@@ -238,6 +253,7 @@ def assemble(
         "commit": _commit(),
         "model": args.model,
         "examples_per_task": args.examples if args.examples is not None else "full held-out splits",
+        "full_splits_for": args.full if args.examples is not None else "every cell",
         "latency_examples": args.latency_examples,
         "threads": 1,
         "export_target_s": EXPORT_TARGET_S,
