@@ -17,6 +17,7 @@ Example::
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -205,7 +206,7 @@ def weight_summary(graphs: list[GraphSpec]) -> dict[str, Any]:
     for spec in graphs:
         for name, qw in spec.quantized.items():
             kind = type(spec.module.get_submodule(name)).__name__.lower()
-            seen[id(qw.packed)] = (kind, qw.bits, qw.group_size, int(qw.packed.numel() * 8 // qw.bits))
+            seen[id(qw.packed)] = (kind, qw.bits, qw.group_size, math.prod(qw.shape))
     layers: dict[str, dict[str, Any]] = {}
     for kind, bits, group, count in seen.values():
         entry = layers.setdefault(f"{kind} int{bits}", {"layers": 0, "weights": 0, "group_sizes": []})

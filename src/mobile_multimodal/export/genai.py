@@ -39,7 +39,7 @@ from torch import Tensor, nn
 from mobile_multimodal.data.splits import load_eval_split
 from mobile_multimodal.export.decode import BundleModel
 from mobile_multimodal.export.formats import package_version
-from mobile_multimodal.export.graphs import GraphSpec, _heads
+from mobile_multimodal.export.graphs import GraphSpec, split_heads
 from mobile_multimodal.model.decoder import TextDecoder
 from mobile_multimodal.model.llm import MobileMultiModalLLM
 
@@ -70,7 +70,7 @@ class GenaiDecoderGraph(nn.Module):
         for i, blk in enumerate(dec.layers()):
             attn = blk.self_attn
             h = blk.norm1(x)
-            q = _heads(attn.q(h), attn.heads)
+            q = split_heads(attn.q(h), attn.heads)
             k, v = attn.project_kv(h)
             k_all, v_all = torch.cat([past[2 * i], k], 2), torch.cat([past[2 * i + 1], v], 2)
             y = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask)

@@ -145,7 +145,7 @@ class OcrGraph(nn.Module):
         return self.head(self.encoder(line, columns=True)[0])
 
 
-def _heads(x: Tensor, heads: int) -> Tensor:
+def split_heads(x: Tensor, heads: int) -> Tensor:
     b, t, d = x.shape
     return x.view(b, t, heads, d // heads).transpose(1, 2)  # (B, nh, T, hs)
 
@@ -196,7 +196,7 @@ class DecoderStepGraph(nn.Module):
         for i, blk in enumerate(dec.layers()):
             attn = blk.self_attn
             h = blk.norm1(x)
-            q = _heads(attn.q(h), attn.heads)
+            q = split_heads(attn.q(h), attn.heads)
             k, v = attn.project_kv(h)  # (1, nh, 1, hs)
             k_all = torch.where(write, k, self_k[i])  # (1, nh, S, hs)
             v_all = torch.where(write, v, self_v[i])

@@ -27,7 +27,7 @@ from typing import Any, cast
 import numpy as np
 import torch
 
-from mobile_multimodal.data.easyvqa import EasyVQAUnavailable
+from mobile_multimodal.data.easyvqa import EasyVQAUnavailable, load_easy_vqa
 from mobile_multimodal.export.decode import Bundle, BundleModel
 from mobile_multimodal.export.formats import GraphRunner
 from mobile_multimodal.export.graphs import GraphSpec
@@ -77,8 +77,6 @@ def graph_differences(graphs: Sequence[GraphSpec], recorder: _CallRecorder) -> d
 
 def _available_tasks(tasks: Sequence[str]) -> tuple[list[str], dict[str, str]]:
     """The tasks whose held-out data is here (easy-VQA ships in an optional wheel)."""
-    from mobile_multimodal.data.easyvqa import load_easy_vqa
-
     skipped: dict[str, str] = {}
     if "easy_vqa" in tasks:
         try:
