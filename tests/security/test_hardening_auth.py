@@ -193,3 +193,21 @@ def test_a_valid_key_still_works_end_to_end(keyed_server: tuple[LiveServer, str]
         models = http.get("/v1/models")
     assert response.status_code == 200, response.text
     assert models.status_code == 200
+
+
+def test_an_admin_route_checks_its_key_before_the_body_too(keyed_server: tuple[LiveServer, str]) -> None:
+    server, pro_key = keyed_server
+    database = server.app.state.database
+    admin_key, _ = create_key(database, "root", admin=True)
+    malformed = b'{"platform": '
+    json_type = {"Content-Type": "application/json"}
+    with server.client() as http:
+        keyless = http.post("/export", content=malformed, headers=json_type)
+        not_admin = http.post("/export", content=malformed, headers={**json_type, "X-API-Key": pro_key})
+        admin = http.post("/export", content=malformed, headers={**json_type, "X-API-Key": admin_key})
+    assert (keyless.status_code, keyless.json()["error"]["code"]) == (401, "MISSING_API_KEY")
+    assert (not_admin.status_code, not_admin.json()["error"]["code"]) == (403, "FORBIDDEN")
+    assert (admin.status_code, admin.json()["error"]["code"]) == (400, "INVALID_JSON")
+    # the admin check ran before the body and again as the route's dependency: one audit row
+    granted = [row for row in rows(database, "admin.access") if row.result == "success"]
+    assert [row.user_id for row in granted] == ["root"]

@@ -79,10 +79,19 @@ def require_api_key(request: Request) -> Principal:
 
 def require_admin(request: Request) -> Principal:
     """An admin principal; 401 without a valid key, 403 FORBIDDEN for a non-admin key or, with
-    auth disabled, for a non-loopback client. Every refusal counts as an ``unauthorized`` event."""
+    auth disabled, for a non-loopback client. Every refusal counts as an ``unauthorized`` event.
+
+    Idempotent per request (the serving layer may run it before the body is read, and FastAPI
+    then again as the route's dependency): the second call returns the first one's principal
+    and writes no second ``admin.access`` row.
+    """
+    done = getattr(request.state, "admin_principal", None)
+    if isinstance(done, Principal):
+        return done
     context = get_security(request)
     ip, resource = _source_ip(request), _resource(request)
     principal = context.authorize_admin(request.headers, source_ip=ip, resource=resource)
     context.check_rate_limit(principal, source_ip=ip, resource=resource)
     request.state.principal = principal
+    request.state.admin_principal = principal
     return principal

@@ -10,7 +10,9 @@ If the store could not be opened, keys cannot be checked: with auth required eve
 refused with 503 ``DATABASE_UNAVAILABLE`` (``/health`` says why) rather than let anyone in.
 
 :class:`KeyBeforeBodyMiddleware` checks the key of a keyed route (one that depends on
-:func:`~mobile_multimodal.serving.deps.authenticated`) before the route reads its body: FastAPI
+:func:`~mobile_multimodal.serving.deps.authenticated`, or on a dependency marked with
+:func:`~mobile_multimodal.serving.deps.checks_key_before_body`, as the admin routes' is) before
+the route reads its body: FastAPI
 reads and parses a body before it solves dependencies, so a client without a valid key would
 otherwise make the server buffer and parse up to ``MOBILE_MM_MAX_BODY_BYTES`` and be told about
 its JSON (400) instead of its key (401).
@@ -24,7 +26,9 @@ Example::
 
 from __future__ import annotations
 
+import inspect
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -81,17 +85,22 @@ class KeyCheckRefusedError(HTTPException):
         super().__init__(exc.status, detail=detail, headers=exc.headers or None)
 
 
-def _needs_key(route: object) -> bool:
-    """Whether ``authenticated`` is among the route's dependencies (at any depth)."""
+def _key_checks(route: object) -> tuple[Callable[[Request], Any], ...]:
+    """The route's key checks, outermost first: ``authenticated`` and the dependencies marked
+    with :func:`~mobile_multimodal.serving.deps.checks_key_before_body` (at any depth)."""
+    found: list[Callable[[Request], Any]] = []
     pending = [getattr(route, "dependant", None)]
     while pending:
-        dependant = pending.pop()
+        dependant = pending.pop(0)
         if dependant is None:
             continue
-        if dependant.call is authenticated:
-            return True
+        call = dependant.call
+        if call is authenticated or getattr(call, "__checks_key_before_body__", False):
+            if call not in found:
+                found.append(call)
+            continue  # what it depends on runs when FastAPI calls it
         pending.extend(dependant.dependencies)
-    return False
+    return tuple(found)
 
 
 class KeyBeforeBodyMiddleware:
@@ -104,7 +113,8 @@ class KeyBeforeBodyMiddleware:
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self._keyed: dict[int, bool] = {}  # id(route) -> needs a key; routes live as long as the app
+        # id(route) -> its key checks; routes live as long as the app
+        self._checks: dict[int, tuple[Callable[[Request], Any], ...]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -117,8 +127,11 @@ class KeyBeforeBodyMiddleware:
             if not checked:
                 checked = True
                 route = scope.get("route")
-                if route is not None and self._route_needs_key(route):
-                    await _check_key(Request(scope))
+                for check in self._route_checks(route) if route is not None else ():
+                    if check is authenticated:
+                        await _check_key(Request(scope))
+                    else:
+                        await _run_check(check, Request(scope))
             return await receive()
 
         try:
@@ -130,11 +143,24 @@ class KeyBeforeBodyMiddleware:
             if span is not None and span.is_recording():
                 span.end()
 
-    def _route_needs_key(self, route: object) -> bool:
-        needs = self._keyed.get(id(route))
-        if needs is None:
-            needs = self._keyed[id(route)] = _needs_key(route)
-        return needs
+    def _route_checks(self, route: object) -> tuple[Callable[[Request], Any], ...]:
+        checks = self._checks.get(id(route))
+        if checks is None:
+            checks = self._checks[id(route)] = _key_checks(route)
+        return checks
+
+
+async def _run_check(check: Callable[[Request], Any], request: Request) -> None:
+    """A marked key check (sync ones in a worker thread: they read the database)."""
+    try:
+        if inspect.iscoroutinefunction(check):
+            await check(request)
+        else:
+            await anyio.to_thread.run_sync(check, request)
+    except HTTPException:
+        raise
+    except ServiceError as exc:
+        raise KeyCheckRefusedError(exc) from exc
 
 
 async def _check_key(request: Request) -> None:

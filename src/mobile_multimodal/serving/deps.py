@@ -24,7 +24,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from fastapi import Request
 from opentelemetry import trace
@@ -88,6 +88,18 @@ async def inference_span(request: Request) -> AsyncIterator[Span]:
     finally:
         if span.is_recording():
             span.end()
+
+
+KeyCheck = Callable[[Request], Any]
+
+
+def checks_key_before_body(dependency: KeyCheck) -> KeyCheck:
+    """Mark a route dependency that checks the caller's key (an admin check, say): the serving
+    layer runs it before the route's body is read, as it does :func:`authenticated`. It must be
+    idempotent per request (FastAPI calls it again as the dependency): answer from
+    ``request.state`` the second time, as ``require_admin`` does."""
+    dependency.__checks_key_before_body__ = True  # type: ignore[attr-defined]
+    return dependency
 
 
 async def authenticated(request: Request) -> Principal:

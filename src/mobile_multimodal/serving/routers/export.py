@@ -31,6 +31,7 @@ from mobile_multimodal.errors import ExportError, ExportErrorCode
 from mobile_multimodal.export.formats import load_writer, resolve_format
 from mobile_multimodal.security.auth import require_admin
 from mobile_multimodal.security.context import Principal
+from mobile_multimodal.serving.deps import checks_key_before_body
 from mobile_multimodal.serving.errors import ErrorCode, ServiceError
 from mobile_multimodal.serving.export_jobs import ExportBusy, ExportJobs
 from mobile_multimodal.serving.openapi import error_responses
@@ -53,6 +54,7 @@ def _database(request: Request) -> Database:
     return database
 
 
+@checks_key_before_body  # no admin key, no body read (require_admin answers once per request)
 def admin(request: Request) -> Principal:
     """An admin principal (security's require_admin), once the store that checks keys is there."""
     _database(request)
