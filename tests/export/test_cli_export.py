@@ -57,6 +57,7 @@ def test_export_check_lists_versions_and_exits_by_the_requested_formats(
     assert "ready" in line
     assert f"onnxruntime {importlib.metadata.version('onnxruntime')}" in line
     assert f"onnx {importlib.metadata.version('onnx')}" in line
+    assert f"onnxruntime-genai {importlib.metadata.version('onnxruntime-genai')} (optional)" in line
 
     everything = CliRunner().invoke(app, ["export", "check", "--json"])
     report = json.loads(everything.output)

@@ -36,6 +36,7 @@ class FormatStatus:
     packages: dict[str, str | None]
     platforms: list[str]
     required: bool  # whether its absence fails the check
+    optional: dict[str, str | None] = field(default_factory=dict)  # runtimes the bundle also serves
     install_hint: str | None = None
     problem: str | None = None
 
@@ -61,6 +62,7 @@ class CheckReport:
         for f in self.formats:
             status = "ready" if f.ready else ("MISSING" if f.required else "optional")
             packages = ", ".join(f"{p} {v or '(not installed)'}" for p, v in f.packages.items())
+            packages += "".join(f", {p} {v or '(not installed)'} (optional)" for p, v in f.optional.items())
             detail = packages or f.problem or ""
             if f.runtime:
                 detail += f"; runs in {f.runtime}"
@@ -94,7 +96,8 @@ def format_status(fmt: str, required: bool) -> FormatStatus:
     packages = writer.toolchain()
     missing = [p for p, v in packages.items() if v is None]
     hint = getattr(writer, "install_hint", f"pip install {' '.join(missing)}")
-    return FormatStatus(fmt, writer.runtime, packages, platforms, required, install_hint=hint)
+    optional: dict[str, str | None] = getattr(writer, "optional_toolchain", dict)()
+    return FormatStatus(fmt, writer.runtime, packages, platforms, required, optional, install_hint=hint)
 
 
 def check_toolchains(formats: Sequence[str] = ()) -> CheckReport:

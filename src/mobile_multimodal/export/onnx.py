@@ -296,6 +296,10 @@ class OnnxWriter:
     def toolchain(self) -> dict[str, str | None]:
         return {"onnx": package_version("onnx"), "onnxruntime": package_version("onnxruntime")}
 
+    def optional_toolchain(self) -> dict[str, str | None]:
+        """Runtimes the bundle also serves, checked by validation when installed."""
+        return {"onnxruntime-genai": package_version("onnxruntime-genai")}
+
     def write(
         self, model: MobileMultiModalLLM, graphs: list[GraphSpec], quantization: str, out: Path
     ) -> list[Path]:
