@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 from pathlib import Path
@@ -35,10 +36,15 @@ def serve(
     model: str = typer.Option("default", help="Model directory, or 'default' for the bundled model."),
     quantization: str = typer.Option("fp32", help="fp32, int8, int4 or int2."),
     workers: int = typer.Option(1, min=1, help="Worker processes (metrics are aggregated across them)."),
+    device: str | None = typer.Option(
+        None, help="auto, cpu or cuda (default: MOBILE_MM_DEVICE, else auto: cuda when torch sees a GPU)."
+    ),
 ) -> None:
     """Serve the model over HTTP."""
     from mobile_multimodal.serving.server import run_server
 
+    if device is not None:  # like the other options: into the environment, where workers read it
+        os.environ["MOBILE_MM_DEVICE"] = device
     run_server(host=host, port=port, model=model, quantization=quantization, workers=workers)
 
 

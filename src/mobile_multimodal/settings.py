@@ -66,6 +66,18 @@ class Settings(BaseSettings):
     max_connections: int = Field(1024, ge=1)
     keep_alive_timeout_s: int = Field(5, ge=1)
 
+    # --- live model quality (serving/canary.py, serving/shadow.py) --------------------------
+    # A held-out canary set is scored on the model thread, between requests, at start-up and
+    # every canary_interval_s (0 = no canary): model_accuracy_score, quantization_accuracy_loss.
+    canary_interval_s: float = Field(300.0, ge=0)
+    canary_size: int = Field(32, ge=4, le=1000, description="Canary examples per task.")
+    # A sampled fraction of live requests is replayed through the fp32 reference (quantized
+    # models only), off the request path; at most shadow_queue wait, the rest are dropped.
+    shadow_sample_rate: float = Field(0.01, ge=0, le=1)
+    shadow_queue: int = Field(32, ge=1, le=10_000)
+    # auto = cuda when torch sees a GPU, else cpu.
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
     # --- batching / backpressure -------------------------------------------------------
     max_batch_size: int = Field(16, ge=1, le=256)
     max_batch_wait_ms: float = Field(5.0, ge=0, le=1000)

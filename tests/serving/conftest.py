@@ -82,6 +82,9 @@ def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
         "request_timeout_s": 30.0,
         # each /model/health call runs its probe (tests count model calls); the cache has its own tests
         "model_health_cache_s": 0.0,
+        # the canary and shadow call the model too; their own tests turn them on
+        "canary_interval_s": 0.0,
+        "shadow_sample_rate": 0.0,
     }
     values.update(overrides)
     return Settings(**values)

@@ -74,14 +74,19 @@ def verify_files(directory: Path, manifest: dict[str, Any]) -> list[str]:
     return bad
 
 
+def check_files(directory: Path, manifest: dict[str, Any]) -> None:
+    """Raise MODEL_INTEGRITY_FAILED unless every file matches the manifest."""
+    bad = verify_files(directory, manifest)
+    if bad:
+        raise ModelLoadError(
+            f"model files differ from their manifest checksums: {', '.join(bad)} (tampered or corrupt)",
+            code="MODEL_INTEGRITY_FAILED",
+        )
+
+
 def load_state(directory: Path, manifest: dict[str, Any], verify: bool = True) -> dict[str, torch.Tensor]:
     if verify:
-        bad = verify_files(directory, manifest)
-        if bad:
-            raise ModelLoadError(
-                f"model files differ from their manifest checksums: {', '.join(bad)} (tampered or corrupt)",
-                code="MODEL_INTEGRITY_FAILED",
-            )
+        check_files(directory, manifest)
     try:
         return load_file(str(directory / WEIGHTS))
     except Exception as e:  # safetensors raises several types for a corrupt file

@@ -11,11 +11,17 @@ signal (anything with ``is_set()``, e.g. ``threading.Event``): it is read before
 step, a stopped row is finished as it stands, and the loop ends when every row is finished, so
 a caller that gave up on a request frees the model at the next token.
 
+Confidence: pass ``scores=[]`` and it is filled with one mean log-probability per row over the
+tokens the row emitted (``<eos>`` included), the decoder's own belief in its greedy output. Only
+then is a log-softmax computed per step; the default path stays an argmax over the logits.
+
 Example::
 
     stop = [threading.Event() for _ in prompts]
     out = decoder.generate(prompts, image_tokens, 32, eos_id, pad_id, stop=stop)
     # another thread: stop[0].set() -> row 0 ends at its next step
+    scores: list[float] = []
+    decoder.generate(prompts, image_tokens, 32, eos_id, pad_id, scores=scores)  # scores[i] <= 0
 """
 
 from __future__ import annotations
@@ -61,6 +67,9 @@ class TextDecoder(nn.Module):
         )
         self.norm = nn.LayerNorm(cfg.dim)
         self.max_len = cfg.max_text_len
+        # Bytes of the largest KV cache (self- and cross-attention) a generation has held: what
+        # decoding really keeps beside the weights (observability reads it; the model logs nothing).
+        self.peak_cache_bytes = 0
 
     def layers(self) -> list[DecoderBlock]:
         return [blk for blk in self.blocks if isinstance(blk, DecoderBlock)]
@@ -100,10 +109,13 @@ class TextDecoder(nn.Module):
         pad_id: int,
         use_cache: bool = True,
         stop: Stops = None,
+        scores: list[float] | None = None,
     ) -> list[list[int]]:
         """Greedy decoding of a batch of prompts (left-padded to a common length), at most
         ``max_new_tokens`` each and never past the context. ``stop``: one signal (or None) per
-        prompt, read before every step; a stopped row keeps the tokens it has."""
+        prompt, read before every step; a stopped row keeps the tokens it has. ``scores``: when
+        given (an empty list), filled with each row's mean token log-probability (0.0 for a row
+        that emitted nothing)."""
         if not prompts:
             return []
         if stop is not None and len(stop) != len(prompts):
@@ -122,12 +134,14 @@ class TextDecoder(nn.Module):
             )
         max_new_tokens = min(max_new_tokens, self.max_len - longest)  # >= 1, by the check above
         if all(_stopped(stop, len(prompts))):
+            if scores is not None:
+                scores[:] = [0.0] * len(prompts)
             return [[] for _ in prompts]
         # every step runs every layer: packed (quantized) layers dequantize once per call, not per token
         with reuse_weights():
             if not use_cache:
-                return self._generate_uncached(prompts, image_tokens, max_new_tokens, eos_id, stop)
-            return self._generate_cached(prompts, image_tokens, max_new_tokens, eos_id, pad_id, stop)
+                return self._generate_uncached(prompts, image_tokens, max_new_tokens, eos_id, stop, scores)
+            return self._generate_cached(prompts, image_tokens, max_new_tokens, eos_id, pad_id, stop, scores)
 
     def _generate_cached(
         self,
@@ -137,6 +151,7 @@ class TextDecoder(nn.Module):
         eos_id: int,
         pad_id: int,
         stop: Stops,
+        scores: list[float] | None = None,
     ) -> list[list[int]]:
         b = len(prompts)
         device = image_tokens.device
@@ -156,9 +171,11 @@ class TextDecoder(nn.Module):
         for blk, kv in zip(self.layers(), ikv, strict=True):
             x, cache = blk(x, mask, kv)
             caches.append(cache)
-        next_tok = self.logits(x[:, -1]).argmax(-1)
+        track = scores is not None
+        next_tok, tok_lp = self._pick(x[:, -1], track)
         out = [[] for _ in range(b)]  # type: list[list[int]]
         done = torch.zeros(b, dtype=torch.bool, device=device)
+        lp_sum = torch.zeros(b, device=device)
         pos = positions[:, -1]
         for step in range(max_new_tokens):
             if stop is not None:
@@ -166,6 +183,8 @@ class TextDecoder(nn.Module):
             for i in range(b):
                 if not done[i]:
                     out[i].append(int(next_tok[i]))
+            if tok_lp is not None:
+                lp_sum += torch.where(done, 0.0, tok_lp)
             done |= next_tok == eos_id
             # the last token needs no step after it (nor a position past the context)
             if bool(done.all()) or step == max_new_tokens - 1:
@@ -176,26 +195,54 @@ class TextDecoder(nn.Module):
             x = self.tok(next_tok)[:, None] + self.pos(pos)[:, None]
             for li, (blk, kv) in enumerate(zip(self.layers(), ikv, strict=True)):
                 x, caches[li] = blk(x, step_mask, kv, self_cache=caches[li])
-            next_tok = self.logits(x[:, -1]).argmax(-1)
+            next_tok, tok_lp = self._pick(x[:, -1], track)
+        if scores is not None:
+            scores[:] = [float(lp_sum[i]) / len(o) if o else 0.0 for i, o in enumerate(out)]
+        self.peak_cache_bytes = max(
+            self.peak_cache_bytes,
+            sum(t.numel() * t.element_size() for c in (*caches, *ikv) for t in c),
+        )
         return out
 
+    def _pick(self, h: Tensor, track: bool) -> tuple[Tensor, Tensor | None]:
+        """The greedy token of each row (B,) and, when ``track``, its log-probability (B,)."""
+        logits = self.logits(h)
+        if not track:
+            return logits.argmax(-1), None
+        logp = logits.float().log_softmax(-1)
+        token = logp.argmax(-1)
+        return token, logp.gather(1, token[:, None]).squeeze(1)
+
     def _generate_uncached(
-        self, prompts: list[list[int]], image_tokens: Tensor, max_new_tokens: int, eos_id: int, stop: Stops
+        self,
+        prompts: list[list[int]],
+        image_tokens: Tensor,
+        max_new_tokens: int,
+        eos_id: int,
+        stop: Stops,
+        scores: list[float] | None = None,
     ) -> list[list[int]]:
         """Reference path without a KV cache: re-runs the whole sequence each step. Used to check
         the cached path and to measure what the cache saves."""
         out = []
+        means: list[float] = []
         for i, p in enumerate(prompts):
             seq = list(p)
             gen: list[int] = []
+            total = 0.0
             for _ in range(max_new_tokens):
                 if _stopped(stop, len(prompts))[i]:
                     break
                 ids = torch.tensor([seq], device=image_tokens.device)
-                nxt = int(self.forward(ids, image_tokens[i : i + 1])[0, -1].argmax())
+                logp = self.forward(ids, image_tokens[i : i + 1])[0, -1].float().log_softmax(-1)
+                nxt = int(logp.argmax())
+                total += float(logp[nxt])
                 gen.append(nxt)
                 if nxt == eos_id:
                     break
                 seq.append(nxt)
             out.append(gen)
+            means.append(total / len(gen) if gen else 0.0)
+        if scores is not None:
+            scores[:] = means
         return out

@@ -14,12 +14,18 @@ three markers (``<bos> <task> <sep>``) and room for a default-length answer and 
 a retrieval text, the text encoder's ``max_text_len``. Both are checked by counting tokens
 before any tensor is built. ``stop`` (one ``threading.Event``-like signal per image) ends a
 row's decoding at its next token (see ``decoder.py``).
+
+Confidence without labels: the batch methods take ``confidences`` (an empty list) and fill it
+with one value in [0, 1] per input: for decoded text the geometric mean of the greedy tokens'
+probabilities (``exp`` of the mean token log-probability), for OCR the same over the CTC best
+path's frames. Without it nothing extra is computed.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -66,6 +72,10 @@ def resolve_model_dir(path_or_name: str | Path, quantization: str = "fp32") -> P
             code="QUANTIZATION_UNAVAILABLE",
         )
     return variant
+
+
+def _no_stage(name: str) -> AbstractContextManager[Any]:
+    return nullcontext()
 
 
 def _module_bytes(modules: list[nn.Module]) -> int:
@@ -118,19 +128,39 @@ class MobileMultiModalLLM:
 
     @classmethod
     def from_pretrained(
-        cls, path_or_name: str | Path = "default", quantization: str = "fp32", verify: bool = True
+        cls,
+        path_or_name: str | Path = "default",
+        quantization: str = "fp32",
+        verify: bool = True,
+        stages: Callable[[str], AbstractContextManager[Any]] | None = None,
     ) -> MobileMultiModalLLM:
-        directory = resolve_model_dir(path_or_name, quantization)
-        manifest = checkpoint.read_manifest(directory)
-        try:
-            config = ModelConfig.from_dict(manifest["config"])
-            tokenizer = Tokenizer.from_dict(manifest["tokenizer"])
-        except (KeyError, TypeError, ValueError) as e:
-            raise ModelLoadError(
-                f"invalid config/tokenizer in the manifest: {e}", code="MODEL_MANIFEST_INVALID"
-            ) from e
+        """Load a saved model. ``stages(name)``, when given, wraps each step of the load (a
+        caller's tracing; this module records nothing): "read" (manifest, config, tokenizer),
+        "verify" (every file's size and sha256 against the manifest), "build" (read the weights,
+        build the network, load them into it)."""
+        step = stages or _no_stage
+        with step("read"):
+            directory = resolve_model_dir(path_or_name, quantization)
+            manifest = checkpoint.read_manifest(directory)
+            try:
+                config = ModelConfig.from_dict(manifest["config"])
+                tokenizer = Tokenizer.from_dict(manifest["tokenizer"])
+            except (KeyError, TypeError, ValueError) as e:
+                raise ModelLoadError(
+                    f"invalid config/tokenizer in the manifest: {e}", code="MODEL_MANIFEST_INVALID"
+                ) from e
+        if verify:
+            with step("verify"):
+                checkpoint.check_files(directory, manifest)
+        with step("build"):
+            return cls._build(directory, manifest, config, tokenizer)
+
+    @classmethod
+    def _build(
+        cls, directory: Path, manifest: dict[str, Any], config: ModelConfig, tokenizer: Tokenizer
+    ) -> MobileMultiModalLLM:
         network = MultiModalNet(config)
-        state = checkpoint.load_state(directory, manifest, verify=verify)
+        state = checkpoint.load_state(directory, manifest, verify=False)
         mode = manifest.get("quantization", {}).get("mode", "fp32")
         if mode != "fp32":
             from mobile_multimodal.quantization.io import load_quantized_into
@@ -168,6 +198,19 @@ class MobileMultiModalLLM:
         self.model_dir = directory
         return directory
 
+    # ---- device ------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        """Where the weights are (inputs are moved there; outputs come back as CPU values)."""
+        for t in self.network.parameters():
+            return t.device
+        return torch.device("cpu")
+
+    def to(self, device: str | torch.device) -> MobileMultiModalLLM:
+        """Move the network to ``device`` ("cpu", "cuda", "cuda:1"); returns self."""
+        self.network.to(torch.device(device))
+        return self
+
     # ---- limits ------------------------------------------------------------------------
     @property
     def max_question_tokens(self) -> int:
@@ -192,7 +235,7 @@ class MobileMultiModalLLM:
 
     # ---- inference ---------------------------------------------------------------------
     def _scenes(self, images: Sequence[ImageInput]) -> torch.Tensor:
-        return torch.stack([scene_tensor(i, self.config.scene_size) for i in images])
+        return torch.stack([scene_tensor(i, self.config.scene_size) for i in images]).to(self.device)
 
     def _generate(
         self,
@@ -201,25 +244,42 @@ class MobileMultiModalLLM:
         max_tokens: int,
         questions: Sequence[str] | None = None,
         stop: Stops = None,
+        confidences: list[float] | None = None,
     ) -> list[str]:
         """Greedy decoding of one prompt per image; one token beyond the budget lets <eos> end it.
         With questions, the image encoding is conditioned on them (see ``question_fusion``)."""
         if max_tokens < 1:
             raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
         # the network uses the questions only when it was built with question_fusion
-        question = self.encode_texts(questions, allow_empty=True) if questions is not None else (None, None)
+        question: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None)
+        if questions is not None:
+            ids, valid = self.encode_texts(questions, allow_empty=True)
+            question = (ids.to(self.device), valid.to(self.device))
         tokens, _ = self.network.encode_images(self._scenes(images), *question)
+        scores: list[float] | None = [] if confidences is not None else None
         out = self.network.decoder.generate(
-            prompts, tokens, max_tokens + 1, self.tokenizer.eos_id, self.tokenizer.pad_id, stop=stop
+            prompts,
+            tokens,
+            max_tokens + 1,
+            self.tokenizer.eos_id,
+            self.tokenizer.pad_id,
+            stop=stop,
+            scores=scores,
         )
+        if confidences is not None and scores is not None:
+            confidences[:] = [math.exp(s) for s in scores]
         return [self.tokenizer.decode(o[:max_tokens]) for o in out]
 
     @torch.inference_mode()
     def generate_captions(
-        self, images: Sequence[ImageInput], max_tokens: int = 32, stop: Stops = None
+        self,
+        images: Sequence[ImageInput],
+        max_tokens: int = 32,
+        stop: Stops = None,
+        confidences: list[float] | None = None,
     ) -> list[str]:
         prompts = [self.tokenizer.prompt("captioning")] * len(images)
-        return self._generate(images, prompts, max_tokens, stop=stop)
+        return self._generate(images, prompts, max_tokens, stop=stop, confidences=confidences)
 
     @torch.inference_mode()
     def answer_questions(
@@ -228,25 +288,32 @@ class MobileMultiModalLLM:
         questions: Sequence[str],
         max_tokens: int = DEFAULT_ANSWER_TOKENS,
         stop: Stops = None,
+        confidences: list[float] | None = None,
     ) -> list[str]:
         if len(images) != len(questions):
             raise ValueError(f"{len(images)} images but {len(questions)} questions")
         for q in questions:  # before any tensor: a 100k-word question is refused after 37 words
             self.check_question(q)
         prompts = [self.tokenizer.prompt("vqa", q) for q in questions]
-        return self._generate(images, prompts, max_tokens, questions, stop=stop)
+        return self._generate(images, prompts, max_tokens, questions, stop=stop, confidences=confidences)
 
     @torch.inference_mode()
-    def extract_texts(self, images: Sequence[ImageInput]) -> list[str]:
+    def extract_texts(
+        self, images: Sequence[ImageInput], confidences: list[float] | None = None
+    ) -> list[str]:
         batch = torch.stack(
             [text_line_tensor(i, self.config.ocr_height, self.config.ocr_width) for i in images]
-        )
-        best = self.network.read_text(batch).argmax(-1)  # (B, frames)
+        ).to(self.device)
+        logits = self.network.read_text(batch)  # (B, frames, classes)
+        best = logits.argmax(-1)  # (B, frames)
+        if confidences is not None:  # the best path's mean log-probability per frame
+            best_lp = logits.float().log_softmax(-1).amax(-1).mean(-1)  # (B,)
+            confidences[:] = [math.exp(float(v)) for v in best_lp]
         return [self.tokenizer.decode_ctc(row.tolist()) for row in best]
 
     @torch.inference_mode()
     def get_image_embeddings(self, images: Sequence[ImageInput]) -> np.ndarray:
-        return self.network.image_embeddings(self._scenes(images)).numpy()
+        return self.network.image_embeddings(self._scenes(images)).cpu().numpy()
 
     def encode_texts(
         self, texts: Sequence[str], allow_empty: bool = False
@@ -267,7 +334,8 @@ class MobileMultiModalLLM:
     def get_text_embeddings(self, texts: Sequence[str]) -> np.ndarray:
         if not texts:
             raise ValueError("texts must not be empty")
-        return self.network.text_embeddings(*self.encode_texts(texts)).numpy()
+        ids, valid = self.encode_texts(texts)
+        return self.network.text_embeddings(ids.to(self.device), valid.to(self.device)).cpu().numpy()
 
     def generate_caption(self, image: ImageInput, max_tokens: int = 32) -> str:
         return self.generate_captions([image], max_tokens)[0]

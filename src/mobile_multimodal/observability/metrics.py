@@ -61,13 +61,15 @@ INFERENCE_ERRORS = Counter(
 )
 MODEL_MEMORY = Gauge(
     "model_memory_usage_bytes",
-    "Bytes held by each model component's parameters and buffers (as stored, packed if quantized).",
+    "Bytes the process holds for the model by component: parameters and buffers of each part "
+    "(as stored, packed if quantized), kv_cache_peak (largest decoding cache so far), "
+    "reference_model (the fp32 shadow/canary reference, once loaded).",
     ["model_type", "component"],
     multiprocess_mode="max",
 )
 MODEL_LOAD_DURATION = Gauge(
     "model_load_duration_seconds",
-    "Seconds the last model load took, including warm-up.",
+    "Seconds the last model load took: read, verify integrity, build, warm-up.",
     ["model_type", "quantization"],
     multiprocess_mode="max",
 )
@@ -78,7 +80,9 @@ MODEL_LOAD_FAILURES = Counter(
 )
 MODEL_ACCURACY = Gauge(
     "model_accuracy_score",
-    "Primary metric of each task from the loaded model's eval report (0..1 or CIDEr-D).",
+    "Primary metric of each task on the canary set, measured on the served model at start-up and "
+    "every MOBILE_MM_CANARY_INTERVAL_S (0..1, or CIDEr-D for captioning); before the first run, "
+    "the eval report's.",
     ["model_type", "quantization", "task"],
     multiprocess_mode="max",
 )
@@ -88,6 +92,52 @@ MODEL_INFO = Gauge(
     "The loaded model (always 1): name, version, quantization, parameters, size and sha256 of its weights.",
     ["name", "version", "quantization", "parameters", "size_bytes", "weights_sha256"],
     multiprocess_mode="max",
+)
+
+# --- live model quality: canary runs, shadow comparison, confidence ---------------------------
+CANARY_RUNS = Counter(
+    "model_canary_runs",
+    "Canary evaluations of the served model (status: success, failure).",
+    ["status"],
+)
+CANARY_LAST_SUCCESS = Gauge(
+    "model_canary_last_success_timestamp_seconds",
+    "Unix time the last canary evaluation of the served model finished successfully.",
+    multiprocess_mode="max",
+)
+CANARY_DURATION = Gauge(
+    "model_canary_duration_seconds",
+    "Wall time of the last canary run, requests served in between included (seconds).",
+    multiprocess_mode="max",
+)
+MODEL_ACCURACY_BASELINE = Gauge(
+    "model_accuracy_baseline_score",
+    "The released model's score on the canary set (its manifest's canary report, else the fp32 "
+    "reference's live score): what model_accuracy_score is compared with.",
+    ["model_type", "quantization", "task"],
+    multiprocess_mode="max",
+)
+SHADOW_COMPARISONS = Counter(
+    "quantization_shadow_comparisons",
+    "Sampled live requests replayed through the fp32 reference (result: agree, disagree, or "
+    "dropped when the shadow queue was full).",
+    ["quantization_type", "task", "result"],
+)
+SHADOW_AGREEMENT = Gauge(
+    "quantization_shadow_agreement_ratio",
+    "Fraction of the last 200 shadow comparisons where the served model agreed with the fp32 "
+    "reference (exact text, same best text, or embedding cosine >= 0.99).",
+    ["quantization_type", "task"],
+    multiprocess_mode="max",
+)
+CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98, 0.99, 1.0)
+PREDICTION_CONFIDENCE = Histogram(
+    "model_prediction_confidence",
+    "The model's confidence in each answer, 0..1, no labels needed: geometric-mean token "
+    "probability (captions, answers), CTC best-path probability per frame (OCR), best-minus-"
+    "runner-up cosine margin (retrieval with texts).",
+    ["model_type", "task"],
+    buckets=CONFIDENCE_BUCKETS,
 )
 
 # --- mobile ------------------------------------------------------------------------------
@@ -129,7 +179,8 @@ EXPORT_RUNTIME_LATENCY = Gauge(
 )
 QUANTIZATION_LOSS = Gauge(
     "quantization_accuracy_loss",
-    "Relative loss of a task's primary metric against fp32: (fp32 - quantized) / fp32.",
+    "Relative loss of a task's primary metric against fp32: (fp32 - quantized) / fp32, measured "
+    "by the canary run against the fp32 reference (before it, from the eval reports).",
     ["quantization_type", "task"],
     multiprocess_mode="max",
 )

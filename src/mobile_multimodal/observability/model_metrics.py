@@ -1,7 +1,9 @@
 """Metrics about the loaded model, measured from it and read from its eval report.
 
 - ``model_memory_usage_bytes{component}``: bytes of each component's parameters and buffers, as
-  held in memory (packed if quantized), from ``model.component_memory_bytes()``.
+  held in memory (packed if quantized), from ``model.component_memory_bytes()``, and
+  ``kv_cache_peak``, the decoder's largest KV cache so far (the canary updates it; the fp32
+  reference adds ``reference_model`` when loaded, serving/reference.py).
 - ``model_accuracy_score{task}``: the primary metric of each task in the model's eval report
   (``manifest["eval"]``, the report ``mobile-mm eval --json`` prints).
 - ``quantization_accuracy_loss{quantization_type, task}`` (and its alias): ``(fp32 primary −
@@ -87,6 +89,11 @@ def record_model(model: LoadedModel, load_seconds: float, model_type: str) -> No
             gauge.clear()
     for component, nbytes in model.component_memory_bytes().items():
         metrics.MODEL_MEMORY.labels(model_type, component).set(nbytes)
+    # The decoder's largest KV cache so far (the warm-up ran a full batch): memory beside the weights.
+    decoder = getattr(getattr(model, "network", None), "decoder", None)
+    peak_cache = getattr(decoder, "peak_cache_bytes", 0)
+    if isinstance(peak_cache, int) and peak_cache > 0:
+        metrics.MODEL_MEMORY.labels(model_type, "kv_cache_peak").set(peak_cache)
     metrics.MODEL_LOAD_DURATION.labels(model_type, quant).set(load_seconds)
     own = primaries(model.manifest.get("eval"))
     for task, score in own.items():

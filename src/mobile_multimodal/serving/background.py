@@ -1,4 +1,5 @@
-"""The server's background duties: configuration record, model integrity loop, backup metrics.
+"""The server's background duties: configuration record, model integrity loop, backup metrics,
+live model quality (canary, shadow comparison).
 
 Started by the app's lifespan, stopped at shutdown (before the database is closed):
 
@@ -15,7 +16,11 @@ Started by the app's lifespan, stopped at shutdown (before the database is close
   ``backup_last_success_timestamp_seconds`` / ``backup_failures_total`` every
   ``MOBILE_MM_BACKUP_SYNC_INTERVAL_S``, so a ``mobile-mm db backup`` run by cron (another
   process, never scraped) reaches this server's ``/metrics``; with ``MOBILE_MM_BACKUP_INTERVAL_S``
-  > 0 it also backs up by itself.
+  > 0 it also backs up by itself;
+* once the model has loaded, live quality (``canary.py``, ``shadow.py``): the canary set is scored
+  at start-up and every ``MOBILE_MM_CANARY_INTERVAL_S``, and ``MOBILE_MM_SHADOW_SAMPLE_RATE`` of
+  the requests are replayed through the fp32 reference; both run on the model thread in small
+  slices between requests (``background_slices.py``), never ahead of one.
 
 **Tampering found at run time: the service keeps serving, and says so loudly.** ``/health``
 turns 503 with ``{"component": "model", "code": "MODEL_INTEGRITY_FAILED"}``, ModelTampering
@@ -53,8 +58,12 @@ from typing import Any
 from sqlalchemy.exc import SQLAlchemyError
 
 from mobile_multimodal.security import AuditLog, IntegrityMonitor, SecurityContext, record_config_state
+from mobile_multimodal.serving.background_slices import BackgroundSlices
+from mobile_multimodal.serving.canary import CanaryEvaluator
 from mobile_multimodal.serving.engine import InferenceEngine
 from mobile_multimodal.serving.leader import WorkerLeader
+from mobile_multimodal.serving.reference import ReferenceModel
+from mobile_multimodal.serving.shadow import ShadowComparator
 from mobile_multimodal.settings import Settings
 from mobile_multimodal.store import BackupMetricsSync, Database
 
@@ -80,13 +89,18 @@ class BackgroundDuties:
         self.security = security
         self.leader = leader or WorkerLeader.for_this_process()
         self.monitor: IntegrityMonitor | None = None
+        self.canary: CanaryEvaluator | None = None
+        self.shadow: ShadowComparator | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
         """Record the configuration, then start the loops; returns at once after that."""
+        self.loop = asyncio.get_running_loop()  # where another thread may schedule a duty's work
         if self.database is not None and self.leader.is_leader():
             await self._record_config(self.database)
         self._spawn(self._watch_model(), "start-integrity-monitor")
+        self._spawn(self._watch_quality(), "start-live-quality")
         if self.database is not None:
             self._spawn(self._sync_backups(self.database), "backup-metrics-sync")
         if self.security is not None:
@@ -151,6 +165,19 @@ class BackgroundDuties:
             log.error("no integrity checks: invalid manifest in %s: %s", model_dir, exc)
             return
         self.monitor.start(self.settings.integrity_check_interval_s)
+
+    async def _watch_quality(self) -> None:
+        """Once the model is ready: the canary loop and the shadow comparator (each its own task)."""
+        await self.engine.wait_ready()
+        if not self.engine.ready:
+            return
+        slices = BackgroundSlices(self.engine)
+        reference = ReferenceModel(self.settings)
+        self.canary = CanaryEvaluator(self.settings, self.engine, slices, reference)
+        self.shadow = ShadowComparator(self.settings, self.engine, slices, reference)
+        self.engine.after_success.append(self.shadow.offer)
+        self._spawn(self.canary.run_forever(), "canary")
+        self._spawn(self.shadow.run_forever(), "shadow-comparison")
 
     async def _flush_suppressed_audits(self, security: SecurityContext) -> None:
         interval = self.settings.auth_failure_audit_window_s

@@ -27,10 +27,12 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypeVar
 
 import numpy as np
+from opentelemetry.context import Context
 
+from mobile_multimodal.observability.tracing import stage
 from mobile_multimodal.serving.batcher import BatchOutcome, DynamicBatcher
 from mobile_multimodal.serving.errors import ErrorCode
 from mobile_multimodal.serving.probe import ProbeCase
@@ -52,15 +54,20 @@ class ServableModel(Protocol):
     @property
     def max_text_tokens(self) -> int: ...
     def generate_captions(
-        self, images: list[Any], max_tokens: int = 32, stop: Sequence[threading.Event] | None = None
+        self,
+        images: list[Any],
+        max_tokens: int = 32,
+        stop: Sequence[threading.Event] | None = None,
+        confidences: list[float] | None = None,
     ) -> list[str]: ...
-    def extract_texts(self, images: list[Any]) -> list[str]: ...
+    def extract_texts(self, images: list[Any], confidences: list[float] | None = None) -> list[str]: ...
     def answer_questions(
         self,
         images: list[Any],
         questions: list[str],
         max_tokens: int = 8,
         stop: Sequence[threading.Event] | None = None,
+        confidences: list[float] | None = None,
     ) -> list[str]: ...
     def get_image_embeddings(self, images: list[Any]) -> np.ndarray: ...
     def get_text_embeddings(self, texts: list[str]) -> np.ndarray: ...
@@ -68,15 +75,37 @@ class ServableModel(Protocol):
 
 
 ModelLoader = Callable[[Settings], ServableModel]
+T = TypeVar("T")
+
+
+def resolve_device(requested: str) -> str:
+    """ "cpu", or "cuda" when asked for (or "auto") and torch sees a GPU. Asking for cuda without
+    one is a load failure that says so, never a silent fall back to the CPU."""
+    import torch
+
+    if requested == "cpu":
+        return "cpu"
+    if torch.cuda.is_available():
+        return "cuda"
+    if requested == "cuda":
+        raise ModelLoadFailure(
+            ErrorCode.MODEL_LOAD_FAILED,
+            "MOBILE_MM_DEVICE=cuda (--device cuda) but torch sees no CUDA device (torch "
+            f"{torch.__version__}, CUDA build {torch.version.cuda or 'none'}); use --device cpu or auto",
+        )
+    return "cpu"
 
 
 def default_loader(settings: Settings) -> ServableModel:
-    """Load ``settings.model`` (a directory or "default") at ``settings.quantization``."""
+    """Load ``settings.model`` (a directory or "default") at ``settings.quantization``, on
+    ``settings.device``."""
     from mobile_multimodal.model import MobileMultiModalLLM
 
-    model: ServableModel = MobileMultiModalLLM.from_pretrained(
-        settings.model, quantization=settings.quantization
+    device = resolve_device(settings.device)
+    llm = MobileMultiModalLLM.from_pretrained(
+        settings.model, quantization=settings.quantization, stages=lambda name: stage(name)
     )
+    model: ServableModel = llm.to(device) if device != "cpu" else llm
     return model
 
 
@@ -126,18 +155,38 @@ def run_batch(model: ServableModel, key: BatchKey, jobs: list[Job]) -> list[dict
     return results
 
 
+def _with_confidence(field: str, outputs: list[str], confidences: list[float]) -> list[dict[str, Any]]:
+    """One result per output; "confidence" only where the model filled one in (a model that
+    does not measure it answers without)."""
+    if len(confidences) != len(outputs):
+        return [{field: o} for o in outputs]
+    return [{field: o, "confidence": round(c, 6)} for o, c in zip(outputs, confidences, strict=True)]
+
+
+def retrieval_margin(scores: np.ndarray) -> float:
+    """Retrieval confidence: best minus runner-up cosine score, clamped to [0, 1] (the cosine
+    itself when there is one text)."""
+    ranked = np.sort(scores)[::-1]
+    margin = float(ranked[0] - ranked[1]) if len(ranked) > 1 else float(ranked[0])
+    return min(1.0, max(0.0, margin))
+
+
 def _run_jobs(model: ServableModel, key: BatchKey, jobs: list[Job]) -> list[dict[str, Any]]:
     task, max_tokens = key
     images = [j.image for j in jobs]
     stop = [j.cancelled for j in jobs]
+    confidences: list[float] = []
     if task == "captioning":
-        return [{"caption": c} for c in model.generate_captions(images, max_tokens=max_tokens, stop=stop)]
+        captions = model.generate_captions(images, max_tokens=max_tokens, stop=stop, confidences=confidences)
+        return _with_confidence("caption", captions, confidences)
     if task == "ocr":
-        return [{"text": t} for t in model.extract_texts(images)]
+        return _with_confidence("text", model.extract_texts(images, confidences=confidences), confidences)
     if task == "vqa":
         questions = [j.question or "" for j in jobs]
-        answers = model.answer_questions(images, questions, max_tokens=max_tokens, stop=stop)
-        return [{"answer": a} for a in answers]
+        answers = model.answer_questions(
+            images, questions, max_tokens=max_tokens, stop=stop, confidences=confidences
+        )
+        return _with_confidence("answer", answers, confidences)
     if task == "retrieval":
         image_emb = model.get_image_embeddings(images)  # (N, D), L2-normalised
         all_texts = [t for j in jobs for t in (j.texts or ())]
@@ -153,7 +202,12 @@ def _run_jobs(model: ServableModel, key: BatchKey, jobs: list[Job]) -> list[dict
             offset += len(job.texts)
             best = int(np.argmax(scores))
             results.append(
-                {"scores": [float(s) for s in scores], "best": job.texts[best], "best_index": best}
+                {
+                    "scores": [float(s) for s in scores],
+                    "best": job.texts[best],
+                    "best_index": best,
+                    "confidence": round(retrieval_margin(scores), 6),
+                }
             )
         return results
     raise ValueError(f"unknown task {task!r}")
@@ -200,6 +254,13 @@ class InferenceEngine:
         )
         # Requests past the route's entry but not yet queued (decoding their image).
         self.arriving = 0
+        # Background work (canary, shadow: serving/background_slices.py) runs on the model
+        # thread only when no batch runs or waits; these say when that was last the case.
+        self.batches_running = 0
+        self.last_batch_end = 0.0
+        # Called on the event loop after each successful request (task, key, job, result):
+        # the shadow comparator samples from here. Must return at once.
+        self.after_success: list[Callable[[str, BatchKey, Job, dict[str, Any]], None]] = []
         self._ready = asyncio.Event()
         self._load_task: asyncio.Task[None] | None = None
 
@@ -258,14 +319,32 @@ class InferenceEngine:
             self._on_load_failed(exc.code)
 
     def _load_and_warm_up(self) -> ServableModel:
-        """Runs on the model thread: load, then one real inference per task."""
+        """Runs on the model thread: load, then one real inference per task. One root span,
+        ``model_load``, with the loader's stages (the default loader's: read, verify, build)
+        and ``warm_up`` as its children."""
         configure_torch_threads(self.settings.workers, self.settings.torch_threads)
+        attributes = {
+            "model.path": self.settings.model,
+            "model.quantization": self.settings.quantization,
+            "model.device": self.settings.device,
+        }
+        with stage("model_load", attributes, Context()) as span:
+            model = self._load_model()
+            span.set_attribute("model.device", str(getattr(model, "device", "cpu")))
+            with stage("warm_up"):
+                self._warm_up(model)
+        return model
+
+    def _load_model(self) -> ServableModel:
         try:
             model = self._loader(self.settings)
         except Exception as exc:
             code = str(getattr(exc, "code", "") or ErrorCode.MODEL_LOAD_FAILED)
             raise ModelLoadFailure(code, f"cannot load model {self.settings.model!r}: {exc}") from exc
         self.info = dict(model.get_model_info())
+        return model
+
+    def _warm_up(self, model: ServableModel) -> None:
         try:
             image = self.probe.image
             run_batch(model, ("captioning", 32), [Job(image)])
@@ -276,17 +355,36 @@ class InferenceEngine:
             run_batch(model, ("captioning", 32), [Job(image)] * self.settings.max_batch_size)
         except Exception as exc:
             raise ModelLoadFailure(ErrorCode.MODEL_LOAD_FAILED, f"warm-up inference failed: {exc}") from exc
-        return model
 
     # --- serving ------------------------------------------------------------------------------
     def _run_batch(self, key: BatchKey, jobs: list[Job]) -> list[dict[str, Any]]:
         if self.model is None:
             raise RuntimeError("the model is not loaded")
-        return run_batch(self.model, key, jobs)
+        self.batches_running += 1
+        try:
+            return run_batch(self.model, key, jobs)
+        finally:
+            self.batches_running -= 1
+            self.last_batch_end = time.perf_counter()
+
+    def idle_for(self) -> float:
+        """Seconds since the model thread last served a request; 0 while one is queued, arriving
+        or running (background work waits for a positive value)."""
+        if self.batches_running or self.batcher.depth or self.arriving:
+            return 0.0
+        return time.perf_counter() - self.last_batch_end
+
+    async def run_in_model_thread(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` on the model's thread (queued behind whatever batch runs now)."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+
+    @staticmethod
+    def batch_key(task: str, max_tokens: int) -> BatchKey:
+        return (task, max_tokens if task in ("captioning", "vqa") else 0)
 
     async def infer(self, task: str, job: Job, max_tokens: int) -> BatchOutcome[dict[str, Any]]:
         """Queue one job; raises QueueFullError, BatcherClosedError, TimeoutError or the model's error."""
-        key: BatchKey = (task, max_tokens if task in ("captioning", "vqa") else 0)
+        key = self.batch_key(task, max_tokens)
         try:
             return await self.batcher.submit(key, job, timeout=self.settings.request_timeout_s)
         except BaseException:

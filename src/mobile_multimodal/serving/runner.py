@@ -164,5 +164,10 @@ async def run_inference(
         outcome.run_s, exemplar=trace_exemplar()
     )
     metrics.USAGE_BY_TASK.labels(task, user_type).inc()
+    confidence = outcome.result.get("confidence")
+    if isinstance(confidence, float):
+        metrics.PREDICTION_CONFIDENCE.labels(model_type, task).observe(confidence)
+    for hook in engine.after_success:  # e.g. the shadow comparator's sampling: returns at once
+        hook(task, engine.batch_key(task, max_tokens), job, outcome.result)
     annotate_request(batch_size=outcome.batch_size)
     return outcome

@@ -82,16 +82,25 @@ class InferenceRequest(BaseModel):
         return self.max_tokens if self.max_tokens is not None else DEFAULT_MAX_TOKENS.get(self.task, 0)
 
 
+_CONFIDENCE = "The model's confidence in this output, 0..1, no labels needed: {}."
+_TOKEN_CONFIDENCE = _CONFIDENCE.format("geometric mean of the greedy tokens' probabilities")
+_CTC_CONFIDENCE = _CONFIDENCE.format("CTC best-path probability per frame (geometric mean)")
+_MARGIN_CONFIDENCE = _CONFIDENCE.format("best minus runner-up score (the score with one text)")
+
+
 class CaptionResult(BaseModel):
     caption: str
+    confidence: float | None = Field(None, ge=0, le=1, description=_TOKEN_CONFIDENCE)
 
 
 class TextResult(BaseModel):
     text: str
+    confidence: float | None = Field(None, ge=0, le=1, description=_CTC_CONFIDENCE)
 
 
 class AnswerResult(BaseModel):
     answer: str
+    confidence: float | None = Field(None, ge=0, le=1, description=_TOKEN_CONFIDENCE)
 
 
 class EmbeddingResult(BaseModel):
@@ -102,6 +111,7 @@ class RetrievalResult(BaseModel):
     scores: list[float] = Field(description="Cosine similarity of the image with each text, in order.")
     best: str = Field(description="The text that matches the image best.")
     best_index: int = Field(ge=0, description="Index of `best` in `texts`.")
+    confidence: float | None = Field(None, ge=0, le=1, description=_MARGIN_CONFIDENCE)
 
 
 class ModelRef(BaseModel):
