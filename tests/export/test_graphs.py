@@ -76,7 +76,7 @@ def test_every_task_matches_the_python_api(model: MobileMultiModalLLM) -> None:
     np.testing.assert_allclose(
         exported.get_image_embeddings(images), model.get_image_embeddings(images), atol=1e-5
     )
-    texts = [e.text for e in scenes] + [""]
+    texts = [e.text for e in scenes] + ["", " ".join(["a red circle"] * 15)]  # empty; 45 words
     np.testing.assert_allclose(
         exported.get_text_embeddings(texts), model.get_text_embeddings(texts), atol=1e-5
     )

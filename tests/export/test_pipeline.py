@@ -75,6 +75,7 @@ def test_bundle_json_describes_the_graph_files(onnx_int2: BuiltBundle) -> None:
                 for v in actual
             ]
             assert got == described, name
+    assert bundle["text"]["max_len"] == 48 and bundle["question"]["max_len"] == 36  # the API's limits
     cache = bundle["kv_cache"]
     assert cache["max_len"] == 48 and cache["shape"] == [4, 1, 5, 48, 32]
     step_inputs = {i["name"]: i["shape"] for i in bundle["graphs"]["decoder_step"]["inputs"]}

@@ -93,7 +93,7 @@ def describe_graph(spec: GraphSpec, file: str) -> dict[str, Any]:
         "file": file,
         "inputs": [_tensor_entry(n, t) for n, t in zip(spec.input_names, spec.example_inputs, strict=True)],
         "outputs": [_tensor_entry(n, t) for n, t in zip(spec.output_names, outs, strict=True)],
-        "doc": (type(spec.module).__doc__ or "").strip().split("\n\n")[0].replace("\n", " "),
+        "doc": " ".join((type(spec.module).__doc__ or "").strip().split("\n\n")[0].split()),
     }
 
 

@@ -270,6 +270,9 @@ def build_graphs(model: MobileMultiModalLLM, max_cache_len: int | None = None) -
     cache = torch.zeros(layers, 1, heads, cache_len, cfg.head_dim)
     ids = torch.full((1, q_len), model.tokenizer.pad_id, dtype=torch.long)
     mask = torch.zeros(1, q_len, dtype=torch.long)
+    # a retrieval text may be as long as the context (the Python API truncates there)
+    text_ids = torch.full((1, cfg.max_text_len), model.tokenizer.pad_id, dtype=torch.long)
+    text_mask = torch.zeros(1, cfg.max_text_len, dtype=torch.long)
 
     vision = VisionGraph(net.encoder, net.embeddings, cfg.question_fusion)
     vision_inputs: tuple[tuple[Tensor, ...], tuple[str, ...]] = (
@@ -302,7 +305,13 @@ def build_graphs(model: MobileMultiModalLLM, max_cache_len: int | None = None) -
             ("logits", "self_k_out", "self_v_out"),
         ),
         ("image_embed", ImageEmbedGraph(net.image_head), (tokens,), ("image_tokens",), ("embedding",)),
-        ("text_embed", TextEmbedGraph(net.text_encoder), (ids, mask), ("ids", "mask"), ("embedding",)),
+        (
+            "text_embed",
+            TextEmbedGraph(net.text_encoder),
+            (text_ids, text_mask),
+            ("ids", "mask"),
+            ("embedding",),
+        ),
     ]
     return [
         GraphSpec(
