@@ -1,0 +1,174 @@
+"""ExecuTorch ``.pte`` writer: every graph lowered to the XNNPACK backend (Android and iOS).
+
+Each graph goes ``torch.export`` -> our decompositions -> ``to_edge_transform_and_lower`` with
+the ``XnnpackPartitioner`` -> one ``<graph>.pte``, and runs again in the ExecuTorch runtime
+(``executorch.runtime``) for validation.
+
+Attention and LayerNorm are decomposed by hand (``xnnpack_ops.py``): the stock decompositions
+leave LayerNorm, the boolean-mask handling of ``scaled_dot_product_attention`` and the
+reductions they use to the portable (unoptimised) kernels. What still runs outside XNNPACK is
+read back from the written file by ``inspect()`` (the program's non-delegated operators).
+
+Precision, XNNPACK's own low-bit scheme (``xnnpack_quant.py`` has the details):
+
+- ``fp32``: float weights;
+- ``int8``: every Linear as XNNPACK's dynamically quantized linear (int8 activations per token,
+  int8 symmetric weights per output channel, re-rounded from our int8 weights, whose codes have
+  a zero point XNNPACK cannot take);
+- ``int4`` / ``int2``: Linears quantized to 4 or 2 bits become XNNPACK 4-bit blockwise weights
+  (blocks of 32) with int8 dynamic activations. Our groups of 80 are padded to 96 columns so no
+  block straddles two groups; a 2-bit code minus its zero point (-3..3) fits a signed 4-bit code
+  exactly, with our scale, so INT2 carries our own 2-bit weights (XNNPACK has no 2-bit kernel);
+  INT4 codes carry exactly where the block's offsets fit -8..7, else at a doubled scale.
+  XNNPACK runs 4-bit weights only with int8 activations (a weight-only 4-bit linear has no
+  XNNPACK kernel), so the exported model differs from PyTorch's by that rounding; validation
+  measures what it costs in task accuracy. 8-bit Linears of the mixed policy are as ``int8``.
+
+Convolutions and embeddings keep float weights (dequantized from the packed ones) at every
+precision: XNNPACK has no weight-only conv and embeddings are not delegated at all.
+
+Example::
+
+    writer = writer_for("executorch")
+    files = writer.write(model, build_graphs(model), "int4", Path("bundle"))
+    runner = writer.open(Path("bundle"), bundle)
+    runner.run("text_embed", {"ids": ids, "mask": mask})["embedding"]
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from mobile_multimodal.errors import ExportError, ExportErrorCode
+from mobile_multimodal.export.formats import package_version
+from mobile_multimodal.export.xnnpack_ops import XNNPACK_DECOMPOSITIONS
+from mobile_multimodal.export.xnnpack_quant import quantize_for_xnnpack
+
+if TYPE_CHECKING:
+    from mobile_multimodal.export.graphs import GraphSpec
+    from mobile_multimodal.model.llm import MobileMultiModalLLM
+
+BACKEND = "XnnpackBackend"
+
+
+def lower_to_pte(module: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> bytes:
+    """``module`` exported, decomposed, lowered to XNNPACK and serialised as a ``.pte``."""
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+    from torchao.utils import unwrap_tensor_subclass
+
+    unwrap_tensor_subclass(module)
+    # torch.export and the ExecuTorch passes warn about their own internals (pytree and
+    # dataclass deprecations); our warnings-as-errors test config must not turn them into failures
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        program = torch.export.export(module, example_inputs)
+        program = program.run_decompositions(XNNPACK_DECOMPOSITIONS)
+        edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
+        return bytes(edge.to_executorch().buffer)
+
+
+def pte_operators(path: Path) -> dict[str, Any]:
+    """What the written program runs: its delegate calls by backend and the operators left to
+    the portable kernels (read from the file, not from the conversion)."""
+    from executorch.exir._serialize._program import deserialize_pte_binary
+
+    program = deserialize_pte_binary(path.read_bytes()).program
+    plan = program.execution_plan[0]
+    calls = Counter(plan.operators[c.instr_args.op_index].name for c in _kernel_calls(plan))
+    delegates = Counter(d.id for d in plan.delegates)
+    return {"delegates": dict(delegates), "portable_ops": dict(sorted(calls.items()))}
+
+
+def _kernel_calls(plan: Any) -> list[Any]:
+    from executorch.exir.schema import KernelCall
+
+    return [
+        instr
+        for chain in plan.chains
+        for instr in chain.instructions
+        if isinstance(instr.instr_args, KernelCall)
+    ]
+
+
+class ExecuTorchGraphRunner:
+    """Runs ``.pte`` graphs in the ExecuTorch runtime; inputs and outputs by the bundle's names."""
+
+    def __init__(self, out: Path, graphs: dict[str, dict[str, Any]]) -> None:
+        from executorch.runtime import Runtime, Verification
+
+        runtime = Runtime.get()
+        self._methods: dict[str, Any] = {}
+        self._inputs: dict[str, list[str]] = {}
+        self._outputs: dict[str, list[str]] = {}
+        for name, g in graphs.items():
+            program = runtime.load_program(out / g["file"], verification=Verification.Minimal)
+            self._methods[name] = program.load_method("forward")
+            self._inputs[name] = [_name_of(i) for i in g["inputs"]]
+            self._outputs[name] = [_name_of(o) for o in g["outputs"]]
+
+    def run(self, graph: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        names = self._inputs[graph]
+        missing = sorted(set(names) - set(inputs))
+        if missing:
+            raise ValueError(f"graph {graph!r} needs inputs {missing}")
+        args = [torch.from_numpy(np.ascontiguousarray(inputs[n])) for n in names]
+        outputs = self._methods[graph].execute(args)
+        return {n: np.asarray(t.numpy()) for n, t in zip(self._outputs[graph], outputs, strict=True)}
+
+
+def _name_of(entry: Any) -> str:
+    return str(entry["name"]) if isinstance(entry, dict) else str(entry)
+
+
+class ExecuTorchWriter:
+    name = "executorch"
+    runtime = "executorch"
+    extension = ".pte"
+    install_hint = "pip install 'mobile-multimodal-llm[export]' (executorch==1.5.1)"
+
+    def toolchain(self) -> dict[str, str | None]:
+        return {"executorch": package_version("executorch"), "torchao": package_version("torchao")}
+
+    def write(
+        self, model: MobileMultiModalLLM, graphs: list[GraphSpec], quantization: str, out: Path
+    ) -> list[Path]:
+        files = []
+        for spec in graphs:
+            module = copy.deepcopy(spec.module).eval()
+            try:
+                quantize_for_xnnpack(module, spec.quantized, quantization)
+                buffer = lower_to_pte(module, spec.example_inputs)
+            except ExportError:
+                raise
+            except Exception as exc:  # the toolchain's own errors are many and untyped
+                raise ExportError(
+                    ExportErrorCode.EXPORT_CONVERSION_FAILED,
+                    f"ExecuTorch export of graph {spec.name!r} failed: {exc}",
+                ) from exc
+            path = out / f"{spec.name}{self.extension}"
+            path.write_bytes(buffer)
+            files.append(path)
+        return files
+
+    def open(self, out: Path, bundle: dict[str, Any]) -> ExecuTorchGraphRunner | str:
+        return ExecuTorchGraphRunner(out, bundle["graphs"])
+
+    def inspect(self, out: Path, bundle: dict[str, Any]) -> dict[str, Any]:
+        """Per graph: XNNPACK delegate calls, operators left outside XNNPACK, file size."""
+        report: dict[str, Any] = {}
+        for name, g in bundle["graphs"].items():
+            path = out / g["file"]
+            report[name] = {"bytes": path.stat().st_size, **pte_operators(path)}
+        return {"graphs": report}
+
+
+WRITER = ExecuTorchWriter()
