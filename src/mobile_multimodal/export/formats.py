@@ -43,6 +43,8 @@ OPTIONAL_FORMATS = ("tflite",)
 # format -> "module:attribute" of its writer (a FormatWriter instance)
 WRITERS: dict[str, str] = {
     "onnx": "mobile_multimodal.export.onnx:WRITER",
+    "executorch": "mobile_multimodal.export.executorch:WRITER",
+    "coreml": "mobile_multimodal.export.coreml:WRITER",
 }
 
 
