@@ -38,11 +38,12 @@ MAX_NEW_TOKENS = {"captioning": 32, "vqa": 8}
 DECODE_LOOP = [
     "Greedy decoding of captioning and vqa, batch 1, driven by the graphs below:",
     "1. Preprocess the image as image_preprocessing.scene says. For vqa, split the question into "
-    "word ids with tokenizer.json (lower-case, split_regex, unknown words -> <unk>), truncate to "
-    "question.max_len, right-pad with <pad> to question.max_len and build question_mask (1 = real "
-    "word, 0 = padding). For captioning, question_ids = <pad> everywhere and question_mask = 0.",
+    "word ids with tokenizer.json (lower-case, split_regex, unknown words -> <unk>); a question of "
+    "more than question.max_len ids is refused (the service answers 422 PROMPT_TOO_LONG); "
+    "right-pad the ids with <pad> to question.max_len and build question_mask (1 = real word, "
+    "0 = padding). For captioning, question_ids = <pad> everywhere and question_mask = 0.",
     "2. Run 'vision' -> image_tokens, then 'cross_kv'(image_tokens) -> cross_k, cross_v (once per image).",
-    "3. The prompt is tasks.<task>.prompt with the question's word ids (untruncated) in place of "
+    "3. The prompt is tasks.<task>.prompt with the question's word ids in place of "
     "'{question}'. Start with self_k = self_v = zeros of kv_cache.shape.",
     "4. Feed the prompt one token at a time: for i, t in enumerate(prompt): run 'decoder_step' with "
     "token=[[t]], position=[i], the current self_k/self_v and cross_k/cross_v; replace self_k/self_v "

@@ -159,6 +159,10 @@ class BundleModel:
         q = self.spec["question"]
         if q["fused_into_vision"]:
             words = self.tokenizer.encode(question) if question else []
+            if len(words) > q["max_len"]:
+                raise ValueError(
+                    f"a question may have at most {q['max_len']} words, this one has {len(words)}"
+                )
             inputs["question_ids"], inputs["question_mask"] = _padded(words, q["max_len"], q["pad_id"])
         return self._run("vision", inputs)["image_tokens"]
 
