@@ -45,6 +45,7 @@ WRITERS: dict[str, str] = {
     "onnx": "mobile_multimodal.export.onnx:WRITER",
     "executorch": "mobile_multimodal.export.executorch:WRITER",
     "coreml": "mobile_multimodal.export.coreml:WRITER",
+    "tflite": "mobile_multimodal.export.tflite:WRITER",
 }
 
 
