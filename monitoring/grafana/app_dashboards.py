@@ -174,6 +174,9 @@ def overview() -> Dashboard:
     return d
 
 
+SHADOW = "quantization_shadow_comparisons_total"
+
+
 def model_performance() -> Dashboard:
     d = Dashboard(
         "mobile-mm-model",
@@ -228,17 +231,62 @@ def model_performance() -> Dashboard:
     )
     d.row("Accuracy and quantization impact")
     d.timeseries(
-        "Accuracy by task",
-        "Primary metric of each task from the loaded model's eval report.",
-        [target(f"model_accuracy_score{{{MODEL}}}", "{{task}} ({{quantization}})")],
+        "Canary accuracy over time by task",
+        "Primary metric of each task on the held-out canary set, measured on the served model at "
+        "start-up and every MOBILE_MM_CANARY_INTERVAL_S; dashed: the release's baseline "
+        "(ModelCanaryAccuracyDrop fires 5% below it).",
+        [
+            target(f"model_accuracy_score{{{MODEL}}}", "{{task}} ({{quantization}})"),
+            target(f"model_accuracy_baseline_score{{{MODEL}}}", "baseline {{task}}"),
+        ],
         "none",
+        colours=["captioning", "ocr", "vqa", "retrieval"],
     )
     d.bargauge(
         "Quantization accuracy loss vs fp32",
-        "(fp32 - quantized) / fp32 per task; alert above 5%.",
+        "(fp32 - quantized) / fp32 per task on the canary set, against the fp32 reference; alert above 5%.",
         [target(f"quantization_accuracy_loss{{{APP}}}", "{{quantization_type}} {{task}}", instant=True)],
         "percentunit",
         QUANT_LOSS,
+    )
+    d.timeseries(
+        "Quantization loss over time by task",
+        "The canary's quantization_accuracy_loss per task: a step is a model or input-path change.",
+        [target(f"quantization_accuracy_loss{{{APP}}}", "{{quantization_type}} {{task}}")],
+        "percentunit",
+    )
+    d.timeseries(
+        "Live shadow agreement with fp32",
+        "Share of sampled live requests (MOBILE_MM_SHADOW_SAMPLE_RATE) where the served quantized "
+        "model answered as the fp32 reference, over 15 min; QuantizationShadowDisagreement below 80%.",
+        [
+            target(
+                f'sum by (quantization_type, task) (rate({SHADOW}{{{APP}, result="agree"}}[15m]))'
+                f" / sum by (quantization_type, task) "
+                f'(rate({SHADOW}{{{APP}, result=~"agree|disagree"}}[15m]))',
+                "{{quantization_type}} {{task}}",
+            )
+        ],
+        "percentunit",
+    )
+    d.timeseries(
+        "Confidence percentiles by task",
+        "p10 and p50 of the model's own confidence per response (no labels needed): a drop is a "
+        "shift in what clients send, even before accuracy can be measured.",
+        [
+            target(quantile(0.5, "model_prediction_confidence", MODEL, "task"), "p50 {{task}}"),
+            target(quantile(0.1, "model_prediction_confidence", MODEL, "task"), "p10 {{task}}"),
+        ],
+        "percentunit",
+    )
+    d.stat(
+        "Since the last canary run",
+        "Seconds since the canary last succeeded (ModelCanaryStale after two intervals).",
+        [target(f"time() - model_canary_last_success_timestamp_seconds{{{APP}}}", "{{instance}}")],
+        "s",
+        thresholds((900, "orange"), (1800, "red")),
+        w=6,
+        h=8,
     )
     d.row("Memory and loading")
     d.timeseries(

@@ -93,7 +93,8 @@ def test_units_and_colours_are_consistent() -> None:
     for d in _dashboards().values():
         for panel in _panels(d):
             unit = panel["fieldConfig"]["defaults"].get("unit")
-            if unit is not None and "histogram_quantile" in panel["targets"][0]["expr"]:
+            expr = panel["targets"][0]["expr"]
+            if unit is not None and "histogram_quantile" in expr and "duration_seconds" in expr:
                 units.setdefault("latency", set()).add(unit)
             for override in panel["fieldConfig"]["overrides"]:
                 name = override["matcher"]["options"]

@@ -105,6 +105,17 @@ CANARY_LAST_SUCCESS = Gauge(
     "Unix time the last canary evaluation of the served model finished successfully.",
     multiprocess_mode="max",
 )
+CANARY_INTERVAL = Gauge(
+    "model_canary_interval_seconds",
+    "MOBILE_MM_CANARY_INTERVAL_S of this process (0: canary off); ModelCanaryStale reads it.",
+    multiprocess_mode="max",
+)
+CANARY_STARTED = Gauge(
+    "model_canary_started_timestamp_seconds",
+    "Unix time this process's canary loop started (its model became ready); ModelCanaryStale "
+    "counts from here until the first success.",
+    multiprocess_mode="max",
+)
 CANARY_DURATION = Gauge(
     "model_canary_duration_seconds",
     "Wall time of the last canary run, requests served in between included (seconds).",

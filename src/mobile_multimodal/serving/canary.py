@@ -12,7 +12,9 @@ is run through the served model in small slices between requests (``background_s
   fp32 reference (``reference.py``) loaded lazily and scored once (it never changes), 0 for an
   fp32 model;
 * ``model_canary_runs_total{status}``, ``model_canary_last_success_timestamp_seconds``,
-  ``model_canary_duration_seconds``; ``model_memory_usage_bytes{component="kv_cache_peak"}``.
+  ``model_canary_duration_seconds``, ``model_canary_interval_seconds`` and
+  ``model_canary_started_timestamp_seconds`` (ModelCanaryStale);
+  ``model_memory_usage_bytes{component="kv_cache_peak"}``.
 
 Each run is a root span ``canary_run`` (attributes: the scores, slices, urgent slices) and one
 JSON log line ``canary run`` (operation ``canary``, the scores, the losses, duration_ms). A run
@@ -82,8 +84,10 @@ class CanaryEvaluator:
 
     async def run_forever(self) -> None:
         interval = self.settings.canary_interval_s
+        metrics.CANARY_INTERVAL.set(interval)
         if interval <= 0:
             return  # 0: no canary
+        metrics.CANARY_STARTED.set(time.time())
         while True:
             due = time.monotonic()
             await self.run_once(due=due)
