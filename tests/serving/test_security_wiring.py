@@ -25,7 +25,7 @@ from mobile_multimodal.settings import Settings
 from mobile_multimodal.store import AuditEvent, BackupRun, Database
 
 from .conftest import LiveServer, data_uri, metric_value
-from .test_server_process import _instances, _serve
+from .test_server_process import _instances, _serve, stop_group
 
 FAILURES = "model_integrity_failures_total"
 CHECKED = "model_integrity_last_check_timestamp_seconds"
@@ -262,6 +262,4 @@ def test_workers_count_tampering_and_config_changes_once(model_dir: Path, tmp_pa
         database.dispose()
     finally:
         for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait(10)
+            stop_group(p)  # (the supervisor and its workers: a killed supervisor leaves them running)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -47,7 +48,11 @@ def _serve(model_dir: Path, tmp_path: Path, *extra: str, **env: str) -> tuple[su
         str(model_dir),
         *extra,
     ]
-    proc = subprocess.Popen(cmd, env=environ, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # its own process group: stop_group() also ends --workers N's workers, which a killed
+    # supervisor would leave running
+    proc = subprocess.Popen(
+        cmd, env=environ, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         wait_http(url + "/ready", timeout_s=90, process=proc)
@@ -56,9 +61,16 @@ def _serve(model_dir: Path, tmp_path: Path, *extra: str, **env: str) -> tuple[su
             f"server exited: {proc.stderr.read().decode()[-2000:] if proc.stderr else ''}"
         ) from exc
     except TimeoutError:
-        proc.kill()
+        stop_group(proc)
         raise
     return proc, url
+
+
+def stop_group(proc: subprocess.Popen[bytes]) -> None:
+    """Kill what is left of a server started by :func:`_serve`: the supervisor and its workers."""
+    with contextlib.suppress(ProcessLookupError):  # nothing left
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(30)
 
 
 @pytest.fixture
@@ -66,9 +78,7 @@ def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
     procs: list[subprocess.Popen[bytes]] = []
     yield procs
     for proc in procs:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
+        stop_group(proc)
 
 
 def _start_request(port: int, body: bytes) -> socket.socket:
