@@ -179,7 +179,7 @@ def test_a_keyless_client_is_refused_before_it_sends_its_body(keyed_server: tupl
         b"POST /inference HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
         b"Content-Length: 9000000\r\n\r\n"
     )
-    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
         sock.sendall(head)  # and none of the 9 MB it announced
         answer = sock.recv(65536)  # before the fix: no answer until the body came (timeout)
     assert answer.startswith(b"HTTP/1.1 401 "), answer[:200]

@@ -54,7 +54,9 @@ def counting_model() -> Callable[[Settings], CountingModel]:
 
 
 async def _flood(url: str, n: int) -> list[httpx.Response]:
-    limits = httpx.Limits(max_connections=50)
+    # A fresh connection per call: on a busy machine this client can lag past the server's 5 s
+    # keep-alive, and a pooled connection closed meanwhile fails the call (a client-side race).
+    limits = httpx.Limits(max_connections=50, max_keepalive_connections=0)
     async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
         calls = [client.request("POST" if i % 2 else "GET", "/model/health") for i in range(n)]
         return await asyncio.gather(*calls)
