@@ -4,6 +4,13 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Where torch comes from (scripts/torch_index_args.sh says exactly how). `auto`: the CPU build
+# from PyTorch's CPU wheel index on a Linux machine without an NVIDIA GPU, unless pip already
+# has a package index, mirror or wheel directory configured (then that, untouched). Override:
+#   make setup TORCH_INDEX_URL=https://download.pytorch.org/whl/cu126   # torch from this index
+#   make setup TORCH_INDEX_URL=                                         # pip's configuration alone
+TORCH_INDEX_URL ?= auto
+TORCH_CPU_INDEX_URL ?= https://download.pytorch.org/whl/cpu
 
 .PHONY: setup system-deps run test lint typecheck unit bench clean
 
@@ -13,7 +20,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# torch first and pinned: anything unpinned would pull a multi-GB CUDA build.
-	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet $$(sh scripts/torch_index_args.sh '$(TORCH_INDEX_URL)' '$(TORCH_CPU_INDEX_URL)' $(BIN)/python) torch==2.13.0
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 

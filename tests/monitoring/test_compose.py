@@ -74,8 +74,22 @@ def _volumes(service: dict[str, Any]) -> list[tuple[str, str]]:
     return [(parts[0], parts[1]) for parts in (v.split(":") for v in service.get("volumes", []))]
 
 
+def published(service: dict[str, Any]) -> list[tuple[str, int]]:
+    """(host address, host port) of each published port. docker-compose v1 prints a port bound
+    to an address as "IP:PUBLISHED:TARGET/PROTO", one without as a mapping."""
+    out = []
+    for port in service.get("ports", []):
+        if isinstance(port, dict):
+            out.append((str(port.get("host_ip", "0.0.0.0")), int(port["published"])))
+        else:
+            address, host_port, _ = str(port).rsplit(":", 2)
+            out.append((address, int(host_port)))
+    return out
+
+
 def _ports(service: dict[str, Any]) -> set[int]:
-    return {int(p["published"]) for p in service.get("ports", [])}
+    """Published ports, and those exposed on the compose network only (node-exporter)."""
+    return {port for _, port in published(service)} | {int(p) for p in service.get("expose", [])}
 
 
 def test_app_prod_as_the_guide_uses_it(resolved: dict[str, Any]) -> None:
@@ -128,9 +142,12 @@ def test_mounted_configs_exist(resolved: dict[str, Any]) -> None:
         for source, _ in _volumes(service):
             if source.startswith(str(REPO)):
                 assert Path(source).exists(), f"{name}: {source} missing"
-    prom = {target: source for source, target in _volumes(resolved["services"]["prometheus"])}
-    assert prom["/etc/prometheus/prometheus.yml"].endswith("monitoring/prometheus.yml")
-    assert prom["/etc/prometheus/alerts.yml"].endswith("monitoring/alerts.yml")
+    prometheus = resolved["services"]["prometheus"]
+    prom = {target: source for source, target in _volumes(prometheus)}
+    assert Path(prom["/etc/prometheus/config"]) == REPO / "monitoring"
+    assert "--config.file=/etc/prometheus/config/prometheus.yml" in prometheus["command"]
+    rules = yaml.safe_load((REPO / "monitoring" / "prometheus.yml").read_text())["rule_files"]
+    assert all((REPO / "monitoring" / rule).is_file() for rule in rules)  # relative to the config
 
 
 def test_prometheus_keeps_exemplars(resolved: dict[str, Any]) -> None:
