@@ -31,6 +31,7 @@ from mobile_multimodal.quantization.qat import QATOptions, run_qat, summary
 from mobile_multimodal.quantization.report import build_report
 from mobile_multimodal.quantization.rtn import quantize_rtn_layers
 from mobile_multimodal.training.batches import BatchBuilder, BatchSizes
+from mobile_multimodal.training.canary import evaluate_canary
 from mobile_multimodal.training.evaluate import TASKS, evaluate_loaded
 
 METHODS = ("rtn", "gptq", "qat")
@@ -139,6 +140,7 @@ def quantize_model(opts: QuantizeOptions, log: Callable[[str], None] = print) ->
     report = build_report(fp32_eval, q_eval, quantized, fp32_params, manifest["quantization"])
 
     manifest["eval"] = q_eval
+    manifest["canary"] = evaluate_canary(variant)  # the baseline of the server's live canary
     manifest["quantization"]["bits_per_weight"] = report["bits_per_weight"]
     manifest["quantization"]["baseline_eval"] = fp32_eval
     checkpoint.write_manifest(opts.out, manifest)

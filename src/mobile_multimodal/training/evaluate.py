@@ -137,10 +137,13 @@ def evaluate_model(
     )
 
 
-def attach_report(model_dir: Path, report: dict[str, Any]) -> None:
-    """Store the eval report in the model's manifest (the manifest is not in its own file list)."""
+def attach_report(model_dir: Path, report: dict[str, Any], canary: dict[str, Any] | None = None) -> None:
+    """Store the eval report (and the canary report, the baseline a server's live canary runs are
+    compared with: ``training/canary.py``) in the model's manifest (not in its own file list)."""
     manifest = checkpoint.read_manifest(model_dir)
     manifest["eval"] = report
+    if canary is not None:
+        manifest["canary"] = canary
     checkpoint.write_manifest(model_dir, manifest)
     (model_dir / "eval_report.json").write_text(json.dumps(report, indent=2) + "\n")
 

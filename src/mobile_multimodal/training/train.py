@@ -244,7 +244,9 @@ def train_model(opts: TrainOptions) -> Path:
     }
     model.save(out)
     if opts.evaluate:
+        from mobile_multimodal.training.canary import evaluate_canary
         from mobile_multimodal.training.evaluate import attach_report, evaluate_loaded
 
-        attach_report(out, evaluate_loaded(model, limit=20 if opts.preset == "tiny" else None))
+        report = evaluate_loaded(model, limit=20 if opts.preset == "tiny" else None)
+        attach_report(out, report, canary=evaluate_canary(model))
     return out
