@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import stat
 import subprocess
@@ -341,3 +342,40 @@ def test_make_setup_keeps_this_machines_pip_sources() -> None:
         assert out == ""
     else:
         assert out == "--extra-index-url https://download.pytorch.org/whl/cpu"
+
+
+# --- the commands the docs show -----------------------------------------------------------------
+
+
+def _laptop_section_commands() -> list[str]:
+    doc = (REPO / "docs" / "monitoring.md").read_text()
+    section = doc.split("## Running the compose stack on a laptop")[1].split("\n## ")[0]
+    blocks = re.findall(r"```bash\n(.*?)```", section, flags=re.S)
+    return [line.strip() for block in blocks for line in block.splitlines() if "docker-compose" in line]
+
+
+def test_documented_compose_commands_resolve() -> None:
+    """Each `docker-compose ... up -d` of the guide's laptop section, with `config -q` in place of
+    `up -d` (no engine here): the files and options it names are valid together."""
+    commands = _laptop_section_commands()
+    assert len(commands) == 2, commands
+    for command in commands:
+        assert command.endswith(" up -d"), command
+        words = shlex.split(command.removesuffix(" up -d") + " config -q")
+        env = dict(w.split("=", 1) for w in words if re.fullmatch(r"[A-Z_]+=.*", w))
+        args = [w for w in words if not re.fullmatch(r"[A-Z_]+=.*", w)]
+        result = subprocess.run(
+            args, cwd=REPO, env={**os.environ, **env}, capture_output=True, text=True, timeout=120
+        )
+        assert result.returncode == 0, (command, result.stderr)
+
+
+def test_readme_torch_index_commands() -> None:
+    """The README's `make setup TORCH_INDEX_URL=...` overrides reach the setup recipe."""
+    readme = (REPO / "README.md").read_text()
+    overrides = re.findall(r"`make setup (TORCH_INDEX_URL=[^`]*)`", readme)
+    assert overrides == ["TORCH_INDEX_URL=https://download.pytorch.org/whl/cu126", "TORCH_INDEX_URL="]
+    assert _torch_args_command(overrides[0]).startswith(
+        "sh scripts/torch_index_args.sh 'https://download.pytorch.org/whl/cu126' "
+    )
+    assert _torch_args_command(overrides[1]).startswith("sh scripts/torch_index_args.sh '' ")
