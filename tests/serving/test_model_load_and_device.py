@@ -134,3 +134,21 @@ def test_serve_takes_a_device_option(monkeypatch: pytest.MonkeyPatch) -> None:
     refused = runner.invoke(cli, ["serve", "--device", "tpu", "--port", "1"])
     assert refused.exit_code != 0
     assert "device" in (refused.output + str(refused.exception))
+
+
+@no_gpu
+def test_the_prepared_gpu_check_refuses_clearly_without_a_gpu() -> None:
+    """scripts/gpu_check.py is what a GPU machine runs; here it must stop at the load, saying why."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "scripts" / "gpu_check.py"
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=600, check=False
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["started"] is False
+    assert "no CUDA device" in json.dumps(report["health"])
