@@ -124,6 +124,42 @@ def runtime_cell(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+# Tasks whose primary metric is a mean over examples, so shards of the split add up exactly.
+SHARDABLE = {"vqa": "exact_match", "easy_vqa": "exact_match", "ocr": "word", "ocr_unseen_fonts": "word"}
+
+
+def task_cell(args: argparse.Namespace) -> dict[str, Any]:
+    """One task of the eval report for the bundle, on the full split or on a strided shard of it
+    (examples i, i+k, i+2k, ...; the parent adds the shards' hits up to the report's mean)."""
+    from mobile_multimodal.export.decode import BundleModel, load_bundle
+    from mobile_multimodal.export.formats import writer_for
+
+    bundle = load_bundle(args.bundle)
+    runner = writer_for(args.format).open(args.bundle, bundle.description)
+    assert not isinstance(runner, str), runner
+    model = BundleModel(bundle, runner)
+    if args.shards == 1:
+        report = evaluate_loaded(model, None, [args.task])["tasks"][args.task]
+        return {"task": args.task, "n": int(report["n"]), "primary": float(report["primary"])}
+    from mobile_multimodal.data.splits import DEFAULT_SIZES, load_eval_split
+    from mobile_multimodal.training.metrics import exact_match_accuracy, word_accuracy
+
+    examples = load_eval_split(args.task, DEFAULT_SIZES[args.task])[args.shard :: args.shards]
+    if SHARDABLE[args.task] == "exact_match":
+        predictions = model.answer_questions([e.image for e in examples], [e.question for e in examples])
+        hits = sum(exact_match_accuracy([p], [e.answer]) for p, e in zip(predictions, examples, strict=True))
+    else:
+        predictions = model.extract_texts([e.image for e in examples])
+        hits = sum(word_accuracy([p], [e.text]) for p, e in zip(predictions, examples, strict=True))
+    return {
+        "task": args.task,
+        "n": len(examples),
+        "hits": int(hits),
+        "shard": args.shard,
+        "shards": args.shards,
+    }
+
+
 def torch_cell(args: argparse.Namespace) -> dict[str, Any]:
     from mobile_multimodal.model import MobileMultiModalLLM
 
@@ -136,7 +172,10 @@ def torch_cell(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("kind", choices=("export", "runtime", "torch"))
+    parser.add_argument("kind", choices=("export", "runtime", "torch", "task"))
+    parser.add_argument("--task")
+    parser.add_argument("--shard", type=int, default=0)
+    parser.add_argument("--shards", type=int, default=1)
     parser.add_argument("--format")
     parser.add_argument("--platform")
     parser.add_argument("--quantization", default="fp32")
@@ -147,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, required=True)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    cell = {"export": export_cell, "runtime": runtime_cell, "torch": torch_cell}[args.kind]
+    cell = {"export": export_cell, "runtime": runtime_cell, "torch": torch_cell, "task": task_cell}[args.kind]
     result = cell(args)
     args.json.write_text(json.dumps(result, indent=2))
     return 0

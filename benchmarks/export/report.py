@@ -150,3 +150,43 @@ def write_plot(results: dict[str, Any], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+README_TASKS = ("captioning", "vqa", "ocr")
+
+
+def readme_table(results: dict[str, Any]) -> list[str]:
+    """The README's formats x precisions table (size, accuracy, latency, export time)."""
+    lines = [
+        "| format (runtime) | precision | bundle | accuracy in the runtime vs PyTorch, same precision "
+        "| batch-1 latency, ms: captioning / VQA / OCR (x PyTorch eager) | export, validation incl. |",
+        "|---|---|---:|---|---|---:|",
+    ]
+    for row in results["rows"]:
+        head = f"| {row['format']} ({row.get('runtime', '-')}) | {row['quantization']} "
+        if "export_s" not in row:
+            lines.append(head + "| - | export failed | - | - |")
+            continue
+        size = f"{row['bundle_bytes'] / MIB:.2f} MiB"
+        if "tasks" in row:
+            tasks = row["tasks"]
+            equal = sum(t["equal"] for t in tasks.values())
+            n = row.get("examples_per_task", "full")
+            accuracy = (
+                f"{equal}/{len(tasks)} tasks equal ({'full splits' if n == 'full' else f'{n} per task'})"
+            )
+            unequal = [(k, t) for k, t in tasks.items() if not t["equal"]]
+            if unequal:
+                k, t = max(unequal, key=lambda kv: abs(kv[1]["exported"] - kv[1]["pytorch"]))
+                accuracy += f"; {k} {_fmt_score(k, t['exported'])} vs {_fmt_score(k, t['pytorch'])}"
+            latency = " / ".join(
+                f"{tasks[k]['latency_ms']:.1f} ({tasks[k]['latency_ratio']:.2f}x)"
+                for k in README_TASKS
+                if k in tasks
+            )
+        elif not row.get("executed", True):
+            accuracy, latency = "not executed on Linux (structure and weight sizes checked)", "-"
+        else:
+            accuracy, latency = f"failed: {row.get('error', '')}", "-"
+        lines.append(head + f"| {size} | {accuracy} | {latency} | {row['export_s']:.1f} s |")
+    return lines
