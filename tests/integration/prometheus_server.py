@@ -92,7 +92,7 @@ class PrometheusServer:
     # --- HTTP API -----------------------------------------------------------------------
     def api(self, path: str, **params: str) -> Any:
         url = f"{self.url}/api/v1/{path}?{urllib.parse.urlencode(params)}"
-        with urllib.request.urlopen(url, timeout=10) as response:
+        with urllib.request.urlopen(url, timeout=60) as response:  # a busy machine may be slow
             body = json.loads(response.read())
         if body.get("status") != "success":
             raise RuntimeError(f"prometheus API {path} failed: {body}")

@@ -64,7 +64,7 @@ def wait_until(
     raise TimeoutError(f"{what} not ready after {timeout_s}s: {log.read_text()[-2000:] if log else ''}")
 
 
-def http_json(url: str, data: Any = None, timeout: float = 10) -> Any:
+def http_json(url: str, data: Any = None, timeout: float = 60) -> Any:
     body = None if data is None else json.dumps(data).encode()
     request = urllib.request.Request(
         url,

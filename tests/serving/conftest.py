@@ -132,9 +132,10 @@ class LiveServer:
             time.sleep(0.01)
         return self
 
-    def wait_ready(self, timeout: float = 60.0) -> None:
+    def wait_ready(self, timeout: float = 120.0) -> None:
         deadline = time.monotonic() + timeout
-        with httpx.Client(base_url=self.url) as client:
+        # (not httpx's 5 s default per request: a busy machine may take longer to answer one)
+        with httpx.Client(base_url=self.url, timeout=timeout) as client:
             while time.monotonic() < deadline:
                 if client.get("/ready").status_code == 200:
                     return

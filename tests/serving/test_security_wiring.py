@@ -222,7 +222,7 @@ def test_workers_count_tampering_and_config_changes_once(model_dir: Path, tmp_pa
         procs.append(proc)
 
         def every_worker(path: str, status: int) -> bool:  # a new connection per request
-            return all(httpx.get(url + path, timeout=10).status_code == status for _ in range(8))
+            return all(httpx.get(url + path, timeout=60).status_code == status for _ in range(8))
 
         # which worker takes a connection is up to the kernel: each worker's log lines say it is
         # ready, and that it found the modification
@@ -232,16 +232,16 @@ def test_workers_count_tampering_and_config_changes_once(model_dir: Path, tmp_pa
         _wait_for("both workers ready", lambda: len(workers_that_logged("model ready")) == 2)
         first_workers = workers_that_logged("model ready")
         _wait_for("both workers checked", lambda: every_worker("/health", 200))
-        before = httpx.get(url + "/metrics").text
+        before = httpx.get(url + "/metrics", timeout=60).text
         assert metric_value(before, "model_integrity_ok") == 1
 
         _flip_last_byte(model_dir)
         found = "model integrity check failed"
         _wait_for("both workers found it", lambda: len(workers_that_logged(found)) == 2)
         assert every_worker("/health", 503)
-        with httpx.Client(base_url=url, timeout=10) as client:
+        with httpx.Client(base_url=url, timeout=60) as client:
             _more_checks(client)  # more checks find the same modification: still one incident
-        after = httpx.get(url + "/metrics").text
+        after = httpx.get(url + "/metrics", timeout=60).text
         assert metric_value(after, "model_integrity_ok") == 0
         assert metric_value(after, FAILURES, model_type="multimodal") == 1
         assert metric_value(after, "security_events_total", **TAMPERING) == 1
@@ -256,7 +256,7 @@ def test_workers_count_tampering_and_config_changes_once(model_dir: Path, tmp_pa
         procs.append(proc)
         ready = "model ready"
         _wait_for("both new workers ready", lambda: len(workers_that_logged(ready) - first_workers) == 2)
-        text = httpx.get(url + "/metrics").text
+        text = httpx.get(url + "/metrics", timeout=60).text
         assert metric_value(text, "config_changes_total", source="startup") == 1
         assert len(_audit(database, "config.change")) == 1
         database.dispose()
