@@ -49,6 +49,7 @@ from torch import nn
 
 from mobile_multimodal.errors import ExportError, ExportErrorCode
 from mobile_multimodal.export.formats import package_version
+from mobile_multimodal.export.validate import ACCURACY_TOLERANCE, MAX_ABS_DIFF_LIMIT
 from mobile_multimodal.export.xnnpack_ops import XNNPACK_DECOMPOSITIONS
 from mobile_multimodal.export.xnnpack_quant import quantize_for_xnnpack
 
@@ -57,6 +58,8 @@ if TYPE_CHECKING:
     from mobile_multimodal.model.llm import MobileMultiModalLLM
 
 BACKEND = "XnnpackBackend"
+QUANTIZED_ACCURACY_TOLERANCE = 0.05  # relative; the quantization-loss alert threshold (DESIGN.md)
+QUANTIZED_MAX_ABS_DIFF = 1.0
 
 
 def lower_to_pte(module: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> bytes:
@@ -137,6 +140,16 @@ class ExecuTorchWriter:
 
     def toolchain(self) -> dict[str, str | None]:
         return {"executorch": package_version("executorch"), "torchao": package_version("torchao")}
+
+    def tolerance(self, quantization: str) -> tuple[float, float]:
+        """(accuracy, max |output - PyTorch|) bounds of validation. fp32 takes the shared ones;
+        a quantized .pte quantizes activations to int8 per token (XNNPACK's only quantized
+        linear), which PyTorch's weight-only model does not: outputs move by up to a few tenths
+        (0.21 on the INT2 OCR log-probs), so only a loose output bound holds and the task scores
+        carry the check, with the project's quantization-loss warning threshold."""
+        if quantization == "fp32":
+            return ACCURACY_TOLERANCE, MAX_ABS_DIFF_LIMIT
+        return QUANTIZED_ACCURACY_TOLERANCE, QUANTIZED_MAX_ABS_DIFF
 
     def write(
         self, model: MobileMultiModalLLM, graphs: list[GraphSpec], quantization: str, out: Path
