@@ -5,6 +5,7 @@ the fonts the canary renders, and `make -n` shows how `make setup` picks torch's
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -13,6 +14,8 @@ import stat
 import subprocess
 import sys
 import tempfile
+import tomllib
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -222,8 +225,6 @@ def test_dependencies_install_in_a_layer_before_the_source(tmp_path: Path) -> No
         timeout=60,
         check=True,
     ).stdout.split()
-    import tomllib
-
     assert out == tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
     assert "torch==2.13.0" in out
 
@@ -379,3 +380,56 @@ def test_readme_torch_index_commands() -> None:
         "sh scripts/torch_index_args.sh 'https://download.pytorch.org/whl/cu126' "
     )
     assert _torch_args_command(overrides[1]).startswith("sh scripts/torch_index_args.sh '' ")
+
+
+def _wheel(index: Path, version: str) -> None:
+    """A real (tiny) wheel of the project `mm-torch-probe` in a PEP 503 index directory."""
+    project = index / "mm-torch-probe"
+    project.mkdir(parents=True)
+    name = f"mm_torch_probe-{version}"
+    with zipfile.ZipFile(project / f"{name}-py3-none-any.whl", "w") as wheel:
+        wheel.writestr("mm_torch_probe/__init__.py", f"BUILD = {version!r}\n")
+        wheel.writestr(
+            f"{name}.dist-info/METADATA", f"Metadata-Version: 2.1\nName: mm-torch-probe\nVersion: {version}\n"
+        )
+        wheel.writestr(
+            f"{name}.dist-info/WHEEL",
+            "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+        )
+        wheel.writestr(f"{name}.dist-info/RECORD", "")
+    (project / "index.html").write_text(f'<a href="{name}-py3-none-any.whl">{name}-py3-none-any.whl</a>\n')
+
+
+def test_pip_takes_the_cpu_build_from_the_extra_index(tmp_path: Path) -> None:
+    """What `auto` relies on, with the real pip: given PyPI (here a local index with `2.13.0`)
+    and the CPU index (`2.13.0+cpu`) as --extra-index-url, `==2.13.0` resolves to the +cpu build."""
+    pypi, cpu = tmp_path / "pypi", tmp_path / "cpu"
+    _wheel(pypi, "2.13.0")
+    _wheel(cpu, "2.13.0+cpu")
+    report = tmp_path / "report.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
+    env["PIP_CONFIG_FILE"] = os.devnull
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--dry-run",
+            "--quiet",
+            "--report",
+            str(report),
+            "--index-url",
+            pypi.as_uri(),
+            "--extra-index-url",
+            cpu.as_uri(),
+            "mm-torch-probe==2.13.0",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    chosen = [item["metadata"]["version"] for item in json.loads(report.read_text())["install"]]
+    assert chosen == ["2.13.0+cpu"]
