@@ -261,9 +261,12 @@ def test_image_installs_what_the_canary_renders_with() -> None:
 
 def _torch_args_command(*make_args: str) -> str:
     """The `$(...)` that picks torch's pip options, as `make -n` prints the setup recipe."""
+    # Not the caller's choices: a `make TORCH_INDEX_URL=... test` passes them down in MAKEFLAGS.
+    drop = {"MAKEFLAGS", "MFLAGS", "MAKELEVEL", "TORCH_INDEX_URL", "TORCH_CPU_INDEX_URL"}
     printed = subprocess.run(
         ["make", "-n", "-B", ".venv/.installed", *make_args],
         cwd=REPO,
+        env={k: v for k, v in os.environ.items() if k not in drop},
         capture_output=True,
         text=True,
         timeout=60,
