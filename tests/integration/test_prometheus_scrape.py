@@ -110,9 +110,17 @@ def test_prometheus_scrapes_true_values(
 
             # model gauges are measured from the loaded model and read from its eval report
             memory = prom.by_label('model_memory_usage_bytes{job="app"}', "component")
+            # the weights of each component, and the decoder's largest KV cache (the warm-up's batch)
+            assert memory.pop("kv_cache_peak") > 0
             assert memory == {k: float(v) for k, v in served_model.component_memory_bytes().items()}
+            # accuracy: the start-up canary's score for its tasks, the eval report's for the others
+            prom.wait_for(
+                'model_canary_runs_total{job="app", status="success"}', lambda v: (v or 0) >= 1, 120
+            )
             accuracy = prom.by_label('model_accuracy_score{job="app"}', "task")
-            assert accuracy == pytest.approx(primaries(served_model.manifest.get("eval")))
+            expected = primaries(served_model.manifest.get("eval"))
+            expected.update(primaries(served_model.manifest.get("canary")))
+            assert accuracy == pytest.approx(expected)
             assert (prom.scalar('model_load_duration_seconds{job="app"}') or 0) > 0
 
             # resource gauges feeding the resource alerts
