@@ -74,3 +74,16 @@ def test_fp32_bundle_decodes_every_task_like_pytorch_in_litert(
         "text_embed.tflite",
         "vision.tflite",
     ]
+
+
+@pytest.mark.parametrize("quantization", ["int4", "int2"])
+def test_low_bit_tflite_is_refused_with_the_reason(quantization: str) -> None:
+    from mobile_multimodal.export.tflite import quant_config
+
+    with pytest.raises(ExportError) as info:
+        quant_config(quantization)  # before litert-torch is imported or anything converted
+    assert info.value.code == ExportErrorCode.EXPORT_CONVERSION_FAILED
+    assert (
+        "400 columns" in info.value.message
+        and f"export {quantization} as onnx or executorch" in info.value.message
+    )

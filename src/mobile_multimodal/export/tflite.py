@@ -6,12 +6,13 @@ transformers, ...), so it is in no other extra and ``writer_for("tflite")`` name
 command when it is missing.
 
 LiteRT's weight schemes are its own and cannot take our codes: int8 per channel (weight-only)
-and int4 in blocks of 32 with int8 dynamic-range activations, both re-rounded by litert-torch
-from the float weights it is given — here our dequantized weights:
+and int4 in blocks of 32 input columns with int8 dynamic-range activations, both re-rounded by
+litert-torch from the float weights it is given — here our dequantized weights:
 
 - ``int8``: litert-torch's int8 weight-only channel-wise recipe;
-- ``int4`` and ``int2``: its int4 blockwise-32 dynamic-range recipe (LiteRT has no 2-bit weight
-  type; INT2 weights, already on a 4-level grid per group of 80, are stored as int4 blocks).
+- ``int4`` and ``int2`` are refused: its only int4 recipes are blockwise (32..256 columns, the
+  whole model at once) and our MLP down-projections are 400 columns wide, which litert-torch
+  rejects ("not divisible by block size 32"); LiteRT has no 2-bit type at all.
 
 Inputs are static; int64 inputs become int32 (litert-torch's default), so the runner casts.
 
@@ -42,7 +43,7 @@ if TYPE_CHECKING:
     from mobile_multimodal.model.llm import MobileMultiModalLLM
 
 QUANTIZED_ACCURACY_TOLERANCE = 0.05  # relative; the quantization-loss alert threshold (DESIGN.md)
-QUANTIZED_MAX_ABS_DIFF = 1.0  # re-rounded weights and, at 4 bits, int8 activations
+QUANTIZED_MAX_ABS_DIFF = 1.0  # int8: our weights re-rounded per channel by litert-torch
 
 
 @contextlib.contextmanager
@@ -53,18 +54,24 @@ def quiet_litert() -> Iterator[None]:
         yield
 
 
+SUPPORTED = ("fp32", "int8")
+UNSUPPORTED_REASON = (
+    "TFLite export supports fp32 and int8: LiteRT's int4 weights come only in blocks of 32+ input "
+    "columns for the whole model (litert-torch's recipes), this model's MLP down-projections are "
+    "400 columns wide, and LiteRT has no 2-bit type; export {q} as onnx or executorch instead"
+)
+
+
 def quant_config(quantization: str) -> Any:
     """litert-torch's quantization recipe for ``quantization`` (None: float32)."""
+    if quantization not in SUPPORTED:
+        raise ExportError(ExportErrorCode.EXPORT_CONVERSION_FAILED, UNSUPPORTED_REASON.format(q=quantization))
     if quantization == "fp32":
         return None
     from litert_torch.generative.quantize import quant_attrs, quant_recipes
 
-    if quantization == "int8":
-        return quant_recipes.full_weight_only_recipe(
-            weight_dtype=quant_attrs.Dtype.INT8, granularity=quant_attrs.Granularity.CHANNELWISE
-        )
-    return quant_recipes.full_dynamic_recipe(
-        weight_dtype=quant_attrs.Dtype.INT4, granularity=quant_attrs.Granularity.BLOCKWISE_32
+    return quant_recipes.full_weight_only_recipe(
+        weight_dtype=quant_attrs.Dtype.INT8, granularity=quant_attrs.Granularity.CHANNELWISE
     )
 
 
@@ -117,6 +124,7 @@ class TFLiteWriter:
     def write(
         self, model: MobileMultiModalLLM, graphs: list[GraphSpec], quantization: str, out: Path
     ) -> list[Path]:
+        config = quant_config(quantization)  # refuses int4/int2 before any conversion
         files = []
         for spec in graphs:
             path = out / f"{spec.name}{self.extension}"
@@ -124,9 +132,7 @@ class TFLiteWriter:
                 with quiet_litert(), torch.no_grad():
                     import litert_torch
 
-                    edge = litert_torch.convert(
-                        spec.module.eval(), spec.example_inputs, quant_config=quant_config(quantization)
-                    )
+                    edge = litert_torch.convert(spec.module.eval(), spec.example_inputs, quant_config=config)
                     edge.export(str(path))
             except ExportError:
                 raise
