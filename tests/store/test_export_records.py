@@ -110,6 +110,21 @@ def test_unfinished_rows_are_failed_when_their_process_is_gone(db: Database) -> 
         record = get_export(db, export_id)
         assert record is not None and (record.status, record.error_code) == ("failed", "EXPORT_INTERRUPTED")
     assert get_export(db, done).status == "succeeded"  # type: ignore[union-attr]
+    # a server fails only its own jobs, never a CLI export running in another process
+    job = add_export(
+        db,
+        platform="ios",
+        fmt="onnx",
+        quantization="fp32",
+        requested_by="api:ops/k1",
+        model="default",
+        out_dir="/tmp/job",
+        status="queued",
+    ).id
+    cli = _add(db)
+    assert fail_unfinished(db, "EXPORT_INTERRUPTED", "restarted", requested_by_prefix="api:") == 1
+    assert get_export(db, job).status == "failed"  # type: ignore[union-attr]
+    assert get_export(db, cli).status == "running"  # type: ignore[union-attr]
 
 
 def test_the_group_history_counts_this_hosts_finished_exports_of_one_group(db: Database) -> None:

@@ -53,6 +53,7 @@ from mobile_multimodal.store.models import ExportRecord
 
 _log = logging.getLogger("mobile_multimodal.export")
 WORKER_MODULE = "mobile_multimodal.serving.export_worker"
+JOB_ORIGIN = "api:"  # requested_by of the rows this module runs (CLI exports are "cli:...")
 _STOP_GRACE_S = 10.0
 _ERROR_TAIL_CHARS = 2000
 
@@ -98,6 +99,7 @@ class ExportJobs:
                 self.database,
                 str(ExportErrorCode.EXPORT_INTERRUPTED),
                 "the server running this export stopped before it finished",
+                requested_by_prefix=JOB_ORIGIN,
             )
             if stale:
                 _log.warning(

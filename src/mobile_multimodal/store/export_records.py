@@ -113,12 +113,21 @@ def finish_export(
     return record
 
 
-def fail_unfinished(db: Database, error_code: str, error_message: str) -> int:
-    """Mark every queued/running row failed (their process is gone); returns how many."""
+def fail_unfinished(
+    db: Database, error_code: str, error_message: str, *, requested_by_prefix: str = ""
+) -> int:
+    """Mark queued/running rows failed (their process is gone); returns how many.
+
+    ``requested_by_prefix`` limits it to rows of one origin: the server fails only its own jobs
+    ("api:"), never a CLI export that is running meanwhile in another process.
+    """
     with db.session() as s:
         result = s.execute(
             update(ExportRecord)
-            .where(ExportRecord.status.in_(UNFINISHED))
+            .where(
+                ExportRecord.status.in_(UNFINISHED),
+                ExportRecord.requested_by.startswith(requested_by_prefix, autoescape=True),
+            )
             .values(
                 status="failed",
                 finished_at=datetime.now(UTC),

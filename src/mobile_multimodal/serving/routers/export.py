@@ -33,7 +33,7 @@ from mobile_multimodal.security.auth import require_admin
 from mobile_multimodal.security.context import Principal
 from mobile_multimodal.serving.deps import checks_key_before_body
 from mobile_multimodal.serving.errors import ErrorCode, ServiceError
-from mobile_multimodal.serving.export_jobs import ExportBusy, ExportJobs
+from mobile_multimodal.serving.export_jobs import JOB_ORIGIN, ExportBusy, ExportJobs
 from mobile_multimodal.serving.openapi import error_responses
 from mobile_multimodal.store import Database
 from mobile_multimodal.store.export_records import get_export, list_exports, to_json
@@ -114,7 +114,7 @@ async def start_export(body: ExportRequest, request: Request) -> JSONResponse:
                 platform=body.platform,
                 fmt=fmt,
                 quantization=body.quantization,
-                requested_by=f"api:{principal.user_id}/{principal.key_id or 'local'}",
+                requested_by=f"{JOB_ORIGIN}{principal.user_id}/{principal.key_id or 'local'}",
                 traceparent=carrier.get("traceparent"),
             )
         )
