@@ -334,15 +334,29 @@ def monitoring_test_alert(
     duration: float = typer.Option(300.0, help="Seconds until the test alert resolves by itself."),
 ) -> None:
     """Send a test alert through a running Alertmanager (the guide's weekly notification test)."""
-    from mobile_multimodal.observability.stack import TEST_ALERT_NAME, StackError, send_test_alert
+    from mobile_multimodal.observability.stack import TEST_ALERT_NAME, StackError, send_test_alert_outcome
 
     try:
-        receivers = send_test_alert(alertmanager_url, severity=severity, duration_s=duration)
+        outcome = send_test_alert_outcome(alertmanager_url, severity=severity, duration_s=duration)
     except StackError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
+    routed = ", ".join(outcome.receivers)
+    if not outcome.notifies:
+        # Routed is not notified: an inhibited or silenced alert never reaches its receiver.
+        why = "; ".join(
+            [f"inhibited by {', '.join(outcome.inhibited_by)}"] * bool(outcome.inhibited_by)
+            + [f"silenced by {', '.join(outcome.silenced_by)}"] * bool(outcome.silenced_by)
+        )
+        typer.echo(
+            f"error: {TEST_ALERT_NAME} ({severity}) routed to {routed} but Alertmanager holds it "
+            f"{outcome.state} ({why or 'no reason given'}): no notification is sent",
+            err=True,
+        )
+        raise typer.Exit(1)
     typer.echo(
-        f"{TEST_ALERT_NAME} ({severity}) accepted by {alertmanager_url}; routed to: {', '.join(receivers)}"
+        f"{TEST_ALERT_NAME} ({severity}) accepted by {alertmanager_url}; routed to: {routed} "
+        f"(state: {outcome.state}, notifying)"
     )
 
 

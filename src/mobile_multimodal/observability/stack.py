@@ -209,13 +209,41 @@ def _request(url: str, data: Any = None, timeout: float = 10.0) -> Any:
     return json.loads(text) if text.strip() else None
 
 
+@dataclass(frozen=True)
+class NotificationTestOutcome:
+    """What Alertmanager did with a test alert: its receivers and whether it notifies them.
+
+    ``state`` is Alertmanager's own (``active`` notifies; ``suppressed`` does not, and
+    ``inhibited_by`` / ``silenced_by`` say by what).
+    """
+
+    receivers: list[str]
+    state: str
+    inhibited_by: list[str]
+    silenced_by: list[str]
+
+    @property
+    def notifies(self) -> bool:
+        return self.state == "active"
+
+
 def send_test_alert(
     alertmanager_url: str, severity: str = "info", duration_s: float = 300.0, timeout_s: float = 10.0
 ) -> list[str]:
-    """Post :data:`TEST_ALERT_NAME` to a running Alertmanager and return the receivers it routed to.
+    """Post :data:`TEST_ALERT_NAME` and return the receivers it was routed to (see
+    :func:`send_test_alert_outcome` for whether they are notified)."""
+    return send_test_alert_outcome(alertmanager_url, severity, duration_s, timeout_s).receivers
+
+
+def send_test_alert_outcome(
+    alertmanager_url: str, severity: str = "info", duration_s: float = 300.0, timeout_s: float = 10.0
+) -> NotificationTestOutcome:
+    """Post :data:`TEST_ALERT_NAME` to a running Alertmanager and return what it did with it.
 
     The alert resolves by itself after ``duration_s``. Raises :class:`StackError` when
     Alertmanager is unreachable, rejects the alert, or has not registered it within ``timeout_s``.
+    A routed but inhibited or silenced alert is returned with ``state="suppressed"``: routing
+    alone does not prove a notification is sent.
     """
     if severity not in ("critical", "warning", "info"):
         raise StackError(f"severity must be critical, warning or info, not {severity!r}")
@@ -241,12 +269,19 @@ def send_test_alert(
     }
     _request(f"{base}/api/v2/alerts", [alert], timeout=timeout_s)
     query = urllib.parse.urlencode(
-        {"filter": [f'alertname="{TEST_ALERT_NAME}"', f'sent_at="{sent_at}"']}, doseq=True
+        {"filter": [f'alertname="{TEST_ALERT_NAME}"', f'sent_at="{sent_at}"', f'severity="{severity}"']},
+        doseq=True,
     )
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         found = _request(f"{base}/api/v2/alerts?{query}", timeout=timeout_s) or []
         if found:
-            return sorted({r["name"] for a in found for r in a.get("receivers", [])})
+            status = found[0].get("status", {})
+            return NotificationTestOutcome(
+                receivers=sorted({r["name"] for a in found for r in a.get("receivers", [])}),
+                state=str(status.get("state", "unknown")),
+                inhibited_by=list(status.get("inhibitedBy") or []),
+                silenced_by=list(status.get("silencedBy") or []),
+            )
         time.sleep(0.2)
     raise StackError(f"Alertmanager at {base} took the test alert but did not list it within {timeout_s} s")
