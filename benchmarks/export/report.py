@@ -33,11 +33,14 @@ def summary_table(results: dict[str, Any]) -> list[str]:
             tasks = row["tasks"]
             equal = sum(t["equal"] for t in tasks.values())
             worst = max(tasks.items(), key=lambda kv: abs(kv[1]["exported"] - kv[1]["pytorch"]))
-            accuracy = f"{equal}/{len(tasks)} equal ({row.get('examples_per_task', 'full')} per task)"
+            n = row.get("examples_per_task", "full")
+            accuracy = f"{equal}/{len(tasks)} equal ({'full splits' if n == 'full' else f'{n} per task'})"
             if equal < len(tasks):
                 name, t = worst
                 gap = f"{_fmt_score(name, t['exported'])} vs {_fmt_score(name, t['pytorch'])}"
                 accuracy += f"; largest gap {name} {gap}"
+            if row.get("missing_tasks"):
+                accuracy += f"; not measured in time: {', '.join(row['missing_tasks'])}"
             ratios = sorted(t["latency_ratio"] for t in tasks.values())
             latency = f"{ratios[len(ratios) // 2]:.2f}x ({ratios[0]:.2f}-{ratios[-1]:.2f}x)"
             memory = f"{row['rss_peak_bytes'] / MIB:.0f} / {row['pytorch_rss_peak_bytes'] / MIB:.0f} MiB"
@@ -179,6 +182,8 @@ def readme_table(results: dict[str, Any]) -> list[str]:
             if unequal:
                 k, t = max(unequal, key=lambda kv: abs(kv[1]["exported"] - kv[1]["pytorch"]))
                 accuracy += f"; {k} {_fmt_score(k, t['exported'])} vs {_fmt_score(k, t['pytorch'])}"
+            if row.get("missing_tasks"):
+                accuracy += f"; not measured in time: {', '.join(row['missing_tasks'])}"
             latency = " / ".join(
                 f"{tasks[k]['latency_ms']:.1f} ({tasks[k]['latency_ratio']:.2f}x)"
                 for k in README_TASKS

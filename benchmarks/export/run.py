@@ -88,14 +88,17 @@ def _commit() -> str:
 class Cells:
     """Runs cell.py processes, keeping each result as <work>/<name>.json."""
 
-    def __init__(self, work: Path, model: str, latency_examples: int) -> None:
+    def __init__(self, work: Path, model: str, latency_examples: int, measure: bool = True) -> None:
         self.work, self.model, self.latency_examples = work, model, latency_examples
+        self.measure = measure  # False: report the kept cells only, the others as not measured
         work.mkdir(parents=True, exist_ok=True)
 
     def run(self, name: str, args: list[str], examples: int | None = None) -> dict[str, Any]:
         path = self.work / f"{name}.json"
         if path.exists():
             return dict(json.loads(path.read_text()))
+        if not self.measure:
+            return {"error": "not measured in this run"}
         command = [sys.executable, "-m", "benchmarks.export.cell", *args, "--model", self.model]
         command += ["--latency-examples", str(self.latency_examples), "--json", str(path)]
         if examples is not None:
@@ -132,19 +135,22 @@ def main(argv: list[str] | None = None) -> int:
         "--work", type=Path, default=REPO / "var" / "bench-export", help="kept cells and bundles"
     )
     parser.add_argument("--fresh", action="store_true", help="discard the kept cells of an earlier run")
+    parser.add_argument(
+        "--report-only", action="store_true", help="write the results of the kept cells; measure nothing"
+    )
     args = parser.parse_args(argv)
     work = args.work
     if args.fresh and work.exists():
         shutil.rmtree(work)
     formats, skipped = available_formats(args.formats)
-    cells = Cells(work, args.model, args.latency_examples)
+    cells = Cells(work, args.model, args.latency_examples, measure=not args.report_only)
 
     exports: dict[tuple[str, str], dict[str, Any]] = {}
     for fmt in formats:
         for q in args.quantizations:
             bundle = work / f"bundle-{fmt}-{q}"
             name = f"export-{fmt}-{q}"
-            if not (work / f"{name}.json").exists() and bundle.exists():
+            if not args.report_only and not (work / f"{name}.json").exists() and bundle.exists():
                 shutil.rmtree(bundle)  # a bundle left by a run stopped before its cell was kept
             exports[(fmt, q)] = cells.run(
                 name,
@@ -191,9 +197,8 @@ def main(argv: list[str] | None = None) -> int:
         futures = {name: pool.submit(cells.run, name, *jobs[name]) for name in order}
         measured = {name: f.result() for name, f in futures.items()}
     for (fmt, q), names in full_tasks.items():
-        measured[f"runtime-{fmt}-{q}-full"] = merge_tasks(
-            [measured[name] for name in names], measured[f"runtime-{fmt}-{q}-latency"]
-        )
+        parts = [{"task": name.split("-")[3], **measured[name]} for name in names]
+        measured[f"runtime-{fmt}-{q}-full"] = merge_tasks(parts, measured[f"runtime-{fmt}-{q}-latency"])
 
     results = assemble(args, formats, skipped, exports, measured)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -217,11 +222,14 @@ def held_out_tasks() -> list[str]:
 def merge_tasks(parts: list[dict[str, Any]], latency: dict[str, Any]) -> dict[str, Any]:
     """One runtime result from task cells (shards add their hits up to the report's mean) and the
     one-example cell that measured latency and memory."""
-    failed = [p["error"] for p in parts if "error" in p]
-    if failed or "error" in latency:
-        return {"error": failed[0] if failed else latency["error"]}
+    if "error" in latency:
+        return {"error": latency["error"]}
+    # a task with a shard that failed or was not measured is left out, and named
+    missing = sorted({p["task"] for p in parts if "error" in p})
     tasks: dict[str, dict[str, Any]] = {}
     for part in parts:
+        if "error" in part or part["task"] in missing:
+            continue
         task = tasks.setdefault(part["task"], {"n": 0, "hits": 0})
         task["n"] += part["n"]
         if "hits" in part:
@@ -232,7 +240,9 @@ def merge_tasks(parts: list[dict[str, Any]], latency: dict[str, Any]) -> dict[st
         if "primary" not in task:
             task["primary"] = task["hits"] / task["n"]
         task.pop("hits")
-    return {**latency, "tasks": tasks, "examples": "full"}
+    if not tasks:
+        return {"error": f"no task measured on the full splits ({', '.join(missing)})"}
+    return {**latency, "tasks": tasks, "examples": "full", "missing_tasks": missing}
 
 
 def examples_for(args: argparse.Namespace, fmt: str, quantization: str) -> int | None:
@@ -287,6 +297,8 @@ def assemble(
                 }
                 for task, r in runtime["tasks"].items()
             }
+            if runtime.get("missing_tasks"):
+                row["missing_tasks"] = runtime["missing_tasks"]
             row["rss_peak_bytes"] = runtime["rss_peak_bytes"]
             row["rss_model_bytes"] = runtime["rss_model_bytes"]
             row["pytorch_rss_peak_bytes"] = reference["rss_peak_bytes"]
