@@ -319,6 +319,30 @@ CONFIG_RELOADS = Counter(
     "config_changes", "Configuration changes applied at start or at run time.", ["source"]
 )
 
+# Label values known before any event happens. Their series are exported at 0 from start
+# (:func:`initialize_known_series`): increase() over a series born in a burst returns 0, so
+# an alert on the first burst (12 bad keys in a second) would never fire otherwise.
+AUTH_FAILURE_REASONS = ("missing", "invalid", "revoked", "missing_metrics_token", "invalid_metrics_token")
+SECURITY_EVENT_TYPES = (
+    "authentication_failure",
+    "unauthorized",
+    "anomalous_request",
+    "rate_limited",
+    "model_tampering",
+    "config_change",
+)
+
+
+def initialize_known_series(tasks: tuple[str, ...]) -> None:
+    """Create every counter child whose label values are known up front, at 0."""
+    for reason in AUTH_FAILURE_REASONS:
+        AUTH_FAILURES.labels(reason)
+    for event_type in SECURITY_EVENT_TYPES:
+        SECURITY_EVENTS.labels(event_type)
+    for task in tasks:
+        QUEUE_REJECTIONS.labels(task)
+
+
 # --- the telemetry pipeline itself ------------------------------------------------------------
 TRACE_SPANS_DROPPED = Counter(
     "trace_spans_dropped",

@@ -24,11 +24,12 @@ import os
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import get_args
 
 from fastapi import FastAPI
 from opentelemetry.sdk.trace.export import SpanExporter
 
-from mobile_multimodal.observability import Observability
+from mobile_multimodal.observability import Observability, metrics
 from mobile_multimodal.observability.health import HealthChecker
 from mobile_multimodal.observability.identity import SERVICE_NAME, service_version
 from mobile_multimodal.security.auth import install_security
@@ -39,6 +40,7 @@ from mobile_multimodal.serving.engine import InferenceEngine, ModelLoader, defau
 from mobile_multimodal.serving.errors import ErrorCode, install_error_handlers
 from mobile_multimodal.serving.openapi import install_openapi
 from mobile_multimodal.serving.routers import export, health, inference, openai_compat
+from mobile_multimodal.serving.schemas import Task
 from mobile_multimodal.settings import Settings, get_settings
 from mobile_multimodal.store import Database
 from mobile_multimodal.store.database import DatabaseError
@@ -79,6 +81,7 @@ def create_app(
     """Build the service. ``model_loader(settings)`` returns the model (default: from_pretrained)."""
     settings = settings if settings is not None else get_settings()
     observability = Observability(settings, span_exporter=span_exporter)
+    metrics.initialize_known_series(get_args(Task))
     engine = InferenceEngine(
         settings,
         model_loader or default_loader,
