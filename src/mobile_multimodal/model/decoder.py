@@ -53,6 +53,16 @@ def _stopped(stop: Stops, b: int) -> list[bool]:
     return [s is not None and s.is_set() for s in stop]
 
 
+def _mean_logprobs(step_logits: list[Tensor], step_tokens: list[Tensor], lengths: list[int]) -> list[float]:
+    """Mean log-probability of each row's first ``lengths[i]`` chosen tokens, from the logits
+    (B, V) and tokens (B,) of every step, in one log-softmax over all of them."""
+    if not step_logits:
+        return [0.0] * len(lengths)
+    logp = torch.stack(step_logits).float().log_softmax(-1)  # (steps, B, V)
+    chosen = logp.gather(2, torch.stack(step_tokens)[..., None]).squeeze(2).cpu()  # (steps, B)
+    return [float(chosen[:n, i].mean()) if n else 0.0 for i, n in enumerate(lengths)]
+
+
 class TextDecoder(nn.Module):
     def __init__(self, cfg: ModelConfig, token_embedding: nn.Embedding) -> None:
         super().__init__()
@@ -172,10 +182,14 @@ class TextDecoder(nn.Module):
             x, cache = blk(x, mask, kv)
             caches.append(cache)
         track = scores is not None
-        next_tok, tok_lp = self._pick(x[:, -1], track)
+        logits = self.logits(x[:, -1])
+        next_tok = logits.argmax(-1)
+        # for the scores: each step's logits (B, V) and tokens (B,), scored once at the end; a
+        # row's tokens are its first len(out[i]) steps
+        step_logits: list[Tensor] = []
+        step_tokens: list[Tensor] = []
         out = [[] for _ in range(b)]  # type: list[list[int]]
         done = torch.zeros(b, dtype=torch.bool, device=device)
-        lp_sum = torch.zeros(b, device=device)
         pos = positions[:, -1]
         for step in range(max_new_tokens):
             if stop is not None:
@@ -183,8 +197,9 @@ class TextDecoder(nn.Module):
             for i in range(b):
                 if not done[i]:
                     out[i].append(int(next_tok[i]))
-            if tok_lp is not None:
-                lp_sum += torch.where(done, 0.0, tok_lp)
+            if track:
+                step_logits.append(logits)
+                step_tokens.append(next_tok)
             done |= next_tok == eos_id
             # the last token needs no step after it (nor a position past the context)
             if bool(done.all()) or step == max_new_tokens - 1:
@@ -195,23 +210,15 @@ class TextDecoder(nn.Module):
             x = self.tok(next_tok)[:, None] + self.pos(pos)[:, None]
             for li, (blk, kv) in enumerate(zip(self.layers(), ikv, strict=True)):
                 x, caches[li] = blk(x, step_mask, kv, self_cache=caches[li])
-            next_tok, tok_lp = self._pick(x[:, -1], track)
+            logits = self.logits(x[:, -1])
+            next_tok = logits.argmax(-1)
         if scores is not None:
-            scores[:] = [float(lp_sum[i]) / len(o) if o else 0.0 for i, o in enumerate(out)]
+            scores[:] = _mean_logprobs(step_logits, step_tokens, [len(o) for o in out])
         self.peak_cache_bytes = max(
             self.peak_cache_bytes,
             sum(t.numel() * t.element_size() for c in (*caches, *ikv) for t in c),
         )
         return out
-
-    def _pick(self, h: Tensor, track: bool) -> tuple[Tensor, Tensor | None]:
-        """The greedy token of each row (B,) and, when ``track``, its log-probability (B,)."""
-        logits = self.logits(h)
-        if not track:
-            return logits.argmax(-1), None
-        logp = logits.float().log_softmax(-1)
-        token = logp.argmax(-1)
-        return token, logp.gather(1, token[:, None]).squeeze(1)
 
     def _generate_uncached(
         self,
