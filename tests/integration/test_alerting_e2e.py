@@ -54,6 +54,7 @@ BAD_REQUESTS = 6  # 20% of all requests: above HighErrorRate's 10%, below ErrorR
 NO_DATA_HERE = {
     "gpu_memory_usage_bytes": "no GPU on this machine",
     "quantization_accuracy_loss": "the served model is fp32: nothing to compare against",
+    "quantization_shadow_comparisons_total": "the served model is fp32: nothing is shadowed",
     "inference_queue_rejections_total": "the batcher queue never fills",
     "changes(process_start_time_seconds": "no app restarts during the test",
     "backup_failures_total": "no backup fails during the test",
