@@ -1,8 +1,10 @@
-"""Error codes shared below the service layer (DESIGN.md "Layers": shared basics).
+"""Every error code, its HTTP status and the error body's shape (DESIGN.md "Layers": shared basics).
 
-Packages that sit under ``serving`` (export today) cannot import ``serving/errors.py``; their
-codes live here, one enum per concern, and ``serving`` maps them onto HTTP statuses where a
-route surfaces them. Every code is UPPER_SNAKE and stable: metrics, logs and tests use it.
+They sit at the bottom so that every layer can name a code without importing the service:
+observability's health checks, security's refusals and the export all use them; ``serving/errors.py``
+adds the service's exception and handlers on top. Export failures have their own enum
+(:class:`ExportErrorCode`), which ``serving`` maps onto HTTP answers where a route surfaces them.
+Every code is UPPER_SNAKE and stable: metrics, logs and tests use it.
 
 Example::
 
@@ -12,6 +14,10 @@ Example::
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Any
+
+from opentelemetry import trace
+from starlette.responses import JSONResponse
 
 
 class ExportErrorCode(StrEnum):
@@ -44,3 +50,128 @@ class ExportError(RuntimeError):
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
+
+
+class ErrorCode(StrEnum):
+    """The bounded set of error codes (also the ``error_code`` label of the error metrics)."""
+
+    # --- request shape (4xx) ----------------------------------------------------------------
+    INVALID_JSON = "INVALID_JSON"
+    VALIDATION_ERROR = "VALIDATION_ERROR"
+    UNSUPPORTED_CONTENT_TYPE = "UNSUPPORTED_CONTENT_TYPE"
+    PAYLOAD_TOO_LARGE = "PAYLOAD_TOO_LARGE"
+    # The HTTP layer refuses these before the app sees the request (serving/http_limits.py).
+    HEADERS_TOO_LARGE = "HEADERS_TOO_LARGE"
+    CLIENT_TOO_SLOW = "CLIENT_TOO_SLOW"
+    UNKNOWN_TASK = "UNKNOWN_TASK"
+    MISSING_QUESTION = "MISSING_QUESTION"
+    INVALID_MAX_TOKENS = "INVALID_MAX_TOKENS"
+    INVALID_TEXTS = "INVALID_TEXTS"
+    PROMPT_TOO_LONG = "PROMPT_TOO_LONG"  # a question/prompt/text over the model's limit in tokens
+    # --- the image (4xx) ---------------------------------------------------------------------
+    MISSING_IMAGE = "MISSING_IMAGE"
+    INVALID_BASE64 = "INVALID_BASE64"
+    INVALID_DATA_URI = "INVALID_DATA_URI"
+    UNSUPPORTED_IMAGE_FORMAT = "UNSUPPORTED_IMAGE_FORMAT"
+    IMAGE_DECODE_FAILED = "IMAGE_DECODE_FAILED"
+    IMAGE_TOO_LARGE = "IMAGE_TOO_LARGE"
+    IMAGE_TOO_SMALL = "IMAGE_TOO_SMALL"
+    # --- OpenAI-compatible route (4xx) -------------------------------------------------------
+    UNSUPPORTED_PARAMETER = "UNSUPPORTED_PARAMETER"
+    UNKNOWN_MODEL = "UNKNOWN_MODEL"
+    # --- routing / auth (4xx) ----------------------------------------------------------------
+    NOT_FOUND = "NOT_FOUND"
+    METHOD_NOT_ALLOWED = "METHOD_NOT_ALLOWED"
+    UNAUTHORIZED = "UNAUTHORIZED"
+    # The security package raises these (security/errors.py: SecurityError carries one of them).
+    MISSING_API_KEY = "MISSING_API_KEY"  # no Authorization: Bearer / X-API-Key header
+    INVALID_API_KEY = "INVALID_API_KEY"  # malformed, unknown, or a non-Bearer scheme
+    REVOKED_API_KEY = "REVOKED_API_KEY"  # a real key that `mobile-mm keys revoke` revoked
+    FORBIDDEN = "FORBIDDEN"  # authenticated, but not allowed here (admin routes)
+    RATE_LIMITED = "RATE_LIMITED"  # the key's token bucket is empty; see Retry-After
+    # --- mobile export (POST /export): errors.ExportErrorCode's refusals, as HTTP answers ----------
+    UNSUPPORTED_PLATFORM_FORMAT = "UNSUPPORTED_PLATFORM_FORMAT"  # e.g. coreml for android
+    EXPORT_DEPENDENCY_MISSING = "EXPORT_DEPENDENCY_MISSING"  # this server lacks the format's toolchain
+    EXPORT_IN_PROGRESS = "EXPORT_IN_PROGRESS"  # one export at a time; see Retry-After
+    # --- the service (5xx) -------------------------------------------------------------------
+    OVERLOADED = "OVERLOADED"
+    MODEL_NOT_READY = "MODEL_NOT_READY"
+    REQUEST_TIMEOUT = "REQUEST_TIMEOUT"
+    SHUTTING_DOWN = "SHUTTING_DOWN"
+    INFERENCE_FAILED = "INFERENCE_FAILED"
+    INTERNAL_ERROR = "INTERNAL_ERROR"
+    # --- health checks (in /health "errors", not HTTP bodies) --------------------------------
+    MODEL_LOAD_FAILED = "MODEL_LOAD_FAILED"
+    MODEL_LOADING = "MODEL_LOADING"
+    MODEL_PROBE_FAILED = "MODEL_PROBE_FAILED"
+    MODEL_INTEGRITY_FAILED = "MODEL_INTEGRITY_FAILED"  # model files on disk differ from the manifest
+    DATABASE_UNAVAILABLE = "DATABASE_UNAVAILABLE"
+    MEMORY_HIGH = "MEMORY_HIGH"
+    DISK_LOW = "DISK_LOW"
+
+
+# The HTTP status each code is answered with.
+STATUS: dict[ErrorCode, int] = {
+    ErrorCode.INVALID_JSON: 400,
+    ErrorCode.VALIDATION_ERROR: 422,
+    ErrorCode.UNSUPPORTED_CONTENT_TYPE: 415,
+    ErrorCode.PAYLOAD_TOO_LARGE: 413,
+    ErrorCode.HEADERS_TOO_LARGE: 431,
+    ErrorCode.CLIENT_TOO_SLOW: 408,
+    ErrorCode.UNKNOWN_TASK: 422,
+    ErrorCode.MISSING_QUESTION: 422,
+    ErrorCode.INVALID_MAX_TOKENS: 422,
+    ErrorCode.INVALID_TEXTS: 422,
+    ErrorCode.PROMPT_TOO_LONG: 422,
+    ErrorCode.MISSING_IMAGE: 422,
+    ErrorCode.INVALID_BASE64: 400,
+    ErrorCode.INVALID_DATA_URI: 400,
+    ErrorCode.UNSUPPORTED_IMAGE_FORMAT: 415,
+    ErrorCode.IMAGE_DECODE_FAILED: 400,
+    ErrorCode.IMAGE_TOO_LARGE: 413,
+    ErrorCode.IMAGE_TOO_SMALL: 422,
+    ErrorCode.UNSUPPORTED_PARAMETER: 400,
+    ErrorCode.UNKNOWN_MODEL: 404,
+    ErrorCode.NOT_FOUND: 404,
+    ErrorCode.METHOD_NOT_ALLOWED: 405,
+    ErrorCode.UNAUTHORIZED: 401,
+    ErrorCode.MISSING_API_KEY: 401,
+    ErrorCode.INVALID_API_KEY: 401,
+    ErrorCode.REVOKED_API_KEY: 401,
+    ErrorCode.FORBIDDEN: 403,
+    ErrorCode.RATE_LIMITED: 429,
+    ErrorCode.UNSUPPORTED_PLATFORM_FORMAT: 422,
+    ErrorCode.EXPORT_DEPENDENCY_MISSING: 422,
+    ErrorCode.EXPORT_IN_PROGRESS: 409,
+    ErrorCode.OVERLOADED: 503,
+    ErrorCode.MODEL_NOT_READY: 503,
+    ErrorCode.REQUEST_TIMEOUT: 504,
+    ErrorCode.SHUTTING_DOWN: 503,
+    ErrorCode.INFERENCE_FAILED: 500,
+    ErrorCode.INTERNAL_ERROR: 500,
+    ErrorCode.MODEL_LOAD_FAILED: 503,
+    ErrorCode.MODEL_LOADING: 503,
+    ErrorCode.MODEL_PROBE_FAILED: 503,
+    ErrorCode.MODEL_INTEGRITY_FAILED: 503,
+    ErrorCode.DATABASE_UNAVAILABLE: 503,
+    ErrorCode.MEMORY_HIGH: 503,
+    ErrorCode.DISK_LOW: 503,
+}
+
+
+def current_trace_id() -> str:
+    """The hex trace id of the active span, or 32 zeros when tracing is off."""
+    ctx = trace.get_current_span().get_span_context()
+    return format(ctx.trace_id, "032x")
+
+
+def error_body(code: ErrorCode | str, message: str, trace_id: str | None = None) -> dict[str, Any]:
+    return {"error": {"code": str(code), "message": message}, "trace_id": trace_id or current_trace_id()}
+
+
+def error_response(
+    code: ErrorCode, message: str, *, status: int | None = None, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse(
+        error_body(code, message), status_code=status if status is not None else STATUS[code], headers=headers
+    )

@@ -28,8 +28,8 @@ from typing import Any, Protocol
 
 import psutil
 
+from mobile_multimodal.errors import ErrorCode
 from mobile_multimodal.observability.identity import service_version
-from mobile_multimodal.serving.errors import ErrorCode
 from mobile_multimodal.settings import Settings
 
 # () -> (error code or None when the model is healthy, a message for the operator)

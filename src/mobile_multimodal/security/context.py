@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import NoReturn
 
+from mobile_multimodal.errors import ErrorCode
 from mobile_multimodal.observability import metrics
 from mobile_multimodal.security.anomaly import Anomaly, AnomalyDetector
 from mobile_multimodal.security.audit import AuditLog, EventType, count_security_event
@@ -31,7 +32,6 @@ from mobile_multimodal.security.errors import SecurityError
 from mobile_multimodal.security.keys import looks_like_key, lookup_key, touch_key
 from mobile_multimodal.security.ratelimit import RateLimiter
 from mobile_multimodal.security.throttle import FailureAuditThrottle, SuppressedFailures
-from mobile_multimodal.serving.errors import ErrorCode
 from mobile_multimodal.settings import Settings
 from mobile_multimodal.store import Database
 

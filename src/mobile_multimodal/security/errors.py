@@ -1,6 +1,6 @@
 """The exception the security layer refuses requests with.
 
-Its codes live with every other error code in :class:`mobile_multimodal.serving.errors.ErrorCode`
+Its codes live with every other error code in :class:`mobile_multimodal.errors.ErrorCode`
 (one module for all codes, STYLE.md rule 3); bodies have the service-wide shape (DESIGN.md)::
 
     {"error": {"code": "INVALID_API_KEY", "message": "..."}, "trace_id": "..."}
@@ -20,7 +20,7 @@ from fastapi import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from mobile_multimodal.serving.errors import STATUS, ErrorCode, error_response
+from mobile_multimodal.errors import STATUS, ErrorCode, error_response
 
 # The codes SecurityError may carry: the security layer answers 401, 403, 413 and 429 only.
 SECURITY_CODES = frozenset(

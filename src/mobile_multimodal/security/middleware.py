@@ -15,9 +15,9 @@ import asyncio
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from mobile_multimodal.errors import ErrorCode, error_response
 from mobile_multimodal.security.context import SecurityContext
 from mobile_multimodal.security.source import client_ip
-from mobile_multimodal.serving.errors import ErrorCode, error_response
 
 
 def _content_length(scope: Scope) -> int | None:
