@@ -118,7 +118,7 @@ class AppServer:
         }
         self._proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, ready_timeout_s: float = 120) -> AppServer:
+    def start(self, ready_timeout_s: float = 300) -> AppServer:
         out = self.stdout_path.open("wb")
         self._proc = subprocess.Popen(
             [

@@ -65,7 +65,7 @@ NO_DATA_HERE = {
 class BrokenModelApp(AppServer):
     """An app whose model cannot load: it answers /alive (and /metrics) but never /ready."""
 
-    def start(self, ready_timeout_s: float = 120) -> AppServer:
+    def start(self, ready_timeout_s: float = 300) -> AppServer:
         with self.stdout_path.open("wb") as out:
             self._proc = subprocess.Popen(
                 [

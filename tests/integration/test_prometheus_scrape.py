@@ -58,7 +58,7 @@ def test_prometheus_scrapes_true_values(
         ]
         with (
             PrometheusServer(tmp_path / "prom", jobs) as prom,
-            httpx.Client(base_url=app.url, timeout=30) as client,
+            httpx.Client(base_url=app.url, timeout=60) as client,
         ):
             prom.wait_for('up{job="app"}', lambda v: v == 1)
             trace_ids: set[str] = set()

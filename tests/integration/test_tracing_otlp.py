@@ -40,7 +40,7 @@ def test_spans_reach_an_otlp_receiver_and_match_the_log_lines(served_model_dir: 
             "OTEL_BSP_SCHEDULE_DELAY": "200",  # ms: export quickly so the test need not wait
         }
         app = AppServer(served_model_dir, tmp_path, env)
-        with app, httpx.Client(base_url=app.url, timeout=30) as client:
+        with app, httpx.Client(base_url=app.url, timeout=60) as client:
             callers: dict[str, str] = {}  # trace id -> caller's parent span id
             answered: list[str] = []  # trace ids the app returned in its responses
             for i, task in enumerate(["captioning", "ocr", "vqa", "captioning"]):
@@ -60,7 +60,7 @@ def test_spans_reach_an_otlp_receiver_and_match_the_log_lines(served_model_dir: 
                 client.get(path, headers={"traceparent": _traceparent()[2]})
 
             spans = receiver.wait_for(
-                lambda got: {s.trace_id for s in got if s.name == "response"} >= set(answered), timeout_s=30
+                lambda got: {s.trace_id for s in got if s.name == "response"} >= set(answered), timeout_s=60
             )
         # the app has shut down gracefully: its log file is complete
         lines = app.log_lines()

@@ -41,7 +41,7 @@ def parse_expressions(validator: Path, mode: str, exprs: list[str]) -> list[dict
         input=json.dumps(exprs),
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=600,  # bounds a hang; parsing every expression is slow on a loaded machine
         check=True,
     )
     return list(json.loads(result.stdout))

@@ -44,7 +44,7 @@ def config() -> dict[str, Any]:
 
 
 def _amtool(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["amtool", *args], capture_output=True, text=True, timeout=60, check=False)
+    return subprocess.run(["amtool", *args], capture_output=True, text=True, timeout=600, check=False)
 
 
 def test_check_config(config: dict[str, Any]) -> None:

@@ -26,7 +26,7 @@ def _compose(*args: str, file: Path = COMPOSE) -> subprocess.CompletedProcess[st
         capture_output=True,
         text=True,
         cwd=REPO,
-        timeout=120,
+        timeout=600,  # bounds a hang; docker-compose config is slow on a loaded machine
         check=False,
     )
 

@@ -120,7 +120,7 @@ def test_schema_validation_passes(grafana_validator: Path) -> None:
         cwd=grafana_validator,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=600,
         check=False,
     )
     assert result.returncode == 0, result.stderr
@@ -153,7 +153,7 @@ def test_schema_validation_catches_errors(grafana_validator: Path, tmp_path: Pat
         cwd=grafana_validator,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=600,
         check=False,
     )
     assert result.returncode == 1

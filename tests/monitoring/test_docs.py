@@ -94,7 +94,7 @@ def test_mobile_mm_commands_exist() -> None:
 )
 def test_documented_tool_commands_work(line: str) -> None:
     result = subprocess.run(
-        shlex.split(line), cwd=REPO, capture_output=True, text=True, timeout=120, check=False
+        shlex.split(line), cwd=REPO, capture_output=True, text=True, timeout=900, check=False
     )
     assert result.returncode == 0, result.stdout + result.stderr
     if "routes test" in line:

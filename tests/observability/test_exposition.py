@@ -77,7 +77,7 @@ metrics.MODEL_INFO.labels("mm", "0.1.0", "int2", "1000", "4000", "ab12").set(1)
 def test_multiprocess_workers_are_aggregated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
     for n in (3, 4):  # two "workers", each its own process writing its own files
-        subprocess.run([sys.executable, "-c", _WORKER.format(n=n)], env=env, check=True, timeout=60)
+        subprocess.run([sys.executable, "-c", _WORKER.format(n=n)], env=env, check=True, timeout=600)
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
     registry = scrape_registry()
     labels = {"endpoint": "/inference", "method": "POST", "status": "200"}

@@ -57,7 +57,7 @@ def test_concurrent_requests_form_full_batches_and_get_their_own_results() -> No
         run = Recorder()
         b = _batcher(run)
         await b.start()
-        outcomes = await asyncio.gather(*(b.submit("t", i, timeout=5) for i in range(10)))
+        outcomes = await asyncio.gather(*(b.submit("t", i, timeout=60) for i in range(10)))
         await b.close()
         assert [o.result for o in outcomes] == [2 * i for i in range(10)]
         assert [len(items) for _, items in run.batches] == [4, 4, 2]
@@ -102,7 +102,7 @@ def test_different_keys_never_share_a_batch() -> None:
         run = Recorder()
         b = _batcher(run)
         await b.start()
-        await asyncio.gather(*(b.submit("ab"[i % 2], i, timeout=5) for i in range(8)))
+        await asyncio.gather(*(b.submit("ab"[i % 2], i, timeout=60) for i in range(8)))
         await b.close()
         for key, items in run.batches:
             assert all("ab"[i % 2] == key for i in items)
@@ -170,10 +170,10 @@ def test_a_failing_batch_fails_each_of_its_requests_and_the_batcher_goes_on() ->
         )
         await b.start()
         results = await asyncio.gather(
-            *(b.submit("t", i, timeout=5) for i in range(2)), return_exceptions=True
+            *(b.submit("t", i, timeout=60) for i in range(2)), return_exceptions=True
         )
         assert all(isinstance(r, RuntimeError) for r in results)
-        assert (await b.submit("t", 7, timeout=5)).result == 7
+        assert (await b.submit("t", 7, timeout=60)).result == 7
         await b.close()
 
     asyncio.run(main())
@@ -201,7 +201,7 @@ def test_batch_duration_is_recorded_with_the_bucketed_size() -> None:
         hist = metrics.BATCH_DURATION.labels("4", "t")
         before = sum(bucket.get() for bucket in hist._buckets)
         await b.start()
-        await asyncio.gather(*(b.submit("t", i, timeout=5) for i in range(3)))
+        await asyncio.gather(*(b.submit("t", i, timeout=60) for i in range(3)))
         await b.close()
         assert sum(bucket.get() for bucket in hist._buckets) == before + 1  # size 3 -> bucket "4"
 

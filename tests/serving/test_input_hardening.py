@@ -138,7 +138,7 @@ def test_no_500_under_random_garbage(server: LiveServer) -> None:
             "max_tokens": json_values,
         },
     )
-    client = httpx.Client(base_url=server.url, timeout=30)
+    client = httpx.Client(base_url=server.url, timeout=60)
 
     @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
     @given(body=bodies | json_values)

@@ -179,7 +179,7 @@ def test_a_backup_made_by_the_cli_reaches_the_server_gauge(
             env=env,
             capture_output=True,
             text=True,
-            timeout=120,
+            timeout=600,
         )
         assert result.returncode == 0, result.stderr
         value = _wait_for(
