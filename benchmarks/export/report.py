@@ -8,6 +8,10 @@ from typing import Any
 MIB = 2**20
 
 
+def _why(error: str) -> str:
+    return error if error.startswith("not measured") else f"failed: {error}"
+
+
 def _fmt_score(task: str, value: float) -> str:
     return f"{value:.3f}" if task == "captioning" else f"{value:.4f}"
 
@@ -23,7 +27,7 @@ def summary_table(results: dict[str, Any]) -> list[str]:
     for row in results["rows"]:
         head = f"| {row['format']} | {row['platform']} | {row['quantization']} "
         if "export_s" not in row:
-            lines.append(head + f"| - | failed: {row['error']} | | | |")
+            lines.append(head + f"| - | {_why(row['error'])} | | | |")
             continue
         size = f"{row['bundle_bytes'] / MIB:.2f} MiB"
         target = "" if row["export_under_target"] else " (over the 60 s target)"
@@ -48,7 +52,7 @@ def summary_table(results: dict[str, Any]) -> list[str]:
             accuracy = f"not executed here: {row.get('reason', '')}"
             latency = memory = "-"
         else:
-            accuracy = f"failed: {row.get('error', '')}"
+            accuracy = _why(row.get("error", ""))
             latency = memory = "-"
         lines.append(head + f"| {size} | {export} | {accuracy} | {latency} | {memory} |")
     return lines
@@ -168,7 +172,7 @@ def readme_table(results: dict[str, Any]) -> list[str]:
     for row in results["rows"]:
         head = f"| {row['format']} ({row.get('runtime', '-')}) | {row['quantization']} "
         if "export_s" not in row:
-            lines.append(head + "| - | export failed | - | - |")
+            lines.append(head + f"| - | {_why(row['error'])} | - | - |")
             continue
         size = f"{row['bundle_bytes'] / MIB:.2f} MiB"
         if "tasks" in row:
@@ -192,6 +196,6 @@ def readme_table(results: dict[str, Any]) -> list[str]:
         elif not row.get("executed", True):
             accuracy, latency = "not executed on Linux (structure and weight sizes checked)", "-"
         else:
-            accuracy, latency = f"failed: {row.get('error', '')}", "-"
+            accuracy, latency = _why(row.get("error", "")), "-"
         lines.append(head + f"| {size} | {accuracy} | {latency} | {row['export_s']:.1f} s |")
     return lines

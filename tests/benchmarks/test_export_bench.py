@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from benchmarks.export import run
-from benchmarks.export.report import summary_table
+from benchmarks.export.report import readme_table, summary_table
 
 from mobile_multimodal.model import MobileMultiModalLLM, ModelConfig
 
@@ -50,3 +50,11 @@ def test_unavailable_formats_are_reported_not_measured() -> None:
     assert formats == ["onnx"]
     assert "unknown format 'webgpu'" in skipped["webgpu"]
     assert run.platform_for("coreml") == "ios" and run.platform_for("onnx") == "android"
+
+
+def test_the_readmes_formats_table_is_the_measured_one() -> None:
+    """README's formats x precisions table is rendered from the committed results.json."""
+    results = json.loads((run.OUT / "results.json").read_text())
+    readme = (run.REPO / "README.md").read_text()
+    for line in readme_table(results):
+        assert line in readme, line
