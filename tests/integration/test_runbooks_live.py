@@ -52,6 +52,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 JOB = "mobile-multimodal-llm"
 TOKEN = "runbook-test-metrics-token-0123456789"
+RUNBOOK_BASE = "https://docs.example.org/mobile-mm/"
 # Metrics whose documented series or queries return nothing in this test, and why.
 NO_DATA_HERE = {
     "gpu_memory_usage_bytes": "no GPU on this machine",
@@ -173,9 +174,10 @@ def live(served_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> It
     ):
         prom = PrometheusProcess(tmp / "prom", {})
         targets = {JOB: [f"127.0.0.1:{app.port}"], "prometheus": [f"127.0.0.1:{prom.port}"]}
-        prom.config_path.write_text(
-            yaml.safe_dump(prometheus_test_config(rules, targets, f"127.0.0.1:{am.port}", token_file))
-        )
+        prom_config = prometheus_test_config(rules, targets, f"127.0.0.1:{am.port}", token_file)
+        # the operator's setting that turns runbook_url into a link (monitoring/prometheus.yml)
+        prom_config["global"]["external_labels"] = {"runbook_base_url": RUNBOOK_BASE}
+        prom.config_path.write_text(yaml.safe_dump(prom_config))
         with prom:
             state = Live(app, prom, am, _create_key(app, "--user", "runbook-user"))
             # The series the first-burst alerts read exist at 0 before any event.
@@ -202,6 +204,14 @@ FIRST_BURST_ALERTS = (
 @pytest.mark.parametrize("alert", FIRST_BURST_ALERTS)
 def test_alert_fires_on_its_first_burst(live: Live, alert: str) -> None:
     _wait(f"{alert} firing", lambda: alert in live.prom.firing())
+
+
+def test_alerts_reach_alertmanager_with_the_runbook_base_url(live: Live) -> None:
+    alerts = _wait(
+        "AuthenticationFailures in Alertmanager", lambda: live.am.alerts('alertname="AuthenticationFailures"')
+    )
+    assert alerts[0]["labels"]["runbook_base_url"] == RUNBOOK_BASE
+    assert alerts[0]["annotations"]["runbook_url"] == "docs/runbooks/AuthenticationFailures.md"
 
 
 def _grep(args: tuple[str, ...], text: str) -> subprocess.CompletedProcess[str]:

@@ -22,9 +22,11 @@ from mobile_multimodal.observability.stack import SEVERITY_RECEIVERS, send_test_
 from .localstack import (
     MONITORING,
     AlertmanagerProcess,
+    SMTPReceiver,
     WebhookReceiver,
     http_json,
     load_yaml,
+    local_integrations_variant,
     missing_binaries,
     webhook_variant,
 )
@@ -76,3 +78,32 @@ def test_a_suppressed_test_alert_is_reported_not_claimed(config: dict[str, Any],
         )
     assert result.exit_code == 1
     assert f"holds it suppressed (silenced by {silence_id}): no notification is sent" in result.output
+
+
+def test_runbook_links_use_the_configured_base_url(config: dict[str, Any], tmp_path: Path) -> None:
+    """runbook_url is repository-relative; Prometheus's external label runbook_base_url (set in
+    monitoring/prometheus.yml) makes the PagerDuty and Slack messages carry an openable link."""
+    prometheus = load_yaml(MONITORING / "prometheus.yml")
+    assert "external_labels" not in prometheus["global"]  # shipped unset: messages carry the path
+    assert "runbook_base_url" in (MONITORING / "prometheus.yml").read_text()  # documented in place
+    base = "https://docs.example.org/mobile-mm/"
+    labels = {"severity": "warning", "category": "disk", "runbook_base_url": base}
+    alerts = [
+        {
+            "labels": {"alertname": name, **labels, "severity": severity},
+            "annotations": {"summary": "s", "description": "d", "runbook_url": f"docs/runbooks/{name}.md"},
+        }
+        for name, severity in (("LowDiskSpace", "warning"), ("DiskUsageCritical", "critical"))
+    ]
+    alerts[1]["labels"]["category"] = "disk-critical"  # not inhibiting the warning
+    with WebhookReceiver() as http, SMTPReceiver() as smtp:
+        variant = local_integrations_variant(config, tmp_path, http.url, smtp.address)
+        with AlertmanagerProcess(tmp_path / "am", variant) as am:
+            am.post_alerts(alerts)
+            slack = http.wait_for(lambda b: "attachments" in b)
+            assert f"Runbook: {base}docs/runbooks/LowDiskSpace.md" in slack["attachments"][0]["text"]
+            pagerduty = http.wait_for(lambda b: b.get("routing_key") == "test-routing-key")
+            assert (
+                pagerduty["payload"]["custom_details"]["runbook"]
+                == f"{base}docs/runbooks/DiskUsageCritical.md"
+            )
