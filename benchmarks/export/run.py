@@ -123,6 +123,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="default")
     parser.add_argument("--examples", type=int, default=None, help="per task; default: the full splits")
     parser.add_argument(
+        "--format-examples",
+        nargs="*",
+        default=[],
+        help="FORMAT=N: examples per task for that format's cells instead of --examples",
+    )
+    parser.add_argument(
         "--full",
         nargs="*",
         default=["onnx-int2"],
@@ -247,7 +253,10 @@ def merge_tasks(parts: list[dict[str, Any]], latency: dict[str, Any]) -> dict[st
 
 def examples_for(args: argparse.Namespace, fmt: str, quantization: str) -> int | None:
     """Examples per task of a cell: None (the full splits) by default or for the ``--full`` cells."""
-    return None if f"{fmt}-{quantization}" in args.full else args.examples
+    if f"{fmt}-{quantization}" in args.full:
+        return None
+    per_format = dict(item.split("=", 1) for item in args.format_examples)
+    return int(per_format[fmt]) if fmt in per_format else args.examples
 
 
 def assemble(
