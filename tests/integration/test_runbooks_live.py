@@ -27,12 +27,14 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import httpx
 import pytest
 import yaml
 
+from mobile_multimodal.observability import metrics
+from mobile_multimodal.serving.schemas import Task
 from monitoring import doc_items
 from monitoring.localstack import (
     MONITORING,
@@ -181,13 +183,11 @@ def live(served_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> It
         with prom:
             state = Live(app, prom, am, _create_key(app, "--user", "runbook-user"))
             # The series the first-burst alerts read exist at 0 before any event.
-            for series in (
-                'auth_failures_total{reason="invalid"}',
-                'security_events_total{event_type="anomalous_request"}',
-                'security_events_total{event_type="unauthorized"}',
-                'inference_queue_rejections_total{task="captioning"}',
-            ):
-                _wait(f"{series} at 0", lambda s=series: prom.query(f"{s} == 0"))
+            series = [f'auth_failures_total{{reason="{r}"}}' for r in metrics.AUTH_FAILURE_REASONS]
+            series += [f'security_events_total{{event_type="{e}"}}' for e in metrics.SECURITY_EVENT_TYPES]
+            series += [f'inference_queue_rejections_total{{task="{t}"}}' for t in get_args(Task)]
+            for selector in series:
+                _wait(f"{selector} at 0", lambda s=selector: prom.query(f"{s} == 0"))
             _events(state)
             yield state
 
