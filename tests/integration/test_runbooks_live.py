@@ -270,6 +270,7 @@ def _restored_copy(tampered: Path, dest: Path) -> Path:
 
 
 QUERIES = doc_items.promql_queries()
+EVENT_COUNTERS = ("auth_failures_total", "inference_queue_rejections_total", "security_events_total")
 PROMTOOL_QUERIES = {q for c in doc_items.shell_commands() if (q := doc_items.promtool_query(c.text))}
 
 
@@ -290,6 +291,10 @@ def test_documented_query_runs_and_returns_data(live: Live, query: doc_items.Doc
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip(), f"{query.doc}: `{query.text}` returned no series"
+    if any(name in query.text for name in EVENT_COUNTERS):
+        # a runbook's diagnosis of an event this test made: it must show the event, not 0
+        values = [float(r["value"][1]) for r in live.prom.query(query.text)]
+        assert max(values) > 0, f"{query.doc}: `{query.text}` shows {values} after its event"
 
 
 SERIES = doc_items.label_values()
