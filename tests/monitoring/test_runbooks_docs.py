@@ -270,3 +270,17 @@ def test_extraction_finds_the_known_items() -> None:
     )
     assert len(COMMANDS) > 100 and len(doc_items.logql_queries()) >= 3
     assert all(g.source != "unknown" for g in doc_items.grep_uses()), doc_items.grep_uses()
+
+
+def test_runbook_index_summaries_are_whole_sentences() -> None:
+    """docs/runbooks/README.md once cut summaries at the first '.' ("differs from `manifest.")."""
+    rows = re.findall(
+        r"^\| \[(\w+)\]\(\w+\.md\) \|[^|]*\|[^|]*\| (.*) \|$",
+        (REPO / "docs/runbooks/README.md").read_text(),
+        re.M,
+    )
+    assert len(rows) >= 30
+    for alert, summary in rows:
+        assert summary.count("`") % 2 == 0, f"{alert}: unbalanced code span in {summary!r}"
+        assert summary.endswith((".", ")")), f"{alert}: {summary!r} is cut off"
+        assert not re.search(r"\b\d+\.$", summary), f"{alert}: {summary!r} ends inside a number"
