@@ -84,7 +84,7 @@ def _no_data_reason(text: str) -> str | None:
     return next((why for key, why in NO_DATA_HERE.items() if key in text), None)
 
 
-def _wait(what: str, check: Callable[[], Any], timeout_s: float = 120) -> Any:
+def _wait(what: str, check: Callable[[], Any], timeout_s: float = 300) -> Any:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         result = check()
@@ -113,7 +113,7 @@ def _create_key(app: AppServer, *args: str) -> str:
         cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=600,
         check=True,
     )
     return str(json.loads(result.stdout)["key"])
@@ -216,7 +216,7 @@ def test_alerts_reach_alertmanager_with_the_runbook_base_url(live: Live) -> None
 
 def _grep(args: tuple[str, ...], text: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        ["grep", *args], input=text, capture_output=True, text=True, timeout=60, check=False
+        ["grep", *args], input=text, capture_output=True, text=True, timeout=600, check=False
     )
 
 
@@ -286,7 +286,7 @@ def test_documented_query_runs_and_returns_data(live: Live, query: doc_items.Doc
         ["promtool", "query", "instant", live.prom.url, query.text],
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=600,
         check=False,
     )
     assert result.returncode == 0, result.stderr
@@ -314,7 +314,7 @@ def test_documented_series_exists(live: Live, series: tuple[str, str, str, str])
     if (label, value) == ("path", "/app/data"):  # the container's data directory; here a tmp dir
         selector = f'{metric}{{{label}="{live.app.env["MOBILE_MM_DATA_DIR"]}"}}'
     _wait("the alerts", lambda: set(FIRST_BURST_ALERTS) <= set(live.prom.firing()))
-    found = _wait(f"{selector} in Prometheus", lambda: live.prom.query(selector), timeout_s=30)
+    found = _wait(f"{selector} in Prometheus", lambda: live.prom.query(selector), timeout_s=120)
     assert found, f"{doc}: {selector} has no series"
 
 
