@@ -66,12 +66,16 @@ def test_the_model_load_is_one_trace_with_its_stages(live_server: Callable[..., 
     assert load.end_time is not None and load.start_time is not None
     assert seconds > 0 and seconds >= (load.end_time - load.start_time) / 1e9 * 0.5
     # memory: the weights by component, and the KV cache the warm-up's full batch really held
+    # (this server's model_type only: the registry is per process, and an earlier test may have
+    # served another model under another model_type)
+    model_type = server.settings.model_type
     model = MobileMultiModalLLM.from_pretrained("default")
     for component, nbytes in model.component_memory_bytes().items():
-        assert metric_value(text, "model_memory_usage_bytes", component=component) == nbytes
+        value = metric_value(text, "model_memory_usage_bytes", model_type=model_type, component=component)
+        assert value == nbytes
     # K and V of every decoder layer (self- and cross-attention) at the warm-up's longest step:
     # at least the cross-attention's, for a batch of max_batch_size images
-    peak = metric_value(text, "model_memory_usage_bytes", component="kv_cache_peak")
+    peak = metric_value(text, "model_memory_usage_bytes", model_type=model_type, component="kv_cache_peak")
     with torch.inference_mode():
         image_tokens, _ = model.network.encode_images(model._scenes([data_uri_image()]))
     cross = (
