@@ -13,6 +13,8 @@ Example::
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from enum import StrEnum
 from typing import Any
 
@@ -50,6 +52,24 @@ class ExportError(RuntimeError):
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
+
+
+@contextmanager
+def conversion_errors(what: str) -> Iterator[None]:
+    """A toolchain's own errors (many and untyped) as ``EXPORT_CONVERSION_FAILED``, the message
+    naming the step (``what``: "ONNX export of graph 'vision'"); an ExportError passes unchanged.
+
+    Example::
+
+        with conversion_errors(f"Core ML conversion of graph {spec.name!r}"):
+            mlmodel = convert(spec)
+    """
+    try:
+        yield
+    except ExportError:
+        raise
+    except Exception as exc:
+        raise ExportError(ExportErrorCode.EXPORT_CONVERSION_FAILED, f"{what} failed: {exc}") from exc
 
 
 class ErrorCode(StrEnum):

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from mobile_multimodal.errors import ExportError, ExportErrorCode
+from mobile_multimodal.errors import ExportError, ExportErrorCode, conversion_errors
 from mobile_multimodal.export.coreml_weights import compress_program, weight_report
 from mobile_multimodal.export.formats import package_version
 
@@ -134,18 +134,11 @@ class CoreMLWriter:
     ) -> list[Path]:
         files = []
         for spec in graphs:
-            try:
+            with conversion_errors(f"Core ML conversion of graph {spec.name!r}"):
                 mlmodel, _ = convert_graph(spec)
                 path = out / f"{spec.name}{self.extension}"
                 with quiet_coremltools():
                     mlmodel.save(str(path))
-            except ExportError:
-                raise
-            except Exception as exc:  # the toolchain's own errors are many and untyped
-                raise ExportError(
-                    ExportErrorCode.EXPORT_CONVERSION_FAILED,
-                    f"Core ML conversion of graph {spec.name!r} failed: {exc}",
-                ) from exc
             files.append(path)
         return files
 

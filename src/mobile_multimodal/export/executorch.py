@@ -47,7 +47,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mobile_multimodal.errors import ExportError, ExportErrorCode
+from mobile_multimodal.errors import conversion_errors
 from mobile_multimodal.export.formats import package_version
 from mobile_multimodal.export.validate import ACCURACY_TOLERANCE, MAX_ABS_DIFF_LIMIT
 from mobile_multimodal.export.xnnpack_ops import XNNPACK_DECOMPOSITIONS
@@ -157,16 +157,9 @@ class ExecuTorchWriter:
         files = []
         for spec in graphs:
             module = copy.deepcopy(spec.module).eval()
-            try:
+            with conversion_errors(f"ExecuTorch export of graph {spec.name!r}"):
                 quantize_for_xnnpack(module, spec.quantized, quantization)
                 buffer = lower_to_pte(module, spec.example_inputs)
-            except ExportError:
-                raise
-            except Exception as exc:  # the toolchain's own errors are many and untyped
-                raise ExportError(
-                    ExportErrorCode.EXPORT_CONVERSION_FAILED,
-                    f"ExecuTorch export of graph {spec.name!r} failed: {exc}",
-                ) from exc
             path = out / f"{spec.name}{self.extension}"
             path.write_bytes(buffer)
             files.append(path)

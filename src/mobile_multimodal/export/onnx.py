@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mobile_multimodal.errors import ExportError, ExportErrorCode
+from mobile_multimodal.errors import conversion_errors
 from mobile_multimodal.export.formats import package_version
 from mobile_multimodal.export.graphs import GraphSpec
 from mobile_multimodal.model.llm import MobileMultiModalLLM
@@ -239,7 +239,7 @@ def export_onnx(
 
     module, counts = onnx_module(spec)
     buffer = io.BytesIO()
-    try:
+    with conversion_errors(f"ONNX export of graph {spec.name!r}"):
         with warnings.catch_warnings(), torch.no_grad():
             # the TorchScript exporter is deprecated upstream (see the module docstring)
             warnings.simplefilter("ignore")
@@ -258,10 +258,6 @@ def export_onnx(
         proto = onnx.load_from_string(buffer.getvalue())
         proto.doc_string = f"mobile-multimodal-llm {spec.name} ({quantization}): {counts}"
         onnx.checker.check_model(proto)
-    except Exception as exc:  # the toolchain's own errors are many and untyped
-        raise ExportError(
-            ExportErrorCode.EXPORT_CONVERSION_FAILED, f"ONNX export of graph {spec.name!r} failed: {exc}"
-        ) from exc
     path.write_bytes(proto.SerializeToString())
 
 

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from mobile_multimodal.errors import ExportError, ExportErrorCode
+from mobile_multimodal.errors import ExportError, ExportErrorCode, conversion_errors
 from mobile_multimodal.export.formats import package_version
 from mobile_multimodal.export.validate import ACCURACY_TOLERANCE, MAX_ABS_DIFF_LIMIT
 
@@ -128,19 +128,15 @@ class TFLiteWriter:
         files = []
         for spec in graphs:
             path = out / f"{spec.name}{self.extension}"
-            try:
-                with quiet_litert(), torch.no_grad():
-                    import litert_torch
+            with (
+                conversion_errors(f"TFLite conversion of graph {spec.name!r}"),
+                quiet_litert(),
+                torch.no_grad(),
+            ):
+                import litert_torch
 
-                    edge = litert_torch.convert(spec.module.eval(), spec.example_inputs, quant_config=config)
-                    edge.export(str(path))
-            except ExportError:
-                raise
-            except Exception as exc:  # the toolchain's own errors are many and untyped
-                raise ExportError(
-                    ExportErrorCode.EXPORT_CONVERSION_FAILED,
-                    f"TFLite conversion of graph {spec.name!r} failed: {exc}",
-                ) from exc
+                edge = litert_torch.convert(spec.module.eval(), spec.example_inputs, quant_config=config)
+                edge.export(str(path))
             files.append(path)
         return files
 
