@@ -12,6 +12,7 @@ packages=(
   prometheus-pushgateway  # tests push CLI exports' metrics to a real one (observability/pushgateway.py)
   prometheus-node-exporter docker-compose  # tests/monitoring, tests/integration: real node-exporter; compose file validation
   wrk  # HTTP load generator for benchmarks/serving
+  redis-server  # tests/deploy: the shared rate-limit store of the multi-instance test
   postgresql  # tests/store start a throwaway cluster (initdb/pg_ctl); pg_dump/psql for backups
 )
 
@@ -36,7 +37,7 @@ echo "installing Debian packages: ${missing[*]}"
 $SUDO apt-get update -qq
 # Debian may start these services on install: stop them, tests start their own on 127.0.0.1.
 DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-for svc in prometheus prometheus-alertmanager prometheus-pushgateway prometheus-node-exporter postgresql; do
+for svc in prometheus prometheus-alertmanager prometheus-pushgateway prometheus-node-exporter postgresql redis-server; do
   (command -v systemctl >/dev/null && $SUDO systemctl stop "$svc" 2>/dev/null) || true
   (command -v service >/dev/null && $SUDO service "$svc" stop >/dev/null 2>&1) || true
 done
