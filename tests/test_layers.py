@@ -19,6 +19,7 @@ RANK = {
     "errors": 0,
     "settings": 0,
     "filehash": 0,
+    "manifest_signing": 0,
     "data": 0,
     "observability": 1,
     "model": 2,

@@ -26,6 +26,8 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(db_app, name="db")
 app.add_typer(monitoring_app, name="monitoring")
 app.add_typer(export_app, name="export")
+manifest_app = typer.Typer(no_args_is_help=True, help="Sign and verify model and export manifests.")
+app.add_typer(manifest_app, name="manifest")
 
 
 # ---- serve ---------------------------------------------------------------------------------
@@ -274,6 +276,41 @@ def keys_revoke(key_id: str = typer.Argument(..., help="The key id shown by `key
     except (KeyNotFoundError, DatabaseError) as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(1) from exc
+
+
+# ---- manifest ---------------------------------------------------------------------------------
+@manifest_app.command("sign")
+def manifest_sign(
+    directory: str = typer.Argument(..., help="A model, variant or export bundle directory, or 'default'."),
+    quantization: str = typer.Option("fp32", help="With a model: sign its fp32, int8, int4 or int2 variant."),
+) -> None:
+    """HMAC-sign DIR/manifest.json with MOBILE_MM_MANIFEST_SIGNING_KEY (its files are checked first)."""
+    from mobile_multimodal.security.manifests import ManifestError, sign_command
+
+    try:
+        typer.echo(sign_command(directory, quantization))
+    except ManifestError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+
+
+@manifest_app.command("verify")
+def manifest_verify(
+    directory: str = typer.Argument(..., help="A model, variant or export bundle directory, or 'default'."),
+    quantization: str = typer.Option("fp32", help="With a model: its fp32, int8, int4 or int2 variant."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Check every file's sha256 and (with a signing key set) the signature; exit 1 if either fails."""
+    from mobile_multimodal.security.manifests import ManifestError, verify_command
+
+    try:
+        text, ok = verify_command(directory, quantization, as_json)
+    except ManifestError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(text)
+    if not ok:
+        raise typer.Exit(1)
 
 
 # ---- db --------------------------------------------------------------------------------------

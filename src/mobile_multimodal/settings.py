@@ -88,6 +88,11 @@ class Settings(BaseSettings):
     log_dir: Path | None = None
     database_url: str | None = Field(None, repr=False)
     integrity_check_interval_s: float = Field(60.0, gt=0)
+    # HMAC-SHA256 key for model and export manifests (manifest_signing.py): set, every manifest
+    # written is signed and an unsigned or wrongly signed one refuses to load. The _FILE form
+    # reads it from a Docker/Kubernetes secret.
+    manifest_signing_key: str | None = Field(None, repr=False)
+    manifest_signing_key_file: Path | None = None
     observability_config: Path = Path("monitoring/observability.yml")
     backup_dir: Path | None = Field(None, description="Where backups go; default <data_dir>/backups.")
     backup_interval_s: float = Field(0.0, ge=0, description="Server-side backup period; 0 = off (use cron).")
@@ -177,6 +182,20 @@ class Settings(BaseSettings):
             if not token:
                 raise ValueError(f"metrics_token_file {self.metrics_token_file} is empty")
             self.metrics_token = token
+        return self
+
+    @model_validator(mode="after")
+    def _read_manifest_signing_key_file(self) -> Settings:
+        if self.manifest_signing_key_file is not None and not self.manifest_signing_key:
+            try:
+                key = self.manifest_signing_key_file.read_text().strip()
+            except OSError as exc:
+                raise ValueError(
+                    f"manifest_signing_key_file {self.manifest_signing_key_file}: {exc.strerror}"
+                ) from exc
+            if not key:
+                raise ValueError(f"manifest_signing_key_file {self.manifest_signing_key_file} is empty")
+            self.manifest_signing_key = key
         return self
 
     @property

@@ -25,6 +25,7 @@ import torch
 
 from mobile_multimodal.export.graphs import GraphSpec
 from mobile_multimodal.filehash import sha256_file
+from mobile_multimodal.manifest_signing import maybe_sign
 from mobile_multimodal.model.llm import MobileMultiModalLLM
 from mobile_multimodal.model.tokenizer import _SPLIT, SPECIALS, TASK_TOKENS, Tokenizer
 
@@ -244,12 +245,15 @@ def manifest(
     duration_s: float,
     validation: dict[str, Any],
 ) -> dict[str, Any]:
-    """DESIGN.md's export manifest over the files already in ``out`` (all but itself)."""
-    return {
-        "format": fmt,
-        "platform": platform,
-        "quantization": quantization,
-        "duration_s": round(duration_s, 3),
-        "files": file_entries(out, files),
-        "validation": validation,
-    }
+    """DESIGN.md's export manifest over the files already in ``out`` (all but itself), HMAC-signed
+    when ``MOBILE_MM_MANIFEST_SIGNING_KEY`` is set (``manifest_signing``)."""
+    return maybe_sign(
+        {
+            "format": fmt,
+            "platform": platform,
+            "quantization": quantization,
+            "duration_s": round(duration_s, 3),
+            "files": file_entries(out, files),
+            "validation": validation,
+        }
+    )

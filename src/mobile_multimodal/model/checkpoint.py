@@ -2,7 +2,9 @@
 
 The manifest carries the architecture config, the tokenizer, the data version, the sha256 of
 every file, the eval report and the quantization section (mode, bits, group size, per-layer
-precision). Nothing is inferred from file names.
+precision). Nothing is inferred from file names. With ``MOBILE_MM_MANIFEST_SIGNING_KEY`` set the
+manifest is also HMAC-signed on write and its signature checked on load (``manifest_signing``),
+so weights and manifest rewritten together are refused too.
 """
 
 from __future__ import annotations
@@ -15,6 +17,13 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from mobile_multimodal.filehash import sha256_file
+from mobile_multimodal.manifest_signing import (
+    FROM_SETTINGS,
+    ManifestSignatureError,
+    SigningKey,
+    maybe_sign,
+    verify_manifest,
+)
 from mobile_multimodal.model.errors import ModelLoadError
 
 MANIFEST = "manifest.json"
@@ -27,8 +36,13 @@ def file_entry(directory: Path, name: str) -> dict[str, Any]:
     return {"path": name, "bytes": p.stat().st_size, "sha256": sha256_file(p)}
 
 
-def write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
+def write_manifest(
+    directory: Path, manifest: dict[str, Any], signing_key: SigningKey = FROM_SETTINGS
+) -> dict[str, Any]:
+    """Write ``manifest.json``, HMAC-signed when a signing key is configured; returns what was written."""
+    manifest = maybe_sign(manifest, signing_key)
     (directory / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
+    return manifest
 
 
 def save_state(
@@ -46,8 +60,7 @@ def save_state(
         "format_version": FORMAT_VERSION,
         "files": [file_entry(directory, WEIGHTS), *(file_entry(directory, n) for n in extra_files)],
     }
-    write_manifest(directory, manifest)
-    return manifest
+    return write_manifest(directory, manifest)
 
 
 def read_manifest(directory: Path) -> dict[str, Any]:
@@ -74,8 +87,13 @@ def verify_files(directory: Path, manifest: dict[str, Any]) -> list[str]:
     return bad
 
 
-def check_files(directory: Path, manifest: dict[str, Any]) -> None:
-    """Raise MODEL_INTEGRITY_FAILED unless every file matches the manifest."""
+def check_files(directory: Path, manifest: dict[str, Any], signing_key: SigningKey = FROM_SETTINGS) -> None:
+    """Raise MODEL_INTEGRITY_FAILED unless the manifest's signature verifies (when a signing key
+    is configured) and every file matches the manifest."""
+    try:
+        verify_manifest(manifest, signing_key, where=f"in {directory}")
+    except ManifestSignatureError as e:
+        raise ModelLoadError(str(e), code="MODEL_INTEGRITY_FAILED") from e
     bad = verify_files(directory, manifest)
     if bad:
         raise ModelLoadError(

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from mobile_multimodal.manifest_signing import FROM_SETTINGS, SigningKey
 from mobile_multimodal.model import checkpoint
 from mobile_multimodal.model.config import ModelConfig
 from mobile_multimodal.model.decoder import Stops
@@ -133,10 +134,12 @@ class MobileMultiModalLLM:
         quantization: str = "fp32",
         verify: bool = True,
         stages: Callable[[str], AbstractContextManager[Any]] | None = None,
+        signing_key: SigningKey = FROM_SETTINGS,
     ) -> MobileMultiModalLLM:
         """Load a saved model. ``stages(name)``, when given, wraps each step of the load (a
         caller's tracing; this module records nothing): "read" (manifest, config, tokenizer),
-        "verify" (every file's size and sha256 against the manifest), "build" (read the weights,
+        "verify" (the manifest's signature when ``signing_key`` (default: the settings' key) is
+        set, then every file's size and sha256 against the manifest), "build" (read the weights,
         build the network, load them into it)."""
         step = stages or _no_stage
         with step("read"):
@@ -151,7 +154,7 @@ class MobileMultiModalLLM:
                 ) from e
         if verify:
             with step("verify"):
-                checkpoint.check_files(directory, manifest)
+                checkpoint.check_files(directory, manifest, signing_key)
         with step("build"):
             return cls._build(directory, manifest, config, tokenizer)
 

@@ -29,7 +29,7 @@ from mobile_multimodal.security.audit import AuditLog, EventType, count_security
 from mobile_multimodal.settings import Settings
 from mobile_multimodal.store import ConfigState, Database
 
-SECRET_FIELDS = frozenset({"metrics_token", "database_url"})
+SECRET_FIELDS = frozenset({"metrics_token", "database_url", "manifest_signing_key"})
 
 
 @dataclass(frozen=True)

@@ -103,7 +103,10 @@ def default_loader(settings: Settings) -> ServableModel:
 
     device = resolve_device(settings.device)
     llm = MobileMultiModalLLM.from_pretrained(
-        settings.model, quantization=settings.quantization, stages=lambda name: stage(name)
+        settings.model,
+        quantization=settings.quantization,
+        stages=lambda name: stage(name),
+        signing_key=settings.manifest_signing_key,
     )
     model: ServableModel = llm.to(device) if device != "cpu" else llm
     return model
