@@ -104,6 +104,15 @@ class Settings(BaseSettings):
     rate_limit_free_burst: int = Field(10, ge=1)
     rate_limit_pro_per_minute: float = Field(600.0, gt=0)
     rate_limit_pro_burst: int = Field(50, ge=1)
+    # Shared by every replica and worker when set (security/redis_ratelimit.py), e.g.
+    # redis://redis:6379/0; unset = each process keeps its own buckets. A Redis slower than
+    # redis_timeout_s counts as down: the local buckets decide until it answers again.
+    redis_url: str | None = Field(None, repr=False)
+    redis_timeout_s: float = Field(0.25, gt=0)
+    # How many instances (pods) of the service share this configuration, as the deployment
+    # declares it (deploy/kubernetes sets it). More than one needs a shared PostgreSQL: SQLite
+    # is one file on one machine, and each replica would keep its own keys and audit trail.
+    replicas: int = Field(1, ge=1)
     anomaly_error_burst: int = Field(20, ge=2, description="4xx answers to one source in the window.")
     anomaly_window_s: float = Field(60.0, gt=0)
     # Failed authentications audited one by one per source IP and window; the rest are counted
@@ -171,6 +180,17 @@ class Settings(BaseSettings):
                 except ValueError as exc:
                     raise ValueError(f"{item!r} is not an IP address or network (e.g. 10.0.0.0/8)") from exc
         return ",".join(items)
+
+    @model_validator(mode="after")
+    def _replicas_share_one_database(self) -> Settings:
+        if self.replicas > 1 and self.resolved_database_url.startswith("sqlite"):
+            raise ValueError(
+                f"MOBILE_MM_REPLICAS={self.replicas} needs a database every replica shares: set "
+                "MOBILE_MM_DATABASE_URL to a PostgreSQL URL (postgresql+psycopg://...). SQLite is a "
+                "file on one machine (single writer): each replica would have its own keys, "
+                "revocations and audit trail. (--workers N on one machine may share SQLite.)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _read_metrics_token_file(self) -> Settings:

@@ -315,6 +315,11 @@ BACKUP_LAST_SUCCESS = Gauge(
     multiprocess_mode="max",
 )
 BACKUP_FAILURES = Counter("backup_failures", "Database backups that failed.")
+RATE_LIMIT_BACKEND_ERRORS = Counter(
+    "rate_limit_backend_errors",
+    "Rate-limit decisions made by this process's local buckets because the shared backend "
+    "(Redis, MOBILE_MM_REDIS_URL) failed or was marked down: limits are per instance meanwhile.",
+)
 CONFIG_RELOADS = Counter(
     "config_changes", "Configuration changes applied at start or at run time.", ["source"]
 )

@@ -31,6 +31,7 @@ from mobile_multimodal.security.audit import AuditLog, EventType, count_security
 from mobile_multimodal.security.errors import SecurityError
 from mobile_multimodal.security.keys import looks_like_key, lookup_key, touch_key
 from mobile_multimodal.security.ratelimit import RateLimiter
+from mobile_multimodal.security.redis_ratelimit import build_rate_limiter
 from mobile_multimodal.security.throttle import FailureAuditThrottle, SuppressedFailures
 from mobile_multimodal.settings import Settings
 from mobile_multimodal.store import Database
@@ -94,7 +95,7 @@ class SecurityContext:
         self.settings = settings
         self.db = db
         self.audit = audit or AuditLog(db)
-        self.limiter = limiter or RateLimiter.from_settings(settings)
+        self.limiter = limiter or build_rate_limiter(settings)
         self.detector = detector or AnomalyDetector.from_settings(settings)
         self.touch_interval_s = touch_interval_s
         self.failure_audits = failure_audits or FailureAuditThrottle(
