@@ -1,6 +1,7 @@
-"""The serving benchmark's report: results.md (targets, tables) and the PNG plots, from results.json.
+"""The serving benchmark's report: the summary (targets and ratios against each peer), results.md
+and the PNG plots, all from results.json.
 
-Regenerate both from a saved run (``results.json`` in DIR, default: beside this file)::
+Regenerate the report from a saved run (``results.json`` in DIR, default: beside this file)::
 
     .venv/bin/python -m benchmarks.serving.report [DIR]
 """
@@ -13,69 +14,172 @@ from pathlib import Path
 from typing import Any
 
 CONCURRENCY = (1, 8, 32)
+QUANTILES = ("p50_ms", "p95_ms", "p99_ms")
+MIB = 1024 * 1024
+
+
+def _med(per_precision: dict[str, Any], server: str, task: str, c: int) -> dict[str, float]:
+    median: dict[str, float] = per_precision["servers"][server]["tasks"][task][str(c)]["median"]
+    return median
+
+
+def ratios(per_precision: dict[str, Any], peer: str, tasks: list[str]) -> dict[str, Any]:
+    """ours / peer for each task and concurrency: throughput (> 1 = ours serves more) and the
+    latency percentiles (< 1 = ours answers sooner)."""
+    out: dict[str, Any] = {}
+    for task in tasks:
+        out[task] = {}
+        for c in CONCURRENCY:
+            ours, theirs = _med(per_precision, "ours", task, c), _med(per_precision, peer, task, c)
+            out[task][str(c)] = {
+                "rps": ours["rps"] / theirs["rps"],
+                **{q[:3]: ours[q] / theirs[q] for q in QUANTILES},
+            }
+    return out
+
+
+def summarize(result: dict[str, Any]) -> dict[str, Any]:
+    tasks: list[str] = result["options"]["tasks"]
+    main_task = "captioning" if "captioning" in tasks else tasks[0]
+    summary: dict[str, Any] = {}
+    for q, per in result["precisions"].items():
+        ours_c1 = _med(per, "ours", main_task, 1)
+        speedup = (
+            _med(per, "ours", main_task, 32)["rps"] / _med(per, "ours_no_batching", main_task, 32)["rps"]
+        )
+        overhead = (
+            ours_c1["p50_ms"] - per["model_only"]["batch1"]["p50_ms"] if main_task == "captioning" else None
+        )
+        load_s = per["servers"]["ours"]["model_load_duration_seconds"]
+        summary[q] = {
+            "task": main_task,
+            "p95_c1_ms": ours_c1["p95_ms"],
+            "p95_c1_under_100ms": ours_c1["p95_ms"] < 100,
+            "p95_c1_under_30ms": ours_c1["p95_ms"] < 30,
+            "batching_speedup_c32": speedup,
+            "batching_speedup_at_least_3x": speedup >= 3,
+            "serving_overhead_p50_ms": overhead,
+            "serving_overhead_under_5ms": None if overhead is None else overhead < 5,
+            "model_load_s": load_s,
+            "model_load_under_10s": None if load_s is None else load_s < 10,
+            "vs_peers": {peer: ratios(per, peer, tasks) for peer in result["options"]["peers"]},
+        }
+    return summary
+
+
+def _ok(value: bool | None) -> str:
+    return {True: "yes", False: "**NO**", None: "n/a"}[value]
 
 
 def write_markdown(path: Path, result: dict[str, Any]) -> None:
-    s, m, http = result["summary"], result["model_only"], result["http"]
-    ok = {True: "yes", False: "**NO**"}
+    opts, env = result["options"], result["machine"]
     lines = [
-        "# Serving benchmark (captioning through HTTP)",
+        "# Serving benchmark: ours against a plain peer, one run",
         "",
-        f"Model: `{result['options']['model']}`, quantization **{result['options']['quantization']}** "
-        f"({m['info'].get('size_bytes', '?')} bytes of weights on disk). "
-        f"Machine: {result['machine']['cpu']}, {result['machine']['cores']} cores, load average at start "
-        f"{', '.join(f'{x:.2f}' for x in result['machine']['loadavg_at_start'])}. "
-        f"Load generator: {result['machine']['wrk']} (closed loop), "
-        f"{result['options']['duration']} s per run, median of {result['options']['repeats']} runs.",
+        f"Model `{opts['model']}` at {', '.join(opts['precisions'])}; tasks {', '.join(opts['tasks'])}. "
+        f"Machine: {env['cpu']}, {env['cores']} cores, {env['memory_bytes'] / 2**30:.0f} GiB; "
+        f"**load average at start {', '.join(f'{x:.2f}' for x in env['loadavg_at_start'])}**. "
+        f"Load generator: {env['wrk']} (closed loop), {opts['duration']} s per run, median of "
+        f"{opts['repeats']} runs. Servers, each cold-started per precision: `ours` (batching: "
+        "max 16, 5 ms), `ours_no_batching` (max 1), "
+        + ", ".join(f"`{p}` ({d})" for p, d in opts["peers"].items())
+        + ".",
         "",
     ]
-    if result.get("notes"):
-        lines += [f"> {note}" for note in result["notes"]] + [""]
+    lines += [f"> {note}" for note in result.get("notes", [])] + ([""] if result.get("notes") else [])
     lines += [
         "## Targets",
         "",
-        "| target | measured | met |",
-        "|---|---|---|",
-        f"| p95 at concurrency 1 < 100 ms (aim < 30 ms) | {s['p95_c1_ms']:.2f} ms | "
-        f"{ok[s['p95_c1_under_100ms']]} (< 30 ms: {ok[s['p95_c1_under_30ms']]}) |",
-        f"| throughput at c=32, batching on / off >= 3x | {s['batching_speedup_c32']:.2f}x | "
-        f"{ok[s['batching_speedup_at_least_3x']]} |",
-        f"| serving overhead (HTTP p50 - model p50) < 5 ms | {s['serving_overhead_p50_ms']:.2f} ms | "
-        f"{ok[s['serving_overhead_under_5ms']]} |",
-        "",
-        "## HTTP latency and throughput",
-        "",
-        "| arm | concurrency | req/s | p50 ms | p95 ms | p99 ms | batches formed (size bucket: count) |",
-        "|---|---|---|---|---|---|---|",
+        "| precision | target | measured | met |",
+        "|---|---|---|---|",
     ]
-    for arm, per_c in http.items():
-        for c, r in per_c.items():
-            med = r["median"]
-            batches = ", ".join(
-                f"{k}: {int(v)}"
-                for k, v in sorted(r["batches_by_size"].items(), key=lambda kv: (len(kv[0]), kv[0]))
-                if v
-            )
-            lines.append(
-                f"| {arm} | {c} | {med['rps']:.1f} | {med['p50_ms']:.2f} | {med['p95_ms']:.2f} | "
-                f"{med['p99_ms']:.2f} | {batches} |"
-            )
-    b1 = m["batch1"]
+    for q, s in result["summary"].items():
+        overhead = s["serving_overhead_p50_ms"]
+        load = s["model_load_s"]
+        lines += [
+            f"| {q} | p95 at c=1 < 100 ms (aim < 30), {s['task']} | {s['p95_c1_ms']:.2f} ms | "
+            f"{_ok(s['p95_c1_under_100ms'])} (< 30: {_ok(s['p95_c1_under_30ms'])}) |",
+            f"| {q} | throughput at c=32, batching on / off >= 3x | {s['batching_speedup_c32']:.2f}x | "
+            f"{_ok(s['batching_speedup_at_least_3x'])} |",
+            f"| {q} | serving overhead (HTTP p50 - model p50) < 5 ms | "
+            f"{'n/a' if overhead is None else f'{overhead:.2f} ms'} | "
+            f"{_ok(s['serving_overhead_under_5ms'])} |",
+            f"| {q} | model load (`model_load_duration_seconds`) < 10 s | "
+            f"{'n/a' if load is None else f'{load:.2f} s'} | {_ok(s['model_load_under_10s'])} |",
+        ]
+    for peer in opts["peers"]:
+        lines += [
+            "",
+            f"## Ours / `{peer}` (same run; throughput > 1 and latency < 1 favour ours)",
+            "",
+            "| precision | task | c | req/s ours | req/s peer | throughput ratio | p50 ratio | p95 ratio "
+            "| p99 ratio |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for q, s in result["summary"].items():
+            per = result["precisions"][q]
+            for task, by_c in s["vs_peers"][peer].items():
+                for c, r in by_c.items():
+                    ours, theirs = _med(per, "ours", task, int(c)), _med(per, peer, task, int(c))
+                    lines.append(
+                        f"| {q} | {task} | {c} | {ours['rps']:.1f} | {theirs['rps']:.1f} | "
+                        f"**{r['rps']:.2f}x** | {r['p50']:.2f} | {r['p95']:.2f} | {r['p99']:.2f} |"
+                    )
     lines += [
         "",
-        "## Model only (in-process, batch 1)",
+        "## Start-up and resident memory",
         "",
-        f"{m['threads']} torch thread(s), as the server uses. p50 {b1['p50_ms']:.2f} ms, "
-        f"p95 {b1['p95_ms']:.2f} ms, p99 {b1['p99_ms']:.2f} ms. "
-        f'Caption of the benchmark image: "{m["caption"]}".',
+        "Spawn to `/ready` 200 (imports, load, warm-up); RSS of the server process when ready and after "
+        "its load runs. Ours serving a quantized model also holds the fp32 reference of the canary/shadow.",
         "",
-        "Per-image time by batch size (what batching buys): "
-        + ", ".join(f"{k}: {v:.2f} ms" for k, v in m["per_image_ms_by_batch"].items()),
+        "| precision | server | spawn to ready s | model load s | RSS ready MiB | RSS after load MiB |",
+        "|---|---|---|---|---|---|",
+    ]
+    for q, per in result["precisions"].items():
+        for name, srv in per["servers"].items():
+            load = srv["model_load_duration_seconds"]
+            lines.append(
+                f"| {q} | {name} | {srv['ready_s']:.2f} | {'-' if load is None else f'{load:.2f}'} | "
+                f"{srv['rss_bytes']['ready'] / MIB:.0f} | {srv['rss_bytes']['after_load'] / MIB:.0f} |"
+            )
+    lines += [
         "",
-        "Plots: `latency.png` (percentiles by concurrency), `throughput.png`, `model_batching.png`.",
+        "## All HTTP runs (medians)",
         "",
-        "Reproduce: `.venv/bin/python -m benchmarks.serving.run "
-        f"--model {result['options']['model']} --quantization {result['options']['quantization']}`.",
+        "| precision | server | task | c | req/s | p50 ms | p95 ms | p99 ms | batches (size: count) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for q, per in result["precisions"].items():
+        for name, srv in per["servers"].items():
+            for task, by_c in srv["tasks"].items():
+                for c, r in by_c.items():
+                    med = r["median"]
+                    batches = ", ".join(
+                        f"{k}: {int(v)}"
+                        for k, v in sorted(r.get("batches_by_size", {}).items(), key=lambda kv: int(kv[0]))
+                        if v
+                    )
+                    lines.append(
+                        f"| {q} | {name} | {task} | {c} | {med['rps']:.1f} | {med['p50_ms']:.2f} | "
+                        f"{med['p95_ms']:.2f} | {med['p99_ms']:.2f} | {batches} |"
+                    )
+    lines += ["", "## Model only (in-process, batch 1, captioning)", ""]
+    for q, per in result["precisions"].items():
+        m = per["model_only"]
+        b1 = m["batch1"]
+        lines.append(
+            f"- {q}: {m['threads']} torch thread(s); `from_pretrained` {m['from_pretrained_s']:.2f} s; "
+            f"p50 {b1['p50_ms']:.2f} ms, p95 {b1['p95_ms']:.2f} ms, p99 {b1['p99_ms']:.2f} ms; "
+            f'caption "{m["caption"]}"; per image by batch size: '
+            + ", ".join(f"{k}: {v:.2f} ms" for k, v in m["per_image_ms_by_batch"].items())
+        )
+    lines += [
+        "",
+        "Plots: `latency.png` (p50/p99 by concurrency, ours vs each peer), `throughput.png`, "
+        "`model_batching.png`.",
+        "",
+        f"Reproduce: `.venv/bin/python -m benchmarks.serving.run --model {opts['model']} "
+        f"--precisions {','.join(opts['precisions'])}`.",
     ]
     path.write_text("\n".join(lines) + "\n")
 
@@ -86,51 +190,57 @@ def plot(out: Path, result: dict[str, Any]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    http = result["http"]
+    opts = result["options"]
+    names = ["ours", "ours_no_batching", *opts["peers"]]
+    precisions, tasks = opts["precisions"], opts["tasks"]
     cs = [str(c) for c in CONCURRENCY]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for arm, style in (("batching", "-"), ("no_batching", "--")):
-        for q, color in (("p50_ms", "tab:blue"), ("p95_ms", "tab:orange"), ("p99_ms", "tab:red")):
-            ax.plot(
-                cs,
-                [http[arm][c]["median"][q] for c in cs],
-                style,
-                marker="o",
-                color=color,
-                label=f"{arm} {q[:3]}",
-            )
-    ax.axhline(100, color="gray", linewidth=0.8, linestyle=":", label="100 ms target")
-    ax.set(
-        xlabel="concurrent connections",
-        ylabel="latency (ms)",
-        yscale="log",
-        title=f"Captioning over HTTP ({result['options']['quantization']})",
+    fig, axes = plt.subplots(
+        len(precisions), len(tasks), figsize=(4 * len(tasks), 3.2 * len(precisions)), squeeze=False
     )
-    ax.legend(fontsize=7, ncol=2)
+    for i, q in enumerate(precisions):
+        for j, task in enumerate(tasks):
+            ax = axes[i][j]
+            for k, name in enumerate(names):
+                tasks_of = result["precisions"][q]["servers"][name]["tasks"][task]
+                for quantile, style in (("p50_ms", "-"), ("p99_ms", ":")):
+                    ax.plot(
+                        cs,
+                        [tasks_of[c]["median"][quantile] for c in cs],
+                        style,
+                        marker="o",
+                        color=f"C{k}",
+                        label=f"{name} {quantile[:3]}",
+                    )
+            ax.set(title=f"{task}, {q}", xlabel="connections", ylabel="latency (ms)", yscale="log")
+    axes[0][0].legend(fontsize=6)
     fig.tight_layout()
-    fig.savefig(out / "latency.png", dpi=120)
+    fig.savefig(out / "latency.png", dpi=110)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, len(precisions), figsize=(5 * len(precisions), 3.6), squeeze=False)
+    width = 0.8 / len(names)
+    for i, q in enumerate(precisions):
+        ax = axes[0][i]
+        for k, name in enumerate(names):
+            rps = [result["precisions"][q]["servers"][name]["tasks"][t]["32"]["median"]["rps"] for t in tasks]
+            ax.bar(
+                [x + (k - (len(names) - 1) / 2) * width for x in range(len(tasks))], rps, width, label=name
+            )
+        ax.set_xticks(list(range(len(tasks))), tasks)
+        ax.set(ylabel="requests / s at c=32", title=f"Throughput, {q}")
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "throughput.png", dpi=110)
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    width = 0.38
-    xs = range(len(cs))
-    for i, arm in enumerate(("batching", "no_batching")):
-        ax.bar(
-            [x + (i - 0.5) * width for x in xs], [http[arm][c]["median"]["rps"] for c in cs], width, label=arm
-        )
-    ax.set_xticks(list(xs), cs)
-    ax.set(xlabel="concurrent connections", ylabel="requests / s", title="Throughput, batching on vs off")
+    for q in precisions:
+        per = result["precisions"][q]["model_only"]["per_image_ms_by_batch"]
+        ax.plot(list(per), list(per.values()), marker="o", label=q)
+    ax.set(xlabel="batch size", ylabel="ms per image", title="Model only: per-image time by batch size")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(out / "throughput.png", dpi=120)
-    plt.close(fig)
-
-    per = result["model_only"]["per_image_ms_by_batch"]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(list(per), list(per.values()), marker="o")
-    ax.set(xlabel="batch size", ylabel="ms per image", title="Model only: per-image time by batch size")
-    fig.tight_layout()
-    fig.savefig(out / "model_batching.png", dpi=120)
+    fig.savefig(out / "model_batching.png", dpi=110)
     plt.close(fig)
 
 

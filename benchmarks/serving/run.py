@@ -1,75 +1,86 @@
-"""Serving benchmark: captioning latency and throughput through HTTP, with and without batching.
+"""Serving benchmark: ours against a plain peer, in one run, for captioning, OCR and VQA at each precision.
 
-What it measures, on this machine, with the real service (``mobile-mm serve``) and a real load
-generator (``wrk``, closed loop: each connection sends its next request when the last answered):
+What it measures, on this machine, with the real service (``mobile-mm serve``), each peer of
+``benchmarks/peers`` serving the same model, and a real load generator (``wrk``, closed loop:
+each connection sends its next request when the last answered), every server cold-started in
+turn for each precision (default fp32 and int2):
 
 1. **model only**: ``generate_captions([image])`` in-process, batch 1, p50/p95/p99 over
-   ``--model-iters`` calls; and the per-image time at batch sizes 1..32 (what batching buys).
-2. **HTTP, batching on** (``MOBILE_MM_MAX_BATCH_SIZE=16``, ``MOBILE_MM_MAX_BATCH_WAIT_MS=5``) and
-   **HTTP, batching off** (``MOBILE_MM_MAX_BATCH_SIZE=1``): ``POST /inference`` captioning of a
-   64x64 PNG scene at concurrency 1, 8 and 32, each run ``--repeats`` times for ``--duration`` s;
-   the medians of the repeats are reported.
+   ``--model-iters`` calls; the per-image time at batch sizes 1..32 (what batching buys); and the
+   in-process ``from_pretrained`` time.
+2. **HTTP**: ``POST /inference`` with the same body (``benchmarks/serving/workload.py``) for
+   each task at concurrency 1, 8 and 32, ``--repeats`` runs of ``--duration`` s (medians
+   reported), against: ``ours`` (batching on: ``MOBILE_MM_MAX_BATCH_SIZE=16``,
+   ``MAX_BATCH_WAIT_MS=5``), ``ours_no_batching`` (``MAX_BATCH_SIZE=1``) and each peer
+   (``plain_fastapi``). Every comparison is a ratio ours / peer from the same run.
+3. **Start and memory**: seconds from spawn to ``/ready`` 200 for every server, our
+   ``model_load_duration_seconds`` (the guide's metric: read, verify, build, warm-up), and the
+   server process's resident memory (RSS) when ready and after its load runs.
 
-Targets (the issue's): p95 < 100 ms at concurrency 1 (aim < 30 ms); throughput with batching at
-concurrency 32 >= 3x batching off; serving overhead (HTTP p50 - model-only p50, concurrency 1)
-< 5 ms.
+Targets: p95 < 100 ms at concurrency 1 (aim < 30 ms); batching at c=32 >= 3x batching off;
+serving overhead (HTTP p50 - model-only p50, c=1, captioning) < 5 ms; model load < 10 s (the
+guide's "Model Loading: Target < 10s").
 
 Usage::
 
-    .venv/bin/python -m benchmarks.serving.run --model default --quantization int2
-    .venv/bin/python -m benchmarks.serving.run --model DIR --quantization fp32 --duration 5 --repeats 1
+    .venv/bin/python -m benchmarks.serving.run                     # fp32 and int2, defaults
+    .venv/bin/python -m benchmarks.serving.run --precisions int2 --duration 2 --repeats 1 --out /tmp/s
 
 Writes results.json, and (report.py) results.md, latency.png, throughput.png and model_batching.png
 under --out (default: beside this file). Needs ``wrk`` (Debian package; scripts/install_system_deps.sh).
+Run it on a quiet machine: results.md records the load average at start.
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
-import io
 import json
 import os
 import platform
 import shutil
-import signal
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
-from benchmarks.serving.report import CONCURRENCY, plot, write_markdown
-from tests.integration.servers import free_port, wait_http
+import psutil
+from benchmarks.peers import PEERS
+from benchmarks.serving.report import CONCURRENCY, plot, summarize, write_markdown
+from benchmarks.serving.servers import RunningServer, serve_ours, serve_peer
+from benchmarks.serving.workload import TASKS, task_body, write_body_file
 
 HERE = Path(__file__).resolve().parent
-ARMS = {
-    "batching": {"MOBILE_MM_MAX_BATCH_SIZE": "16", "MOBILE_MM_MAX_BATCH_WAIT_MS": "5"},
-    "no_batching": {"MOBILE_MM_MAX_BATCH_SIZE": "1", "MOBILE_MM_MAX_BATCH_WAIT_MS": "0"},
+OURS = {
+    "ours": {
+        "MOBILE_MM_MAX_BATCH_SIZE": "16",
+        "MOBILE_MM_MAX_BATCH_WAIT_MS": "5",
+        "MOBILE_MM_MAX_QUEUE": "4096",
+    },
+    "ours_no_batching": {
+        "MOBILE_MM_MAX_BATCH_SIZE": "1",
+        "MOBILE_MM_MAX_BATCH_WAIT_MS": "0",
+        "MOBILE_MM_MAX_QUEUE": "4096",
+    },
 }
 
 
 @dataclass
 class Options:
     model: str
-    quantization: str
+    precisions: list[str]
+    tasks: list[str]
+    peers: list[str]
     duration: int
     repeats: int
     model_iters: int
     max_tokens: int | None
     out: Path
-
-
-def _image_png() -> bytes:
-    from mobile_multimodal.serving.probe import ProbeCase
-
-    buf = io.BytesIO()
-    ProbeCase.default().image.save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def _percentiles(samples_s: list[float]) -> dict[str, float]:
@@ -81,16 +92,17 @@ def _percentiles(samples_s: list[float]) -> dict[str, float]:
     return {"p50_ms": q(50), "p95_ms": q(95), "p99_ms": q(99), "mean_ms": statistics.fmean(ordered) * 1000}
 
 
-def measure_model(opts: Options, png: bytes) -> dict[str, Any]:
+def measure_model(opts: Options, quantization: str) -> dict[str, Any]:
     """Model-only latency, in this process, with the threads the server would use."""
-    from PIL import Image
-
     from mobile_multimodal.model import MobileMultiModalLLM
     from mobile_multimodal.serving.engine import configure_torch_threads
+    from mobile_multimodal.serving.probe import ProbeCase
 
     threads = configure_torch_threads(workers=1)  # the server's own rule, so the two compare
-    model = MobileMultiModalLLM.from_pretrained(opts.model, quantization=opts.quantization)
-    image = Image.open(io.BytesIO(png)).convert("RGB")
+    start = time.perf_counter()
+    model = MobileMultiModalLLM.from_pretrained(opts.model, quantization=quantization)
+    load_s = time.perf_counter() - start
+    image = ProbeCase.default().image
     kwargs: dict[str, Any] = {} if opts.max_tokens is None else {"max_tokens": opts.max_tokens}
     for _ in range(10):
         model.generate_captions([image], **kwargs)
@@ -109,71 +121,22 @@ def measure_model(opts: Options, png: bytes) -> dict[str, Any]:
             model.generate_captions(batch, **kwargs)
             runs.append(time.perf_counter() - start)
         per_image[str(size)] = statistics.median(runs) / size * 1000
-    caption = model.generate_captions([image], **kwargs)[0]
+    info = model.get_model_info()
     return {
         "threads": threads,
+        "from_pretrained_s": load_s,
         "batch1": _percentiles(times),
         "per_image_ms_by_batch": per_image,
-        "caption": caption,
-        "info": {
-            k: v
-            for k, v in model.get_model_info().items()
-            if k in ("name", "version", "quantization", "parameters", "size_bytes")
-        },
+        "caption": model.generate_captions([image], **kwargs)[0],
+        "info": {k: v for k, v in info.items() if k in ("name", "version", "quantization", "size_bytes")},
     }
-
-
-def start_server(
-    opts: Options, env_extra: dict[str, str], data_dir: Path
-) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    env = {
-        **os.environ,
-        "MOBILE_MM_DATA_DIR": str(data_dir),
-        "MOBILE_MM_AUTH": "disabled",
-        "MOBILE_MM_MAX_QUEUE": "4096",
-        **env_extra,
-    }
-    cmd = [
-        sys.executable,
-        "-m",
-        "mobile_multimodal.cli",
-        "serve",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--model",
-        opts.model,
-        "--quantization",
-        opts.quantization,
-    ]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(url + "/ready", timeout_s=180, process=proc)
-    except TimeoutError:
-        proc.kill()
-        raise
-    return proc, url
 
 
 def run_wrk(url: str, concurrency: int, duration: int, body_file: Path) -> dict[str, float]:
-    threads = min(2, concurrency)
-    cmd = [
-        "wrk",
-        f"-t{threads}",
-        f"-c{concurrency}",
-        f"-d{duration}s",
-        "--timeout",
-        "10s",
-        "-s",
-        str(HERE / "post.lua"),
-        url + "/inference",
-    ]
-    out = subprocess.run(
-        cmd, env={**os.environ, "BENCH_BODY_FILE": str(body_file)}, check=True, capture_output=True, text=True
-    ).stdout
+    cmd = ["wrk", f"-t{min(2, concurrency)}", f"-c{concurrency}", f"-d{duration}s", "--timeout", "10s"]
+    cmd += ["-s", str(HERE / "post.lua"), url + "/inference"]
+    env = {**os.environ, "BENCH_BODY_FILE": str(body_file)}
+    out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
     line = next(ln for ln in out.splitlines() if ln.startswith("WRK_JSON "))
     raw = json.loads(line[len("WRK_JSON ") :])
     return {
@@ -188,48 +151,74 @@ def run_wrk(url: str, concurrency: int, duration: int, body_file: Path) -> dict[
     }
 
 
-def batch_histogram(url: str) -> dict[str, float]:
+def scrape(url: str) -> dict[str, Any]:
+    """From our /metrics: batches by size bucket per task, and model_load_duration_seconds."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    counts: dict[str, float] = {}
-    for family in text_string_to_metric_families(httpx.get(url + "/metrics", timeout=10).text):
+    batches: dict[str, dict[str, float]] = {}
+    load_s = None
+    for family in text_string_to_metric_families(httpx.get(url + "/metrics", timeout=30).text):
         for s in family.samples:
-            if s.name == "batch_processing_duration_seconds_count" and s.labels.get("task") == "captioning":
-                counts[s.labels["batch_size"]] = counts.get(s.labels["batch_size"], 0) + s.value
-    return counts
+            if s.name == "batch_processing_duration_seconds_count":
+                per = batches.setdefault(s.labels.get("task", ""), {})
+                per[s.labels["batch_size"]] = per.get(s.labels["batch_size"], 0) + s.value
+            elif s.name == "model_load_duration_seconds":
+                load_s = s.value
+    return {"batches": batches, "model_load_duration_seconds": load_s}
 
 
-def measure_http(opts: Options, body_file: Path) -> dict[str, Any]:
-    results: dict[str, Any] = {}
-    for arm, env in ARMS.items():
-        with tempfile.TemporaryDirectory() as data_dir:
-            proc, url = start_server(opts, env, Path(data_dir))
-            try:
-                run_wrk(url, 8, 3, body_file)  # warm-up: allocator, JIT'd paths, connection setup
-                arm_results: dict[str, Any] = {}
-                for c in CONCURRENCY:
-                    before = batch_histogram(url)
-                    runs = [run_wrk(url, c, opts.duration, body_file) for _ in range(opts.repeats)]
-                    after = batch_histogram(url)
-                    median = {
-                        k: statistics.median(r[k] for r in runs)
-                        for k in ("rps", "p50_ms", "p95_ms", "p99_ms", "mean_ms")
-                    }
-                    arm_results[str(c)] = {
-                        "median": median,
-                        "runs": runs,
-                        "batches_by_size": {k: after.get(k, 0) - before.get(k, 0) for k in after},
-                    }
-                    print(
-                        f"{arm:12s} c={c:<3d} rps={median['rps']:8.1f} p50={median['p50_ms']:7.2f} ms "
-                        f"p95={median['p95_ms']:7.2f} ms p99={median['p99_ms']:7.2f} ms",
-                        flush=True,
-                    )
-                results[arm] = arm_results
-            finally:
-                proc.send_signal(signal.SIGTERM)
-                proc.wait(60)
-    return results
+def _median(runs: list[dict[str, float]]) -> dict[str, float]:
+    return {
+        k: statistics.median(r[k] for r in runs) for k in ("rps", "p50_ms", "p95_ms", "p99_ms", "mean_ms")
+    }
+
+
+def measure_server(
+    opts: Options, server: RunningServer, bodies: dict[str, Path], ours: bool
+) -> dict[str, Any]:
+    run_wrk(server.url, 8, 3, bodies[opts.tasks[0]])  # warm-up: allocator, code paths, connections
+    rss_ready = server.rss_bytes()
+    tasks: dict[str, Any] = {}
+    for task in opts.tasks:
+        per_c: dict[str, Any] = {}
+        for c in CONCURRENCY:
+            before = scrape(server.url)["batches"].get(task, {}) if ours else {}
+            runs = [run_wrk(server.url, c, opts.duration, bodies[task]) for _ in range(opts.repeats)]
+            entry: dict[str, Any] = {"median": _median(runs), "runs": runs}
+            if ours:
+                after = scrape(server.url)["batches"].get(task, {})
+                entry["batches_by_size"] = {k: after[k] - before.get(k, 0) for k in after}
+            per_c[str(c)] = entry
+            med = entry["median"]
+            print(
+                f"{server.name:16s} {task:10s} c={c:<3d} rps={med['rps']:8.1f} p50={med['p50_ms']:7.2f} "
+                f"p95={med['p95_ms']:7.2f} p99={med['p99_ms']:7.2f} ms",
+                flush=True,
+            )
+        tasks[task] = per_c
+    return {
+        "ready_s": server.ready_s,
+        "rss_bytes": {"ready": rss_ready, "after_load": server.rss_bytes()},
+        "model_load_duration_seconds": scrape(server.url)["model_load_duration_seconds"] if ours else None,
+        "tasks": tasks,
+    }
+
+
+def servers(opts: Options, quantization: str) -> Iterator[tuple[str, AbstractContextManager[RunningServer]]]:
+    for name, env in OURS.items():
+        yield name, serve_ours(opts.model, quantization, env, name=name)
+    for peer in opts.peers:
+        yield peer, serve_peer(peer, opts.model, quantization)
+
+
+def measure_precision(opts: Options, quantization: str, bodies: dict[str, Path]) -> dict[str, Any]:
+    model = measure_model(opts, quantization)
+    print(f"{quantization}: model only p50={model['batch1']['p50_ms']:.2f} ms", flush=True)
+    http: dict[str, Any] = {}
+    for name, started in servers(opts, quantization):
+        with started as server:
+            http[name] = measure_server(opts, server, bodies, ours=name in OURS)
+    return {"model_only": model, "servers": http}
 
 
 def machine() -> dict[str, Any]:
@@ -241,41 +230,38 @@ def machine() -> dict[str, Any]:
                 break
     except OSError:
         pass
+    wrk = subprocess.run(["wrk", "--version"], capture_output=True, text=True).stdout.split("\n")[0]
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),
+        "memory_bytes": int(psutil.virtual_memory().total),
         "python": platform.python_version(),
         "loadavg_at_start": list(os.getloadavg()),
-        "wrk": subprocess.run(["wrk", "--version"], capture_output=True, text=True).stdout.split("\n")[0],
+        "wrk": wrk,
     }
 
 
-def summarize(model: dict[str, Any], http: dict[str, Any]) -> dict[str, Any]:
-    on, off = http["batching"], http["no_batching"]
-    c1 = on["1"]["median"]
-    overhead = c1["p50_ms"] - model["batch1"]["p50_ms"]
-    speedup = on["32"]["median"]["rps"] / off["32"]["median"]["rps"]
-    return {
-        "p95_c1_ms": c1["p95_ms"],
-        "p95_c1_under_100ms": c1["p95_ms"] < 100,
-        "p95_c1_under_30ms": c1["p95_ms"] < 30,
-        "batching_speedup_c32": speedup,
-        "batching_speedup_at_least_3x": speedup >= 3,
-        "serving_overhead_p50_ms": overhead,
-        "serving_overhead_under_5ms": overhead < 5,
-    }
+def _csv(choices: tuple[str, ...] | list[str]) -> Callable[[str], list[str]]:
+    def parse(value: str) -> list[str]:
+        items = [v for v in value.split(",") if v]
+        bad = [v for v in items if v not in choices]
+        if bad:
+            raise argparse.ArgumentTypeError(f"{bad} not in {list(choices)}")
+        return items
+
+    return parse
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--model", default="default")
-    parser.add_argument("--quantization", default="int2")
+    parser.add_argument("--precisions", type=_csv(("fp32", "int8", "int4", "int2")), default=["fp32", "int2"])
+    parser.add_argument("--tasks", type=_csv(TASKS), default=list(TASKS))
+    parser.add_argument("--peers", type=_csv(list(PEERS)), default=list(PEERS))
     parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--model-iters", type=int, default=200)
-    parser.add_argument(
-        "--max-tokens", type=int, default=None, help="caption budget (default: the API's, 32)"
-    )
+    parser.add_argument("--max-tokens", type=int, default=None, help="caption/answer budget (API default)")
     parser.add_argument("--note", action="append", default=[], help="a line for results.md (repeatable)")
     parser.add_argument("--out", type=Path, default=HERE)
     args = parser.parse_args(argv)
@@ -283,7 +269,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raise SystemExit("wrk is not installed (apt-get install wrk, or scripts/install_system_deps.sh)")
     opts = Options(
         args.model,
-        args.quantization,
+        args.precisions,
+        args.tasks,
+        args.peers,
         args.duration,
         args.repeats,
         args.model_iters,
@@ -291,41 +279,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         args.out,
     )
     opts.out.mkdir(parents=True, exist_ok=True)
-    png = _image_png()
-    body: dict[str, Any] = {
-        "image": "data:image/png;base64," + base64.b64encode(png).decode(),
-        "task": "captioning",
-    }
-    if opts.max_tokens is not None:
-        body["max_tokens"] = opts.max_tokens
     env = machine()
-    model = measure_model(opts, png)
-    print(
-        f"model only  p50={model['batch1']['p50_ms']:.2f} ms p95={model['batch1']['p95_ms']:.2f} ms",
-        flush=True,
-    )
-    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
-        json.dump(body, f)
-        body_file = Path(f.name)
-    try:
-        http = measure_http(opts, body_file)
-    finally:
-        body_file.unlink()
-    result = {
+    with tempfile.TemporaryDirectory() as tmp:
+        bodies = {t: write_body_file(task_body(t, opts.max_tokens), Path(tmp) / f"{t}.json") for t in TASKS}
+        precisions = {q: measure_precision(opts, q, bodies) for q in opts.precisions}
+    result: dict[str, Any] = {
         "options": {
             "model": opts.model,
-            "quantization": opts.quantization,
+            "precisions": opts.precisions,
+            "tasks": opts.tasks,
+            "peers": {p: PEERS[p].description for p in opts.peers},
             "duration": opts.duration,
             "repeats": opts.repeats,
             "max_tokens": opts.max_tokens,
-            "arms": ARMS,
+            "ours": OURS,
         },
         "machine": env,
         "notes": args.note,
-        "model_only": model,
-        "http": http,
-        "summary": summarize(model, http),
+        "precisions": precisions,
     }
+    result["summary"] = summarize(result)
     (opts.out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     write_markdown(opts.out / "results.md", result)
     plot(opts.out, result)

@@ -1,12 +1,16 @@
-"""The serving benchmark runs end to end (real server, real wrk) and writes its report and plots."""
+"""The serving benchmark runs end to end (our real server and the plain peer, real wrk) and writes
+its report, ratios and plots."""
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import shutil
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from mobile_multimodal.model import MobileMultiModalLLM, ModelConfig
 
@@ -20,35 +24,62 @@ def test_serving_benchmark_end_to_end(tmp_path: Path) -> None:
 
     model_dir = MobileMultiModalLLM.from_config(ModelConfig.tiny(), seed=0).save(tmp_path / "model")
     out = tmp_path / "out"
-    result = main(
-        [
-            "--model",
-            str(model_dir),
-            "--quantization",
-            "fp32",
-            "--duration",
-            "1",
-            "--repeats",
-            "1",
-            "--model-iters",
-            "5",
-            "--max-tokens",
-            "4",
-            "--out",
-            str(out),
-        ]
-    )
+    argv = ["--model", str(model_dir), "--precisions", "fp32", "--tasks", "captioning,ocr"]
+    argv += [
+        "--duration",
+        "1",
+        "--repeats",
+        "1",
+        "--model-iters",
+        "5",
+        "--max-tokens",
+        "4",
+        "--out",
+        str(out),
+    ]
+    result = main(argv)
     saved = json.loads((out / "results.json").read_text())
-    assert saved["summary"] == result["summary"]
-    for arm in ("batching", "no_batching"):
-        for c in ("1", "8", "32"):
-            run = saved["http"][arm][c]["runs"][0]
-            assert run["requests"] > 0 and run["non_2xx"] == 0 and run["socket_errors"] == 0
+    assert saved["summary"] == json.loads(json.dumps(result["summary"]))
+    servers = saved["precisions"]["fp32"]["servers"]
+    assert set(servers) == {"ours", "ours_no_batching", "plain_fastapi"}
+    for name, srv in servers.items():
+        assert srv["ready_s"] > 0 and srv["rss_bytes"]["ready"] > 50 * 2**20, name
+        for task in ("captioning", "ocr"):
+            for c in ("1", "8", "32"):
+                run = srv["tasks"][task][c]["runs"][0]
+                assert run["requests"] > 0 and run["non_2xx"] == 0 and run["socket_errors"] == 0
     # batching off never forms a batch of more than one; batching on does under concurrency 32
-    assert set(saved["http"]["no_batching"]["32"]["batches_by_size"]) <= {"1"} or all(
-        v == 0 for k, v in saved["http"]["no_batching"]["32"]["batches_by_size"].items() if k != "1"
-    )
-    assert any(v > 0 for k, v in saved["http"]["batching"]["32"]["batches_by_size"].items() if k != "1")
-    assert "| target | measured | met |" in (out / "results.md").read_text()
+    off = servers["ours_no_batching"]["tasks"]["captioning"]["32"]["batches_by_size"]
+    assert all(v == 0 for k, v in off.items() if k != "1")
+    on = servers["ours"]["tasks"]["captioning"]["32"]["batches_by_size"]
+    assert any(v > 0 for k, v in on.items() if k != "1")
+    summary = saved["summary"]["fp32"]
+    assert summary["model_load_s"] == servers["ours"]["model_load_duration_seconds"] > 0
+    ratio = summary["vs_peers"]["plain_fastapi"]["ocr"]["32"]
+    ours = servers["ours"]["tasks"]["ocr"]["32"]["median"]
+    peer = servers["plain_fastapi"]["tasks"]["ocr"]["32"]["median"]
+    assert ratio["rps"] == pytest.approx(ours["rps"] / peer["rps"])
+    assert ratio["p99"] == pytest.approx(ours["p99_ms"] / peer["p99_ms"])
+    md = (out / "results.md").read_text()
+    assert "| precision | target | measured | met |" in md and "## Ours / `plain_fastapi`" in md
+    assert "load average at start" in md
     for plot in ("latency.png", "throughput.png", "model_batching.png"):
         assert (out / plot).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_plain_peer_answers_our_request_body(tiny_model: MobileMultiModalLLM) -> None:
+    """The peer takes the same body as our /inference, so the same load scripts hit both."""
+    from benchmarks.peers.plain_fastapi import create_app
+    from benchmarks.serving.workload import task_body
+    from fastapi.testclient import TestClient
+
+    client = TestClient(create_app(tiny_model))
+    for task in ("captioning", "ocr", "vqa", "retrieval"):
+        response = client.post("/inference", json=task_body(task))
+        assert response.status_code == 200, response.text
+        result = response.json()["result"]
+        assert set(result) & {"caption", "text", "answer", "scores"}, result
+    caption = client.post("/inference", json=task_body("captioning", max_tokens=3)).json()["result"]
+    image = Image.open(io.BytesIO(base64.b64decode(task_body("captioning")["image"].split(",", 1)[1])))
+    assert caption["caption"] == tiny_model.generate_caption(image.convert("RGB"), 3)
+    assert client.get("/ready").status_code == 200
