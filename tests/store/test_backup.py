@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from mobile_multimodal.security.keys import create_key
 from mobile_multimodal.store import (
+    SCHEMA_VERSION,
     ApiKey,
     AuditEvent,
     BackupError,
@@ -73,7 +74,7 @@ def test_backup_verify_restore_roundtrip(db: Database, tmp_path: Path) -> None:
     assert result.format == ("sqlite" if db.backend == "sqlite" else "pg_dump")
     assert result.row_counts["audit_events"] == len(before) == 7  # 5 + the two key.create audits
     assert result.row_counts["api_keys"] == 2
-    assert result.schema_version == 1
+    assert result.schema_version == SCHEMA_VERSION
     sidecar = json.loads(path.with_name(path.name + ".json").read_text())
     assert sidecar["sha256"] == result.sha256 == result.sha256_expected
     with db.session() as s:

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, inspect
 
 from mobile_multimodal.errors import ExportError, ExportErrorCode
 from mobile_multimodal.store import Database
@@ -23,7 +22,6 @@ from mobile_multimodal.store.export_records import (
     this_host,
     to_json,
 )
-from mobile_multimodal.store.models import Base, SchemaVersion
 from mobile_multimodal.store.recorded_export import run_recorded_export
 from monitoring.pushgateway import PushgatewayProcess, running_pushgateway
 
@@ -147,20 +145,6 @@ def test_the_group_history_counts_this_hosts_finished_exports_of_one_group(db: D
     elsewhere = export_group(db, host="another-host", platform="android", fmt="onnx", quantization="int2")
     assert dict(elsewhere.counts) == {"success": 0, "failure": 0} and elsewhere.size_bytes is None
     assert unfinished  # a running export is not counted yet
-
-
-def test_an_existing_database_gets_the_new_table(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'old.db'}"
-    engine = create_engine(url)
-    old_tables = [t for name, t in Base.metadata.tables.items() if name != "export_records"]
-    Base.metadata.create_all(engine, tables=old_tables)
-    with engine.begin() as conn:
-        conn.execute(SchemaVersion.__table__.insert().values(version=1))
-    assert "export_records" not in inspect(engine).get_table_names()
-    engine.dispose()
-    with Database(url) as db:
-        assert "export_records" in inspect(db.engine).get_table_names()
-        assert get_export(db, _add(db)) is not None
 
 
 # ---- run_recorded_export with a small real export function ---------------------------------------

@@ -25,6 +25,7 @@ from sqlalchemy import select, update
 from mobile_multimodal.security.audit import AuditLog
 from mobile_multimodal.store import ApiKey, Database
 from mobile_multimodal.store.models import KEY_TYPES
+from mobile_multimodal.store.users import ensure_user
 
 KEY_PREFIX = "mmk_"
 DISPLAY_PREFIX_CHARS = 12
@@ -78,6 +79,7 @@ def create_key(
     )
     audit = AuditLog(db)
     with db.session() as s:
+        ensure_user(s, user_id, key_type)  # keys belong to a users row (created on the first key)
         s.add(record)
         details = {"actor": actor, "key_type": key_type, "admin": admin, "user": user_id}
         audit.add(s, audit.make_event(actor, "key.create", f"api_keys/{record.id}", "success", None, details))

@@ -1,4 +1,5 @@
-"""Persistence: SQLAlchemy models and sessions (SQLite default, PostgreSQL by URL), backups.
+"""Persistence: SQLAlchemy models and sessions (SQLite default, PostgreSQL by URL), Alembic
+migrations, backups, users, retention.
 
 Example::
 
@@ -12,7 +13,16 @@ Example::
 from mobile_multimodal.store.backup import BackupError, backup, restore
 from mobile_multimodal.store.backup_metrics import BackupMetricsSync
 from mobile_multimodal.store.database import SCHEMA_VERSION, Database, DatabaseError
-from mobile_multimodal.store.models import ApiKey, AuditEvent, BackupRun, Base, ConfigState, SchemaVersion
+from mobile_multimodal.store.models import (
+    ApiKey,
+    AuditEvent,
+    BackupRun,
+    Base,
+    ConfigState,
+    ExportRecord,
+    SchemaVersion,
+    User,
+)
 from mobile_multimodal.store.verify import VerifyResult, verify
 
 __all__ = [
@@ -26,7 +36,9 @@ __all__ = [
     "ConfigState",
     "Database",
     "DatabaseError",
+    "ExportRecord",
     "SchemaVersion",
+    "User",
     "VerifyResult",
     "backup",
     "restore",

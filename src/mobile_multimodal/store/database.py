@@ -5,8 +5,10 @@ writer, a busy timeout so concurrent writers wait instead of failing); PostgreSQ
 the URL says so (``postgresql://`` or ``postgresql+psycopg://``; install the ``postgres`` extra).
 Every statement is traced (see :mod:`.tracing`).
 
-The schema is created at start (``create_all``) and versioned in ``schema_version``: a database
-written by a newer release is refused with a clear message instead of being misread.
+The schema is brought to this release's newest Alembic revision at start (``migrations/``,
+run by :mod:`.migrate`; ``mobile-mm db upgrade`` does the same by hand), under a lock so several
+workers starting at once migrate once. A database written by a newer release is refused with a
+clear message instead of being misread.
 
 Example::
 
@@ -21,24 +23,24 @@ from __future__ import annotations
 
 import fcntl
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from opentelemetry.trace import TracerProvider
-from sqlalchemy import Connection, Engine, create_engine, event, func, insert, select, text
+from sqlalchemy import Connection, Engine, create_engine, event, func, inspect, select, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
 
-from mobile_multimodal.store.models import Base, SchemaVersion
+from mobile_multimodal.store import migrate
+from mobile_multimodal.store.models import SchemaVersion
 from mobile_multimodal.store.tracing import instrument_engine
 
-SCHEMA_VERSION = 1
-# version -> function upgrading a database at version-1 to it. Empty while v1 is the only one.
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {}
+# The schema_version number the newest revision writes (r0002 -> 2); backups record it.
+SCHEMA_VERSION = 2
 # Arbitrary constant key for pg_advisory_xact_lock: serialises schema creation across workers.
 _PG_SCHEMA_LOCK = 0x6D6D5F736368
 
@@ -137,28 +139,48 @@ class Database:
 
     # --- schema -----------------------------------------------------------------------------
     def create_schema(self) -> int:
-        """Create missing tables and record/upgrade the schema version; returns the version."""
+        """Bring the schema to this release's newest revision; returns its schema_version number."""
+        self.upgrade("head")
+        return SCHEMA_VERSION
+
+    def upgrade(self, target: str = "head") -> str | None:
+        """Apply the Alembic revisions up to ``target``; returns the revision the database is at."""
+        return self._migrate(migrate.upgrade, target)
+
+    def downgrade(self, target: str) -> str | None:
+        """Revert revisions down to ``target`` (a revision id, ``-1``, or ``base`` for empty)."""
+        return self._migrate(migrate.downgrade, target)
+
+    def current_revision(self) -> str | None:
+        """The Alembic revision the database is at (None: never migrated)."""
+        try:
+            with self.engine.connect() as conn:
+                return migrate.current(conn)
+        except SQLAlchemyError as exc:
+            raise DatabaseError(f"cannot read the schema revision of {self.safe_url}: {_cause(exc)}") from exc
+
+    def _migrate(self, step: migrate.Step, target: str) -> str | None:
         try:
             with self._schema_lock(), self.engine.begin() as conn:
                 if self.backend == "postgresql":
                     conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_SCHEMA_LOCK})
-                Base.metadata.create_all(conn)
-                current = conn.scalar(select(func.max(SchemaVersion.version)))
-                if current is None:
-                    conn.execute(insert(SchemaVersion).values(version=SCHEMA_VERSION))
-                    return SCHEMA_VERSION
-                if current > SCHEMA_VERSION:
-                    raise DatabaseError(
-                        f"database {self.safe_url} has schema v{current}, newer than this release "
-                        f"(v{SCHEMA_VERSION}); upgrade mobile-multimodal-llm or point "
-                        "MOBILE_MM_DATABASE_URL elsewhere"
-                    )
-                for version in range(current + 1, SCHEMA_VERSION + 1):
-                    MIGRATIONS[version](conn)
-                    conn.execute(insert(SchemaVersion).values(version=version))
-                return SCHEMA_VERSION
+                self._refuse_newer_legacy(conn)
+                step(conn, target)
+                return migrate.current(conn)
+        except migrate.MigrationError as exc:
+            raise DatabaseError(
+                f"database {self.safe_url}: {exc}; upgrade mobile-multimodal-llm or point "
+                "MOBILE_MM_DATABASE_URL elsewhere"
+            ) from exc
         except SQLAlchemyError as exc:
             raise DatabaseError(f"cannot prepare database {self.safe_url}: {_cause(exc)}") from exc
+
+    def _refuse_newer_legacy(self, conn: Connection) -> None:
+        if not inspect(conn).has_table("schema_version"):
+            return
+        number = conn.scalar(select(func.max(SchemaVersion.version)))
+        if number is not None and number > SCHEMA_VERSION:
+            raise migrate.MigrationError(f"schema v{number}, newer than this release (v{SCHEMA_VERSION})")
 
     def schema_version(self) -> int | None:
         with self.engine.connect() as conn:

@@ -2,9 +2,13 @@
 
 Tables
 ------
-- ``schema_version``: one row per applied schema version (see ``database.SCHEMA_VERSION``).
-- ``api_keys``: API keys. Only the sha256 of the secret is stored, never the secret itself;
-  ``prefix`` (the first characters of the key) lets operators tell keys apart in listings.
+- ``schema_version``: one row per applied schema version (see ``database.SCHEMA_VERSION``); the
+  Alembic revisions in ``migrations/versions`` write it (and Alembic's own ``alembic_version``).
+- ``users``: who keys belong to: the user id (the name keys, metrics and the audit trail use),
+  the tier (free|pro) and when the user was first seen. ``mobile-mm users delete`` erases one.
+- ``api_keys``: API keys, each belonging to a ``users`` row. Only the sha256 of the secret is
+  stored, never the secret itself; ``prefix`` (the first characters of the key) lets operators
+  tell keys apart in listings.
 - ``audit_events``: the security audit trail, with exactly the operator's guide's fields:
   user identity (``user_id``), timestamp, action details (``action`` + ``details``),
   ``resource``, ``result`` (success|failure) and ``source_ip``.
@@ -33,6 +37,7 @@ from sqlalchemy import (
     BigInteger,
     CheckConstraint,
     DateTime,
+    ForeignKey,
     Index,
     Integer,
     String,
@@ -86,12 +91,23 @@ class SchemaVersion(Base):
     applied_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class User(Base):
+    __tablename__ = "users"
+    __table_args__ = (CheckConstraint(f"user_type IN {KEY_TYPES!r}", name="ck_users_user_type"),)
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    user_type: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class ApiKey(Base):
     __tablename__ = "api_keys"
     __table_args__ = (CheckConstraint(f"key_type IN {KEY_TYPES!r}", name="ck_api_keys_key_type"),)
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
-    user_id: Mapped[str] = mapped_column(String(128), index=True)
+    user_id: Mapped[str] = mapped_column(
+        String(128), ForeignKey("users.id", name="fk_api_keys_user_id_users"), index=True
+    )
     key_type: Mapped[str] = mapped_column(String(16))
     # Admin keys may call the admin routes; the tier (free|pro) still sets the rate limit.
     is_admin: Mapped[bool] = mapped_column(default=False)
