@@ -35,8 +35,6 @@ RANK = {
 TOP = {"__init__", "__main__", "weights"}
 
 KNOWN_UPWARD = {
-    ("model", "quantization"),  # model/llm.py loads a quantized variant through quantization/io.py
-    ("quantization", "training"),  # gptq/qat/pipeline reach into training's loops and batches
     ("store", "security"),  # store/commands.py audits backups through security's audit log
 }
 

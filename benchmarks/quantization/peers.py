@@ -27,9 +27,8 @@ import torch
 from torch import nn
 
 from mobile_multimodal.model.network import MultiModalNet
-from mobile_multimodal.quantization.policy import LayerSpec
-from mobile_multimodal.quantization.qlinear import quantized_module, replace_module
-from mobile_multimodal.quantization.schemes import QuantizedWeight
+from mobile_multimodal.model.quantized_layers import quantized_module, replace_module
+from mobile_multimodal.model.quantized_weight import LayerSpec, QuantizedWeight
 
 ORT_BLOCK = 64
 

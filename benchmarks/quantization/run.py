@@ -49,13 +49,13 @@ from mobile_multimodal.model.errors import ModelLoadError
 from mobile_multimodal.model.llm import resolve_model_dir
 from mobile_multimodal.model.network import MultiModalNet
 from mobile_multimodal.model.preprocess import ImageInput
+from mobile_multimodal.model.quantized_layers import PackedWeight, set_weight_cache
 from mobile_multimodal.quantization.gptq import quantize_gptq_layers
-from mobile_multimodal.quantization.pipeline import CALIBRATION_SEED
 from mobile_multimodal.quantization.policy import DEFAULT_GROUP_SIZE, make_plan
-from mobile_multimodal.quantization.qlinear import PackedWeight, set_weight_cache
 from mobile_multimodal.quantization.rtn import quantize_rtn_layers
 from mobile_multimodal.training.batches import BatchBuilder, BatchSizes
 from mobile_multimodal.training.evaluate import TASKS, evaluate_loaded
+from mobile_multimodal.training.quantize import CALIBRATION_SEED, calibration_forward
 
 OUT = Path(__file__).resolve().parent
 
@@ -207,7 +207,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if method == "rtn":
                 quantized = quantize_rtn_layers(net, plans[2])
             else:
-                quantized = quantize_gptq_layers(net, plans[2], (builder.build(i) for i in range(16)))
+                quantized = quantize_gptq_layers(
+                    net, plans[2], (builder.build(i) for i in range(16)), calibration_forward
+                )
             low = [q for q in quantized.values() if q.bits < 8]
             network = peers.with_int8_layers(net, quantized)
             rows.append(

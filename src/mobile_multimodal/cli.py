@@ -118,7 +118,7 @@ def quantize(
     threads: int | None = typer.Option(None, help="CPU threads for torch."),
 ) -> None:
     """Quantize the model (weight-only, packed), evaluate it against fp32 and write a report."""
-    from mobile_multimodal.quantization.pipeline import QuantizeOptions, quantize_model
+    from mobile_multimodal.training.quantize import QuantizeOptions, quantize_model
     from mobile_multimodal.quantization.qat import QATOptions
     from mobile_multimodal.quantization.report import format_report as format_quant_report
 

@@ -14,7 +14,7 @@ from mobile_multimodal.export.bundle import describe_bundle, tokenizer_json
 from mobile_multimodal.export.decode import Bundle, BundleModel
 from mobile_multimodal.export.graphs import GRAPH_NAMES, TorchGraphRunner, build_graphs, float_network
 from mobile_multimodal.model.llm import MobileMultiModalLLM
-from mobile_multimodal.quantization.qlinear import PackedWeight
+from mobile_multimodal.model.quantized_layers import PackedWeight
 
 N = 12  # held-out examples per task
 

@@ -5,7 +5,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mobile_multimodal.quantization.packing import pack, padded_length, unpack
+from mobile_multimodal.model.packing import pack, padded_length, unpack
 
 
 @settings(max_examples=200, deadline=None)

@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mobile_multimodal.model import MobileMultiModalLLM
-from mobile_multimodal.quantization.qlinear import QuantConv2d, QuantEmbedding, QuantLinear, replace_module
+from mobile_multimodal.model.quantized_layers import QuantConv2d, QuantEmbedding, QuantLinear, replace_module
 from mobile_multimodal.quantization.schemes import quantize_rtn
 
 
@@ -50,8 +50,8 @@ def test_replacing_the_tied_embedding_swaps_every_reference(tiny_model: MobileMu
 def test_weight_cache_trades_memory_for_the_same_results(tiny_model: MobileMultiModalLLM) -> None:
     import copy
 
+    from mobile_multimodal.model.quantized_layers import quantized_module, set_weight_cache
     from mobile_multimodal.quantization.policy import make_plan
-    from mobile_multimodal.quantization.qlinear import quantized_module, set_weight_cache
     from mobile_multimodal.quantization.rtn import quantize_rtn_layers
 
     net = copy.deepcopy(tiny_model.network).eval()

@@ -12,7 +12,7 @@ import json
 import pytest
 
 from mobile_multimodal.model import MobileMultiModalLLM, bundled_model_dir
-from mobile_multimodal.quantization.qlinear import PackedWeight
+from mobile_multimodal.model.quantized_layers import PackedWeight
 from mobile_multimodal.training.evaluate import TASKS, evaluate_loaded
 
 BUNDLED = bundled_model_dir()

@@ -7,6 +7,7 @@ from mobile_multimodal.quantization.gptq import collect_hessians, gptq_quantize,
 from mobile_multimodal.quantization.policy import make_plan
 from mobile_multimodal.quantization.schemes import quantize_rtn
 from mobile_multimodal.training.batches import BatchBuilder, BatchSizes
+from mobile_multimodal.training.quantize import calibration_forward
 
 SIZES = BatchSizes(caption=4, scene_vqa=4, easy_vqa=0, ocr=4)
 
@@ -31,7 +32,7 @@ def test_hessians_cover_every_linear_and_are_symmetric_psd(tiny_model: MobileMul
     net = tiny_model.network
     builder = BatchBuilder(tiny_model.tokenizer, 0, SIZES, None)
     names = [n for n, m in net.named_modules() if isinstance(m, torch.nn.Linear)]
-    hessians = collect_hessians(net, names, [builder.build(0)])
+    hessians = collect_hessians(net, names, [builder.build(0)], calibration_forward)
     assert set(hessians) == set(names)
     for name, h in hessians.items():
         n = net.get_submodule(name).in_features
@@ -45,7 +46,7 @@ def test_hessians_cover_every_linear_and_are_symmetric_psd(tiny_model: MobileMul
 def test_gptq_plan_quantizes_every_planned_layer_at_its_width(tiny_model: MobileMultiModalLLM) -> None:
     plan = make_plan(tiny_model.network, 2, 32)
     builder = BatchBuilder(tiny_model.tokenizer, 0, SIZES, None)
-    quantized = quantize_gptq_layers(tiny_model.network, plan, [builder.build(0)])
+    quantized = quantize_gptq_layers(tiny_model.network, plan, [builder.build(0)], calibration_forward)
     assert set(quantized) == set(plan)
     assert {quantized[n].bits for n in plan} == {2, 8}
     assert all(quantized[n].bits == plan[n].bits for n in plan)

@@ -7,19 +7,14 @@ import torch
 from torch import nn
 
 from mobile_multimodal.model import MobileMultiModalLLM
+from mobile_multimodal.model.quantized_layers import QuantLinear
 from mobile_multimodal.quantization.fake_quant import FakeQuantLinear
 from mobile_multimodal.quantization.policy import make_plan
-from mobile_multimodal.quantization.qat import (
-    QATOptions,
-    build_student,
-    distillation_loss,
-    outputs,
-    run_qat,
-)
-from mobile_multimodal.quantization.qlinear import QuantLinear
+from mobile_multimodal.quantization.qat import QATOptions, build_student, run_qat
 from mobile_multimodal.quantization.rtn import quantize_rtn_layers
 from mobile_multimodal.quantization.schemes import quantize_rtn
 from mobile_multimodal.training.batches import BatchBuilder, BatchSizes
+from mobile_multimodal.training.distillation import distillation_loss, outputs
 
 SIZES = BatchSizes(caption=4, scene_vqa=4, easy_vqa=0, ocr=4)
 
@@ -67,6 +62,8 @@ def test_qat_distils_the_teacher_into_the_quantized_student(tiny_model: MobileMu
         plan,
         lambda i: builder.build(i % 4),
         QATOptions(steps=40, lr=1e-3, scale_lr=1e-2, warmup=2),
+        outputs,
+        distillation_loss,
     )
     assert len(log) == 40
     assert set(quantized) == set(plan) and quantized["decoder.blocks.0.mlp.fc1"].bits == 2

@@ -4,14 +4,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mobile_multimodal.model.quantized_weight import num_groups
 from mobile_multimodal.quantization.gptq import gptq_quantize
-from mobile_multimodal.quantization.schemes import (
-    minmax_params,
-    num_groups,
-    qmax,
-    quantize_codes,
-    quantize_rtn,
-)
+from mobile_multimodal.quantization.schemes import minmax_params, qmax, quantize_codes, quantize_rtn
 
 
 def representable(

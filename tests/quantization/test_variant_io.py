@@ -9,10 +9,15 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from mobile_multimodal.model import MobileMultiModalLLM, ModelLoadError, checkpoint
-from mobile_multimodal.quantization.io import save_variant
+from mobile_multimodal.model.quantized_layers import (
+    PackedWeight,
+    QuantLinear,
+    quantized_module,
+    replace_module,
+)
 from mobile_multimodal.quantization.policy import make_plan
-from mobile_multimodal.quantization.qlinear import PackedWeight, QuantLinear, quantized_module, replace_module
 from mobile_multimodal.quantization.rtn import quantize_rtn_layers
+from mobile_multimodal.quantization.variant_io import save_variant
 
 
 def write_variant(model: MobileMultiModalLLM, model_dir: Path, bits: int) -> dict:

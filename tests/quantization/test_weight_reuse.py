@@ -10,14 +10,14 @@ import pytest
 import torch
 
 from mobile_multimodal.model import MobileMultiModalLLM
-from mobile_multimodal.model.weight_reuse import reuse_cache, reuse_weights
-from mobile_multimodal.quantization.policy import make_plan
-from mobile_multimodal.quantization.qlinear import (
+from mobile_multimodal.model.quantized_layers import (
     PackedWeight,
     quantized_module,
     replace_module,
     set_weight_cache,
 )
+from mobile_multimodal.model.weight_reuse import reuse_cache, reuse_weights
+from mobile_multimodal.quantization.policy import make_plan
 from mobile_multimodal.quantization.rtn import quantize_rtn_layers
 
 

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from mobile_multimodal.quantization.schemes import QuantizedWeight
+from mobile_multimodal.model.quantized_weight import QuantizedWeight
 
 # a float constant smaller than this is a bias, a norm or a position table, not a weight matrix
 MIN_WEIGHT_ELEMENTS = 1024

@@ -42,15 +42,15 @@ from mobile_multimodal.model.decoder import TextDecoder
 from mobile_multimodal.model.heads import CTCReader, ImageProjection, TextEncoder
 from mobile_multimodal.model.llm import MobileMultiModalLLM
 from mobile_multimodal.model.network import MultiModalNet
-from mobile_multimodal.model.vision import VisionEncoder
-from mobile_multimodal.quantization.qlinear import (
+from mobile_multimodal.model.quantized_layers import (
     PackedWeight,
     QuantConv2d,
     QuantEmbedding,
     QuantLinear,
     replace_module,
 )
-from mobile_multimodal.quantization.schemes import QuantizedWeight
+from mobile_multimodal.model.quantized_weight import QuantizedWeight
+from mobile_multimodal.model.vision import VisionEncoder
 
 GRAPH_NAMES = ("vision", "ocr", "cross_kv", "decoder_step", "image_embed", "text_embed")
 

@@ -38,8 +38,8 @@ from mobile_multimodal.errors import conversion_errors
 from mobile_multimodal.export.formats import package_version
 from mobile_multimodal.export.graphs import GraphSpec
 from mobile_multimodal.model.llm import MobileMultiModalLLM
-from mobile_multimodal.quantization.qlinear import replace_module
-from mobile_multimodal.quantization.schemes import QuantizedWeight
+from mobile_multimodal.model.quantized_layers import replace_module
+from mobile_multimodal.model.quantized_weight import QuantizedWeight
 
 OPSET = 17
 MS_DOMAIN = "com.microsoft"

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mobile_multimodal.quantization.schemes import QuantizedWeight
+from mobile_multimodal.model.quantized_weight import QuantizedWeight
 
 BLOCK = 32  # XNNPACK's blockwise 4-bit weights: block sizes are multiples of 32
 INT4_MIN, INT4_MAX = -8, 7

@@ -41,6 +41,7 @@ from mobile_multimodal.model.decoder import Stops
 from mobile_multimodal.model.errors import ModelLoadError, PromptTooLongError
 from mobile_multimodal.model.network import MultiModalNet
 from mobile_multimodal.model.preprocess import ImageInput, scene_tensor, text_line_tensor
+from mobile_multimodal.model.quantized_loading import load_quantized_into
 from mobile_multimodal.model.tokenizer import Tokenizer
 
 QUANTIZATIONS = ("fp32", "int8", "int4", "int2")
@@ -166,8 +167,6 @@ class MobileMultiModalLLM:
         state = checkpoint.load_state(directory, manifest, verify=False)
         mode = manifest.get("quantization", {}).get("mode", "fp32")
         if mode != "fp32":
-            from mobile_multimodal.quantization.io import load_quantized_into
-
             load_quantized_into(network, state, manifest["quantization"])
         else:
             missing, unexpected = network.load_state_dict(state, strict=False)
@@ -365,7 +364,7 @@ class MobileMultiModalLLM:
         weight (and bias) as buffers, which count as the parameters they stand for."""
         total = sum(p.numel() for p in self.network.parameters())
         for module in self.network.modules():
-            shape = getattr(module, "weight_shape", None)  # quantization.qlinear.PackedWeight
+            shape = getattr(module, "weight_shape", None)  # model.quantized_layers.PackedWeight
             if shape is not None:
                 total += math.prod(shape)
                 bias = getattr(module, "bias", None)

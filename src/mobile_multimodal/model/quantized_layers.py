@@ -24,9 +24,9 @@ import math
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mobile_multimodal.model.packing import unpack
+from mobile_multimodal.model.quantized_weight import QuantizedWeight, dequantize_codes
 from mobile_multimodal.model.weight_reuse import reuse_cache
-from mobile_multimodal.quantization.packing import unpack
-from mobile_multimodal.quantization.schemes import QuantizedWeight, dequantize_codes
 
 
 class PackedWeight(nn.Module):

@@ -20,14 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mobile_multimodal.quantization.schemes import (
-    MIN_SCALE,
-    QuantizedWeight,
-    dequantize_codes,
-    from_codes,
-    num_groups,
-    qmax,
-)
+from mobile_multimodal.model.quantized_weight import QuantizedWeight, dequantize_codes, from_codes, num_groups
+from mobile_multimodal.quantization.schemes import MIN_SCALE, qmax
 
 
 def _ste(x: Tensor, rounded: Tensor) -> Tensor:

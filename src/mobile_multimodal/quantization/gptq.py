@@ -6,45 +6,49 @@ quantized, weighted by the inverse Hessian H = XᵀX of the layer's squared outp
 ||XWᵀ - XŴᵀ||². Group parameters are chosen when the first column of a group is reached, from
 the already error-updated weights (with a clipping search), as in the reference implementation.
 
-The Hessians are collected in one pass of the float model over the calibration batches (every
-branch runs: captioning/VQA decoder, retrieval encoders, OCR reader), so each layer sees the
-inputs it sees in use. Conv and embedding weights (INT8 in every policy) are rounded to nearest.
+The Hessians are collected in one pass of the float model over the calibration batches, each
+run through the caller's ``forward(network, batch)`` (training's loss forward runs every
+branch: captioning/VQA decoder, retrieval encoders, OCR reader), so each layer sees the inputs
+it sees in use. This package never imports training: the caller supplies batches and forward.
+Conv and embedding weights (INT8 in every policy) are rounded to nearest.
 
 References: Frantar et al. 2022, "GPTQ: Accurate Post-Training Quantization for Generative
 Pre-trained Transformers" (Algorithm 1, lazy batch updates, Cholesky form of H⁻¹).
 
 Example::
 
-    hessians = collect_hessians(net, names, [builder.build(i) for i in range(8)])
+    hessians = collect_hessians(net, names, [builder.build(i) for i in range(8)], calibration_forward)
     qw = gptq_quantize(net.get_submodule(name).weight, hessians[name], bits=2, group_size=80)
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import TypeVar
 
 import torch
 from torch import Tensor, nn
 
-from mobile_multimodal.quantization.policy import LayerSpec
+from mobile_multimodal.model.quantized_weight import LayerSpec, QuantizedWeight, from_codes
 from mobile_multimodal.quantization.rtn import layer_weight
-from mobile_multimodal.quantization.schemes import (
-    QuantizedWeight,
-    from_codes,
-    minmax_params,
-    qmax,
-    quantize_rtn,
-)
-from mobile_multimodal.training.batches import Batch
-from mobile_multimodal.training.train import compute_losses
+from mobile_multimodal.quantization.schemes import minmax_params, qmax, quantize_rtn
 
 BLOCK = 128
 DAMP = 0.01
 
+B = TypeVar("B")  # a calibration batch: whatever ``forward`` takes
+N = TypeVar("N", bound=nn.Module)
+
 
 @torch.no_grad()
-def collect_hessians(network: nn.Module, names: Iterable[str], batches: Iterable[Batch]) -> dict[str, Tensor]:
-    """Layer name -> mean of xᵀx over every input row the layer saw (n, n)."""
+def collect_hessians(
+    network: N,
+    names: Iterable[str],
+    batches: Iterable[B],
+    forward: Callable[[N, B], object],
+) -> dict[str, Tensor]:
+    """Layer name -> mean of xᵀx over every input row the layer saw (n, n), while
+    ``forward(network, batch)`` runs over ``batches`` (its result is not used)."""
     sums: dict[str, Tensor] = {}
     rows: dict[str, int] = {}
     hooks = []
@@ -63,7 +67,7 @@ def collect_hessians(network: nn.Module, names: Iterable[str], batches: Iterable
     network.eval()
     try:
         for batch in batches:
-            compute_losses(network, batch, contrastive_weight=0.5)  # type: ignore[arg-type]
+            forward(network, batch)
     finally:
         for h in hooks:
             h.remove()
@@ -122,11 +126,16 @@ def gptq_quantize(
 
 
 def quantize_gptq_layers(
-    network: nn.Module, plan: dict[str, LayerSpec], batches: Iterable[Batch], clip_search: bool = True
+    network: N,
+    plan: dict[str, LayerSpec],
+    batches: Iterable[B],
+    forward: Callable[[N, B], object],
+    clip_search: bool = True,
 ) -> dict[str, QuantizedWeight]:
-    """GPTQ for every planned Linear, round-to-nearest for the rest (conv, embedding)."""
+    """GPTQ for every planned Linear, round-to-nearest for the rest (conv, embedding); the
+    Hessians come from ``forward(network, batch)`` over ``batches``."""
     linear = [name for name, spec in plan.items() if spec.kind == "linear"]
-    hessians = collect_hessians(network, linear, batches)
+    hessians = collect_hessians(network, linear, batches, forward)
     out: dict[str, QuantizedWeight] = {}
     for name, spec in plan.items():
         weight = layer_weight(network, name)

@@ -20,10 +20,9 @@ Example::
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any
-
 from torch import nn
+
+from mobile_multimodal.model.quantized_weight import LayerSpec
 
 POLICY_NAME = "int8-io-v1"
 INT8_LAYERS = ("embeddings", "encoder.proj", "encoder.column_proj", "ocr_head.fc2")
@@ -32,28 +31,6 @@ INT8_PREFIXES = ("encoder.stem.",)
 # whole groups; 80 also keeps the INT2 file under a tenth of the fp32 one (see DESIGN notes in
 # benchmarks/quantization/README.md).
 DEFAULT_GROUP_SIZE = 80
-
-
-@dataclass(frozen=True)
-class LayerSpec:
-    bits: int
-    group_size: int | None  # None: one group per output channel
-    kind: str  # linear | conv2d | embedding
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> LayerSpec:
-        try:
-            bits, gs, kind = int(d["bits"]), d["group_size"], str(d["kind"])
-        except (KeyError, TypeError, ValueError) as e:
-            raise ValueError(f"invalid layer spec {d!r}: {e}") from e
-        if bits not in (2, 4, 8) or kind not in ("linear", "conv2d", "embedding"):
-            raise ValueError(
-                f"invalid layer spec {d!r}: bits must be 2, 4 or 8 and kind linear, conv2d or embedding"
-            )
-        return cls(bits, None if gs is None else int(gs), kind)
 
 
 def _kind(module: nn.Module) -> str | None:

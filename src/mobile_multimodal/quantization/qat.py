@@ -2,14 +2,11 @@
 
 The student is a copy of the fp32 network in which every low-bit Linear is a FakeQuantLinear
 (started from the GPTQ solution) and every INT8 layer is already its packed module (frozen).
-It trains on batches from our corpus (``BatchBuilder``) to match the fp32 teacher on every
-output the eval scores:
-
-- decoder (captioning, VQA): KL(teacher ‖ student) of the next-token distributions at every
-  target position;
-- OCR: KL of the per-frame CTC distributions;
-- retrieval: KL of the image→text and text→image similarity distributions of the batch, plus
-  cosine distance of each embedding to the teacher's.
+It trains on the caller's batches to match the fp32 teacher: ``forward(net, batch)`` gives a
+network's outputs and ``loss(teacher_outputs, student_outputs)`` the distillation losses (a dict
+with the total under ``"loss"``). This package never imports training: our corpus's batches and
+the losses over every output the eval scores (decoder, OCR, retrieval) are in
+``mobile_multimodal/training/distillation.py``.
 
 Latent weights, log-scales, zero points, norms, biases and position tables all learn.
 BatchNorm statistics stay frozen.
@@ -18,7 +15,9 @@ Reference: Hinton et al. 2015 (distillation); Esser et al. 2020 (LSQ, learned st
 
 Example::
 
-    student, quantized, log = run_qat(fp32_net, gptq_result, plan, builder, QATOptions(steps=600))
+    student, quantized, log = run_qat(
+        fp32_net, gptq_result, plan, builder.build, QATOptions(steps=600), outputs, distillation_loss
+    )
 """
 
 from __future__ import annotations
@@ -28,19 +27,18 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mobile_multimodal.model.network import MultiModalNet
+from mobile_multimodal.model.quantized_layers import quantized_module, replace_module
+from mobile_multimodal.model.quantized_weight import LayerSpec, QuantizedWeight
 from mobile_multimodal.quantization.fake_quant import FakeQuantLinear
-from mobile_multimodal.quantization.policy import LayerSpec
-from mobile_multimodal.quantization.qlinear import quantized_module, replace_module
-from mobile_multimodal.quantization.schemes import QuantizedWeight
-from mobile_multimodal.training.batches import Batch
 
+B = TypeVar("B")  # a batch: whatever ``forward`` takes
+Out = TypeVar("Out")  # a network's outputs: whatever ``forward`` returns and ``loss`` compares
+N = TypeVar("N", bound=nn.Module)
 # QAT batches come from a step range training never reaches, so they are fresh samples
 FIRST_STEP = 1_000_000
 
@@ -51,56 +49,11 @@ class QATOptions:
     lr: float = 2e-4  # latent weights, norms, biases
     scale_lr: float = 1e-3  # log-scales and zero points
     warmup: int = 20
-    retrieval_weight: float = 1.0
+    retrieval_weight: float = 1.0  # for the caller's loss (recorded in the manifest with the rest)
     log_every: int = 25
 
 
-@dataclass
-class Outputs:
-    logits: Tensor  # (positions, V) at target positions
-    ocr: Tensor  # (B, frames, C) log-probs
-    image: Tensor  # (Nc, E) normalised
-    text: Tensor  # (Nc, E) normalised
-    scale: Tensor  # retrieval temperature
-
-
-def outputs(net: MultiModalNet, batch: Batch) -> Outputs:
-    """Every scored output of one batch (the same forward passes as training's loss)."""
-    tokens, _ = net.encode_images(batch.images, batch.question_ids, batch.question_valid)
-    logits = net.decoder(batch.seq_ids, tokens, batch.seq_valid)[:, :-1][batch.target_mask[:, :-1]]
-    image = net.image_head(tokens[: batch.n_caption])
-    text = net.text_embeddings(batch.caption_ids, batch.caption_valid)
-    scale = net.text_encoder.logit_scale.exp().clamp(max=100.0)
-    return Outputs(logits, net.read_text(batch.ocr_images), image, text, scale)
-
-
-def _kl(teacher_logp: Tensor, student_logp: Tensor) -> Tensor:
-    """Mean over rows of KL(teacher ‖ student), both given as log-probabilities."""
-    return F.kl_div(student_logp, teacher_logp, log_target=True, reduction="batchmean")
-
-
-def distillation_loss(t: Outputs, s: Outputs, retrieval_weight: float = 1.0) -> dict[str, Tensor]:
-    decoder = _kl(F.log_softmax(t.logits, -1), F.log_softmax(s.logits, -1))
-    frames = t.ocr.shape[-1]
-    ocr = _kl(t.ocr.reshape(-1, frames), s.ocr.reshape(-1, frames))
-    t_sim, s_sim = t.scale * t.image @ t.text.T, s.scale * s.image @ s.text.T
-    sim = (
-        _kl(F.log_softmax(t_sim, 1), F.log_softmax(s_sim, 1))
-        + _kl(F.log_softmax(t_sim.T, 1), F.log_softmax(s_sim.T, 1))
-    ) / 2
-    cosine = 2 - (t.image * s.image).sum(-1).mean() - (t.text * s.text).sum(-1).mean()
-    retrieval = sim + cosine
-    return {
-        "loss": decoder + ocr + retrieval_weight * retrieval,
-        "decoder": decoder,
-        "ocr": ocr,
-        "retrieval": retrieval,
-    }
-
-
-def build_student(
-    teacher: MultiModalNet, init: dict[str, QuantizedWeight], plan: dict[str, LayerSpec]
-) -> MultiModalNet:
+def build_student(teacher: N, init: dict[str, QuantizedWeight], plan: dict[str, LayerSpec]) -> N:
     """A copy of the teacher: low-bit Linears -> FakeQuantLinear, INT8 layers -> packed modules."""
     student = copy.deepcopy(teacher)
     for name, spec in plan.items():
@@ -123,7 +76,7 @@ def quantized_from_student(
     return out
 
 
-def float_network(student: nn.Module, teacher: MultiModalNet) -> MultiModalNet:
+def float_network(student: nn.Module, teacher: N) -> N:
     """The teacher's architecture carrying the student's trained float tensors (norms, biases,
     positions): what the variant file stores beside the packed layers."""
     net = copy.deepcopy(teacher)
@@ -148,14 +101,18 @@ def _freeze_batchnorm(net: nn.Module) -> None:
 
 
 def run_qat(
-    teacher: MultiModalNet,
+    teacher: N,
     init: dict[str, QuantizedWeight],
     plan: dict[str, LayerSpec],
-    batches: Callable[[int], Batch],
+    batches: Callable[[int], B],
     opts: QATOptions,
+    forward: Callable[[N, B], Out],
+    loss: Callable[[Out, Out], dict[str, Tensor]],
     progress: Callable[[dict[str, float]], None] | None = None,
-) -> tuple[MultiModalNet, dict[str, QuantizedWeight], list[dict[str, float]]]:
-    """Distil the teacher into a fake-quantized student. Returns (float network carrying the
+) -> tuple[N, dict[str, QuantizedWeight], list[dict[str, float]]]:
+    """Distil the teacher into a fake-quantized student: ``batches(step)`` gives step's batch,
+    ``forward(net, batch)`` a network's outputs, ``loss(teacher_out, student_out)`` the losses
+    (``"loss"`` is minimised; every entry is logged). Returns (float network carrying the
     trained float tensors, the quantized layers, the loss log)."""
     student = build_student(teacher, init, plan).train()
     for p in student.parameters():
@@ -181,8 +138,8 @@ def run_qat(
         for g, lr in zip(optim.param_groups, base, strict=True):
             g["lr"] = lr * _lr_factor(step, opts)
         with torch.no_grad():
-            target = outputs(teacher, batch)
-        losses = distillation_loss(target, outputs(student, batch), opts.retrieval_weight)
+            target = forward(teacher, batch)
+        losses = loss(target, forward(student, batch))
         optim.zero_grad(set_to_none=True)
         losses["loss"].backward()
         torch.nn.utils.clip_grad_norm_(others, 1.0)

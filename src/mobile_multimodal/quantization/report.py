@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mobile_multimodal.quantization.schemes import QuantizedWeight
+from mobile_multimodal.model.quantized_weight import QuantizedWeight
 
 ALERT_THRESHOLD = 0.05  # the guide's alert: quantization_accuracy_loss > 5%
 

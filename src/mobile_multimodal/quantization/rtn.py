@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from mobile_multimodal.quantization.policy import LayerSpec
-from mobile_multimodal.quantization.schemes import QuantizedWeight, quantize_rtn
+from mobile_multimodal.model.quantized_weight import LayerSpec, QuantizedWeight
+from mobile_multimodal.quantization.schemes import quantize_rtn
 
 
 def layer_weight(network: nn.Module, name: str) -> Tensor:

@@ -1,4 +1,7 @@
-"""Weight-only affine quantization, group-wise along the input dimension.
+"""Weight-only affine quantization, group-wise along the input dimension: choosing the codes.
+
+The stored format (``QuantizedWeight``: packed codes, float16 group parameters) is the model's,
+in ``mobile_multimodal/model/quantized_weight.py``; this module decides what goes into it.
 
 A weight matrix ``W`` (out, in) is cut, row by row, into groups of ``group_size`` consecutive
 input columns (the last group of a row may be shorter: nothing is padded in storage). Each
@@ -22,13 +25,12 @@ Example::
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mobile_multimodal.quantization.packing import pack, padded_length, unpack
+from mobile_multimodal.model.quantized_weight import QuantizedWeight, from_codes, num_groups
 
 # Below this a scale would be a float16 subnormal; it only happens for groups of (near) zeros.
 MIN_SCALE = 2.0**-20
@@ -37,10 +39,6 @@ CLIP_GRID = tuple(1.0 - 0.025 * i for i in range(21))  # shrink factors 1.0 .. 0
 
 def qmax(bits: int) -> int:
     return (1 << bits) - 1
-
-
-def num_groups(in_features: int, group_size: int) -> int:
-    return -(-in_features // group_size)
 
 
 def as_matrix(weight: Tensor) -> Tensor:
@@ -91,17 +89,6 @@ def quantize_codes(w: Tensor, scale: Tensor, zero: Tensor, group_size: int, bits
     return q.reshape(w.shape[0], -1)[:, :n].to(torch.uint8)
 
 
-def dequantize_codes(codes: Tensor, scale: Tensor, zero: Tensor, group_size: int) -> Tensor:
-    """(out, n) codes -> (out, n) float32 weights."""
-    out, n = codes.shape
-    ng = scale.shape[1]
-    c = codes.to(torch.float32)
-    if ng * group_size != n:
-        c = F.pad(c, (0, ng * group_size - n))
-    w = (c.reshape(out, ng, group_size) - zero[..., None].float()) * scale[..., None].float()
-    return w.reshape(out, ng * group_size)[:, :n]
-
-
 def minmax_params(w: Tensor, bits: int, group_size: int, clip_search: bool = False) -> tuple[Tensor, Tensor]:
     """Per-group (scale, zero) of a (out, n) matrix from the group's min and max. With
     ``clip_search`` each group's range is shrunk by the factor in CLIP_GRID that minimises the
@@ -121,54 +108,6 @@ def minmax_params(w: Tensor, bits: int, group_size: int, clip_search: bool = Fal
         best = torch.where(better, err, best)
         scale, zero = torch.where(better, s, scale), torch.where(better, z, zero)
     return scale, zero
-
-
-@dataclass
-class QuantizedWeight:
-    """A quantized weight as stored: packed codes and float16 group parameters."""
-
-    packed: Tensor  # uint8 (out, padded_length(in, bits) * bits // 8)
-    scales: Tensor  # float16 (out, groups)
-    zeros: Tensor  # float16 (out, groups)
-    bits: int
-    group_size: int
-    shape: tuple[int, ...]  # the float weight's shape
-
-    @property
-    def in_features(self) -> int:
-        return math.prod(self.shape[1:])
-
-    def codes(self) -> Tensor:
-        return unpack(self.packed, self.bits)[:, : self.in_features]
-
-    def dequantize(self) -> Tensor:
-        w = dequantize_codes(self.codes(), self.scales, self.zeros, self.group_size)
-        return w.reshape(self.shape)
-
-    def storage_bytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.packed, self.scales, self.zeros))
-
-    def bits_per_weight(self) -> float:
-        """Stored bits (codes, scales and zero points) per weight."""
-        return 8 * self.storage_bytes() / math.prod(self.shape)
-
-
-def from_codes(
-    codes: Tensor, scale: Tensor, zero: Tensor, bits: int, group_size: int, shape: tuple[int, ...]
-) -> QuantizedWeight:
-    """Pack (out, n) codes with their group parameters into a QuantizedWeight."""
-    n = codes.shape[1]
-    padded = padded_length(n, bits)
-    if padded != n:
-        codes = F.pad(codes, (0, padded - n))
-    return QuantizedWeight(
-        packed=pack(codes.contiguous(), bits),
-        scales=scale.half().contiguous(),
-        zeros=zero.half().contiguous(),
-        bits=bits,
-        group_size=group_size,
-        shape=tuple(shape),
-    )
 
 
 def quantize_with(weight: Tensor, scale: Tensor, zero: Tensor, bits: int, group_size: int) -> QuantizedWeight:

@@ -1,5 +1,9 @@
 """`mobile-mm quantize`: fp32 model -> packed variant directory + accuracy report.
 
+This run joins the model, the quantization methods and training's corpus and evaluation, so
+it lives in training, above the other two (docs/architecture.md): quantization gets batches and forward/loss
+callables from here and never imports training.
+
 Steps: plan the per-layer precision (policy.py), quantize with the chosen method (RTN, GPTQ
 calibrated on our corpus, or QAT distilled from fp32 starting from GPTQ), write the variant,
 load it back through ``MobileMultiModalLLM.from_pretrained`` (the path every user takes), score
@@ -24,19 +28,27 @@ import torch
 from mobile_multimodal.data.easyvqa import load_easy_vqa
 from mobile_multimodal.model import checkpoint
 from mobile_multimodal.model.llm import MobileMultiModalLLM
+from mobile_multimodal.model.network import MultiModalNet
 from mobile_multimodal.quantization.gptq import quantize_gptq_layers
-from mobile_multimodal.quantization.io import save_variant
 from mobile_multimodal.quantization.policy import DEFAULT_GROUP_SIZE, make_plan
 from mobile_multimodal.quantization.qat import QATOptions, run_qat, summary
 from mobile_multimodal.quantization.report import build_report
 from mobile_multimodal.quantization.rtn import quantize_rtn_layers
-from mobile_multimodal.training.batches import BatchBuilder, BatchSizes
+from mobile_multimodal.quantization.variant_io import save_variant
+from mobile_multimodal.training.batches import Batch, BatchBuilder, BatchSizes
 from mobile_multimodal.training.canary import evaluate_canary
+from mobile_multimodal.training.distillation import distillation_loss, outputs
 from mobile_multimodal.training.evaluate import TASKS, evaluate_loaded
+from mobile_multimodal.training.train import compute_losses
 
 METHODS = ("rtn", "gptq", "qat")
 REPORT_NAME = "quantization_report.json"
 CALIBRATION_SEED = 1  # a seed training (seed 0) never used: calibration sees fresh samples
+
+
+def calibration_forward(net: MultiModalNet, batch: Batch) -> None:
+    """GPTQ's calibration pass: training's loss forward, which runs every branch of the network."""
+    compute_losses(net, batch, contrastive_weight=0.5)
 
 
 @dataclass
@@ -107,7 +119,7 @@ def quantize_model(opts: QuantizeOptions, log: Callable[[str], None] = print) ->
     else:
         log(f"calibrating on {opts.calibration_batches} training batches (GPTQ)")
         quantized = quantize_gptq_layers(
-            net, plan, (builder.build(i) for i in range(opts.calibration_batches))
+            net, plan, (builder.build(i) for i in range(opts.calibration_batches)), calibration_forward
         )
         extra["calibration"] = {
             "batches": opts.calibration_batches,
@@ -123,6 +135,8 @@ def quantize_model(opts: QuantizeOptions, log: Callable[[str], None] = print) ->
                 plan,
                 builder.build,
                 opts.qat,
+                outputs,
+                lambda t, s: distillation_loss(t, s, opts.qat.retrieval_weight),
                 progress=lambda r: log(f"  qat step {r['step']}: loss {r['loss']:.4f} ({r['elapsed_s']}s)"),
             )
             extra["qat"] = summary(opts.qat, qat_log)
