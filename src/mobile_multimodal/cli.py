@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
 import signal
 import sys
 from pathlib import Path
@@ -28,26 +28,49 @@ app.add_typer(monitoring_app, name="monitoring")
 app.add_typer(export_app, name="export")
 manifest_app = typer.Typer(no_args_is_help=True, help="Sign and verify model and export manifests.")
 app.add_typer(manifest_app, name="manifest")
+audit_app = typer.Typer(no_args_is_help=True, help="The security audit trail.")
+app.add_typer(audit_app, name="audit")
+
+
+@app.callback()
+def _every_command() -> None:
+    """Train, quantize, export and serve a small multimodal model."""
+    # What a command audits also goes to <log dir>/audit.jsonl (security/audit_file.py).
+    from mobile_multimodal.security.audit_file import configure_from_settings
+    from mobile_multimodal.settings import get_settings
+
+    get_settings.cache_clear()  # this command's environment (tests run many in one process)
+    # invalid settings: the commands that read them say what is wrong
+    with contextlib.suppress(ValueError):
+        configure_from_settings(get_settings())
 
 
 # ---- serve ---------------------------------------------------------------------------------
 @app.command()
 def serve(
-    host: str = typer.Option("0.0.0.0", help="Interface to bind."),
-    port: int = typer.Option(8080, help="Port to bind."),
-    model: str = typer.Option("default", help="Model directory, or 'default' for the bundled model."),
-    quantization: str = typer.Option("fp32", help="fp32, int8, int4 or int2."),
-    workers: int = typer.Option(1, min=1, help="Worker processes (metrics are aggregated across them)."),
+    host: str | None = typer.Option(None, help="Interface to bind [env MOBILE_MM_HOST; default 0.0.0.0]."),
+    port: int | None = typer.Option(None, help="Port to bind [env MOBILE_MM_PORT; default 8080]."),
+    model: str | None = typer.Option(
+        None,
+        help="Model directory, or 'default' for the bundled model [env MOBILE_MM_MODEL; default default].",
+    ),
+    quantization: str | None = typer.Option(
+        None, help="fp32, int8, int4 or int2 [env MOBILE_MM_QUANTIZATION; default fp32]."
+    ),
+    workers: int | None = typer.Option(
+        None,
+        min=1,
+        help="Worker processes, metrics aggregated across them [env MOBILE_MM_WORKERS; default 1].",
+    ),
     device: str | None = typer.Option(
-        None, help="auto, cpu or cuda (default: MOBILE_MM_DEVICE, else auto: cuda when torch sees a GPU)."
+        None, help="auto, cpu or cuda [env MOBILE_MM_DEVICE; default auto: cuda when torch sees a GPU]."
     ),
 ) -> None:
-    """Serve the model over HTTP."""
+    """Serve the model over HTTP. A flag wins over its MOBILE_MM_* variable, which wins over the default."""
     from mobile_multimodal.serving.server import run_server
 
-    if device is not None:  # like the other options: into the environment, where workers read it
-        os.environ["MOBILE_MM_DEVICE"] = device
-    run_server(host=host, port=port, model=model, quantization=quantization, workers=workers)
+    # None = not given on the command line: the environment (or the default) decides.
+    run_server(host=host, port=port, model=model, quantization=quantization, workers=workers, device=device)
 
 
 # ---- train / eval --------------------------------------------------------------------------
@@ -118,9 +141,9 @@ def quantize(
     threads: int | None = typer.Option(None, help="CPU threads for torch."),
 ) -> None:
     """Quantize the model (weight-only, packed), evaluate it against fp32 and write a report."""
-    from mobile_multimodal.training.quantize import QuantizeOptions, quantize_model
     from mobile_multimodal.quantization.qat import QATOptions
     from mobile_multimodal.quantization.report import format_report as format_quant_report
+    from mobile_multimodal.training.quantize import QuantizeOptions, quantize_model
 
     try:
         opts = QuantizeOptions(
@@ -178,7 +201,7 @@ def export(
     from mobile_multimodal.errors import ExportError
     from mobile_multimodal.export.formats import check_quantization, resolve_format
     from mobile_multimodal.export.summary import format_manifest
-    from mobile_multimodal.store.recorded_export import export_from_cli
+    from mobile_multimodal.security.export_audit import audited_cli_export
 
     # SIGTERM (a container stop, a job runner) ends the export as Ctrl-C does: cleaned up, no bundle
     previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
@@ -187,7 +210,7 @@ def export(
         check_quantization(quantization)
         resolve_format(platform, fmt)
         # recorded in export_records and pushed to MOBILE_MM_PUSHGATEWAY_URL (a short-lived process)
-        manifest = export_from_cli(
+        manifest = audited_cli_export(  # recorded, pushed, and audited (export.run)
             model=model,
             platform=platform,
             fmt=fmt,
@@ -311,6 +334,42 @@ def manifest_verify(
     typer.echo(text)
     if not ok:
         raise typer.Exit(1)
+
+
+# ---- audit ------------------------------------------------------------------------------------
+@audit_app.command("query")
+def audit_query(
+    user: str | None = typer.Option(None, "--user", help="Only this user id (exact)."),
+    action: str | None = typer.Option(None, "--action", help="This action, or a prefix with '*' (auth.*)."),
+    since: str | None = typer.Option(None, "--since", help="An age (30m, 12h, 7d) or an ISO 8601 time."),
+    result: str | None = typer.Option(None, "--result", help="success or failure."),
+    limit: int = typer.Option(1000, min=1, help="At most this many (the newest)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Print audit events from the database, oldest first (the query itself is audited)."""
+    from mobile_multimodal.security.audit_query import audit_query_command
+    from mobile_multimodal.security.commands import cli_actor
+    from mobile_multimodal.store import Database, DatabaseError
+
+    try:
+        db = Database()
+        typer.echo(
+            audit_query_command(
+                db,
+                actor=cli_actor(),
+                user=user,
+                action=action,
+                since=since,
+                result=result,
+                limit=limit,
+                as_json=as_json,
+            )
+        )
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    except DatabaseError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
 
 
 # ---- db --------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ audit trail and the anomaly rules see).
 Example::
 
     run_server(host="127.0.0.1", port=8080, model="default", quantization="int2", workers=2)
+    run_server()  # everything from MOBILE_MM_* (or the defaults)
 """
 
 from __future__ import annotations
@@ -37,17 +38,17 @@ _MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 HTTP_PROTOCOL = "mobile_multimodal.serving.http_limits:GuardedHttpToolsProtocol"
 
 
-def _settings_from(host: str, port: int, model: str, quantization: str, workers: int) -> Settings:
-    """Put the command line into the environment (workers read it there), then validate it."""
-    os.environ.update(
-        {
-            "MOBILE_MM_HOST": host,
-            "MOBILE_MM_PORT": str(port),
-            "MOBILE_MM_MODEL": model,
-            "MOBILE_MM_QUANTIZATION": quantization,
-            "MOBILE_MM_WORKERS": str(workers),
-        }
-    )
+def resolve_serve_settings(**flags: str | int | None) -> Settings:
+    """The settings ``mobile-mm serve`` runs with: flag > environment > default.
+
+    ``flags`` are the command line's (``host``, ``port``, ``model``, ``quantization``,
+    ``workers``, ``device``); None means not given, so the ``MOBILE_MM_*`` variable or the
+    default decides. Given flags go into the environment because ``--workers N`` processes read
+    their settings there. (None of these settings lives in ``monitoring/observability.yml``.)
+    """
+    for name, value in flags.items():
+        if value is not None:
+            os.environ[f"MOBILE_MM_{name.upper()}"] = str(value)
     get_settings.cache_clear()
     try:
         return get_settings()
@@ -92,17 +93,27 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
     }
 
 
-def run_server(host: str, port: int, model: str, quantization: str, workers: int) -> None:
-    """Serve until SIGTERM/SIGINT; returns after a graceful shutdown."""
+def run_server(
+    host: str | None = None,
+    port: int | None = None,
+    model: str | None = None,
+    quantization: str | None = None,
+    workers: int | None = None,
+    device: str | None = None,
+) -> None:
+    """Serve until SIGTERM/SIGINT; returns after a graceful shutdown. An argument left None is
+    taken from the environment, else the default (:func:`resolve_serve_settings`)."""
     import uvicorn
 
-    settings = _settings_from(host, port, model, quantization, workers)
-    if workers > 1:
+    settings = resolve_serve_settings(
+        host=host, port=port, model=model, quantization=quantization, workers=workers, device=device
+    )
+    if settings.workers > 1:
         prepare_multiprocess_dir(settings)
         uvicorn.run(
             "mobile_multimodal.serving.app:create_app_from_env",
             factory=True,
-            workers=workers,
+            workers=settings.workers,
             **uvicorn_options(settings),
         )
         return
