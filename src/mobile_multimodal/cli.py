@@ -91,11 +91,18 @@ def train(
     ),
     evaluate: bool = typer.Option(True, help="Evaluate on the held-out splits and store the report."),
     init_from: Path | None = typer.Option(None, help="Start from this trained model directory."),
+    nproc: int = typer.Option(
+        1,
+        min=1,
+        help="Data-parallel processes (torch.distributed: gloo on CPU, NCCL on GPU); the same steps, "
+        "global batch and seed as one process.",
+    ),
 ) -> None:
     """Train the model on the procedural corpus (+ easy-VQA train split)."""
-    from mobile_multimodal.training.train import TrainOptions, train_model
+    from mobile_multimodal.training.distributed import launch
+    from mobile_multimodal.training.train import TrainOptions
 
-    train_model(
+    launch(
         TrainOptions(
             out=out,
             seed=seed,
@@ -106,7 +113,8 @@ def train(
             threads=threads,
             evaluate=evaluate,
             init_from=init_from,
-        )
+        ),
+        nproc,
     )
 
 

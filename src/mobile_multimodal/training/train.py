@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -23,6 +24,7 @@ from mobile_multimodal.model.llm import MobileMultiModalLLM
 from mobile_multimodal.model.network import MultiModalNet
 from mobile_multimodal.training.batches import Batch, BatchBuilder, BatchSizes
 from mobile_multimodal.training.bn_calibration import recalibrate_batchnorm
+from mobile_multimodal.training.replicas import SingleProcess
 
 
 @dataclass
@@ -132,8 +134,12 @@ def _lr(step: int, preset: TrainPreset, total: int) -> float:
     return preset.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
-def train_model(opts: TrainOptions) -> Path:
-    """Train and write OUT/ (model.safetensors + manifest.json, checkpoint.pt, train_log.jsonl)."""
+def train_model(opts: TrainOptions, replicas: SingleProcess | None = None) -> Path:
+    """Train and write OUT/ (model.safetensors + manifest.json, checkpoint.pt, train_log.jsonl).
+
+    ``replicas``: the processes sharing each step (training/distributed.py); rank 0 writes.
+    """
+    replicas = replicas or SingleProcess()
     if opts.preset not in PRESETS:
         raise ValueError(f"unknown preset {opts.preset!r}; choose one of {sorted(PRESETS)}")
     preset = PRESETS[opts.preset]
@@ -186,13 +192,20 @@ def train_model(opts: TrainOptions) -> Path:
         model.config.ocr_height,
         model.config.ocr_width,
     )
-    log = open(out / "train_log.jsonl", "a")  # noqa: SIM115 - closed in finally
+    log = open(out / "train_log.jsonl" if replicas.is_main else os.devnull, "a")  # noqa: SIM115 - closed in finally
     started = time.time()
     try:
         end = total if opts.stop_after is None else min(total, opts.stop_after)
-        bar = tqdm(range(start, end), initial=start, total=total, desc="train", unit="step")
+        bar = tqdm(
+            range(start, end),
+            initial=start,
+            total=total,
+            desc="train",
+            unit="step",
+            disable=not replicas.is_main,
+        )
         for step in bar:
-            batch = builder.build(step)
+            batch = replicas.shard(builder.build(step))
             if device != "cpu":
                 batch = batch.to(device)
             for g in optim.param_groups:
@@ -200,24 +213,25 @@ def train_model(opts: TrainOptions) -> Path:
             losses = compute_losses(net, batch, preset.contrastive_weight)
             optim.zero_grad(set_to_none=True)
             losses["loss"].backward()
+            replicas.average_gradients(net)
             torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
             optim.step()
             row = {
                 "step": step + 1,
                 "lr": optim.param_groups[0]["lr"],
                 "elapsed_s": round(time.time() - started, 3),
-                **{k: round(v.item(), 4) for k, v in losses.items()},
+                **{k: round(v, 4) for k, v in replicas.average_losses(losses).items()},
             }
             log.write(json.dumps(row) + "\n")
             bar.set_postfix(loss=row["loss"], text=row["text"], ctc=row["ctc"], clip=row["contrastive"])
-            if (step + 1) % preset.checkpoint_every == 0 or step + 1 == end:
+            if replicas.is_main and ((step + 1) % preset.checkpoint_every == 0 or step + 1 == end):
                 log.flush()
                 tmp = ckpt_path.with_suffix(".tmp")
                 torch.save({"model": net.state_dict(), "optim": optim.state_dict(), "step": step + 1}, tmp)
                 tmp.replace(ckpt_path)
     finally:
         log.close()
-    if end < total:
+    if end < total or not replicas.is_main:
         return out
 
     net.to("cpu")
@@ -232,6 +246,7 @@ def train_model(opts: TrainOptions) -> Path:
             "preset": opts.preset,
             "seed": opts.seed,
             "steps": total,
+            "processes": replicas.world_size,  # data-parallel ranks sharing each global batch
             "device": device,
             "batch_sizes": preset.sizes.__dict__,
             "lr": preset.lr,
