@@ -431,6 +431,32 @@ def monitoring_check(
         raise typer.Exit(1)
 
 
+@monitoring_app.command("k8s-rules")
+def monitoring_k8s_rules(
+    alerts: Path = typer.Option(Path("monitoring/alerts.yml"), help="The Prometheus rule file."),
+    out: Path | None = typer.Option(None, help="Write the PrometheusRule here (default: print it)."),
+    check: bool = typer.Option(False, "--check", help="Exit 1 if OUT differs from what would be written."),
+) -> None:
+    """The alert rules as a Prometheus Operator PrometheusRule (deploy/kubernetes/prometheusrule.yaml)."""
+    from mobile_multimodal.observability.prometheus_rule import render_prometheus_rule
+
+    try:
+        text = render_prometheus_rule(alerts)
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    if out is None:
+        typer.echo(text, nl=False)
+    elif check:
+        if not out.exists() or out.read_text() != text:
+            typer.echo(f"{out} differs from {alerts}: rerun with --out {out} (without --check)", err=True)
+            raise typer.Exit(1)
+        typer.echo(f"{out} is up to date with {alerts}")
+    else:
+        out.write_text(text)
+        typer.echo(f"wrote {out}")
+
+
 @monitoring_app.command("test-alert")
 def monitoring_test_alert(
     alertmanager_url: str = typer.Option("http://localhost:9093", "--alertmanager-url", help="Alertmanager."),
