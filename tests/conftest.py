@@ -6,10 +6,36 @@ from pathlib import Path
 
 import pytest
 import torch
+from tests import leftover_processes
 
 from mobile_multimodal.model import MobileMultiModalLLM, ModelConfig, bundled_model_dir
 
 torch.set_num_threads(1)
+# Seconds the session's processes get to finish exiting after the last teardown.
+LEFTOVER_WAIT_S = 30
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    leftover_processes.start_session()
+
+
+@pytest.hookimpl(trylast=True)  # after every other plugin's; session fixtures are torn down by now
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the run when a process the tests started is still running (issue 16: orphaned workers)."""
+    survivors = leftover_processes.leftover_processes(wait_s=LEFTOVER_WAIT_S)
+    if not survivors:
+        return
+    leftover_processes.kill_leftovers()
+    writer = session.config.get_terminal_writer()
+    writer.line()
+    writer.line(
+        f"ERROR: {len(survivors)} process(es) started by the tests outlived the session (killed now):",
+        red=True,
+        bold=True,
+    )
+    for line in survivors:
+        writer.line(f"  {line}", red=True)
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture(scope="session")

@@ -39,6 +39,7 @@ from mobile_multimodal.serving.body_limit import BodyLimitMiddleware
 from mobile_multimodal.serving.engine import InferenceEngine, ModelLoader, default_loader
 from mobile_multimodal.serving.errors import ErrorCode, install_error_handlers
 from mobile_multimodal.serving.openapi import install_openapi
+from mobile_multimodal.serving.parent_watch import exit_with_parent
 from mobile_multimodal.serving.routers import export, health, inference, openai_compat
 from mobile_multimodal.serving.schemas import Task
 from mobile_multimodal.settings import Settings, get_settings
@@ -153,7 +154,9 @@ def create_app(
 def create_app_from_env() -> FastAPI:
     """Factory for ``uvicorn --factory`` and ``--workers N``: settings from the environment."""
     get_settings.cache_clear()
-    return create_app(get_settings())
+    settings = get_settings()
+    exit_with_parent(grace_s=settings.shutdown_grace_s)  # a worker never outlives its supervisor
+    return create_app(settings)
 
 
 def _mark_process_dead() -> None:
