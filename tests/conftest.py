@@ -11,6 +11,8 @@ from tests import leftover_processes
 from mobile_multimodal.model import MobileMultiModalLLM, ModelConfig, bundled_model_dir
 
 torch.set_num_threads(1)
+# A real PostgreSQL for the store, security and ops suites, one cluster per session.
+pytest_plugins = ["tests.postgres"]
 # Seconds the session's processes get to finish exiting after the last teardown.
 LEFTOVER_WAIT_S = 30
 

@@ -24,6 +24,8 @@ export_app = typer.Typer(
 )
 app.add_typer(keys_app, name="keys")
 app.add_typer(db_app, name="db")
+users_app = typer.Typer(no_args_is_help=True, help="Users: export what is held about one, erase one.")
+app.add_typer(users_app, name="users")
 app.add_typer(monitoring_app, name="monitoring")
 app.add_typer(export_app, name="export")
 manifest_app = typer.Typer(no_args_is_help=True, help="Sign and verify model and export manifests.")
@@ -381,32 +383,109 @@ def audit_query(
 
 
 # ---- db --------------------------------------------------------------------------------------
+def _print_outcome(text: str, ok: bool) -> None:
+    typer.echo(text, err=not ok)
+    if not ok:
+        raise typer.Exit(1)
+
+
 @db_app.command("backup")
 def db_backup(
     out: Path | None = typer.Option(None, "--out", help="Backup directory (default <data_dir>/backups)."),
     as_json: bool = typer.Option(False, "--json", help="Print the verification as JSON."),
 ) -> None:
-    """Back up the database (SQLite online backup or pg_dump), then verify the copy."""
-    from mobile_multimodal.store.commands import db_backup as run
+    """Back up the database (SQLite online backup or pg_dump), verify the copy, prune old backups."""
+    from mobile_multimodal.ops.db_commands import db_backup as run
 
-    text, ok = run(out, as_json)
-    typer.echo(text, err=not ok)
-    if not ok:
-        raise typer.Exit(1)
+    _print_outcome(*run(out, as_json))
 
 
 @db_app.command("verify")
 def db_verify(
     path: Path = typer.Argument(..., help="A backup file written by `db backup`."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    scratch_restore: bool = typer.Option(
+        True, "--restore/--no-restore", help="Also restore it into a scratch database and compare row counts."
+    ),
 ) -> None:
-    """Check a backup: integrity check, row counts, sha256 against its sidecar. Exit 1 if bad."""
-    from mobile_multimodal.store.commands import db_verify as run
+    """Check a backup: integrity, sha256 and row counts against its sidecar, then a scratch restore."""
+    from mobile_multimodal.ops.db_commands import db_verify as run
 
-    text, ok = run(path, as_json)
+    text, ok = run(path, as_json, scratch_restore)
     typer.echo(text)
     if not ok:
         raise typer.Exit(1)
+
+
+@db_app.command("restore")
+def db_restore(
+    path: Path = typer.Argument(..., help="A backup file written by `db backup`."),
+    yes: bool = typer.Option(False, "--yes", help="Do not ask for confirmation."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Replace the database's contents with a verified backup (then migrate it to this release)."""
+    from mobile_multimodal.ops.db_commands import db_restore as run
+
+    if not yes:
+        typer.confirm(f"Replace every row of the configured database with {path}?", abort=True)
+    _print_outcome(*run(path, as_json))
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: str = typer.Argument("head", help="Target revision (default: the newest).")) -> None:
+    """Apply the schema migrations (the service also does this at start)."""
+    from mobile_multimodal.ops.db_commands import db_upgrade as run
+
+    _print_outcome(*run(revision))
+
+
+@db_app.command("downgrade")
+def db_downgrade(revision: str = typer.Argument(..., help="Target revision, -1, or base.")) -> None:
+    """Revert the schema to an older revision (before running an older release)."""
+    from mobile_multimodal.ops.db_commands import db_downgrade as run
+
+    _print_outcome(*run(revision))
+
+
+@db_app.command("current")
+def db_current() -> None:
+    """Print the database's schema revision and this release's newest."""
+    from mobile_multimodal.ops.db_commands import db_current as run
+
+    _print_outcome(*run())
+
+
+@db_app.command("cleanup")
+def db_cleanup(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Apply the retention policy now (MOBILE_MM_RETENTION_DAYS); the service runs it daily."""
+    from mobile_multimodal.ops.db_commands import db_cleanup as run
+
+    _print_outcome(*run(as_json))
+
+
+# ---- users -----------------------------------------------------------------------------------
+@users_app.command("export")
+def users_export(
+    user: str = typer.Argument(..., help="The user id keys were created for."),
+    out: Path | None = typer.Option(None, "--out", help="Write the JSON here (default: print it)."),
+) -> None:
+    """Write everything held about a user as JSON (GDPR access request)."""
+    from mobile_multimodal.ops.user_commands import users_export as run
+
+    _print_outcome(*run(user, out))
+
+
+@users_app.command("delete")
+def users_delete(
+    user: str = typer.Argument(..., help="The user id keys were created for."),
+    yes: bool = typer.Option(False, "--yes", help="Do not ask for confirmation."),
+) -> None:
+    """Erase a user: keys deleted, audit rows anonymised, the erasure itself audited."""
+    from mobile_multimodal.ops.user_commands import users_delete as run
+
+    if not yes:
+        typer.confirm(f"Erase {user}, their keys and their identity in the audit trail?", abort=True)
+    _print_outcome(*run(user))
 
 
 # ---- monitoring ------------------------------------------------------------------------------

@@ -98,6 +98,18 @@ class Settings(BaseSettings):
     backup_interval_s: float = Field(0.0, ge=0, description="Server-side backup period; 0 = off (use cron).")
     # How often the server reads backup_runs into its backup metrics (backups made by other processes).
     backup_sync_interval_s: float = Field(60.0, gt=0)
+    # Backups kept: at most backup_keep newest (0 = no count limit), none older than the backup
+    # retention; the newest is never pruned (store/retention.py).
+    backup_keep: int = Field(0, ge=0)
+    # Retention (store/retention.py): audit rows, rotated log files, profiles and backups older
+    # than this many days are removed by the cleanup (every cleanup_interval_s in the service, 0 =
+    # off; `mobile-mm db cleanup` by hand). A per-kind setting overrides it for that kind.
+    retention_days: float = Field(90.0, gt=0)
+    audit_retention_days: float | None = Field(None, gt=0)
+    log_retention_days: float | None = Field(None, gt=0)
+    profile_retention_days: float | None = Field(None, gt=0)
+    backup_retention_days: float | None = Field(None, gt=0)
+    cleanup_interval_s: float = Field(86400.0, ge=0)
 
     # --- security: per-key token buckets and anomaly rules (security/) -----------------
     rate_limit_free_per_minute: float = Field(60.0, gt=0)
@@ -153,6 +165,8 @@ class Settings(BaseSettings):
     telemetry_enabled: bool | None = None
     log_level: str | None = None
     log_sample_ratio: float | None = Field(None, ge=0, le=1)
+    # tracing.fast_path: false = request-path spans are the OpenTelemetry SDK's own (fasttrace/)
+    tracing_fast_path: bool | None = None
     otel_sdk_disabled: bool | None = Field(None, validation_alias=AliasChoices("OTEL_SDK_DISABLED"))
     otel_service_name: str | None = Field(None, validation_alias=AliasChoices("OTEL_SERVICE_NAME"))
     otel_traces_sampler: str | None = Field(None, validation_alias=AliasChoices("OTEL_TRACES_SAMPLER"))

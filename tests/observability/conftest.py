@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 
+from mobile_multimodal.observability.config import TracingConfig
 from mobile_multimodal.observability.logging import shutdown_logging
 from mobile_multimodal.observability.tracing import shutdown_tracing
 from mobile_multimodal.settings import Settings
@@ -31,6 +33,17 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     yield
     shutdown_tracing()
     shutdown_logging()
+
+
+@pytest.fixture(params=["fast", "sdk"])
+def span_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run the using module's tests under both settings of ``tracing.fast_path``: its
+    ``TracingConfig(...)`` calls get that default (a test may still pass its own). Use it with
+    ``pytestmark = pytest.mark.usefixtures("span_mode")``; a test reads the mode from the fixture
+    or from ``tracing.fast_path_active()``."""
+    fast = request.param == "fast"
+    monkeypatch.setattr(request.module, "TracingConfig", functools.partial(TracingConfig, fast_path=fast))
+    return str(request.param)
 
 
 @pytest.fixture

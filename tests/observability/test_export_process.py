@@ -26,11 +26,14 @@ from tests.integration.otlp_receiver import OtlpReceiver
 
 from mobile_multimodal.observability import tracing
 from mobile_multimodal.observability.config import TracingConfig
-from mobile_multimodal.observability.export_process import SpanExportProcess, from_record, to_record
-from mobile_multimodal.observability.fastspan import FastSpan, SpanRecorder, _child_context
+from mobile_multimodal.observability.fasttrace.export_process import SpanExportProcess, from_record, to_record
+from mobile_multimodal.observability.fasttrace.otel_internals import child_context as _child_context
+from mobile_multimodal.observability.fasttrace.spans import FastSpan, SpanRecorder
 from mobile_multimodal.observability.identity import instance_id
 
 from .conftest import SteppedClock, sample
+
+pytestmark = pytest.mark.usefixtures("span_mode")
 
 RESOURCE = Resource.create({"service.name": "svc", "service.instance.id": "host-1"})
 SCOPE = InstrumentationScope("mobile_multimodal", "0.1.0")
@@ -219,6 +222,7 @@ def test_a_dead_export_process_costs_spans_then_comes_back(receiver: OtlpReceive
 def test_a_collector_that_is_down_is_reported_back(
     monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
 ) -> None:
+
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "1")  # seconds; the child inherits it
     before = sample("trace_spans_dropped_total", {"reason": "export_failed"})
     with socket.socket() as bound:  # bound and never listening: no collector can be there meanwhile
@@ -265,7 +269,7 @@ def test_the_request_path_sets_the_context_the_api_reads() -> None:
     """stage() sets the current context through OpenTelemetry's own ContextVar, not its API."""
     from opentelemetry import context as otel_context
 
-    from mobile_multimodal.observability.fastspan import CONTEXT_VAR
+    from mobile_multimodal.observability.fasttrace.otel_internals import CONTEXT_VAR
 
     assert CONTEXT_VAR is not None  # the default runtime context: the shortcut is in use
     tracing.configure_tracing(TracingConfig(sampler="always_on"), "svc")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
@@ -9,9 +10,10 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 
 from mobile_multimodal.observability.config import TracingConfig
-from mobile_multimodal.observability.fastspan import FastSpan
+from mobile_multimodal.observability.fasttrace.spans import FastSpan
 from mobile_multimodal.observability.tracing import (
     configure_tracing,
+    fast_path_active,
     force_flush,
     get_tracer,
     stage,
@@ -25,13 +27,15 @@ REMOTE = trace.SpanContext(
     trace_flags=trace.TraceFlags(trace.TraceFlags.SAMPLED),
 )
 
+pytestmark = pytest.mark.usefixtures("span_mode")
+
 
 def test_a_fast_span_exports_like_an_sdk_span() -> None:
     exporter = InMemorySpanExporter()
     configure_tracing(TracingConfig(), "svc", exporter)
     caller = trace.set_span_in_context(trace.NonRecordingSpan(REMOTE))
     fast = start_span("POST /inference", caller, SpanKind.SERVER, {"url.path": "/inference", "gone": None})
-    assert isinstance(fast, FastSpan)
+    assert isinstance(fast, FastSpan) is fast_path_active()  # else the SDK's span: the same export
     fast.set_attribute("http.response.status_code", 200)
     fast.set_attribute("tags", ["a", "b"])
     fast.update_name("POST /inference!")

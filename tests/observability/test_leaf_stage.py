@@ -16,8 +16,12 @@ from tests.integration.otlp_receiver import OtlpReceiver
 
 from mobile_multimodal.observability import tracing
 from mobile_multimodal.observability.config import TracingConfig
-from mobile_multimodal.observability.export_process import SpanExportProcess, from_record, to_records
-from mobile_multimodal.observability.fastspan import FastSpan, LeafSpan, SpanRecorder
+from mobile_multimodal.observability.fasttrace.export_process import (
+    SpanExportProcess,
+    from_record,
+    to_records,
+)
+from mobile_multimodal.observability.fasttrace.spans import FastSpan, LeafSpan, SpanRecorder
 from mobile_multimodal.observability.logging import JsonFormatter
 from mobile_multimodal.observability.tracing import configure_tracing, force_flush, leaf_stage, stage
 

@@ -8,8 +8,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import StatusCode
 
 from mobile_multimodal.observability.config import TracingConfig
+from mobile_multimodal.observability.otlp_exporter import build_exporter
 from mobile_multimodal.observability.tracing import (
-    build_exporter,
     configure_tracing,
     current_ids,
     current_trace_id,
@@ -29,6 +29,8 @@ INFERENCE_STAGES = (
     "postprocessing",
     "response",
 )
+
+pytestmark = pytest.mark.usefixtures("span_mode")
 
 
 def test_stages_nest_under_model_inference_with_attributes() -> None:

@@ -79,8 +79,10 @@ class TracingConfig(_Strict):
     # None: spans are made (trace ids reach the logs and responses) but not exported.
     endpoint: str | None = None
     protocol: Literal["http/protobuf", "grpc"] = "http/protobuf"
-    # Encode and send spans from a child process (export_process.py), off the serving GIL.
+    # Encode and send spans from a child process (fasttrace/export_process.py), off the serving GIL.
     export_process: bool = True
+    # Request-path spans from the fast path (fasttrace/), else the SDK's own spans.
+    fast_path: bool = True
     excluded_paths: tuple[str, ...] = DEFAULT_UNTRACED
 
 
@@ -213,6 +215,8 @@ def env_overrides(settings: Settings) -> dict[str, Any]:
         out["tracing.endpoint"] = endpoint
     if s.otel_exporter_otlp_protocol:
         out["tracing.protocol"] = s.otel_exporter_otlp_protocol
+    if s.tracing_fast_path is not None:
+        out["tracing.fast_path"] = s.tracing_fast_path
     fields_set = s.model_fields_set
     guide_names = {
         "enable_profiling": "profiling.enabled",

@@ -5,15 +5,18 @@ model_loading → preprocessing → inference → postprocessing → response; t
 ``mobile_export`` with model_validation → platform_selection → quantization → export →
 validation → storage. Serving and export code open them with :func:`stage`, or, for the short
 request-path stages that open no spans themselves, with :func:`leaf_stage`: exported the same
-way, but never the current span, which makes them about a third of the cost.
+way, but never the current span, which makes them cheaper (benchmarks/telemetry/results.md).
 
-The request path's own spans (the server span, ``model_inference`` and its stages) are
-:class:`~mobile_multimodal.observability.fastspan.FastSpan`\ s opened with :func:`start_span`:
-the same sampler, span processor, resource and OTLP export as the SDK's, at a fraction of the
-SDK span's cost (see that module). A process-wide :class:`_SwitchableTracerProvider` is
-registered with the OpenTelemetry API once; :func:`configure_tracing` swaps the SDK provider
-behind it, so libraries that call ``trace.get_tracer()`` (database instrumentation, for
-instance) follow reconfiguration too, and nest under the request's spans.
+The request path's own spans (the server span, ``model_inference`` and its stages) are opened
+with :func:`start_span`. With ``tracing.fast_path`` on (the default) they are the fast path's
+:class:`~mobile_multimodal.observability.fasttrace.spans.FastSpan`\ s: the same sampler, span
+processor, resource and OTLP export as the SDK's, at a fraction of the SDK span's cost (see
+the ``fasttrace`` package). Off, or when the fast path's self-check finds that an OpenTelemetry
+internal it relies on has moved (one warning), they are the SDK's own spans. A process-wide
+:class:`_SwitchableTracerProvider` is registered with the OpenTelemetry API once;
+:func:`configure_tracing` swaps the SDK provider behind it, so libraries that call
+``trace.get_tracer()`` (database instrumentation, for instance) follow reconfiguration too,
+and nest under the request's spans.
 
 Example::
 
@@ -33,7 +36,6 @@ from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.context.context import Context
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
@@ -46,20 +48,15 @@ from opentelemetry.sdk.trace.sampling import (
 )
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Span, SpanKind
-from opentelemetry.trace.propagation import _SPAN_KEY  # the key trace.set_span_in_context() sets
 from opentelemetry.util.types import AttributeValue
 
 from mobile_multimodal.observability.config import TracingConfig
-from mobile_multimodal.observability.export_process import SpanExportProcess
-from mobile_multimodal.observability.fastspan import (
-    CONTEXT_VAR,
-    FastSpan,
-    LeafSpan,
-    SpanRecorder,
-    record_failure,
-)
-from mobile_multimodal.observability.fastspan import _current_context as current_context
+from mobile_multimodal.observability.fasttrace.export_process import SpanExportProcess
+from mobile_multimodal.observability.fasttrace.otel_internals import SPAN_KEY, current_context, self_check
+from mobile_multimodal.observability.fasttrace.spans import FastSpan, LeafSpan, SpanRecorder, record_failure
+from mobile_multimodal.observability.fasttrace.stages import FastStage
 from mobile_multimodal.observability.identity import instance_id, service_version
+from mobile_multimodal.observability.otlp_exporter import build_exporter
 
 INSTRUMENTATION_NAME = "mobile_multimodal"
 _log = logging.getLogger(__name__)
@@ -103,11 +100,39 @@ class _SwitchableTracerProvider(trace.TracerProvider):
         return _SwitchableTracer(self, instrumenting_module_name, version)
 
 
+class _SdkSpans:
+    """The request path's spans when the fast path is off: the SDK tracer's own."""
+
+    def __init__(self, tracer: trace.Tracer, processor: SpanProcessor | None) -> None:
+        self.tracer = tracer
+        self.processor = processor
+
+    def start(
+        self,
+        name: str,
+        context: otel_context.Context | None = None,
+        kind: SpanKind = SpanKind.INTERNAL,
+        attributes: Mapping[str, AttributeValue] | None = None,
+        links: Sequence[trace.Link] = (),
+    ) -> Span:
+        if attributes:  # as the fast path does (the SDK would keep a None given at start)
+            attributes = {k: v for k, v in attributes.items() if v is not None}
+        return self.tracer.start_span(name, context, kind, attributes, links)
+
+
 _PROVIDER = _SwitchableTracerProvider()
 _registered = False
 _sdk_provider: TracerProvider | None = None
-_recorder: SpanRecorder | None = None
-_paused: SpanRecorder | None = None  # the recorder set_recording(False) put aside
+_recorder: SpanRecorder | _SdkSpans | None = None
+_paused: SpanRecorder | _SdkSpans | None = None  # the recorder set_recording(False) put aside
+# Whether stages use the fast path (fasttrace); until configure_tracing decides, whenever the
+# OpenTelemetry internals it relies on are where it expects them.
+_fast = not self_check()
+
+
+def fast_path_active() -> bool:
+    """Whether request-path spans and stages are the fast path's (else the SDK's own)."""
+    return _fast
 
 
 def _register_global() -> None:
@@ -130,23 +155,6 @@ def build_sampler(cfg: TracingConfig) -> Sampler:
     }[cfg.sampler]
 
 
-def build_exporter(cfg: TracingConfig) -> SpanExporter | None:
-    """An OTLP exporter for ``cfg.endpoint`` over ``cfg.protocol``; None when no endpoint is set.
-
-    Headers, timeout, compression and certificates come from the standard OTEL_EXPORTER_OTLP_*
-    variables, which the exporters read themselves.
-    """
-    if not cfg.endpoint:
-        return None
-    if cfg.protocol == "grpc":
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
-
-        return GrpcExporter(endpoint=cfg.endpoint, insecure=cfg.endpoint.startswith("http://"))
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
-
-    return HttpExporter(endpoint=cfg.endpoint)
-
-
 def configure_tracing(
     cfg: TracingConfig, service_name: str, exporter: SpanExporter | None = None
 ) -> TracerProvider | None:
@@ -154,12 +162,23 @@ def configure_tracing(
 
     Spans go to ``exporter`` when one is given (tests pass an in-memory one), else to the OTLP
     endpoint of ``cfg``: from a child process (:class:`SpanExportProcess`) when
-    ``cfg.export_process``, else from the SDK's exporter thread. A previous provider set by this
-    function is flushed and shut down first.
+    ``cfg.export_process``, else from the SDK's exporter thread. Request-path spans are the
+    fast path's when ``cfg.fast_path`` and its self-check pass, else the SDK's (a failed
+    self-check logs one warning). A previous provider set by this function is flushed and shut
+    down first.
     """
-    global _sdk_provider, _recorder
+    global _sdk_provider, _recorder, _fast
     _register_global()
     shutdown_tracing()
+    problems = self_check() if cfg.fast_path else []
+    if problems:
+        _log.warning(
+            "tracing falls back to the OpenTelemetry SDK's own spans (tracing.fast_path is on, but "
+            "the fast path's self-check failed with opentelemetry-sdk %s: %s)",
+            _sdk_version(),
+            "; ".join(problems),
+        )
+    _fast = cfg.fast_path and not problems
     if not cfg.enabled:
         return None
     resource = Resource.create(
@@ -181,8 +200,11 @@ def configure_tracing(
         processor = BatchSpanProcessor(exporter) if exporter is not None else None
     if processor is not None:
         provider.add_span_processor(processor)
-    scope = InstrumentationScope(INSTRUMENTATION_NAME, service_version())
-    _recorder = SpanRecorder(sampler, processor, resource, scope, provider.id_generator)
+    if _fast:
+        scope = InstrumentationScope(INSTRUMENTATION_NAME, service_version())
+        _recorder = SpanRecorder(sampler, processor, resource, scope, provider.id_generator)
+    else:
+        _recorder = _SdkSpans(provider.get_tracer(INSTRUMENTATION_NAME, service_version()), processor)
     _sdk_provider = provider
     _PROVIDER.swap(provider)
     return provider
@@ -236,8 +258,14 @@ def start_span(
     return recorder.start(name, context, kind, attributes, links)
 
 
+def _sdk_version() -> str:
+    from importlib.metadata import version
+
+    return version("opentelemetry-sdk")
+
+
 class _Stage:
-    """The context manager :func:`stage` returns (a class: cheaper than a generator per use)."""
+    """The context manager :func:`stage` returns with the fast path off: the API's own calls."""
 
     __slots__ = ("_attributes", "_name", "_parent", "_span", "_token")
 
@@ -247,27 +275,16 @@ class _Stage:
         self._name, self._attributes, self._parent = name, attributes, parent
 
     def __enter__(self) -> Span:
-        # start_span(), trace.set_span_in_context() and context.attach(), with the context looked
-        # up once and set without the API's call layers
-        base = self._parent if self._parent is not None else current_context()
+        base = self._parent if self._parent is not None else otel_context.get_current()
         span = self._span = start_span(self._name, base, SpanKind.INTERNAL, self._attributes)
-        values = dict(base)
-        values[_SPAN_KEY] = span
-        context = Context(values)
-        self._token = CONTEXT_VAR.set(context) if CONTEXT_VAR is not None else otel_context.attach(context)
+        self._token = otel_context.attach(trace.set_span_in_context(span, base))
         return span
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
         span = self._span
         if exc is not None:
             record_failure(span, exc)
-        if CONTEXT_VAR is None:
-            otel_context.detach(self._token)
-        else:
-            try:
-                CONTEXT_VAR.reset(self._token)
-            except ValueError:  # exited in another context than entered; the API logs it too
-                _log.exception("Failed to detach context")
+        otel_context.detach(self._token)
         span.end()
 
 
@@ -285,6 +302,8 @@ def stage(
     """
     if attrs:
         attributes = {**(attributes or {}), **attrs}
+    if _fast:
+        return FastStage(start_span, name, attributes, parent)
     return _Stage(name, attributes, parent)
 
 
@@ -301,16 +320,19 @@ def leaf_stage(
     it (a database query, say) are the enclosing span's children, so use it only for stages
     that open none.
 
-    Under a request-path span it is a :class:`~mobile_multimodal.observability.fastspan.LeafSpan`,
-    recorded on that span and exported with it: 0.8 µs against 2.2 µs for ``stage()`` (no
-    context switch, no span of its own to queue). Under any other span it is an ordinary stage.
+    Under a request-path span of the fast path it is a
+    :class:`~mobile_multimodal.observability.fasttrace.spans.LeafSpan`, recorded on that span and
+    exported with it (no context switch, no span of its own to queue). Under any other span, and
+    with the fast path off, it is an ordinary stage.
     """
     if attrs:
         attributes = {**(attributes or {}), **attrs}
-    enclosing = (parent if parent is not None else current_context()).get(_SPAN_KEY)
+    if not _fast:
+        return _Stage(name, attributes, parent)
+    enclosing = (parent if parent is not None else current_context()).get(SPAN_KEY)
     if type(enclosing) is FastSpan and enclosing._end is None:
         return LeafSpan(enclosing, name, attributes)
-    return _Stage(name, attributes, parent)
+    return FastStage(start_span, name, attributes, parent)
 
 
 def current_ids() -> tuple[str | None, str | None]:

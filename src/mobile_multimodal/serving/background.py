@@ -16,7 +16,11 @@ Started by the app's lifespan, stopped at shutdown (before the database is close
   ``backup_last_success_timestamp_seconds`` / ``backup_failures_total`` every
   ``MOBILE_MM_BACKUP_SYNC_INTERVAL_S``, so a ``mobile-mm db backup`` run by cron (another
   process, never scraped) reaches this server's ``/metrics``; with ``MOBILE_MM_BACKUP_INTERVAL_S``
-  > 0 it also backs up by itself;
+  > 0 it also backs up by itself (at once when the newest backup is that old, as on a fresh
+  deployment) and prunes old backups;
+* the retention cleanup (store/retention.py) at start and every ``MOBILE_MM_CLEANUP_INTERVAL_S``
+  removes audit rows, rotated logs, profiles and backups past ``MOBILE_MM_RETENTION_DAYS``, and
+  audits each run (``retention.cleanup`` with the counts);
 * once the model has loaded, live quality (``canary.py``, ``shadow.py``): the canary set is scored
   at start-up and every ``MOBILE_MM_CANARY_INTERVAL_S``, and ``MOBILE_MM_SHADOW_SAMPLE_RATE`` of
   the requests are replayed through the fp32 reference; both run on the model thread in small
@@ -63,9 +67,11 @@ from mobile_multimodal.serving.canary import CanaryEvaluator
 from mobile_multimodal.serving.engine import InferenceEngine
 from mobile_multimodal.serving.leader import WorkerLeader
 from mobile_multimodal.serving.reference import ReferenceModel
+from mobile_multimodal.serving.retention_cleanup import run_retention_cleanup
 from mobile_multimodal.serving.shadow import ShadowComparator
 from mobile_multimodal.settings import Settings
 from mobile_multimodal.store import BackupMetricsSync, Database
+from mobile_multimodal.store.retention import RetentionPolicy
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +109,10 @@ class BackgroundDuties:
         self._spawn(self._watch_quality(), "start-live-quality")
         if self.database is not None:
             self._spawn(self._sync_backups(self.database), "backup-metrics-sync")
+            if self.settings.cleanup_interval_s > 0:
+                leader = self.leader.is_leader
+                cleanup = run_retention_cleanup(self.database, self.settings, self.audit, leader)
+                self._spawn(cleanup, "retention-cleanup")
         if self.security is not None:
             self._spawn(self._flush_suppressed_audits(self.security), "suppressed-audit-flush")
 
@@ -193,6 +203,7 @@ class BackgroundDuties:
             interval_s=interval,
             backup_dir=self.settings.resolved_backup_dir,
             backup_interval_s=self.settings.backup_interval_s,
+            retention=RetentionPolicy.from_settings(self.settings),
         )
 
 

@@ -5,7 +5,8 @@ nobody scrapes. Every attempt is a ``backup_runs`` row, so the server reads them
 ``backup_last_success_timestamp_seconds`` becomes the newest successful run's finish time and
 ``backup_failures_total`` grows by the failed runs recorded since the server started (older
 failures are history: counting them at start would look like a fresh burst to ``increase()``).
-Optionally the server also runs backups itself every ``backup_interval_s``.
+Optionally the server also runs backups itself every ``backup_interval_s`` (and prunes old
+ones as :mod:`.retention` says).
 
 Example (in the app's lifespan)::
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from pathlib import Path
 
 from sqlalchemy import func, select
@@ -26,8 +28,10 @@ from mobile_multimodal.observability import metrics
 from mobile_multimodal.store.backup import LOCAL_RUN_IDS, BackupError, backup
 from mobile_multimodal.store.database import Database
 from mobile_multimodal.store.models import BackupRun
+from mobile_multimodal.store.retention import RetentionPolicy, prune_backups
 
 log = logging.getLogger(__name__)
+FAILED_BACKUP_RETRY_S = 600.0
 
 
 class BackupMetricsSync:
@@ -36,6 +40,7 @@ class BackupMetricsSync:
     def __init__(self, db: Database) -> None:
         self.db = db
         self._seen_id: int | None = None  # highest backup_runs.id already accounted for
+        self._retry_at = 0.0  # wall clock before which a failed scheduled backup is not retried
 
     def sync(self) -> None:
         """One pass: update the gauge and count new failures. Raises on database errors."""
@@ -57,23 +62,42 @@ class BackupMetricsSync:
                 metrics.BACKUP_FAILURES.inc()
 
     async def run_forever(
-        self, interval_s: float, *, backup_dir: Path | None = None, backup_interval_s: float = 0.0
+        self,
+        interval_s: float,
+        *,
+        backup_dir: Path | None = None,
+        backup_interval_s: float = 0.0,
+        retention: RetentionPolicy | None = None,
     ) -> None:
-        """Sync every ``interval_s``; with ``backup_interval_s > 0`` also back up into ``backup_dir``."""
+        """Sync every ``interval_s``; with ``backup_interval_s > 0`` also back up into ``backup_dir``
+        whenever the newest successful backup (by anyone) is that old or there is none, so a fresh
+        deployment backs up at once; then prune old backups by ``retention``."""
         if backup_interval_s > 0 and backup_dir is None:
             raise ValueError("backup_interval_s > 0 needs a backup_dir")
-        loop = asyncio.get_running_loop()
-        next_backup = loop.time() + backup_interval_s if backup_interval_s > 0 else None
         while True:
-            if next_backup is not None and loop.time() >= next_backup and backup_dir is not None:
-                next_backup = loop.time() + backup_interval_s
-                try:
-                    path = await asyncio.to_thread(backup, self.db, backup_dir)
-                    log.info("scheduled backup written to %s", path)
-                except BackupError as exc:
-                    log.error("scheduled backup failed: %s", exc)
             try:
                 await asyncio.to_thread(self.sync)
             except SQLAlchemyError as exc:
                 log.warning("backup metrics sync failed: %s", exc)
+            if backup_interval_s > 0 and backup_dir is not None and self._backup_due(backup_interval_s):
+                await self._scheduled_backup(backup_dir, retention)
             await asyncio.sleep(interval_s)
+
+    def _backup_due(self, backup_interval_s: float) -> bool:
+        last = next(iter(metrics.BACKUP_LAST_SUCCESS.collect())).samples[0].value
+        return time.time() >= max(last + backup_interval_s, self._retry_at)
+
+    async def _scheduled_backup(self, backup_dir: Path, retention: RetentionPolicy | None) -> None:
+        try:
+            path = await asyncio.to_thread(backup, self.db, backup_dir)
+        except BackupError as exc:
+            # backup() counted the failure; retry later, not at every sync pass
+            self._retry_at = time.time() + FAILED_BACKUP_RETRY_S
+            log.error("scheduled backup failed: %s", exc)
+            return
+        log.info("scheduled backup written to %s", path)
+        if retention is not None:
+            keep, days = retention.backup_keep, retention.backup_days
+            pruned = await asyncio.to_thread(prune_backups, backup_dir, keep=keep, max_age_days=days)
+            if pruned:
+                log.info("pruned %d old backup(s)", len(pruned))

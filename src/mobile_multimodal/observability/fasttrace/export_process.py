@@ -1,14 +1,14 @@
 """Span export in a child process, so OTLP encoding never runs under the serving process's GIL.
 
-Measured on the bundled model (2 cores, 100 % sampling, OCR requests of ~2.8 ms): the SDK's
-``BatchSpanProcessor`` thread spent 140 µs of CPU per request encoding its eight spans to
-protobuf, in Python, holding the GIL that the model thread needs between its operators. That
-was the largest part of telemetry's cost, and a background thread does not hide it: on a
-sequential request stream every CPU-microsecond under the GIL lands on some request.
+The SDK's ``BatchSpanProcessor`` thread encodes each request's eight spans to protobuf in
+Python, holding the GIL that the model thread needs between its operators. Measured on the
+bundled model, that was the largest part of telemetry's cost (``benchmarks/telemetry/``; the
+figures are in ``benchmarks/telemetry/results.md``), and a background thread does not hide it:
+on a sequential request stream every CPU-microsecond under the GIL lands on some request.
 
 :class:`SpanExportProcess` is a span processor that only queues finished spans. A feeder thread
-hands them, as plain tuples pickled in batches (about 3 µs per span), through a pipe to
-``python -m mobile_multimodal.observability.export_process``. That child turns them back into
+hands them, as plain tuples pickled in batches, through a pipe to
+``python -m mobile_multimodal.observability.fasttrace.export_process``. That child turns them back into
 ``ReadableSpan``\\ s and exports them with the SDK's own OTLP exporter (HTTP or gRPC), so the
 bytes on the wire, retries, and the ``OTEL_EXPORTER_OTLP_*`` variables are the SDK's; it batches
 as the SDK's ``BatchSpanProcessor`` does, after ``OTEL_BSP_SCHEDULE_DELAY`` (ms, default 5000) or
@@ -57,7 +57,7 @@ from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode,
 
 from mobile_multimodal.observability import metrics
 from mobile_multimodal.observability.config import LoggingConfig, TracingConfig
-from mobile_multimodal.observability.fastspan import FastSpan
+from mobile_multimodal.observability.fasttrace.spans import FastSpan
 from mobile_multimodal.observability.identity import instance_id, set_instance_id
 
 _log = logging.getLogger("mobile_multimodal.tracing")
@@ -599,7 +599,7 @@ def _child(data_fd: int, report_fd: int) -> int:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # (so does `docker stop`, through the parent)
     _lower_priority()
     from mobile_multimodal.observability.logging import configure_logging, shutdown_logging
-    from mobile_multimodal.observability.tracing import build_exporter
+    from mobile_multimodal.observability.otlp_exporter import build_exporter
 
     with open(data_fd, "rb") as data, open(report_fd, "wb", buffering=0) as reports:
         start = _read_frame(data)

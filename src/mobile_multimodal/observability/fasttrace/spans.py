@@ -2,10 +2,10 @@
 
 Every inference request opens eight spans (the server span, ``model_inference`` and its six
 stages). The SDK's ``Span`` gives each a lock, bounded event/link/attribute containers and a
-processor ``on_start`` call: 8.3 µs per span against 2.7 µs to start and end a FastSpan
-(measured side by side on our 2-core machine), eight times per request, on a 3 ms OCR request.
+processor ``on_start`` call; what that costs against a FastSpan, per span and per request, is
+measured in ``benchmarks/telemetry/`` (results in ``benchmarks/telemetry/results.md``).
 :class:`FastSpan` keeps a plain dict of attributes and a list of events. On ``end()`` it goes
-as it is to :class:`~mobile_multimodal.observability.export_process.SpanExportProcess`, which
+as it is to :class:`~mobile_multimodal.observability.fasttrace.export_process.SpanExportProcess`, which
 reads it in its own thread, or as an ordinary :class:`~opentelemetry.sdk.trace.ReadableSpan` to
 any other SDK span processor; either way the OTLP encoding, the resource and the
 instrumentation scope are the SDK's. It is a real ``opentelemetry.trace.Span``: put in the
@@ -14,7 +14,7 @@ instrumentation, for instance).
 
 Stages that open no spans of their own are cheaper still as :class:`LeafSpan`\\ s: recorded on
 their parent FastSpan and exported with it as its children, without a context switch or a span
-queued of their own (0.8 µs against 2.2 µs for a stage that is a FastSpan). The inference
+queued of their own. The inference
 stages are leaves, except ``authentication`` when API keys are required: the key lookup's
 database spans belong under it.
 
@@ -33,7 +33,6 @@ Example::
 
 from __future__ import annotations
 
-import contextvars
 import random
 import time
 import traceback
@@ -42,35 +41,19 @@ from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.context.contextvars_context import ContextVarsRuntimeContext
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Event, ReadableSpan, SpanProcessor
 from opentelemetry.sdk.trace.id_generator import IdGenerator, RandomIdGenerator
 from opentelemetry.sdk.trace.sampling import Sampler
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
-from opentelemetry.trace.propagation import _SPAN_KEY  # the key trace.get_current_span() reads
 from opentelemetry.util.types import AttributeValue
+
+from mobile_multimodal.observability.fasttrace.otel_internals import SPAN_KEY, child_context, current_context
 
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 _NOT_SAMPLED = TraceFlags(TraceFlags.DEFAULT)
 _UNSET = Status(StatusCode.UNSET)
-
-
-def _runtime_context_var() -> contextvars.ContextVar[otel_context.Context] | None:
-    """The ContextVar behind OpenTelemetry's default runtime context, so the request path can get
-    and set the current context without the API's call layers; None under another runtime
-    context (OTEL_PYTHON_CONTEXT), where the API's functions are used. A test pins the equivalence."""
-    runtime = getattr(otel_context, "_RUNTIME_CONTEXT", None)
-    if type(runtime) is ContextVarsRuntimeContext:
-        var = getattr(runtime, "_current_context", None)
-        if isinstance(var, contextvars.ContextVar):
-            return var
-    return None
-
-
-CONTEXT_VAR = _runtime_context_var()
-_current_context = CONTEXT_VAR.get if CONTEXT_VAR is not None else otel_context.get_current
 
 
 def record_failure(span: trace.Span, exc: BaseException) -> None:
@@ -272,7 +255,7 @@ class LeafSpan(_Recording, trace.Span):
         self.end()
 
     def get_span_context(self) -> SpanContext:
-        return _child_context(self._parent._context, self._span_id)
+        return child_context(self._parent._context, self._span_id)
 
     def end(self, end_time: int | None = None) -> None:
         if self._end is not None:
@@ -351,10 +334,10 @@ class SpanRecorder:
         links: Sequence[Link] = (),
     ) -> trace.Span:
         # trace.get_current_span(context), without its three nested calls
-        parent_span = (context if context is not None else _current_context()).get(_SPAN_KEY)
+        parent_span = (context if context is not None else current_context()).get(SPAN_KEY)
         if type(parent_span) is FastSpan and parent_span._end is None:
             parent = parent_span._context
-            span_ctx = _child_context(parent, self._new_span_id())
+            span_ctx = child_context(parent, self._new_span_id())
             return FastSpan(self, name, span_ctx, parent, kind, attributes, links, parent_span._sampled)
         if not isinstance(parent_span, trace.Span):
             parent_span = trace.INVALID_SPAN
@@ -380,10 +363,3 @@ class SpanRecorder:
 def _random_span_id() -> int:
     """A random non-zero 64-bit span id, as RandomIdGenerator makes them."""
     return random.getrandbits(64) or 1
-
-
-def _child_context(parent: SpanContext, span_id: int) -> SpanContext:
-    """``SpanContext(parent.trace_id, span_id, False, parent.trace_flags, parent.trace_state)``
-    for a valid parent: the tuple the constructor builds, read and built without its property
-    calls and validity checks (SpanContext is a tuple; a test compares the two)."""
-    return tuple.__new__(SpanContext, (parent[0], span_id, False, parent[3], parent[4], True))
