@@ -1,9 +1,9 @@
 """Imports point down (DESIGN.md "Layers"): a package may import only packages below it.
 
-The order, from the ground up: shared basics (errors, settings, file hashing, the data and its
-vocabulary) -> observability -> model -> quantization -> training -> export -> store -> security
--> serving -> ops (operator workflows: db, users) -> the CLI. Lazy imports count; imports under
-``TYPE_CHECKING`` do not (they never run).
+The order is ``RANK`` below, from the ground up (0: shared basics) to the CLI: the one place it
+is written. docs/architecture.md explains each layer, and tests/test_architecture_doc.py keeps
+its table equal to ``RANK``. Lazy imports count; imports under ``TYPE_CHECKING`` do not (they
+never run).
 
 The upward imports the code still has are listed in ``KNOWN_UPWARD`` (issue 17 removes them); a
 new one fails this test, and so does a listed one that is gone (take it off the list).
