@@ -9,6 +9,7 @@ instance to the app factory.
 from __future__ import annotations
 
 import ipaddress
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -94,6 +95,8 @@ class Settings(BaseSettings):
     manifest_signing_key: str | None = Field(None, repr=False)
     manifest_signing_key_file: Path | None = None
     observability_config: Path = Path("monitoring/observability.yml")
+    # A dotenv file of MOBILE_MM_* lines under the environment (load_settings); re-read on SIGHUP.
+    settings_file: Path | None = None
     backup_dir: Path | None = Field(None, description="Where backups go; default <data_dir>/backups.")
     backup_interval_s: float = Field(0.0, ge=0, description="Server-side backup period; 0 = off (use cron).")
     # How often the server reads backup_runs into its backup metrics (backups made by other processes).
@@ -131,6 +134,12 @@ class Settings(BaseSettings):
     # in one summary row per window (security/throttle.py). Metrics count every one.
     auth_failure_audit_limit: int = Field(10, ge=1)
     auth_failure_audit_window_s: float = Field(60.0, gt=0)
+    # A successful authentication is audited at most once per key per this many seconds.
+    auth_success_audit_interval_s: float = Field(300.0, gt=0)
+    # <log_dir>/audit.jsonl (security/audit_file.py), rotated like the application log.
+    audit_log_max_bytes: int = Field(50 * 1024 * 1024, ge=1024)
+    audit_log_backup_count: int = Field(10, ge=0)
+    audit_log_rotate_hours: float = Field(24.0, gt=0)
 
     # --- mobile export ------------------------------------------------------------------
     # A CLI export is a short-lived process: its metrics reach Prometheus through this
@@ -252,7 +261,22 @@ class Settings(BaseSettings):
         return f"sqlite:///{(self.data_dir / 'mobile_mm.db').as_posix()}"
 
 
+SETTINGS_FILE_ENV = "MOBILE_MM_SETTINGS_FILE"
+
+
+def load_settings() -> Settings:
+    """Settings from the environment, over ``MOBILE_MM_SETTINGS_FILE`` (``MOBILE_MM_*=value``
+    lines, dotenv syntax) when it is set: the variables win over the file. A running server
+    reads them again on SIGHUP (serving/reload.py); the file is what can change meanwhile."""
+    env_file = os.environ.get(SETTINGS_FILE_ENV)
+    if not env_file:
+        return Settings()
+    if not Path(env_file).is_file():
+        raise ValueError(f"{SETTINGS_FILE_ENV}={env_file}: no such file")
+    return Settings(_env_file=env_file)
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    """The process-wide settings, read once from the environment."""
-    return Settings()
+    """The process-wide settings, read once from the environment (and the settings file)."""
+    return load_settings()

@@ -2,9 +2,11 @@
 
 Each event carries the operator's guide's fields: user identity (``user_id``), timestamp,
 action details (``action`` + ``details``), ``resource``, ``result`` (success|failure) and
-``source_ip``. Rows go to ``audit_events``; the same fields go to the
+``source_ip`` (the client's address for HTTP events; ``local`` for the CLI's and the service's
+own events, which no network client caused). Rows go to ``audit_events``; the same fields go to the
 ``mobile_multimodal.audit`` logger as ``extra`` attributes, which the JSON log formatter writes
-out (and Promtail ships to Loki), so the trail survives even if the database write fails.
+out (and Promtail ships to Loki), and to the audit file (audit_file.py, ``audit.jsonl``), so the
+trail survives even if the database write fails.
 
 ``EventType`` is the bounded label set of ``security_events_total{event_type}``.
 
@@ -26,9 +28,12 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from mobile_multimodal.observability import metrics
+from mobile_multimodal.security.audit_file import current_audit_file
 from mobile_multimodal.store import AuditEvent, Database
 
 AUDIT_LOGGER = "mobile_multimodal.audit"
+# The source of an event no network client caused: the CLI, the service's own loops.
+LOCAL_SOURCE = "local"
 Result = Literal["success", "failure"]
 log = logging.getLogger(__name__)
 
@@ -100,7 +105,7 @@ class AuditLog:
             action=action,
             resource=resource,
             result=result,
-            source_ip=source_ip,
+            source_ip=source_ip or LOCAL_SOURCE,
             details=dict(details or {}),
         )
 
@@ -125,3 +130,20 @@ class AuditLog:
                 "details": event.details,
             },
         )
+        audit_file = current_audit_file()
+        if audit_file is not None:
+            audit_file.write(event_fields(event))
+
+
+def event_fields(event: AuditEvent) -> dict[str, Any]:
+    """The guide's fields of one event, JSON-ready (the audit file's line, ``audit query --json``)."""
+    return {
+        "id": event.id,
+        "timestamp": event.timestamp.isoformat(),
+        "user_id": event.user_id,
+        "action": event.action,
+        "resource": event.resource,
+        "result": event.result,
+        "source_ip": event.source_ip,
+        "details": event.details,
+    }

@@ -11,6 +11,7 @@ import getpass
 import json
 from datetime import datetime
 
+from mobile_multimodal.security.audit import AuditLog
 from mobile_multimodal.security.keys import create_key, list_keys, revoke_key
 from mobile_multimodal.store import ApiKey, Database
 
@@ -54,7 +55,16 @@ def keys_create(user: str, key_type: str, admin: bool, as_json: bool, db: Databa
 
 
 def keys_list(include_revoked: bool, as_json: bool, db: Database | None = None) -> str:
-    records = list_keys(db or Database(), include_revoked=include_revoked)
+    db = db or Database()
+    records = list_keys(db, include_revoked=include_revoked)
+    # who looked at the key inventory is a data access the trail keeps
+    AuditLog(db).record(
+        user_id=cli_actor(),
+        action="keys.list",
+        resource="api_keys",
+        result="success",
+        details={"include_revoked": include_revoked, "rows": len(records)},
+    )
     if as_json:
         return json.dumps([key_to_dict(r) for r in records], indent=2)
     if not records:

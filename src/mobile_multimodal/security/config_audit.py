@@ -1,10 +1,13 @@
 """Configuration changes: compare the settings at start with the last ones the database saw.
 
-At each start the service hashes its settings and compares the hash with the newest
-``config_state`` row. A different hash is a configuration change: ``config_changes_total{source}``
-+1, ``security_events_total{event_type="config_change"}`` +1, and an audit event listing which
-settings changed. Secrets (the metrics token, the database URL with its password) are never
-stored: the snapshot keeps a short sha256 fingerprint of them, enough to tell that they changed.
+At each start, and at each reload (SIGHUP, serving/reload.py), the service hashes its settings
+together with the effective observability configuration (``monitoring/observability.yml`` and
+its environment overrides) and compares the hash with the newest ``config_state`` row. A
+different hash is a configuration change: ``config_changes_total{source}`` +1,
+``security_events_total{event_type="config_change"}`` +1, and an audit event listing which
+settings changed. Secrets (the metrics token, the database URL with its password, the manifest
+signing key) are never stored: the snapshot keeps a short sha256 fingerprint of them, enough
+to tell that they changed.
 The very first start records a baseline (audited, not counted as a change).
 
 Example::
@@ -25,6 +28,7 @@ from typing import Any
 from sqlalchemy import select
 
 from mobile_multimodal.observability import metrics
+from mobile_multimodal.observability.config import ObservabilityConfigError, load_config
 from mobile_multimodal.security.audit import AuditLog, EventType, count_security_event
 from mobile_multimodal.settings import Settings
 from mobile_multimodal.store import ConfigState, Database
@@ -46,11 +50,33 @@ def _fingerprint(value: Any) -> str | None:
     return "sha256:" + hashlib.sha256(str(value).encode("utf-8")).hexdigest()[:16]
 
 
+def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
+    if isinstance(value, dict):
+        for key, child in value.items():
+            _flatten(f"{prefix}.{key}", child, out)
+    else:
+        out[prefix] = value
+
+
+def observability_snapshot(settings: Settings) -> dict[str, Any]:
+    """The effective observability configuration (``observability.yml`` + its environment
+    overrides) as dotted keys: ``{"observability.logging.level": "INFO", ...}``. A change to the
+    file's values is a configuration change; a change to its comments is not."""
+    try:
+        config = load_config(settings).model_dump(mode="json")
+    except ObservabilityConfigError as exc:  # recorded as such: the reload refuses it
+        return {"observability": f"invalid: {exc}"}
+    out: dict[str, Any] = {}
+    _flatten("observability", config, out)
+    return out
+
+
 def settings_snapshot(settings: Settings) -> dict[str, Any]:
-    """JSON-safe settings, secrets replaced by fingerprints."""
+    """JSON-safe settings, secrets replaced by fingerprints, and the observability configuration."""
     data = settings.model_dump(mode="json")
     for name in SECRET_FIELDS & data.keys():
         data[name] = _fingerprint(data[name])
+    data.update(observability_snapshot(settings))
     return data
 
 

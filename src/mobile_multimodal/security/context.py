@@ -7,6 +7,8 @@ a key, enforce its rate limit, decide admin access, and turn every refusal into 
 the source IP, and a :class:`SecurityError` carrying the error code. Failed authentications are
 audited through a per-source throttle (throttle.py): every one is counted, the first few per
 window get a row each, the rest one summary row (:meth:`SecurityContext.flush_suppressed_audits`).
+Successful authentications are audited too (``auth.success``), once per key per
+``MOBILE_MM_AUTH_SUCCESS_AUDIT_INTERVAL_S``.
 
 Example::
 
@@ -103,6 +105,7 @@ class SecurityContext:
         )
         self._last_touch: dict[str, float] = {}
         self._last_limited_audit: dict[str, float] = {}
+        self._last_success_audit: dict[str, float] = {}
         self._lock = threading.Lock()
 
     @property
@@ -149,7 +152,26 @@ class SecurityContext:
                 key_id=record.id,
             )
         self._maybe_touch(record.id)
+        self._maybe_audit_success(record.id, record.user_id, source_ip=source_ip, resource=resource)
         return Principal(record.user_id, record.key_type, record.id, record.is_admin)
+
+    def _maybe_audit_success(self, key_id: str, user_id: str, *, source_ip: str, resource: str) -> None:
+        # One row per key per MOBILE_MM_AUTH_SUCCESS_AUDIT_INTERVAL_S, not one per request: the
+        # trail says who used which key from where and when, without a write on every request.
+        now = time.monotonic()
+        with self._lock:
+            last = self._last_success_audit.get(key_id)
+            if last is not None and now - last < self.settings.auth_success_audit_interval_s:
+                return
+            self._last_success_audit[key_id] = now
+        self.audit.record(
+            user_id=user_id,
+            action="auth.success",
+            resource=resource,
+            result="success",
+            source_ip=source_ip,
+            details={"key_id": key_id, "audited_once_per_s": self.settings.auth_success_audit_interval_s},
+        )
 
     def _refuse(
         self,

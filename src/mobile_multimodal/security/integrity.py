@@ -201,6 +201,13 @@ class IntegrityMonitor:
         self._task = asyncio.get_running_loop().create_task(self.run(interval_s), name="model-integrity")
         return self._task
 
+    def restart(self, interval_s: float) -> asyncio.Task[None]:
+        """Check again at another interval (a configuration reload); the state found so far stays."""
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+        return self.start(interval_s)
+
     async def stop(self) -> None:
         if self._task is None:
             return

@@ -4,7 +4,9 @@ The app starts answering at once: ``/alive`` is 200 from the first request, ``/r
 until the model has loaded and a warm-up inference succeeded (the engine loads in the
 background). The background duties (background.py: configuration record, model integrity
 loop, backup metrics) start with it; a model file changed on disk turns ``/health`` 503
-(``MODEL_INTEGRITY_FAILED``) while inference goes on, background.py says why. On shutdown
+(``MODEL_INTEGRITY_FAILED``) while inference goes on, background.py says why. SIGHUP re-reads
+the configuration and reloads a changed model (reload.py); audit events also go to
+``<log dir>/audit.jsonl`` (security/audit_file.py). On shutdown
 (SIGTERM, after uvicorn has drained in-flight requests) the duties stop, the batcher finishes
 what is queued, then telemetry is flushed.
 
@@ -32,6 +34,11 @@ from opentelemetry.sdk.trace.export import SpanExporter
 from mobile_multimodal.observability import Observability, metrics
 from mobile_multimodal.observability.health import HealthChecker
 from mobile_multimodal.observability.identity import SERVICE_NAME, service_version
+from mobile_multimodal.security.audit_file import (
+    configure_audit_file,
+    configure_from_settings,
+    current_audit_file,
+)
 from mobile_multimodal.security.auth import install_security
 from mobile_multimodal.serving.auth import KeyBeforeBodyMiddleware, build_authenticator
 from mobile_multimodal.serving.background import BackgroundDuties
@@ -40,6 +47,7 @@ from mobile_multimodal.serving.engine import InferenceEngine, ModelLoader, defau
 from mobile_multimodal.serving.errors import ErrorCode, install_error_handlers
 from mobile_multimodal.serving.openapi import install_openapi
 from mobile_multimodal.serving.parent_watch import exit_with_parent
+from mobile_multimodal.serving.reload import ServiceReloader
 from mobile_multimodal.serving.routers import export, health, inference, openai_compat
 from mobile_multimodal.serving.schemas import Task
 from mobile_multimodal.settings import Settings, get_settings
@@ -94,13 +102,18 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await observability.start()
+        audit_file = configure_from_settings(settings)  # <log dir>/audit.jsonl
         await engine.start()
         await duties.start()
+        reloader.install_signal_handler()  # SIGHUP: re-read the configuration (reload.py)
         try:
             yield
         finally:
             app.state.shutting_down = True
+            reloader.remove_signal_handler()
             await duties.stop()  # before the database closes: the loops write to it
+            if audit_file is not None and current_audit_file() is audit_file:
+                configure_audit_file(None)
             await engine.stop()
             if database is not None:
                 database.dispose()
@@ -133,11 +146,13 @@ def create_app(
     security = install_security(app, settings, database) if database is not None else None
     observability.install(app)
     duties = BackgroundDuties(settings, engine, database, security)
+    reloader = ServiceReloader(app)
 
     app.state.settings = settings
     app.state.engine = engine
     app.state.database = database
     app.state.duties = duties
+    app.state.reloader = reloader
     app.state.health_checker = HealthChecker(
         settings,
         database=database,

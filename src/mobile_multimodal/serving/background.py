@@ -26,9 +26,13 @@ Started by the app's lifespan, stopped at shutdown (before the database is close
   the requests are replayed through the fp32 reference; both run on the model thread in small
   slices between requests (``background_slices.py``), never ahead of one.
 
-**Tampering found at run time: the service keeps serving, and says so loudly.** ``/health``
-turns 503 with ``{"component": "model", "code": "MODEL_INTEGRITY_FAILED"}``, ModelTampering
-pages, the audit trail names the files; ``/ready`` stays 200 and inference goes on. Why:
+**Tampering found at run time: the service keeps serving, and says so loudly.** A model file
+changed or deleted, or ``manifest.json`` rewritten (the monitor checks it against the manifest
+that was loaded, so weights and manifest replaced together are caught too): ``/health`` and
+``/model/health`` turn 503 with ``MODEL_INTEGRITY_FAILED`` naming the files,
+``model_integrity_ok`` is 0 and ModelTampering pages, ``model_integrity_failures_total`` and
+``security_events_total{event_type="model_tampering"}`` count the incident once, the audit trail
+names the files; ``/ready`` stays 200 and inference goes on. Why:
 the weights in memory were checked against the manifest when they were loaded and are the
 process's own copies (``load_state_dict`` copies out of the safetensors mapping; the serving
 tests check that answers do not change after a byte of the file flips), so the service still
@@ -38,6 +42,12 @@ serve them either. Refusing traffic instead would turn one written byte into an 
 every replica sharing the model volume, a kill switch for whoever can write there, while
 protecting nothing. The operator restores the files from a trusted copy (runbook
 ModelTampering); the next check clears ``/health`` and audits the recovery, no restart needed.
+A reload (SIGHUP, reload.py) meanwhile tries to load the files on disk, is refused by the same
+checks (and, with ``MOBILE_MM_MANIFEST_SIGNING_KEY``, by the signature), and keeps the verified
+model serving; a *validly signed* new model written in place is how a model is replaced without
+a restart: SIGHUP loads it, and the integrity loop then watches the new files.
+
+The model load is audited (``model.load``, success or failure, with what was loaded).
 
 Under ``--workers N`` (see :mod:`.leader`) every worker runs its own integrity check, so each
 worker's ``/health`` is true, but only the leader records the configuration, counts and audits
@@ -55,8 +65,12 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import logging
 from collections.abc import Coroutine
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -99,19 +113,21 @@ class BackgroundDuties:
         self.shadow: ShadowComparator | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._canary_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Record the configuration, then start the loops; returns at once after that."""
         self.loop = asyncio.get_running_loop()  # where another thread may schedule a duty's work
         if self.database is not None and self.leader.is_leader():
             await self._record_config(self.database)
-        self._spawn(self._watch_model(), "start-integrity-monitor")
+        self._spawn(self._audit_load_then_watch(), "start-integrity-monitor")
         self._spawn(self._watch_quality(), "start-live-quality")
         if self.database is not None:
             self._spawn(self._sync_backups(self.database), "backup-metrics-sync")
             if self.settings.cleanup_interval_s > 0:
-                leader = self.leader.is_leader
-                cleanup = run_retention_cleanup(self.database, self.settings, self.audit, leader)
+                cleanup = run_retention_cleanup(
+                    self.database, self.settings, self.audit, self.leader.is_leader
+                )
                 self._spawn(cleanup, "retention-cleanup")
         if self.security is not None:
             self._spawn(self._flush_suppressed_audits(self.security), "suppressed-audit-flush")
@@ -127,6 +143,19 @@ class BackgroundDuties:
             await self.monitor.stop()
         self.leader.release()
 
+    def integrity_report(self) -> dict[str, Any]:
+        """``/model/health``'s integrity section: the last check's outcome, as ``/health`` sees it."""
+        result = self.monitor.last_result if self.monitor is not None else None
+        problem = self.integrity_problem()
+        status = "unchecked" if result is None else "unhealthy" if problem else "healthy"
+        last = datetime.fromtimestamp(result.timestamp, UTC).isoformat() if result is not None else None
+        return {
+            "status": status,
+            "signature_verified": bool(self.engine.settings.manifest_signing_key) and self.engine.ready,
+            "last_check": last,
+            "message": problem,
+        }
+
     def integrity_problem(self) -> str | None:
         """Why the model's files are not trusted (for /health), or None when the last check passed."""
         result = self.monitor.last_result if self.monitor is not None else None
@@ -138,10 +167,11 @@ class BackgroundDuties:
             "load; restore the files from a trusted copy (runbook ModelTampering)"
         )
 
-    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
         task = asyncio.create_task(coro, name=name)
         task.add_done_callback(_log_crash)
         self._tasks.append(task)
+        return task
 
     async def _record_config(self, database: Database) -> None:
         try:
@@ -152,21 +182,50 @@ class BackgroundDuties:
         if change.changed:
             log.warning("configuration changed since the last start: %s", ", ".join(change.changed_fields))
 
-    async def _watch_model(self) -> None:
-        """Start the integrity loop once the model has loaded (nothing to check if it failed)."""
+    async def _audit_load_then_watch(self) -> None:
+        """Once the model has loaded (or failed to): audit the load, then start the integrity loop."""
         await self.engine.wait_ready()
+        if self.leader.is_leader():
+            await asyncio.to_thread(self._audit_load)
+        await self.watch_model()
+
+    def _audit_load(self) -> None:
+        engine = self.engine
+        resource = f"model:{self.settings.model}"
+        if engine.ready:
+            details = {
+                **engine.describe(),
+                "load_seconds": round(engine.load_seconds or 0.0, 3),
+                "signature_verified": bool(self.settings.manifest_signing_key),
+            }
+            self.audit.record(
+                user_id="system", action="model.load", resource=resource, result="success", details=details
+            )
+        elif engine.state == "failed" and engine.error is not None:
+            details = {"code": engine.error.code, "error": engine.error.message[:2000]}
+            self.audit.record(
+                user_id="system", action="model.load", resource=resource, result="failure", details=details
+            )
+
+    async def watch_model(self) -> None:
+        """(Re)start the integrity loop on the served model's files and manifest (at start, and
+        after a reload swapped the model); nothing to check if the model failed to load."""
+        if self.monitor is not None:
+            await self.monitor.stop()
+            self.monitor = None
         model = self.engine.model
         if not self.engine.ready or model is None:
             return
         model_dir = getattr(model, "model_dir", None)
-        files = (getattr(model, "manifest", None) or {}).get("files")
+        manifest = getattr(model, "manifest", None) or {}
+        files = manifest.get("files")
         if model_dir is None or not files:
             log.warning("no integrity checks: the model was not loaded from a directory with a manifest")
             return
         try:
             self.monitor = IntegrityMonitor(
                 model_dir,
-                files,
+                [*files, await asyncio.to_thread(loaded_manifest_entry, Path(model_dir), manifest)],
                 model_type=self.settings.model_type,
                 audit=self.audit,
                 reports_incidents=self.leader.is_leader,
@@ -174,7 +233,28 @@ class BackgroundDuties:
         except ValueError as exc:
             log.error("no integrity checks: invalid manifest in %s: %s", model_dir, exc)
             return
-        self.monitor.start(self.settings.integrity_check_interval_s)
+        self.monitor.start(self.engine.settings.integrity_check_interval_s)
+
+    def apply_settings(self, settings: Settings, changed: list[str]) -> list[str]:
+        """A reload's live settings (serving/reload.py); returns the changed ones it applied."""
+        applied = []
+        self.settings = settings
+        if "shadow_sample_rate" in changed and self.shadow is not None:
+            self.shadow.settings = settings
+            self.shadow.rate = settings.shadow_sample_rate
+            applied.append("shadow_sample_rate")
+        if {"canary_interval_s", "canary_size"} & set(changed) and self.canary is not None:
+            self.canary.settings = settings
+            if "canary_size" in changed:
+                self.canary.canary = None  # rendered again at the next run, at the new size
+            if self._canary_task is not None:
+                self._canary_task.cancel()
+            self._canary_task = self._spawn(self.canary.run_forever(), "canary")
+            applied += [f for f in ("canary_interval_s", "canary_size") if f in changed]
+        if "integrity_check_interval_s" in changed and self.monitor is not None:
+            self.monitor.restart(settings.integrity_check_interval_s)
+            applied.append("integrity_check_interval_s")
+        return applied
 
     async def _watch_quality(self) -> None:
         """Once the model is ready: the canary loop and the shadow comparator (each its own task)."""
@@ -186,7 +266,7 @@ class BackgroundDuties:
         self.canary = CanaryEvaluator(self.settings, self.engine, slices, reference)
         self.shadow = ShadowComparator(self.settings, self.engine, slices, reference)
         self.engine.after_success.append(self.shadow.offer)
-        self._spawn(self.canary.run_forever(), "canary")
+        self._canary_task = self._spawn(self.canary.run_forever(), "canary")
         self._spawn(self.shadow.run_forever(), "shadow-comparison")
 
     async def _flush_suppressed_audits(self, security: SecurityContext) -> None:
@@ -205,6 +285,21 @@ class BackgroundDuties:
             backup_interval_s=self.settings.backup_interval_s,
             retention=RetentionPolicy.from_settings(self.settings),
         )
+
+
+def loaded_manifest_entry(model_dir: Path, loaded: dict[str, Any]) -> dict[str, Any]:
+    """An integrity entry for ``manifest.json`` itself: its bytes now when they still say what
+    was loaded, else an entry the file cannot match (it has changed since the load). So a
+    manifest rewritten while serving (with new weights, or a new signature) is an incident too."""
+    path = model_dir / "manifest.json"
+    try:
+        data = path.read_bytes()
+        if json.loads(data) == loaded:
+            return {"path": "manifest.json", "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    except (OSError, ValueError):
+        pass
+    expected = json.dumps(loaded, sort_keys=True).encode()
+    return {"path": "manifest.json", "bytes": len(expected), "sha256": hashlib.sha256(expected).hexdigest()}
 
 
 def _log_crash(task: asyncio.Task[None]) -> None:

@@ -322,32 +322,72 @@ class InferenceEngine:
             self._on_load_failed(exc.code)
 
     def _load_and_warm_up(self) -> ServableModel:
-        """Runs on the model thread: load, then one real inference per task. One root span,
-        ``model_load``, with the loader's stages (the default loader's: read, verify, build)
-        and ``warm_up`` as its children."""
+        """Runs on the model thread: load, then one real inference per task."""
         configure_torch_threads(self.settings.workers, self.settings.torch_threads)
-        attributes = {
-            "model.path": self.settings.model,
-            "model.quantization": self.settings.quantization,
-            "model.device": self.settings.device,
-        }
-        with stage("model_load", attributes, Context()) as span:
-            model = self._load_model()
-            span.set_attribute("model.device", str(getattr(model, "device", "cpu")))
-            with stage("warm_up"):
-                self._warm_up(model)
-        return model
-
-    def _load_model(self) -> ServableModel:
-        try:
-            model = self._loader(self.settings)
-        except Exception as exc:
-            code = str(getattr(exc, "code", "") or ErrorCode.MODEL_LOAD_FAILED)
-            raise ModelLoadFailure(code, f"cannot load model {self.settings.model!r}: {exc}") from exc
+        model = self._traced_load(self.settings, reload=False)
         self.info = dict(model.get_model_info())
         return model
 
-    def _warm_up(self, model: ServableModel) -> None:
+    def _traced_load(self, settings: Settings, *, reload: bool) -> ServableModel:
+        """One root span, ``model_load``, with the loader's stages (the default loader's: read,
+        verify, build) and ``warm_up`` as its children; ``model.reload`` says which load it was."""
+        attributes: dict[str, str | bool] = {
+            "model.path": settings.model,
+            "model.quantization": settings.quantization,
+            "model.device": settings.device,
+            "model.reload": reload,
+        }
+        with stage("model_load", attributes, Context()) as span:
+            model = self._load_model(settings)
+            span.set_attribute("model.device", str(getattr(model, "device", "cpu")))
+            with stage("warm_up"):
+                self._warm_up(model, settings.max_batch_size)
+        return model
+
+    def _load_model(self, settings: Settings) -> ServableModel:
+        try:
+            return self._loader(settings)
+        except Exception as exc:
+            code = str(getattr(exc, "code", "") or ErrorCode.MODEL_LOAD_FAILED)
+            raise ModelLoadFailure(code, f"cannot load model {settings.model!r}: {exc}") from exc
+
+    async def reload(self, settings: Settings) -> ServableModel:
+        """Load ``settings``' model beside the served one, then swap it in; raises ModelLoadFailure
+        (counted through ``on_load_failed``) and keeps serving the old model when that fails.
+
+        The load and warm-up run on a thread of their own (traced as at start-up, with
+        ``model.reload=true``), so requests keep being served meanwhile; the swap runs on the
+        model thread, between two batches: a batch already running finishes on the old weights,
+        the next one runs on the new."""
+        start = time.perf_counter()
+        try:
+            model = await asyncio.to_thread(self._traced_load, settings, reload=True)
+            info = dict(model.get_model_info())
+        except ModelLoadFailure as exc:
+            self._reload_failed(exc)
+            raise
+        except Exception as exc:  # a failed reload must never take the served model down
+            failure = ModelLoadFailure(ErrorCode.MODEL_LOAD_FAILED, f"{type(exc).__name__}: {exc}")
+            self._reload_failed(failure)
+            raise failure from exc
+        seconds = time.perf_counter() - start
+
+        def swap() -> None:
+            self.model, self.info, self.settings = model, info, settings
+
+        await self.run_in_model_thread(swap)
+        self.load_seconds = seconds
+        log.info("model reloaded in %.2f s: %s", seconds, self.describe())
+        if self._on_loaded is not None:
+            self._on_loaded(model, seconds)
+        return model
+
+    def _reload_failed(self, exc: ModelLoadFailure) -> None:
+        log.error("model reload failed (%s): %s; still serving the loaded model", exc.code, exc.message)
+        if self._on_load_failed is not None:
+            self._on_load_failed(exc.code)
+
+    def _warm_up(self, model: ServableModel, max_batch_size: int) -> None:
         try:
             image = self.probe.image
             run_batch(model, ("captioning", 32), [Job(image)])
@@ -355,7 +395,7 @@ class InferenceEngine:
             run_batch(model, ("vqa", 8), [Job(image, question="what color is the circle ?")])
             run_batch(model, ("retrieval", 0), [Job(image, texts=("a large red circle",))])
             # A full batch too, so the first busy moment doesn't pay for allocation.
-            run_batch(model, ("captioning", 32), [Job(image)] * self.settings.max_batch_size)
+            run_batch(model, ("captioning", 32), [Job(image)] * max_batch_size)
         except Exception as exc:
             raise ModelLoadFailure(ErrorCode.MODEL_LOAD_FAILED, f"warm-up inference failed: {exc}") from exc
 

@@ -37,8 +37,11 @@ import time
 from pathlib import Path
 from typing import IO
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from mobile_multimodal.errors import ExportErrorCode
 from mobile_multimodal.observability.pushgateway import push_export_group
+from mobile_multimodal.security.export_audit import audit_export_finished
 from mobile_multimodal.settings import Settings
 from mobile_multimodal.store import Database
 from mobile_multimodal.store.export_records import (
@@ -198,6 +201,15 @@ class ExportJobs:
                 self._settle(record, code, message, time.perf_counter() - start, log_path)
             finally:
                 lock.close()
+                self._audit_finish(record.id)
+
+    def _audit_finish(self, export_id: str) -> None:
+        try:
+            audit_export_finished(self.database, export_id)
+        except SQLAlchemyError as exc:  # the log line of AuditLog is lost with the row; say so here
+            _log.error(
+                "export %s finish not audited: %s", export_id, exc, extra={"operation": "mobile_export"}
+            )
 
     def _settle(
         self, record: ExportRecord, code: str | None, message: str, duration_s: float, log_path: Path

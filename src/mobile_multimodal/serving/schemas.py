@@ -193,11 +193,26 @@ class ProbeResult(BaseModel):
     latency_ms: float
 
 
+class IntegrityReport(BaseModel):
+    """The model files against their manifest, as ``/health``'s model check sees them."""
+
+    status: Literal["healthy", "unhealthy", "unchecked"] = Field(
+        description="unchecked: no check has finished yet, or the model has no manifest."
+    )
+    signature_verified: bool = Field(
+        description="The loaded manifest's HMAC signature was verified (MOBILE_MM_MANIFEST_SIGNING_KEY set)."
+    )
+    last_check: str | None = Field(None, description="When the files were last re-hashed (ISO 8601, UTC).")
+    message: str | None = None
+
+
 class ModelHealthResponse(BaseModel):
-    """``GET|POST /model/health``: a real probe inference through the loaded model."""
+    """``GET|POST /model/health``: a real probe inference through the loaded model, and the
+    integrity of its files (unhealthy, 503, when they differ from the manifest, as ``/health``)."""
 
     status: CheckStatus
     model: ModelRef | None
     probe: ProbeResult | None
     error: ErrorDetail | None = None
     checked_at: str
+    integrity: IntegrityReport | None = None

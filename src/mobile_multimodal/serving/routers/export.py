@@ -31,6 +31,7 @@ from mobile_multimodal.errors import ExportError, ExportErrorCode
 from mobile_multimodal.export.formats import load_writer, resolve_format
 from mobile_multimodal.security.auth import require_admin
 from mobile_multimodal.security.context import Principal
+from mobile_multimodal.security.source import client_ip
 from mobile_multimodal.serving.deps import checks_key_before_body
 from mobile_multimodal.serving.errors import ErrorCode, ServiceError
 from mobile_multimodal.serving.export_jobs import JOB_ORIGIN, ExportBusy, ExportJobs
@@ -124,6 +125,18 @@ async def start_export(body: ExportRequest, request: Request) -> JSONResponse:
             f"another export is running; one runs at a time. Retry in {RETRY_AFTER_S} s",
             headers={"Retry-After": str(RETRY_AFTER_S)},
         ) from None
+    security = getattr(request.app.state, "security", None)
+    if security is not None:  # a copy of the model leaves the service: who asked, from where
+        await anyio.to_thread.run_sync(
+            lambda: security.audit.record(
+                user_id=principal.user_id,
+                action="export.request",
+                resource=f"export:{record.id}",
+                result="success",
+                source_ip=client_ip(request.scope),
+                details={"platform": body.platform, "format": fmt, "quantization": body.quantization},
+            )
+        )
     view = to_json(record)
     return JSONResponse(view, status_code=202, headers={"Location": f"/export/{record.id}"})
 

@@ -8,7 +8,9 @@
 * ``GET|POST /model/health``: runs the known-answer probe through the batcher and the model and
   reports its latency and whether the answer was right; 503 when it failed or was wrong. At most
   one probe runs per ``MOBILE_MM_MODEL_HEALTH_CACHE_S``: concurrent calls share the one in flight
-  and later ones get its answer (probe_cache.py), so a flood of calls costs one inference.
+  and later ones get its answer (probe_cache.py), so a flood of calls costs one inference. Its
+  ``integrity`` section is read live: model files that differ from their manifest make it 503
+  ``MODEL_INTEGRITY_FAILED``, as ``/health`` does.
 
 None of these need an API key, so none says more than a caller needs: no process id, no paths.
 """
@@ -136,7 +138,18 @@ async def _model_health(request: Request) -> JSONResponse:
         cache = CachedProbe(lambda: _probe(engine), ttl_s=engine.settings.model_health_cache_s)
         request.app.state.model_probe = cache
     answer = await cache.get()
-    return JSONResponse(answer.body, status_code=answer.status_code)
+    body, status_code = dict(answer.body), answer.status_code
+    # Integrity is read live, not from the probe cache: a tampered file shows at once, as in /health.
+    duties = getattr(request.app.state, "duties", None)
+    if duties is not None:
+        integrity = duties.integrity_report()
+        body["integrity"] = integrity
+        if integrity["status"] == "unhealthy":
+            body["status"] = "unhealthy"
+            # the files' state outranks a probe's answer: it is what an operator must act on first
+            body["error"] = {"code": ErrorCode.MODEL_INTEGRITY_FAILED, "message": integrity["message"]}
+            status_code = 503
+    return JSONResponse(body, status_code=status_code)
 
 
 _MODEL_HEALTH_RESPONSES: dict[int | str, dict[str, object]] = {
