@@ -113,3 +113,15 @@ class ServeProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop_group()
+
+
+def metric_value(text: str, name: str, **labels: str) -> float:
+    """The sum of the samples of ``name`` with these labels in Prometheus text (0.0 when absent)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
+    )

@@ -5,7 +5,8 @@ message`` (trace and span ids from the active OpenTelemetry span, ``null`` outsi
 about a request also carry ``duration_ms, model_type, task, batch_size, memory_mb``. Fields
 passed with ``extra={...}`` land in the line. Records go through a queue to a background
 thread that writes them, in batches every 50 ms, to stdout and to a size- and time-rotated file,
-so a request never waits on disk or pipe I/O.
+so a request never waits on disk or pipe I/O. The queue is bounded and a full or read-only disk
+costs lines, counted in ``log_records_dropped_total``, never the service (log_writer.py).
 
 Example::
 
@@ -16,7 +17,6 @@ Example::
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import datetime as dt
 import functools
@@ -24,7 +24,6 @@ import json
 import logging
 import logging.handlers
 import os
-import queue
 import re
 import sys
 import threading
@@ -32,12 +31,14 @@ import time
 import traceback
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from opentelemetry import trace
 
+from mobile_multimodal.observability import metrics
 from mobile_multimodal.observability.config import LoggingConfig
 from mobile_multimodal.observability.identity import SERVICE_NAME, instance_id, service_version
+from mobile_multimodal.observability.log_writer import DROP_REASONS, BatchWriter, BoundedRecordQueue
 
 BASE_FIELDS = ("timestamp", "level", "service", "version", "instance_id", "trace_id", "span_id", "message")
 REQUEST_FIELDS = ("duration_ms", "model_type", "task", "batch_size", "memory_mb")
@@ -242,70 +243,6 @@ class SizeAndTimeRotatingFileHandler(logging.handlers.RotatingFileHandler):
         self.rollover_at = self._clock() + self.interval_s
 
 
-_ANY_RECORD = logging.makeLogRecord({})
-
-
-class _BatchWriter(threading.Thread):
-    """Writes queued records as JSON lines every ``interval_s``: one wake-up, one format per record
-    and one flush per sink for a whole batch.
-
-    A request thread only enqueues; waking a writer thread per record would make it compete with
-    the request and model threads for the GIL on every request.
-    """
-
-    def __init__(
-        self,
-        records: queue.SimpleQueue[logging.LogRecord],
-        stdout: IO[str] | None,
-        file: SizeAndTimeRotatingFileHandler | None,
-        interval_s: float = 0.05,
-    ) -> None:
-        super().__init__(name="json-log-writer", daemon=True)
-        self.records, self.stdout, self.file, self.interval_s = records, stdout, file, interval_s
-        self.formatter = JsonFormatter()
-        self._stop_event = threading.Event()
-        self._drain_lock = threading.Lock()  # flush_logging() drains from another thread
-
-    def run(self) -> None:
-        while not self._stop_event.wait(self.interval_s):
-            self.drain()
-        self.drain()
-
-    def drain(self) -> None:
-        with self._drain_lock:
-            self._drain()
-
-    def _drain(self) -> None:
-        lines = []
-        while True:
-            try:
-                record = self.records.get_nowait()
-            except queue.Empty:
-                break
-            try:
-                lines.append(self.formatter.format(record))
-            except Exception:  # one unformattable record must not stop the log
-                note = {"msg": f"unformattable log record from {record.name}", "levelname": "ERROR"}
-                lines.append(self.formatter.format(logging.makeLogRecord(note)))
-        if not lines:
-            return
-        if self.stdout is not None:
-            self.stdout.write("\n".join(lines) + "\n")
-            self.stdout.flush()
-        if self.file is not None:
-            with self.file.lock or contextlib.nullcontext():
-                for line in lines:
-                    if self.file.shouldRollover(_ANY_RECORD):  # (it decides on the file's size and age)
-                        self.file.doRollover()
-                    if self.file.stream is not None:  # opened by shouldRollover
-                        self.file.stream.write(line + "\n")
-                self.file.flush()
-
-    def stop(self) -> None:
-        self._stop_event.set()
-        self.join()
-
-
 class RateLimitFilter(logging.Filter):
     """Lets a message (by its template) through at most once per ``interval_s``; the line that
     gets through says how many were held back since the last one."""
@@ -335,7 +272,7 @@ class RateLimitFilter(logging.Filter):
 class LoggingRuntime:
     """What :func:`configure_logging` installed; :meth:`close` writes what is queued and removes it."""
 
-    def __init__(self, writer: _BatchWriter, handler: logging.Handler, path: Path | None):
+    def __init__(self, writer: BatchWriter, handler: logging.Handler, path: Path | None):
         self.writer, self.handler, self.path = writer, handler, path
 
     def close(self) -> None:
@@ -366,9 +303,12 @@ def configure_logging(cfg: LoggingConfig, log_dir: Path | None) -> LoggingRuntim
         file = SizeAndTimeRotatingFileHandler(
             path, cfg.file.max_bytes, cfg.file.backup_count, cfg.file.rotate_interval_hours * 3600
         )
-    q: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    for reason in DROP_REASONS:  # every series at 0 from start, so a rate() sees the first drop
+        metrics.LOG_RECORDS_DROPPED.labels(reason)
+    # bounded: a writer that cannot keep up costs (counted) lines, never memory
+    q = BoundedRecordQueue()
     handler = _ContextQueueHandler(q)
-    writer = _BatchWriter(q, sys.stdout if cfg.stdout else None, file)
+    writer = BatchWriter(q, JsonFormatter().format, sys.stdout if cfg.stdout else None, file)
     writer.start()
     root = logging.getLogger()
     for old in list(root.handlers):

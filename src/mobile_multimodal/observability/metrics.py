@@ -354,3 +354,9 @@ TRACE_SPANS_DROPPED = Counter(
     "Finished spans that were never exported (reason: queue_full, exporter_down).",
     ["reason"],
 )
+LOG_RECORDS_DROPPED = Counter(
+    "log_records_dropped",
+    "Log lines never written (reason: queue_full = the writer's bounded queue was full; "
+    "file_write_error / stdout_write_error = that sink raised, e.g. a full or read-only disk).",
+    ["reason"],
+)
