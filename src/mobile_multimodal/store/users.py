@@ -5,7 +5,8 @@ What the database holds about a user ``U``:
 * the ``users`` row (id, tier, first seen) and ``U``'s API keys (id, tier, prefix, dates; the
   key hash is never shown, and the secret was never stored);
 * audit rows where ``U`` is the identity, or the subject (``details.user``, e.g. ``key.create``
-  by an operator), or whose resource is one of ``U``'s keys, with their source IPs;
+  by an operator; resource ``users/U``), or whose resource is one of ``U``'s keys, with their
+  source IPs;
 * export records ``U`` requested over the API (``requested_by = "api:U/<key id>"``).
 
 :func:`erase_user` deletes the user and the keys, and anonymises the rest in one transaction:
@@ -78,6 +79,7 @@ def _audit_filter(user_id: str, key_ids: list[str]) -> ColumnElement[bool]:
     clauses: list[ColumnElement[bool]] = [
         AuditEvent.user_id == user_id,
         AuditEvent.details["user"].as_string() == user_id,
+        AuditEvent.resource == f"users/{user_id}",  # user.export and other commands about the user
     ]
     if key_ids:
         clauses.append(AuditEvent.resource.in_([f"api_keys/{k}" for k in key_ids]))
@@ -192,6 +194,8 @@ def erase_user(db: Database, user_id: str) -> ErasureReport:
                 event.user_id = token
                 event.source_ip = None  # the address this user's own requests came from
             event.details = _scrub(dict(event.details), user_id, token)
+            if event.resource == f"users/{user_id}":
+                event.resource = f"users/{token}"
         for record in exports:
             record.requested_by = f"{API_ORIGIN}{token}"
         s.execute(delete(ApiKey).where(ApiKey.user_id == user_id))
