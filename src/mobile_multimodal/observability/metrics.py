@@ -315,6 +315,22 @@ BACKUP_LAST_SUCCESS = Gauge(
     multiprocess_mode="max",
 )
 BACKUP_FAILURES = Counter("backup_failures", "Database backups that failed.")
+# Database (store/db_metrics.py). Buckets from a SQLite point read (~50 us) to a stuck query;
+# the SlowDatabaseQueries alert compares the p95 with 0.5 s.
+DB_QUERY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+DB_QUERY_DURATION = Histogram(
+    "db_query_duration_seconds",
+    "Time of one SQL statement on the database driver, by operation "
+    "(select, insert, update, delete, other).",
+    ["operation"],
+    buckets=DB_QUERY_BUCKETS,
+)
+DB_POOL_CONNECTIONS = Gauge(
+    "db_pool_connections",
+    "Database connections the app holds open, by state: in_use (checked out) or idle (in the pool).",
+    ["state"],
+    multiprocess_mode="livesum",
+)
 RATE_LIMIT_BACKEND_ERRORS = Counter(
     "rate_limit_backend_errors",
     "Rate-limit decisions made by this process's local buckets because the shared backend "

@@ -3,7 +3,8 @@
 SQLite is the default (a file in the data directory, WAL mode so readers never block the
 writer, a busy timeout so concurrent writers wait instead of failing); PostgreSQL is used when
 the URL says so (``postgresql://`` or ``postgresql+psycopg://``; install the ``postgres`` extra).
-Every statement is traced (see :mod:`.tracing`).
+Every statement is traced (see :mod:`.tracing`) and timed, and the pool's connections counted
+(see :mod:`.db_metrics`).
 
 The schema is brought to this release's newest Alembic revision at start (``migrations/``,
 run by :mod:`.migrate`; ``mobile-mm db upgrade`` does the same by hand), under a lock so several
@@ -36,6 +37,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
 
 from mobile_multimodal.store import migrate
+from mobile_multimodal.store.db_metrics import instrument_engine_metrics
 from mobile_multimodal.store.models import SchemaVersion
 from mobile_multimodal.store.tracing import instrument_engine
 
@@ -94,6 +96,7 @@ class Database:
         if self.backend == "sqlite":
             self._install_sqlite_pragmas(busy_timeout_ms)
         instrument_engine(self.engine, tracer_provider)
+        instrument_engine_metrics(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         if create_schema:
             self.create_schema()
