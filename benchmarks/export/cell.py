@@ -142,7 +142,7 @@ def task_cell(args: argparse.Namespace) -> dict[str, Any]:
         report = evaluate_loaded(model, None, [args.task])["tasks"][args.task]
         return {"task": args.task, "n": int(report["n"]), "primary": float(report["primary"])}
     from mobile_multimodal.data.splits import DEFAULT_SIZES, load_eval_split
-    from mobile_multimodal.training.metrics import exact_match_accuracy, word_accuracy
+    from mobile_multimodal.training.eval_metrics import exact_match_accuracy, word_accuracy
 
     examples = load_eval_split(args.task, DEFAULT_SIZES[args.task])[args.shard :: args.shards]
     if SHARDABLE[args.task] == "exact_match":

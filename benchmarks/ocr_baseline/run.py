@@ -45,7 +45,7 @@ from rapidocr import RapidOCR
 
 from mobile_multimodal.data.splits import load_eval_split
 from mobile_multimodal.filehash import sha256_file
-from mobile_multimodal.training.metrics import char_error_rate, word_accuracy
+from mobile_multimodal.training.eval_metrics import char_error_rate, word_accuracy
 
 SPLITS = ("ocr", "ocr_unseen_fonts")
 MODES = ("rec", "det+cls+rec", "det+cls+rec:defaults")

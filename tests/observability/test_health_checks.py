@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mobile_multimodal.observability.health import HealthChecker
+from mobile_multimodal.observability.health_checks import HealthChecker
 from mobile_multimodal.settings import Settings
 from mobile_multimodal.store import Database
 

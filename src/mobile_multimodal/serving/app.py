@@ -32,7 +32,7 @@ from fastapi import FastAPI
 from opentelemetry.sdk.trace.export import SpanExporter
 
 from mobile_multimodal.observability import Observability, metrics
-from mobile_multimodal.observability.health import HealthChecker
+from mobile_multimodal.observability.health_checks import HealthChecker
 from mobile_multimodal.observability.identity import SERVICE_NAME, service_version
 from mobile_multimodal.security.audit_file import (
     configure_audit_file,

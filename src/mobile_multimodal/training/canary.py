@@ -3,7 +3,7 @@
 The examples are the first ``size`` of each held-out eval split (``data/splits.py``: seeds from
 the evaluation namespace, never used by training; OCR on held-out words), generated
 deterministically from that fixed seed, so every process and every run scores the same images.
-Scores are the eval report's primary metrics (``training/metrics.py``): CIDEr-D for captioning
+Scores are the eval report's primary metrics (``training/eval_metrics.py``): CIDEr-D for captioning
 (over the canary's own references, so not comparable with the 500-example report), word accuracy
 for OCR, exact-match accuracy for VQA, recall@1 over a pool of ``size`` for retrieval.
 
@@ -32,7 +32,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from mobile_multimodal.data.splits import Example, load_eval_split
-from mobile_multimodal.training.metrics import cider_d, exact_match_accuracy, recall_at_k, word_accuracy
+from mobile_multimodal.training.eval_metrics import cider_d, exact_match_accuracy, recall_at_k, word_accuracy
 
 CANARY_TASKS = ("captioning", "ocr", "vqa", "retrieval")
 DEFAULT_CANARY_SIZE = 32

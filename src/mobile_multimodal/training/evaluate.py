@@ -18,7 +18,7 @@ from mobile_multimodal.data.scenes import parse_caption_objects
 from mobile_multimodal.data.splits import DEFAULT_SIZES, load_eval_split
 from mobile_multimodal.model import checkpoint
 from mobile_multimodal.model.llm import MobileMultiModalLLM
-from mobile_multimodal.training.metrics import (
+from mobile_multimodal.training.eval_metrics import (
     bleu4,
     char_error_rate,
     cider_d,

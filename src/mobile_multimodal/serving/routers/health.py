@@ -3,7 +3,7 @@
 * ``GET /alive``: the process answers (never touches the model or the database).
 * ``GET /ready``: 200 only once the model is loaded *and* a warm-up inference succeeded; 503
   while loading, after a failed load, and while shutting down.
-* ``GET /health``: database, model, memory and disk checks (observability/health.py); 503 when
+* ``GET /health``: database, model, memory and disk checks (observability/health_checks.py); 503 when
   any is unhealthy.
 * ``GET|POST /model/health``: runs the known-answer probe through the batcher and the model and
   reports its latency and whether the answer was right; 503 when it failed or was wrong. At most
@@ -24,7 +24,7 @@ import anyio
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from mobile_multimodal.observability.health import HealthChecker
+from mobile_multimodal.observability.health_checks import HealthChecker
 from mobile_multimodal.serving.deps import get_engine
 from mobile_multimodal.serving.engine import InferenceEngine, Job
 from mobile_multimodal.serving.errors import ErrorCode, ServiceError, public_message

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mobile_multimodal.training import metrics
-from mobile_multimodal.training.metrics import (
+from mobile_multimodal.training import eval_metrics
+from mobile_multimodal.training.eval_metrics import (
     bleu4,
     char_error_rate,
     cider_d,
@@ -26,7 +26,7 @@ L2 = math.log(2.0)  # idf of an n-gram found in one of two images: log(N) - log(
 
 
 def test_docstring_examples_hold() -> None:
-    failures, tried = doctest.testmod(metrics, verbose=False)
+    failures, tried = doctest.testmod(eval_metrics, verbose=False)
     assert tried >= 8
     assert failures == 0
 
