@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mobile_multimodal.model.config import ModelConfig
 from mobile_multimodal.model.layers import Attention, EncoderBlock
+from mobile_multimodal.model.model_config import ModelConfig
 
 
 class CTCReader(nn.Module):

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from mobile_multimodal.model.config import ModelConfig
 from mobile_multimodal.model.decoder import TextDecoder
 from mobile_multimodal.model.heads import CTCReader, ImageProjection, TextEncoder
+from mobile_multimodal.model.model_config import ModelConfig
 from mobile_multimodal.model.vision import VisionEncoder
 
 

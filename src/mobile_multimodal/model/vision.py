@@ -15,10 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mobile_multimodal.model.config import ModelConfig
 from mobile_multimodal.model.efficientnet_stem import OUT_CHANNELS as EFFICIENTNET_CHANNELS
 from mobile_multimodal.model.efficientnet_stem import efficientnet_lite0_stem, load_imagenet_weights
 from mobile_multimodal.model.layers import EncoderBlock
+from mobile_multimodal.model.model_config import ModelConfig
 from mobile_multimodal.model.norm import DomainBatchNorm2d
 
 

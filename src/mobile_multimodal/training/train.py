@@ -19,8 +19,8 @@ from tqdm import tqdm
 
 from mobile_multimodal.data.easyvqa import load_easy_vqa
 from mobile_multimodal.data.splits import DATA_VERSION
-from mobile_multimodal.model.config import ModelConfig
 from mobile_multimodal.model.llm import MobileMultiModalLLM
+from mobile_multimodal.model.model_config import ModelConfig
 from mobile_multimodal.model.network import MultiModalNet
 from mobile_multimodal.training.batches import Batch, BatchBuilder, BatchSizes
 from mobile_multimodal.training.bn_calibration import recalibrate_batchnorm
