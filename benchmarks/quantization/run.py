@@ -45,8 +45,8 @@ from benchmarks.quantization.report import TARGETS, write_markdown, write_plot
 from mobile_multimodal.data.easyvqa import load_easy_vqa
 from mobile_multimodal.data.splits import load_eval_split
 from mobile_multimodal.model import MobileMultiModalLLM
-from mobile_multimodal.model.errors import ModelLoadError
 from mobile_multimodal.model.llm import resolve_model_dir
+from mobile_multimodal.model.model_errors import ModelLoadError
 from mobile_multimodal.model.network import MultiModalNet
 from mobile_multimodal.model.preprocess import ImageInput
 from mobile_multimodal.model.quantized_layers import PackedWeight, set_weight_cache

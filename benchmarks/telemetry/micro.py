@@ -33,7 +33,7 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
 from mobile_multimodal.observability import Observability, metrics
-from mobile_multimodal.observability.context import annotate_request
+from mobile_multimodal.observability.request_context import annotate_request
 from mobile_multimodal.observability.tracing import (
     current_trace_id,
     force_flush,

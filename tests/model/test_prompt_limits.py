@@ -13,7 +13,7 @@ from PIL import Image
 
 from mobile_multimodal.data.scenes import render_scene, sample_scene
 from mobile_multimodal.model import MobileMultiModalLLM, Tokenizer
-from mobile_multimodal.model.errors import PromptTooLongError
+from mobile_multimodal.model.model_errors import PromptTooLongError
 from mobile_multimodal.model.preprocess import scene_tensor
 
 NEVER = -1  # an eos id the decoder can never produce: every row runs to its budget

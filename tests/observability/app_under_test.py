@@ -13,7 +13,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from mobile_multimodal.observability import Observability
 from mobile_multimodal.observability.config import ObservabilityConfig
-from mobile_multimodal.observability.context import annotate_request
+from mobile_multimodal.observability.request_context import annotate_request
 from mobile_multimodal.observability.tracing import stage
 from mobile_multimodal.settings import Settings
 

@@ -2,7 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from mobile_multimodal.observability.context import (
+from mobile_multimodal.observability.error_window import ErrorRateWindow
+from mobile_multimodal.observability.request_context import (
     ERROR_TYPES,
     annotate_request,
     begin_request,
@@ -10,7 +11,6 @@ from mobile_multimodal.observability.context import (
     end_request,
     error_type_for_status,
 )
-from mobile_multimodal.observability.error_window import ErrorRateWindow
 
 from .conftest import sample
 

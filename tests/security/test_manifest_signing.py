@@ -25,7 +25,7 @@ from mobile_multimodal.manifest_signing import (
     verify_manifest,
 )
 from mobile_multimodal.model import MobileMultiModalLLM, ModelConfig
-from mobile_multimodal.model.errors import ModelLoadError
+from mobile_multimodal.model.model_errors import ModelLoadError
 from mobile_multimodal.security.manifests import verify_directory
 from mobile_multimodal.settings import get_settings
 

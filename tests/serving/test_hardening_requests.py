@@ -29,7 +29,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mobile_multimodal.model.errors import PromptTooLongError
+from mobile_multimodal.model.model_errors import PromptTooLongError
 from mobile_multimodal.serving import images
 from mobile_multimodal.serving.engine import InferenceEngine, Job
 from mobile_multimodal.serving.images import INLINE_DECODE_PIXELS, ImageHeader, ImageLimits

@@ -57,8 +57,8 @@ from mobile_multimodal.export.validate import (
     not_executed,
     validate_bundle,
 )
-from mobile_multimodal.model.errors import ModelLoadError
 from mobile_multimodal.model.llm import MobileMultiModalLLM
+from mobile_multimodal.model.model_errors import ModelLoadError
 from mobile_multimodal.observability.export_telemetry import mobile_export
 from mobile_multimodal.observability.tracing import stage
 

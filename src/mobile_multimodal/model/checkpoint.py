@@ -24,7 +24,7 @@ from mobile_multimodal.manifest_signing import (
     maybe_sign,
     verify_manifest,
 )
-from mobile_multimodal.model.errors import ModelLoadError
+from mobile_multimodal.model.model_errors import ModelLoadError
 
 MANIFEST = "manifest.json"
 WEIGHTS = "model.safetensors"

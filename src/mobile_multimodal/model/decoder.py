@@ -32,9 +32,9 @@ from typing import Protocol
 import torch
 from torch import Tensor, nn
 
-from mobile_multimodal.model.errors import PromptTooLongError
 from mobile_multimodal.model.layers import DecoderBlock, KVCache
 from mobile_multimodal.model.model_config import ModelConfig
+from mobile_multimodal.model.model_errors import PromptTooLongError
 from mobile_multimodal.model.weight_reuse import reuse_weights
 
 

@@ -37,8 +37,8 @@ from torch import nn
 from mobile_multimodal.manifest_signing import FROM_SETTINGS, SigningKey
 from mobile_multimodal.model import checkpoint
 from mobile_multimodal.model.decoder import Stops
-from mobile_multimodal.model.errors import ModelLoadError, PromptTooLongError
 from mobile_multimodal.model.model_config import ModelConfig
+from mobile_multimodal.model.model_errors import ModelLoadError, PromptTooLongError
 from mobile_multimodal.model.network import MultiModalNet
 from mobile_multimodal.model.preprocess import ImageInput, scene_tensor, text_line_tensor
 from mobile_multimodal.model.quantized_loading import load_quantized_into

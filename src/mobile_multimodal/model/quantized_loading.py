@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from mobile_multimodal.model.errors import ModelLoadError
+from mobile_multimodal.model.model_errors import ModelLoadError
 from mobile_multimodal.model.packing import padded_length
 from mobile_multimodal.model.quantized_layers import quantized_module, replace_module
 from mobile_multimodal.model.quantized_weight import LayerSpec, QuantizedWeight, num_groups

@@ -27,9 +27,9 @@ from mobile_multimodal.observability.config import ObservabilityConfig, load_con
 from mobile_multimodal.observability.error_window import ErrorRateWindow
 from mobile_multimodal.observability.exposition import MetricsExposition
 from mobile_multimodal.observability.logging import configure_logging, shutdown_logging
-from mobile_multimodal.observability.middleware import ObservabilityMiddleware
 from mobile_multimodal.observability.model_metrics import record_load_failure, record_model
 from mobile_multimodal.observability.profiling import Profiler
+from mobile_multimodal.observability.request_telemetry import ObservabilityMiddleware
 from mobile_multimodal.observability.resources import ResourceSampler
 from mobile_multimodal.observability.tracing import configure_tracing, shutdown_tracing
 from mobile_multimodal.settings import Settings

@@ -28,7 +28,7 @@ from mobile_multimodal.manifest_signing import (
     verify_manifest,
 )
 from mobile_multimodal.model.checkpoint import MANIFEST, verify_files
-from mobile_multimodal.model.errors import ModelLoadError
+from mobile_multimodal.model.model_errors import ModelLoadError
 
 
 class ManifestError(ValueError):

@@ -30,7 +30,7 @@ from fastapi import Request
 from opentelemetry import trace
 from opentelemetry.trace import Span
 
-from mobile_multimodal.observability.context import annotate_request
+from mobile_multimodal.observability.request_context import annotate_request
 from mobile_multimodal.observability.tracing import leaf_stage, record_failure, stage, start_span
 from mobile_multimodal.serving.engine import InferenceEngine
 from mobile_multimodal.settings import Settings

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from mobile_multimodal.model import MobileMultiModalLLM, checkpoint
-from mobile_multimodal.model.errors import ModelLoadError
+from mobile_multimodal.model.model_errors import ModelLoadError
 from mobile_multimodal.observability import metrics
 from mobile_multimodal.observability.tracing import stage
 from mobile_multimodal.serving.engine import ServableModel

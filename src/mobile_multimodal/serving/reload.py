@@ -56,7 +56,7 @@ from pydantic import ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 
 from mobile_multimodal.observability.config import ObservabilityConfig, ObservabilityConfigError, load_config
-from mobile_multimodal.observability.middleware import ObservabilityMiddleware
+from mobile_multimodal.observability.request_telemetry import ObservabilityMiddleware
 from mobile_multimodal.security import AuditLog, SecurityContext, record_config_state
 from mobile_multimodal.security.anomaly import AnomalyDetector
 from mobile_multimodal.security.config_audit import settings_snapshot

@@ -19,9 +19,9 @@ import math
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from mobile_multimodal.model.errors import PromptTooLongError
+from mobile_multimodal.model.model_errors import PromptTooLongError
 from mobile_multimodal.observability import metrics
-from mobile_multimodal.observability.context import annotate_request
+from mobile_multimodal.observability.request_context import annotate_request
 from mobile_multimodal.observability.tracing import leaf_stage, trace_exemplar
 from mobile_multimodal.serving.batcher import BatcherClosedError, BatchOutcome, QueueFullError
 from mobile_multimodal.serving.engine import InferenceEngine, Job

@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse
 from opentelemetry import trace
 from opentelemetry.trace import Span
 
-from mobile_multimodal.observability.context import annotate_request
+from mobile_multimodal.observability.request_context import annotate_request
 from mobile_multimodal.observability.tracing import current_trace_id, leaf_stage, set_attributes
 from mobile_multimodal.serving.batcher import BatchOutcome
 from mobile_multimodal.serving.deps import Principal, authenticated, get_engine, inference_span

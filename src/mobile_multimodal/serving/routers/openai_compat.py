@@ -44,8 +44,8 @@ from opentelemetry import trace
 from opentelemetry.trace import Span
 from pydantic import BaseModel, ConfigDict, Field
 
-from mobile_multimodal.observability.context import annotate_request
 from mobile_multimodal.observability.identity import SERVICE_NAME
+from mobile_multimodal.observability.request_context import annotate_request
 from mobile_multimodal.observability.tracing import current_trace_id, leaf_stage, set_attributes
 from mobile_multimodal.serving.deps import Principal, authenticated, get_engine, inference_span
 from mobile_multimodal.serving.engine import InferenceEngine, Job

@@ -30,9 +30,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mobile_multimodal.observability import metrics
 from mobile_multimodal.observability.config import ObservabilityConfig
-from mobile_multimodal.observability.context import begin_request, end_request, error_type_for_status
 from mobile_multimodal.observability.error_window import ErrorRateWindow
 from mobile_multimodal.observability.logging import RequestLogRecord, process_memory_mb
+from mobile_multimodal.observability.request_context import begin_request, end_request, error_type_for_status
 from mobile_multimodal.observability.tracing import start_span
 
 _log = logging.getLogger("mobile_multimodal.access")

@@ -7,7 +7,7 @@ writes it into the access log line (``task``, ``batch_size``, ``model_type``), t
 
 Example::
 
-    from mobile_multimodal.observability.context import annotate_request
+    from mobile_multimodal.observability.request_context import annotate_request
     annotate_request(task="captioning", batch_size=4, user_id="alice", user_type="pro")
     annotate_request(error_type="timeout")          # in an error handler
 """
