@@ -36,6 +36,7 @@ from mobile_multimodal.model import MobileMultiModalLLM, ModelConfig
 from mobile_multimodal.security.keys import create_key
 from mobile_multimodal.store import Database
 
+from . import deploy_doc
 from .manifests import by_kind, rendered
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -307,6 +308,19 @@ def test_the_keda_triggers_evaluate(deployment: Deployment) -> None:
         assert value >= 0, name
     (rate,) = deployment.prom.query(triggers["request-rate"]["query"])
     assert float(rate["value"][1]) > 0  # the traffic of the tests above
+
+
+def test_the_deploy_docs_queries_return_data(deployment: Deployment) -> None:
+    """docs/deploy.md's "What to watch" PromQL, on three live instances."""
+    queries = deploy_doc.promql_queries()
+    results = {q: deployment.prom.query(q) for q in queries}
+    assert all(results.values()), [q for q, r in results.items() if not r]
+    per_pod = results[queries[0]]
+    assert {r["metric"]["instance"] for r in per_pod} == {deployment.instance(a) for a in deployment.apps}
+    (count,) = results['count(up{job="mobile-multimodal-llm"} == 1)']
+    assert float(count["value"][1]) == 3
+    (backend_errors,) = results[queries[2]]
+    assert float(backend_errors["value"][1]) == 0  # Redis answered throughout
 
 
 def test_service_down_fires_for_the_dead_instance_only(deployment: Deployment) -> None:
