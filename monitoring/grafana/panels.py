@@ -65,6 +65,7 @@ QUANT_LOSS = thresholds((0.05, "red"))  # QuantizationAccuracyLoss
 LOAD_TIME = thresholds((10, "orange"), (30, "red"))  # target 10 s, alert 30 s
 EXPORT_TIME = thresholds((60, "orange"), (300, "red"))  # target 1 min, alert 5 min
 BACKUP_AGE = thresholds((26 * 3600, "red"))  # BackupStale
+DB_QUERY = thresholds((0.5, "red"))  # SlowDatabaseQueries
 NONE = thresholds()
 
 

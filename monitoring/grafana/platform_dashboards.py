@@ -6,6 +6,7 @@ from panels import (
     APP,
     BACKUP_AGE,
     CPU,
+    DB_QUERY,
     DISK_USED,
     LATENCY,
     MEMORY,
@@ -154,6 +155,23 @@ def infrastructure() -> Dashboard:
         [target(f"process_open_fds{{{APP}}}", "{{instance}}")],
         "short",
         w=9,
+        h=6,
+    )
+    d.timeseries(
+        "Database query duration p95",
+        "95th percentile of SQL statement time by operation. Alert (SlowDatabaseQueries) above 0.5 s.",
+        [target(quantile(0.95, "db_query_duration_seconds", APP, "operation"), "{{operation}}")],
+        "s",
+        DB_QUERY,
+        w=12,
+        h=6,
+    )
+    d.timeseries(
+        "Database connections",
+        "Connections the app holds open: in use (checked out of the pool) and idle.",
+        [target(f"sum by (state) (db_pool_connections{{{APP}}})", "{{state}}")],
+        "short",
+        w=12,
         h=6,
     )
     d.row("Monitoring stack")
