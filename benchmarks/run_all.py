@@ -7,7 +7,7 @@ should not cost the quantization numbers); the exit status is 1 if any failed.
 
 Every benchmark writes its results.json / results.md (and plots) beside its script; see each
 ``benchmarks/<name>/run.py`` for what it measures and what it needs (the bundled model, ``wrk``,
-the ``bench`` extra for the quantization peers).
+``k6`` for reliability, the ``bench`` extra for the quantization peers).
 
 Usage::
 
@@ -28,7 +28,15 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 # Serving first: it is the one the service's latency targets are judged on; the OCR peer last.
-BENCHMARKS = ("serving", "quality_overhead", "telemetry", "quantization", "export", "ocr_baseline")
+BENCHMARKS = (
+    "serving",
+    "reliability",
+    "quality_overhead",
+    "telemetry",
+    "quantization",
+    "export",
+    "ocr_baseline",
+)
 # Run only when named: they train models for the better part of an hour.
 ON_DEMAND = ("backbone",)
 

@@ -1,8 +1,8 @@
 """Load at a multiple of capacity: measure what the server sustains, then drive it open loop at
 ``factor`` times that for a fixed time, and check it sheds the excess cleanly.
 
-1. warm-up, then **capacity**: k6 closed loop, ``capacity_vus`` clients for ``capacity_s``;
-   capacity = accepted (200) answers per second.
+1. warm-up, then **capacity**: k6 closed loop, ``capacity_vus`` clients (at most the queue's
+   length, so none is refused) for ``capacity_s``; capacity = accepted (200) answers per second.
 2. **overload**: k6 open loop (constant arrival rate: arrivals do not wait for answers) at
    ``factor`` x capacity for ``overload_s``, every client its own connection.
 3. **memory**: RSS of the server process before the overload (after warm-up and capacity), its
@@ -59,7 +59,8 @@ def run_overload(
 ) -> dict[str, Any]:
     plan = plan or OverloadPlan()
     run_k6(url, bodies, mode="closed", vus=8, duration_s=plan.warmup_s)
-    capacity = run_k6(url, bodies, mode="closed", vus=plan.capacity_vus, duration_s=plan.capacity_s)
+    clients = min(plan.capacity_vus, max_queue)
+    capacity = run_k6(url, bodies, mode="closed", vus=clients, duration_s=plan.capacity_s)
     rss_base = rss_bytes(pid)
     rate = max(1, math.ceil(plan.factor * capacity.accepted_rps))
     # enough clients for every arrival of the bound's worth of seconds, so arrivals are never held back
@@ -80,7 +81,7 @@ def run_overload(
     return {
         "plan": plan.__dict__,
         "max_queue": max_queue,
-        "capacity": capacity.to_dict(),
+        "capacity": {**capacity.to_dict(), "clients": clients},
         "offered_rps": rate,
         "vus": vus,
         "overload": overload.to_dict(),
