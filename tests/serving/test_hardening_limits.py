@@ -294,7 +294,12 @@ def test_trusted_proxies_and_the_connection_limit(model_dir: Path, tmp_path: Pat
         try:
             with server.connect() as sock:
                 sock.sendall(b"GET /alive HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-                assert _read_until_closed(sock).startswith(b"HTTP/1.1 503 ")
+                refused = _read_until_closed(sock)
+                assert refused.startswith(b"HTTP/1.1 503 ")
+                # answered like every other overload: Retry-After and the JSON error body (issue 16)
+                head, _, body = refused.partition(b"\r\n\r\n")
+                assert b"\r\nretry-after: 1\r\n" in head.lower()
+                assert json.loads(body)["error"]["code"] == "OVERLOADED"
         finally:
             for sock in idle:
                 sock.close()

@@ -17,7 +17,9 @@ subclass adds, per connection (settings in brackets, ``MOBILE_MM_`` prefix):
   socket), the clock does not run against the client.
 
 Connection count and keep-alive are uvicorn's own options (``MAX_CONNECTIONS`` becomes
-``limit_concurrency``: 503 past it); server.py sets them all.
+``limit_concurrency``: 503 past it); server.py sets them all. uvicorn's own 503 there is plain text
+without ``Retry-After``; this protocol answers it as every other overload is answered: the JSON
+error body (``OVERLOADED``) with ``Retry-After``, and the connection closed.
 
 Example::
 
@@ -32,8 +34,10 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from uvicorn._types import ASGI3Application, ASGIReceiveCallable, ASGISendCallable, Scope
 from uvicorn.config import Config
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.protocols.http.flow_control import service_unavailable
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 from uvicorn.server import ServerState
 
 from mobile_multimodal.serving.errors import STATUS, ErrorCode
@@ -76,6 +80,35 @@ def _error_bytes(code: ErrorCode, message: str) -> bytes:
     )
 
 
+# Seconds a client refused at the connection limit is told to wait: connections turn over in
+# about a request's time, so a short wait.
+CONNECTIONS_RETRY_AFTER_S = 1
+
+
+async def _connection_limit_reached(
+    scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
+) -> None:
+    """What a request past ``MAX_CONNECTIONS`` gets instead of uvicorn's plain-text 503."""
+    body = json.dumps(
+        {
+            "error": {
+                "code": ErrorCode.OVERLOADED.value,
+                "message": "the server has all the connections it accepts open (MOBILE_MM_MAX_CONNECTIONS); "
+                "retry later",
+            },
+            "trace_id": None,
+        }
+    ).encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"retry-after", str(CONNECTIONS_RETRY_AFTER_S).encode()),
+        (b"connection", b"close"),
+    ]
+    await send({"type": "http.response.start", "status": 503, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with the limits of the module docstring."""
 
@@ -103,6 +136,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._body_bytes = 0
 
     # --- connection ---------------------------------------------------------------------------
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
+        if app is service_unavailable:  # uvicorn's answer past limit_concurrency
+            app = _connection_limit_reached
+        super()._start_asgi_task(cycle, app)
+
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._arm(self._limits.header_timeout_s, self._head_deadline)
