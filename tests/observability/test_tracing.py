@@ -2,13 +2,10 @@ from __future__ import annotations
 
 import pytest
 from opentelemetry import trace
-from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
-from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 
 from mobile_multimodal.observability.config import TracingConfig
-from mobile_multimodal.observability.otlp_exporter import build_exporter
 from mobile_multimodal.observability.tracing import (
     configure_tracing,
     current_ids,
@@ -131,14 +128,6 @@ def test_global_api_follows_reconfiguration() -> None:
     force_flush()
     assert len(first.get_finished_spans()) == 1
     assert len(second.get_finished_spans()) == 1
-
-
-def test_exporter_follows_protocol() -> None:
-    assert build_exporter(TracingConfig()) is None
-    assert isinstance(build_exporter(TracingConfig(endpoint="http://127.0.0.1:4318/v1/traces")), HttpExporter)
-    grpc = build_exporter(TracingConfig(endpoint="http://127.0.0.1:4317", protocol="grpc"))
-    assert isinstance(grpc, GrpcExporter)
-    grpc.shutdown()
 
 
 def test_recording_can_be_paused_without_stopping_export() -> None:
