@@ -109,7 +109,7 @@ class ServeProcess:
             self.proc.wait(60)
 
     def __enter__(self) -> ServeProcess:
-        return self.start()
+        return self if self.proc is not None else self.start()  # (``with server.start(...):``)
 
     def __exit__(self, *exc: object) -> None:
         self.stop_group()

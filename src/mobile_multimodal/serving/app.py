@@ -43,6 +43,7 @@ from mobile_multimodal.security.auth import install_security
 from mobile_multimodal.serving.auth import KeyBeforeBodyMiddleware, build_authenticator
 from mobile_multimodal.serving.background import BackgroundDuties
 from mobile_multimodal.serving.body_limit import BodyLimitMiddleware
+from mobile_multimodal.serving.database_errors import install_database_error_handler
 from mobile_multimodal.serving.engine import InferenceEngine, ModelLoader, default_loader
 from mobile_multimodal.serving.errors import ErrorCode, install_error_handlers
 from mobile_multimodal.serving.openapi import install_openapi
@@ -131,6 +132,7 @@ def create_app(
         redirect_slashes=False,
     )
     install_error_handlers(app)
+    install_database_error_handler(app)  # a database down mid-run: 503 + Retry-After
     install_openapi(app, auth_required=settings.auth == "required")
     app.include_router(inference.router)
     app.include_router(openai_compat.router)

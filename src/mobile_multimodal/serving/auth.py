@@ -7,7 +7,10 @@ runs the security package's ``require_api_key`` (a key lookup, a rate-limit toke
 refusal) in a worker thread, because those are database calls.
 
 If the store could not be opened, keys cannot be checked: with auth required every inference is
-refused with 503 ``DATABASE_UNAVAILABLE`` (``/health`` says why) rather than let anyone in.
+refused with 503 ``DATABASE_UNAVAILABLE`` (``/health`` says why) rather than let anyone in. The
+same 503, with ``Retry-After``, answers a key check when the database stops answering while the
+server runs (connection refused or lost, an unreadable SQLite file); it works again, without a
+restart, as soon as the database does (the pool pings before it hands out a connection).
 
 :class:`KeyBeforeBodyMiddleware` checks the key of a keyed route (one that depends on
 :func:`~mobile_multimodal.serving.deps.authenticated`, or on a dependency marked with
@@ -39,12 +42,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from mobile_multimodal.observability.tracing import record_failure
 from mobile_multimodal.security.auth import require_api_key
 from mobile_multimodal.security.context import ANONYMOUS
+from mobile_multimodal.serving.database_errors import DATABASE_DOWN, database_unavailable
 from mobile_multimodal.serving.deps import Authenticator, Principal, authenticated, open_inference_span
 from mobile_multimodal.serving.errors import ErrorCode, ServiceError, public_message
 from mobile_multimodal.settings import Settings
 from mobile_multimodal.store import Database
 
 log = logging.getLogger(__name__)
+KEYS_UNCHECKED = "API keys cannot be checked: the database is unavailable (see /health)"
 
 
 def build_authenticator(settings: Settings, database: Database | None) -> Authenticator:
@@ -59,17 +64,15 @@ def build_authenticator(settings: Settings, database: Database | None) -> Authen
     if database is None:
 
         async def unavailable(request: Request) -> Principal:
-            raise ServiceError(
-                ErrorCode.DATABASE_UNAVAILABLE,
-                "API keys cannot be checked: the database is unavailable (see /health)",
-                status=503,
-                headers={"Retry-After": "30"},
-            )
+            raise database_unavailable(KEYS_UNCHECKED)
 
         return unavailable
 
     async def with_key(request: Request) -> Principal:
-        principal: Principal = await anyio.to_thread.run_sync(require_api_key, request)
+        try:
+            principal: Principal = await anyio.to_thread.run_sync(require_api_key, request)
+        except DATABASE_DOWN as exc:
+            raise database_unavailable(KEYS_UNCHECKED) from exc
         return principal
 
     return with_key
@@ -159,6 +162,8 @@ async def _run_check(check: Callable[[Request], Any], request: Request) -> None:
             await anyio.to_thread.run_sync(check, request)
     except HTTPException:
         raise
+    except DATABASE_DOWN as exc:  # an admin key cannot be checked either
+        raise KeyCheckRefusedError(database_unavailable(KEYS_UNCHECKED)) from exc
     except ServiceError as exc:
         raise KeyCheckRefusedError(exc) from exc
 
