@@ -85,18 +85,21 @@ class TorchDistributed(SingleProcess):
         params = [p for p in net.parameters() if p.requires_grad]
         # A parameter no shard used keeps grad None (AdamW then leaves it alone, as with one
         # process); one that some shard used gets the average, zeros standing in for the others.
-        used = torch.tensor([p.grad is not None for p in params], dtype=torch.float32)
+        # (on the parameters' device: NCCL reduces CUDA tensors only)
+        used = torch.tensor(
+            [p.grad is not None for p in params], dtype=torch.float32, device=params[0].device
+        )
         dist.all_reduce(used)
         grads = [
             (p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1)
-            for p, u in zip(params, used, strict=True)
+            for p, u in zip(params, used.tolist(), strict=True)
             if u > 0
         ]
         flat = torch.cat(grads)
         dist.all_reduce(flat)  # one call for all of them: latency, not bandwidth, dominates here
         flat /= self.world_size
         offset = 0
-        for p, u in zip(params, used, strict=True):
+        for p, u in zip(params, used.tolist(), strict=True):
             if u > 0:
                 p.grad = flat[offset : offset + p.numel()].view_as(p).clone()
                 offset += p.numel()
