@@ -80,3 +80,21 @@ def test_imports_point_down() -> None:
     assert not new, f"imports that point up (DESIGN.md 'Layers'): {sorted(new)}"
     gone = KNOWN_UPWARD - upward
     assert not gone, f"fixed, take them off KNOWN_UPWARD: {sorted(gone)}"
+
+
+def test_no_package_cycles() -> None:
+    # imports that point down cannot form a cycle; packages of one layer could, so look
+    edges = package_edges()
+    graph: dict[str, set[str]] = {}
+    for a, b in edges:
+        if a not in TOP and b not in TOP:
+            graph.setdefault(a, set()).add(b)
+
+    def reaches(start: str, goal: str, seen: set[str]) -> bool:
+        for nxt in graph.get(start, ()):
+            if nxt == goal or (nxt not in seen and reaches(nxt, goal, seen | {nxt})):
+                return True
+        return False
+
+    cyclic = sorted(p for p in graph if reaches(p, p, {p}))
+    assert not cyclic, f"packages in an import cycle: {cyclic}"
