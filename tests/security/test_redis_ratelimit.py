@@ -9,13 +9,17 @@ from pathlib import Path
 
 import pytest
 import redis
+from fastapi import Depends, FastAPI
+from fastapi.testclient import TestClient
 from pydantic import ValidationError
 from tests.integration.redis_server import RedisServer, available
 
 from mobile_multimodal.observability import metrics
+from mobile_multimodal.security import Principal, create_key, install_security, require_api_key
 from mobile_multimodal.security.ratelimit import RateLimit, RateLimiter
 from mobile_multimodal.security.redis_ratelimit import RedisRateLimiter, build_rate_limiter
 from mobile_multimodal.settings import Settings
+from mobile_multimodal.store import Database
 
 # 0.6 a minute: no token comes back during a test, so every count below is exact.
 SLOW = {"free": RateLimit(per_minute=0.6, burst=5), "pro": RateLimit(per_minute=60, burst=1)}
@@ -104,3 +108,24 @@ def test_several_replicas_refuse_sqlite(tmp_path: Path) -> None:
         Settings(replicas=2, database_url=f"sqlite:///{tmp_path}/x.db")
     assert Settings(replicas=3, database_url="postgresql+psycopg://u@db/mm").replicas == 3
     assert Settings(workers=4, data_dir=tmp_path).workers == 4  # one machine may share its SQLite
+
+
+def test_an_unreachable_redis_is_never_a_500(db: Database, tmp_path: Path) -> None:
+    """The HTTP boundary with MOBILE_MM_REDIS_URL pointing nowhere: the local buckets answer."""
+    key, _ = create_key(db, "redis-down", "free")
+    nowhere = RedisServer(tmp_path / "never-started")  # a free port nobody listens on
+    app = FastAPI()
+    settings = Settings(
+        auth="required", redis_url=nowhere.url, rate_limit_free_burst=2, rate_limit_free_per_minute=0.06
+    )
+    install_security(app, settings, db)
+
+    @app.get("/whoami")
+    def whoami(principal: Principal = Depends(require_api_key)) -> dict[str, str]:
+        return {"user_id": principal.user_id}
+
+    client = TestClient(app)
+    before = metrics.RATE_LIMIT_BACKEND_ERRORS._value.get()
+    codes = [client.get("/whoami", headers={"X-API-Key": key}).status_code for _ in range(3)]
+    assert codes == [200, 200, 429]
+    assert metrics.RATE_LIMIT_BACKEND_ERRORS._value.get() - before == 3
