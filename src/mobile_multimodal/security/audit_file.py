@@ -41,9 +41,18 @@ class AuditFile:
         self, path: Path, max_bytes: int = 50 * 2**20, backup_count: int = 10, rotate_hours: float = 24.0
     ) -> None:
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._handler = SizeAndTimeRotatingFileHandler(path, max_bytes, backup_count, rotate_hours * 3600)
-        self._handler.setFormatter(logging.Formatter("%(message)s"))
+        self._rotation = (max_bytes, backup_count, rotate_hours * 3600)
+        self._handler: SizeAndTimeRotatingFileHandler | None = None  # opened at the first event
+        self._open_lock = threading.Lock()
+
+    def _opened(self) -> SizeAndTimeRotatingFileHandler:
+        with self._open_lock:
+            if self._handler is None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                handler = SizeAndTimeRotatingFileHandler(self.path, *self._rotation)
+                handler.setFormatter(logging.Formatter("%(message)s"))
+                self._handler = handler
+            return self._handler
 
     @classmethod
     def for_settings(cls, settings: Settings) -> AuditFile:
@@ -59,13 +68,17 @@ class AuditFile:
         line = json.dumps(redact(event), sort_keys=True, default=str, ensure_ascii=False)
         record = logging.makeLogRecord({"msg": line, "levelno": logging.INFO})
         try:
-            self._handler.handle(record)
-            self._handler.flush()
+            handler = self._opened()
+            handler.handle(record)
+            handler.flush()
         except OSError as exc:  # the database row and the log line still carry the event
             log.error("audit event not written to %s: %s", self.path, exc)
 
     def close(self) -> None:
-        self._handler.close()
+        with self._open_lock:
+            if self._handler is not None:
+                self._handler.close()
+                self._handler = None
 
 
 _lock = threading.Lock()
@@ -90,7 +103,7 @@ def configure_from_settings(settings: Settings) -> AuditFile | None:
         return current
     try:
         audit_file = AuditFile.for_settings(settings)
-    except OSError as exc:  # an unwritable log dir must not stop a command or the service
+    except OSError as exc:  # (nothing is opened before the first event; kept for safety)
         log.error("no audit file in %s: %s", settings.resolved_log_dir, exc)
         return None
     configure_audit_file(audit_file)
