@@ -23,7 +23,8 @@ WORKDIR /src
 # The dependencies in a layer of their own, from pyproject.toml alone: a change under src/
 # rebuilds only the last layer, not every dependency.
 COPY pyproject.toml README.md ./
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > /tmp/requirements.txt \
+# With the postgres extra (psycopg): MOBILE_MM_DATABASE_URL may name a PostgreSQL database.
+RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\n'.join(p['dependencies'] + p['optional-dependencies']['postgres']))" > /tmp/requirements.txt \
     && pip install -r /tmp/requirements.txt
 COPY src ./src
 RUN pip install --no-deps .
@@ -32,12 +33,13 @@ FROM python:3.11-slim-bookworm
 # The live canary (serving/canary.py) scores OCR on text images rendered from held-out words
 # (/usr/share/dict/words: wamerican) in the training fonts (data/text_images.py TRAIN_FONTS:
 # DejaVu, Liberation, FreeFont, URW base35); without them the canary's OCR set cannot be built.
+# postgresql-client: pg_dump and psql, what `db backup` / `db restore` run against PostgreSQL.
 # Not version-pinned: Debian security updates replace the exact version within bookworm.
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends \
         fonts-dejavu-core fonts-dejavu-extra fonts-liberation fonts-freefont-ttf fonts-urw-base35 \
-        wamerican \
+        wamerican postgresql-client \
     && rm -rf /var/lib/apt/lists/*
 COPY --from=build /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH \

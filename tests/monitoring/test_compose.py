@@ -34,7 +34,7 @@ def _compose(*args: str, file: Path = COMPOSE) -> subprocess.CompletedProcess[st
 @pytest.fixture(scope="module")
 def resolved() -> dict[str, Any]:
     """The compose file as docker-compose resolves it, with every profile enabled."""
-    result = _compose("--profile", "monitoring", "--profile", "gpu", "config")
+    result = _compose("--profile", "monitoring", "--profile", "gpu", "--profile", "postgres", "config")
     assert result.returncode == 0, result.stderr
     return dict(yaml.safe_load(result.stdout))
 
@@ -67,6 +67,7 @@ def test_default_and_profiles(resolved: dict[str, Any]) -> None:
         "pushgateway",
     }
     assert profiles["app-gpu"] == ("gpu",)
+    assert {name for name, p in profiles.items() if p == ("postgres",)} == {"app-prod-postgres", "postgres"}
 
 
 def _volumes(service: dict[str, Any]) -> list[tuple[str, str]]:
@@ -103,6 +104,58 @@ def test_app_prod_as_the_guide_uses_it(resolved: dict[str, Any]) -> None:
     assert env["MOBILE_MM_PROFILE_DIR"] == "/app/profiles"
     assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://jaeger:4318"
     assert app["command"][:2] == ["mobile-mm", "serve"]
+
+
+def test_the_app_backs_up_on_a_schedule_by_default(resolved: dict[str, Any]) -> None:
+    """BackupStale (26 h) stays silent on a fresh deploy: the server backs up at once, then daily."""
+    from mobile_multimodal.settings import Settings
+
+    for name in ("app-prod", "app-prod-postgres", "app-gpu"):
+        env = resolved["services"][name]["environment"]
+        settings = Settings(
+            backup_interval_s=env["MOBILE_MM_BACKUP_INTERVAL_S"],
+            backup_keep=env["MOBILE_MM_BACKUP_KEEP"],
+            retention_days=env["MOBILE_MM_RETENTION_DAYS"],
+        )
+        assert 0 < settings.backup_interval_s <= 24 * 3600 < 26 * 3600
+        assert settings.backup_keep >= 2 and settings.retention_days == 90
+
+
+def test_postgres_profile(resolved: dict[str, Any]) -> None:
+    """The postgres profile: app-prod's stand-in on PostgreSQL, its data on a volume, pg_dump backups."""
+    from sqlalchemy.engine import make_url
+
+    services = resolved["services"]
+    app, db, prod = services["app-prod-postgres"], services["postgres"], services["app-prod"]
+    url = make_url(app["environment"]["MOBILE_MM_DATABASE_URL"])
+    assert (url.get_backend_name(), url.host, url.port, url.database) == (
+        "postgresql",
+        "postgres",
+        5432,
+        "mobile_mm",
+    )
+    assert (
+        url.username == db["environment"]["POSTGRES_USER"]
+        and url.password == db["environment"]["POSTGRES_PASSWORD"]
+    )
+    assert db["environment"]["POSTGRES_DB"] == "mobile_mm"
+    assert ("postgres-data", "/var/lib/postgresql/data") in _volumes(db)
+    assert "postgres-data" in resolved["volumes"]
+    assert "ports" not in db  # reached on the compose network only
+    assert app["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert "pg_isready" in db["healthcheck"]["test"]
+    # it stands in for app-prod: same container, same name on the network (Prometheus' target)
+    assert app["container_name"] == prod["container_name"]
+    assert "app-prod" in app["networks"]["default"]["aliases"]
+    assert _ports(app) == _ports(prod) == {8080}
+    # its own data volume (backups: pg_dump files), not the SQLite deployment's
+    data = dict((t, s) for s, t in _volumes(app))
+    assert data["/app/data"] == "app-pg-data" != dict((t, s) for s, t in _volumes(prod))["/app/data"]
+    # pg_dump from the image must not be older than the server (it refuses a newer server)
+    assert db["image"].split(":")[1].startswith("15")
+    dockerfile = (REPO / "Dockerfile").read_text()
+    assert "postgresql-client" in dockerfile and "bookworm" in dockerfile
+    assert "['optional-dependencies']['postgres']" in dockerfile  # psycopg in the image
 
 
 def test_app_gpu(resolved: dict[str, Any]) -> None:

@@ -93,12 +93,13 @@ def test_every_service_rotates_its_docker_logs(resolved: dict[str, Any]) -> None
 
 def test_only_the_guides_container_has_a_fixed_name(resolved: dict[str, Any]) -> None:
     names = {n: s["container_name"] for n, s in resolved["services"].items() if "container_name" in s}
-    assert names == {"app-prod": "mobile-multimodal-prod"}
+    # app-prod-postgres (profile postgres) stands in for app-prod: the same container, one or the other
+    assert names == {"app-prod": "mobile-multimodal-prod", "app-prod-postgres": "mobile-multimodal-prod"}
     assert "docker stats mobile-multimodal-prod" in (REPO / "docs" / "monitoring.md").read_text()
 
 
 def test_app_images_are_built_not_pulled(resolved: dict[str, Any]) -> None:
-    for name in ("app-prod", "app-gpu"):
+    for name in ("app-prod", "app-gpu", "app-prod-postgres"):
         assert resolved["services"][name]["pull_policy"] == "build", name
 
 
@@ -213,7 +214,8 @@ def test_dependencies_install_in_a_layer_before_the_source(tmp_path: Path) -> No
     assert text.index("COPY pyproject.toml README.md ./") < text.index("pip install -r /tmp/requirements.txt")
     assert text.index("pip install -r /tmp/requirements.txt") < text.index("COPY src ./src")
     assert text.index("COPY src ./src") < text.index("RUN pip install --no-deps .")
-    # The layer's own command, run on our pyproject.toml: exactly the project's dependencies.
+    # The layer's own command, run on our pyproject.toml: exactly the project's dependencies and
+    # the postgres extra (psycopg, for MOBILE_MM_DATABASE_URL=postgresql://...).
     command = re.search(r'RUN (python -c ".*?") > /tmp/requirements.txt', text)
     assert command
     shutil.copy(REPO / "pyproject.toml", tmp_path)
@@ -225,7 +227,8 @@ def test_dependencies_install_in_a_layer_before_the_source(tmp_path: Path) -> No
         timeout=60,
         check=True,
     ).stdout.split()
-    assert out == tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert out == project["dependencies"] + project["optional-dependencies"]["postgres"]
     assert "torch==2.13.0" in out
 
 
