@@ -146,3 +146,18 @@ def test_the_promql_parses(tmp_path: Path) -> None:
         ["promtool", "check", "rules", str(tmp_path / "doc.yml")], capture_output=True, text=True, timeout=600
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_inline_commands_parse() -> None:
+    """Commands quoted in the prose: make targets exist, mobile-mm lines parse with the real CLI."""
+    from tests.monitoring.test_runbooks_docs import check_mobile_mm
+
+    prose = re.sub(r"```.*?```", "", deploy_doc.text(), flags=re.S)
+    spans = re.findall(r"`([^`\n]+)`", prose)
+    targets = set(re.findall(r"^([a-z-]+):", (REPO / "Makefile").read_text(), flags=re.M))
+    makes = [s.split()[1] for s in spans if s.startswith("make ")]
+    assert makes and set(makes) <= targets, makes
+    clis = [s for s in spans if s.startswith("mobile-mm ")]
+    assert clis
+    for command in clis:
+        check_mobile_mm(command.replace(" ID", " k_0123456789abcdef"))
