@@ -115,10 +115,25 @@ def _exercise(
         assert _caption(client)  # the seed-0 model answers before the swap
 
         # 1. settings: a live one (rate limit, log level), one that needs a restart (port)
-        changed = settings.model_copy(update={"rate_limit_free_burst": 3, "log_level": "DEBUG", "port": 9999})
+        changed = settings.model_copy(
+            update={
+                "rate_limit_free_burst": 3,
+                "log_level": "DEBUG",
+                "port": 9999,
+                "request_timeout_s": 21.0,
+                "integrity_check_interval_s": 0.3,
+            }
+        )
         outcome = _reload(server, changed)
         assert outcome.ok and outcome.config_changed and outcome.model == "unchanged"
-        assert {"rate_limit_free_burst", "log_level", "observability.logging.level"} <= set(outcome.applied)
+        assert set(outcome.applied) == {
+            "rate_limit_free_burst",
+            "log_level",
+            "observability.logging.level",
+            "request_timeout_s",
+            "integrity_check_interval_s",
+        }
+        assert server.app.state.engine.settings.request_timeout_s == 21.0
         assert outcome.restart_required == ["port"]
         assert server.app.state.security.limiter.limits["free"].burst == 3
         assert logging.getLogger().level == logging.DEBUG

@@ -114,6 +114,7 @@ class BackgroundDuties:
         self.loop: asyncio.AbstractEventLoop | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._canary_task: asyncio.Task[None] | None = None
+        self._shadow_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Record the configuration, then start the loops; returns at once after that."""
@@ -235,6 +236,18 @@ class BackgroundDuties:
             return
         self.monitor.start(self.engine.settings.integrity_check_interval_s)
 
+    def model_swapped(self) -> None:
+        """After a reload swapped the model: the fp32 reference and its canary scores belonged to
+        the old one (loaded again on first use), and shadowing may now apply (a quantized model)."""
+        if self.canary is None or self.shadow is None:
+            return  # the live-quality duty has not started: it will see the new model
+        reference = ReferenceModel(self.settings)
+        self.canary.reference = self.shadow.reference = reference
+        self.canary.reference_scores = None
+        self.shadow.enabled = self.settings.shadow_sample_rate > 0
+        if self.shadow.enabled and (self._shadow_task is None or self._shadow_task.done()):
+            self._shadow_task = self._spawn(self.shadow.run_forever(), "shadow-comparison")
+
     def apply_settings(self, settings: Settings, changed: list[str]) -> list[str]:
         """A reload's live settings (serving/reload.py); returns the changed ones it applied."""
         applied = []
@@ -242,6 +255,10 @@ class BackgroundDuties:
         if "shadow_sample_rate" in changed and self.shadow is not None:
             self.shadow.settings = settings
             self.shadow.rate = settings.shadow_sample_rate
+            self.shadow.enabled = settings.shadow_sample_rate > 0
+            # a loop that ended (rate 0 at start) starts again; it turns itself off for fp32
+            if self.shadow.enabled and (self._shadow_task is None or self._shadow_task.done()):
+                self._shadow_task = self._spawn(self.shadow.run_forever(), "shadow-comparison")
             applied.append("shadow_sample_rate")
         if {"canary_interval_s", "canary_size"} & set(changed) and self.canary is not None:
             self.canary.settings = settings
@@ -267,7 +284,7 @@ class BackgroundDuties:
         self.shadow = ShadowComparator(self.settings, self.engine, slices, reference)
         self.engine.after_success.append(self.shadow.offer)
         self._canary_task = self._spawn(self.canary.run_forever(), "canary")
-        self._spawn(self.shadow.run_forever(), "shadow-comparison")
+        self._shadow_task = self._spawn(self.shadow.run_forever(), "shadow-comparison")
 
     async def _flush_suppressed_audits(self, security: SecurityContext) -> None:
         interval = self.settings.auth_failure_audit_window_s

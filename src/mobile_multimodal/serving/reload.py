@@ -295,6 +295,7 @@ class ServiceReloader:
             )
             return "failed", f"model reload refused ({exc.code}); still serving {previous}"
         await self.app.state.duties.watch_model()  # the integrity loop follows the new files
+        self.app.state.duties.model_swapped()
         self._audit().record(
             user_id="system",
             action="model.reload",
