@@ -63,8 +63,10 @@ def run_overload(
     capacity = run_k6(url, bodies, mode="closed", vus=clients, duration_s=plan.capacity_s)
     rss_base = rss_bytes(pid)
     rate = max(1, math.ceil(plan.factor * capacity.accepted_rps))
-    # enough clients for every arrival of the bound's worth of seconds, so arrivals are never held back
-    vus = min(MAX_VUS, max(50, math.ceil(rate * 3)))
+    bound_ms = latency_bound_ms(capacity.accepted_rps, capacity.accepted_ms["p99"], max_queue)
+    # a client per arrival for as long as an accepted request may take (half the bound: the
+    # factor two is slack), so arrivals are not held back for want of a free client
+    vus = min(MAX_VUS, max(50, math.ceil(rate * max(3.0, bound_ms / 2000))))
     with RssSampler(pid, interval_s=0.5) as sampler:
         overload = run_k6(
             url,
@@ -85,7 +87,7 @@ def run_overload(
         "offered_rps": rate,
         "vus": vus,
         "overload": overload.to_dict(),
-        "p99_bound_ms": latency_bound_ms(capacity.accepted_rps, capacity.accepted_ms["p99"], max_queue),
+        "p99_bound_ms": bound_ms,
         "rss_bytes": {
             "baseline": rss_base,
             "peak": sampler.peak,
