@@ -12,7 +12,7 @@ tests/serving/test_export_route.py. ``GET /export`` and ``GET /export/{id}`` are
 
 Bounded: ``MAX_EXAMPLES`` per operation and phase, a fixed seed with deterministic generation (the
 same cases every run, so a failure reproduces with the printed ``st`` command). Malformed images
-have their own corpus tests (tests/serving/test_input_hardening.py).
+have their own corpus tests (tests/serving/test_images.py, test_input_hardening.py), kept.
 """
 
 from __future__ import annotations
