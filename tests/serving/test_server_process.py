@@ -122,8 +122,8 @@ def test_sigterm_drains_in_flight_requests(
     proc.send_signal(signal.SIGTERM)
     responses = [_finish_request(conn, body) for conn in conns]
     assert [status for status, _ in responses] == [200] * 10, [text[-500:] for _, text in responses]
-    # uvicorn re-raises the signal once the drain is done, so the exit reads "terminated by SIGTERM".
-    assert proc.wait(30) == -signal.SIGTERM
+    # a drain that finished is a clean stop: exit 0 (uvicorn alone would re-raise the SIGTERM)
+    assert proc.wait(30) == 0
     with pytest.raises(httpx.TransportError):  # and it no longer accepts connections
         httpx.get(url + "/alive", timeout=2)
 

@@ -3,7 +3,8 @@
 Graceful shutdown: on SIGTERM (or Ctrl-C) uvicorn stops accepting connections, ``/ready``
 turns 503 at once (so a load balancer stops routing here), in-flight requests finish (at most
 ``MOBILE_MM_SHUTDOWN_GRACE_S``), then the lifespan drains the batcher and flushes telemetry, and
-the process exits 0.
+the process exits 0 (uvicorn alone would re-raise the SIGTERM and end "killed by SIGTERM").
+New connections are refused from the signal on: the listening socket closes first.
 
 With ``--workers N`` uvicorn forks N processes of the app factory. Prometheus metrics then run in
 multiprocess mode: every worker writes its samples under ``PROMETHEUS_MULTIPROC_DIR`` (default
@@ -25,7 +26,11 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +109,7 @@ def run_server(
     """Serve until SIGTERM/SIGINT; returns after a graceful shutdown. An argument left None is
     taken from the environment, else the default (:func:`resolve_serve_settings`)."""
     import uvicorn
+    from uvicorn.server import HANDLED_SIGNALS
 
     settings = resolve_serve_settings(
         host=host, port=port, model=model, quantization=quantization, workers=workers, device=device
@@ -122,10 +128,30 @@ def run_server(
 
     app = create_app(settings)
 
+    received: list[int] = []  # the signals that stopped the server, in order
+
     class _Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame: Any) -> None:
             # Readiness drops the moment the signal arrives, before the drain starts.
             app.state.shutting_down = True
+            received.append(sig)
             super().handle_exit(sig, frame)
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            """uvicorn's, less re-raising SIGTERM once the drain is done: a stop that drained
+            cleanly exits 0, as ``--workers N``'s supervisor does (Ctrl-C still ends as SIGINT)."""
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            original = {sig: signal.signal(sig, self.handle_exit) for sig in HANDLED_SIGNALS}
+            try:
+                yield
+            finally:
+                for sig, handler in original.items():
+                    signal.signal(sig, handler)
+            for number in reversed(received):
+                if number != signal.SIGTERM:
+                    signal.raise_signal(number)
 
     _Server(uvicorn.Config(app, **uvicorn_options(settings))).run()
