@@ -23,6 +23,15 @@ def _med(per_precision: dict[str, Any], server: str, task: str, c: int) -> dict[
     return median
 
 
+def _div(a: float, b: float) -> float | None:
+    """a / b, or None when b is 0 (a run that completed no request: it shows as n/a)."""
+    return a / b if b else None
+
+
+def _fmt(value: float | None, spec: str, unit: str = "") -> str:
+    return "n/a" if value is None else format(value, spec) + unit
+
+
 def ratios(per_precision: dict[str, Any], peer: str, tasks: list[str]) -> dict[str, Any]:
     """ours / peer for each task and concurrency: throughput (> 1 = ours serves more) and the
     latency percentiles (< 1 = ours answers sooner)."""
@@ -32,8 +41,8 @@ def ratios(per_precision: dict[str, Any], peer: str, tasks: list[str]) -> dict[s
         for c in CONCURRENCY:
             ours, theirs = _med(per_precision, "ours", task, c), _med(per_precision, peer, task, c)
             out[task][str(c)] = {
-                "rps": ours["rps"] / theirs["rps"],
-                **{q[:3]: ours[q] / theirs[q] for q in QUANTILES},
+                "rps": _div(ours["rps"], theirs["rps"]),
+                **{q[:3]: _div(ours[q], theirs[q]) for q in QUANTILES},
             }
     return out
 
@@ -57,7 +66,7 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
             "p95_c1_under_100ms": ours_c1["p95_ms"] < 100,
             "p95_c1_under_30ms": ours_c1["p95_ms"] < 30,
             "batching_speedup_c32": speedup,
-            "batching_speedup_at_least_3x": speedup >= 3,
+            "batching_speedup_at_least_3x": None if speedup is None else speedup >= 3,
             "serving_overhead_p50_ms": overhead,
             "serving_overhead_under_5ms": None if overhead is None else overhead < 5,
             "model_load_s": load_s,
@@ -99,7 +108,8 @@ def write_markdown(path: Path, result: dict[str, Any]) -> None:
         lines += [
             f"| {q} | p95 at c=1 < 100 ms (aim < 30), {s['task']} | {s['p95_c1_ms']:.2f} ms | "
             f"{_ok(s['p95_c1_under_100ms'])} (< 30: {_ok(s['p95_c1_under_30ms'])}) |",
-            f"| {q} | throughput at c=32, batching on / off >= 3x | {s['batching_speedup_c32']:.2f}x | "
+            f"| {q} | throughput at c=32, batching on / off >= 3x | "
+            f"{_fmt(s['batching_speedup_c32'], '.2f', 'x')} | "
             f"{_ok(s['batching_speedup_at_least_3x'])} |",
             f"| {q} | serving overhead (HTTP p50 - model p50) < 5 ms | "
             f"{'n/a' if overhead is None else f'{overhead:.2f} ms'} | "
@@ -123,7 +133,9 @@ def write_markdown(path: Path, result: dict[str, Any]) -> None:
                     ours, theirs = _med(per, "ours", task, int(c)), _med(per, peer, task, int(c))
                     lines.append(
                         f"| {q} | {task} | {c} | {ours['rps']:.1f} | {theirs['rps']:.1f} | "
-                        f"**{r['rps']:.2f}x** | {r['p50']:.2f} | {r['p95']:.2f} | {r['p99']:.2f} |"
+                        f"**{_fmt(r['rps'], '.2f', 'x')}** | "
+                        + " | ".join(_fmt(r[q], ".2f") for q in ("p50", "p95", "p99"))
+                        + " |"
                     )
     lines += [
         "",

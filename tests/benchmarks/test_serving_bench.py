@@ -83,3 +83,39 @@ def test_the_plain_peer_answers_our_request_body(tiny_model: MobileMultiModalLLM
     image = Image.open(io.BytesIO(base64.b64decode(task_body("captioning")["image"].split(",", 1)[1])))
     assert caption["caption"] == tiny_model.generate_caption(image.convert("RGB"), 3)
     assert client.get("/ready").status_code == 200
+
+
+def test_a_run_without_requests_is_reported_not_divided_by() -> None:
+    """A wrk run that completed nothing (a machine too busy for its duration) shows as n/a."""
+    from benchmarks.serving.report import summarize
+
+    def run(rps: float, p: float) -> dict[str, object]:
+        return {"median": {"rps": rps, "p50_ms": p, "p95_ms": p * 2, "p99_ms": p * 3, "mean_ms": p}}
+
+    def server(rps: float, p: float) -> dict[str, object]:
+        tasks = {"captioning": {str(c): run(rps, p) for c in (1, 8, 32)}}
+        return {
+            "ready_s": 1.0,
+            "rss_bytes": {"ready": 1, "after_load": 1},
+            "model_load_duration_seconds": 2.0,
+            "tasks": tasks,
+        }
+
+    per = {
+        "model_only": {"batch1": {"p50_ms": 5.0}},
+        "servers": {
+            "ours": server(40, 10),
+            "ours_no_batching": server(10, 20),
+            "plain_fastapi": server(0, 0),
+        },
+    }
+    result = {"options": {"tasks": ["captioning"], "peers": ["plain_fastapi"]}, "precisions": {"int2": per}}
+    summary = summarize(result)["int2"]
+    assert summary["batching_speedup_c32"] == 4.0 and summary["serving_overhead_p50_ms"] == 5.0
+    assert summary["model_load_under_10s"] is True
+    assert summary["vs_peers"]["plain_fastapi"]["captioning"]["8"] == {
+        "rps": None,
+        "p50": None,
+        "p95": None,
+        "p99": None,
+    }
