@@ -69,7 +69,13 @@ def test_backup_verify_restore_cleanup_and_users(url: str, tmp_path: Path) -> No
     cleaned = json.loads(_run("db", "cleanup", "--json"))
     assert cleaned["ok"] and set(cleaned["removed"]) == {"audit_events", "log_files", "profiles", "backups"}
 
-    exported = json.loads(_run("users", "export", "alice"))
+    assert "wrote what is held about alice" in _run(
+        "users", "export", "alice", "--out", str(tmp_path / "a.json")
+    )
+    exported = json.loads((tmp_path / "a.json").read_text())
+    printed = json.loads(_run("users", "export", "alice"))
+    assert (printed["user"], printed["api_keys"]) == (exported["user"], exported["api_keys"])
+    assert printed["audit_events"][-1]["action"] == "user.export"  # the first export, audited
     assert exported["user"]["user_type"] == "pro" and len(exported["api_keys"]) == 1
     erased = _run("users", "delete", "alice", "--yes")
     token = erased.split("calls them ")[1].strip()
@@ -79,7 +85,7 @@ def test_backup_verify_restore_cleanup_and_users(url: str, tmp_path: Path) -> No
     with Database(url) as db, db.session() as s:
         events = list(s.scalars(select(AuditEvent).order_by(AuditEvent.id)))
     actions = [e.action for e in events if e.action.startswith(("db.", "retention.", "user."))]
-    assert actions[-4:] == ["db.backup", "retention.cleanup", "user.export", "user.erase"]
+    assert actions[-5:] == ["db.backup", "retention.cleanup", "user.export", "user.export", "user.erase"]
     assert "db.restore" in actions
     erasure = events[-1]
     assert erasure.resource == f"users/{token}" and "alice" not in repr((erasure.details, erasure.resource))
