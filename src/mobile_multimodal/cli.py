@@ -269,7 +269,7 @@ def keys_create(
     as_json: bool = typer.Option(False, "--json", help="Print JSON (the key is in 'key')."),
 ) -> None:
     """Create an API key and print it once (only its sha256 is stored)."""
-    from mobile_multimodal.security.commands import keys_create as run
+    from mobile_multimodal.ops.key_commands import keys_create as run
     from mobile_multimodal.store import DatabaseError
 
     try:
@@ -287,7 +287,7 @@ def keys_list(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """List API keys (ids, users, prefixes; never the secrets)."""
-    from mobile_multimodal.security.commands import keys_list as run
+    from mobile_multimodal.ops.key_commands import keys_list as run
     from mobile_multimodal.store import DatabaseError
 
     try:
@@ -300,7 +300,7 @@ def keys_list(
 @keys_app.command("revoke")
 def keys_revoke(key_id: str = typer.Argument(..., help="The key id shown by `keys list`.")) -> None:
     """Revoke an API key; requests with it get 401 REVOKED_API_KEY from then on."""
-    from mobile_multimodal.security.commands import keys_revoke as run
+    from mobile_multimodal.ops.key_commands import keys_revoke as run
     from mobile_multimodal.security.keys import KeyNotFoundError
     from mobile_multimodal.store import DatabaseError
 
@@ -357,8 +357,8 @@ def audit_query(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Print audit events from the database, oldest first (the query itself is audited)."""
+    from mobile_multimodal.ops.actor import cli_actor
     from mobile_multimodal.security.audit_query import audit_query_command
-    from mobile_multimodal.security.commands import cli_actor
     from mobile_multimodal.store import Database, DatabaseError
 
     try:

@@ -1,4 +1,4 @@
-"""Operator workflows: what `mobile-mm db ...` and `mobile-mm users ...` do.
+"""Operator workflows: what `mobile-mm keys ...`, `db ...` and `users ...` do.
 
 This layer sits above serving and below the CLI: a workflow combines the store (backups,
 migrations, retention, users) with security (the audit trail), which neither may import the

@@ -16,8 +16,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from mobile_multimodal.ops.actor import cli_actor
 from mobile_multimodal.security.audit import AuditLog
-from mobile_multimodal.security.commands import cli_actor
 from mobile_multimodal.settings import get_settings
 from mobile_multimodal.store import migrate
 from mobile_multimodal.store.backup import BackupError, backup, restore

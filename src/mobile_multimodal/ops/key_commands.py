@@ -1,5 +1,8 @@
 """What `mobile-mm keys ...` does; the CLI only parses options and prints the returned text.
 
+Creation, revocation and listing are audited (``key.create``, ``key.revoke``, ``keys.list``)
+with the operator's identity (:func:`~mobile_multimodal.ops.actor.cli_actor`).
+
 Example::
 
     print(keys_create(user="alice", key_type="pro", admin=False, as_json=True))
@@ -7,21 +10,13 @@ Example::
 
 from __future__ import annotations
 
-import getpass
 import json
 from datetime import datetime
 
+from mobile_multimodal.ops.actor import cli_actor
 from mobile_multimodal.security.audit import AuditLog
 from mobile_multimodal.security.keys import create_key, list_keys, revoke_key
 from mobile_multimodal.store import ApiKey, Database
-
-
-def cli_actor() -> str:
-    """Audit identity of whoever runs the CLI."""
-    try:
-        return f"cli:{getpass.getuser()}"
-    except (KeyError, OSError):  # no passwd entry (some containers)
-        return "cli:unknown"
 
 
 def _iso(value: datetime | None) -> str | None:
