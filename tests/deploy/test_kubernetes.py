@@ -258,3 +258,23 @@ def test_trigger_queries_are_valid_promql(objects: list[dict[str, Any]], tmp_pat
         ["promtool", "check", "rules", str(path)], capture_output=True, text=True, timeout=600
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_monitoring_check_reports_a_stale_prometheus_rule(tmp_path: Path) -> None:
+    from mobile_multimodal.observability.stack import check_prometheus_rule
+
+    (tmp_path / "monitoring").mkdir()
+    (tmp_path / "deploy" / "kubernetes").mkdir(parents=True)
+    alerts = (REPO / "monitoring" / "alerts.yml").read_text()
+    (tmp_path / "monitoring" / "alerts.yml").write_text(alerts)
+    rule = tmp_path / "deploy" / "kubernetes" / "prometheusrule.yaml"
+    rule.write_text(render_prometheus_rule(tmp_path / "monitoring" / "alerts.yml"))
+    assert check_prometheus_rule(tmp_path).ok
+    (tmp_path / "monitoring" / "alerts.yml").write_text(alerts.replace("for: 1m", "for: 3m", 1))
+    stale = check_prometheus_rule(tmp_path)
+    assert (
+        not stale.ok
+        and "mobile-mm monitoring k8s-rules --out deploy/kubernetes/prometheusrule.yaml" in stale.output
+    )
+    rule.unlink()
+    assert check_prometheus_rule(tmp_path).skipped

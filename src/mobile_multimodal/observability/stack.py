@@ -33,6 +33,8 @@ from typing import Any
 
 import yaml
 
+from mobile_multimodal.observability.prometheus_rule import render_prometheus_rule
+
 # Which receiver each severity must reach (monitoring/alertmanager.yml); None = no severity label.
 SEVERITY_RECEIVERS: dict[str | None, str] = {
     "critical": "pagerduty-critical",
@@ -147,6 +149,19 @@ def validate_dashboards(root: Path, dashboard_dir: Path | None = None) -> CheckR
     return _run(name, ["node", "validate.mjs", str(target)], validator)
 
 
+def check_prometheus_rule(root: Path) -> CheckResult:
+    """deploy/kubernetes/prometheusrule.yaml is what ``mobile-mm monitoring k8s-rules`` renders."""
+    name = "Kubernetes PrometheusRule matches alerts.yml"
+    committed = root / "deploy" / "kubernetes" / "prometheusrule.yaml"
+    if not committed.is_file():
+        return CheckResult(name, ok=False, skipped=True, output=f"{committed} does not exist")
+    fresh = render_prometheus_rule(root / "monitoring" / "alerts.yml")
+    if committed.read_text() == fresh:
+        return CheckResult(name, ok=True)
+    fix = f"mobile-mm monitoring k8s-rules --out {committed.relative_to(root)}"
+    return CheckResult(name, ok=False, output=f"{committed} is stale: run `{fix}`")
+
+
 def run_checks(root: Path, on_result: Callable[[CheckResult], None] | None = None) -> list[CheckResult]:
     """Run every offline check of the stack under ``root``; ``on_result`` sees each as it finishes."""
     root = root.resolve()
@@ -162,6 +177,7 @@ def run_checks(root: Path, on_result: Callable[[CheckResult], None] | None = Non
         lambda: _run("alerts.yml", ["promtool", "check", "rules", str(mon / "alerts.yml")], root),
         lambda: _run("alert unit tests", ["promtool", "test", "rules", str(mon / "alerts.test.yml")], root),
         lambda: check_runbooks(root),
+        lambda: check_prometheus_rule(root),
         lambda: _run("alertmanager.yml", ["amtool", "check-config", str(mon / "alertmanager.yml")], root),
         lambda: check_routes(root),
         lambda: _run(
