@@ -320,8 +320,7 @@ BACKUP_FAILURES = Counter("backup_failures", "Database backups that failed.")
 DB_QUERY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 DB_QUERY_DURATION = Histogram(
     "db_query_duration_seconds",
-    "Time of one SQL statement on the database driver, by operation "
-    "(select, insert, update, delete, other).",
+    "Time of one SQL statement on the database driver, by operation (select, insert, update, delete, other).",
     ["operation"],
     buckets=DB_QUERY_BUCKETS,
 )
