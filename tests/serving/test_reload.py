@@ -265,3 +265,28 @@ def test_an_invalid_configuration_is_refused_and_audited(live_server: Callable[.
         assert (
             client.get("/model/health").json()["integrity"]["status"] == "unchecked"
         )  # tiny model: no files
+
+
+def test_with_a_signing_key_an_unsigned_model_does_not_load_at_start(
+    live_server: Callable[..., LiveServer], tmp_path: Path
+) -> None:
+    model_dir = MobileMultiModalLLM.from_config(ModelConfig.tiny(), seed=0).save(tmp_path / "unsigned")
+    manifest = json.loads((model_dir / "manifest.json").read_text())
+    manifest.pop("signature", None)
+    (model_dir / "manifest.json").write_text(json.dumps(manifest))
+    server = live_server(loader=default_loader, model=str(model_dir), manifest_signing_key=KEY, ready=False)
+    engine = server.app.state.engine
+    _wait_for("the load to fail", lambda: engine.state == "failed")
+    assert engine.error is not None and engine.error.code == "MODEL_INTEGRITY_FAILED"
+    assert "is not signed" in engine.error.message
+    with server.client() as client:
+        assert client.get("/ready").status_code == 503
+        health = client.get("/health")
+        assert health.status_code == 503 and "MODEL_INTEGRITY_FAILED" in health.text
+        failures = metric_value(
+            client.get("/metrics").text, "model_load_failures_total", reason="MODEL_INTEGRITY_FAILED"
+        )
+        assert failures >= 1
+    (load,) = _wait_for("the audited failure", lambda: rows(server.app.state.database, "model.load"))
+    assert (load.result, load.details["code"]) == ("failure", "MODEL_INTEGRITY_FAILED")
+    assert_guide_fields(load)
