@@ -119,3 +119,13 @@ def test_a_run_without_requests_is_reported_not_divided_by() -> None:
         "p95": None,
         "p99": None,
     }
+
+
+def test_the_deploy_guides_capacity_table_reads_this_format() -> None:
+    """docs/deploy.md's capacity table (tests/deploy/capacity.py) takes our INT2 captioning runs
+    from results.json as this benchmark writes it now."""
+    from tests.deploy.capacity import served_arm
+
+    runs = {"1": {"median": {"rps": 70.0, "p95_ms": 15.0}}}
+    data = {"precisions": {"int2": {"servers": {"ours": {"tasks": {"captioning": runs}}}}}}
+    assert served_arm(data) is runs

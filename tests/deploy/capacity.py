@@ -32,8 +32,19 @@ def results() -> dict[str, Any]:
     return data
 
 
+def served_arm(data: dict[str, Any]) -> dict[str, Any]:
+    """Our served configuration's captioning runs at INT2, by concurrency. Since issue 16 the
+    benchmark measures every precision, task and peer ("precisions"); before, one precision's
+    captioning with batching on and off ("http")."""
+    if "precisions" in data:
+        arm: dict[str, Any] = data["precisions"]["int2"]["servers"]["ours"]["tasks"]["captioning"]
+        return arm
+    old: dict[str, Any] = data["http"]["batching"]
+    return old
+
+
 def capacity_rows() -> list[CapacityRow]:
-    arm = results()["http"]["batching"]
+    arm = served_arm(results())
     return sorted(
         CapacityRow(int(c), float(r["median"]["rps"]), float(r["median"]["p95_ms"])) for c, r in arm.items()
     )
