@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 from tests.security.audit_fields import assert_guide_fields, file_lines, rows
 
 from mobile_multimodal.filehash import sha256_file
-from mobile_multimodal.model import MobileMultiModalLLM, ModelConfig
+from mobile_multimodal.model import MobileMultiModalLLM, ModelConfig, checkpoint
 from mobile_multimodal.serving.engine import default_loader
 from mobile_multimodal.serving.probe import ProbeCase
 from mobile_multimodal.serving.reload import ReloadOutcome
@@ -39,8 +39,6 @@ def _save_signed(directory: Path, seed: int) -> Path:
     model = MobileMultiModalLLM.from_config(ModelConfig.tiny(), seed=seed)
     model.network.eval()
     directory.mkdir(parents=True, exist_ok=True)
-    from mobile_multimodal.model import checkpoint
-
     state = {k: v for k, v in model.network.state_dict().items() if not k.endswith(".tok.weight")}
     manifest = {
         "name": "mobile-multimodal-llm",
@@ -290,3 +288,14 @@ def test_with_a_signing_key_an_unsigned_model_does_not_load_at_start(
     (load,) = _wait_for("the audited failure", lambda: rows(server.app.state.database, "model.load"))
     assert (load.result, load.details["code"]) == ("failure", "MODEL_INTEGRITY_FAILED")
     assert_guide_fields(load)
+
+    # the operator signs the (trusted) model and reloads: the service comes up without a restart
+    checkpoint.write_manifest(model_dir, manifest, signing_key=KEY)
+    outcome = _reload(server, server.app.state.settings)
+    assert outcome.model == "reloaded" and outcome.ok
+    assert engine.state == "ready" and engine.error is None
+    with server.client() as client:
+        assert client.get("/ready").status_code == 200
+        assert _caption(client)
+    (reload,) = rows(server.app.state.database, "model.reload")
+    assert reload.result == "success" and reload.details["changed_fields"] == ["failed start"]

@@ -240,7 +240,10 @@ class BackgroundDuties:
         """After a reload swapped the model: the fp32 reference and its canary scores belonged to
         the old one (loaded again on first use), and shadowing may now apply (a quantized model)."""
         if self.canary is None or self.shadow is None:
-            return  # the live-quality duty has not started: it will see the new model
+            # not started: the start-up load failed, and this reload is the first good model
+            if not any(t.get_name() == "start-live-quality" and not t.done() for t in self._tasks):
+                self._spawn(self._watch_quality(), "start-live-quality")
+            return
         reference = ReferenceModel(self.settings)
         self.canary.reference = self.shadow.reference = reference
         self.canary.reference_scores = None

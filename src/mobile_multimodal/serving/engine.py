@@ -375,7 +375,11 @@ class InferenceEngine:
         def swap() -> None:
             self.model, self.info, self.settings = model, info, settings
 
+        if self.state == "loading":  # the first load still runs: it must not overwrite this one
+            await self.wait_ready()
         await self.run_in_model_thread(swap)
+        if self.state == "failed":  # a reload after a failed start is the way back (no restart)
+            self.error, self.warmed_up, self.state = None, True, "ready"
         self.load_seconds = seconds
         log.info("model reloaded in %.2f s: %s", seconds, self.describe())
         if self._on_loaded is not None:

@@ -18,8 +18,9 @@ live, reload the model when it changed, and put each change in the audit trail.
    interval. Everything else that changed (port, workers, database, auth mode, tracing,
    profiling, ...) is listed as ``restart_required`` in the audit row and the log: it takes
    effect at the next start.
-4. The model is reloaded when a model setting changed (:data:`MODEL_FIELDS`) or the model
-   directory's ``manifest.json`` is no longer the one loaded (a new model written in place). The
+4. The model is reloaded when a model setting changed (:data:`MODEL_FIELDS`), the model
+   directory's ``manifest.json`` is no longer the one loaded (a new model written in place), or
+   the start-up load failed (the files fixed since: the reload brings the service up, no restart). The
    new model is loaded, verified (checksums, and the signature when a signing key is set) and
    warmed up beside the served one, traced like the start-up load (``model_load`` with ``read``,
    ``verify``, ``build``, ``warm_up``; ``model.reload=true``), measured in
@@ -201,8 +202,10 @@ class ServiceReloader:
                 "changed settings that take effect at the next start: %s", ", ".join(outcome.restart_required)
             )
         changed_model = [f for f in changed if f in MODEL_FIELDS]
-        if changed_model or self._model_files_changed():
-            outcome.model, outcome.error = await self._reload_model(new, changed_model or ["model files"])
+        failed_start = state.engine.state == "failed"  # files fixed since: a reload is the way back
+        if changed_model or failed_start or self._model_files_changed():
+            why = changed_model or (["failed start"] if failed_start else ["model files"])
+            outcome.model, outcome.error = await self._reload_model(new, why)
             outcome.ok = outcome.model != "failed"
         state.settings = self._merged(old, new)
         return outcome
