@@ -161,3 +161,20 @@ def test_inline_commands_parse() -> None:
     assert clis
     for command in clis:
         check_mobile_mm(command.replace(" ID", " k_0123456789abcdef"))
+
+
+def test_serve_refuses_sqlite_with_several_replicas(tmp_path: Path) -> None:
+    """What the docs promise a pod started without the shared database does: exit, and say why."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MOBILE_MM_")}
+    env |= {"MOBILE_MM_REPLICAS": "3", "MOBILE_MM_DATA_DIR": str(tmp_path)}
+    result = subprocess.run(
+        [str(MOBILE_MM), "serve", "--host", "127.0.0.1", "--port", "1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode != 0
+    assert "MOBILE_MM_REPLICAS=3 needs a database every replica shares" in result.stderr
+    assert "MOBILE_MM_DATABASE_URL" in result.stderr
+    assert not (tmp_path / "mobile_mm.db").exists()  # refused before any SQLite file was made
