@@ -76,14 +76,19 @@ def _clean_env() -> dict[str, str]:
 
 @contextmanager
 def serve_ours(
-    model: str, quantization: str, env_extra: dict[str, str], name: str = "ours"
+    model: str,
+    quantization: str,
+    env_extra: dict[str, str],
+    name: str = "ours",
+    data_dir: Path | None = None,
 ) -> Iterator[RunningServer]:
-    """``mobile-mm serve`` with auth off, its own data directory, and ``env_extra`` on top."""
+    """``mobile-mm serve`` with auth off, its own data directory (or ``data_dir``: keys made
+    there beforehand are known to it), and ``env_extra`` on top."""
     port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
         env = {
             **_clean_env(),
-            "MOBILE_MM_DATA_DIR": str(Path(tmp) / "data"),
+            "MOBILE_MM_DATA_DIR": str(data_dir or Path(tmp) / "data"),
             "MOBILE_MM_LOG_DIR": str(Path(tmp) / "logs"),
             "MOBILE_MM_AUTH": "disabled",
             **env_extra,

@@ -6,9 +6,10 @@ The rules: no answer is a 5xx (the real bundled model serves, so even ``/model/h
 reason for a 503), every 4xx carries the error body (``tests/reliability/fuzz_hooks.py``), and the
 same process is still ready and answering correctly afterwards.
 
-One operation is left out: ``POST /export`` (loopback is admin with auth disabled), because every
-body it accepts starts a real export child that runs for minutes; its refusals are tested in
-tests/serving/test_export_route.py. ``GET /export`` and ``GET /export/{id}`` are fuzzed.
+Twice: with auth off (the bundled model; ``POST /export`` left out there, as loopback is admin
+with auth off and every body it accepts would start a real export child that runs for minutes),
+and with keys required and a non-admin key on every call (every operation,
+``POST /export`` refused with 403, so no export runs).
 
 Bounded: ``MAX_EXAMPLES`` per operation and phase, a fixed seed with deterministic generation (the
 same cases every run, so a failure reproduces with the printed ``st`` command). Malformed images
@@ -38,22 +39,16 @@ ST = Path(sys.executable).with_name("st")
 
 @pytest.fixture(scope="module")
 def fuzz_server() -> Iterator[RunningServer]:
-    quiet = {"MOBILE_MM_CANARY_INTERVAL_S": "0", "MOBILE_MM_SHADOW_SAMPLE_RATE": "0"}
+    quiet = {"MOBILE_MM_CANARY_INTERVAL_S": "0"}
     with serve_ours("default", "fp32", quiet) as server:
         yield server
 
 
-def test_no_route_answers_a_server_error(fuzz_server: RunningServer, tmp_path: Path) -> None:
-    cmd = [
-        str(ST),
-        "run",
-        fuzz_server.url + "/openapi.json",
-        "--checks",
-        "not_a_server_error,error_body_on_4xx",
-    ]
+def run_schemathesis(url: str, tmp_path: Path, extra: list[str]) -> list[dict[str, object]]:
+    """``st run`` over every operation of ``url``'s schema; the calls it made (fuzz_hooks)."""
+    cmd = [str(ST), "run", url + "/openapi.json", "--checks", "not_a_server_error,error_body_on_4xx"]
     cmd += ["--max-examples", str(MAX_EXAMPLES), "--seed", str(SEED), "--generation-deterministic"]
-    cmd += ["--exclude-operation-id", "start_export_export_post"]
-    cmd += ["--request-timeout", "120", "--no-color", "--report", "junit", "--report-dir", str(tmp_path)]
+    cmd += ["--request-timeout", "120", "--no-color", *extra]
     stats = tmp_path / "calls.jsonl"
     env = {
         **os.environ,
@@ -64,17 +59,52 @@ def test_no_route_answers_a_server_error(fuzz_server: RunningServer, tmp_path: P
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
     assert done.returncode == 0, done.stdout[-8000:] + done.stderr[-2000:]
     calls = [json.loads(line) for line in stats.read_text().splitlines()]
+    # every operation of the schema was called (and other methods on its paths)
+    spec = httpx.get(url + "/openapi.json", timeout=60).json()
+    operations = {(m.upper(), p) for p, item in spec["paths"].items() for m in item}
     answered = {(c["method"], c["path"]) for c in calls}
-    # every operation but the excluded one was called (and other methods on its path), and the
-    # fuzzing reached the model on the inference routes and on the chat route, streaming and not
-    spec = httpx.get(fuzz_server.url + "/openapi.json", timeout=60).json()
-    operations = {(m.upper(), p) for p, item in spec["paths"].items() for m in item} - {("POST", "/export")}
-    assert operations <= answered, sorted(operations - answered)
+    excluded = {("POST", "/export")} if "start_export_export_post" in extra else set()
+    assert operations - excluded <= answered, sorted(operations - excluded - answered)
+    assert max(int(str(c["status"])) for c in calls) < 500
+    return calls
+
+
+def test_no_route_answers_a_server_error(fuzz_server: RunningServer, tmp_path: Path) -> None:
+    calls = run_schemathesis(
+        fuzz_server.url, tmp_path, ["--exclude-operation-id", "start_export_export_post"]
+    )
+    # the fuzzing reached the model on the inference route and on the chat route, streaming and not
     ok = [c for c in calls if c["status"] == 200]
     assert any(c["path"] == "/inference" for c in ok)
     assert any(c["path"] == "/v1/chat/completions" and c["stream"] for c in ok)
     assert any(c["path"] == "/v1/chat/completions" and not c["stream"] for c in ok)
-    assert max(c["status"] for c in calls) < 500
+
+
+def test_with_keys_required_every_route_too(tmp_path: Path) -> None:
+    """Auth on, a pro (non-admin) key on every call, rate limits out of the way: the key check and
+    the store are fuzzed too, and POST /export is included (403 for this key: no export runs)."""
+    data_dir = tmp_path / "data"
+    made = subprocess.run(
+        [str(ST.with_name("mobile-mm")), "keys", "create", "--user", "fuzz", "--type", "pro", "--json"],
+        env={**os.environ, "MOBILE_MM_DATA_DIR": str(data_dir)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    )
+    key = json.loads(made.stdout)["key"]
+    env = {
+        "MOBILE_MM_AUTH": "required",
+        "MOBILE_MM_CANARY_INTERVAL_S": "0",
+        "MOBILE_MM_RATE_LIMIT_PRO_PER_MINUTE": "1000000",
+        "MOBILE_MM_RATE_LIMIT_PRO_BURST": "100000",
+    }
+    with serve_ours("default", "fp32", env, data_dir=data_dir) as server:
+        calls = run_schemathesis(server.url, tmp_path, ["-H", f"Authorization: Bearer {key}"])
+        assert httpx.get(server.url + "/ready", timeout=60).status_code == 200
+    statuses = {c["status"] for c in calls if (c["method"], c["path"]) == ("POST", "/export")}
+    assert statuses <= {401, 403, 413, 415, 422}, statuses
+    assert any(c["status"] == 200 and c["path"] == "/inference" for c in calls)
 
 
 def test_the_service_is_still_ready_afterwards(fuzz_server: RunningServer) -> None:
