@@ -60,3 +60,7 @@ def render_table(rows: list[CapacityRow]) -> str:
         ok = "yes" if row.p95_ms <= P95_TARGET_MS else "no"
         lines.append(f"| {row.concurrency} | {row.rps:.0f} | {row.p95_ms:.1f} ms | {ok} |")
     return "\n".join(lines)
+
+
+if __name__ == "__main__":  # `.venv/bin/python -m tests.deploy.capacity`: the table for docs/deploy.md
+    print(render_table(capacity_rows()))
