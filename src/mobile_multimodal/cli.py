@@ -587,13 +587,32 @@ def bench(
     raise typer.Exit(subprocess.call([sys.executable, "-m", "benchmarks.run_all", *(names or [])]))
 
 
+def _run_app() -> None:
+    """Run the CLI; settings from the environment that do not parse end in one clear line."""
+    from pydantic import ValidationError
+
+    try:
+        app()
+    except ValidationError as exc:
+        if exc.title != "Settings":  # any other model failing is a bug: keep its traceback
+            raise
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in error['loc']) or 'settings'}: {error['msg']}"
+            for error in exc.errors()
+        )
+        typer.echo(
+            f"error: invalid settings (MOBILE_MM_* environment or settings file): {problems}", err=True
+        )
+        raise SystemExit(2) from None
+
+
 def main() -> None:
-    app()
+    _run_app()
 
 
 def _alias(command: str) -> None:
     sys.argv = [sys.argv[0], command, *sys.argv[1:]]
-    app()
+    _run_app()
 
 
 def train_alias() -> None:
