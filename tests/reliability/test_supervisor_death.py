@@ -7,8 +7,11 @@ seconds of losing its parent (serving/parent_watch.py). The worker count comes f
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -65,3 +68,45 @@ def test_workers_exit_when_their_supervisor_is_killed(
         assert {w.pid for w in workers} <= {p.pid for p in gone}
         with pytest.raises(httpx.TransportError):  # nobody answers on the port any more
             httpx.get(server.url + "/alive", timeout=5)
+
+
+# A parent that starts one spawn child the way uvicorn starts a worker; the child ignores SIGTERM,
+# so only the watch thread's last resort (os._exit after the grace) can end it.
+_PARENT = """
+import multiprocessing, signal, sys, time
+
+def child():
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)   # a drain that never ends
+    from mobile_multimodal.serving.parent_watch import exit_with_parent
+    assert exit_with_parent(grace_s=1.0)
+    print("watching", flush=True)
+    time.sleep(600)
+
+if __name__ == "__main__":
+    process = multiprocessing.get_context("spawn").Process(target=child)
+    process.start()
+    print(process.pid, flush=True)
+    time.sleep(600)
+"""
+
+
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="reads the orphan's exit status as subreaper"
+)
+def test_a_worker_stuck_in_its_drain_is_ended_after_the_grace(tmp_path: Path) -> None:
+    script = tmp_path / "parent.py"
+    script.write_text(_PARENT)
+    parent = subprocess.Popen(
+        [sys.executable, str(script)], stdout=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        assert parent.stdout is not None
+        child = psutil.Process(int(parent.stdout.readline()))
+        assert parent.stdout.readline().strip() == "watching"  # (the child shares the pipe)
+        parent.kill()
+        parent.wait(WAIT_S)
+        # pytest is the orphan's new parent (tests/leftover_processes.py), so its status is ours
+        assert child.wait(WAIT_S) == 70  # EX_SOFTWARE: cut off, not a clean exit
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(parent.pid, signal.SIGKILL)
