@@ -17,6 +17,15 @@ pytest_plugins = ["tests.postgres"]
 LEFTOVER_WAIT_S = 30
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--leftover-wait",
+        type=float,
+        default=LEFTOVER_WAIT_S,
+        help="Seconds the session's processes get to exit after the last teardown before they fail it.",
+    )
+
+
 def pytest_configure(config: pytest.Config) -> None:
     leftover_processes.start_session()
 
@@ -24,7 +33,7 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.hookimpl(trylast=True)  # after every other plugin's; session fixtures are torn down by now
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Fail the run when a process the tests started is still running (issue 16: orphaned workers)."""
-    survivors = leftover_processes.leftover_processes(wait_s=LEFTOVER_WAIT_S)
+    survivors = leftover_processes.leftover_processes(wait_s=session.config.getoption("leftover_wait"))
     if not survivors:
         return
     leftover_processes.kill_leftovers()

@@ -33,7 +33,7 @@ _ENDS_WITH_PYTEST = ("multiprocessing.resource_tracker", "multiprocessing.forkse
 
 def start_session() -> None:
     """Mark this session's children and keep its orphans as descendants (call once, at start)."""
-    os.environ.setdefault(MARKER, f"{os.getpid()}-{uuid.uuid4().hex[:12]}")
+    os.environ[MARKER] = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"  # a nested session: its own
     if sys.platform.startswith("linux"):
         with contextlib.suppress(OSError, AttributeError):
             libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
