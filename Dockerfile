@@ -63,4 +63,6 @@ HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
 # the process exits. `docker stop` waits 10 s unless told more: `docker stop -t 45`;
 # docker-compose.yml sets stop_grace_period.
 STOPSIGNAL SIGTERM
-CMD ["mobile-mm", "serve", "--host", "0.0.0.0", "--port", "8080", "--model", "default"]
+# No flags: every serve setting comes from its MOBILE_MM_* variable (host 0.0.0.0, port 8080, the
+# bundled model at fp32 when unset), so `docker run -e MOBILE_MM_QUANTIZATION=int2` serves INT2.
+CMD ["mobile-mm", "serve"]
