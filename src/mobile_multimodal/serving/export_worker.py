@@ -17,6 +17,7 @@ Example::
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -24,26 +25,57 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from mobile_multimodal.errors import ExportError
+from mobile_multimodal.errors import ExportError, ExportErrorCode
 from mobile_multimodal.observability.process_telemetry import process_telemetry
 from mobile_multimodal.settings import Settings, get_settings
 from mobile_multimodal.store import Database
 from mobile_multimodal.store.database import DatabaseError
-from mobile_multimodal.store.export_records import get_export
+from mobile_multimodal.store.export_records import finish_export, get_export
 from mobile_multimodal.store.recorded_export import run_recorded_export
 
 _PARENT_POLL_S = 1.0
+_ORPHAN_GRACE_S = 20.0
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def _watch_parent(parent: int) -> None:
-    """Orphaned (the server died): stop as if told to, so the row says interrupted."""
+def _watch_parent(parent: int, export_id: str, settings: Settings, grace_s: float = _ORPHAN_GRACE_S) -> None:
+    """Orphaned (the server died): stop as if told to, so the row says interrupted.
+
+    SIGTERM becomes a KeyboardInterrupt only when the main thread next runs Python; a conversion
+    can sit in one native call (a lowering pass, a compiler) for minutes. So if the process is
+    still here ``grace_s`` later, this thread records the row itself, removes the pipeline's
+    temporary directories and exits: an export without its server must not run on, unwatched.
+    """
     while os.getppid() == parent:
         time.sleep(_PARENT_POLL_S)
     os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(grace_s)
+    _cut_off(export_id, settings)
+    os._exit(1)
+
+
+def _cut_off(export_id: str, settings: Settings) -> None:
+    """Fail the row as interrupted and remove half-written bundles (best effort: we are exiting)."""
+    try:
+        db = Database(settings.resolved_database_url)
+        record = get_export(db, export_id)
+        if record is None:
+            return
+        finish_export(
+            db,
+            export_id,
+            duration_s=None,
+            error_code=str(ExportErrorCode.EXPORT_INTERRUPTED),
+            error_message="the server that started this export stopped; the export was cut off",
+        )
+        out = Path(record.out_dir)
+        for partial in out.parent.glob(f".{out.name}.tmp-*"):
+            shutil.rmtree(partial, ignore_errors=True)
+    except Exception as exc:  # nothing may keep an orphan alive
+        print(f"export {export_id}: could not record the interruption: {exc}", file=sys.stderr)
 
 
 def _limit_resources(settings: Settings) -> None:
@@ -89,8 +121,8 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m mobile_multimodal.serving.export_worker EXPORT_ID", file=sys.stderr)
         return 2
     signal.signal(signal.SIGTERM, _interrupt)
-    threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
     settings = get_settings()
+    threading.Thread(target=_watch_parent, args=(os.getppid(), args[0], settings), daemon=True).start()
     _limit_resources(settings)
     return run(args[0], settings)
 
