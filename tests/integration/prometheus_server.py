@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from .servers import free_port, wait_http
+from .servers import free_port, stop_process, wait_http
 
 BINARY = "prometheus"
 
@@ -74,13 +74,7 @@ class PrometheusServer:
         return self
 
     def stop(self) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+        stop_process(self._proc)
         self._proc = None
 
     def __enter__(self) -> PrometheusServer:

@@ -16,7 +16,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from .servers import free_port
+from .servers import free_port, stop_process
 
 BINARY = "redis-server"
 
@@ -75,13 +75,7 @@ class RedisServer:
             return False
 
     def stop(self) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+        stop_process(self._proc)
         self._proc = None
 
     def __enter__(self) -> RedisServer:

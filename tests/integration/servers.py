@@ -84,6 +84,18 @@ def wait_http(
     raise TimeoutError(f"{url} not answering {status} after {timeout_s}s (last: {last})")
 
 
+def stop_process(proc: subprocess.Popen[Any] | None, grace_s: float = 10) -> None:
+    """Terminate a helper process (Prometheus, Redis, ...); kill it if it ignores that for ``grace_s``."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def scene_png_b64(color: str = "red", seed: int = 0) -> str:
     """A small scene image (a shape on a plain background) as a base64 data URI."""
     image = Image.new("RGB", (64, 64), "white")

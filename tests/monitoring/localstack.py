@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from tests.integration.servers import free_port
+from tests.integration.servers import free_port, stop_process
 
 REPO = Path(__file__).resolve().parents[2]
 MONITORING = REPO / "monitoring"
@@ -234,13 +234,7 @@ class _Process:
         return self
 
     def stop(self) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+        stop_process(self._proc)
         self._proc = None
 
 
