@@ -3,7 +3,8 @@
 Three kinds of cell, each printing nothing and writing one JSON file:
 
 - ``export``: ``export_model`` (validation included) of one format at one precision: wall time,
-  the manifest (sizes, validation) and this process's peak RSS;
+  CPU time (user + system, its lowering workers included), the manifest (sizes, validation)
+  and this process's peak RSS;
 - ``runtime``: the written bundle opened in its own runtime and driven by ``decode.BundleModel``
   from its description files: the eval report on the held-out splits (full by default), this
   process's RSS, then batch-1 latency per task (export/latency.py) of the bundle and of the
@@ -54,6 +55,12 @@ def _peak_rss_bytes() -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # KiB on Linux
 
 
+def _cpu_seconds() -> float:
+    """User + system CPU seconds of this process and its finished children (lowering workers)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def _tasks() -> list[str]:
     """The held-out tasks available here (easy-VQA's test split ships in an optional wheel)."""
     from mobile_multimodal.data.easyvqa import EasyVQAUnavailable, load_easy_vqa
@@ -78,6 +85,7 @@ def export_cell(args: argparse.Namespace) -> dict[str, Any]:
     from mobile_multimodal.export.pipeline import export_model
 
     load_before = os.getloadavg()[0]  # other work on the machine while this export ran
+    cpu_before = _cpu_seconds()
     start = time.perf_counter()
     manifest = export_model(
         args.model, platform=args.platform, fmt=args.format, quantization=args.quantization, out=args.bundle
@@ -85,6 +93,7 @@ def export_cell(args: argparse.Namespace) -> dict[str, Any]:
     wall = time.perf_counter() - start
     return {
         "wall_s": wall,
+        "cpu_s": _cpu_seconds() - cpu_before,
         "manifest": manifest,
         "rss_peak_bytes": _peak_rss_bytes(),
         "load_avg_1m": [load_before, os.getloadavg()[0]],

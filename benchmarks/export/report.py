@@ -32,7 +32,10 @@ def summary_table(results: dict[str, Any]) -> list[str]:
         size = f"{row['bundle_bytes'] / MIB:.2f} MiB"
         target = "" if row["export_under_target"] else " (over the 60 s target)"
         load = row.get("export_load_avg_1m")
-        export = f"{row['export_s']:.1f} s{target}" + (f" (load {load[0]:.1f})" if load else "")
+        export = f"{row['export_s']:.1f} s{target}"
+        if row.get("export_cpu_s") is not None:
+            export += f", {row['export_cpu_s']:.0f} s CPU"
+        export += f" (load {load[0]:.1f})" if load else ""
         if "tasks" in row:
             tasks = row["tasks"]
             equal = sum(t["equal"] for t in tasks.values())

@@ -35,6 +35,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -51,6 +52,8 @@ from mobile_multimodal.export.formats import FORMATS, PLATFORM_FORMATS, PLATFORM
 OUT = Path(__file__).resolve().parent
 REPO = OUT.parents[1]
 EXPORT_TARGET_S = 60.0
+EXPORT_TIMEOUT_S = 1800.0  # 30x the target: a cell this slow is broken, not slow
+CELL_TIMEOUT_S = 7200.0  # the longest full-split shard takes ~30 min on a loaded machine
 
 
 def available_formats(wanted: list[str]) -> tuple[list[str], dict[str, str]]:
@@ -64,6 +67,11 @@ def available_formats(wanted: list[str]) -> tuple[list[str], dict[str, str]]:
             continue
         ok.append(fmt)
     return ok, skipped
+
+
+def format_quantizations(fmt: str) -> tuple[str, ...]:
+    """The precisions ``fmt``'s writer exports (TFLite: fp32 and int8 only)."""
+    return tuple(getattr(writer_for(fmt), "quantizations", QUANTIZATIONS))
 
 
 def platform_for(fmt: str) -> str:
@@ -88,9 +96,19 @@ def _commit() -> str:
 class Cells:
     """Runs cell.py processes, keeping each result as <work>/<name>.json."""
 
-    def __init__(self, work: Path, model: str, latency_examples: int, measure: bool = True) -> None:
+    def __init__(
+        self,
+        work: Path,
+        model: str,
+        latency_examples: int,
+        measure: bool = True,
+        timeouts: dict[str, float] | None = None,
+    ) -> None:
         self.work, self.model, self.latency_examples = work, model, latency_examples
         self.measure = measure  # False: report the kept cells only, the others as not measured
+        # cell kind ("export", "runtime", "task", "torch") -> seconds before it is stopped and
+        # recorded as timed out, so one slow cell does not sink the run
+        self.timeouts = timeouts or {}
         work.mkdir(parents=True, exist_ok=True)
 
     def run(self, name: str, args: list[str], examples: int | None = None) -> dict[str, Any]:
@@ -106,8 +124,19 @@ class Cells:
         log = self.work / f"{name}.log"
         print(f"--- {name}", flush=True)
         start = time.perf_counter()
+        timeout = self.timeouts.get(args[0])
         with log.open("w") as out:
-            returncode = subprocess.call(command, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
+            # a session of its own, so a timeout stops the cell's worker processes too
+            cell = subprocess.Popen(
+                command, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
+            try:
+                returncode = cell.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(cell.pid, signal.SIGKILL)
+                cell.wait()
+                print(f"    {name} stopped after {timeout:g} s", flush=True)
+                return {"error": f"timed out: stopped after {timeout:g} s (the cell timeout)"}
         if returncode != 0:
             tail = log.read_text()[-1500:]
             print(f"    {name} failed (exit {returncode}):\n{tail}", flush=True)
@@ -136,6 +165,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--latency-examples", type=int, default=8)
     parser.add_argument("--jobs", type=int, default=2, help="accuracy cells at a time (exports run alone)")
+    parser.add_argument(
+        "--export-timeout",
+        type=float,
+        default=EXPORT_TIMEOUT_S,
+        help="seconds before an export cell is stopped and recorded as timed out",
+    )
+    parser.add_argument(
+        "--cell-timeout",
+        type=float,
+        default=CELL_TIMEOUT_S,
+        help="seconds before an accuracy/latency cell is stopped and recorded as timed out",
+    )
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument(
         "--work", type=Path, default=REPO / "var" / "bench-export", help="kept cells and bundles"
@@ -149,11 +190,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.fresh and work.exists():
         shutil.rmtree(work)
     formats, skipped = available_formats(args.formats)
-    cells = Cells(work, args.model, args.latency_examples, measure=not args.report_only)
+    timeouts = {"export": args.export_timeout}
+    timeouts.update(dict.fromkeys(("runtime", "task", "torch"), args.cell_timeout))
+    cells = Cells(work, args.model, args.latency_examples, measure=not args.report_only, timeouts=timeouts)
 
     exports: dict[tuple[str, str], dict[str, Any]] = {}
     for fmt in formats:
-        for q in args.quantizations:
+        for q in (q for q in args.quantizations if q in format_quantizations(fmt)):
             bundle = work / f"bundle-{fmt}-{q}"
             name = f"export-{fmt}-{q}"
             if not args.report_only and not (work / f"{name}.json").exists() and bundle.exists():
@@ -277,6 +320,9 @@ def assemble(
         row.update(
             {
                 "export_s": round(export["wall_s"], 2),
+                # user + system CPU seconds of the export process and its workers: unlike the
+                # wall time, barely moved by other work on the machine
+                "export_cpu_s": round(export["cpu_s"], 2) if "cpu_s" in export else None,
                 "export_under_target": export["wall_s"] < EXPORT_TARGET_S,
                 "export_rss_peak_bytes": export["rss_peak_bytes"],
                 "export_load_avg_1m": export.get("load_avg_1m"),

@@ -58,3 +58,15 @@ def test_the_readmes_formats_table_is_the_measured_one() -> None:
     readme = (run.REPO / "README.md").read_text()
     for line in readme_table(results):
         assert line in readme, line
+
+
+def test_a_cell_past_its_timeout_is_stopped_and_recorded(tmp_path: Path) -> None:
+    """One slow cell must not sink the run: it is stopped (its process group killed) and kept
+    as an error row; nothing is left running."""
+    cells = run.Cells(tmp_path, "default", latency_examples=1, timeouts={"export": 0.5})
+    bundle = tmp_path / "bundle"
+    args = ["export", "--format", "onnx", "--platform", "android", "--quantization", "fp32"]
+    result = cells.run("export-onnx-fp32", [*args, "--bundle", str(bundle)])
+    assert result == {"error": "timed out: stopped after 0.5 s (the cell timeout)"}
+    assert not (tmp_path / "export-onnx-fp32.json").exists()  # a rerun measures it again
+    assert not bundle.exists()

@@ -1,7 +1,8 @@
 """ExecuTorch ``.pte`` writer: every graph lowered to the XNNPACK backend (Android and iOS).
 
 Each graph goes ``torch.export`` -> our decompositions -> ``to_edge_transform_and_lower`` with
-the ``XnnpackPartitioner`` -> one ``<graph>.pte``, and runs again in the ExecuTorch runtime
+the ``XnnpackPartitioner`` -> one ``<graph>.pte`` (``pte_lowering.py``: the graphs are lowered in
+parallel processes, the slow part of the export), and runs again in the ExecuTorch runtime
 (``executorch.runtime``) for validation.
 
 Attention and LayerNorm are decomposed by hand (``xnnpack_ops.py``): the stock decompositions
@@ -37,21 +38,17 @@ Example::
 
 from __future__ import annotations
 
-import copy
-import warnings
 from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from mobile_multimodal.errors import conversion_errors
 from mobile_multimodal.export.formats import package_version
+from mobile_multimodal.export.pte_lowering import LoweringJob, lower_graphs
 from mobile_multimodal.export.validate import ACCURACY_TOLERANCE, MAX_ABS_DIFF_LIMIT
-from mobile_multimodal.export.xnnpack_ops import XNNPACK_DECOMPOSITIONS
-from mobile_multimodal.export.xnnpack_quant import quantize_for_xnnpack
 
 if TYPE_CHECKING:
     from mobile_multimodal.export.graphs import GraphSpec
@@ -60,23 +57,6 @@ if TYPE_CHECKING:
 BACKEND = "XnnpackBackend"
 QUANTIZED_ACCURACY_TOLERANCE = 0.05  # relative; the quantization-loss alert threshold (DESIGN.md)
 QUANTIZED_MAX_ABS_DIFF = 4.0  # ~3x the worst measured: 1.39 on the INT4 OCR log-probs
-
-
-def lower_to_pte(module: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> bytes:
-    """``module`` exported, decomposed, lowered to XNNPACK and serialised as a ``.pte``."""
-    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
-    from executorch.exir import to_edge_transform_and_lower
-    from torchao.utils import unwrap_tensor_subclass
-
-    unwrap_tensor_subclass(module)
-    # torch.export and the ExecuTorch passes warn about their own internals (pytree and
-    # dataclass deprecations); our warnings-as-errors test config must not turn them into failures
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        program = torch.export.export(module, example_inputs)
-        program = program.run_decompositions(XNNPACK_DECOMPOSITIONS)
-        edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
-        return bytes(edge.to_executorch().buffer)
 
 
 def pte_operators(path: Path) -> dict[str, Any]:
@@ -154,14 +134,13 @@ class ExecuTorchWriter:
     def write(
         self, model: MobileMultiModalLLM, graphs: list[GraphSpec], quantization: str, out: Path
     ) -> list[Path]:
+        jobs = [LoweringJob(g.name, g.module, g.quantized, g.example_inputs) for g in graphs]
+        with conversion_errors("ExecuTorch export"):
+            programs = lower_graphs(jobs, quantization)  # in parallel: see pte_lowering.py
         files = []
         for spec in graphs:
-            module = copy.deepcopy(spec.module).eval()
-            with conversion_errors(f"ExecuTorch export of graph {spec.name!r}"):
-                quantize_for_xnnpack(module, spec.quantized, quantization)
-                buffer = lower_to_pte(module, spec.example_inputs)
             path = out / f"{spec.name}{self.extension}"
-            path.write_bytes(buffer)
+            path.write_bytes(programs[spec.name])
             files.append(path)
         return files
 

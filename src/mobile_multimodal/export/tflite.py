@@ -107,6 +107,7 @@ class TFLiteWriter:
     name = "tflite"
     runtime = "litert"
     extension = ".tflite"
+    quantizations = SUPPORTED  # the export benchmark runs these cells only
     install_hint = "pip install 'mobile-multimodal-llm[tflite]' (litert-torch, ai-edge-litert; ~2 GB)"
 
     def toolchain(self) -> dict[str, str | None]:
