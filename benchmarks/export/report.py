@@ -200,5 +200,6 @@ def readme_table(results: dict[str, Any]) -> list[str]:
             accuracy, latency = "not executed on Linux (structure and weight sizes checked)", "-"
         else:
             accuracy, latency = _why(row.get("error", "")), "-"
-        lines.append(head + f"| {size} | {accuracy} | {latency} | {row['export_s']:.1f} s |")
+        cpu = f" ({row['export_cpu_s']:.0f} s CPU)" if row.get("export_cpu_s") is not None else ""
+        lines.append(head + f"| {size} | {accuracy} | {latency} | {row['export_s']:.1f} s{cpu} |")
     return lines

@@ -24,6 +24,7 @@ Usage::
     nice -n 10 .venv/bin/python -m benchmarks.export.run                         # everything
     nice -n 10 .venv/bin/python -m benchmarks.export.run --formats onnx --quantizations int2 fp32
     .venv/bin/python -m benchmarks.export.run --examples 4 --latency-examples 1 --out /tmp/eb
+    .venv/bin/python -m benchmarks.export.run --readme-table     # README's table from results.json
 
 Writes results.json, results.md and results.png into --out (default: this directory).
 """
@@ -44,7 +45,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from benchmarks.export.report import write_markdown, write_plot
+from benchmarks.export.report import readme_table, write_markdown, write_plot
 
 from mobile_multimodal.errors import ExportError
 from mobile_multimodal.export.formats import FORMATS, PLATFORM_FORMATS, PLATFORMS, QUANTIZATIONS, writer_for
@@ -185,7 +186,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--report-only", action="store_true", help="write the results of the kept cells; measure nothing"
     )
+    parser.add_argument(
+        "--readme-table",
+        action="store_true",
+        help="print the README's formats x precisions table from <--out>/results.json; measure nothing",
+    )
     args = parser.parse_args(argv)
+    if args.readme_table:
+        print("\n".join(readme_table(json.loads((args.out / "results.json").read_text()))))
+        return 0
     work = args.work
     if args.fresh and work.exists():
         shutil.rmtree(work)

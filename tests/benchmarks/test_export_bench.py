@@ -70,3 +70,9 @@ def test_a_cell_past_its_timeout_is_stopped_and_recorded(tmp_path: Path) -> None
     assert result == {"error": "timed out: stopped after 0.5 s (the cell timeout)"}
     assert not (tmp_path / "export-onnx-fp32.json").exists()  # a rerun measures it again
     assert not bundle.exists()
+
+
+def test_readme_table_option_prints_the_committed_table(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run.main(["--readme-table"]) == 0
+    results = json.loads((run.OUT / "results.json").read_text())
+    assert capsys.readouterr().out.splitlines() == readme_table(results)
