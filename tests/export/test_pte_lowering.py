@@ -3,6 +3,8 @@ one process lowers, and a graph that cannot be lowered fails naming that graph."
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -62,3 +64,46 @@ def test_a_graph_that_cannot_be_lowered_fails_naming_it() -> None:
     jobs = [*_jobs()[:2], LoweringJob("branchy", _Unlowerable(), {}, (torch.randn(1, 16),))]
     with pytest.raises(RuntimeError, match="branchy"):
         lower_graphs(jobs, "fp32", processes=2)
+
+
+_ORPHANING_PARENT = """
+import os, subprocess, sys, time
+queue = sys.argv[1]
+worker = subprocess.Popen(
+    [sys.executable, "-m", "mobile_multimodal.export.pte_lowering", "int2", queue], stdout=subprocess.DEVNULL
+)
+deadline = time.monotonic() + 600
+while not any(".taken-" in name for name in os.listdir(queue)):  # the worker holds the job
+    assert worker.poll() is None and time.monotonic() < deadline
+    time.sleep(0.1)
+print(worker.pid, flush=True)
+os._exit(0)
+"""
+
+
+def test_a_lowering_worker_stops_when_its_export_process_dies(tmp_path: Path) -> None:
+    """Its job never ends (a FIFO nobody writes: loading it blocks, like a very long lowering);
+    the export process that started it exits: the worker must not stay behind."""
+    import os
+    import subprocess
+    import sys
+
+    import psutil
+    from tests.integration.servers import process_gone
+
+    queue = tmp_path / "queue"
+    queue.mkdir()
+    os.mkfifo(queue / "000.job")
+    done = subprocess.run(
+        [sys.executable, "-c", _ORPHANING_PARENT, str(queue)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    )
+    worker = int(done.stdout.strip())
+    try:
+        assert process_gone(worker, timeout_s=300), "the orphaned lowering worker is still running"
+    finally:
+        if psutil.pid_exists(worker):
+            psutil.Process(worker).kill()

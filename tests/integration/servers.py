@@ -96,6 +96,22 @@ def stop_process(proc: subprocess.Popen[Any] | None, grace_s: float = 10) -> Non
         proc.wait()
 
 
+def process_gone(pid: int, timeout_s: float) -> bool:
+    """Whether process ``pid`` exits within ``timeout_s`` (a zombie counts: it has exited, and its
+    new parent, pytest as a subreaper or init, reaps it)."""
+    import psutil
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        time.sleep(0.2)
+    return False
+
+
 def scene_png_b64(color: str = "red", seed: int = 0) -> str:
     """A small scene image (a shape on a plain background) as a base64 data URI."""
     image = Image.new("RGB", (64, 64), "white")

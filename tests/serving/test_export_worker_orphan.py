@@ -12,10 +12,10 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import psutil
+from tests.integration.servers import process_gone
 
 from mobile_multimodal.store import Database
 from mobile_multimodal.store.export_records import add_export, get_export
@@ -52,18 +52,6 @@ _PARENT = textwrap.dedent(
 )
 
 
-def _gone(pid: int, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
-                return True  # exited; its new parent (pytest, a subreaper, or init) reaps it
-        except psutil.NoSuchProcess:
-            return True
-        time.sleep(0.2)
-    return False
-
-
 def test_an_orphaned_worker_stuck_in_native_code_records_the_interruption_and_exits(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'store.db'}"
     db = Database(url)
@@ -92,7 +80,7 @@ def test_an_orphaned_worker_stuck_in_native_code_records_the_interruption_and_ex
     )
     worker_pid = int(done.stdout.strip())
 
-    assert _gone(worker_pid, timeout_s=300), "the orphaned export worker is still running"
+    assert process_gone(worker_pid, timeout_s=300), "the orphaned export worker is still running"
     try:
         after = get_export(db, record.id)
         assert after is not None

@@ -32,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -207,6 +208,14 @@ def lower_graphs(
         return {job.name: (queue / f"{job.name}.pte").read_bytes() for job in ordered}
 
 
+def _exit_with_parent(parent: int) -> None:
+    """A worker whose export process died (killed, cut off) stops instead of lowering on for nobody."""
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(1)
+
+
 if __name__ == "__main__":  # a worker of lower_graphs: python -m ... QUANTIZATION QUEUE_DIR
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
     torch.set_num_threads(1)  # lowering is Python-bound; the other processes use the other cores
     _drain(Path(sys.argv[2]), sys.argv[1])
