@@ -127,11 +127,16 @@ def test_canary_measures_the_served_model_and_its_loss_against_fp32(
     expected = evaluate_canary(MobileMultiModalLLM.from_pretrained("default", quantization="int2"), 32)
     reference = evaluate_canary(MobileMultiModalLLM.from_pretrained("default"), 32)
     for task, values in expected["tasks"].items():
+        # At most one of the 32 examples may decode differently: on the server the canary's slices
+        # share the model thread with whatever else runs, so its batches are shaped by timing, and
+        # another batch shape can flip a borderline greedy token (the full suite on a busy machine
+        # saw captioning 6.672 served vs 6.691 here; alone, the two are equal).
+        one_example = max(values["primary"], 1.0) / 32 * 1.01
         served = metric_value(text, "model_accuracy_score", task=task, quantization="int2")
-        assert served == pytest.approx(values["primary"])
+        assert served == pytest.approx(values["primary"], abs=one_example)
         fp32 = reference["tasks"][task]["primary"]
         loss = metric_value(text, "quantization_accuracy_loss", task=task, quantization_type="int2")
-        assert loss == pytest.approx((fp32 - values["primary"]) / fp32)
+        assert loss == pytest.approx((fp32 - values["primary"]) / fp32, abs=2 * one_example / fp32)
         # the manifest's canary report of this release is the baseline
         assert metric_value(text, "model_accuracy_baseline_score", task=task) == pytest.approx(
             values["primary"]

@@ -209,7 +209,12 @@ def _exercise(
         )
         assert [s.name for s in children] == ["read", "verify", "build", "warm_up"]
         reloaded = client.get("/metrics").text
-        seconds = metric_value(reloaded, "model_load_duration_seconds", quantization="fp32")
+        # this server's model_type only: the registry is per process, and an earlier test in it
+        # may have loaded another model under another model_type (the full suite did)
+        model_type = server.app.state.engine.settings.model_type
+        seconds = metric_value(
+            reloaded, "model_load_duration_seconds", model_type=model_type, quantization="fp32"
+        )
         assert reload_span.end_time is not None and reload_span.start_time is not None
         assert seconds >= (reload_span.end_time - reload_span.start_time) / 1e9 * 0.5
         assert seconds == pytest.approx(reload.details["load_seconds"], abs=1e-3)
