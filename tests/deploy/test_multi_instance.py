@@ -16,7 +16,6 @@ import os
 import re
 import subprocess
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ import pytest
 import yaml
 from tests.integration.redis_server import RedisServer
 from tests.integration.redis_server import available as redis_missing
-from tests.integration.servers import MOBILE_MM, REPO, AppServer, scene_png_b64
+from tests.integration.servers import MOBILE_MM, REPO, AppServer, scene_png_b64, wait_for
 from tests.monitoring.localstack import MONITORING, PrometheusProcess, load_yaml, shortened_rules
 from tests.monitoring.test_dashboards import dashboard_queries
 from tests.postgres import PgCluster
@@ -80,13 +79,7 @@ class Deployment:
 
 
 def _wait(what: str, check: Callable[[], Any], timeout_s: float = 120) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(0.25)
-    raise TimeoutError(f"{what}: not seen in {timeout_s} s")
+    return wait_for(what, check, timeout_s, interval_s=0.25)
 
 
 def _start_all(apps: list[AppServer]) -> None:

@@ -21,6 +21,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +83,17 @@ def wait_http(
             last = exc
         time.sleep(0.2)
     raise TimeoutError(f"{url} not answering {status} after {timeout_s}s (last: {last})")
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout_s: float, interval_s: float = 0.2) -> Any:
+    """Poll ``check`` until it returns something true and return that; ``TimeoutError`` naming
+    ``what`` after ``timeout_s`` (a bound only a failure reaches: it never decides an outcome)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if result := check():
+            return result
+        time.sleep(interval_s)
+    raise TimeoutError(f"{what} not seen within {timeout_s} s")
 
 
 def stop_process(proc: subprocess.Popen[Any] | None, grace_s: float = 10) -> None:

@@ -42,7 +42,7 @@ from monitoring.localstack import (
 )
 from monitoring.test_dashboards import dashboard_queries
 
-from .servers import MOBILE_MM, REPO, AppServer, scene_png_b64, wait_http
+from .servers import MOBILE_MM, REPO, AppServer, scene_png_b64, wait_for, wait_http
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -177,13 +177,7 @@ def _mkdir(path: Path) -> Path:
 
 
 def _wait(what: str, check: Any, timeout_s: float = 60) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(0.5)
-    raise TimeoutError(f"{what} not seen in {timeout_s}s")
+    return wait_for(what, check, timeout_s, interval_s=0.5)
 
 
 def _send_traffic(app: AppServer) -> None:

@@ -19,7 +19,6 @@ import json
 import re
 import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -43,7 +42,7 @@ from monitoring.localstack import (
 )
 from monitoring.pushgateway import PushgatewayProcess
 
-from .servers import MOBILE_MM, REPO, AppServer
+from .servers import MOBILE_MM, REPO, AppServer, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -110,13 +109,7 @@ def stack(served_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> I
 
 
 def _wait(what: str, check: Any, timeout_s: float = 90) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(0.5)
-    raise TimeoutError(f"{what} not seen in {timeout_s}s")
+    return wait_for(what, check, timeout_s, interval_s=0.5)
 
 
 def _cli_export(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:

@@ -16,7 +16,6 @@ import json
 import os
 import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +35,7 @@ from monitoring.localstack import (
     shortened_rules,
 )
 
-from .servers import MOBILE_MM, REPO, AppServer, scene_png_b64
+from .servers import MOBILE_MM, REPO, AppServer, scene_png_b64, wait_for
 
 pytestmark = pytest.mark.integration
 JOB = "mobile-multimodal-llm"
@@ -60,12 +59,7 @@ def _cli(env: dict[str, str], *args: str) -> str:
 
 
 def _wait(what: str, check: Any, timeout_s: float = 120) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if result := check():
-            return result
-        time.sleep(0.2)
-    raise TimeoutError(f"{what} not seen within {timeout_s} s")
+    return wait_for(what, check, timeout_s, interval_s=0.2)
 
 
 @pytest.fixture(scope="module")

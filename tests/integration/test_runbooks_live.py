@@ -22,7 +22,6 @@ import json
 import re
 import shutil
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -48,7 +47,7 @@ from monitoring.localstack import (
     webhook_variant,
 )
 
-from .servers import MOBILE_MM, REPO, AppServer, scene_png_b64
+from .servers import MOBILE_MM, REPO, AppServer, scene_png_b64, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -85,13 +84,7 @@ def _no_data_reason(text: str) -> str | None:
 
 
 def _wait(what: str, check: Callable[[], Any], timeout_s: float = 300) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(0.5)
-    raise TimeoutError(f"{what} not seen in {timeout_s}s")
+    return wait_for(what, check, timeout_s, interval_s=0.5)
 
 
 @dataclass

@@ -108,6 +108,13 @@ def data_uri(img: Image.Image | None = None, fmt: str = "PNG") -> str:
     return f"data:{mime[fmt]};base64,{base64.b64encode(png_bytes(img, fmt)).decode()}"
 
 
+def served_caption(client: httpx.Client) -> str:
+    """The served caption of the default test image (asserting a 200)."""
+    response = client.post("/inference", json={"image": data_uri(), "task": "captioning"})
+    assert response.status_code == 200, response.text
+    return str(response.json()["result"]["caption"])
+
+
 class LiveServer:
     """The app under a real uvicorn server in a background thread."""
 

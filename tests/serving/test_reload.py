@@ -12,15 +12,14 @@ import asyncio
 import json
 import logging
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from safetensors.torch import load_file, save_file
+from tests.integration.servers import wait_for
 from tests.security.audit_fields import assert_guide_fields, file_lines, rows
 
 from mobile_multimodal.filehash import sha256_file
@@ -30,7 +29,7 @@ from mobile_multimodal.serving.probe import ProbeCase
 from mobile_multimodal.serving.reload import ReloadOutcome
 from mobile_multimodal.settings import Settings
 
-from .conftest import LiveServer, data_uri, metric_value
+from .conftest import LiveServer, data_uri, metric_value, served_caption
 
 KEY = "reload-test-signing-key"
 
@@ -61,19 +60,8 @@ def _reload(server: LiveServer, settings: Settings) -> ReloadOutcome:
     return outcome
 
 
-def _caption(client: httpx.Client) -> str:
-    response = client.post("/inference", json={"image": data_uri(), "task": "captioning"})
-    assert response.status_code == 200, response.text
-    return str(response.json()["result"]["caption"])
-
-
 def _wait_for(what: str, check: Callable[[], Any], timeout_s: float = 120.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if result := check():
-            return result
-        time.sleep(0.05)
-    raise TimeoutError(f"{what} not seen within {timeout_s} s")
+    return wait_for(what, check, timeout_s, interval_s=0.05)
 
 
 def test_a_reload_applies_live_settings_swaps_a_new_signed_model_and_refuses_a_tampered_one(
@@ -110,7 +98,7 @@ def _exercise(
         assert_guide_fields(load, file_lines(log_dir, "model.load")[0])
         assert load.details["signature_verified"] is True and load.details["version"] == "0.0.0"
         before = client.get("/metrics").text
-        assert _caption(client)  # the seed-0 model answers before the swap
+        assert served_caption(client)  # the seed-0 model answers before the swap
 
         # 1. settings: a live one (rate limit, log level), one that needs a restart (port)
         changed = settings.model_copy(
@@ -176,7 +164,7 @@ def _exercise(
             thread.join(120)
         assert outcome.model == "reloaded" and outcome.ok
         assert answers and set(answers) == {200}
-        assert _caption(client) == expected
+        assert served_caption(client) == expected
         assert server.app.state.engine.describe()["version"] == "0.0.1"
         _wait_for("/health healthy on the new files", lambda: client.get("/health").status_code == 200)
         (reload,) = rows(database, "model.reload")
@@ -239,7 +227,7 @@ def _exercise(
         )
         assert metric_value(client.get("/metrics").text, "model_load_failures_total") >= failures + 1
         # the verified model in memory keeps serving; /model/health reports the files as /health does
-        assert client.get("/ready").status_code == 200 and _caption(client) == expected
+        assert client.get("/ready").status_code == 200 and served_caption(client) == expected
         _wait_for("/health unhealthy", lambda: client.get("/health").status_code == 503)
         model_health = client.get("/model/health")
         assert model_health.status_code == 503
@@ -301,6 +289,6 @@ def test_with_a_signing_key_an_unsigned_model_does_not_load_at_start(
     assert engine.state == "ready" and engine.error is None
     with server.client() as client:
         assert client.get("/ready").status_code == 200
-        assert _caption(client)
+        assert served_caption(client)
     (reload,) = rows(server.app.state.database, "model.reload")
     assert reload.result == "success" and reload.details["changed_fields"] == ["failed start"]

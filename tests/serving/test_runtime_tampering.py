@@ -9,33 +9,22 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
+from tests.integration.servers import wait_for
 from tests.security.audit_fields import assert_guide_fields, file_lines, rows
 
 from mobile_multimodal.model import MobileMultiModalLLM, ModelConfig
 from mobile_multimodal.serving.engine import default_loader
 
-from .conftest import LiveServer, data_uri, metric_value
+from .conftest import LiveServer, metric_value, served_caption
 
 
 def _wait_for(what: str, check: Callable[[], Any], timeout_s: float = 120.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if result := check():
-            return result
-        time.sleep(0.05)
-    raise TimeoutError(f"{what} not seen within {timeout_s} s")
-
-
-def _caption(client: httpx.Client) -> str:
-    response = client.post("/inference", json={"image": data_uri(), "task": "captioning"})
-    assert response.status_code == 200, response.text
-    return str(response.json()["result"]["caption"])
+    return wait_for(what, check, timeout_s, interval_s=0.05)
 
 
 def _integrity_ok(client: httpx.Client) -> float:
@@ -51,7 +40,7 @@ def test_a_deleted_model_file_and_a_rewritten_manifest_while_serving(
     database = server.app.state.database
     with server.client() as client:
         _wait_for("a passing integrity check", lambda: _integrity_ok(client) == 1)
-        caption = _caption(client)
+        caption = served_caption(client)
         failures = metric_value(
             client.get("/metrics").text, "model_integrity_failures_total", model_type="multimodal"
         )
@@ -67,7 +56,7 @@ def test_a_deleted_model_file_and_a_rewritten_manifest_while_serving(
         assert model_health.json()["integrity"]["status"] == "unhealthy"
         assert model_health.json()["error"]["code"] == "MODEL_INTEGRITY_FAILED"
         # still serving the verified weights in memory
-        assert client.get("/ready").status_code == 200 and _caption(client) == caption
+        assert client.get("/ready").status_code == 200 and served_caption(client) == caption
         (incident,) = rows(database, "model.integrity_check")
         assert [(m["path"], m["reason"]) for m in incident.details["mismatches"]] == [
             ("model.safetensors", "missing")
@@ -95,4 +84,4 @@ def test_a_deleted_model_file_and_a_rewritten_manifest_while_serving(
         assert client.get("/health").status_code == 200
         assert client.get("/model/health").json()["integrity"]["status"] == "healthy"
         assert rows(database, "model.integrity_check")[-1].details.get("recovered") is True
-        assert _caption(client) == caption
+        assert served_caption(client) == caption

@@ -18,13 +18,14 @@ from typing import Any
 import httpx
 import pytest
 from sqlalchemy import select
+from tests.integration.servers import wait_for
 
 from mobile_multimodal.model import MobileMultiModalLLM, ModelConfig
 from mobile_multimodal.serving.engine import default_loader
 from mobile_multimodal.settings import Settings
 from mobile_multimodal.store import AuditEvent, BackupRun, Database
 
-from .conftest import LiveServer, data_uri, metric_value
+from .conftest import LiveServer, metric_value, served_caption
 from .test_server_process import _instances, _serve, stop_group
 
 FAILURES = "model_integrity_failures_total"
@@ -50,14 +51,7 @@ def _metrics(client: httpx.Client) -> str:
 
 
 def _wait_for(what: str, check: Callable[[], Any], timeout_s: float = 60.0) -> Any:
-    """Poll ``check`` until it returns something true (the bound only matters when it never does)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(0.05)
-    raise TimeoutError(f"{what} not seen within {timeout_s} s")
+    return wait_for(what, check, timeout_s, interval_s=0.05)
 
 
 def _more_checks(client: httpx.Client, n: int = 3) -> None:
@@ -76,12 +70,6 @@ def _audit(database: Database, action: str) -> list[AuditEvent]:
         return list(s.scalars(select(AuditEvent).where(AuditEvent.action == action).order_by(AuditEvent.id)))
 
 
-def _caption(client: httpx.Client) -> str:
-    response = client.post("/inference", json={"image": data_uri(), "task": "captioning"})
-    assert response.status_code == 200, response.text
-    return str(response.json()["result"]["caption"])
-
-
 def test_runtime_tampering_is_counted_once_and_turns_health_unhealthy(
     live_server: Callable[..., LiveServer], model_dir: Path
 ) -> None:
@@ -98,7 +86,7 @@ def test_runtime_tampering_is_counted_once_and_turns_health_unhealthy(
             ),
         )
         before = _metrics(client)
-        caption = _caption(client)
+        caption = served_caption(client)
         assert client.get("/health").json()["checks"]["model"] == "healthy"
 
         _flip_last_byte(model_dir)
@@ -120,7 +108,7 @@ def test_runtime_tampering_is_counted_once_and_turns_health_unhealthy(
         assert error["code"] == "MODEL_INTEGRITY_FAILED" and "model.safetensors" in error["message"]
         # The decision (serving/background.py): keep serving the weights verified at load.
         assert client.get("/ready").status_code == 200
-        assert _caption(client) == caption
+        assert served_caption(client) == caption
 
         (row,) = _audit(database, "model.integrity_check")
         assert (row.user_id, row.result) == ("system", "failure")
