@@ -8,6 +8,7 @@ whose log file is on a full disk goes on answering.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -116,29 +117,51 @@ def test_a_log_directory_replaced_by_a_file_is_survived(
     assert dropped("file_write_error") > before
 
 
+def _full_pipe() -> tuple[int, int]:
+    """A pipe whose buffer is already full: the first write to it blocks until someone reads."""
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            os.write(write_fd, b"x" * 65536)
+    os.set_blocking(write_fd, True)
+    return read_fd, write_fd
+
+
+def _read_until_closed(read_fd: int) -> threading.Thread:
+    reader = threading.Thread(target=lambda: [None for _ in iter(lambda: os.read(read_fd, 65536), b"")])
+    reader.start()
+    return reader
+
+
 def test_the_queue_stays_bounded_when_the_writer_is_stuck(
     monkeypatch: pytest.MonkeyPatch, logging_cleanup: None
 ) -> None:
-    """stdout is a pipe nobody reads: the writer blocks in write(), records pile up to the bound."""
-    read_fd, write_fd = os.pipe()
+    """stdout is a full pipe nobody reads: the writer blocks in its first write() holding one batch
+    (at most BATCH_RECORDS), and records pile up in the queue to its bound, the rest dropped."""
+    read_fd, write_fd = _full_pipe()
     stuck_stdout: IO[str] = os.fdopen(write_fd, "w")
     monkeypatch.setattr(sys, "stdout", stuck_stdout)
-    runtime = configure_logging(LoggingConfig.model_validate({"file": {"enabled": False}}), None)
-    records = runtime.writer.records
-    assert isinstance(records, log_writer.BoundedRecordQueue)
-    before = dropped("queue_full")
-    sent = 3 * records.maxsize
-    for i in range(sent):
-        log.info("record %d of a flood", i)
-    assert records.qsize() <= records.maxsize
-    assert dropped("queue_full") - before >= sent - records.maxsize - records.maxsize  # minus in flight
-    # unblock the writer; it then writes what it holds and stops
-    reader = threading.Thread(target=lambda: [None for _ in iter(lambda: os.read(read_fd, 65536), b"")])
-    reader.start()
-    shutdown_logging()
-    stuck_stdout.close()
-    reader.join(60)
-    os.close(read_fd)
+    reader: threading.Thread | None = None
+    try:
+        runtime = configure_logging(LoggingConfig.model_validate({"file": {"enabled": False}}), None)
+        records = runtime.writer.records
+        assert isinstance(records, log_writer.BoundedRecordQueue)
+        before = dropped("queue_full")
+        sent = 3 * records.maxsize
+        for i in range(sent):
+            log.info("record %d of a flood", i)
+        assert records.qsize() <= records.maxsize
+        # at most one queue's worth in the queue and one batch in the blocked writer's hands
+        assert dropped("queue_full") - before >= sent - records.maxsize - log_writer.BATCH_RECORDS
+        # a writer blocked for good does not hang shutdown: stop() gives up after its bound
+        assert runtime.writer.stop(timeout_s=0.2) is False
+    finally:
+        reader = _read_until_closed(read_fd)  # unblock the writer whatever failed above
+        shutdown_logging()
+        stuck_stdout.close()
+        reader.join(60)
+        os.close(read_fd)
     assert not reader.is_alive()
 
 

@@ -15,7 +15,7 @@ Example::
     writer = BatchWriter(records, JsonFormatter().format, sys.stdout, file_handler)
     writer.start()
     ...
-    writer.stop()   # writes what is queued first
+    writer.stop()   # writes what is queued first (waits at most STOP_TIMEOUT_S)
 """
 
 from __future__ import annotations
@@ -35,6 +35,11 @@ from mobile_multimodal.observability import metrics
 # A record is ~1 KiB once formatted; 10,000 of them is the most a stuck writer may hold.
 DEFAULT_QUEUE_RECORDS = 10_000
 FILE_RETRY_S = 5.0
+# The most records one write takes out of the queue: a writer blocked in write() holds at most
+# this many besides the queue's bound (a fast producer would otherwise grow the batch it formats).
+BATCH_RECORDS = 1000
+# How long stop() waits for the last write: a stdout pipe nobody reads must not hang shutdown.
+STOP_TIMEOUT_S = 10.0
 _ANY_RECORD = logging.makeLogRecord({})
 
 DROP_REASONS = ("queue_full", "file_write_error", "stdout_write_error")
@@ -94,7 +99,7 @@ class BatchWriter(threading.Thread):
 
     def _format_batch(self) -> list[str]:
         lines: list[str] = []
-        while True:
+        while len(lines) < BATCH_RECORDS:
             try:
                 record = self.records.get_nowait()
             except queue.Empty:
@@ -104,11 +109,15 @@ class BatchWriter(threading.Thread):
             except Exception:  # one unformattable record must not stop the log
                 note = {"msg": f"unformattable log record from {record.name}", "levelname": "ERROR"}
                 lines.append(self.format_record(logging.makeLogRecord(note)))
+        return lines
 
     def _drain(self) -> None:
-        lines = self._format_batch()
-        if not lines:
-            return
+        while len(lines := self._format_batch()) == BATCH_RECORDS:
+            self._write(lines)
+        if lines:
+            self._write(lines)
+
+    def _write(self, lines: list[str]) -> None:
         if self.file is not None:
             self._write_file(lines)  # first: a failure or recovery note then reaches stdout with them
         if self.stdout is not None:
@@ -160,6 +169,9 @@ class BatchWriter(threading.Thread):
         except Exception:
             return json.dumps({"level": level, "message": message})
 
-    def stop(self) -> None:
+    def stop(self, timeout_s: float | None = None) -> bool:
+        """Write what is queued and end; False when a sink stayed blocked past ``timeout_s``
+        (default ``STOP_TIMEOUT_S``): the thread is a daemon, so the process still exits."""
         self._stop_event.set()
-        self.join()
+        self.join(STOP_TIMEOUT_S if timeout_s is None else timeout_s)
+        return not self.is_alive()
