@@ -12,7 +12,13 @@ Example::
 
 from mobile_multimodal.store.backup import BackupError, backup, restore
 from mobile_multimodal.store.backup_metrics import BackupMetricsSync
-from mobile_multimodal.store.database import SCHEMA_VERSION, Database, DatabaseError
+from mobile_multimodal.store.database import (
+    DATABASE_DOWN,
+    DATABASE_RETRY_AFTER_S,
+    SCHEMA_VERSION,
+    Database,
+    DatabaseError,
+)
 from mobile_multimodal.store.models import (
     ApiKey,
     AuditEvent,
@@ -26,6 +32,8 @@ from mobile_multimodal.store.models import (
 from mobile_multimodal.store.verify import VerifyResult, verify
 
 __all__ = [
+    "DATABASE_DOWN",
+    "DATABASE_RETRY_AFTER_S",
     "SCHEMA_VERSION",
     "ApiKey",
     "AuditEvent",

@@ -3,7 +3,7 @@
 SQLite is the default (a file in the data directory, WAL mode so readers never block the
 writer, a busy timeout so concurrent writers wait instead of failing); PostgreSQL is used when
 the URL says so (``postgresql://`` or ``postgresql+psycopg://``; install the ``postgres`` extra).
-Every statement is traced (see :mod:`.tracing`) and timed, and the pool's connections counted
+Every statement is traced (see :mod:`.query_tracing`) and timed, and the pool's connections counted
 (see :mod:`.db_metrics`).
 
 The schema is brought to this release's newest Alembic revision at start (``migrations/``,
@@ -32,14 +32,15 @@ from typing import Any
 from opentelemetry.trace import TracerProvider
 from sqlalchemy import Connection, Engine, create_engine, event, func, inspect, select, text
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, InterfaceError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
 
 from mobile_multimodal.store import migrate
 from mobile_multimodal.store.db_metrics import instrument_engine_metrics
 from mobile_multimodal.store.models import SchemaVersion
-from mobile_multimodal.store.tracing import instrument_engine
+from mobile_multimodal.store.query_tracing import instrument_engine
 
 # The schema_version number the newest revision writes (r0002 -> 2); backups record it.
 SCHEMA_VERSION = 2
@@ -54,6 +55,20 @@ class DatabaseError(RuntimeError):
     """
 
     code = "DATABASE_UNAVAILABLE"
+
+
+# Errors that mean the database cannot be reached or used right now (refused or lost connection,
+# an unreadable SQLite file, a locked or full database, no pooled connection in time): the caller
+# may retry, and a request that needed it is a 503, not a 500. A bug in a query
+# (ProgrammingError, IntegrityError) is not one of them.
+DATABASE_DOWN: tuple[type[Exception], ...] = (
+    OperationalError,
+    InterfaceError,
+    PoolTimeoutError,
+    DatabaseError,
+)
+# The Retry-After (seconds) of a request refused because the database is down.
+DATABASE_RETRY_AFTER_S = 30
 
 
 class Database:
