@@ -77,7 +77,7 @@ def test_quantize_writes_a_loadable_variant_whose_reported_loss_is_what_eval_mea
     assert manifest["eval"]["tasks"] == int2["tasks"]
     # the live canary's baseline: what this variant scores on the canary set, loaded as served
     from mobile_multimodal.model import MobileMultiModalLLM
-    from mobile_multimodal.training.canary import evaluate_canary
+    from mobile_multimodal.training.canary_set import evaluate_canary
 
     variant = MobileMultiModalLLM.from_pretrained(model_dir, quantization="int2")
     assert manifest["canary"] == evaluate_canary(variant, manifest["canary"]["size"])

@@ -21,7 +21,7 @@ from mobile_multimodal.data.text_images import TRAIN_FONTS, render_text
 from mobile_multimodal.model import MobileMultiModalLLM, bundled_model_dir
 from mobile_multimodal.serving.engine import default_loader
 from mobile_multimodal.settings import Settings
-from mobile_multimodal.training.canary import evaluate_canary
+from mobile_multimodal.training.canary_set import evaluate_canary
 
 from .conftest import LiveServer, ModelGate, data_uri, metric_value
 

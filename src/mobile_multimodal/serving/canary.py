@@ -1,7 +1,7 @@
 """Canary evaluation of the served model, while it serves.
 
 At start-up (once the model is ready) and then every ``MOBILE_MM_CANARY_INTERVAL_S``, the
-canary set (``training/canary.py``: ``MOBILE_MM_CANARY_SIZE`` fixed held-out examples per task)
+canary set (``training/canary_set.py``: ``MOBILE_MM_CANARY_SIZE`` fixed held-out examples per task)
 is run through the served model in small slices between requests (``background_slices.py``):
 
 * ``model_accuracy_score{model_type, quantization, task}``: the run's primary metric per task;
@@ -45,7 +45,7 @@ from mobile_multimodal.serving.background_slices import BackgroundSlices
 from mobile_multimodal.serving.engine import InferenceEngine, ServableModel
 from mobile_multimodal.serving.reference import ReferenceModel
 from mobile_multimodal.settings import Settings
-from mobile_multimodal.training.canary import CanaryModel, CanaryRun, CanarySet
+from mobile_multimodal.training.canary_set import CanaryModel, CanaryRun, CanarySet
 
 log = logging.getLogger(__name__)
 

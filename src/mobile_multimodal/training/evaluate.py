@@ -1,6 +1,15 @@
 """`mobile-mm eval`: score a model on the held-out splits and produce the DESIGN.md report.
 
 {"model", "quantization", "size_bytes", "tasks": {TASK: {"primary": float, "n": int, ...}}}
+
+TASKS are the generator's held-out splits (what quantization and export validation score);
+USER_STYLE_TASKS the user-style split drawn by other code (``training/user_eval.py``), which
+``mobile-mm eval`` reports beside them (EVAL_TASKS).
+
+Example::
+
+    report = evaluate_model("default", "int2", limit=50, tasks=EVAL_TASKS)
+    report["tasks"]["user_ocr_mixed"]["primary"]
 """
 
 from __future__ import annotations
@@ -26,8 +35,11 @@ from mobile_multimodal.training.eval_metrics import (
     recall_at_k,
     word_accuracy,
 )
+from mobile_multimodal.training.user_eval import USER_TASKS, evaluate_user_tasks
 
 TASKS = ("captioning", "ocr", "ocr_unseen_fonts", "vqa", "easy_vqa", "retrieval")
+USER_STYLE_TASKS = USER_TASKS
+EVAL_TASKS = TASKS + USER_STYLE_TASKS
 BATCH = 64
 T = TypeVar("T")
 R = TypeVar("R")
@@ -62,9 +74,9 @@ def _n(split: str, limit: int | None) -> int | None:
 def evaluate_loaded(
     model: MobileMultiModalLLM, limit: int | None = None, tasks: Sequence[str] = TASKS
 ) -> dict[str, Any]:
-    unknown = set(tasks) - set(TASKS)
+    unknown = set(tasks) - set(EVAL_TASKS)
     if unknown:
-        raise ValueError(f"unknown tasks {sorted(unknown)}; choose from {TASKS}")
+        raise ValueError(f"unknown tasks {sorted(unknown)}; choose from {EVAL_TASKS}")
     report: dict[str, Any] = {
         "model": str(model.manifest.get("name", "mobile-multimodal-llm")),
         "quantization": model.quantization,
@@ -123,6 +135,7 @@ def evaluate_loaded(
             "n": len(ex),
             "pool": len(ex),
         }
+    res.update(evaluate_user_tasks(model, tasks, limit, _batched))
     return report
 
 
@@ -130,7 +143,7 @@ def evaluate_model(
     model: str | Path = "default",
     quantization: str = "fp32",
     limit: int | None = None,
-    tasks: Sequence[str] = TASKS,
+    tasks: Sequence[str] = EVAL_TASKS,
 ) -> dict[str, Any]:
     return evaluate_loaded(
         MobileMultiModalLLM.from_pretrained(model, quantization=quantization), limit, tasks
@@ -139,7 +152,7 @@ def evaluate_model(
 
 def attach_report(model_dir: Path, report: dict[str, Any], canary: dict[str, Any] | None = None) -> None:
     """Store the eval report (and the canary report, the baseline a server's live canary runs are
-    compared with: ``training/canary.py``) in the model's manifest (not in its own file list)."""
+    compared with: ``training/canary_set.py``) in the model's manifest (not in its own file list)."""
     manifest = checkpoint.read_manifest(model_dir)
     manifest["eval"] = report
     if canary is not None:

@@ -36,7 +36,7 @@ from mobile_multimodal.quantization.report import build_report
 from mobile_multimodal.quantization.rtn import quantize_rtn_layers
 from mobile_multimodal.quantization.variant_io import save_variant
 from mobile_multimodal.training.batches import Batch, BatchBuilder, BatchSizes
-from mobile_multimodal.training.canary import evaluate_canary
+from mobile_multimodal.training.canary_set import evaluate_canary
 from mobile_multimodal.training.distillation import distillation_loss, outputs
 from mobile_multimodal.training.evaluate import TASKS, evaluate_loaded
 from mobile_multimodal.training.train import compute_losses

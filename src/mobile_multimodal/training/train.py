@@ -259,7 +259,7 @@ def train_model(opts: TrainOptions, replicas: SingleProcess | None = None) -> Pa
     }
     model.save(out)
     if opts.evaluate:
-        from mobile_multimodal.training.canary import evaluate_canary
+        from mobile_multimodal.training.canary_set import evaluate_canary
         from mobile_multimodal.training.evaluate import attach_report, evaluate_loaded
 
         report = evaluate_loaded(model, limit=20 if opts.preset == "tiny" else None)

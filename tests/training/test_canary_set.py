@@ -1,4 +1,4 @@
-"""The canary set and its scoring (training/canary.py)."""
+"""The canary set and its scoring (training/canary_set.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 
 from mobile_multimodal.data.splits import load_eval_split
 from mobile_multimodal.model import MobileMultiModalLLM, ModelConfig
-from mobile_multimodal.training.canary import CANARY_TASKS, CanaryRun, CanarySet, evaluate_canary
+from mobile_multimodal.training.canary_set import CANARY_TASKS, CanaryRun, CanarySet, evaluate_canary
 
 
 def test_the_canary_set_is_fixed_and_held_out() -> None:
