@@ -67,12 +67,31 @@ def serve(
     device: str | None = typer.Option(
         None, help="auto, cpu or cuda [env MOBILE_MM_DEVICE; default auto: cuda when torch sees a GPU]."
     ),
+    runtime: str | None = typer.Option(
+        None,
+        help="pytorch, or onnxruntime: the export bundle's graphs, as a phone runs them "
+        "[env MOBILE_MM_RUNTIME; default pytorch].",
+    ),
+    bundle: Path | None = typer.Option(
+        None,
+        help="The ONNX export bundle to serve with --runtime onnxruntime [env MOBILE_MM_BUNDLE; "
+        "default: the model exported into <data dir>/bundles on first start].",
+    ),
 ) -> None:
     """Serve the model over HTTP. A flag wins over its MOBILE_MM_* variable, which wins over the default."""
     from mobile_multimodal.serving.server import run_server
 
     # None = not given on the command line: the environment (or the default) decides.
-    run_server(host=host, port=port, model=model, quantization=quantization, workers=workers, device=device)
+    run_server(
+        host=host,
+        port=port,
+        model=model,
+        quantization=quantization,
+        workers=workers,
+        device=device,
+        runtime=runtime,
+        bundle=str(bundle) if bundle is not None else None,
+    )
 
 
 # ---- train / eval --------------------------------------------------------------------------

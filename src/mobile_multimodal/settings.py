@@ -78,6 +78,11 @@ class Settings(BaseSettings):
     shadow_queue: int = Field(32, ge=1, le=10_000)
     # auto = cuda when torch sees a GPU, else cpu.
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # What runs the model: eager PyTorch, or ONNX Runtime driving an export bundle's graphs as a
+    # phone does (serving/onnx_runtime_model.py). The bundle: MOBILE_MM_BUNDLE, else one exported
+    # from MOBILE_MM_MODEL at MOBILE_MM_QUANTIZATION into <data_dir>/bundles on first start.
+    runtime: Literal["pytorch", "onnxruntime"] = "pytorch"
+    bundle: Path | None = None
 
     # --- batching / backpressure -------------------------------------------------------
     max_batch_size: int = Field(16, ge=1, le=256)

@@ -70,7 +70,7 @@ _WORKER = """
 from mobile_multimodal.observability import metrics
 metrics.HTTP_REQUESTS.labels("/inference", "POST", "200").inc({n})
 metrics.QUEUE_DEPTH.labels("captioning").set({n})
-metrics.MODEL_INFO.labels("mm", "0.1.0", "int2", "1000", "4000", "ab12").set(1)
+metrics.MODEL_INFO.labels("mm", "0.1.0", "int2", "1000", "4000", "ab12", "pytorch").set(1)
 """
 
 
@@ -86,5 +86,5 @@ def test_multiprocess_workers_are_aggregated(tmp_path: Path, monkeypatch: pytest
     assert registry.get_sample_value("inference_queue_depth", {"task": "captioning"}) == 7
     # model_info survives multiprocess mode (an Info metric would silently vanish there)
     info = {"name": "mm", "version": "0.1.0", "quantization": "int2", "parameters": "1000"}
-    info |= {"size_bytes": "4000", "weights_sha256": "ab12"}
+    info |= {"size_bytes": "4000", "weights_sha256": "ab12", "runtime": "pytorch"}
     assert registry.get_sample_value("model_info", info) == 1

@@ -73,6 +73,7 @@ def _info_rest(model: MobileMultiModalLLM) -> dict[str, str]:
         "parameters": str(details["parameters"]),
         "size_bytes": str(details["size_bytes"]),
         "weights_sha256": weights["sha256"],
+        "runtime": "pytorch",
     }
 
 

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from mobile_multimodal.export.decode_rules import rule_for_prompt
 from mobile_multimodal.export.formats import GraphRunner
 
 RunHook = Callable[[str, dict[str, np.ndarray], dict[str, np.ndarray]], None]
@@ -166,9 +167,21 @@ class BundleModel:
             inputs["question_ids"], inputs["question_mask"] = _padded(words, q["max_len"], q["pad_id"])
         return self._run("vision", inputs)["image_tokens"]
 
-    def greedy(self, image_tokens: np.ndarray, prompt: list[int], max_new_tokens: int) -> list[int]:
-        """Token ids of the greedy answer to ``prompt`` (<eos> included when reached)."""
+    def greedy(
+        self,
+        image_tokens: np.ndarray,
+        prompt: list[int],
+        max_new_tokens: int,
+        stop: Callable[[], bool] | None = None,
+        log_probs: list[float] | None = None,
+    ) -> list[int]:
+        """Token ids of the greedy answer to ``prompt`` (<eos> included when reached).
+
+        A server's hooks, which leave the answer as it is: ``stop()`` is read before every answer
+        token (true: the answer ends with the tokens it has: its request gave up), and
+        ``log_probs`` (a list) receives each answer token's log-probability, for confidence."""
         cross = self._run("cross_kv", {"image_tokens": image_tokens})
+        rule = rule_for_prompt(self.spec, prompt, self.tokenizer.eos)  # the task's constraint
         cache = self.spec["kv_cache"]
         self_k = np.zeros(cache["shape"], dtype=np.float32)
         self_v = np.zeros(cache["shape"], dtype=np.float32)
@@ -195,7 +208,13 @@ class BundleModel:
         position = len(prompt)
         budget = min(max_new_tokens + 1, cache["max_len"] - len(prompt))
         while True:
-            nxt = int(np.argmax(logits[0]))
+            if stop is not None and stop():
+                return answer
+            nxt = rule.pick(logits[0], answer)
+            if log_probs is not None:
+                row = logits[0].astype(np.float64)
+                top = row.max()
+                log_probs.append(float(row[nxt] - top - np.log(np.exp(row - top).sum())))
             answer.append(nxt)
             if nxt == self.tokenizer.eos or len(answer) >= budget:
                 return answer

@@ -376,6 +376,7 @@ class MobileMultiModalLLM:
             "name": self.manifest.get("name", MODEL_NAME),
             "version": self.manifest.get("version", "0.1.0"),
             "quantization": self.quantization,
+            "runtime": "pytorch",
             "parameters": self.parameter_count(),
             "size_bytes": self.size_bytes(),
             "components": self.component_memory_bytes(),

@@ -89,8 +89,9 @@ MODEL_ACCURACY = Gauge(
 # A gauge fixed at 1 rather than an Info: Info series vanish in multiprocess mode (--workers N).
 MODEL_INFO = Gauge(
     "model_info",
-    "The loaded model (always 1): name, version, quantization, parameters, size and sha256 of its weights.",
-    ["name", "version", "quantization", "parameters", "size_bytes", "weights_sha256"],
+    "The loaded model (always 1): name, version, quantization, parameters, size and sha256 of its "
+    "weights, and the runtime that runs it (pytorch, or onnxruntime on an export bundle).",
+    ["name", "version", "quantization", "parameters", "size_bytes", "weights_sha256", "runtime"],
     multiprocess_mode="max",
 )
 

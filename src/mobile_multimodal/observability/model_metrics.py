@@ -122,6 +122,7 @@ def record_model(model: LoadedModel, load_seconds: float, model_type: str) -> No
         str(info.get("parameters", "")),
         str(info.get("size_bytes", "")),
         str(weights_sha),
+        str(info.get("runtime", "pytorch")),
     ).set(1)
 
 

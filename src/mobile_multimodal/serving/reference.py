@@ -7,6 +7,8 @@ shadow comparison replays live requests through. An fp32 served model needs none
 0 by definition, and replaying it through itself would compare nothing). The reference is
 loaded only when first needed, off the model thread (it must not hold requests up), once;
 ``model_memory_usage_bytes{component="reference_model"}`` then says what it costs.
+The reference is always PyTorch: served on ONNX Runtime (an INT2 bundle), the canary's loss and
+the shadow's agreement measure the phone's runtime and precision against our fp32 model.
 
 Example::
 
@@ -36,7 +38,8 @@ def reference_dir(model: ServableModel) -> Path | None:
     """The fp32 release a quantized ``model`` was made from, or None (fp32, or none on disk)."""
     if model.quantization == "fp32":
         return None
-    model_dir = getattr(model, "model_dir", None)
+    # a model served by another runtime (an ONNX bundle) names the PyTorch release it came from
+    model_dir = getattr(model, "source_model_dir", None) or getattr(model, "model_dir", None)
     if model_dir is None:
         return None
     parent = Path(model_dir).parent

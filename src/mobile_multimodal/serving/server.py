@@ -47,9 +47,10 @@ def resolve_serve_settings(**flags: str | int | None) -> Settings:
     """The settings ``mobile-mm serve`` runs with: flag > environment > default.
 
     ``flags`` are the command line's (``host``, ``port``, ``model``, ``quantization``,
-    ``workers``, ``device``); None means not given, so the ``MOBILE_MM_*`` variable or the
-    default decides. Given flags go into the environment because ``--workers N`` processes read
-    their settings there. (None of these settings lives in ``monitoring/observability.yml``.)
+    ``workers``, ``device``, ``runtime``, ``bundle``); None means not given, so the
+    ``MOBILE_MM_*`` variable or the default decides. Given flags go into the environment because
+    ``--workers N`` processes read their settings there. (None of these settings lives in
+    ``monitoring/observability.yml``.)
     """
     for name, value in flags.items():
         if value is not None:
@@ -105,6 +106,8 @@ def run_server(
     quantization: str | None = None,
     workers: int | None = None,
     device: str | None = None,
+    runtime: str | None = None,
+    bundle: str | None = None,
 ) -> None:
     """Serve until SIGTERM/SIGINT; returns after a graceful shutdown. An argument left None is
     taken from the environment, else the default (:func:`resolve_serve_settings`)."""
@@ -112,12 +115,20 @@ def run_server(
     from uvicorn.server import HANDLED_SIGNALS
 
     settings = resolve_serve_settings(
-        host=host, port=port, model=model, quantization=quantization, workers=workers, device=device
+        host=host,
+        port=port,
+        model=model,
+        quantization=quantization,
+        workers=workers,
+        device=device,
+        runtime=runtime,
+        bundle=bundle,
     )
     if settings.workers > 1:
         prepare_multiprocess_dir(settings)
         uvicorn.run(
-            "mobile_multimodal.serving.app:create_app_from_env",
+            # the app factory with the loader of MOBILE_MM_RUNTIME (runtime_loader.py)
+            "mobile_multimodal.serving.runtime_loader:create_app_from_env",
             factory=True,
             workers=settings.workers,
             **uvicorn_options(settings),
@@ -125,8 +136,9 @@ def run_server(
         return
 
     from mobile_multimodal.serving.app import create_app
+    from mobile_multimodal.serving.runtime_loader import load_model
 
-    app = create_app(settings)
+    app = create_app(settings, model_loader=load_model)  # pytorch or onnxruntime (MOBILE_MM_RUNTIME)
 
     received: list[int] = []  # the signals that stopped the server, in order
 

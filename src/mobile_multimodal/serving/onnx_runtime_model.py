@@ -1,0 +1,254 @@
+"""The served model on ONNX Runtime: an export bundle's graphs behind the engine's model interface.
+
+``mobile-mm serve --runtime onnxruntime`` serves what ships to phones: the bundle's ONNX graphs,
+driven by ``export/decode.py`` from the bundle's own ``bundle.json`` and ``tokenizer.json`` (the
+contract a mobile app follows), so every request exercises the exported artifact. This class
+offers exactly the methods the engine, the canary, the shadow comparison and the health probe
+call on ``MobileMultiModalLLM`` (``generate_captions``, ``answer_questions``, ``extract_texts``,
+``get_image_embeddings``, ``get_text_embeddings``, ``get_model_info``, the tokenizer's
+``encode``/``count``/``prompt``, the prompt limits), with the same stop signals and confidences,
+so nothing above it changes.
+
+The bundle's graphs have batch 1 (static shapes, as mobile runtimes want them): a batch is run
+row by row, each row decoded greedily exactly as the export's validation decodes it. Its answers
+are therefore the bundle's validation answers, not a re-implementation of them.
+
+``model_dir`` is the bundle directory and ``manifest`` its ``manifest.json``: the integrity loop
+re-hashes the bundle's files. ``source_model_dir`` is the PyTorch release the bundle was exported
+from (when known): the fp32 reference of a quantized bundle sits beside it (``reference.py``).
+
+Example::
+
+    model = OnnxRuntimeModel.open(Path("bundle"), manifest, threads=1)
+    model.generate_captions([image], max_tokens=32)       # ['a large red circle in the center']
+    model.get_model_info()["runtime"]                     # 'onnxruntime'
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mobile_multimodal.export.decode import BundleModel, load_bundle, text_line_input
+from mobile_multimodal.export.onnx import OnnxGraphRunner
+from mobile_multimodal.model.llm import DEFAULT_ANSWER_TOKENS, PROMPT_MARKERS
+from mobile_multimodal.model.model_errors import PromptTooLongError
+
+RUNTIME = "onnxruntime"
+TASKS = ["captioning", "ocr", "vqa", "retrieval"]
+
+
+class BundleTextTokenizer:
+    """The tokenizer calls serving makes (prompt limits, OpenAI usage counts), on the bundle's
+    ``tokenizer.json``: the same words and ids the graphs are fed."""
+
+    def __init__(self, model: BundleModel) -> None:
+        self._model = model
+        self._tokens = model.tokenizer
+
+    def encode(self, text: str) -> list[int]:
+        return self._tokens.encode(text)
+
+    def count(self, text: str, stop_after: int | None = None) -> int:
+        """How many ids ``encode(text)`` gives; with ``stop_after``, counting stops one past it."""
+        n = 0
+        for _ in self._tokens.split.finditer(text.lower() if self._tokens.lowercase else text):
+            n += 1
+            if stop_after is not None and n > stop_after:
+                break
+        return n
+
+    def prompt(self, task: str, question: str | None = None) -> list[int]:
+        return self._model.prompt(task, question or "")
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self._tokens.decode(ids)
+
+
+def _stopped(stop: Sequence[threading.Event] | None, i: int) -> bool:
+    return stop is not None and stop[i].is_set()
+
+
+class OnnxRuntimeModel:
+    """See the module docstring."""
+
+    runtime = RUNTIME
+    device = "cpu"
+
+    def __init__(
+        self,
+        bundle_model: BundleModel,
+        manifest: dict[str, Any],
+        source_model_dir: Path | None = None,
+    ) -> None:
+        self.bundle = bundle_model
+        self.spec = bundle_model.spec
+        self.tokenizer = BundleTextTokenizer(bundle_model)
+        self.quantization = str(self.spec["model"]["quantization"])
+        self.manifest = manifest
+        self.model_dir = bundle_model.bundle.directory
+        self.source_model_dir = source_model_dir
+
+    @classmethod
+    def open(
+        cls,
+        directory: Path,
+        manifest: dict[str, Any],
+        *,
+        threads: int = 1,
+        source_model_dir: Path | None = None,
+    ) -> OnnxRuntimeModel:
+        """One ONNX Runtime session per graph of the bundle at ``directory`` (already verified
+        against ``manifest`` by the caller: ``runtime_loader.verify_bundle``)."""
+        bundle = load_bundle(directory)
+        files = {name: g["file"] for name, g in bundle.description["graphs"].items()}
+        return cls(
+            BundleModel(bundle, OnnxGraphRunner(directory, files, threads)), manifest, source_model_dir
+        )
+
+    # ---- limits (as MobileMultiModalLLM states them) -----------------------------------------
+    @property
+    def max_question_tokens(self) -> int:
+        question = self.spec["question"]
+        if question["fused_into_vision"]:
+            return int(question["max_len"])
+        return int(self.spec["kv_cache"]["max_len"]) - PROMPT_MARKERS - (DEFAULT_ANSWER_TOKENS + 1)
+
+    @property
+    def max_text_tokens(self) -> int:
+        return int(self.spec["text"]["max_len"])
+
+    def check_question(self, question: str) -> None:
+        limit = self.max_question_tokens
+        n = self.tokenizer.count(question, stop_after=limit)
+        if n > limit:
+            raise PromptTooLongError(
+                f"the question has more than {limit} tokens (words and ? , :); the limit is {limit} tokens",
+                tokens=n,
+                limit=limit,
+            )
+
+    # ---- inference ------------------------------------------------------------------------
+    def _decode_rows(
+        self,
+        task: str,
+        images: Sequence[Any],
+        questions: Sequence[str] | None,
+        max_tokens: int,
+        stop: Sequence[threading.Event] | None,
+        confidences: list[float] | None,
+    ) -> list[str]:
+        """Greedy answers, one row at a time through decode.BundleModel (the bundle's loop)."""
+        if max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
+        if stop is not None and len(stop) != len(images):
+            raise ValueError(f"{len(stop)} stop signals for {len(images)} images")
+        texts: list[str] = []
+        means: list[float] = []
+        for i, image in enumerate(images):
+            question = questions[i] if questions is not None else ""
+            log_probs: list[float] = []
+            ids: list[int] = []
+            if not _stopped(stop, i):  # a request that gave up before its row runs costs nothing
+                fused = bool(self.spec["tasks"][task].get("question"))
+                tokens = self.bundle.image_tokens(image, question if fused else None)
+                row_stop = (lambda e=stop[i]: e.is_set()) if stop is not None else None
+                ids = self.bundle.greedy(
+                    tokens, self.bundle.prompt(task, question), max_tokens, stop=row_stop, log_probs=log_probs
+                )
+            texts.append(self.tokenizer.decode(ids[:max_tokens]))
+            means.append(sum(log_probs) / len(log_probs) if log_probs else 0.0)
+        if confidences is not None:
+            confidences[:] = [math.exp(m) for m in means]
+        return texts
+
+    def generate_captions(
+        self,
+        images: Sequence[Any],
+        max_tokens: int = 32,
+        stop: Sequence[threading.Event] | None = None,
+        confidences: list[float] | None = None,
+    ) -> list[str]:
+        return self._decode_rows("captioning", images, None, max_tokens, stop, confidences)
+
+    def answer_questions(
+        self,
+        images: Sequence[Any],
+        questions: Sequence[str],
+        max_tokens: int = DEFAULT_ANSWER_TOKENS,
+        stop: Sequence[threading.Event] | None = None,
+        confidences: list[float] | None = None,
+    ) -> list[str]:
+        if len(images) != len(questions):
+            raise ValueError(f"{len(images)} images but {len(questions)} questions")
+        for q in questions:  # before any graph runs, as the PyTorch model refuses them
+            self.check_question(q)
+        return self._decode_rows("vqa", images, questions, max_tokens, stop, confidences)
+
+    def extract_texts(self, images: Sequence[Any], confidences: list[float] | None = None) -> list[str]:
+        texts: list[str] = []
+        means: list[float] = []
+        pre = self.spec["image_preprocessing"]["text_line"]
+        for image in images:
+            log_probs = self.bundle._run("ocr", {"line_image": text_line_input(image, pre)})["log_probs"][0]
+            texts.append(self.bundle.tokenizer.decode_ctc(log_probs.argmax(-1).tolist()))
+            if confidences is not None:  # the CTC best path's mean log-probability per frame
+                rows = log_probs.astype(np.float64)
+                top = rows.max(-1, keepdims=True)
+                normalised = rows - top - np.log(np.exp(rows - top).sum(-1, keepdims=True))
+                means.append(float(normalised.max(-1).mean()))
+        if confidences is not None:
+            confidences[:] = [math.exp(m) for m in means]
+        return texts
+
+    def get_image_embeddings(self, images: Sequence[Any]) -> np.ndarray:
+        return self.bundle.get_image_embeddings(images)
+
+    def get_text_embeddings(self, texts: Sequence[str]) -> np.ndarray:
+        if not texts:
+            raise ValueError("texts must not be empty")
+        return self.bundle.get_text_embeddings(texts)
+
+    # ---- the PyTorch API's single-item forms (the Python API, the health probe) -------------
+    def generate_caption(self, image: Any, max_tokens: int = 32) -> str:
+        return self.generate_captions([image], max_tokens)[0]
+
+    def answer_question(self, image: Any, question: str, max_tokens: int = DEFAULT_ANSWER_TOKENS) -> str:
+        return self.answer_questions([image], [question], max_tokens)[0]
+
+    def extract_text(self, image: Any) -> str:
+        return self.extract_texts([image])[0]
+
+    # ---- introspection ----------------------------------------------------------------------
+    def component_memory_bytes(self) -> dict[str, int]:
+        """Bytes of each graph file: every ONNX Runtime session holds its graph's weights (the
+        vision encoder twice: in 'vision' and in 'ocr')."""
+        return {
+            name: (self.model_dir / g["file"]).stat().st_size
+            for name, g in self.spec["graphs"].items()
+            if (self.model_dir / g["file"]).is_file()
+        }
+
+    def size_bytes(self) -> int:
+        return sum(int(f["bytes"]) for f in self.manifest.get("files", []))
+
+    def get_model_info(self) -> dict[str, Any]:
+        model = self.spec["model"]
+        return {
+            "name": model["name"],
+            "version": model["version"],
+            "quantization": self.quantization,
+            "runtime": RUNTIME,
+            "format": self.spec.get("format", "onnx"),
+            "size_bytes": self.size_bytes(),
+            "components": self.component_memory_bytes(),
+            "tasks": list(TASKS),
+            "validation": self.manifest.get("validation", {}).get("tasks"),
+            "model_dir": str(self.model_dir),
+            "source_model_dir": str(self.source_model_dir) if self.source_model_dir else None,
+        }

@@ -1,0 +1,197 @@
+"""Which runtime serves the model (``MOBILE_MM_RUNTIME`` / ``serve --runtime``), and its bundle.
+
+- ``pytorch`` (default): the engine's own loader, eager PyTorch.
+- ``onnxruntime``: an export bundle on ONNX Runtime (``onnx_runtime_model.py``). The bundle is
+  ``MOBILE_MM_BUNDLE`` (``serve --bundle DIR``) or, without one, the selected model exported at
+  the served quantization by ``export/pipeline.py`` (validation included) into
+  ``<data_dir>/bundles/onnx-<quantization>-<model id>`` on the first start and reused after it;
+  the model id is the sha256 of the model's manifest, so a new model gets a new bundle. Workers
+  starting together export once (a file lock).
+
+Either way the bundle is verified before a graph is loaded, like a PyTorch model directory:
+the manifest's signature when ``MOBILE_MM_MANIFEST_SIGNING_KEY`` is set, the size and sha256 of
+every file it lists, and every file the runtime reads (``bundle.json``, ``tokenizer.json``, the
+graphs) must be listed. Anything else is refused with the model loader's codes
+(``MODEL_INTEGRITY_FAILED``, ``MODEL_NOT_FOUND``, ``MODEL_MANIFEST_INVALID``,
+``QUANTIZATION_UNAVAILABLE``); the engine reports them on ``/ready`` and ``/health`` and counts
+them in ``model_load_failures_total``. The runtime is the ``model.runtime`` attribute of the
+``model_load`` span and the ``runtime`` label of ``model_info``.
+
+Example::
+
+    app = create_app(settings, model_loader=load_model)     # what ``mobile-mm serve`` does
+    bundle = ensure_bundle(settings)                        # the directory the server will load
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from opentelemetry import trace
+
+from mobile_multimodal.export.bundle import BUNDLE_FILE, MANIFEST_FILE, TOKENIZER_FILE
+from mobile_multimodal.export.validate import DEFAULT_EXAMPLES
+from mobile_multimodal.manifest_signing import ManifestSignatureError, verify_manifest
+from mobile_multimodal.model.checkpoint import verify_files
+from mobile_multimodal.model.llm import resolve_model_dir
+from mobile_multimodal.model.model_errors import ModelLoadError
+from mobile_multimodal.observability.tracing import stage
+from mobile_multimodal.serving.engine import ServableModel, default_loader, torch_threads_for
+from mobile_multimodal.serving.onnx_runtime_model import OnnxRuntimeModel
+from mobile_multimodal.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+BUNDLES_DIR = "bundles"
+
+
+def load_model(settings: Settings) -> ServableModel:
+    """The engine's model loader for ``settings.runtime`` (see the module docstring)."""
+    trace.get_current_span().set_attribute("model.runtime", settings.runtime)
+    if settings.runtime == "pytorch":
+        return default_loader(settings)
+    return load_onnx_runtime_model(settings)
+
+
+def load_onnx_runtime_model(
+    settings: Settings, export_examples: int | None = DEFAULT_EXAMPLES
+) -> OnnxRuntimeModel:
+    directory = ensure_bundle(settings, export_examples)
+    with stage("verify", {"model.runtime": "onnxruntime", "model.bundle": str(directory)}):
+        manifest = verify_bundle(directory, settings.manifest_signing_key)
+    if manifest.get("quantization") != settings.quantization:
+        raise ModelLoadError(
+            f"the bundle {directory} is {manifest.get('quantization')}, but MOBILE_MM_QUANTIZATION "
+            f"(--quantization) asks for {settings.quantization}",
+            code="QUANTIZATION_UNAVAILABLE",
+        )
+    with stage("build", {"model.runtime": "onnxruntime"}):
+        return OnnxRuntimeModel.open(
+            directory,
+            manifest,
+            threads=torch_threads_for(settings.workers, settings.torch_threads),
+            source_model_dir=_source_dir(settings),
+        )
+
+
+# ---- the bundle --------------------------------------------------------------------------------
+def _source_dir(settings: Settings) -> Path | None:
+    """The PyTorch release of the served quantization (its fp32 parent is the reference)."""
+    try:
+        return resolve_model_dir(settings.model, settings.quantization)
+    except ModelLoadError:
+        return None
+
+
+def default_bundle_dir(settings: Settings) -> Path:
+    """Where the first start exports the selected model: one directory per model and precision."""
+    source = resolve_model_dir(settings.model, settings.quantization)  # ModelLoadError if absent
+    model_id = hashlib.sha256((source / MANIFEST_FILE).read_bytes()).hexdigest()[:16]
+    return settings.data_dir / BUNDLES_DIR / f"onnx-{settings.quantization}-{model_id}"
+
+
+@contextlib.contextmanager
+def _export_lock(directory: Path) -> Iterator[None]:
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    with open(directory.parent / f".{directory.name}.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file closes (or the process dies)
+        yield
+
+
+def ensure_bundle(settings: Settings, export_examples: int | None = DEFAULT_EXAMPLES) -> Path:
+    """``settings.bundle``, or the default bundle directory, exported there first when absent
+    (``export_examples`` held-out examples per task in its validation)."""
+    if settings.bundle is not None:
+        if not (settings.bundle / MANIFEST_FILE).is_file():
+            raise ModelLoadError(
+                f"no {MANIFEST_FILE} in the bundle {settings.bundle} (MOBILE_MM_BUNDLE / --bundle)",
+                code="MODEL_NOT_FOUND",
+            )
+        return settings.bundle
+    directory = default_bundle_dir(settings)
+    with _export_lock(directory):
+        if not (directory / MANIFEST_FILE).is_file():
+            _export(settings, directory, export_examples)
+    return directory
+
+
+def _export(settings: Settings, directory: Path, examples: int | None) -> None:
+    from mobile_multimodal.errors import ExportError
+    from mobile_multimodal.export.pipeline import export_model
+
+    with stage("export_bundle", {"model.runtime": "onnxruntime", "model.bundle": str(directory)}):
+        try:
+            export_model(
+                settings.model,
+                platform="android",
+                fmt="onnx",
+                quantization=settings.quantization,
+                out=directory,
+                validation_examples=examples,
+                overwrite=True,  # a directory without a manifest is an interrupted export's
+            )
+        except ExportError as exc:
+            raise ModelLoadError(
+                f"exporting {settings.model!r} ({settings.quantization}) to ONNX for ONNX Runtime "
+                f"failed: {exc} ({exc.code})",
+                code="MODEL_LOAD_FAILED",
+            ) from exc
+
+
+def verify_bundle(directory: Path, signing_key: str | None) -> dict[str, Any]:
+    """The bundle's manifest, once its signature (with a key) and every file check out."""
+    path = directory / MANIFEST_FILE
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise ModelLoadError(f"no {MANIFEST_FILE} in the bundle {directory}", code="MODEL_NOT_FOUND") from exc
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"{path} is not readable JSON: {exc}", code="MODEL_MANIFEST_INVALID") from exc
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), list):
+        raise ModelLoadError(f"{path} lists no files", code="MODEL_MANIFEST_INVALID")
+    if manifest.get("format") != "onnx":
+        raise ModelLoadError(
+            f"the bundle {directory} is {manifest.get('format')!r}; ONNX Runtime serves 'onnx' bundles",
+            code="MODEL_MANIFEST_INVALID",
+        )
+    try:
+        verify_manifest(manifest, signing_key, where=f"in {directory}")
+    except ManifestSignatureError as exc:
+        raise ModelLoadError(str(exc), code="MODEL_INTEGRITY_FAILED") from exc
+    bad = verify_files(directory, manifest)
+    if bad:
+        raise ModelLoadError(
+            f"bundle files differ from their manifest checksums: {', '.join(bad)} (tampered or corrupt)",
+            code="MODEL_INTEGRITY_FAILED",
+        )
+    listed = {str(f.get("path")) for f in manifest["files"]}
+    description = json.loads((directory / BUNDLE_FILE).read_text()) if BUNDLE_FILE in listed else {}
+    read = {BUNDLE_FILE, TOKENIZER_FILE, *(g["file"] for g in description.get("graphs", {}).values())}
+    unlisted = sorted(read - listed)
+    if unlisted:
+        raise ModelLoadError(
+            f"the manifest of {directory} does not cover {', '.join(unlisted)}: refusing to load "
+            "files nobody vouches for",
+            code="MODEL_INTEGRITY_FAILED",
+        )
+    if manifest.get("validation", {}).get("passed") is False:
+        raise ModelLoadError(f"the bundle {directory} failed its validation", code="MODEL_MANIFEST_INVALID")
+    return manifest
+
+
+def create_app_from_env() -> FastAPI:
+    """``uvicorn --factory`` for ``serve --workers N``: the app factory's own, with this loader."""
+    from mobile_multimodal.serving.app import create_app
+    from mobile_multimodal.serving.parent_watch import exit_with_parent
+
+    get_settings.cache_clear()
+    settings = get_settings()
+    exit_with_parent(grace_s=settings.shutdown_grace_s)  # a worker never outlives its supervisor
+    return create_app(settings, model_loader=load_model)

@@ -1,0 +1,313 @@
+"""``serve --runtime onnxruntime``: the export bundle's graphs on ONNX Runtime, served like PyTorch.
+
+Two real bundles of the bundled model are exported once for the module (few validation examples,
+to keep it short): int2 through the server's own first-start path (``ensure_bundle`` into the
+data directory) and fp32 with ``--bundle``-style settings. The answers are compared with the
+PyTorch model's and with the export validation's own decode (``decode.BundleModel``); a tampered
+bundle is refused; one real server on ONNX Runtime int2 answers every task, reports its runtime in
+``model_info`` and the ``model_load`` span, and its canary and shadow compare it with the fp32
+PyTorch reference. Waits are for events and bounded.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from mobile_multimodal.data.splits import load_eval_split
+from mobile_multimodal.export.decode import BundleModel, load_bundle
+from mobile_multimodal.export.graphs import TorchGraphRunner, build_graphs
+from mobile_multimodal.export.pipeline import export_model
+from mobile_multimodal.manifest_signing import sign_manifest
+from mobile_multimodal.model import MobileMultiModalLLM, bundled_model_dir
+from mobile_multimodal.model.model_errors import ModelLoadError
+from mobile_multimodal.serving.onnx_runtime_model import OnnxRuntimeModel
+from mobile_multimodal.serving.probe import ProbeCase
+from mobile_multimodal.serving.runtime_loader import ensure_bundle, load_model, load_onnx_runtime_model
+from mobile_multimodal.settings import Settings
+from mobile_multimodal.training.canary_set import evaluate_canary
+
+from .conftest import LiveServer, data_uri, make_settings, metric_value
+
+pytestmark = pytest.mark.skipif(
+    not (bundled_model_dir() / "int2" / "manifest.json").exists(), reason="no bundled int2 model"
+)
+EXAMPLES = 4  # validation examples per task in the module's exports
+SIGNING_KEY = "test-signing-key"
+
+
+def _settings(data_dir: Path, quantization: str, **overrides: Any) -> Settings:
+    return make_settings(
+        data_dir, runtime="onnxruntime", quantization=quantization, torch_threads=1, **overrides
+    )
+
+
+@pytest.fixture(scope="module")
+def int2_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data directory holding the int2 bundle the server exports on its first start."""
+    data_dir = tmp_path_factory.mktemp("onnx-int2-data")
+    ensure_bundle(_settings(data_dir, "int2"), export_examples=EXAMPLES)
+    return data_dir
+
+
+@pytest.fixture(scope="module")
+def fp32_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("onnx-fp32") / "bundle"
+    export_model(
+        "default", platform="android", fmt="onnx", quantization="fp32", out=out, validation_examples=EXAMPLES
+    )
+    return out
+
+
+def _onnx_model(quantization: str, int2_data_dir: Path, fp32_bundle: Path) -> OnnxRuntimeModel:
+    if quantization == "int2":
+        return load_onnx_runtime_model(_settings(int2_data_dir, "int2"))
+    return load_onnx_runtime_model(_settings(fp32_bundle.parent, "fp32", bundle=fp32_bundle))
+
+
+@pytest.mark.parametrize("quantization", ["fp32", "int2"])
+def test_every_task_answers_as_pytorch_and_as_the_bundle_validation_decodes(
+    quantization: str, int2_data_dir: Path, fp32_bundle: Path
+) -> None:
+    onnx = _onnx_model(quantization, int2_data_dir, fp32_bundle)
+    torch_model = MobileMultiModalLLM.from_pretrained("default", quantization=quantization)
+    # the export validation's decode loop, on the PyTorch graphs: what the bundle is checked against
+    validation = BundleModel(load_bundle(onnx.model_dir), TorchGraphRunner(build_graphs(torch_model)))
+    n = onnx.manifest["validation"]["examples_per_task"]["captioning"]
+    assert n == EXAMPLES
+    captions = load_eval_split("captioning", n)
+    images = [e.image for e in captions]
+    ours: list[float] = []
+    theirs: list[float] = []
+    served = onnx.generate_captions(images, confidences=ours)
+    assert served == torch_model.generate_captions(images, confidences=theirs)
+    assert served == validation.generate_captions(images)
+    assert all(s for s in served)  # real captions, not empty strings
+    np.testing.assert_allclose(ours, theirs, atol=1e-4)
+
+    vqa = load_eval_split("vqa", n)
+    images, questions = [e.image for e in vqa], [e.question for e in vqa]
+    assert onnx.answer_questions(images, questions) == torch_model.answer_questions(images, questions)
+    assert onnx.answer_questions(images, questions) == validation.answer_questions(images, questions)
+
+    ocr = load_eval_split("ocr", n)
+    images = [e.image for e in ocr]
+    ours, theirs = [], []
+    texts = onnx.extract_texts(images, confidences=ours)
+    assert texts == torch_model.extract_texts(images, confidences=theirs)
+    np.testing.assert_allclose(ours, theirs, atol=1e-4)
+
+    retrieval = load_eval_split("retrieval", n)
+    images, texts = [e.image for e in retrieval], [e.text for e in retrieval]
+    np.testing.assert_allclose(
+        onnx.get_image_embeddings(images), torch_model.get_image_embeddings(images), atol=1e-4
+    )
+    np.testing.assert_allclose(
+        onnx.get_text_embeddings(texts), torch_model.get_text_embeddings(texts), atol=1e-4
+    )
+
+    info = onnx.get_model_info()
+    assert (info["runtime"], info["quantization"]) == ("onnxruntime", quantization)
+    assert onnx.max_question_tokens == torch_model.max_question_tokens
+    assert onnx.tokenizer.prompt("vqa", "what color ?") == torch_model.tokenizer.prompt("vqa", "what color ?")
+
+
+def test_a_stopped_row_ends_and_its_neighbours_decode_on(int2_data_dir: Path, fp32_bundle: Path) -> None:
+    onnx = _onnx_model("int2", int2_data_dir, fp32_bundle)
+    images = [e.image for e in load_eval_split("captioning", 2)]
+    gave_up, waiting = threading.Event(), threading.Event()
+    gave_up.set()
+    captions = onnx.generate_captions(images, stop=[gave_up, waiting])
+    assert captions == ["", onnx.generate_captions(images[1:])[0]]
+
+
+def _tamper_copy(source: Path, target: Path) -> Path:
+    shutil.copytree(source, target)
+    return target
+
+
+def _load_code(settings: Settings) -> str:
+    with pytest.raises(ModelLoadError) as caught:
+        load_onnx_runtime_model(settings)
+    return caught.value.code
+
+
+def test_a_tampered_bundle_is_refused(fp32_bundle: Path, tmp_path: Path) -> None:
+    # one flipped byte in a graph
+    flipped = _tamper_copy(fp32_bundle, tmp_path / "flipped")
+    graph = flipped / "decoder_step.onnx"
+    data = bytearray(graph.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    graph.write_bytes(bytes(data))
+    assert _load_code(_settings(tmp_path, "fp32", bundle=flipped)) == "MODEL_INTEGRITY_FAILED"
+
+    # a file the runtime reads that the manifest does not list (nobody vouches for it)
+    unlisted = _tamper_copy(fp32_bundle, tmp_path / "unlisted")
+    manifest = json.loads((unlisted / "manifest.json").read_text())
+    manifest["files"] = [f for f in manifest["files"] if f["path"] != "tokenizer.json"]
+    (unlisted / "manifest.json").write_text(json.dumps(manifest))
+    assert _load_code(_settings(tmp_path, "fp32", bundle=unlisted)) == "MODEL_INTEGRITY_FAILED"
+
+    # a signing key is set: an unsigned manifest is refused, a signed one loads
+    signed = _settings(tmp_path, "fp32", bundle=fp32_bundle, manifest_signing_key=SIGNING_KEY)
+    assert _load_code(signed) == "MODEL_INTEGRITY_FAILED"
+    resigned = _tamper_copy(fp32_bundle, tmp_path / "signed")
+    manifest = json.loads((resigned / "manifest.json").read_text())
+    (resigned / "manifest.json").write_text(json.dumps(sign_manifest(manifest, SIGNING_KEY)))
+    model = load_onnx_runtime_model(
+        _settings(tmp_path, "fp32", bundle=resigned, manifest_signing_key=SIGNING_KEY)
+    )
+    assert model.quantization == "fp32"
+
+    # the bundle's precision must be the one asked for
+    assert _load_code(_settings(tmp_path, "int2", bundle=fp32_bundle)) == "QUANTIZATION_UNAVAILABLE"
+    assert _load_code(_settings(tmp_path, "fp32", bundle=tmp_path / "missing")) == "MODEL_NOT_FOUND"
+
+
+def test_a_server_given_a_tampered_bundle_is_not_ready_and_counts_the_failure(
+    fp32_bundle: Path, tmp_path: Path
+) -> None:
+    flipped = _tamper_copy(fp32_bundle, tmp_path / "flipped")
+    (flipped / "tokenizer.json").write_text(
+        (flipped / "tokenizer.json").read_text().replace("circle", "circus")
+    )
+    server = LiveServer(_settings(tmp_path, "fp32", bundle=flipped), load_model).start()
+    try:
+        deadline = time.monotonic() + 120
+        with server.client() as client:
+            while server.app.state.engine.state == "loading" and time.monotonic() < deadline:
+                time.sleep(0.02)
+            ready = client.get("/ready")
+            text = client.get("/metrics").text
+        assert ready.status_code == 503
+        assert server.app.state.engine.error.code == "MODEL_INTEGRITY_FAILED"
+        assert metric_value(text, "model_load_failures_total", reason="MODEL_INTEGRITY_FAILED") >= 1
+    finally:
+        server.stop()
+
+
+# ---- one real server on ONNX Runtime int2 --------------------------------------------------------
+@pytest.fixture(scope="module")
+def spans() -> InMemorySpanExporter:
+    return InMemorySpanExporter()
+
+
+@pytest.fixture(scope="module")
+def onnx_server(int2_data_dir: Path, spans: InMemorySpanExporter) -> Iterator[LiveServer]:
+    settings = _settings(
+        int2_data_dir, "int2", canary_interval_s=3600, canary_size=8, shadow_sample_rate=1.0, shadow_queue=64
+    )
+    server = LiveServer(settings, load_model, span_exporter=spans).start()
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()
+
+
+def _wait_metric(server: LiveServer, name: str, at_least: float, **labels: str) -> str:
+    deadline = time.monotonic() + 120
+    with server.client() as client:
+        while time.monotonic() < deadline:
+            text = client.get("/metrics").text
+            if metric_value(text, name, **labels) >= at_least:
+                return text
+            time.sleep(0.1)
+    raise AssertionError(f"{name}{labels} did not reach {at_least} within 120 s")
+
+
+def test_served_over_http_every_task_with_the_runtime_in_model_info_and_the_load_span(
+    onnx_server: LiveServer, int2_data_dir: Path, fp32_bundle: Path, spans: InMemorySpanExporter
+) -> None:
+    direct = _onnx_model("int2", int2_data_dir, fp32_bundle)
+    probe = ProbeCase.default().image
+    question = "what color is the circle ?"
+    line = load_eval_split("ocr", 1)[0].image
+    with onnx_server.client() as client:
+        caption = client.post("/inference", json={"image": data_uri(probe), "task": "captioning"})
+        answer = client.post(
+            "/inference", json={"image": data_uri(probe), "task": "vqa", "question": question}
+        )
+        text = client.post("/inference", json={"image": data_uri(line), "task": "ocr"})
+        scored = client.post(
+            "/inference",
+            json={
+                "image": data_uri(probe),
+                "task": "retrieval",
+                "texts": ["a blue star", "a large red circle"],
+            },
+        )
+        content = [
+            {"type": "text", "text": question},
+            {"type": "image_url", "image_url": {"url": data_uri(probe)}},
+        ]
+        chat = client.post(
+            "/v1/chat/completions",
+            json={"model": "mobile-multimodal-llm", "messages": [{"role": "user", "content": content}]},
+        )
+        metrics_text = client.get("/metrics").text
+    for response in (caption, answer, text, scored, chat):
+        assert response.status_code == 200, response.text
+    assert caption.json()["result"]["caption"] == direct.generate_captions([probe])[0]
+    assert ProbeCase.default().is_correct(caption.json()["result"]["caption"])
+    assert caption.json()["model"]["quantization"] == "int2"
+    assert answer.json()["result"]["answer"] == direct.answer_questions([probe], [question])[0] == "red"
+    assert text.json()["result"]["text"] == direct.extract_texts([line])[0]
+    assert scored.json()["result"]["best"] == "a large red circle"
+    assert 0 < caption.json()["result"]["confidence"] <= 1
+    assert chat.json()["choices"][0]["message"]["content"] == "red"
+    assert metric_value(metrics_text, "model_info", runtime="onnxruntime", quantization="int2") == 1
+    assert metric_value(metrics_text, "model_inference_requests_total", task="ocr", status="success") >= 1
+    [load] = [s for s in spans.get_finished_spans() if s.name == "model_load"]
+    assert load.attributes is not None and load.attributes["model.runtime"] == "onnxruntime"
+
+
+def test_canary_and_shadow_compare_the_onnx_int2_model_with_the_fp32_pytorch_reference(
+    onnx_server: LiveServer, int2_data_dir: Path, fp32_bundle: Path
+) -> None:
+    onnx = _onnx_model("int2", int2_data_dir, fp32_bundle)
+    fp32 = MobileMultiModalLLM.from_pretrained("default")
+    text = _wait_metric(onnx_server, "model_canary_runs_total", 1, status="success")
+    served = evaluate_canary(onnx, 8)["tasks"]
+    reference = evaluate_canary(fp32, 8)["tasks"]
+    for task, values in served.items():
+        score = metric_value(text, "model_accuracy_score", task=task, quantization="int2")
+        one_example = max(values["primary"], 1.0) / 8 * 1.01  # see test_live_quality's canary test
+        assert score == pytest.approx(values["primary"], abs=one_example)
+        fp32_score = reference[task]["primary"]
+        loss = metric_value(text, "quantization_accuracy_loss", task=task, quantization_type="int2")
+        assert loss == pytest.approx(
+            (fp32_score - values["primary"]) / fp32_score, abs=2 * one_example / fp32_score
+        )
+    # the reference is PyTorch, loaded beside the ONNX Runtime sessions
+    assert metric_value(text, "model_memory_usage_bytes", component="reference_model") == sum(
+        fp32.component_memory_bytes().values()
+    )
+
+    # every captioning request here (this test's and the one before) is of the probe scene, which the
+    # ONNX int2 bundle captions exactly as fp32 PyTorch does: the shadow must count agreement only
+    probe = ProbeCase.default().image
+    assert onnx.generate_captions([probe]) == fp32.generate_captions([probe])
+    before = metric_value(text, "quantization_shadow_comparisons_total", task="captioning", result="agree")
+    with onnx_server.client() as client:
+        response = client.post("/inference", json={"image": data_uri(probe), "task": "captioning"})
+    assert response.status_code == 200
+    text = _wait_metric(
+        onnx_server, "quantization_shadow_comparisons_total", before + 1, task="captioning", result="agree"
+    )
+    assert (
+        metric_value(text, "quantization_shadow_comparisons_total", task="captioning", result="disagree") == 0
+    )
+    ratio = metric_value(
+        text, "quantization_shadow_agreement_ratio", task="captioning", quantization_type="int2"
+    )
+    assert ratio == 1
