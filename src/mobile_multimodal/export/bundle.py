@@ -26,6 +26,7 @@ import torch
 from mobile_multimodal.export.graphs import GraphSpec
 from mobile_multimodal.filehash import sha256_file
 from mobile_multimodal.manifest_signing import maybe_sign
+from mobile_multimodal.model.constraints import TaskConstraints
 from mobile_multimodal.model.llm import MobileMultiModalLLM
 from mobile_multimodal.model.tokenizer import _SPLIT, SPECIALS, TASK_TOKENS, Tokenizer
 
@@ -49,7 +50,8 @@ DECODE_LOOP = [
     "4. Feed the prompt one token at a time: for i, t in enumerate(prompt): run 'decoder_step' with "
     "token=[[t]], position=[i], the current self_k/self_v and cross_k/cross_v; replace self_k/self_v "
     "by self_k_out/self_v_out. The logits of the last prompt token score the first answer token.",
-    "5. Loop: next = argmax(logits) (the first maximum on ties); append it to the answer; stop if it "
+    "5. Loop: next = argmax(logits) over the ids tasks.<task>.constraint allows after the answer so "
+    "far (see constraint_rules; the first maximum on ties); append it to the answer; stop if it "
     "is <eos>, or when the answer holds max_new_tokens + 1 tokens, or when the next position would "
     "reach kv_cache.max_len. Otherwise run 'decoder_step' with token=[[next]] at the next position "
     "and continue.",
@@ -61,6 +63,17 @@ DECODE_LOOP = [
     "Retrieval: image embedding = 'image_embed'(image_tokens of 'vision' without a question); text "
     "embedding = 'text_embed'(ids, mask) with the text's word ids right-padded to text.max_len (an "
     "empty text is the single word <unk>). Both are L2-normalised: similarity is their dot product.",
+]
+
+
+CONSTRAINT_RULES = [
+    "captioning: only ids in allowed_tokens. Position words (position_tokens) come in runs: a run "
+    "may grow by id t only while run + [t] is a prefix of one of positions not used earlier in this "
+    "answer; any other id (or <eos>) may follow a run only when the run is a whole position not used "
+    "earlier, which then counts as used.",
+    "vqa: the answer so far plus the next id must be a prefix of one of answers; <eos> is allowed once "
+    "the answer is a whole one.",
+    "The logits are not changed: scores and confidences use the unconstrained softmax.",
 ]
 
 
@@ -144,6 +157,7 @@ def describe_bundle(
     step = by_name["decoder_step"].example_inputs[2]  # (L, 1, nh, S, hs)
     cross = by_name["decoder_step"].example_inputs[4]
     fused = "question_ids" in by_name["vision"].input_names
+    rules = TaskConstraints.from_tokenizer(tok).to_json()
     return {
         "bundle_version": BUNDLE_VERSION,
         "model": {
@@ -181,6 +195,7 @@ def describe_bundle(
                 "prompt_tokens": ["<bos>", TASK_TOKENS["captioning"], "<sep>"],
                 "question": False,
                 "max_new_tokens": MAX_NEW_TOKENS["captioning"],
+                "constraint": rules["captioning"],
             },
             "vqa": {
                 "graphs": ["vision", "cross_kv", "decoder_step"],
@@ -188,6 +203,7 @@ def describe_bundle(
                 "prompt_tokens": ["<bos>", TASK_TOKENS["vqa"], "{question}", "<sep>"],
                 "question": fused,
                 "max_new_tokens": MAX_NEW_TOKENS["vqa"],
+                "constraint": rules["vqa"],
             },
             "ocr": {
                 "graphs": ["ocr"],
@@ -197,6 +213,7 @@ def describe_bundle(
             "retrieval": {"graphs": ["vision", "image_embed", "text_embed"], "similarity": "dot product"},
         },
         "decode_loop": DECODE_LOOP,
+        "constraint_rules": CONSTRAINT_RULES,
         "weights": weights or {},
     }
 

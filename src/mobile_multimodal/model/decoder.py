@@ -15,6 +15,10 @@ Confidence: pass ``scores=[]`` and it is filled with one mean log-probability pe
 tokens the row emitted (``<eos>`` included), the decoder's own belief in its greedy output. Only
 then is a log-softmax computed per step; the default path stays an argmax over the logits.
 
+Constrained decoding: ``allowed(row, emitted)`` (e.g. ``constraints.TaskConstraints.allowed``
+for the row's task) returns the token ids row ``row`` may emit after the ids it has emitted; the
+greedy token is then the argmax over those only. Scores stay the unmasked model's belief.
+
 Example::
 
     stop = [threading.Event() for _ in prompts]
@@ -26,7 +30,7 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import torch
@@ -45,6 +49,25 @@ class StopSignal(Protocol):
 
 
 Stops = Sequence[StopSignal | None] | None
+Allowed = Callable[[int, list[int]], Sequence[int]] | None
+
+
+def _greedy(logits: Tensor, allowed: Allowed, emitted: list[list[int]]) -> Tensor:
+    """argmax per row (B, V) -> (B,), over the row's allowed tokens when ``allowed`` is given
+    (the first maximum on ties, as ``argmax`` does)."""
+    if allowed is None:
+        return logits.argmax(-1)
+    mask = torch.full_like(logits, float("-inf"))
+    for i, seq in enumerate(emitted):
+        mask[i, list(allowed(i, seq))] = 0.0
+    return (logits + mask).argmax(-1)
+
+
+def _for_row(allowed: Allowed, row: int) -> Allowed:
+    """``allowed`` for a batch of one holding row ``row`` of the caller's batch."""
+    if allowed is None:
+        return None
+    return lambda _, emitted: allowed(row, emitted)
 
 
 def _stopped(stop: Stops, b: int) -> list[bool]:
@@ -120,12 +143,13 @@ class TextDecoder(nn.Module):
         use_cache: bool = True,
         stop: Stops = None,
         scores: list[float] | None = None,
+        allowed: Allowed = None,
     ) -> list[list[int]]:
         """Greedy decoding of a batch of prompts (left-padded to a common length), at most
         ``max_new_tokens`` each and never past the context. ``stop``: one signal (or None) per
         prompt, read before every step; a stopped row keeps the tokens it has. ``scores``: when
         given (an empty list), filled with each row's mean token log-probability (0.0 for a row
-        that emitted nothing)."""
+        that emitted nothing). ``allowed``: see the module doc."""
         if not prompts:
             return []
         if stop is not None and len(stop) != len(prompts):
@@ -150,8 +174,12 @@ class TextDecoder(nn.Module):
         # every step runs every layer: packed (quantized) layers dequantize once per call, not per token
         with reuse_weights():
             if not use_cache:
-                return self._generate_uncached(prompts, image_tokens, max_new_tokens, eos_id, stop, scores)
-            return self._generate_cached(prompts, image_tokens, max_new_tokens, eos_id, pad_id, stop, scores)
+                return self._generate_uncached(
+                    prompts, image_tokens, max_new_tokens, eos_id, stop, scores, allowed
+                )
+            return self._generate_cached(
+                prompts, image_tokens, max_new_tokens, eos_id, pad_id, stop, scores, allowed
+            )
 
     def _generate_cached(
         self,
@@ -162,6 +190,7 @@ class TextDecoder(nn.Module):
         pad_id: int,
         stop: Stops,
         scores: list[float] | None = None,
+        allowed: Allowed = None,
     ) -> list[list[int]]:
         b = len(prompts)
         device = image_tokens.device
@@ -183,12 +212,12 @@ class TextDecoder(nn.Module):
             caches.append(cache)
         track = scores is not None
         logits = self.logits(x[:, -1])
-        next_tok = logits.argmax(-1)
+        out = [[] for _ in range(b)]  # type: list[list[int]]
+        next_tok = _greedy(logits, allowed, out)
         # for the scores: each step's logits (B, V) and tokens (B,), scored once at the end; a
         # row's tokens are its first len(out[i]) steps
         step_logits: list[Tensor] = []
         step_tokens: list[Tensor] = []
-        out = [[] for _ in range(b)]  # type: list[list[int]]
         done = torch.zeros(b, dtype=torch.bool, device=device)
         pos = positions[:, -1]
         for step in range(max_new_tokens):
@@ -211,7 +240,7 @@ class TextDecoder(nn.Module):
             for li, (blk, kv) in enumerate(zip(self.layers(), ikv, strict=True)):
                 x, caches[li] = blk(x, step_mask, kv, self_cache=caches[li])
             logits = self.logits(x[:, -1])
-            next_tok = logits.argmax(-1)
+            next_tok = _greedy(logits, allowed, out)
         if scores is not None:
             scores[:] = _mean_logprobs(step_logits, step_tokens, [len(o) for o in out])
         self.peak_cache_bytes = max(
@@ -228,6 +257,7 @@ class TextDecoder(nn.Module):
         eos_id: int,
         stop: Stops,
         scores: list[float] | None = None,
+        allowed: Allowed = None,
     ) -> list[list[int]]:
         """Reference path without a KV cache: re-runs the whole sequence each step. Used to check
         the cached path and to measure what the cache saves."""
@@ -242,7 +272,7 @@ class TextDecoder(nn.Module):
                     break
                 ids = torch.tensor([seq], device=image_tokens.device)
                 logp = self.forward(ids, image_tokens[i : i + 1])[0, -1].float().log_softmax(-1)
-                nxt = int(logp.argmax())
+                nxt = int(_greedy(logp[None], _for_row(allowed, i), [gen])[0])
                 total += float(logp[nxt])
                 gen.append(nxt)
                 if nxt == eos_id:

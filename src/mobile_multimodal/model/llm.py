@@ -19,6 +19,10 @@ Confidence without labels: the batch methods take ``confidences`` (an empty list
 with one value in [0, 1] per input: for decoded text the geometric mean of the greedy tokens'
 probabilities (``exp`` of the mean token log-probability), for OCR the same over the CTC best
 path's frames. Without it nothing extra is computed.
+
+Decoding is task-constrained (``constraints.py``): a caption uses only the caption vocabulary and
+never names a position twice, a VQA answer is one of the training answers. Set
+``constrained_decoding = False`` on an instance to decode freely (the argmax over all words).
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from torch import nn
 
 from mobile_multimodal.manifest_signing import FROM_SETTINGS, SigningKey
 from mobile_multimodal.model import checkpoint
+from mobile_multimodal.model.constraints import TaskConstraints
 from mobile_multimodal.model.decoder import Stops
 from mobile_multimodal.model.model_config import ModelConfig
 from mobile_multimodal.model.model_errors import ModelLoadError, PromptTooLongError
@@ -106,6 +111,7 @@ class MobileMultiModalLLM:
         self.manifest = manifest or {}
         self.model_dir = model_dir
         self.quantization = quantization
+        self.constrained_decoding = True
 
     # ---- construction ------------------------------------------------------------------
     @classmethod
@@ -241,6 +247,7 @@ class MobileMultiModalLLM:
 
     def _generate(
         self,
+        task: str,
         images: Sequence[ImageInput],
         prompts: list[list[int]],
         max_tokens: int,
@@ -259,6 +266,7 @@ class MobileMultiModalLLM:
             question = (ids.to(self.device), valid.to(self.device))
         tokens, _ = self.network.encode_images(self._scenes(images), *question)
         scores: list[float] | None = [] if confidences is not None else None
+        rules = TaskConstraints.from_tokenizer(self.tokenizer) if self.constrained_decoding else None
         out = self.network.decoder.generate(
             prompts,
             tokens,
@@ -267,6 +275,7 @@ class MobileMultiModalLLM:
             self.tokenizer.pad_id,
             stop=stop,
             scores=scores,
+            allowed=None if rules is None else lambda _, emitted: rules.allowed(task, emitted),
         )
         if confidences is not None and scores is not None:
             confidences[:] = [math.exp(s) for s in scores]
@@ -281,7 +290,7 @@ class MobileMultiModalLLM:
         confidences: list[float] | None = None,
     ) -> list[str]:
         prompts = [self.tokenizer.prompt("captioning")] * len(images)
-        return self._generate(images, prompts, max_tokens, stop=stop, confidences=confidences)
+        return self._generate("captioning", images, prompts, max_tokens, stop=stop, confidences=confidences)
 
     @torch.inference_mode()
     def answer_questions(
@@ -297,7 +306,9 @@ class MobileMultiModalLLM:
         for q in questions:  # before any tensor: a 100k-word question is refused after 37 words
             self.check_question(q)
         prompts = [self.tokenizer.prompt("vqa", q) for q in questions]
-        return self._generate(images, prompts, max_tokens, questions, stop=stop, confidences=confidences)
+        return self._generate(
+            "vqa", images, prompts, max_tokens, questions, stop=stop, confidences=confidences
+        )
 
     @torch.inference_mode()
     def extract_texts(

@@ -1,0 +1,96 @@
+"""Task-constrained decoding: a caption stays a caption, an answer is one of the answers."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mobile_multimodal.data.task_language import caption_words, position_phrases, vqa_answers
+from mobile_multimodal.model import MobileMultiModalLLM
+from mobile_multimodal.model.constraints import TaskConstraints
+from mobile_multimodal.model.tokenizer import Tokenizer
+
+TOK = Tokenizer.default()
+RULES = TaskConstraints.from_tokenizer(TOK)
+
+
+def _ids(text: str) -> list[int]:
+    return TOK.encode(text)
+
+
+def test_task_language_comes_from_the_training_corpus() -> None:
+    words = caption_words()
+    assert {"yes", "no", "what", "color", "?"}.isdisjoint(words)
+    assert {"a", "and", "large", "teal", "star", "center", "bottom", ":", ","} <= words
+    answers = vqa_answers()
+    assert ("yes",) in answers and ("top", "left") in answers and ("red", "star") in answers
+    assert len(answers) == 61  # 8 colours, 9 positions, 2 sizes, 4 shapes, zero..three, 32 pairs, yes/no
+    easy = {"circle", "green", "red", "gray", "yes", "teal", "black", "rectangle", "yellow"}
+    assert {(a,) for a in easy} <= answers  # easy-VQA's answers are inside the set
+
+
+def test_vqa_answer_must_be_one_of_the_answers() -> None:
+    first = {TOK.itos[i] for i in RULES.allowed("vqa", [])}
+    assert "yes" in first and "top" in first and "and" not in first and "<eos>" not in first
+    after_red = {TOK.itos[i] for i in RULES.allowed("vqa", _ids("red"))}
+    assert after_red == {"<eos>", "circle", "rectangle", "triangle", "star"}
+    assert {TOK.itos[i] for i in RULES.allowed("vqa", _ids("yes"))} == {"<eos>"}
+    assert {TOK.itos[i] for i in RULES.allowed("vqa", _ids("top"))} == {"<eos>", "left", "right"}
+
+
+def test_caption_never_names_a_position_twice() -> None:
+    def nxt(text: str) -> set[str]:
+        return {TOK.itos[i] for i in RULES.allowed("captioning", _ids(text))}
+
+    assert "yes" not in nxt("a large red circle in the")
+    assert "center" not in nxt("a large red circle in the center and a large red circle in the")
+    # "top" used alone: "top" may start "top left" again but must not end there
+    after_top = nxt("a small red star at the top and a large blue circle at the top")
+    assert after_top == {"left", "right"}
+    # a position run is a position phrase: "left left" or "center top" never
+    assert "left" not in nxt("a small red star on the left")
+    assert "top" not in nxt("a small red star in the center")
+    with pytest.raises(ValueError, match="no decoding constraint"):
+        RULES.allowed("ocr", [])
+
+
+def test_constrained_decoding_of_a_model_obeys_every_rule(tiny_model: MobileMultiModalLLM) -> None:
+    """The random-weight tiny model would emit any word; constrained, it cannot."""
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)) for _ in range(6)]
+    free = MobileMultiModalLLM(tiny_model.network, tiny_model.tokenizer)
+    free.constrained_decoding = False
+    assert not all(set(c.split()) <= caption_words() for c in free.generate_captions(images))
+    captions = tiny_model.generate_captions(images)
+    positions = {" ".join(p) for p in position_phrases()}
+    for caption in captions:
+        words = caption.split()
+        assert set(words) <= caption_words(), caption
+        runs = [
+            " ".join(g)
+            for is_pos, g in itertools.groupby(
+                words, key=lambda w: w in {"top", "bottom", "left", "right", "center"}
+            )
+            if is_pos
+        ]
+        assert all(r in positions for r in runs) and len(runs) == len(set(runs)), caption
+    answers = tiny_model.answer_questions(images, ["what color is the circle ?"] * len(images))
+    assert all(tuple(a.split()) in vqa_answers() for a in answers), answers
+
+
+def test_cached_and_uncached_paths_apply_the_same_constraint(tiny_model: MobileMultiModalLLM) -> None:
+    rng = np.random.default_rng(1)
+    images = [Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)) for _ in range(3)]
+    net, tok = tiny_model.network, tiny_model.tokenizer
+    tokens, _ = net.encode_images(tiny_model._scenes(images))
+    prompts = [tok.prompt("captioning")] * 3
+    rules = TaskConstraints.from_tokenizer(tok)
+    allowed = lambda _row, emitted: rules.allowed("captioning", emitted)  # noqa: E731
+    cached = net.decoder.generate(prompts, tokens, 12, tok.eos_id, tok.pad_id, allowed=allowed)
+    uncached = net.decoder.generate(
+        prompts, tokens, 12, tok.eos_id, tok.pad_id, use_cache=False, allowed=allowed
+    )
+    assert cached == uncached
