@@ -243,7 +243,7 @@ def test_documented_metric_names_exist() -> None:
 # Label values the code emits, by metric and label (the code's own tables, not copies).
 def _emitted_values() -> dict[tuple[str, str], set[str]]:
     from mobile_multimodal.security.audit import EventType
-    from mobile_multimodal.security.context import _REASONS
+    from mobile_multimodal.security.security_context import _REASONS
 
     reasons = set(_REASONS.values()) | {"missing_metrics_token", "invalid_metrics_token"}
     assert reasons == set(metrics.AUTH_FAILURE_REASONS)

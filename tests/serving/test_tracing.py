@@ -9,7 +9,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from mobile_multimodal.observability.tracing import force_flush
-from mobile_multimodal.security.context import ANONYMOUS
+from mobile_multimodal.security import ANONYMOUS
 from mobile_multimodal.security.keys import create_key
 from mobile_multimodal.store import Database
 

@@ -7,15 +7,21 @@ Example::
     security = install_security(app, settings, db)
     app.include_router(router, dependencies=[Depends(require_api_key)])
 
-Each module's docstring shows its part of the interface; ``auth`` shows the app wiring.
+Each module's docstring shows its part of the interface; ``auth_dependencies`` shows the app
+wiring and the one auth dependency the routes use.
 """
 
 from mobile_multimodal.security.anomaly import Anomaly, AnomalyDetector
+from mobile_multimodal.security.anomaly_middleware import SecurityMiddleware
 from mobile_multimodal.security.audit import AUDIT_LOGGER, AuditLog, EventType, count_security_event
-from mobile_multimodal.security.auth import get_security, install_security, require_admin, require_api_key
+from mobile_multimodal.security.auth_dependencies import (
+    checks_key_before_body,
+    get_security,
+    install_security,
+    require_admin,
+    require_api_key,
+)
 from mobile_multimodal.security.config_audit import ConfigChange, record_config_state
-from mobile_multimodal.security.context import ANONYMOUS, Principal, SecurityContext, extract_key
-from mobile_multimodal.security.errors import SECURITY_CODES, SecurityError
 from mobile_multimodal.security.integrity import FileMismatch, IntegrityMonitor, IntegrityResult, ManifestFile
 from mobile_multimodal.security.keys import (
     KeyNotFoundError,
@@ -25,8 +31,10 @@ from mobile_multimodal.security.keys import (
     lookup_key,
     revoke_key,
 )
-from mobile_multimodal.security.middleware import SecurityMiddleware
+from mobile_multimodal.security.principal import ANONYMOUS, Principal
 from mobile_multimodal.security.ratelimit import RateLimit, RateLimiter
+from mobile_multimodal.security.security_context import SecurityContext, extract_key
+from mobile_multimodal.security.security_errors import SECURITY_CODES, SecurityError, keys_unchecked
 from mobile_multimodal.security.source import client_ip, normalize_ip
 from mobile_multimodal.security.throttle import FailureAuditThrottle, SuppressedFailures
 
@@ -52,6 +60,7 @@ __all__ = [
     "SecurityError",
     "SecurityMiddleware",
     "SuppressedFailures",
+    "checks_key_before_body",
     "client_ip",
     "count_security_event",
     "create_key",
@@ -59,6 +68,7 @@ __all__ = [
     "get_security",
     "hash_key",
     "install_security",
+    "keys_unchecked",
     "list_keys",
     "lookup_key",
     "normalize_ip",

@@ -39,13 +39,13 @@ from mobile_multimodal.security.audit_file import (
     configure_from_settings,
     current_audit_file,
 )
-from mobile_multimodal.security.auth import install_security
-from mobile_multimodal.serving.auth import KeyBeforeBodyMiddleware, build_authenticator
+from mobile_multimodal.security.auth_dependencies import install_security
 from mobile_multimodal.serving.background import BackgroundDuties
 from mobile_multimodal.serving.body_limit import BodyLimitMiddleware
 from mobile_multimodal.serving.database_errors import install_database_error_handler
 from mobile_multimodal.serving.engine import InferenceEngine, ModelLoader, default_loader
 from mobile_multimodal.serving.errors import ErrorCode, install_error_handlers
+from mobile_multimodal.serving.key_before_body import KeyBeforeBodyMiddleware
 from mobile_multimodal.serving.openapi import install_openapi
 from mobile_multimodal.serving.parent_watch import exit_with_parent
 from mobile_multimodal.serving.reload import ServiceReloader
@@ -145,7 +145,7 @@ def create_app(
     # KeyBeforeBodyMiddleware (innermost) checks a keyed route's API key before its body is read.
     app.add_middleware(KeyBeforeBodyMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
-    security = install_security(app, settings, database) if database is not None else None
+    security = install_security(app, settings, database)  # None without a database
     observability.install(app)
     duties = BackgroundDuties(settings, engine, database, security)
     reloader = ServiceReloader(app)
@@ -164,7 +164,6 @@ def create_app(
     app.state.observability = observability
     app.state.shutting_down = False
     app.state.started_wall = time.time()
-    app.state.authenticate = build_authenticator(settings, database)
     return app
 
 

@@ -29,10 +29,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from mobile_multimodal.errors import ExportError, ExportErrorCode
 from mobile_multimodal.export.formats import load_writer, resolve_format
-from mobile_multimodal.security.auth import require_admin
-from mobile_multimodal.security.context import Principal
+from mobile_multimodal.security import Principal, checks_key_before_body, require_admin
 from mobile_multimodal.security.source import client_ip
-from mobile_multimodal.serving.deps import checks_key_before_body
 from mobile_multimodal.serving.errors import ErrorCode, ServiceError
 from mobile_multimodal.serving.export_jobs import JOB_ORIGIN, ExportBusy, ExportJobs
 from mobile_multimodal.serving.openapi import error_responses
@@ -56,10 +54,10 @@ def _database(request: Request) -> Database:
 
 
 @checks_key_before_body  # no admin key, no body read (require_admin answers once per request)
-def admin(request: Request) -> Principal:
+async def admin(request: Request) -> Principal:
     """An admin principal (security's require_admin), once the store that checks keys is there."""
     _database(request)
-    return require_admin(request)
+    return await require_admin(request)
 
 
 router = APIRouter(tags=["export"], dependencies=[Depends(admin)])

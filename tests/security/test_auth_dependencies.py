@@ -1,8 +1,12 @@
-"""The auth dependency on a real FastAPI app: codes, error bodies, metrics, audit rows, limits."""
+"""The auth dependencies (security/auth_dependencies.py) on a real FastAPI app: codes, error
+bodies, metrics, audit rows, limits, the database down, and the key check off the event loop."""
 
 from __future__ import annotations
 
 import logging
+import shutil
+import threading
+from pathlib import Path
 
 import pytest
 from fastapi import Depends, FastAPI, Request
@@ -221,3 +225,74 @@ def test_shape_is_the_same_with_serving_error_handlers(db: Database) -> None:
     assert r.status_code == 401
     assert r.json()["error"] == {"code": "INVALID_API_KEY", "message": "the API key is not valid"}
     assert set(r.json()) == {"error", "trace_id"}
+
+
+def test_the_key_check_runs_off_the_event_loop(db: Database) -> None:
+    key, _ = create_key(db, "dora", "pro")
+    app = make_app(db)
+    context = app.state.security
+    checked_in: list[int] = []
+    authenticate = context.authenticate
+
+    def spy(*args: object, **kwargs: object) -> Principal:
+        checked_in.append(threading.get_ident())
+        return authenticate(*args, **kwargs)  # type: ignore[no-any-return]
+
+    context.authenticate = spy
+
+    @app.get("/loop")
+    async def loop(principal: Principal = Depends(require_api_key)) -> dict[str, int]:
+        return {"loop_thread": threading.get_ident()}
+
+    r = TestClient(app).get("/loop", headers={"X-API-Key": key})
+    assert r.status_code == 200, r.text
+    assert len(checked_in) == 1 and checked_in[0] != r.json()["loop_thread"]
+
+
+def test_a_database_that_stops_answering_is_a_503_then_works_again(tmp_path: Path) -> None:
+    home = tmp_path / "db"
+    home.mkdir()
+    db = Database(f"sqlite:///{home / 'mm.db'}")
+    try:
+        key, _ = create_key(db, "erin", "pro")
+        admin_key, _ = create_key(db, "root", admin=True)
+        client = TestClient(make_app(db))
+        assert client.get("/whoami", headers={"X-API-Key": key}).status_code == 200
+        saved = tmp_path / "saved"
+        db.engine.dispose()
+        shutil.move(home, saved)  # the file's directory is gone: no connection can open it
+        for response in (
+            client.get("/whoami", headers={"X-API-Key": key}),
+            client.post("/admin/reload", headers={"X-API-Key": admin_key}),
+        ):
+            assert response.status_code == 503, response.text
+            assert response.json()["error"]["code"] == "DATABASE_UNAVAILABLE"
+            assert int(response.headers["Retry-After"]) > 0
+        shutil.move(saved, home)
+        assert client.get("/whoami", headers={"X-API-Key": key}).status_code == 200
+    finally:
+        db.dispose()
+
+
+@pytest.mark.parametrize("auth", ["required", "disabled"])
+def test_without_a_database_keys_are_refused_or_not_needed(auth: str) -> None:
+    app = FastAPI()
+    assert install_security(app, Settings(auth=auth), None) is None  # type: ignore[arg-type]
+
+    @app.get("/whoami")
+    async def whoami(principal: Principal = Depends(require_api_key)) -> dict[str, object]:
+        return {"user_id": principal.user_id}
+
+    @app.get("/admin")
+    async def admin(principal: Principal = Depends(require_admin)) -> dict[str, object]:
+        return {"admin": principal.user_id}
+
+    client = TestClient(app)
+    keyed = client.get("/whoami", headers={"X-API-Key": "mmk_" + "z" * 43})
+    if auth == "disabled":
+        assert keyed.status_code == 200 and keyed.json() == {"user_id": "anonymous"}
+    else:
+        assert keyed.status_code == 503 and keyed.json()["error"]["code"] == "DATABASE_UNAVAILABLE"
+        assert "Retry-After" in keyed.headers
+    refused = client.get("/admin")  # admin rights are checked against the database, whatever the mode
+    assert refused.status_code == 503 and refused.json()["error"]["code"] == "DATABASE_UNAVAILABLE"

@@ -1,14 +1,14 @@
 """`SecurityContext`: the per-app security state and the decisions made on each request.
 
 Holds the database, audit log, rate limiter and anomaly detector, and implements what the
-FastAPI dependencies in :mod:`.auth` and the middleware in :mod:`.middleware` do: authenticate
-a key, enforce its rate limit, decide admin access, and turn every refusal into the metrics
-(``auth_failures_total{reason}``, ``security_events_total{event_type}``), an audit event with
-the source IP, and a :class:`SecurityError` carrying the error code. Failed authentications are
-audited through a per-source throttle (throttle.py): every one is counted, the first few per
-window get a row each, the rest one summary row (:meth:`SecurityContext.flush_suppressed_audits`).
-Successful authentications are audited too (``auth.success``), once per key per
-``MOBILE_MM_AUTH_SUCCESS_AUDIT_INTERVAL_S``.
+FastAPI dependencies in :mod:`.auth_dependencies` and the middleware in :mod:`.anomaly_middleware`
+do: authenticate a key, enforce its rate limit, decide admin access, and turn every refusal into
+the metrics (``auth_failures_total{reason}``, ``security_events_total{event_type}``), an audit
+event with the source IP, and a :class:`SecurityError` carrying the error code. Failed
+authentications are audited through a per-source throttle (throttle.py): every one is counted,
+the first few per window get a row each, the rest one summary row
+(:meth:`SecurityContext.flush_suppressed_audits`). Successful authentications are audited too
+(``auth.success``), once per key per ``MOBILE_MM_AUTH_SUCCESS_AUDIT_INTERVAL_S``.
 
 Example::
 
@@ -23,17 +23,17 @@ import math
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import NoReturn
 
 from mobile_multimodal.errors import ErrorCode
 from mobile_multimodal.observability import metrics
 from mobile_multimodal.security.anomaly import Anomaly, AnomalyDetector
 from mobile_multimodal.security.audit import AuditLog, EventType, count_security_event
-from mobile_multimodal.security.errors import SecurityError
 from mobile_multimodal.security.keys import looks_like_key, lookup_key, touch_key
+from mobile_multimodal.security.principal import ANONYMOUS, Principal
 from mobile_multimodal.security.ratelimit import RateLimiter
 from mobile_multimodal.security.redis_ratelimit import build_rate_limiter
+from mobile_multimodal.security.security_errors import SecurityError
 from mobile_multimodal.security.throttle import FailureAuditThrottle, SuppressedFailures
 from mobile_multimodal.settings import Settings
 from mobile_multimodal.store import Database
@@ -45,19 +45,6 @@ _REASONS = {
     ErrorCode.INVALID_API_KEY: "invalid",
     ErrorCode.REVOKED_API_KEY: "revoked",
 }
-
-
-@dataclass(frozen=True)
-class Principal:
-    """Who is calling. ``user_type`` (free|pro) is the metrics' user tier label."""
-
-    user_id: str
-    user_type: str
-    key_id: str | None
-    is_admin: bool = False
-
-
-ANONYMOUS = Principal(user_id="anonymous", user_type="free", key_id=None)
 
 
 def extract_key(headers: Mapping[str, str]) -> str | None:
@@ -81,7 +68,7 @@ def extract_key(headers: Mapping[str, str]) -> str | None:
 
 
 class SecurityContext:
-    """Security state for one app; thread-safe (sync dependencies run in a thread pool)."""
+    """Security state for one app; thread-safe (the auth dependencies call it from worker threads)."""
 
     def __init__(
         self,

@@ -16,7 +16,7 @@ import asyncio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mobile_multimodal.errors import ErrorCode, error_response
-from mobile_multimodal.security.context import SecurityContext
+from mobile_multimodal.security.security_context import SecurityContext
 from mobile_multimodal.security.source import client_ip
 
 
