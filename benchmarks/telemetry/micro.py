@@ -44,7 +44,7 @@ from mobile_multimodal.observability.tracing import (
 from mobile_multimodal.settings import Settings
 
 # the inference route's stages, all leaf stages with auth disabled (the default), as in
-# serving/deps.py, runner.py and the routes
+# security/auth_dependencies.py, the serving pipeline and the routes
 STAGES = ("authentication", "model_loading", "preprocessing", "inference", "postprocessing", "response")
 
 
