@@ -103,7 +103,7 @@ class ErrorCode(StrEnum):
     NOT_FOUND = "NOT_FOUND"
     METHOD_NOT_ALLOWED = "METHOD_NOT_ALLOWED"
     UNAUTHORIZED = "UNAUTHORIZED"
-    # The security package raises these (security/errors.py: SecurityError carries one of them).
+    # The security package raises these (security/security_errors.py: SecurityError carries one).
     MISSING_API_KEY = "MISSING_API_KEY"  # no Authorization: Bearer / X-API-Key header
     INVALID_API_KEY = "INVALID_API_KEY"  # malformed, unknown, or a non-Bearer scheme
     REVOKED_API_KEY = "REVOKED_API_KEY"  # a real key that `mobile-mm keys revoke` revoked
