@@ -21,6 +21,8 @@ from mobile_multimodal.security.auth_dependencies import (
     require_admin,
     require_api_key,
 )
+from mobile_multimodal.security.auth_failure_throttle import FailureAuditThrottle, SuppressedFailures
+from mobile_multimodal.security.client_address import client_ip, normalize_ip
 from mobile_multimodal.security.config_audit import ConfigChange, record_config_state
 from mobile_multimodal.security.integrity import FileMismatch, IntegrityMonitor, IntegrityResult, ManifestFile
 from mobile_multimodal.security.keys import (
@@ -35,8 +37,6 @@ from mobile_multimodal.security.principal import ANONYMOUS, Principal
 from mobile_multimodal.security.ratelimit import RateLimit, RateLimiter
 from mobile_multimodal.security.security_context import SecurityContext, extract_key
 from mobile_multimodal.security.security_errors import SECURITY_CODES, SecurityError, keys_unchecked
-from mobile_multimodal.security.source import client_ip, normalize_ip
-from mobile_multimodal.security.throttle import FailureAuditThrottle, SuppressedFailures
 
 __all__ = [
     "ANONYMOUS",

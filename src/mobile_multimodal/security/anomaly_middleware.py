@@ -16,8 +16,8 @@ import asyncio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mobile_multimodal.errors import ErrorCode, error_response
+from mobile_multimodal.security.client_address import client_ip
 from mobile_multimodal.security.security_context import SecurityContext
-from mobile_multimodal.security.source import client_ip
 
 
 def _content_length(scope: Scope) -> int | None:

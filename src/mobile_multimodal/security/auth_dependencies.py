@@ -45,10 +45,10 @@ from mobile_multimodal.observability.request_context import annotate_request
 from mobile_multimodal.observability.tracing import leaf_stage, stage
 from mobile_multimodal.security.anomaly_middleware import SecurityMiddleware
 from mobile_multimodal.security.audit import AuditLog
+from mobile_multimodal.security.client_address import client_ip
 from mobile_multimodal.security.principal import ANONYMOUS, Principal
 from mobile_multimodal.security.security_context import SecurityContext
 from mobile_multimodal.security.security_errors import SecurityError, keys_unchecked, security_error_handler
-from mobile_multimodal.security.source import client_ip
 from mobile_multimodal.settings import Settings
 from mobile_multimodal.store import DATABASE_DOWN, Database
 

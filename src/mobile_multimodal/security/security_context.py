@@ -5,8 +5,8 @@ FastAPI dependencies in :mod:`.auth_dependencies` and the middleware in :mod:`.a
 do: authenticate a key, enforce its rate limit, decide admin access, and turn every refusal into
 the metrics (``auth_failures_total{reason}``, ``security_events_total{event_type}``), an audit
 event with the source IP, and a :class:`SecurityError` carrying the error code. Failed
-authentications are audited through a per-source throttle (throttle.py): every one is counted,
-the first few per window get a row each, the rest one summary row
+authentications are audited through a per-source throttle (auth_failure_throttle.py): every
+one is counted, the first few per window get a row each, the rest one summary row
 (:meth:`SecurityContext.flush_suppressed_audits`). Successful authentications are audited too
 (``auth.success``), once per key per ``MOBILE_MM_AUTH_SUCCESS_AUDIT_INTERVAL_S``.
 
@@ -29,12 +29,12 @@ from mobile_multimodal.errors import ErrorCode
 from mobile_multimodal.observability import metrics
 from mobile_multimodal.security.anomaly import Anomaly, AnomalyDetector
 from mobile_multimodal.security.audit import AuditLog, EventType, count_security_event
+from mobile_multimodal.security.auth_failure_throttle import FailureAuditThrottle, SuppressedFailures
 from mobile_multimodal.security.keys import looks_like_key, lookup_key, touch_key
 from mobile_multimodal.security.principal import ANONYMOUS, Principal
 from mobile_multimodal.security.ratelimit import RateLimiter
 from mobile_multimodal.security.redis_ratelimit import build_rate_limiter
 from mobile_multimodal.security.security_errors import SecurityError
-from mobile_multimodal.security.throttle import FailureAuditThrottle, SuppressedFailures
 from mobile_multimodal.settings import Settings
 from mobile_multimodal.store import Database
 
