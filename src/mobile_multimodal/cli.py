@@ -320,7 +320,7 @@ def keys_list(
 def keys_revoke(key_id: str = typer.Argument(..., help="The key id shown by `keys list`.")) -> None:
     """Revoke an API key; requests with it get 401 REVOKED_API_KEY from then on."""
     from mobile_multimodal.ops.key_commands import keys_revoke as run
-    from mobile_multimodal.security.keys import KeyNotFoundError
+    from mobile_multimodal.security.api_keys import KeyNotFoundError
     from mobile_multimodal.store import DatabaseError
 
     try:
@@ -337,7 +337,7 @@ def manifest_sign(
     quantization: str = typer.Option("fp32", help="With a model: sign its fp32, int8, int4 or int2 variant."),
 ) -> None:
     """HMAC-sign DIR/manifest.json with MOBILE_MM_MANIFEST_SIGNING_KEY (its files are checked first)."""
-    from mobile_multimodal.security.manifests import ManifestError, sign_command
+    from mobile_multimodal.security.manifest_commands import ManifestError, sign_command
 
     try:
         typer.echo(sign_command(directory, quantization))
@@ -353,7 +353,7 @@ def manifest_verify(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Check every file's sha256 and (with a signing key set) the signature; exit 1 if either fails."""
-    from mobile_multimodal.security.manifests import ManifestError, verify_command
+    from mobile_multimodal.security.manifest_commands import ManifestError, verify_command
 
     try:
         text, ok = verify_command(directory, quantization, as_json)
@@ -376,7 +376,7 @@ def audit_query(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Print audit events from the database, oldest first (the query itself is audited)."""
-    from mobile_multimodal.ops.actor import cli_actor
+    from mobile_multimodal.ops.cli_actor import cli_actor
     from mobile_multimodal.security.audit_query import audit_query_command
     from mobile_multimodal.store import Database, DatabaseError
 

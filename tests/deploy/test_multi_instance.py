@@ -32,7 +32,7 @@ from tests.monitoring.test_dashboards import dashboard_queries
 from tests.postgres import PgCluster
 
 from mobile_multimodal.model import MobileMultiModalLLM, ModelConfig
-from mobile_multimodal.security.keys import create_key
+from mobile_multimodal.security.api_keys import create_key
 from mobile_multimodal.store import Database
 
 from . import deploy_doc

@@ -27,7 +27,7 @@ import httpx
 import pytest
 import yaml
 
-from mobile_multimodal.security.keys import create_key
+from mobile_multimodal.security.api_keys import create_key
 from mobile_multimodal.store import Database
 from monitoring.localstack import (
     MONITORING,

@@ -16,7 +16,7 @@ from sqlalchemy import select
 from typer.testing import CliRunner
 
 from mobile_multimodal.cli import app
-from mobile_multimodal.security.keys import create_key
+from mobile_multimodal.security.api_keys import create_key
 from mobile_multimodal.settings import get_settings
 from mobile_multimodal.store import ApiKey, AuditEvent, Database, migrate
 

@@ -26,7 +26,7 @@ from mobile_multimodal.manifest_signing import (
 )
 from mobile_multimodal.model import MobileMultiModalLLM, ModelConfig
 from mobile_multimodal.model.model_errors import ModelLoadError
-from mobile_multimodal.security.manifests import verify_directory
+from mobile_multimodal.security.manifest_commands import verify_directory
 from mobile_multimodal.settings import get_settings
 
 KEY = "test-signing-key-0123456789"

@@ -18,7 +18,7 @@ import pytest
 from sqlalchemy import select
 
 from mobile_multimodal.model import MobileMultiModalLLM, ModelConfig
-from mobile_multimodal.security.keys import create_key
+from mobile_multimodal.security.api_keys import create_key
 from mobile_multimodal.store import AuditEvent, Database
 from mobile_multimodal.store.export_records import list_exports
 

@@ -9,7 +9,7 @@ from typing import Any
 import openai
 import pytest
 
-from mobile_multimodal.security.keys import create_key
+from mobile_multimodal.security.api_keys import create_key
 from mobile_multimodal.serving.routers.openai_compat import infer_task
 from mobile_multimodal.store import Database
 

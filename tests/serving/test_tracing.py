@@ -10,7 +10,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from mobile_multimodal.observability.tracing import force_flush
 from mobile_multimodal.security import ANONYMOUS
-from mobile_multimodal.security.keys import create_key
+from mobile_multimodal.security.api_keys import create_key
 from mobile_multimodal.store import Database
 
 from .conftest import LiveServer, data_uri

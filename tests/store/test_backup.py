@@ -11,7 +11,7 @@ from prometheus_client import REGISTRY
 from sqlalchemy import delete, select
 from typer.testing import CliRunner
 
-from mobile_multimodal.security.keys import create_key
+from mobile_multimodal.security.api_keys import create_key
 from mobile_multimodal.store import (
     SCHEMA_VERSION,
     ApiKey,

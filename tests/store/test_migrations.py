@@ -16,7 +16,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine, inspect, select, text
 from sqlalchemy.exc import IntegrityError
 
-from mobile_multimodal.security.keys import create_key
+from mobile_multimodal.security.api_keys import create_key
 from mobile_multimodal.store import SCHEMA_VERSION, ApiKey, Database, DatabaseError, SchemaVersion, migrate
 from mobile_multimodal.store.models import Base, User
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 from sqlalchemy import inspect
 
-from mobile_multimodal.security.keys import create_key
+from mobile_multimodal.security.api_keys import create_key
 from mobile_multimodal.store import Database, backup
+from mobile_multimodal.store.backup_verify import sidecar_path
 from mobile_multimodal.store.restore_check import restore_check
-from mobile_multimodal.store.verify import sidecar_path
 
 
 def test_a_backup_restores_with_the_recorded_row_counts(db: Database, tmp_path: Path) -> None:

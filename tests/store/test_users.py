@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import pytest
 from sqlalchemy import select
 
-from mobile_multimodal.security.keys import create_key, revoke_key
+from mobile_multimodal.security.api_keys import create_key, revoke_key
 from mobile_multimodal.store import ApiKey, AuditEvent, Database, ExportRecord, User
 from mobile_multimodal.store.export_records import add_export
 from mobile_multimodal.store.users import UserNotFoundError, erase_user, export_user

@@ -16,15 +16,15 @@ import json
 from pathlib import Path
 from typing import Any
 
-from mobile_multimodal.ops.actor import cli_actor
+from mobile_multimodal.ops.cli_actor import cli_actor
 from mobile_multimodal.security.audit import AuditLog
 from mobile_multimodal.settings import get_settings
 from mobile_multimodal.store import migrate
 from mobile_multimodal.store.backup import BackupError, backup, restore
+from mobile_multimodal.store.backup_verify import VerifyResult, verify
 from mobile_multimodal.store.database import SCHEMA_VERSION, Database, DatabaseError
 from mobile_multimodal.store.restore_check import RestoreCheck, restore_check
 from mobile_multimodal.store.retention import RetentionPolicy, cleanup, prune_backups
-from mobile_multimodal.store.verify import VerifyResult, verify
 
 
 def _format_verify(result: VerifyResult) -> str:

@@ -1,7 +1,7 @@
 """What `mobile-mm keys ...` does; the CLI only parses options and prints the returned text.
 
 Creation, revocation and listing are audited (``key.create``, ``key.revoke``, ``keys.list``)
-with the operator's identity (:func:`~mobile_multimodal.ops.actor.cli_actor`).
+with the operator's identity (:func:`~mobile_multimodal.ops.cli_actor.cli_actor`).
 
 Example::
 
@@ -13,9 +13,9 @@ from __future__ import annotations
 import json
 from datetime import datetime
 
-from mobile_multimodal.ops.actor import cli_actor
+from mobile_multimodal.ops.cli_actor import cli_actor
+from mobile_multimodal.security.api_keys import create_key, list_keys, revoke_key
 from mobile_multimodal.security.audit import AuditLog
-from mobile_multimodal.security.keys import create_key, list_keys, revoke_key
 from mobile_multimodal.store import ApiKey, Database
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from mobile_multimodal.ops.actor import cli_actor
+from mobile_multimodal.ops.cli_actor import cli_actor
 from mobile_multimodal.security.audit import AuditLog
 from mobile_multimodal.store.database import Database, DatabaseError
 from mobile_multimodal.store.users import UserNotFoundError, erase_user, export_user

@@ -13,6 +13,14 @@ wiring and the one auth dependency the routes use.
 
 from mobile_multimodal.security.anomaly import Anomaly, AnomalyDetector
 from mobile_multimodal.security.anomaly_middleware import SecurityMiddleware
+from mobile_multimodal.security.api_keys import (
+    KeyNotFoundError,
+    create_key,
+    hash_key,
+    list_keys,
+    lookup_key,
+    revoke_key,
+)
 from mobile_multimodal.security.audit import AUDIT_LOGGER, AuditLog, EventType, count_security_event
 from mobile_multimodal.security.auth_dependencies import (
     checks_key_before_body,
@@ -25,14 +33,6 @@ from mobile_multimodal.security.auth_failure_throttle import FailureAuditThrottl
 from mobile_multimodal.security.client_address import client_ip, normalize_ip
 from mobile_multimodal.security.config_audit import ConfigChange, record_config_state
 from mobile_multimodal.security.integrity import FileMismatch, IntegrityMonitor, IntegrityResult, ManifestFile
-from mobile_multimodal.security.keys import (
-    KeyNotFoundError,
-    create_key,
-    hash_key,
-    list_keys,
-    lookup_key,
-    revoke_key,
-)
 from mobile_multimodal.security.principal import ANONYMOUS, Principal
 from mobile_multimodal.security.ratelimit import RateLimit, RateLimiter
 from mobile_multimodal.security.security_context import SecurityContext, extract_key

@@ -28,9 +28,9 @@ from typing import NoReturn
 from mobile_multimodal.errors import ErrorCode
 from mobile_multimodal.observability import metrics
 from mobile_multimodal.security.anomaly import Anomaly, AnomalyDetector
+from mobile_multimodal.security.api_keys import looks_like_key, lookup_key, touch_key
 from mobile_multimodal.security.audit import AuditLog, EventType, count_security_event
 from mobile_multimodal.security.auth_failure_throttle import FailureAuditThrottle, SuppressedFailures
-from mobile_multimodal.security.keys import looks_like_key, lookup_key, touch_key
 from mobile_multimodal.security.principal import ANONYMOUS, Principal
 from mobile_multimodal.security.ratelimit import RateLimiter
 from mobile_multimodal.security.redis_ratelimit import build_rate_limiter

@@ -12,6 +12,7 @@ Example::
 
 from mobile_multimodal.store.backup import BackupError, backup, restore
 from mobile_multimodal.store.backup_metrics import BackupMetricsSync
+from mobile_multimodal.store.backup_verify import VerifyResult, verify
 from mobile_multimodal.store.database import (
     DATABASE_DOWN,
     DATABASE_RETRY_AFTER_S,
@@ -29,7 +30,6 @@ from mobile_multimodal.store.models import (
     SchemaVersion,
     User,
 )
-from mobile_multimodal.store.verify import VerifyResult, verify
 
 __all__ = [
     "DATABASE_DOWN",

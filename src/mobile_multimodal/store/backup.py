@@ -30,15 +30,15 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from mobile_multimodal.filehash import sha256_file
 from mobile_multimodal.observability import metrics
-from mobile_multimodal.store.database import Database
-from mobile_multimodal.store.models import BackupRun
-from mobile_multimodal.store.verify import (
+from mobile_multimodal.store.backup_verify import (
     VerifyResult,
     inspect_pg_dump,
     inspect_sqlite,
     sidecar_path,
 )
-from mobile_multimodal.store.verify import verify as verify_backup
+from mobile_multimodal.store.backup_verify import verify as verify_backup
+from mobile_multimodal.store.database import Database
+from mobile_multimodal.store.models import BackupRun
 
 log = logging.getLogger(__name__)
 PG_DUMP_TIMEOUT_S = 3600

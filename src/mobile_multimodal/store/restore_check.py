@@ -29,8 +29,8 @@ from sqlalchemy import func, inspect, select, table, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from mobile_multimodal.store.backup import BackupError, restore
+from mobile_multimodal.store.backup_verify import detect_format, sidecar_path
 from mobile_multimodal.store.database import Database, DatabaseError
-from mobile_multimodal.store.verify import detect_format, sidecar_path
 
 
 @dataclass

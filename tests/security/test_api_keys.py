@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import inspect, select, text
 from typer.testing import CliRunner
 
-from mobile_multimodal.security.keys import (
+from mobile_multimodal.security.api_keys import (
     KEY_PREFIX,
     KeyNotFoundError,
     create_key,
