@@ -88,7 +88,20 @@ _CTC_CONFIDENCE = _CONFIDENCE.format("CTC best-path probability per frame (geome
 _MARGIN_CONFIDENCE = _CONFIDENCE.format("best minus runner-up score (the score with one text)")
 
 
-class CaptionResult(BaseModel):
+class SceneDomain(BaseModel):
+    """Present when the model has a calibrated out-of-domain check (serving/domain_flags.py)."""
+
+    out_of_domain: bool | None = Field(
+        None,
+        description="True when the image is not a scene of shapes the model knows (a natural photograph, "
+        "an empty image): the output is a guess, not a reading. Absent when the model has no check.",
+    )
+    domain_score: float | None = Field(
+        None, ge=0, le=1, description="The in-domain score the flag compares with the model's threshold."
+    )
+
+
+class CaptionResult(SceneDomain):
     caption: str
     confidence: float | None = Field(None, ge=0, le=1, description=_TOKEN_CONFIDENCE)
 
@@ -98,16 +111,16 @@ class TextResult(BaseModel):
     confidence: float | None = Field(None, ge=0, le=1, description=_CTC_CONFIDENCE)
 
 
-class AnswerResult(BaseModel):
+class AnswerResult(SceneDomain):
     answer: str
     confidence: float | None = Field(None, ge=0, le=1, description=_TOKEN_CONFIDENCE)
 
 
-class EmbeddingResult(BaseModel):
+class EmbeddingResult(SceneDomain):
     embedding: list[float] = Field(description="L2-normalised image embedding.")
 
 
-class RetrievalResult(BaseModel):
+class RetrievalResult(SceneDomain):
     scores: list[float] = Field(description="Cosine similarity of the image with each text, in order.")
     best: str = Field(description="The text that matches the image best.")
     best_index: int = Field(ge=0, description="Index of `best` in `texts`.")
