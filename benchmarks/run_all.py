@@ -30,6 +30,7 @@ REPO = HERE.parent
 # Serving first: it is the one the service's latency targets are judged on; the OCR peer last.
 BENCHMARKS = (
     "serving",
+    "runtime",
     "reliability",
     "quality_overhead",
     "telemetry",

@@ -11,7 +11,9 @@ so nothing above it changes.
 
 The bundle's graphs have batch 1 (static shapes, as mobile runtimes want them): a batch is run
 row by row, each row decoded greedily exactly as the export's validation decodes it. Its answers
-are therefore the bundle's validation answers, not a re-implementation of them.
+are therefore the bundle's validation answers, not a re-implementation of them. The sessions
+hold 2-bit weights in 4-bit containers (``onnx_sessions.py``: ONNX Runtime has no fast 2-bit
+kernel on x64; the same codes, exact); ``widen_2bit=False`` runs the shipped bytes unchanged.
 
 ``model_dir`` is the bundle directory and ``manifest`` its ``manifest.json``: the integrity loop
 re-hashes the bundle's files. ``source_model_dir`` is the PyTorch release the bundle was exported
@@ -35,9 +37,9 @@ from typing import Any
 import numpy as np
 
 from mobile_multimodal.export.decode import BundleModel, load_bundle, text_line_input
-from mobile_multimodal.export.onnx import OnnxGraphRunner
 from mobile_multimodal.model.llm import DEFAULT_ANSWER_TOKENS, PROMPT_MARKERS
 from mobile_multimodal.model.model_errors import PromptTooLongError
+from mobile_multimodal.serving.onnx_sessions import BundleSessions
 
 RUNTIME = "onnxruntime"
 TASKS = ["captioning", "ocr", "vqa", "retrieval"]
@@ -93,6 +95,7 @@ class OnnxRuntimeModel:
         self.manifest = manifest
         self.model_dir = bundle_model.bundle.directory
         self.source_model_dir = source_model_dir
+        self.widened_2bit = 0  # 2-bit MatMulNBits served from 4-bit containers (onnx_sessions.py)
 
     @classmethod
     def open(
@@ -102,14 +105,16 @@ class OnnxRuntimeModel:
         *,
         threads: int = 1,
         source_model_dir: Path | None = None,
+        widen_2bit: bool = True,
     ) -> OnnxRuntimeModel:
         """One ONNX Runtime session per graph of the bundle at ``directory`` (already verified
         against ``manifest`` by the caller: ``runtime_loader.verify_bundle``)."""
         bundle = load_bundle(directory)
         files = {name: g["file"] for name, g in bundle.description["graphs"].items()}
-        return cls(
-            BundleModel(bundle, OnnxGraphRunner(directory, files, threads)), manifest, source_model_dir
-        )
+        sessions = BundleSessions(directory, files, threads, widen_2bit=widen_2bit)
+        model = cls(BundleModel(bundle, sessions), manifest, source_model_dir)
+        model.widened_2bit = sum(sessions.widened.values())
+        return model
 
     # ---- limits (as MobileMultiModalLLM states them) -----------------------------------------
     @property
@@ -245,6 +250,7 @@ class OnnxRuntimeModel:
             "quantization": self.quantization,
             "runtime": RUNTIME,
             "format": self.spec.get("format", "onnx"),
+            "matmul_nbits_2bit_widened": self.widened_2bit,
             "size_bytes": self.size_bytes(),
             "components": self.component_memory_bytes(),
             "tasks": list(TASKS),
