@@ -17,6 +17,7 @@ from sqlalchemy import select
 from mobile_multimodal.security import (
     ANONYMOUS,
     Principal,
+    checks_key_before_body,
     create_key,
     install_security,
     require_admin,
@@ -296,3 +297,13 @@ def test_without_a_database_keys_are_refused_or_not_needed(auth: str) -> None:
         assert "Retry-After" in keyed.headers
     refused = client.get("/admin")  # admin rights are checked against the database, whatever the mode
     assert refused.status_code == 503 and refused.json()["error"]["code"] == "DATABASE_UNAVAILABLE"
+
+
+def test_only_an_async_check_can_run_before_the_body() -> None:
+    def sync_check(request: Request) -> Principal:
+        return ANONYMOUS
+
+    with pytest.raises(TypeError, match="must be an async function"):
+        checks_key_before_body(sync_check)
+    assert getattr(require_api_key, "__checks_key_before_body__", False)
+    assert getattr(require_admin, "__checks_key_before_body__", False)

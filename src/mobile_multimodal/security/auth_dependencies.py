@@ -34,6 +34,7 @@ Example::
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -60,7 +61,11 @@ def checks_key_before_body(dependency: KeyCheck) -> KeyCheck:
     route first asks for its body, before the body is read: FastAPI reads and parses a body
     before it solves dependencies, and a client without a valid key would otherwise make the
     server buffer up to ``MOBILE_MM_MAX_BODY_BYTES`` and be told about its JSON (400) instead of
-    its key (401). The dependency must be idempotent per request (FastAPI calls it again)."""
+    its key (401). The dependency must be async (its database work in a worker thread, as here)
+    and idempotent per request (FastAPI calls it again)."""
+    if not inspect.iscoroutinefunction(dependency):
+        # probably a programming error: the serving layer awaits the check on the event loop
+        raise TypeError(f"{dependency!r} must be an async function to check a key before the body")
     dependency.__checks_key_before_body__ = True  # type: ignore[attr-defined]
     return dependency
 

@@ -20,12 +20,10 @@ Example::
 
 from __future__ import annotations
 
-import inspect
 import logging
 from collections.abc import Callable
 from typing import Any
 
-import anyio
 from fastapi import Request
 from opentelemetry.trace import Span
 from starlette.exceptions import HTTPException
@@ -117,7 +115,7 @@ class KeyBeforeBodyMiddleware:
         span = open_inference_span(request) if traced else None
         for check in checks:
             try:
-                await _run(check, request)
+                await check(request)
             except HTTPException as exc:  # SecurityError: 401, 403, 429, 503
                 _end_failed(span, exc)
                 raise
@@ -129,13 +127,6 @@ class KeyBeforeBodyMiddleware:
                 _end_failed(span, exc)
                 internal = ServiceError(ErrorCode.INTERNAL_ERROR, "the API key check failed")
                 raise KeyCheckRefusedError(internal) from exc
-
-
-async def _run(check: KeyCheck, request: Request) -> None:
-    if inspect.iscoroutinefunction(check):
-        await check(request)
-    else:  # a sync check reads the database: off the event loop
-        await anyio.to_thread.run_sync(check, request)
 
 
 def _end_failed(span: Span | None, exc: Exception) -> None:
