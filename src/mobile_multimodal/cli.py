@@ -145,11 +145,18 @@ def evaluate(
     quantization: str = typer.Option("fp32", help="fp32, int8, int4 or int2."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
     limit: int | None = typer.Option(None, help="Evaluate at most N examples per task."),
+    tasks: str | None = typer.Option(
+        None, help="Comma-separated tasks (default: all, the user-style split's user_* tasks included)."
+    ),
 ) -> None:
     """Evaluate on the held-out splits and print the report."""
-    from mobile_multimodal.training.evaluate import evaluate_model, format_report
+    from mobile_multimodal.training.evaluate import EVAL_TASKS, evaluate_model, format_report
 
-    report = evaluate_model(model, quantization=quantization, limit=limit)
+    chosen = tuple(t.strip() for t in tasks.split(",") if t.strip()) if tasks else EVAL_TASKS
+    unknown = sorted(set(chosen) - set(EVAL_TASKS))
+    if unknown:
+        raise typer.BadParameter(f"unknown tasks {unknown}; choose from {', '.join(EVAL_TASKS)}")
+    report = evaluate_model(model, quantization=quantization, limit=limit, tasks=chosen)
     typer.echo(json.dumps(report, indent=2) if as_json else format_report(report))
 
 

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-from PIL import Image
+import json
+from pathlib import Path
 
+from PIL import Image
+from typer.testing import CliRunner
+
+from mobile_multimodal.cli import app
 from mobile_multimodal.data.user_style import UserExample, UserObject
 from mobile_multimodal.model import MobileMultiModalLLM
 from mobile_multimodal.training.evaluate import EVAL_TASKS, TASKS, USER_STYLE_TASKS, evaluate_loaded
@@ -45,3 +50,14 @@ def test_eval_reports_the_user_style_tasks_beside_the_others(tiny_model: MobileM
     assert 0.0 <= tasks["user_ocr_mixed"]["charset_word_accuracy"] <= 1.0
     for entry in tasks.values():
         assert entry["n"] == 3 and 0.0 <= entry["primary"] <= 1.0
+
+
+def test_eval_cli_runs_chosen_tasks_and_refuses_unknown_ones(tiny_model_dir: Path) -> None:
+    runner = CliRunner()
+    args = ["eval", "--model", str(tiny_model_dir), "--json", "--limit", "2"]
+    result = runner.invoke(app, [*args, "--tasks", "user_vqa,user_ocr_mixed"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout[result.stdout.index("{") :])
+    assert set(report["tasks"]) == {"user_vqa", "user_ocr_mixed"}
+    refused = runner.invoke(app, [*args, "--tasks", "poetry"])
+    assert refused.exit_code == 2 and "unknown tasks" in refused.output
