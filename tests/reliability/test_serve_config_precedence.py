@@ -30,6 +30,8 @@ CASES: dict[str, tuple[str, str]] = {
     "quantization": ("int2", "int4"),
     "workers": ("3", "2"),
     "device": ("cpu", "cuda"),
+    "runtime": ("onnxruntime", "pytorch"),
+    "bundle": ("/bundles/from-env", "/bundles/from-flag"),
 }
 
 
@@ -99,7 +101,7 @@ def _serve_exit(args: list[str], env: dict[str, str]) -> subprocess.CompletedPro
 
 
 # the validated settings: an invalid value, in the environment or as the flag, names itself
-INVALID = {"port": "70000", "quantization": "int3", "workers": "65", "device": "tpu"}
+INVALID = {"port": "70000", "quantization": "int3", "workers": "65", "device": "tpu", "runtime": "tensorrt"}
 
 
 @pytest.mark.parametrize("flag", sorted(INVALID))

@@ -19,9 +19,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from tests.reliability.serve_process import ServeProcess
 
 from mobile_multimodal.data.splits import load_eval_split
 from mobile_multimodal.export.decode import BundleModel, load_bundle
@@ -342,3 +344,33 @@ def test_two_bit_weights_in_four_bit_containers_compute_what_the_shipped_graphs_
         ours, theirs = served.run(graph, inputs), shipped.run(graph, inputs)
         for name in theirs:
             np.testing.assert_allclose(ours[name], theirs[name], atol=1e-4, rtol=0)
+
+
+@pytest.mark.slow
+def test_mobile_mm_serve_runtime_onnxruntime_with_workers(int2_data_dir: Path, tmp_path: Path) -> None:
+    """The real command: flags -> settings -> each worker's app factory -> ONNX Runtime."""
+    [bundle_dir] = (int2_data_dir / "bundles").glob("onnx-int2-*")
+    args = [
+        "--runtime",
+        "onnxruntime",
+        "--bundle",
+        str(bundle_dir),
+        "--quantization",
+        "int2",
+        "--workers",
+        "2",
+    ]
+    with ServeProcess(tmp_path, env={"MOBILE_MM_DEVICE": "cpu"}, args=args) as server:
+        deadline = time.monotonic() + 300  # /ready came from one worker; the other may still load
+        while True:
+            answer = httpx.post(
+                server.url + "/inference", json={"image": data_uri(), "task": "captioning"}, timeout=60
+            )
+            if answer.status_code != 503 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert answer.status_code == 200, answer.text
+        assert ProbeCase.default().is_correct(answer.json()["result"]["caption"])
+        metrics_text = httpx.get(server.url + "/metrics", timeout=60).text
+    assert metric_value(metrics_text, "model_info", runtime="onnxruntime", quantization="int2") >= 1
+    assert metric_value(metrics_text, "model_info", runtime="pytorch") == 0
