@@ -18,7 +18,7 @@ from sqlalchemy.exc import IntegrityError
 
 from mobile_multimodal.security.api_keys import create_key
 from mobile_multimodal.store import SCHEMA_VERSION, ApiKey, Database, DatabaseError, SchemaVersion, migrate
-from mobile_multimodal.store.models import Base, User
+from mobile_multimodal.store.tables import Base, User
 
 SNAPSHOTS = Path(__file__).parent / "schema_snapshots"
 V1_TABLES = {"schema_version", "api_keys", "audit_events", "config_state", "backup_runs", "export_records"}

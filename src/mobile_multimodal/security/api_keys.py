@@ -24,7 +24,7 @@ from sqlalchemy import select, update
 
 from mobile_multimodal.security.audit import AuditLog
 from mobile_multimodal.store import ApiKey, Database
-from mobile_multimodal.store.models import KEY_TYPES
+from mobile_multimodal.store.tables import KEY_TYPES
 from mobile_multimodal.store.users import ensure_user
 
 KEY_PREFIX = "mmk_"

@@ -52,7 +52,7 @@ from mobile_multimodal.store.export_records import (
     finish_export,
     get_export,
 )
-from mobile_multimodal.store.models import ExportRecord
+from mobile_multimodal.store.tables import ExportRecord
 
 _log = logging.getLogger("mobile_multimodal.export")
 WORKER_MODULE = "mobile_multimodal.serving.export_worker"

@@ -20,7 +20,7 @@ from mobile_multimodal.store.database import (
     Database,
     DatabaseError,
 )
-from mobile_multimodal.store.models import (
+from mobile_multimodal.store.tables import (
     ApiKey,
     AuditEvent,
     BackupRun,

@@ -38,7 +38,7 @@ from mobile_multimodal.store.backup_verify import (
 )
 from mobile_multimodal.store.backup_verify import verify as verify_backup
 from mobile_multimodal.store.database import Database
-from mobile_multimodal.store.models import BackupRun
+from mobile_multimodal.store.tables import BackupRun
 
 log = logging.getLogger(__name__)
 PG_DUMP_TIMEOUT_S = 3600

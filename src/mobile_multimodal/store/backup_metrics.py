@@ -27,8 +27,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from mobile_multimodal.observability import metrics
 from mobile_multimodal.store.backup import LOCAL_RUN_IDS, BackupError, backup
 from mobile_multimodal.store.database import Database
-from mobile_multimodal.store.models import BackupRun
 from mobile_multimodal.store.retention import RetentionPolicy, prune_backups
+from mobile_multimodal.store.tables import BackupRun
 
 log = logging.getLogger(__name__)
 FAILED_BACKUP_RETRY_S = 600.0

@@ -39,8 +39,8 @@ from sqlalchemy.pool import StaticPool
 
 from mobile_multimodal.store import migrate
 from mobile_multimodal.store.db_metrics import instrument_engine_metrics
-from mobile_multimodal.store.models import SchemaVersion
 from mobile_multimodal.store.query_tracing import instrument_engine
+from mobile_multimodal.store.tables import SchemaVersion
 
 # The schema_version number the newest revision writes (r0002 -> 2); backups record it.
 SCHEMA_VERSION = 2

@@ -24,7 +24,7 @@ from sqlalchemy import select, update
 
 from mobile_multimodal.observability.pushgateway import ExportGroup
 from mobile_multimodal.store.database import Database
-from mobile_multimodal.store.models import EXPORT_STATES, ExportRecord
+from mobile_multimodal.store.tables import EXPORT_STATES, ExportRecord
 
 UNFINISHED = ("queued", "running")
 

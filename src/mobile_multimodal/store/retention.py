@@ -34,7 +34,7 @@ from sqlalchemy import delete
 from mobile_multimodal.settings import Settings
 from mobile_multimodal.store.backup_verify import sidecar_path
 from mobile_multimodal.store.database import Database
-from mobile_multimodal.store.models import AuditEvent
+from mobile_multimodal.store.tables import AuditEvent
 
 log = logging.getLogger(__name__)
 DAY_S = 86400.0

@@ -35,7 +35,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
 from mobile_multimodal.store.database import Database
-from mobile_multimodal.store.models import KEY_TYPES, ApiKey, AuditEvent, ExportRecord, User
+from mobile_multimodal.store.tables import KEY_TYPES, ApiKey, AuditEvent, ExportRecord, User
 
 API_ORIGIN = "api:"  # requested_by of exports asked for over HTTP: "api:<user>/<key id>"
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from alembic import context
 
-from mobile_multimodal.store.models import Base
+from mobile_multimodal.store.tables import Base
 
 connection = context.config.attributes.get("connection")
 if connection is None:
