@@ -10,8 +10,9 @@ Started by the app's lifespan, stopped at shutdown (before the database is close
   (``model_integrity_ok``, ``model_integrity_last_check_timestamp_seconds``, and per tampering
   incident ``model_integrity_failures_total``, ``security_events_total{event_type="model_tampering"}``
   and an audit row);
-* failed authentications the audit throttle held back (security/throttle.py) are written as one
-  summary row per source every ``MOBILE_MM_AUTH_FAILURE_AUDIT_WINDOW_S``, and at shutdown;
+* failed authentications the audit throttle held back (security/auth_failure_throttle.py) are
+  written as one summary row per source every ``MOBILE_MM_AUTH_FAILURE_AUDIT_WINDOW_S``, and at
+  shutdown;
 * :class:`~mobile_multimodal.store.BackupMetricsSync` mirrors the ``backup_runs`` table into
   ``backup_last_success_timestamp_seconds`` / ``backup_failures_total`` every
   ``MOBILE_MM_BACKUP_SYNC_INTERVAL_S``, so a ``mobile-mm db backup`` run by cron (another
