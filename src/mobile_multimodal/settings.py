@@ -136,7 +136,7 @@ class Settings(BaseSettings):
     anomaly_error_burst: int = Field(20, ge=2, description="4xx answers to one source in the window.")
     anomaly_window_s: float = Field(60.0, gt=0)
     # Failed authentications audited one by one per source IP and window; the rest are counted
-    # in one summary row per window (security/throttle.py). Metrics count every one.
+    # in one summary row per window (security/auth_failure_throttle.py). Metrics count every one.
     auth_failure_audit_limit: int = Field(10, ge=1)
     auth_failure_audit_window_s: float = Field(60.0, gt=0)
     # A successful authentication is audited at most once per key per this many seconds.
