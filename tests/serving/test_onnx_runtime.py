@@ -207,7 +207,13 @@ def spans() -> InMemorySpanExporter:
 @pytest.fixture(scope="module")
 def onnx_server(int2_data_dir: Path, spans: InMemorySpanExporter) -> Iterator[LiveServer]:
     settings = _settings(
-        int2_data_dir, "int2", canary_interval_s=3600, canary_size=8, shadow_sample_rate=1.0, shadow_queue=64
+        int2_data_dir,
+        "int2",
+        canary_interval_s=3600,
+        canary_size=8,
+        shadow_sample_rate=1.0,
+        shadow_queue=64,
+        integrity_check_interval_s=0.5,
     )
     server = LiveServer(settings, load_model, span_exporter=spans).start()
     try:
@@ -344,6 +350,29 @@ def test_two_bit_weights_in_four_bit_containers_compute_what_the_shipped_graphs_
         ours, theirs = served.run(graph, inputs), shipped.run(graph, inputs)
         for name in theirs:
             np.testing.assert_allclose(ours[name], theirs[name], atol=1e-4, rtol=0)
+
+
+def test_the_integrity_loop_watches_the_served_bundles_files(
+    onnx_server: LiveServer, int2_data_dir: Path
+) -> None:
+    [bundle_dir] = (int2_data_dir / "bundles").glob("onnx-int2-*")
+    graph = bundle_dir / "decoder_step.onnx"
+    original = graph.read_bytes()
+    _wait_metric(onnx_server, "model_integrity_ok", 1)
+    try:
+        graph.write_bytes(original[:-1] + bytes([original[-1] ^ 0xFF]))  # one flipped byte
+        _wait_metric_below(onnx_server, "model_integrity_ok", 1)
+    finally:
+        graph.write_bytes(original)
+    _wait_metric(onnx_server, "model_integrity_ok", 1)  # restored: healthy again
+
+
+def _wait_metric_below(server: LiveServer, name: str, below: float) -> None:
+    deadline = time.monotonic() + 120
+    with server.client() as client:
+        while metric_value(client.get("/metrics").text, name) >= below:
+            assert time.monotonic() < deadline, f"{name} stayed at or above {below} for 120 s"
+            time.sleep(0.1)
 
 
 @pytest.mark.slow
