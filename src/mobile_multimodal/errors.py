@@ -179,6 +179,45 @@ STATUS: dict[ErrorCode, int] = {
 }
 
 
+# The code an HTTP error without one of ours is answered with (a bare HTTPException, a route
+# Starlette does not know); statuses not here: INTERNAL_ERROR (5xx) or VALIDATION_ERROR.
+CODE_FOR_STATUS: dict[int, ErrorCode] = {
+    400: ErrorCode.VALIDATION_ERROR,
+    401: ErrorCode.UNAUTHORIZED,
+    403: ErrorCode.FORBIDDEN,
+    404: ErrorCode.NOT_FOUND,
+    405: ErrorCode.METHOD_NOT_ALLOWED,
+    413: ErrorCode.PAYLOAD_TOO_LARGE,
+    415: ErrorCode.UNSUPPORTED_CONTENT_TYPE,
+    429: ErrorCode.RATE_LIMITED,
+    503: ErrorCode.OVERLOADED,
+}
+
+
+def code_for_status(status: int) -> ErrorCode:
+    return CODE_FOR_STATUS.get(
+        status, ErrorCode.INTERNAL_ERROR if status >= 500 else ErrorCode.VALIDATION_ERROR
+    )
+
+
+# How a failed inference shows in the metrics: the ``status`` label of
+# model_inference_requests_total and the ``error_type`` of error_rate_by_endpoint. Codes not
+# here are "error", with error_type bad_request (4xx) or server_error (5xx).
+INFERENCE_OUTCOME: dict[ErrorCode, tuple[str, str]] = {
+    ErrorCode.OVERLOADED: ("rejected", "overload"),
+    ErrorCode.SHUTTING_DOWN: ("rejected", "overload"),
+    ErrorCode.MODEL_NOT_READY: ("rejected", "overload"),
+    ErrorCode.REQUEST_TIMEOUT: ("timeout", "timeout"),
+    ErrorCode.INFERENCE_FAILED: ("error", "model_error"),
+}
+
+
+def inference_outcome(code: ErrorCode, status: int | None = None) -> tuple[str, str]:
+    """(metric status, error_type) of an inference that failed with ``code``."""
+    status = STATUS[code] if status is None else status
+    return INFERENCE_OUTCOME.get(code, ("error", "bad_request" if status < 500 else "server_error"))
+
+
 def current_trace_id() -> str:
     """The hex trace id of the active span, or 32 zeros when tracing is off."""
     ctx = trace.get_current_span().get_span_context()

@@ -88,6 +88,11 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(16, ge=1, le=256)
     max_batch_wait_ms: float = Field(5.0, ge=0, le=1000)
     max_queue: int = Field(256, ge=1)
+    # Admission by expected wait (serving/admission.py): a request the queue ahead would make
+    # wait longer than this (measured drain rate x work ahead) is refused 503 + Retry-After,
+    # before its body is read when the engine is over it already. At most half of
+    # request_timeout_s applies, so an accepted request does not time out queueing (504).
+    max_queue_wait_s: float = Field(2.0, gt=0)
 
     # --- storage -----------------------------------------------------------------------
     data_dir: Path = Field(default_factory=_default_data_dir)

@@ -160,7 +160,7 @@ def test_a_batch_the_model_fails_is_retried_without_the_bad_job(tmp_path: Path) 
             solo = [engine.model.answer_questions([image], [q])[0] for q in GOOD_QUESTIONS]
             questions = [*GOOD_QUESTIONS[:2], LONG_QUESTION, *GOOD_QUESTIONS[2:]]
             outcomes = await asyncio.gather(
-                *(engine.infer("vqa", Job(image, question=q), 8) for q in questions), return_exceptions=True
+                *(engine.admit("vqa", Job(image, question=q), 8) for q in questions), return_exceptions=True
             )
             assert engine.batcher.largest_batch == 5  # they did share a batch, which failed
             bad = outcomes.pop(2)
@@ -183,12 +183,12 @@ def test_a_timed_out_job_stops_at_its_next_decode_step(tmp_path: Path) -> None:
         try:
             job = Job(image)
             with pytest.raises(TimeoutError):
-                await engine.infer("captioning", job, 32)
+                await engine.admit("captioning", job, 32)
             assert gate.entered.is_set(), "the job timed out before it ran; nothing was tested"
             assert job.cancelled.is_set()
             gate.release.set()
             # the model thread runs one thing at a time: this answer comes after the abandoned batch
-            after = await engine.infer("ocr", Job(image), 0)
+            after = await engine.admit("ocr", Job(image), 0)
             assert "text" in after.result
             assert gate.calls == 1, f"the abandoned caption ran {gate.calls - 1} more decode steps"
         finally:
@@ -206,7 +206,7 @@ def test_shutdown_does_not_wait_for_a_request_whose_client_left(tmp_path: Path) 
         gate = DecodeGate(engine)
         try:
             job = Job(image)
-            request = asyncio.create_task(engine.infer("captioning", job, 32))
+            request = asyncio.create_task(engine.admit("captioning", job, 32))
             assert await asyncio.to_thread(gate.entered.wait, 30)
             request.cancel()  # what uvicorn does when the client disconnects
             with suppress(asyncio.CancelledError):

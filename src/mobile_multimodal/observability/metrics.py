@@ -224,8 +224,22 @@ QUEUE_DEPTH = Gauge(
 )
 QUEUE_REJECTIONS = Counter(
     "inference_queue_rejections",
-    "Requests refused with 503 because the queue was full.",
+    "Requests refused with 503 because the queue was full: by count (MOBILE_MM_MAX_QUEUE) or by "
+    "expected wait (MOBILE_MM_MAX_QUEUE_WAIT_S); task is unknown when refused before the body was read.",
     ["task"],
+)
+ADMISSION_REFUSALS = Counter(
+    "inference_admission_refusals",
+    "Requests refused with 503 OVERLOADED by admission, by reason (queue_full: MOBILE_MM_MAX_QUEUE; "
+    "expected_wait: MOBILE_MM_MAX_QUEUE_WAIT_S) and stage (before_body: nothing read; "
+    "before_decode: body parsed, image not decoded; at_queue: image decoded).",
+    ["reason", "stage"],
+)
+QUEUE_EXPECTED_WAIT = Gauge(
+    "inference_queue_expected_wait_seconds",
+    "Expected wait of a request queued now (work ahead x measured drain seconds per item), "
+    "updated after every batch; admission refuses past MOBILE_MM_MAX_QUEUE_WAIT_S.",
+    multiprocess_mode="max",
 )
 CPU_PERCENT = Gauge(
     "process_cpu_usage_percent", "CPU use of this process, percent of one core.", multiprocess_mode="livesum"
@@ -344,6 +358,10 @@ CONFIG_RELOADS = Counter(
 # (:func:`initialize_known_series`): increase() over a series born in a burst returns 0, so
 # an alert on the first burst (12 bad keys in a second) would never fire otherwise.
 AUTH_FAILURE_REASONS = ("missing", "invalid", "revoked", "missing_metrics_token", "invalid_metrics_token")
+ADMISSION_REFUSAL_REASONS = ("queue_full", "expected_wait")
+ADMISSION_STAGES = ("before_body", "before_decode", "at_queue")
+# The task label of a request refused before its body (which names the task) was read.
+UNREAD_TASK = "unknown"
 SECURITY_EVENT_TYPES = (
     "authentication_failure",
     "unauthorized",
@@ -360,8 +378,11 @@ def initialize_known_series(tasks: tuple[str, ...]) -> None:
         AUTH_FAILURES.labels(reason)
     for event_type in SECURITY_EVENT_TYPES:
         SECURITY_EVENTS.labels(event_type)
-    for task in tasks:
+    for task in (*tasks, UNREAD_TASK):
         QUEUE_REJECTIONS.labels(task)
+    for reason in ADMISSION_REFUSAL_REASONS:
+        for stage in ADMISSION_STAGES:
+            ADMISSION_REFUSALS.labels(reason, stage)
 
 
 # --- the telemetry pipeline itself ------------------------------------------------------------

@@ -43,6 +43,7 @@ from mobile_multimodal.security.auth_dependencies import install_security
 from mobile_multimodal.serving.background import BackgroundDuties
 from mobile_multimodal.serving.body_limit import BodyLimitMiddleware
 from mobile_multimodal.serving.database_errors import install_database_error_handler
+from mobile_multimodal.serving.early_refusal import EarlyRefusalMiddleware
 from mobile_multimodal.serving.engine import InferenceEngine, ModelLoader, default_loader
 from mobile_multimodal.serving.errors import ErrorCode, install_error_handlers
 from mobile_multimodal.serving.key_before_body import KeyBeforeBodyMiddleware
@@ -143,8 +144,11 @@ def create_app(
     # refuses a declared Content-Length over the limit; BodyLimitMiddleware inside it counts
     # chunked bodies and reports an oversized one to app.state.security as an anomaly.
     # KeyBeforeBodyMiddleware (innermost) checks a keyed route's API key before its body is read.
+    # EarlyRefusalMiddleware, outside both, refuses an inference request while the engine is over
+    # its wait budget before anything is read or checked: an overload's refusals must be cheap.
     app.add_middleware(KeyBeforeBodyMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(EarlyRefusalMiddleware, engine=engine)
     security = install_security(app, settings, database)  # None without a database
     observability.install(app)
     duties = BackgroundDuties(settings, engine, database, security)

@@ -21,7 +21,9 @@ the model refuses gets the error, never the strangers it was batched with.
 
 Backpressure: at most ``max_queue`` requests wait; the next is refused at once with
 :class:`QueueFullError` (the route answers 503 + Retry-After) rather than queueing without bound.
-A request that times out while still queued is removed and never runs.
+A request that times out while still queued is removed and never runs. ``on_batch(items,
+seconds)`` hears each batch's drain time (from when it could have started to its end): the
+engine's admission by expected wait (admission.py) is measured from it.
 
 Example::
 
@@ -94,6 +96,7 @@ class DynamicBatcher(Generic[KeyT, ItemT, ResultT]):
         executor: Executor | None = None,
         label: Callable[[KeyT], str] = str,
         arriving: Callable[[], int] | None = None,
+        on_batch: Callable[[int, float], None] | None = None,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
@@ -108,6 +111,7 @@ class DynamicBatcher(Generic[KeyT, ItemT, ResultT]):
         self._executor = executor
         self._label = label
         self._arriving = arriving
+        self._on_batch = on_batch
         self._queues: dict[KeyT, deque[_Pending[ItemT]]] = {}
         self._queued = 0
         self._wakeup = asyncio.Event()
@@ -117,6 +121,7 @@ class DynamicBatcher(Generic[KeyT, ItemT, ResultT]):
         self.largest_batch = 0
         self._last_batch_size = 0
         self._last_batch_end = 0.0
+        self.running = 0  # requests in the batch the model runs now
 
     # --- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -223,7 +228,16 @@ class DynamicBatcher(Generic[KeyT, ItemT, ResultT]):
             self._publish_depth(key)
             batch = [p for p in batch if not p.future.done()]
             if batch:
-                await self._run(key, batch)
+                # The batch's drain time runs from when it could have started: the previous
+                # batch's end, or its oldest request's arrival if the model was idle then.
+                could_start = max(self._last_batch_end, min(p.enqueued for p in batch))
+                self.running = len(batch)
+                try:
+                    await self._run(key, batch)
+                finally:
+                    self.running = 0
+                if self._on_batch is not None:
+                    self._on_batch(len(batch), self._last_batch_end - could_start)
 
     async def _run(self, key: KeyT, batch: list[_Pending[ItemT]]) -> None:
         """Run a batch; if it raises, run each of its requests alone, so that one bad request

@@ -2,7 +2,8 @@
 
 The routes that need the database (API-key checks, admin routes, export records) raise the
 driver's error when PostgreSQL is down or the SQLite file cannot be read; these are mapped to
-503 ``DATABASE_UNAVAILABLE`` in the common error body. Nothing is cached: the engine's pool
+``DATABASE_UNAVAILABLE`` in the common error body, with the status every code takes from the one
+table, ``mobile_multimodal.errors.STATUS`` (503). Nothing is cached: the engine's pool
 pings before it hands out a connection, so the first request after the database is back works.
 
 Example::
@@ -40,9 +41,7 @@ MESSAGE = "the database is unavailable; retry later (see /health)"
 
 
 def database_unavailable(message: str = MESSAGE) -> ServiceError:
-    return ServiceError(
-        ErrorCode.DATABASE_UNAVAILABLE, message, status=503, headers={"Retry-After": str(RETRY_AFTER_S)}
-    )
+    return ServiceError(ErrorCode.DATABASE_UNAVAILABLE, message, headers={"Retry-After": str(RETRY_AFTER_S)})
 
 
 def install_database_error_handler(app: FastAPI) -> None:
@@ -52,7 +51,7 @@ def install_database_error_handler(app: FastAPI) -> None:
             "database unavailable on %s %s: %s", request.method, request.url.path, str(exc).splitlines()[0]
         )
         return error_response(
-            ErrorCode.DATABASE_UNAVAILABLE, MESSAGE, status=503, headers={"Retry-After": str(RETRY_AFTER_S)}
+            ErrorCode.DATABASE_UNAVAILABLE, MESSAGE, headers={"Retry-After": str(RETRY_AFTER_S)}
         )
 
     for error in DATABASE_DOWN:

@@ -1,9 +1,17 @@
-"""The inference engine: loads the model once, warms it up, and runs requests through the batcher.
+"""The inference engine: loads the model once, warms it up, and admits requests into the batcher.
 
 The model lives on one dedicated worker thread (torch releases the GIL while it computes), so the
 event loop keeps answering ``/alive``, ``/ready`` and ``/metrics`` during inference, and the model
 is never called from two threads at once. Loading runs in that thread too, in the background: the
 service answers ``/alive`` at once and ``/ready`` with 503 until load *and* warm-up succeeded.
+
+Requests enter through :meth:`InferenceEngine.admit`, the only way in: it refuses
+(:class:`~mobile_multimodal.serving.admission.EngineOverloaded`) when the queue holds
+``MOBILE_MM_MAX_QUEUE`` requests or when the work ahead would make the request wait longer than
+its budget (admission.py: the drain rate is measured from every batch). :meth:`refusal` is the
+same check without queueing, cheap enough to run before a request's body is read.
+:meth:`arrival` marks a request that is on its way (decoding its image), so the batcher waits
+for it to fill a batch.
 
 A request that gives up (timeout, or the client went away) sets its job's ``cancelled`` event;
 the decoder reads it before every token, so an abandoned job frees the model thread at its next
@@ -14,213 +22,69 @@ Example::
     engine = InferenceEngine(settings, loader=lambda s: MobileMultiModalLLM.from_pretrained(s.model))
     await engine.start()          # returns at once; engine.state goes loading -> ready | failed
     await engine.wait_ready()
-    outcome = await engine.infer("captioning", Job(image=img), max_tokens=32)
+    with engine.arrival():
+        job = Job(image=decode(...))
+    outcome = await engine.admit("captioning", job, max_tokens=32)
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, TypeVar
+from contextlib import contextmanager
+from typing import Any, Literal, TypeVar
 
-import numpy as np
 from opentelemetry.context import Context
 
+from mobile_multimodal.errors import ErrorCode
+from mobile_multimodal.observability import metrics
 from mobile_multimodal.observability.tracing import stage
+from mobile_multimodal.serving.admission import Admission, EngineOverloaded, Refusal, wait_budget_s
+from mobile_multimodal.serving.batch_jobs import (
+    BatchKey,
+    Job,
+    ServableModel,
+    batch_key,
+    retrieval_margin,
+    run_batch,
+)
 from mobile_multimodal.serving.batcher import BatchOutcome, DynamicBatcher
-from mobile_multimodal.serving.errors import ErrorCode
+from mobile_multimodal.serving.model_loading import (
+    ModelLoader,
+    ModelLoadFailure,
+    configure_torch_threads,
+    default_loader,
+    resolve_device,
+    torch_threads_for,
+)
 from mobile_multimodal.serving.probe import ProbeCase
 from mobile_multimodal.settings import Settings
+
+# The engine's vocabulary, importable from here as before the split into batch_jobs.py and
+# model_loading.py.
+__all__ = [
+    "BatchKey",
+    "EngineState",
+    "InferenceEngine",
+    "Job",
+    "ModelLoadFailure",
+    "ModelLoader",
+    "ServableModel",
+    "configure_torch_threads",
+    "default_loader",
+    "resolve_device",
+    "retrieval_margin",
+    "run_batch",
+    "torch_threads_for",
+]
 
 log = logging.getLogger(__name__)
 
 EngineState = Literal["loading", "ready", "failed", "stopped"]
-
-
-class ServableModel(Protocol):
-    """What the engine needs of a model (``MobileMultiModalLLM`` provides it)."""
-
-    quantization: str
-    tokenizer: Any  # .encode(text) -> ids, .count(text, stop_after) -> int, .prompt(task, question) -> ids
-
-    @property
-    def max_question_tokens(self) -> int: ...
-    @property
-    def max_text_tokens(self) -> int: ...
-    def generate_captions(
-        self,
-        images: list[Any],
-        max_tokens: int = 32,
-        stop: Sequence[threading.Event] | None = None,
-        confidences: list[float] | None = None,
-    ) -> list[str]: ...
-    def extract_texts(self, images: list[Any], confidences: list[float] | None = None) -> list[str]: ...
-    def answer_questions(
-        self,
-        images: list[Any],
-        questions: list[str],
-        max_tokens: int = 8,
-        stop: Sequence[threading.Event] | None = None,
-        confidences: list[float] | None = None,
-    ) -> list[str]: ...
-    def get_image_embeddings(self, images: list[Any]) -> np.ndarray: ...
-    def get_text_embeddings(self, texts: list[str]) -> np.ndarray: ...
-    def get_model_info(self) -> dict[str, Any]: ...
-
-
-ModelLoader = Callable[[Settings], ServableModel]
 T = TypeVar("T")
-
-
-def resolve_device(requested: str) -> str:
-    """ "cpu", or "cuda" when asked for (or "auto") and torch sees a GPU. Asking for cuda without
-    one is a load failure that says so, never a silent fall back to the CPU."""
-    import torch
-
-    if requested == "cpu":
-        return "cpu"
-    if torch.cuda.is_available():
-        return "cuda"
-    if requested == "cuda":
-        raise ModelLoadFailure(
-            ErrorCode.MODEL_LOAD_FAILED,
-            "MOBILE_MM_DEVICE=cuda (--device cuda) but torch sees no CUDA device (torch "
-            f"{torch.__version__}, CUDA build {torch.version.cuda or 'none'}); use --device cpu or auto",
-        )
-    return "cpu"
-
-
-def default_loader(settings: Settings) -> ServableModel:
-    """Load ``settings.model`` (a directory or "default") at ``settings.quantization``, on
-    ``settings.device``."""
-    from mobile_multimodal.model import MobileMultiModalLLM
-
-    device = resolve_device(settings.device)
-    llm = MobileMultiModalLLM.from_pretrained(
-        settings.model,
-        quantization=settings.quantization,
-        stages=lambda name: stage(name),
-        signing_key=settings.manifest_signing_key,
-    )
-    model: ServableModel = llm.to(device) if device != "cpu" else llm
-    return model
-
-
-def torch_threads_for(workers: int, requested: int = 0) -> int:
-    """Intra-op threads per worker: ``requested``, or (cores // workers) - 1, at least 1.
-
-    One core is left to the event loop (HTTP parsing, image decoding, JSON): measured on two
-    cores, two OpenMP threads competing with the event loop made a 8 ms caption take 300 ms.
-    """
-    if requested > 0:
-        return requested
-    return max(1, (os.cpu_count() or 1) // max(1, workers) - 1)
-
-
-def configure_torch_threads(workers: int, requested: int = 0) -> int:
-    import torch
-
-    threads = torch_threads_for(workers, requested)
-    torch.set_num_threads(threads)
-    return threads
-
-
-@dataclass(frozen=True)
-class Job:
-    """One request's inputs (the image is already decoded and validated). ``cancelled`` is set
-    when its request gave up: the model stops working on it at its next decode step."""
-
-    image: Any
-    question: str | None = None
-    texts: tuple[str, ...] | None = None
-    cancelled: threading.Event = field(default_factory=threading.Event, compare=False, repr=False)
-
-
-BatchKey = tuple[str, int]  # (task, max_tokens): only these requests can share a forward pass
-
-
-def run_batch(model: ServableModel, key: BatchKey, jobs: list[Job]) -> list[dict[str, Any]]:
-    """Run one batch of one task through the model; one result dict per job, in order.
-
-    Jobs cancelled before the batch starts are not run at all (their result is an empty dict
-    that nobody reads: their requests have already been answered)."""
-    live = [i for i, j in enumerate(jobs) if not j.cancelled.is_set()]
-    results: list[dict[str, Any]] = [{} for _ in jobs]
-    if live:
-        for i, result in zip(live, _run_jobs(model, key, [jobs[i] for i in live]), strict=True):
-            results[i] = result
-    return results
-
-
-def _with_confidence(field: str, outputs: list[str], confidences: list[float]) -> list[dict[str, Any]]:
-    """One result per output; "confidence" only where the model filled one in (a model that
-    does not measure it answers without)."""
-    if len(confidences) != len(outputs):
-        return [{field: o} for o in outputs]
-    return [{field: o, "confidence": round(c, 6)} for o, c in zip(outputs, confidences, strict=True)]
-
-
-def retrieval_margin(scores: np.ndarray) -> float:
-    """Retrieval confidence: best minus runner-up cosine score, clamped to [0, 1] (the cosine
-    itself when there is one text)."""
-    ranked = np.sort(scores)[::-1]
-    margin = float(ranked[0] - ranked[1]) if len(ranked) > 1 else float(ranked[0])
-    return min(1.0, max(0.0, margin))
-
-
-def _run_jobs(model: ServableModel, key: BatchKey, jobs: list[Job]) -> list[dict[str, Any]]:
-    task, max_tokens = key
-    images = [j.image for j in jobs]
-    stop = [j.cancelled for j in jobs]
-    confidences: list[float] = []
-    if task == "captioning":
-        captions = model.generate_captions(images, max_tokens=max_tokens, stop=stop, confidences=confidences)
-        return _with_confidence("caption", captions, confidences)
-    if task == "ocr":
-        return _with_confidence("text", model.extract_texts(images, confidences=confidences), confidences)
-    if task == "vqa":
-        questions = [j.question or "" for j in jobs]
-        answers = model.answer_questions(
-            images, questions, max_tokens=max_tokens, stop=stop, confidences=confidences
-        )
-        return _with_confidence("answer", answers, confidences)
-    if task == "retrieval":
-        image_emb = model.get_image_embeddings(images)  # (N, D), L2-normalised
-        all_texts = [t for j in jobs for t in (j.texts or ())]
-        text_emb = model.get_text_embeddings(all_texts) if all_texts else None  # (T, D)
-        results: list[dict[str, Any]] = []
-        offset = 0
-        for i, job in enumerate(jobs):
-            if not job.texts:
-                results.append({"embedding": [float(x) for x in image_emb[i]]})
-                continue
-            assert text_emb is not None
-            scores = text_emb[offset : offset + len(job.texts)] @ image_emb[i]  # (len(texts),)
-            offset += len(job.texts)
-            best = int(np.argmax(scores))
-            results.append(
-                {
-                    "scores": [float(s) for s in scores],
-                    "best": job.texts[best],
-                    "best_index": best,
-                    "confidence": round(retrieval_margin(scores), 6),
-                }
-            )
-        return results
-    raise ValueError(f"unknown task {task!r}")
-
-
-class ModelLoadFailure(Exception):
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 class InferenceEngine:
@@ -234,7 +98,7 @@ class InferenceEngine:
         on_loaded: Callable[[ServableModel, float], None] | None = None,
         on_load_failed: Callable[[str], None] | None = None,
     ) -> None:
-        self.settings = settings
+        self._settings = settings
         self._loader = loader
         self._on_loaded = on_loaded
         self._on_load_failed = on_load_failed
@@ -253,10 +117,14 @@ class InferenceEngine:
             max_queue=settings.max_queue,
             executor=self._executor,
             label=lambda key: key[0],
-            arriving=lambda: self.arriving,
+            arriving=lambda: self._arriving,
+            on_batch=self._batch_drained,
+        )
+        self.admission = Admission(
+            settings.max_queue, wait_budget_s(settings.max_queue_wait_s, settings.request_timeout_s)
         )
         # Requests past the route's entry but not yet queued (decoding their image).
-        self.arriving = 0
+        self._arriving = 0
         # Background work (canary, shadow: serving/background_slices.py) runs on the model
         # thread only when no batch runs or waits; these say when that was last the case.
         self.batches_running = 0
@@ -266,6 +134,16 @@ class InferenceEngine:
         self.after_success: list[Callable[[str, BatchKey, Job, dict[str, Any]], None]] = []
         self._ready = asyncio.Event()
         self._load_task: asyncio.Task[None] | None = None
+
+    @property
+    def settings(self) -> Settings:
+        return self._settings
+
+    @settings.setter
+    def settings(self, settings: Settings) -> None:
+        # a reload may change the request timeout at once (reload.py); the wait budget follows it
+        self._settings = settings
+        self.admission.budget_s = wait_budget_s(settings.max_queue_wait_s, settings.request_timeout_s)
 
     @property
     def ready(self) -> bool:
@@ -398,8 +276,12 @@ class InferenceEngine:
             run_batch(model, ("ocr", 24), [Job(image)])
             run_batch(model, ("vqa", 8), [Job(image, question="what color is the circle ?")])
             run_batch(model, ("retrieval", 0), [Job(image, texts=("a large red circle",))])
-            # A full batch too, so the first busy moment doesn't pay for allocation.
+            # A full batch too, so the first busy moment doesn't pay for allocation; its time is
+            # the drain rate's first estimate until real batches are measured.
+            start = time.perf_counter()
             run_batch(model, ("captioning", 32), [Job(image)] * max_batch_size)
+            if self.admission.rate.seconds_per_item == 0.0:
+                self.admission.rate.observe(max_batch_size, time.perf_counter() - start)
         except Exception as exc:
             raise ModelLoadFailure(ErrorCode.MODEL_LOAD_FAILED, f"warm-up inference failed: {exc}") from exc
 
@@ -417,7 +299,7 @@ class InferenceEngine:
     def idle_for(self) -> float:
         """Seconds since the model thread last served a request; 0 while one is queued, arriving
         or running (background work waits for a positive value)."""
-        if self.batches_running or self.batcher.depth or self.arriving:
+        if self.batches_running or self.batcher.depth or self._arriving:
             return 0.0
         return time.perf_counter() - self.last_batch_end
 
@@ -427,11 +309,44 @@ class InferenceEngine:
 
     @staticmethod
     def batch_key(task: str, max_tokens: int) -> BatchKey:
-        return (task, max_tokens if task in ("captioning", "vqa") else 0)
+        return batch_key(task, max_tokens)
 
-    async def infer(self, task: str, job: Job, max_tokens: int) -> BatchOutcome[dict[str, Any]]:
-        """Queue one job; raises QueueFullError, BatcherClosedError, TimeoutError or the model's error."""
-        key = self.batch_key(task, max_tokens)
+    # --- admission ----------------------------------------------------------------------------
+    @contextmanager
+    def arrival(self) -> Iterator[None]:
+        """Mark a request on its way to :meth:`admit` (decoding its image): the batcher waits
+        for it to fill a batch, and background work waits for it."""
+        self._arriving += 1
+        try:
+            yield
+        finally:
+            self._arriving -= 1
+            self.batcher.poke()  # re-check the forming batch: one fewer is on its way
+
+    def refusal(self, *, with_arrivals: bool = False) -> Refusal | None:
+        """Why a request arriving now would be refused, or None; O(1). ``with_arrivals`` counts
+        the requests still decoding as ahead too (the check before a body is read)."""
+        ahead = self.batcher.depth + self.batcher.running + (self._arriving if with_arrivals else 0)
+        return self.admission.refusal(ahead, queued=self.batcher.depth)
+
+    def expected_wait_s(self) -> float:
+        """Seconds a request queued now would likely wait for its batch to start."""
+        return self.admission.expected_wait_s(self.batcher.depth + self.batcher.running)
+
+    def check_admission(self, task: str) -> None:
+        """Raise EngineOverloaded when a ``task`` request would be refused now (counted)."""
+        refusal = self.refusal()
+        if refusal is not None:
+            metrics.QUEUE_REJECTIONS.labels(task).inc()
+            raise EngineOverloaded(refusal)
+
+    async def admit(self, task: str, job: Job, max_tokens: int) -> BatchOutcome[dict[str, Any]]:
+        """Queue one job and wait for its result, unless admission refuses it.
+
+        Raises EngineOverloaded (by count or by expected wait), BatcherClosedError, TimeoutError
+        (MOBILE_MM_REQUEST_TIMEOUT_S) or the model's error."""
+        self.check_admission(task)
+        key = batch_key(task, max_tokens)
         try:
             return await self.batcher.submit(key, job, timeout=self.settings.request_timeout_s)
         except BaseException:
@@ -439,6 +354,10 @@ class InferenceEngine:
             # nobody waits for this job any more, so its decoding stops at the next token
             job.cancelled.set()
             raise
+
+    def _batch_drained(self, items: int, seconds: float) -> None:
+        self.admission.rate.observe(items, seconds)
+        metrics.QUEUE_EXPECTED_WAIT.set(self.expected_wait_s())
 
     def describe(self) -> dict[str, str]:
         """name, version, quantization of the loaded model (what responses report)."""

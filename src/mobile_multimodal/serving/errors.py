@@ -24,10 +24,19 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from mobile_multimodal.errors import STATUS, ErrorCode, current_trace_id, error_body, error_response
+from mobile_multimodal.errors import (
+    STATUS,
+    ErrorCode,
+    code_for_status,
+    current_trace_id,
+    error_body,
+    error_response,
+)
 
-# The codes, their statuses and the body shape live in the bottom layer (mobile_multimodal.errors) so
-# observability and security can use them; the service's exception and handlers live here.
+# The codes, their statuses (STATUS: the one code -> status table; code_for_status for a bare HTTP
+# error; inference_outcome for the metrics) and the body shape live in the bottom layer
+# (mobile_multimodal.errors) so observability and security can use them; the service's exception
+# and handlers live here.
 __all__ = [
     "INTERNAL_MESSAGES",
     "STATUS",
@@ -114,19 +123,6 @@ def validation_error_to_service_error(exc: RequestValidationError) -> ServiceErr
     return ServiceError(code, f"field '{field}': {msg}{extra}")
 
 
-_HTTP_CODES: dict[int, ErrorCode] = {
-    400: ErrorCode.VALIDATION_ERROR,
-    401: ErrorCode.UNAUTHORIZED,
-    403: ErrorCode.FORBIDDEN,
-    404: ErrorCode.NOT_FOUND,
-    405: ErrorCode.METHOD_NOT_ALLOWED,
-    413: ErrorCode.PAYLOAD_TOO_LARGE,
-    415: ErrorCode.UNSUPPORTED_CONTENT_TYPE,
-    429: ErrorCode.RATE_LIMITED,
-    503: ErrorCode.OVERLOADED,
-}
-
-
 def install_error_handlers(app: FastAPI) -> None:
     """Answer every failure with the common error body."""
 
@@ -149,10 +145,7 @@ def install_error_handlers(app: FastAPI) -> None:
             code = ErrorCode[code_str] if code_str in ErrorCode.__members__ else None
             body = error_body(code or code_str, message)
             return JSONResponse(body, status_code=exc.status_code, headers=dict(exc.headers or {}))
-        code = _HTTP_CODES.get(
-            exc.status_code,
-            ErrorCode.INTERNAL_ERROR if exc.status_code >= 500 else ErrorCode.VALIDATION_ERROR,
-        )
+        code = code_for_status(exc.status_code)
         message = str(detail) if detail else code.value.replace("_", " ").lower()
         if exc.status_code == 404:
             message = f"no route {request.method} {request.url.path}"

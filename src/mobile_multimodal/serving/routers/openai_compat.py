@@ -45,14 +45,12 @@ from opentelemetry.trace import Span
 from pydantic import BaseModel, ConfigDict, Field
 
 from mobile_multimodal.observability.identity import SERVICE_NAME
-from mobile_multimodal.observability.request_context import annotate_request
-from mobile_multimodal.observability.tracing import current_trace_id, leaf_stage, set_attributes
+from mobile_multimodal.observability.tracing import current_trace_id, leaf_stage
 from mobile_multimodal.serving.deps import Principal, authenticated, get_engine, inference_span
-from mobile_multimodal.serving.engine import InferenceEngine, Job
+from mobile_multimodal.serving.engine import InferenceEngine
 from mobile_multimodal.serving.errors import ErrorCode, ServiceError
-from mobile_multimodal.serving.images import decode_image_async
 from mobile_multimodal.serving.openapi import error_responses
-from mobile_multimodal.serving.runner import check_prompt, image_limits, run_inference
+from mobile_multimodal.serving.request_pipeline import InferenceJob, run_job
 from mobile_multimodal.serving.schemas import DEFAULT_MAX_TOKENS, MAX_PROMPT_CHARS, MAX_TOKENS_LIMIT
 
 router = APIRouter(prefix="/v1", tags=["openai"])
@@ -260,24 +258,9 @@ async def chat_completions(
     task = infer_task(text)
     question = text.strip() if task == "vqa" else None
     max_tokens = body.max_completion_tokens or body.max_tokens or DEFAULT_MAX_TOKENS.get(task, 0)
-    annotate_request(task=task, model_type=engine.settings.model_type)
+    job = InferenceJob(task=task, max_tokens=max_tokens, image=image_uri, question=question)
     with trace.use_span(span, end_on_exit=False):
-        set_attributes(
-            span,
-            {
-                "model.type": engine.settings.model_type,
-                "model.task": task,
-                "model.quantization": engine.describe()["quantization"],
-                "input.size": len(image_uri),
-            },
-        )
-
-        async def preprocess() -> Job:
-            check_prompt(engine, question)  # before the image: a refusal should cost nothing
-            image = await decode_image_async(image_uri, image_limits(engine.settings))
-            return Job(image=image, question=question)
-
-        outcome = await run_inference(engine, task, max_tokens, preprocess, user_type=principal.user_type)
+        outcome = await run_job(engine, job, span, user_type=principal.user_type)
         with leaf_stage("postprocessing"):
             answer = str(next(iter(outcome.result.values())))
             usage = _usage(engine, task, question, answer)
