@@ -35,7 +35,12 @@ from mobile_multimodal.model.model_errors import ModelLoadError
 from mobile_multimodal.serving.onnx_runtime_model import OnnxRuntimeModel
 from mobile_multimodal.serving.onnx_sessions import BundleSessions, pack_low_first, unpack_low_first
 from mobile_multimodal.serving.probe import ProbeCase
-from mobile_multimodal.serving.runtime_loader import ensure_bundle, load_model, load_onnx_runtime_model
+from mobile_multimodal.serving.runtime_loader import (
+    default_bundle_dir,
+    ensure_bundle,
+    load_model,
+    load_onnx_runtime_model,
+)
 from mobile_multimodal.settings import Settings
 from mobile_multimodal.training.canary_set import evaluate_canary
 
@@ -403,3 +408,21 @@ def test_mobile_mm_serve_runtime_onnxruntime_with_workers(int2_data_dir: Path, t
         metrics_text = httpx.get(server.url + "/metrics", timeout=60).text
     assert metric_value(metrics_text, "model_info", runtime="onnxruntime", quantization="int2") >= 1
     assert metric_value(metrics_text, "model_info", runtime="pytorch") == 0
+
+
+def test_the_exported_bundle_is_one_per_model_precision_and_release(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    def bundle_dir(model: Path, quantization: str = "fp32") -> Path:
+        return default_bundle_dir(_settings(tmp_path, quantization, model=str(model)))
+
+    other = tmp_path / "other-model"
+    shutil.copytree(tiny_model_dir, other)
+    manifest = json.loads((other / "manifest.json").read_text())
+    (other / "manifest.json").write_text(json.dumps({**manifest, "version": "0.2.0"}))
+    assert bundle_dir(tiny_model_dir) == bundle_dir(tiny_model_dir)  # reused across restarts
+    assert bundle_dir(tiny_model_dir) != bundle_dir(other)  # a new model: a new export
+    assert bundle_dir(tiny_model_dir).parent == tmp_path / "bundles"
+    assert default_bundle_dir(_settings(tmp_path, "int2")).name.startswith("onnx-int2-")
+    with pytest.raises(ModelLoadError):  # no int2 variant of the tiny model: nothing to export
+        bundle_dir(tiny_model_dir, "int2")

@@ -4,9 +4,10 @@
 - ``onnxruntime``: an export bundle on ONNX Runtime (``onnx_runtime_model.py``). The bundle is
   ``MOBILE_MM_BUNDLE`` (``serve --bundle DIR``) or, without one, the selected model exported at
   the served quantization by ``export/pipeline.py`` (validation included) into
-  ``<data_dir>/bundles/onnx-<quantization>-<model id>`` on the first start and reused after it;
-  the model id is the sha256 of the model's manifest, so a new model gets a new bundle. Workers
-  starting together export once (a file lock).
+  ``<data_dir>/bundles/onnx-<quantization>-<id>`` on the first start and reused after it; the id
+  hashes the model's manifest, the bundle format version and this package's version, so a new
+  model or a new release (whose export or decode may differ) gets a new bundle rather than a stale
+  one. Workers starting together export once (a file lock).
 
 Either way the bundle is verified before a graph is loaded, like a PyTorch model directory:
 the manifest's signature when ``MOBILE_MM_MANIFEST_SIGNING_KEY`` is set, the size and sha256 of
@@ -35,12 +36,13 @@ from typing import TYPE_CHECKING, Any
 
 from opentelemetry import trace
 
-from mobile_multimodal.export.bundle import BUNDLE_FILE, MANIFEST_FILE, TOKENIZER_FILE
+from mobile_multimodal.export.bundle import BUNDLE_FILE, BUNDLE_VERSION, MANIFEST_FILE, TOKENIZER_FILE
 from mobile_multimodal.export.validate import DEFAULT_EXAMPLES
 from mobile_multimodal.manifest_signing import ManifestSignatureError, verify_manifest
 from mobile_multimodal.model.checkpoint import verify_files
 from mobile_multimodal.model.llm import resolve_model_dir
 from mobile_multimodal.model.model_errors import ModelLoadError
+from mobile_multimodal.observability.identity import service_version
 from mobile_multimodal.observability.tracing import stage
 from mobile_multimodal.serving.engine import ServableModel, default_loader, torch_threads_for
 from mobile_multimodal.serving.onnx_runtime_model import OnnxRuntimeModel
@@ -91,10 +93,12 @@ def _source_dir(settings: Settings) -> Path | None:
 
 
 def default_bundle_dir(settings: Settings) -> Path:
-    """Where the first start exports the selected model: one directory per model and precision."""
+    """Where the first start exports the selected model: one directory per model, precision,
+    bundle format and release."""
     source = resolve_model_dir(settings.model, settings.quantization)  # ModelLoadError if absent
-    model_id = hashlib.sha256((source / MANIFEST_FILE).read_bytes()).hexdigest()[:16]
-    return settings.data_dir / BUNDLES_DIR / f"onnx-{settings.quantization}-{model_id}"
+    digest = hashlib.sha256((source / MANIFEST_FILE).read_bytes())
+    digest.update(f"bundle {BUNDLE_VERSION}, mobile-multimodal-llm {service_version()}".encode())
+    return settings.data_dir / BUNDLES_DIR / f"onnx-{settings.quantization}-{digest.hexdigest()[:16]}"
 
 
 @contextlib.contextmanager
