@@ -42,6 +42,7 @@ from mobile_multimodal.manifest_signing import FROM_SETTINGS, SigningKey
 from mobile_multimodal.model import checkpoint
 from mobile_multimodal.model.constraints import TaskConstraints
 from mobile_multimodal.model.decoder import Stops
+from mobile_multimodal.model.domain import DomainCheck, domain_scores
 from mobile_multimodal.model.model_config import ModelConfig
 from mobile_multimodal.model.model_errors import ModelLoadError, PromptTooLongError
 from mobile_multimodal.model.network import MultiModalNet
@@ -360,6 +361,15 @@ class MobileMultiModalLLM:
 
     def extract_text(self, image: ImageInput) -> str:
         return self.extract_texts([image])[0]
+
+    def out_of_domain(self, images: Sequence[ImageInput]) -> tuple[list[bool | None], list[float]]:
+        """Per scene image: out of domain (None when this model has no calibrated threshold) and
+        its in-domain score (``domain.py``)."""
+        check = DomainCheck.from_manifest(self.manifest)
+        if check.threshold is None:
+            return [None] * len(images), []
+        scores = domain_scores(self, list(images))
+        return [check.flag(s) for s in scores], scores
 
     # ---- introspection -----------------------------------------------------------------
     def component_memory_bytes(self) -> dict[str, int]:
