@@ -66,6 +66,22 @@ def markdown(result: dict[str, Any], notes: list[str] | None = None) -> str:
                 f"{'-' if shipped is None else format(shipped['median_ms'], '.2f')} | "
                 f"{'yes' if t['identical_outputs'] else 'NO'} |"
             )
+    batches = {q: per["batch"] for q, per in result["precisions"].items() if "batch" in per}
+    if batches:
+        lines += [
+            "",
+            "A full batch: captions of 16 held-out scenes in one call (PyTorch decodes them together; "
+            "the bundle's graphs have batch 1, so ONNX Runtime runs them one after another), median ms:",
+            "",
+            "| precision | PyTorch | ONNX Runtime | speedup | identical |",
+            "|---|---|---|---|---|",
+            *[
+                f"| {q} | {b['pytorch']['median_ms']:.1f} | {b['onnxruntime']['median_ms']:.1f} | "
+                f"{b['pytorch']['median_ms'] / b['onnxruntime']['median_ms']:.2f}x | "
+                f"{'yes' if b['identical_outputs'] else 'NO'} |"
+                for q, b in batches.items()
+            ],
+        ]
     kernels = result.get("matmul_nbits_us")
     if kernels:
         k, n = kernels["shape"]

@@ -52,7 +52,16 @@ def _result() -> dict[str, Any]:
         "machine": {"cpu": "cpu", "cores": 2, "torch": "2.13.0", "onnxruntime": "1.32.0"},
         "notes": ["busy-machine smoke"],
         "precisions": {
-            "fp32": {"per_token": {"pytorch": timing(6.0), "onnxruntime": timing(1.5)}, "tasks": tasks},
+            "fp32": {
+                "per_token": {"pytorch": timing(6.0), "onnxruntime": timing(1.5)},
+                "tasks": tasks,
+                "batch": {
+                    "size": 16,
+                    "identical_outputs": True,
+                    "pytorch": timing(500.0),
+                    "onnxruntime": timing(625.0),
+                },
+            },
             "int2": {
                 "per_token": {
                     "pytorch": timing(6.0),
@@ -74,10 +83,12 @@ def test_summary_and_report_judge_the_target_per_precision(tmp_path: Path) -> No
     assert result["summary"]["int2"]["per_token_target_met"] is False
     assert result["summary"]["int2"]["per_token_speedup_shipped"] == pytest.approx(0.5)
     assert result["summary"]["int2"]["task_speedup"]["ocr"] == pytest.approx(2.5)
+    assert result["summary"]["fp32"]["batch_speedup"] == pytest.approx(0.8)  # batching pays in PyTorch
     text = report.markdown(result, result["notes"])
     assert "| fp32 | onnxruntime | 6.000 | 1.500 | 4.00x | met |" in text
     assert "| int2 | onnxruntime | 6.000 | 2.500 | 2.40x | NOT met |" in text
     assert "| int2 | onnxruntime_shipped | 6.000 | 12.000 | 0.50x | NOT met |" in text
     assert "> busy-machine smoke" in text
+    assert "| fp32 | 500.0 | 625.0 | 0.80x | yes |" in text
     report.write_markdown(result, tmp_path / "results.md")
     assert (tmp_path / "results.md").read_text() == text
