@@ -11,6 +11,7 @@ PyTorch reference. Waits are for events and bounded.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import threading
@@ -426,3 +427,32 @@ def test_the_exported_bundle_is_one_per_model_precision_and_release(
     assert default_bundle_dir(_settings(tmp_path, "int2")).name.startswith("onnx-int2-")
     with pytest.raises(ModelLoadError):  # no int2 variant of the tiny model: nothing to export
         bundle_dir(tiny_model_dir, "int2")
+
+
+def test_a_reload_switches_the_runtime_without_a_restart(int2_data_dir: Path, tmp_path: Path) -> None:
+    """What SIGHUP runs, with MOBILE_MM_RUNTIME changed: PyTorch -> ONNX Runtime -> PyTorch."""
+    [bundle_dir] = (int2_data_dir / "bundles").glob("onnx-int2-*")
+    pytorch = make_settings(tmp_path, model="default", quantization="int2", torch_threads=1)
+    server = LiveServer(pytorch, load_model).start()
+    try:
+        server.wait_ready()
+        for settings, runtime in (
+            (pytorch.model_copy(update={"runtime": "onnxruntime", "bundle": bundle_dir}), "onnxruntime"),
+            (pytorch, "pytorch"),
+        ):
+            reloader = server.app.state.reloader
+            reloader.settings_loader = lambda s=settings: s
+            loop = server.app.state.duties.loop
+            outcome = asyncio.run_coroutine_threadsafe(reloader.reload(), loop).result(timeout=300)
+            assert outcome.model == "reloaded", outcome
+            assert server.app.state.engine.info["runtime"] == runtime
+            with server.client() as client:
+                caption = client.post("/inference", json={"image": data_uri(), "task": "captioning"})
+                metrics_text = client.get("/metrics").text
+            assert caption.status_code == 200 and ProbeCase.default().is_correct(
+                caption.json()["result"]["caption"]
+            )
+            assert metric_value(metrics_text, "model_info", runtime=runtime) == 1
+            assert metric_value(metrics_text, "model_info") == 1  # the other runtime's series is gone
+    finally:
+        server.stop()

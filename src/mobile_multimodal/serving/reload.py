@@ -94,9 +94,18 @@ LIVE_OBSERVABILITY = frozenset(
         "observability.logging.slow_request_ms",
     }
 )
-# A change to one of these loads the model again.
+# A change to one of these loads the model again (runtime and bundle: with the loader of
+# serving/runtime_loader.py, the one ``mobile-mm serve`` uses).
 MODEL_FIELDS = frozenset(
-    {"model", "quantization", "device", "manifest_signing_key", "manifest_signing_key_file"}
+    {
+        "model",
+        "quantization",
+        "device",
+        "runtime",
+        "bundle",
+        "manifest_signing_key",
+        "manifest_signing_key_file",
+    }
 )
 
 ModelOutcome = Literal["unchanged", "reloaded", "failed"]
