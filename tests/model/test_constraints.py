@@ -41,20 +41,37 @@ def test_vqa_answer_must_be_one_of_the_answers() -> None:
     assert {TOK.itos[i] for i in RULES.allowed("vqa", _ids("top"))} == {"<eos>", "left", "right"}
 
 
-def test_caption_never_names_a_position_twice() -> None:
+def test_a_caption_is_one_the_training_data_can_hold() -> None:
     def nxt(text: str) -> set[str]:
         return {TOK.itos[i] for i in RULES.allowed("captioning", _ids(text))}
 
+    assert nxt("") == {"a", "one", "two", "three", "there"}
     assert "yes" not in nxt("a large red circle in the")
+    # each object in its own cell, in reading order: after "the top" only cells after it
     assert "center" not in nxt("a large red circle in the center and a large red circle in the")
-    # "top" used alone: "top" may start "top left" again but must not end there
-    after_top = nxt("a small red star at the top and a large blue circle at the top")
-    assert after_top == {"left", "right"}
-    # a position run is a position phrase: "left left" or "center top" never
+    assert nxt("a small red star at the top and a large blue circle at the top") == {"right"}
     assert "left" not in nxt("a small red star on the left")
-    assert "top" not in nxt("a small red star in the center")
+    # the count word decides how many objects follow
+    assert nxt("one shape : small red star top") == {"<eos>", "left", "right"}
+    assert "," not in nxt("one shape : small red star top left")
+    assert nxt("two shapes : small red star top left") == {","}
+    # a whole caption may end; a cut one may not
+    assert "<eos>" in nxt("a small red star at the top left")
+    assert "<eos>" not in nxt("a small red star at the")
     with pytest.raises(ValueError, match="no decoding constraint"):
         RULES.allowed("ocr", [])
+
+
+def test_every_training_caption_is_accepted() -> None:
+    from mobile_multimodal.data import scenes
+
+    rng = np.random.default_rng(5)
+    for _ in range(300):
+        for caption in scenes.caption_variants(scenes.sample_scene(rng)):
+            ids = _ids(caption)
+            for k in range(len(ids)):
+                assert ids[k] in RULES.allowed("captioning", ids[:k]), (caption, k)
+            assert TOK.eos_id in RULES.allowed("captioning", ids), caption
 
 
 def test_constrained_decoding_of_a_model_obeys_every_rule(tiny_model: MobileMultiModalLLM) -> None:

@@ -67,12 +67,12 @@ DECODE_LOOP = [
 
 
 CONSTRAINT_RULES = [
-    "captioning: only ids in allowed_tokens. Position words (position_tokens) come in runs: a run "
-    "may grow by id t only while run + [t] is a prefix of one of positions not used earlier in this "
-    "answer; any other id (or <eos>) may follow a run only when the run is a whole position not used "
-    "earlier, which then counts as used.",
-    "vqa: the answer so far plus the next id must be a prefix of one of answers; <eos> is allowed once "
-    "the answer is a whole one.",
+    "tasks.<task>.constraint is an automaton over token ids: start state, accepting states, and for "
+    "each state its edges as [token id, next state]. Walk it with the answer's tokens so far from "
+    "start; the allowed next ids are those on the edges out of the state reached, plus <eos> when "
+    "that state is accepting (or has no edges).",
+    "captioning: every caption the training data can hold (its templates, each object in its own "
+    "cell in reading order, the count word matching). vqa: exactly the training answers.",
     "The logits are not changed: scores and confidences use the unconstrained softmax.",
 ]
 

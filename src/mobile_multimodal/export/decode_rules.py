@@ -1,12 +1,11 @@
 """The decoding constraint of an exported bundle, applied from ``bundle.json`` alone.
 
-``bundle.json`` carries each decoded task's rule as data (``tasks.<task>.constraint``, written
-from ``model/constraints.py``); this module applies it the way a phone app would, importing
-nothing of the model package, so export validation proves the description is enough:
-
-- captioning: only ``allowed_tokens``; a run of ``position_tokens`` must be a prefix of one of
-  ``positions`` not used earlier in the caption, and may end only as a whole unused position.
-- vqa: the answer so far must be a prefix of one of ``answers``; ``<eos>`` once it is a whole one.
+``bundle.json`` carries each decoded task's automaton as data (``tasks.<task>.constraint``:
+``start``, ``accepting`` states and each state's ``edges`` as [token id, next state] pairs,
+written from ``model/constraints.py``); this module walks it the way a phone app would, importing
+nothing of the model package, so export validation proves the description is enough: after the
+answer so far, the allowed ids are those on the edges out of the state it reached, plus
+``<eos>`` in an accepting state (or where no edge leaves).
 
 The greedy token is the first maximum of the logits over the allowed ids. A bundle without
 ``constraint`` (written before it existed) decodes freely.
@@ -30,34 +29,24 @@ class DecodeRule:
         self.task = task if constraint else None
         self.eos = eos_id
         spec = constraint or {}
-        self.tokens = {int(t) for t in spec.get("allowed_tokens", [])}
-        self.position_tokens = {int(t) for t in spec.get("position_tokens", [])}
-        self.positions = [tuple(int(t) for t in p) for p in spec.get("positions", [])]
-        self.answers = [tuple(int(t) for t in a) for a in spec.get("answers", [])]
+        self.start = int(spec.get("start", 0))
+        self.accepting = {int(s) for s in spec.get("accepting", [])}
+        self.edges = [{int(t): int(n) for t, n in state} for state in spec.get("edges", [])]
 
     def allowed(self, emitted: Sequence[int]) -> list[int] | None:
         """Sorted ids allowed after ``emitted``; None when the task is unconstrained."""
-        if self.task == "vqa":
-            prefix, n = tuple(emitted), len(emitted)
-            nxt = {a[n] for a in self.answers if len(a) > n and a[:n] == prefix}
-            if prefix in self.answers or not nxt:
-                nxt.add(self.eos)
-            return sorted(nxt)
-        if self.task == "captioning":
-            used: set[tuple[int, ...]] = set()
-            run: list[int] = []
-            for t in emitted:
-                if t in self.position_tokens:
-                    run.append(t)
-                elif run:
-                    used.add(tuple(run))
-                    run = []
-            cur, k = tuple(run), len(run)
-            out = {p[k] for p in self.positions if p not in used and len(p) > k and p[:k] == cur}
-            if not cur or (cur in self.positions and cur not in used):
-                out |= (self.tokens - self.position_tokens) | {self.eos}
-            return sorted(out) if out else [self.eos]
-        return None
+        if self.task is None:
+            return None
+        state = self.start
+        for token in emitted:
+            nxt = self.edges[state].get(token)
+            if nxt is None:
+                return [self.eos]
+            state = nxt
+        out = set(self.edges[state])
+        if state in self.accepting or not out:
+            out.add(self.eos)
+        return sorted(out)
 
     def pick(self, logits: np.ndarray, emitted: Sequence[int]) -> int:
         """The greedy token: argmax of ``logits`` (V,) over the allowed ids (first on ties)."""
