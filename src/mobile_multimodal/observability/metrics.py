@@ -151,6 +151,13 @@ PREDICTION_CONFIDENCE = Histogram(
     ["model_type", "task"],
     buckets=CONFIDENCE_BUCKETS,
 )
+OUT_OF_DOMAIN_INPUTS = Counter(
+    "model_out_of_domain_inputs",
+    "Inputs flagged out of domain (a natural photograph, an empty image: the model's in-domain "
+    "score, its confidence in the first caption tokens, under the model's calibrated threshold), "
+    "per task; the response says so in out_of_domain.",
+    ["model_type", "task"],
+)
 
 # --- mobile ------------------------------------------------------------------------------
 EXPORT_DURATION = Histogram(

@@ -19,6 +19,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from mobile_multimodal.serving.domain_flags import annotate
+
 
 class ServableModel(Protocol):
     """What the engine needs of a model (``MobileMultiModalLLM`` provides it)."""
@@ -78,7 +80,9 @@ def run_batch(model: ServableModel, key: BatchKey, jobs: list[Job]) -> list[dict
     live = [i for i, j in enumerate(jobs) if not j.cancelled.is_set()]
     results: list[dict[str, Any]] = [{} for _ in jobs]
     if live:
-        for i, result in zip(live, _run_jobs(model, key, [jobs[i] for i in live]), strict=True):
+        done = _run_jobs(model, key, [jobs[i] for i in live])
+        annotate(model, key[0], [jobs[i].image for i in live], done)  # out_of_domain, domain_score
+        for i, result in zip(live, done, strict=True):
             results[i] = result
     return results
 

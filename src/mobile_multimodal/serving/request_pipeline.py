@@ -229,6 +229,8 @@ def _record_success(
     confidence = outcome.result.get("confidence")
     if isinstance(confidence, float):
         metrics.PREDICTION_CONFIDENCE.labels(model_type, task).observe(confidence)
+    if outcome.result.get("out_of_domain") is True:
+        metrics.OUT_OF_DOMAIN_INPUTS.labels(model_type, task).inc()
     for hook in engine.after_success:  # e.g. the shadow comparator's sampling: returns at once
         hook(task, engine.batch_key(task, job.max_tokens), prepared, outcome.result)
     annotate_request(batch_size=outcome.batch_size)

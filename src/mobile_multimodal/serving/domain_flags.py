@@ -1,0 +1,34 @@
+"""Mark a batch's results out of domain: a natural photograph or an empty image sent to a scene
+task comes back with ``"out_of_domain": true`` and its low ``domain_score`` instead of passing
+as a confident invented scene (``model/domain.py`` says how the score is computed and where the
+threshold comes from). Runs on the model thread, right after the batch's own forward pass.
+
+A model without the check (no calibrated threshold in its manifest, or a runtime that does not
+offer ``out_of_domain``) leaves the results as they are: the fields are absent, not false.
+
+Example::
+
+    results = _run_jobs(model, key, jobs)
+    annotate(model, "captioning", images, results)
+    results[0]   # {"caption": "...", "confidence": 0.61, "out_of_domain": True, "domain_score": 0.58}
+
+The request pipeline counts flagged inputs per task (``model_out_of_domain_inputs_total``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mobile_multimodal.model.domain import CHECKED_TASKS
+
+
+def annotate(model: Any, task: str, images: list[Any], results: list[dict[str, Any]]) -> None:
+    check = getattr(model, "out_of_domain", None)
+    if task not in CHECKED_TASKS or check is None or not images:
+        return
+    flags, scores = check(images)
+    if not scores:  # no calibrated threshold: nothing is claimed
+        return
+    for result, flag, score in zip(results, flags, scores, strict=True):
+        result["out_of_domain"] = bool(flag)
+        result["domain_score"] = round(float(score), 6)
