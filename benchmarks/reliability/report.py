@@ -25,7 +25,9 @@ def write_markdown(path: Path, result: dict[str, Any]) -> None:
         "# Reliability benchmark: overload at 2x capacity, and a soak",
         "",
         f"Model `{opts['model']}` at **{opts['quantization']}**, served by `mobile-mm serve` with its "
-        f"defaults (queue {opts['max_queue']}, batches of {opts['max_batch_size']}, request timeout "
+        f"defaults (queue {opts['max_queue']}"
+        + (f", queue wait budget {opts['max_queue_wait_s']:g} s" if "max_queue_wait_s" in opts else "")
+        + f", batches of {opts['max_batch_size']}, request timeout "
         f"{opts['request_timeout_s']:g} s, canary every {opts['canary_interval_s']:g} s; auth off"
         + (f"; overrides {opts['env']}" if opts["env"] else "")
         + f"). Machine: {env['cpu']}, {env['cores']} cores; **load average at start "

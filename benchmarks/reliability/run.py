@@ -108,6 +108,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "parts": parts,
             "env": env_extra,
             "max_queue": defaults.max_queue,
+            "max_queue_wait_s": defaults.max_queue_wait_s,
             "max_batch_size": defaults.max_batch_size,
             "request_timeout_s": defaults.request_timeout_s,
             "canary_interval_s": defaults.canary_interval_s,

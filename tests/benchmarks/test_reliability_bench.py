@@ -23,6 +23,7 @@ def test_reliability_benchmark_end_to_end(tiny_model_dir: Path, tmp_path: Path) 
     result = main(argv)
     saved = json.loads((out / "results.json").read_text())
     assert saved["options"]["max_queue"] == 16 and saved["options"]["canary_interval_s"] == 0
+    assert saved["options"]["max_queue_wait_s"] == 2.0  # the default wait budget, recorded
     overload = saved["overload"]
     assert overload["offered_rps"] >= 2 * overload["capacity"]["accepted_rps"]
     assert overload["capacity"]["clients"] == 16 and overload["capacity"]["statuses"].keys() == {"200"}
@@ -37,6 +38,7 @@ def test_reliability_benchmark_end_to_end(tiny_model_dir: Path, tmp_path: Path) 
     assert soak["growth"] == pytest.approx(soak["rss_bytes"]["final"] / soak["rss_bytes"]["baseline"] - 1)
     md = (out / "results.md").read_text()
     assert "load average at start" in md and "## Overload" in md and "## Soak" in md
+    assert "queue wait budget 2 s" in md
     assert (out / "results.png").read_bytes()[:4] == b"\x89PNG"
 
 

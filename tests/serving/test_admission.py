@@ -39,28 +39,33 @@ def test_a_slower_machine_moves_the_estimate_within_a_few_dozen_batches() -> Non
     assert rate.seconds_per_item == pytest.approx(0.05, rel=0.01)
 
 
+def test_expected_wait_counts_the_queue_and_what_is_left_of_the_running_batch() -> None:
+    admission = Admission(max_queue=10, budget_s=1.0)
+    assert admission.expected_wait_s(waiting=50, running=16) == 0.0  # nothing measured yet
+    admission.rate.observe(items=1, seconds=0.1)
+    assert admission.expected_wait_s(waiting=3) == pytest.approx(0.3)
+    assert admission.expected_wait_s(waiting=3, running=4, running_for_s=0.0) == pytest.approx(0.7)
+    assert admission.expected_wait_s(waiting=3, running=4, running_for_s=0.25) == pytest.approx(0.45)
+    assert admission.expected_wait_s(waiting=3, running=4, running_for_s=9.0) == pytest.approx(0.3)
+
+
 def test_refusal_by_expected_wait_and_by_count() -> None:
     admission = Admission(max_queue=10, budget_s=1.0)
-    admission.rate.observe(items=1, seconds=0.3)
-    assert admission.refusal(ahead=3) is None  # 0.9 s expected
-    refusal = admission.refusal(ahead=4)  # 1.2 s expected
+    assert admission.refusal(queued=3, wait_s=0.9) is None
+    refusal = admission.refusal(queued=3, wait_s=1.2)
     assert refusal is not None and refusal.reason == "expected_wait"
     assert refusal.expected_wait_s == pytest.approx(1.2)
     assert refusal.retry_after_s == 2  # whole seconds, rounded up: the queue has drained by then
     assert "MOBILE_MM_MAX_QUEUE_WAIT_S" in refusal.message
-    full = admission.refusal(ahead=10)
+    full = admission.refusal(queued=10, wait_s=0.0)
     assert full is not None and full.reason == "queue_full" and "max_queue=10" in full.message
-    # the count bound counts the queue only (not the running batch), the wait counts both
-    assert admission.refusal(ahead=3, queued=10) is not None
-    assert admission.refusal(ahead=3, queued=9) is None
+    assert full.retry_after_s == 1  # never 0: Retry-After: 0 invites a retry into the same queue
 
 
-def test_nothing_ahead_is_always_admitted_and_retry_after_is_at_least_one_second() -> None:
+def test_nothing_ahead_is_always_admitted() -> None:
     admission = Admission(max_queue=10, budget_s=0.5)
     admission.rate.observe(items=1, seconds=60.0)  # however slow the last batches were
-    assert admission.refusal(ahead=0) is None  # an idle engine never refuses
-    refusal = Admission(max_queue=1, budget_s=0.5).refusal(ahead=1)  # no rate measured yet
-    assert refusal is not None and refusal.reason == "queue_full" and refusal.retry_after_s == 1
+    assert admission.refusal(queued=0, wait_s=admission.expected_wait_s(waiting=0)) is None
 
 
 def test_the_budget_is_at_most_half_the_request_timeout() -> None:
@@ -93,15 +98,18 @@ def test_admit_refuses_past_the_budget_and_answers_everything_it_admitted(tmp_pa
                 engine.admission.rate.observe(1, 0.4)
             gate.arm()
             held = asyncio.create_task(engine.admit("captioning", Job(image), 4))
-            await asyncio.to_thread(gate.wait_entered)  # one running: 0.4 s ahead of the next
-            queued = [asyncio.create_task(engine.admit("captioning", Job(image), 4)) for _ in range(2)]
-            await _until(lambda: engine.batcher.depth == 2, "the two requests were never queued")
-            assert engine.expected_wait_s() == pytest.approx(1.2, rel=0.01)  # 3 ahead x 0.4 s
+            await asyncio.to_thread(gate.wait_entered)  # one runs, held by the test
+            # until the held batch has run past its estimate, nothing is left of it to wait for
+            await _until(lambda: time.perf_counter() - engine.batcher.running_since >= 0.5, "the clock stood")
+            assert engine.expected_wait_s() == 0.0
+            queued = [asyncio.create_task(engine.admit("captioning", Job(image), 4)) for _ in range(3)]
+            await _until(lambda: engine.batcher.depth == 3, "the three requests were never queued")
+            assert engine.expected_wait_s() == pytest.approx(1.2, rel=1e-3)  # 3 queued x 0.4 s
             with pytest.raises(EngineOverloaded) as refused:
                 await engine.admit("captioning", Job(image), 4)
             assert refused.value.refusal.reason == "expected_wait"
-            assert refused.value.refusal.retry_after_s == 2
-            assert engine.batcher.depth == 2  # the refused request was never queued
+            assert refused.value.refusal.retry_after_s == 2  # ceil(1.2)
+            assert engine.batcher.depth == 3  # the refused request was never queued
             gate.release()
             results = await asyncio.wait_for(asyncio.gather(held, *queued), 120)
             assert all("caption" in outcome.result for outcome in results)  # nothing admitted was lost

@@ -14,16 +14,18 @@ model was idle) to its end. The cycle, not the model call alone, is what a waiti
 for: it includes forming the batch and the event loop's own delays under load. Full batches
 weigh more than batches of one, so a busy service's estimate follows its busy batches.
 
-:class:`Admission` turns it into decisions, each O(1): ``expected_wait_s(ahead)`` is ``ahead``
-items times the seconds per item; :meth:`Admission.refusal` says why a request must be refused,
-or None. An engine with nothing ahead always admits (no estimate can starve an idle service).
+:class:`Admission` turns it into decisions, each O(1): :meth:`Admission.expected_wait_s` is the
+queued items times the seconds per item, plus what is left of the running batch;
+:meth:`Admission.refusal` says why a request must be refused, or None. An engine with nothing
+ahead expects no wait, so it always admits (no estimate can starve an idle service).
 
 Example::
 
     admission = Admission(max_queue=256, budget_s=2.0)
-    admission.rate.observe(items=16, seconds=0.12)        # after each batch
-    refusal = admission.refusal(ahead=300)                 # Refusal("queue_full", ...) or None
-    refusal.retry_after_s                                  # whole seconds, >= 1
+    admission.rate.observe(items=16, seconds=0.12)         # after each batch
+    wait = admission.expected_wait_s(waiting=40, running=16, running_for_s=0.05)
+    refusal = admission.refusal(queued=40, wait_s=wait)     # None, or Refusal("expected_wait", ...)
+    refusal.retry_after_s                                   # whole seconds, >= 1
 """
 
 from __future__ import annotations
@@ -106,24 +108,24 @@ class Admission:
         self.budget_s = budget_s
         self.rate = rate if rate is not None else DrainRate()
 
-    def expected_wait_s(self, ahead: int) -> float:
-        """Seconds until the ``ahead`` items in front of a new request have drained."""
-        return ahead * self.rate.seconds_per_item
+    def expected_wait_s(self, waiting: int, running: int = 0, running_for_s: float = 0.0) -> float:
+        """Seconds until the work ahead of a new request has drained: ``waiting`` queued items,
+        and what is left of a batch of ``running`` items that started ``running_for_s`` ago."""
+        per_item = self.rate.seconds_per_item
+        return waiting * per_item + max(0.0, running * per_item - running_for_s)
 
-    def refusal(self, ahead: int, queued: int | None = None) -> Refusal | None:
-        """None when a request with ``ahead`` items in front of it may enter; ``queued`` (the
-        items waiting in the queue itself, default ``ahead``) is what the count bound counts."""
-        wait = self.expected_wait_s(ahead)
-        queued = ahead if queued is None else queued
+    def refusal(self, queued: int, wait_s: float) -> Refusal | None:
+        """None when a request may enter a queue holding ``queued`` items, ``wait_s`` seconds of
+        expected wait ahead of it (:meth:`expected_wait_s`)."""
         if queued >= self.max_queue:
             return Refusal(
-                "queue_full", f"{queued} requests are already queued (max_queue={self.max_queue})", wait
+                "queue_full", f"{queued} requests are already queued (max_queue={self.max_queue})", wait_s
             )
-        if ahead > 0 and wait > self.budget_s:
+        if wait_s > self.budget_s:
             return Refusal(
                 "expected_wait",
-                f"the {ahead} requests ahead would make this one wait about {wait:.1f} s "
+                f"the requests ahead would make this one wait about {wait_s:.1f} s "
                 f"(budget {self.budget_s:g} s, MOBILE_MM_MAX_QUEUE_WAIT_S)",
-                wait,
+                wait_s,
             )
         return None

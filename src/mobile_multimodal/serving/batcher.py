@@ -122,6 +122,7 @@ class DynamicBatcher(Generic[KeyT, ItemT, ResultT]):
         self._last_batch_size = 0
         self._last_batch_end = 0.0
         self.running = 0  # requests in the batch the model runs now
+        self.running_since = 0.0  # when that batch started (perf_counter)
 
     # --- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -231,7 +232,7 @@ class DynamicBatcher(Generic[KeyT, ItemT, ResultT]):
                 # The batch's drain time runs from when it could have started: the previous
                 # batch's end, or its oldest request's arrival if the model was idle then.
                 could_start = max(self._last_batch_end, min(p.enqueued for p in batch))
-                self.running = len(batch)
+                self.running, self.running_since = len(batch), time.perf_counter()
                 try:
                     await self._run(key, batch)
                 finally:

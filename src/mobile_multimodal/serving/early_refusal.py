@@ -7,8 +7,10 @@ benchmarks/reliability/results.md). This pure-ASGI middleware looks at the engin
 (engine.py, admission.py: O(1), a few attribute reads) as soon as the request line and headers
 are in; when the work ahead, the requests still decoding included, would make a new request
 wait past ``MOBILE_MM_MAX_QUEUE_WAIT_S``, it answers at once: 503 ``OVERLOADED`` in the common
-error body, ``Retry-After`` from the expected wait, and ``Connection: close`` (the unread body
-is never received). Nothing is read, parsed, authenticated or decoded.
+error body and ``Retry-After`` from the expected wait. Nothing is parsed, authenticated or
+decoded: the body, if the client sends it, is skipped by the HTTP parser. (Not
+``Connection: close``: closing a socket with unread bytes makes the kernel reset the connection,
+and a client still sending its body may lose the 503 it was sent.)
 
 Only the expected-wait rule refuses here; the count bound (``MOBILE_MM_MAX_QUEUE``) is checked
 once the body names the task, before its image is decoded (request_pipeline.py), so a full
@@ -55,7 +57,7 @@ class EarlyRefusalMiddleware:
                     response = error_response(
                         ErrorCode.OVERLOADED,
                         f"the server is overloaded ({refusal.message}); retry later",
-                        headers={"Retry-After": str(refusal.retry_after_s), "Connection": "close"},
+                        headers={"Retry-After": str(refusal.retry_after_s)},
                     )
                     await response(scope, receive, send)
                     return

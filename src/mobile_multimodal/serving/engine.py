@@ -326,12 +326,17 @@ class InferenceEngine:
     def refusal(self, *, with_arrivals: bool = False) -> Refusal | None:
         """Why a request arriving now would be refused, or None; O(1). ``with_arrivals`` counts
         the requests still decoding as ahead too (the check before a body is read)."""
-        ahead = self.batcher.depth + self.batcher.running + (self._arriving if with_arrivals else 0)
-        return self.admission.refusal(ahead, queued=self.batcher.depth)
+        waiting = self.batcher.depth + (self._arriving if with_arrivals else 0)
+        return self.admission.refusal(self.batcher.depth, self._expected_wait_s(waiting))
 
     def expected_wait_s(self) -> float:
         """Seconds a request queued now would likely wait for its batch to start."""
-        return self.admission.expected_wait_s(self.batcher.depth + self.batcher.running)
+        return self._expected_wait_s(self.batcher.depth)
+
+    def _expected_wait_s(self, waiting: int) -> float:
+        batcher = self.batcher
+        running_for_s = time.perf_counter() - batcher.running_since if batcher.running else 0.0
+        return self.admission.expected_wait_s(waiting, batcher.running, running_for_s)
 
     def check_admission(self, task: str) -> None:
         """Raise EngineOverloaded when a ``task`` request would be refused now (counted)."""
