@@ -174,14 +174,17 @@ class BundleModel:
         max_new_tokens: int,
         stop: Callable[[], bool] | None = None,
         log_probs: list[float] | None = None,
+        constrained: bool = True,
     ) -> list[int]:
         """Token ids of the greedy answer to ``prompt`` (<eos> included when reached).
 
         A server's hooks, which leave the answer as it is: ``stop()`` is read before every answer
         token (true: the answer ends with the tokens it has: its request gave up), and
-        ``log_probs`` (a list) receives each answer token's log-probability, for confidence."""
+        ``log_probs`` (a list) receives each answer token's log-probability, for confidence.
+        ``constrained=False`` takes the plain argmax, ignoring the task's constraint (to compare
+        the graphs with a loop that has none, e.g. onnxruntime-genai's)."""
         cross = self._run("cross_kv", {"image_tokens": image_tokens})
-        rule = rule_for_prompt(self.spec, prompt, self.tokenizer.eos)  # the task's constraint
+        rule = rule_for_prompt(self.spec, prompt if constrained else [], self.tokenizer.eos)
         cache = self.spec["kv_cache"]
         self_k = np.zeros(cache["shape"], dtype=np.float32)
         self_v = np.zeros(cache["shape"], dtype=np.float32)
