@@ -175,7 +175,7 @@ def validate_bundle(
         "reference": ref_scores,
         "max_abs_diff_by_graph": diffs,
         # mean seconds per example of each task, batch 1 in the runtime; PyTorch's (batched as
-        # the eval report batches) beside it, from the same run
+        # the eval report batches, one thread: pipeline._one_torch_thread) beside it, same run
         "latency_s": latency,
         "reference_latency_s": ref_latency,
         "examples_per_task": {task: int(r["n"]) for task, r in report["tasks"].items()},
