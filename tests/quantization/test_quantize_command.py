@@ -8,14 +8,15 @@ from typer.testing import CliRunner
 
 from mobile_multimodal.cli import app
 from mobile_multimodal.model import MobileMultiModalLLM
+from mobile_multimodal.training.evaluate import TASKS
 
 runner = CliRunner()
 
 
 def _eval(model: Path, quantization: str, limit: int) -> dict:
-    result = runner.invoke(
-        app, ["eval", "--model", str(model), "--quantization", quantization, "--json", "--limit", str(limit)]
-    )
+    # the tasks quantize scores and stores (the generator's splits; `eval` also runs user-style ones)
+    args = ["--model", str(model), "--quantization", quantization, "--json", "--limit", str(limit)]
+    result = runner.invoke(app, ["eval", *args, "--tasks", ",".join(TASKS)])
     assert result.exit_code == 0, result.output
     return json.loads(result.stdout[result.stdout.index("{") :])
 
