@@ -76,6 +76,10 @@ class Settings(BaseSettings):
     # models only), off the request path; at most shadow_queue wait, the rest are dropped.
     shadow_sample_rate: float = Field(0.01, ge=0, le=1)
     shadow_queue: int = Field(32, ge=1, le=10_000)
+    # Scene tasks whose results say out_of_domain (model/domain.py), comma-separated. A caption
+    # is scored by its own decode, free; vqa and retrieval each cost one more 8-token caption
+    # decode of the image (about as long as the answer's), so they are opt-in. "" = none.
+    domain_check_tasks: str = "captioning"
     # auto = cuda when torch sees a GPU, else cpu.
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # What runs the model: eager PyTorch, or ONNX Runtime driving an export bundle's graphs as a
@@ -212,6 +216,15 @@ class Settings(BaseSettings):
                     ipaddress.ip_network(item, strict=False)
                 except ValueError as exc:
                     raise ValueError(f"{item!r} is not an IP address or network (e.g. 10.0.0.0/8)") from exc
+        return ",".join(items)
+
+    @field_validator("domain_check_tasks")
+    @classmethod
+    def _domain_tasks_are_scene_tasks(cls, value: str) -> str:
+        items = [item.strip() for item in value.split(",") if item.strip()]
+        unknown = sorted(set(items) - {"captioning", "vqa", "retrieval"})
+        if unknown:
+            raise ValueError(f"{', '.join(unknown)}: only captioning, vqa and retrieval are checked")
         return ",".join(items)
 
     @model_validator(mode="after")

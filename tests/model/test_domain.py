@@ -37,3 +37,47 @@ def test_the_bundled_model_flags_photographs_and_empty_images_only(quantization:
     assert sum(bool(f) for f in flags[:n]) >= n - 1, list(zip(flags[:n], scores[:n], strict=True))
     assert sum(bool(f) for f in flags[n:]) <= 1
     assert float(np.median(scores[:n])) < 0.85 * float(np.median(scores[n:]))  # a clear margin
+
+
+@pytest.mark.parametrize("quantization", ["fp32", "int2"])
+def test_a_captions_own_decode_gives_the_checks_score(quantization: str) -> None:
+    """Serving scores a caption request in its own decode (no second decode): the same score, so
+    the same flag, as the separate 8-token check the threshold was calibrated with."""
+    model = MobileMultiModalLLM.from_pretrained("default", quantization=quantization)
+    images = [
+        *natural_photographs(crops_per_photo=0)[:3],
+        *[e.image for e in load_eval_split("captioning", 5)],
+    ]
+    _, separate = model.out_of_domain(images)
+    own: list[float] = []
+    model.generate_captions(images, max_tokens=32, domain=own)
+    assert own == pytest.approx(separate, abs=1e-5)
+    assert model.out_of_domain(images, own) == model.out_of_domain(images)
+    short: list[float] = []
+    model.generate_captions(images, max_tokens=4, domain=short)
+    assert short == []  # too short to score: serving falls back to the separate check
+
+
+def test_prefix_scores_agree_between_the_cached_and_uncached_decoder(tiny_model: MobileMultiModalLLM) -> None:
+    import torch
+
+    net, tok = tiny_model.network, tiny_model.tokenizer
+    images = [e.image for e in load_eval_split("captioning", 3)]
+    with torch.inference_mode():
+        image_tokens, _ = net.encode_images(tiny_model._scenes(images))
+        runs = []
+        for use_cache in (True, False):
+            prefix: list[float] = []
+            out = net.decoder.generate(
+                [tok.prompt("captioning")] * 3,
+                image_tokens,
+                12,
+                tok.eos_id,
+                tok.pad_id,
+                use_cache=use_cache,
+                prefix_scores=(4, prefix),
+            )
+            runs.append((out, prefix))
+    assert runs[0][0] == runs[1][0]
+    assert runs[0][1] == pytest.approx(runs[1][1], abs=1e-4)
+    assert all(p < 0 for p in runs[0][1])

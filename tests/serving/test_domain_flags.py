@@ -30,7 +30,7 @@ def _bundled(settings: Settings | None = None) -> MobileMultiModalLLM:
 
 
 def test_the_service_flags_a_photograph_and_counts_it(live_server: Callable[..., LiveServer]) -> None:
-    server = live_server(loader=_bundled)
+    server = live_server(loader=_bundled, domain_check_tasks="captioning,vqa")
     client = server.client()
     photo = natural_photographs(crops_per_photo=0)[0]
     scene = load_eval_split("vqa", 1)[0]
@@ -56,3 +56,25 @@ def test_the_service_flags_a_photograph_and_counts_it(live_server: Callable[...,
     assert blank.json()["result"]["out_of_domain"] is True
     assert flagged("captioning") == before["captioning"] + 1
     assert flagged("vqa") == before["vqa"] + 1
+
+
+def test_by_default_only_captions_are_checked(live_server: Callable[..., LiveServer]) -> None:
+    """A caption is scored by its own decode; vqa (one more decode) is opt-in."""
+    client = live_server(loader=_bundled).client()
+    photo = natural_photographs(crops_per_photo=0)[0]
+    caption = client.post("/inference", json={"image": data_uri(photo), "task": "captioning"})
+    assert caption.json()["result"]["out_of_domain"] is True
+    answer = client.post(
+        "/inference", json={"image": data_uri(photo), "task": "vqa", "question": "what color is the star ?"}
+    )
+    assert answer.status_code == 200, answer.text
+    assert "out_of_domain" not in answer.json()["result"]
+
+
+def test_the_checked_tasks_setting_refuses_other_tasks() -> None:
+    import pytest
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="ocr"):
+        Settings(domain_check_tasks="captioning,ocr")
+    assert Settings(domain_check_tasks=" vqa , retrieval ").domain_check_tasks == "vqa,retrieval"

@@ -144,12 +144,15 @@ class TextDecoder(nn.Module):
         stop: Stops = None,
         scores: list[float] | None = None,
         allowed: Allowed = None,
+        prefix_scores: tuple[int, list[float]] | None = None,
     ) -> list[list[int]]:
         """Greedy decoding of a batch of prompts (left-padded to a common length), at most
         ``max_new_tokens`` each and never past the context. ``stop``: one signal (or None) per
         prompt, read before every step; a stopped row keeps the tokens it has. ``scores``: when
         given (an empty list), filled with each row's mean token log-probability (0.0 for a row
-        that emitted nothing). ``allowed``: see the module doc."""
+        that emitted nothing). ``prefix_scores`` ``(n, [])``: the same over each row's first ``n``
+        tokens only (what a decode stopped after ``n`` tokens would score, at no extra step).
+        ``allowed``: see the module doc."""
         if not prompts:
             return []
         if stop is not None and len(stop) != len(prompts):
@@ -168,17 +171,18 @@ class TextDecoder(nn.Module):
             )
         max_new_tokens = min(max_new_tokens, self.max_len - longest)  # >= 1, by the check above
         if all(_stopped(stop, len(prompts))):
-            if scores is not None:
-                scores[:] = [0.0] * len(prompts)
+            for filled in (scores, prefix_scores[1] if prefix_scores else None):
+                if filled is not None:
+                    filled[:] = [0.0] * len(prompts)
             return [[] for _ in prompts]
         # every step runs every layer: packed (quantized) layers dequantize once per call, not per token
         with reuse_weights():
             if not use_cache:
                 return self._generate_uncached(
-                    prompts, image_tokens, max_new_tokens, eos_id, stop, scores, allowed
+                    prompts, image_tokens, max_new_tokens, eos_id, stop, scores, allowed, prefix_scores
                 )
             return self._generate_cached(
-                prompts, image_tokens, max_new_tokens, eos_id, pad_id, stop, scores, allowed
+                prompts, image_tokens, max_new_tokens, eos_id, pad_id, stop, scores, allowed, prefix_scores
             )
 
     def _generate_cached(
@@ -191,6 +195,7 @@ class TextDecoder(nn.Module):
         stop: Stops,
         scores: list[float] | None = None,
         allowed: Allowed = None,
+        prefix_scores: tuple[int, list[float]] | None = None,
     ) -> list[list[int]]:
         b = len(prompts)
         device = image_tokens.device
@@ -210,7 +215,7 @@ class TextDecoder(nn.Module):
         for blk, kv in zip(self.layers(), ikv, strict=True):
             x, cache = blk(x, mask, kv)
             caches.append(cache)
-        track = scores is not None
+        track = scores is not None or prefix_scores is not None
         logits = self.logits(x[:, -1])
         out = [[] for _ in range(b)]  # type: list[list[int]]
         next_tok = _greedy(logits, allowed, out)
@@ -243,6 +248,9 @@ class TextDecoder(nn.Module):
             next_tok = _greedy(logits, allowed, out)
         if scores is not None:
             scores[:] = _mean_logprobs(step_logits, step_tokens, [len(o) for o in out])
+        if prefix_scores is not None:
+            n, filled = prefix_scores
+            filled[:] = _mean_logprobs(step_logits, step_tokens, [min(len(o), n) for o in out])
         self.peak_cache_bytes = max(
             self.peak_cache_bytes,
             sum(t.numel() * t.element_size() for c in (*caches, *ikv) for t in c),
@@ -258,15 +266,19 @@ class TextDecoder(nn.Module):
         stop: Stops,
         scores: list[float] | None = None,
         allowed: Allowed = None,
+        prefix_scores: tuple[int, list[float]] | None = None,
     ) -> list[list[int]]:
         """Reference path without a KV cache: re-runs the whole sequence each step. Used to check
         the cached path and to measure what the cache saves."""
         out = []
         means: list[float] = []
+        prefix_means: list[float] = []
+        n_prefix = prefix_scores[0] if prefix_scores else 0
         for i, p in enumerate(prompts):
             seq = list(p)
             gen: list[int] = []
             total = 0.0
+            prefix_total = 0.0
             for _ in range(max_new_tokens):
                 if _stopped(stop, len(prompts))[i]:
                     break
@@ -274,12 +286,17 @@ class TextDecoder(nn.Module):
                 logp = self.forward(ids, image_tokens[i : i + 1])[0, -1].float().log_softmax(-1)
                 nxt = int(_greedy(logp[None], _for_row(allowed, i), [gen])[0])
                 total += float(logp[nxt])
+                if len(gen) < n_prefix:
+                    prefix_total += float(logp[nxt])
                 gen.append(nxt)
                 if nxt == eos_id:
                     break
                 seq.append(nxt)
             out.append(gen)
             means.append(total / len(gen) if gen else 0.0)
+            prefix_means.append(prefix_total / min(len(gen), n_prefix) if gen and n_prefix else 0.0)
         if scores is not None:
             scores[:] = means
+        if prefix_scores is not None:
+            prefix_scores[1][:] = prefix_means
         return out

@@ -25,6 +25,9 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 PREFIX_TOKENS = 8
+# A decode of PREFIX_TOKENS runs one step past its budget (so <eos> can end it): its score covers
+# up to this many tokens, and a longer caption's first SCORED_TOKENS give the very same score.
+SCORED_TOKENS = PREFIX_TOKENS + 1
 CHECKED_TASKS = ("captioning", "vqa", "retrieval")
 MANIFEST_KEY = "domain_check"
 

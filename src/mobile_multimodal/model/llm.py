@@ -42,7 +42,7 @@ from mobile_multimodal.manifest_signing import FROM_SETTINGS, SigningKey
 from mobile_multimodal.model import checkpoint
 from mobile_multimodal.model.constraints import TaskConstraints
 from mobile_multimodal.model.decoder import Stops
-from mobile_multimodal.model.domain import DomainCheck, domain_scores
+from mobile_multimodal.model.domain import PREFIX_TOKENS, SCORED_TOKENS, DomainCheck, domain_scores
 from mobile_multimodal.model.model_config import ModelConfig
 from mobile_multimodal.model.model_errors import ModelLoadError, PromptTooLongError
 from mobile_multimodal.model.network import MultiModalNet
@@ -255,9 +255,12 @@ class MobileMultiModalLLM:
         questions: Sequence[str] | None = None,
         stop: Stops = None,
         confidences: list[float] | None = None,
+        domain: list[float] | None = None,
     ) -> list[str]:
         """Greedy decoding of one prompt per image; one token beyond the budget lets <eos> end it.
-        With questions, the image encoding is conditioned on them (see ``question_fusion``)."""
+        With questions, the image encoding is conditioned on them (see ``question_fusion``).
+        ``domain`` (captions of at least ``PREFIX_TOKENS``): filled with each image's in-domain
+        score from this very decode (``domain.py``), so a caption costs no second check."""
         if max_tokens < 1:
             raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
         # the network uses the questions only when it was built with question_fusion
@@ -267,6 +270,8 @@ class MobileMultiModalLLM:
             question = (ids.to(self.device), valid.to(self.device))
         tokens, _ = self.network.encode_images(self._scenes(images), *question)
         scores: list[float] | None = [] if confidences is not None else None
+        prefix: list[float] = []
+        score_prefix = domain is not None and max_tokens >= PREFIX_TOKENS
         rules = TaskConstraints.from_tokenizer(self.tokenizer) if self.constrained_decoding else None
         out = self.network.decoder.generate(
             prompts,
@@ -277,9 +282,12 @@ class MobileMultiModalLLM:
             stop=stop,
             scores=scores,
             allowed=None if rules is None else lambda _, emitted: rules.allowed(task, emitted),
+            prefix_scores=(SCORED_TOKENS, prefix) if score_prefix else None,
         )
         if confidences is not None and scores is not None:
             confidences[:] = [math.exp(s) for s in scores]
+        if domain is not None and score_prefix:
+            domain[:] = [math.exp(s) for s in prefix]
         return [self.tokenizer.decode(o[:max_tokens]) for o in out]
 
     @torch.inference_mode()
@@ -289,9 +297,13 @@ class MobileMultiModalLLM:
         max_tokens: int = 32,
         stop: Stops = None,
         confidences: list[float] | None = None,
+        domain: list[float] | None = None,
     ) -> list[str]:
+        """``domain``: see ``_generate`` (left empty when ``max_tokens`` < ``PREFIX_TOKENS``)."""
         prompts = [self.tokenizer.prompt("captioning")] * len(images)
-        return self._generate("captioning", images, prompts, max_tokens, stop=stop, confidences=confidences)
+        return self._generate(
+            "captioning", images, prompts, max_tokens, stop=stop, confidences=confidences, domain=domain
+        )
 
     @torch.inference_mode()
     def answer_questions(
@@ -362,13 +374,16 @@ class MobileMultiModalLLM:
     def extract_text(self, image: ImageInput) -> str:
         return self.extract_texts([image])[0]
 
-    def out_of_domain(self, images: Sequence[ImageInput]) -> tuple[list[bool | None], list[float]]:
+    def out_of_domain(
+        self, images: Sequence[ImageInput], scores: Sequence[float] | None = None
+    ) -> tuple[list[bool | None], list[float]]:
         """Per scene image: out of domain (None when this model has no calibrated threshold) and
-        its in-domain score (``domain.py``)."""
+        its in-domain score (``domain.py``); ``scores`` already measured (by a caption decode's
+        ``domain``) are used as they are."""
         check = DomainCheck.from_manifest(self.manifest)
         if check.threshold is None:
             return [None] * len(images), []
-        scores = domain_scores(self, list(images))
+        scores = list(scores) if scores else domain_scores(self, list(images))
         return [check.flag(s) for s in scores], scores
 
     # ---- introspection -----------------------------------------------------------------

@@ -72,16 +72,23 @@ def batch_key(task: str, max_tokens: int) -> BatchKey:
     return (task, max_tokens if task in ("captioning", "vqa") else 0)
 
 
-def run_batch(model: ServableModel, key: BatchKey, jobs: list[Job]) -> list[dict[str, Any]]:
+def run_batch(
+    model: ServableModel, key: BatchKey, jobs: list[Job], domain_tasks: str = "captioning"
+) -> list[dict[str, Any]]:
     """Run one batch of one task through the model; one result dict per job, in order.
+    ``domain_tasks``: the tasks whose results say out_of_domain (``domain_flags.py``).
 
     Jobs cancelled before the batch starts are not run at all (their result is an empty dict
     that nobody reads: their requests have already been answered)."""
     live = [i for i, j in enumerate(jobs) if not j.cancelled.is_set()]
     results: list[dict[str, Any]] = [{} for _ in jobs]
     if live:
-        done = _run_jobs(model, key, [jobs[i] for i in live])
-        annotate(model, key[0], [jobs[i].image for i in live], done)  # out_of_domain, domain_score
+        domain: list[float] = []
+        done = _run_jobs(
+            model, key, [jobs[i] for i in live], domain if key[0] in domain_tasks.split(",") else None
+        )
+        # out_of_domain, domain_score (a caption batch measured its scores itself)
+        annotate(model, key[0], [jobs[i].image for i in live], done, domain_tasks, domain)
         for i, result in zip(live, done, strict=True):
             results[i] = result
     return results
@@ -103,13 +110,19 @@ def retrieval_margin(scores: np.ndarray) -> float:
     return min(1.0, max(0.0, margin))
 
 
-def _run_jobs(model: ServableModel, key: BatchKey, jobs: list[Job]) -> list[dict[str, Any]]:
+def _run_jobs(
+    model: ServableModel, key: BatchKey, jobs: list[Job], domain: list[float] | None = None
+) -> list[dict[str, Any]]:
     task, max_tokens = key
     images = [j.image for j in jobs]
     stop = [j.cancelled for j in jobs]
     confidences: list[float] = []
     if task == "captioning":
-        captions = model.generate_captions(images, max_tokens=max_tokens, stop=stop, confidences=confidences)
+        # a model with the domain check scores each image in the caption's own decode
+        scored = {"domain": domain} if domain is not None and hasattr(model, "out_of_domain") else {}
+        captions = model.generate_captions(
+            images, max_tokens=max_tokens, stop=stop, confidences=confidences, **scored
+        )
         return _with_confidence("caption", captions, confidences)
     if task == "ocr":
         return _with_confidence("text", model.extract_texts(images, confidences=confidences), confidences)

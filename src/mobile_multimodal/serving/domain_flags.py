@@ -22,11 +22,21 @@ from typing import Any
 from mobile_multimodal.model.domain import CHECKED_TASKS
 
 
-def annotate(model: Any, task: str, images: list[Any], results: list[dict[str, Any]]) -> None:
+def annotate(
+    model: Any,
+    task: str,
+    images: list[Any],
+    results: list[dict[str, Any]],
+    tasks: str | tuple[str, ...] = CHECKED_TASKS,
+    scores: list[float] | None = None,
+) -> None:
+    """``tasks``: the tasks checked (``MOBILE_MM_DOMAIN_CHECK_TASKS``); ``scores``: already
+    measured by the batch's own caption decode (else the model decodes a short caption)."""
     check = getattr(model, "out_of_domain", None)
-    if task not in CHECKED_TASKS or check is None or not images:
+    checked = tasks.split(",") if isinstance(tasks, str) else tasks
+    if task not in CHECKED_TASKS or task not in checked or check is None or not images:
         return
-    flags, scores = check(images)
+    flags, scores = check(images, scores) if scores else check(images)
     if not scores:  # no calibrated threshold: nothing is claimed
         return
     for result, flag, score in zip(results, flags, scores, strict=True):

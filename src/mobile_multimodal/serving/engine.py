@@ -291,7 +291,7 @@ class InferenceEngine:
             raise RuntimeError("the model is not loaded")
         self.batches_running += 1
         try:
-            return run_batch(self.model, key, jobs)
+            return run_batch(self.model, key, jobs, self.settings.domain_check_tasks)
         finally:
             self.batches_running -= 1
             self.last_batch_end = time.perf_counter()

@@ -84,6 +84,7 @@ LIVE_FIELDS = frozenset(
         "canary_size",
         "shadow_sample_rate",
         "integrity_check_interval_s",
+        "domain_check_tasks",
     }
 )
 # observability.yml keys applied live (the rest need a restart: tracing, metrics buckets, ...).
@@ -253,8 +254,7 @@ class ServiceReloader:
         engine = state.engine
         live = {name: getattr(new, name) for name in LIVE_FIELDS}
         engine.settings = engine.settings.model_copy(update=live)
-        if "request_timeout_s" in changed:
-            applied.append("request_timeout_s")
+        applied += [f for f in ("request_timeout_s", "domain_check_tasks") if f in changed]
         duties = state.duties
         restarted = duties.apply_settings(engine.settings, changed)
         applied += restarted
