@@ -44,7 +44,7 @@ from mobile_multimodal.serving.background import BackgroundDuties
 from mobile_multimodal.serving.body_limit import BodyLimitMiddleware
 from mobile_multimodal.serving.database_errors import install_database_error_handler
 from mobile_multimodal.serving.early_refusal import EarlyRefusalMiddleware
-from mobile_multimodal.serving.engine import InferenceEngine, ModelLoader, default_loader
+from mobile_multimodal.serving.engine import InferenceEngine, ModelLoader, ServableModel
 from mobile_multimodal.serving.errors import ErrorCode, install_error_handlers
 from mobile_multimodal.serving.key_before_body import KeyBeforeBodyMiddleware
 from mobile_multimodal.serving.openapi import install_openapi
@@ -89,13 +89,14 @@ def create_app(
     *,
     span_exporter: SpanExporter | None = None,
 ) -> FastAPI:
-    """Build the service. ``model_loader(settings)`` returns the model (default: from_pretrained)."""
+    """Build the service. ``model_loader(settings)`` returns the model (default: the model of
+    ``settings.runtime``, see ``runtime_loader.py``)."""
     settings = settings if settings is not None else get_settings()
     observability = Observability(settings, span_exporter=span_exporter)
     metrics.initialize_known_series(get_args(Task))
     engine = InferenceEngine(
         settings,
-        model_loader or default_loader,
+        model_loader or _runtime_loader,
         on_loaded=observability.record_model_loaded,  # type: ignore[arg-type]
         on_load_failed=observability.record_model_load_failure,
     )
@@ -169,6 +170,15 @@ def create_app(
     app.state.shutting_down = False
     app.state.started_wall = time.time()
     return app
+
+
+def _runtime_loader(settings: Settings) -> ServableModel:
+    """The default loader: the model of ``settings.runtime`` (PyTorch, or ONNX Runtime on an
+    export bundle); imported when first used, so an app never serving a bundle never loads
+    onnxruntime."""
+    from mobile_multimodal.serving.runtime_loader import load_model
+
+    return load_model(settings)
 
 
 def create_app_from_env() -> FastAPI:

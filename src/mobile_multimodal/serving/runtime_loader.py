@@ -20,7 +20,7 @@ them in ``model_load_failures_total``. The runtime is the ``model.runtime`` attr
 
 Example::
 
-    app = create_app(settings, model_loader=load_model)     # what ``mobile-mm serve`` does
+    app = create_app(settings)       # its default loader is load_model (what ``serve`` runs)
     bundle = ensure_bundle(settings)                        # the directory the server will load
 """
 
@@ -32,7 +32,7 @@ import hashlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from opentelemetry import trace
 
@@ -46,10 +46,7 @@ from mobile_multimodal.observability.identity import service_version
 from mobile_multimodal.observability.tracing import stage
 from mobile_multimodal.serving.engine import ServableModel, default_loader, torch_threads_for
 from mobile_multimodal.serving.onnx_runtime_model import OnnxRuntimeModel
-from mobile_multimodal.settings import Settings, get_settings
-
-if TYPE_CHECKING:
-    from fastapi import FastAPI
+from mobile_multimodal.settings import Settings
 
 BUNDLES_DIR = "bundles"
 
@@ -188,14 +185,3 @@ def verify_bundle(directory: Path, signing_key: str | None) -> dict[str, Any]:
     if manifest.get("validation", {}).get("passed") is False:
         raise ModelLoadError(f"the bundle {directory} failed its validation", code="MODEL_MANIFEST_INVALID")
     return manifest
-
-
-def create_app_from_env() -> FastAPI:
-    """``uvicorn --factory`` for ``serve --workers N``: the app factory's own, with this loader."""
-    from mobile_multimodal.serving.app import create_app
-    from mobile_multimodal.serving.parent_watch import exit_with_parent
-
-    get_settings.cache_clear()
-    settings = get_settings()
-    exit_with_parent(grace_s=settings.shutdown_grace_s)  # a worker never outlives its supervisor
-    return create_app(settings, model_loader=load_model)

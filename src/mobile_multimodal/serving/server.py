@@ -127,8 +127,8 @@ def run_server(
     if settings.workers > 1:
         prepare_multiprocess_dir(settings)
         uvicorn.run(
-            # the app factory with the loader of MOBILE_MM_RUNTIME (runtime_loader.py)
-            "mobile_multimodal.serving.runtime_loader:create_app_from_env",
+            # the app factory; its default loader follows MOBILE_MM_RUNTIME (runtime_loader.py)
+            "mobile_multimodal.serving.app:create_app_from_env",
             factory=True,
             workers=settings.workers,
             **uvicorn_options(settings),
@@ -136,9 +136,8 @@ def run_server(
         return
 
     from mobile_multimodal.serving.app import create_app
-    from mobile_multimodal.serving.runtime_loader import load_model
 
-    app = create_app(settings, model_loader=load_model)  # pytorch or onnxruntime (MOBILE_MM_RUNTIME)
+    app = create_app(settings)  # its loader follows MOBILE_MM_RUNTIME: pytorch or onnxruntime
 
     received: list[int] = []  # the signals that stopped the server, in order
 
