@@ -44,7 +44,7 @@ from mobile_multimodal.model.constraints import TaskConstraints
 from mobile_multimodal.model.decoder import Stops
 from mobile_multimodal.model.domain import PREFIX_TOKENS, SCORED_TOKENS, DomainCheck, domain_scores
 from mobile_multimodal.model.model_config import ModelConfig
-from mobile_multimodal.model.model_errors import ModelLoadError, PromptTooLongError
+from mobile_multimodal.model.model_errors import ModelLoadError, check_question_tokens
 from mobile_multimodal.model.network import MultiModalNet
 from mobile_multimodal.model.preprocess import ImageInput, scene_tensor, text_line_tensor
 from mobile_multimodal.model.quantized_loading import load_quantized_into
@@ -233,14 +233,7 @@ class MobileMultiModalLLM:
 
     def check_question(self, question: str) -> None:
         """Raise PromptTooLongError if ``question`` has more than ``max_question_tokens``."""
-        limit = self.max_question_tokens
-        n = self.tokenizer.count(question, stop_after=limit)
-        if n > limit:
-            raise PromptTooLongError(
-                f"the question has more than {limit} tokens (words and ? , :); the limit is {limit} tokens",
-                tokens=n,
-                limit=limit,
-            )
+        check_question_tokens(self.tokenizer, question, self.max_question_tokens)
 
     # ---- inference ---------------------------------------------------------------------
     def _scenes(self, images: Sequence[ImageInput]) -> torch.Tensor:

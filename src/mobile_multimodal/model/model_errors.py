@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Protocol
+
 
 class ModelLoadError(RuntimeError):
     """The model could not be loaded. `code` is one of MODEL_NOT_FOUND, MODEL_MANIFEST_INVALID,
@@ -24,3 +26,19 @@ class PromptTooLongError(ValueError):
         super().__init__(message)
         self.tokens = tokens
         self.limit = limit
+
+
+class _Counter(Protocol):
+    def count(self, text: str, stop_after: int | None = None) -> int: ...
+
+
+def check_question_tokens(tokenizer: _Counter, question: str, limit: int) -> None:
+    """Raise PromptTooLongError if ``question`` has more than ``limit`` tokens (counting stops
+    one past the limit, so a 100k-word question costs no more than a long one)."""
+    n = tokenizer.count(question, stop_after=limit)
+    if n > limit:
+        raise PromptTooLongError(
+            f"the question has more than {limit} tokens (words and ? , :); the limit is {limit} tokens",
+            tokens=n,
+            limit=limit,
+        )

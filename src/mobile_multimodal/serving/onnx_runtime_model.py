@@ -38,7 +38,7 @@ import numpy as np
 
 from mobile_multimodal.export.decode import BundleModel, load_bundle, text_line_input
 from mobile_multimodal.model.llm import DEFAULT_ANSWER_TOKENS, PROMPT_MARKERS
-from mobile_multimodal.model.model_errors import PromptTooLongError
+from mobile_multimodal.model.model_errors import check_question_tokens
 from mobile_multimodal.serving.onnx_sessions import BundleSessions
 
 RUNTIME = "onnxruntime"
@@ -129,14 +129,7 @@ class OnnxRuntimeModel:
         return int(self.spec["text"]["max_len"])
 
     def check_question(self, question: str) -> None:
-        limit = self.max_question_tokens
-        n = self.tokenizer.count(question, stop_after=limit)
-        if n > limit:
-            raise PromptTooLongError(
-                f"the question has more than {limit} tokens (words and ? , :); the limit is {limit} tokens",
-                tokens=n,
-                limit=limit,
-            )
+        check_question_tokens(self.tokenizer, question, self.max_question_tokens)
 
     # ---- inference ------------------------------------------------------------------------
     def _decode_rows(
