@@ -1,12 +1,12 @@
 """Lowering the export graphs to XNNPACK ``.pte`` programs, several graphs at a time.
 
 Lowering is the slow part of an ExecuTorch export (profiled: ~90 % of its CPU time, validation
-and the bundle's description the rest): ``to_edge_transform_and_lower`` re-traces the whole graph with fake tensors in each
-of some forty passes (three decompositions, the edge passes, seventeen XNNPACK passes, the
-verifiers), so its cost is passes x nodes, and a low-bit graph has ~1.6x the nodes of its fp32
-twin (each quantized Linear is the activation's choose-qparams/quantize/dequantize, the weight's
-dequantize and the pad of our groups). Three things make it faster without touching what the
-program computes:
+and the bundle's description the rest): ``to_edge_transform_and_lower`` re-traces the whole
+graph with fake tensors in each of some forty passes (three decompositions, the edge passes,
+seventeen XNNPACK passes, the verifiers), so its cost is passes x nodes, and a low-bit graph has
+~1.6x the nodes of its fp32 twin (each quantized Linear is the activation's
+choose-qparams/quantize/dequantize, the weight's dequantize and the pad of our groups). Three
+things make it faster without touching what the program computes:
 
 - ``pte_passes.fewer_retraces()``: one decomposition instead of four, and no XNNPACK pass whose
   operators the graph lacks (~40 % of the lowering CPU; operators, weights and delegate graphs
