@@ -95,6 +95,10 @@ def record_model(model: LoadedModel, load_seconds: float, model_type: str) -> No
     if isinstance(peak_cache, int) and peak_cache > 0:
         metrics.MODEL_MEMORY.labels(model_type, "kv_cache_peak").set(peak_cache)
     metrics.MODEL_LOAD_DURATION.labels(model_type, quant).set(load_seconds)
+    # at 0 from the start, so a rate() sees the first flagged input (the scene tasks model/domain.py
+    # checks; a model without a calibrated check never counts one)
+    for task in ("captioning", "vqa", "retrieval"):
+        metrics.OUT_OF_DOMAIN_INPUTS.labels(model_type, task)
     own = primaries(model.manifest.get("eval"))
     for task, score in own.items():
         metrics.MODEL_ACCURACY.labels(model_type, quant, task).set(score)
