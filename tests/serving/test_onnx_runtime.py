@@ -29,12 +29,13 @@ from tests.reliability.serve_process import ServeProcess
 from mobile_multimodal.data.splits import load_eval_split
 from mobile_multimodal.export.decode import BundleModel, load_bundle
 from mobile_multimodal.export.graphs import TorchGraphRunner, build_graphs
+from mobile_multimodal.export.onnx import pack_low_first
 from mobile_multimodal.export.pipeline import export_model
 from mobile_multimodal.manifest_signing import sign_manifest
 from mobile_multimodal.model import MobileMultiModalLLM, bundled_model_dir
 from mobile_multimodal.model.model_errors import ModelLoadError
 from mobile_multimodal.serving.onnx_runtime_model import OnnxRuntimeModel
-from mobile_multimodal.serving.onnx_sessions import BundleSessions, pack_low_first, unpack_low_first
+from mobile_multimodal.serving.onnx_sessions import BundleSessions, unpack_low_first
 from mobile_multimodal.serving.probe import ProbeCase
 from mobile_multimodal.serving.runtime_loader import (
     default_bundle_dir,

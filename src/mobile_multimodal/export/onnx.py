@@ -55,7 +55,7 @@ def block_size_for(group_size: int) -> int | None:
     return None
 
 
-def _pack_low_first(codes: np.ndarray, bits: int) -> np.ndarray:
+def pack_low_first(codes: np.ndarray, bits: int) -> np.ndarray:
     """(..., n) codes, n a multiple of 8 // bits -> (..., n * bits // 8): element i of a byte's
     run at bit offset i * bits (ONNX Runtime's order, not our planar one)."""
     per_byte = 8 // bits
@@ -75,12 +75,12 @@ def matmul_nbits_tensors(qw: QuantizedWeight, block: int) -> dict[str, np.ndarra
     group_of_block = (np.arange(k_blocks) * block) // qw.group_size
     scales = qw.scales.float().numpy()[:, group_of_block]  # float16 values, exact in float32
     zeros = qw.zeros.float().numpy()[:, group_of_block]
-    packed = _pack_low_first(codes.reshape(n_out, k_blocks, block), qw.bits)
+    packed = pack_low_first(codes.reshape(n_out, k_blocks, block), qw.bits)
     if np.array_equal(zeros, np.round(zeros)):
         per_byte = 8 // qw.bits
         padded = np.zeros((n_out, -(-k_blocks // per_byte) * per_byte), dtype=np.uint8)
         padded[:, :k_blocks] = zeros.astype(np.uint8)
-        zero_points = _pack_low_first(padded, qw.bits).reshape(-1)
+        zero_points = pack_low_first(padded, qw.bits).reshape(-1)
     else:
         zero_points = zeros.reshape(-1).astype(np.float32)
     return {"B": packed, "scales": scales.reshape(-1).astype(np.float32), "zero_points": zero_points}

@@ -25,25 +25,18 @@ from typing import Any
 
 import numpy as np
 
+from mobile_multimodal.export.onnx import pack_low_first
+
 WIDE_BITS = 4
 
 
 def unpack_low_first(packed: np.ndarray, bits: int) -> np.ndarray:
     """(..., n) bytes -> (..., n * 8 // bits) codes, element i of a byte at bit offset i * bits
-    (ONNX Runtime's order; the inverse of ``export.onnx._pack_low_first``)."""
+    (ONNX Runtime's order; the inverse of ``export.onnx.pack_low_first``)."""
     per_byte = 8 // bits
     mask = (1 << bits) - 1
     out = np.stack([(packed >> (bits * i)) & mask for i in range(per_byte)], axis=-1)
     return out.reshape(*packed.shape[:-1], packed.shape[-1] * per_byte).astype(np.uint8)
-
-
-def pack_low_first(codes: np.ndarray, bits: int) -> np.ndarray:
-    per_byte = 8 // bits
-    c = codes.reshape(*codes.shape[:-1], -1, per_byte).astype(np.uint8)
-    out = np.zeros(c.shape[:-1], dtype=np.uint8)
-    for i in range(per_byte):
-        out |= (c[..., i] << (bits * i)).astype(np.uint8)
-    return out
 
 
 def widen_2bit_matmuls(proto: Any) -> int:
