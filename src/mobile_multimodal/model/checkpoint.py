@@ -87,9 +87,12 @@ def verify_files(directory: Path, manifest: dict[str, Any]) -> list[str]:
     return bad
 
 
-def check_files(directory: Path, manifest: dict[str, Any], signing_key: SigningKey = FROM_SETTINGS) -> None:
+def check_files(
+    directory: Path, manifest: dict[str, Any], signing_key: SigningKey = FROM_SETTINGS, what: str = "model"
+) -> None:
     """Raise MODEL_INTEGRITY_FAILED unless the manifest's signature verifies (when a signing key
-    is configured) and every file matches the manifest."""
+    is configured) and every file matches the manifest; ``what`` names the files in the error
+    (a model's, an export bundle's)."""
     try:
         verify_manifest(manifest, signing_key, where=f"in {directory}")
     except ManifestSignatureError as e:
@@ -97,7 +100,7 @@ def check_files(directory: Path, manifest: dict[str, Any], signing_key: SigningK
     bad = verify_files(directory, manifest)
     if bad:
         raise ModelLoadError(
-            f"model files differ from their manifest checksums: {', '.join(bad)} (tampered or corrupt)",
+            f"{what} files differ from their manifest checksums: {', '.join(bad)} (tampered or corrupt)",
             code="MODEL_INTEGRITY_FAILED",
         )
 

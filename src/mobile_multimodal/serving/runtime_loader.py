@@ -38,8 +38,7 @@ from opentelemetry import trace
 
 from mobile_multimodal.export.bundle import BUNDLE_FILE, BUNDLE_VERSION, MANIFEST_FILE, TOKENIZER_FILE
 from mobile_multimodal.export.validate import DEFAULT_EXAMPLES
-from mobile_multimodal.manifest_signing import ManifestSignatureError, verify_manifest
-from mobile_multimodal.model.checkpoint import verify_files
+from mobile_multimodal.model.checkpoint import check_files
 from mobile_multimodal.model.llm import resolve_model_dir
 from mobile_multimodal.model.model_errors import ModelLoadError
 from mobile_multimodal.observability.identity import service_version
@@ -162,16 +161,7 @@ def verify_bundle(directory: Path, signing_key: str | None) -> dict[str, Any]:
             f"the bundle {directory} is {manifest.get('format')!r}; ONNX Runtime serves 'onnx' bundles",
             code="MODEL_MANIFEST_INVALID",
         )
-    try:
-        verify_manifest(manifest, signing_key, where=f"in {directory}")
-    except ManifestSignatureError as exc:
-        raise ModelLoadError(str(exc), code="MODEL_INTEGRITY_FAILED") from exc
-    bad = verify_files(directory, manifest)
-    if bad:
-        raise ModelLoadError(
-            f"bundle files differ from their manifest checksums: {', '.join(bad)} (tampered or corrupt)",
-            code="MODEL_INTEGRITY_FAILED",
-        )
+    check_files(directory, manifest, signing_key, what="bundle")
     listed = {str(f.get("path")) for f in manifest["files"]}
     description = json.loads((directory / BUNDLE_FILE).read_text()) if BUNDLE_FILE in listed else {}
     read = {BUNDLE_FILE, TOKENIZER_FILE, *(g["file"] for g in description.get("graphs", {}).values())}
