@@ -299,17 +299,10 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
 def machine() -> dict[str, Any]:
     import onnxruntime
     import torch
+    from benchmarks.serving.run import cpu_name
 
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     return {
-        "cpu": cpu,
+        "cpu": cpu_name(),
         "cores": os.cpu_count(),
         "python": platform.python_version(),
         "torch": torch.__version__,

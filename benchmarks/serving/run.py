@@ -221,18 +221,21 @@ def measure_precision(opts: Options, quantization: str, bodies: dict[str, Path])
     return {"model_only": model, "servers": http}
 
 
-def machine() -> dict[str, Any]:
-    cpu = platform.processor()
+def cpu_name() -> str:
+    """The CPU's model name (/proc/cpuinfo), else what platform knows."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
+    return platform.processor()
+
+
+def machine() -> dict[str, Any]:
     wrk = subprocess.run(["wrk", "--version"], capture_output=True, text=True).stdout.split("\n")[0]
     return {
-        "cpu": cpu,
+        "cpu": cpu_name(),
         "cores": os.cpu_count(),
         "memory_bytes": int(psutil.virtual_memory().total),
         "python": platform.python_version(),
