@@ -155,7 +155,7 @@ def export_model(
                 _describe(loaded, graphs, written, tmp, platform, fmt, writer, quantization)
                 written += [tmp / TOKENIZER_FILE, tmp / BUNDLE_FILE]
             steps.update()
-            with stage("validation", {"export.runtime": writer.runtime}) as span:
+            with stage("validation", {"export.runtime": writer.runtime}) as span, _one_torch_thread():
                 result = _validate(loaded, graphs, tmp, writer, quantization, validation_examples)
                 span.set_attribute("export.validation.executed", bool(result.validation["executed"]))
                 if result.failures:
@@ -250,18 +250,6 @@ def _one_torch_thread() -> Iterator[None]:
 
 
 def _validate(
-    model: MobileMultiModalLLM,
-    graphs: list[GraphSpec],
-    tmp: Path,
-    writer: Any,
-    quantization: str,
-    examples: int | None,
-) -> ValidationResult:
-    with _one_torch_thread():
-        return _validate_bundle(model, graphs, tmp, writer, quantization, examples)
-
-
-def _validate_bundle(
     model: MobileMultiModalLLM,
     graphs: list[GraphSpec],
     tmp: Path,
