@@ -6,6 +6,7 @@ import itertools
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from mobile_multimodal.data.task_language import caption_words, position_phrases, vqa_answers
@@ -111,3 +112,40 @@ def test_cached_and_uncached_paths_apply_the_same_constraint(tiny_model: MobileM
         prompts, tokens, 12, tok.eos_id, tok.pad_id, use_cache=False, allowed=allowed
     )
     assert cached == uncached
+
+
+def test_the_joint_table_allows_what_the_automata_allow_on_random_walks() -> None:
+    """The decoder's tensor form (one masked argmax and a state lookup per step, rows of any
+    task in one batch) picks exactly what the per-row walk of the automaton picks."""
+    from mobile_multimodal.model.decoder import _greedy
+
+    rng = np.random.default_rng(3)
+    tasks = ["captioning", "vqa", None, "captioning", "vqa"]
+    rows = RULES.rows(tasks)
+    states = rows.initial(torch.device("cpu"))
+    emitted: list[list[int]] = [[] for _ in tasks]
+    done = [False] * len(tasks)
+    for _ in range(30):
+        logits = torch.tensor(rng.normal(size=(len(tasks), TOK.vocab_size)), dtype=torch.float32)
+        for i, task in enumerate(tasks):
+            if task is not None and not done[i]:
+                assert rows(i, emitted[i]) == RULES.allowed(task, emitted[i])
+        walked = _greedy(
+            logits, lambda i, e: RULES.allowed(tasks[i], e) if tasks[i] else range(TOK.vocab_size), emitted
+        )
+        picked, states = rows.pick(logits, states)
+        for i in range(len(tasks)):
+            if not done[i]:
+                assert int(picked[i]) == int(walked[i])
+                emitted[i].append(int(picked[i]))
+                done[i] = int(picked[i]) == TOK.eos_id
+    assert done[1] and done[4]  # every answer ends within 30 steps
+
+
+def test_off_language_tokens_leave_only_eos() -> None:
+    """A token off the language (never picked by the decoder, but a caller may feed one) leads
+    to the state that only allows <eos>, as ``allowed`` says."""
+    table = RULES.table
+    state = table.state_after(table.start["vqa"], _ids("yes red"))
+    assert state == table.off and table.allowed(state) == [TOK.eos_id]
+    assert RULES.allowed("vqa", _ids("yes red")) == [TOK.eos_id]

@@ -17,7 +17,9 @@ then is a log-softmax computed per step; the default path stays an argmax over t
 
 Constrained decoding: ``allowed(row, emitted)`` (e.g. ``constraints.TaskConstraints.allowed``
 for the row's task) returns the token ids row ``row`` may emit after the ids it has emitted; the
-greedy token is then the argmax over those only. Scores stay the unmasked model's belief.
+greedy token is then the argmax over those only. Scores stay the unmasked model's belief. An
+``allowed`` that is also a :class:`StepConstraint` (``constraints.RowConstraints``) is stepped as
+tensors by the cached path: one masked argmax and one state lookup per step for the whole batch.
 
 Example::
 
@@ -31,7 +33,7 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import Protocol, cast
 
 import torch
 from torch import Tensor, nn
@@ -46,6 +48,14 @@ class StopSignal(Protocol):
     """Set when the caller no longer wants a row's output (``threading.Event`` is one)."""
 
     def is_set(self) -> bool: ...
+
+
+class StepConstraint(Protocol):
+    """A constraint kept as per-row automaton states (see ``constraints.RowConstraints``)."""
+
+    def __call__(self, row: int, emitted: list[int]) -> Sequence[int]: ...
+    def initial(self, device: torch.device) -> Tensor: ...
+    def pick(self, logits: Tensor, states: Tensor) -> tuple[Tensor, Tensor]: ...
 
 
 Stops = Sequence[StopSignal | None] | None
@@ -218,7 +228,12 @@ class TextDecoder(nn.Module):
         track = scores is not None or prefix_scores is not None
         logits = self.logits(x[:, -1])
         out = [[] for _ in range(b)]  # type: list[list[int]]
-        next_tok = _greedy(logits, allowed, out)
+        stepped = cast(StepConstraint, allowed) if hasattr(allowed, "pick") else None
+        if stepped is not None:
+            states = stepped.initial(device)
+            next_tok, states = stepped.pick(logits, states)
+        else:
+            next_tok = _greedy(logits, allowed, out)
         # for the scores: each step's logits (B, V) and tokens (B,), scored once at the end; a
         # row's tokens are its first len(out[i]) steps
         step_logits: list[Tensor] = []
@@ -245,7 +260,10 @@ class TextDecoder(nn.Module):
             for li, (blk, kv) in enumerate(zip(self.layers(), ikv, strict=True)):
                 x, caches[li] = blk(x, step_mask, kv, self_cache=caches[li])
             logits = self.logits(x[:, -1])
-            next_tok = _greedy(logits, allowed, out)
+            if stepped is not None:
+                next_tok, states = stepped.pick(logits, states)
+            else:
+                next_tok = _greedy(logits, allowed, out)
         if scores is not None:
             scores[:] = _mean_logprobs(step_logits, step_tokens, [len(o) for o in out])
         if prefix_scores is not None:

@@ -274,7 +274,7 @@ class MobileMultiModalLLM:
             self.tokenizer.pad_id,
             stop=stop,
             scores=scores,
-            allowed=None if rules is None else lambda _, emitted: rules.allowed(task, emitted),
+            allowed=None if rules is None else rules.rows([task] * len(prompts)),
             prefix_scores=(SCORED_TOKENS, prefix) if score_prefix else None,
         )
         if confidences is not None and scores is not None:
