@@ -1,7 +1,7 @@
 """Every error code, its HTTP status and the error body's shape (DESIGN.md "Layers": shared basics).
 
 They sit at the bottom so that every layer can name a code without importing the service:
-observability's health checks, security's refusals and the export all use them; ``serving/errors.py``
+observability's health checks, security's refusals and the export all use them; ``serving/error_handlers.py``
 adds the service's exception and handlers on top. Export failures have their own enum
 (:class:`ExportErrorCode`), which ``serving`` maps onto HTTP answers where a route surfaces them.
 Every code is UPPER_SNAKE and stable: metrics, logs and tests use it.

@@ -219,7 +219,7 @@ def test_dependency_without_install_is_a_clear_error() -> None:
 
 
 def test_shape_is_the_same_with_serving_error_handlers(db: Database) -> None:
-    errors = pytest.importorskip("mobile_multimodal.serving.errors")
+    errors = pytest.importorskip("mobile_multimodal.serving.error_handlers")
     app = make_app(db)
     errors.install_error_handlers(app)
     r = TestClient(app).get("/whoami", headers={"X-API-Key": "mmk_" + "y" * 43})

@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from mobile_multimodal.model import MobileMultiModalLLM, ModelConfig
-from mobile_multimodal.serving.errors import INTERNAL_MESSAGES, ErrorCode
+from mobile_multimodal.serving.error_handlers import INTERNAL_MESSAGES, ErrorCode
 from mobile_multimodal.serving.probe_cache import CachedProbe, ProbeAnswer
 from mobile_multimodal.settings import Settings
 

@@ -10,7 +10,7 @@ import zlib
 import pytest
 from PIL import Image
 
-from mobile_multimodal.serving.errors import ErrorCode, ServiceError
+from mobile_multimodal.serving.error_handlers import ErrorCode, ServiceError
 from mobile_multimodal.serving.images import ImageLimits, decode_image, encode_data_uri
 
 from .conftest import png_bytes

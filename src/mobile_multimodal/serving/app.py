@@ -45,7 +45,7 @@ from mobile_multimodal.serving.body_limit import BodyLimitMiddleware
 from mobile_multimodal.serving.database_errors import install_database_error_handler
 from mobile_multimodal.serving.early_refusal import EarlyRefusalMiddleware
 from mobile_multimodal.serving.engine import InferenceEngine, ModelLoader, ServableModel
-from mobile_multimodal.serving.errors import ErrorCode, install_error_handlers
+from mobile_multimodal.serving.error_handlers import ErrorCode, install_error_handlers
 from mobile_multimodal.serving.key_before_body import KeyBeforeBodyMiddleware
 from mobile_multimodal.serving.openapi import install_openapi
 from mobile_multimodal.serving.parent_watch import exit_with_parent

@@ -24,7 +24,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mobile_multimodal.security import Anomaly, EventType, SecurityContext, client_ip, count_security_event
-from mobile_multimodal.serving.errors import ErrorCode, error_response
+from mobile_multimodal.serving.error_handlers import ErrorCode, error_response
 
 
 class BodyTooLargeError(HTTPException):

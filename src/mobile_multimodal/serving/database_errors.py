@@ -22,7 +22,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from mobile_multimodal.errors import ErrorCode, error_response
-from mobile_multimodal.serving.errors import ServiceError
+from mobile_multimodal.serving.error_handlers import ServiceError
 from mobile_multimodal.store import DatabaseError
 
 log = logging.getLogger(__name__)

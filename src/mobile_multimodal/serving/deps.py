@@ -1,12 +1,11 @@
 """FastAPI dependencies shared by the inference routes: the engine and the trace span (auth is
-security's).
+security's ``require_api_key``).
 
 The guide's inference trace starts with *authentication*, so the ``model_inference`` span must
 exist before the API key is checked. FastAPI resolves dependencies in parameter order, so
 :func:`inference_span` (first) opens the span and the security package's ``require_api_key``
-(second, re-exported here as :data:`authenticated`) runs the key check as its
-``authentication`` child; the handler then makes the span current for the later stages. Auth
-failures thus show up in the trace.
+(second) runs the key check as its ``authentication`` child; the handler then makes the span
+current for the later stages. Auth failures thus show up in the trace.
 
 The key is checked before the route reads its body (``key_before_body.py``), which opens the
 span through :func:`open_inference_span`; both are idempotent per request, so FastAPI's calls
@@ -28,12 +27,7 @@ from fastapi import Request
 from opentelemetry.trace import Span
 
 from mobile_multimodal.observability.tracing import record_failure, start_span
-from mobile_multimodal.security import Principal, require_api_key
 from mobile_multimodal.serving.engine import InferenceEngine
-
-# The names the routes import from here; the one auth dependency is security's require_api_key.
-__all__ = ["Principal", "authenticated", "get_engine", "inference_span", "open_inference_span"]
-authenticated = require_api_key
 
 
 def get_engine(request: Request) -> InferenceEngine:

@@ -40,7 +40,7 @@ from uvicorn.protocols.http.flow_control import service_unavailable
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 from uvicorn.server import ServerState
 
-from mobile_multimodal.serving.errors import STATUS, ErrorCode
+from mobile_multimodal.serving.error_handlers import STATUS, ErrorCode
 from mobile_multimodal.settings import Settings, get_settings
 
 

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 import anyio
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from mobile_multimodal.serving.errors import ErrorCode, ServiceError
+from mobile_multimodal.serving.error_handlers import ErrorCode, ServiceError
 
 # Pillow format name -> the MIME types a data URI may announce for it.
 ALLOWED_FORMATS: dict[str, tuple[str, ...]] = {

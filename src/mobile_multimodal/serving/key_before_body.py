@@ -31,7 +31,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mobile_multimodal.observability.tracing import record_failure
 from mobile_multimodal.serving.deps import inference_span, open_inference_span
-from mobile_multimodal.serving.errors import ErrorCode, ServiceError, public_message
+from mobile_multimodal.serving.error_handlers import ErrorCode, ServiceError, public_message
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from mobile_multimodal.serving.errors import STATUS
+from mobile_multimodal.serving.error_handlers import STATUS
 from mobile_multimodal.serving.schemas import ErrorResponse
 
 _DESCRIPTIONS = {

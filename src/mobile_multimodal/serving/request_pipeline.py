@@ -44,7 +44,7 @@ from mobile_multimodal.observability.tracing import leaf_stage, set_attributes, 
 from mobile_multimodal.serving.admission import EngineOverloaded
 from mobile_multimodal.serving.batcher import BatcherClosedError, BatchOutcome, QueueFullError
 from mobile_multimodal.serving.engine import InferenceEngine, Job
-from mobile_multimodal.serving.errors import ErrorCode, ServiceError
+from mobile_multimodal.serving.error_handlers import ErrorCode, ServiceError
 from mobile_multimodal.serving.images import ImageLimits, decode_image_async
 from mobile_multimodal.settings import Settings
 

@@ -16,7 +16,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
-from mobile_multimodal.serving.errors import ErrorCode
+from mobile_multimodal.serving.error_handlers import ErrorCode
 
 Task = Literal["captioning", "ocr", "vqa", "retrieval"]
 TASKS: tuple[Task, ...] = ("captioning", "ocr", "vqa", "retrieval")

@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from mobile_multimodal.errors import ExportError, ExportErrorCode
 from mobile_multimodal.export.formats import load_writer, resolve_format
 from mobile_multimodal.security import Principal, checks_key_before_body, client_ip, require_admin
-from mobile_multimodal.serving.errors import ErrorCode, ServiceError
+from mobile_multimodal.serving.error_handlers import ErrorCode, ServiceError
 from mobile_multimodal.serving.export_jobs import JOB_ORIGIN, ExportBusy, ExportJobs
 from mobile_multimodal.serving.openapi import error_responses
 from mobile_multimodal.store import Database

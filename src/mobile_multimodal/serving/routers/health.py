@@ -27,7 +27,7 @@ from fastapi.responses import JSONResponse
 from mobile_multimodal.observability.health_checks import HealthChecker
 from mobile_multimodal.serving.deps import get_engine
 from mobile_multimodal.serving.engine import InferenceEngine, Job
-from mobile_multimodal.serving.errors import ErrorCode, ServiceError, public_message
+from mobile_multimodal.serving.error_handlers import ErrorCode, ServiceError, public_message
 from mobile_multimodal.serving.probe_cache import CachedProbe, ProbeAnswer
 from mobile_multimodal.serving.request_pipeline import require_ready, submit
 from mobile_multimodal.serving.schemas import (

@@ -23,7 +23,8 @@ from opentelemetry import trace
 from opentelemetry.trace import Span
 
 from mobile_multimodal.observability.tracing import current_trace_id, leaf_stage
-from mobile_multimodal.serving.deps import Principal, authenticated, get_engine, inference_span
+from mobile_multimodal.security import Principal, require_api_key
+from mobile_multimodal.serving.deps import get_engine, inference_span
 from mobile_multimodal.serving.openapi import error_responses
 from mobile_multimodal.serving.request_pipeline import InferenceJob, run_job
 from mobile_multimodal.serving.schemas import InferenceRequest, InferenceResponse
@@ -54,7 +55,7 @@ async def inference(
     body: InferenceRequest,
     request: Request,
     span: Span = Depends(inference_span),
-    principal: Principal = Depends(authenticated),
+    principal: Principal = Depends(require_api_key),
 ) -> JSONResponse:
     """Caption, read, answer a question about, or embed/score an image (DESIGN.md "HTTP")."""
     engine = get_engine(request)

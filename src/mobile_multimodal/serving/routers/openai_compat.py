@@ -46,9 +46,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from mobile_multimodal.observability.identity import SERVICE_NAME
 from mobile_multimodal.observability.tracing import current_trace_id, leaf_stage
-from mobile_multimodal.serving.deps import Principal, authenticated, get_engine, inference_span
+from mobile_multimodal.security import Principal, require_api_key
+from mobile_multimodal.serving.deps import get_engine, inference_span
 from mobile_multimodal.serving.engine import InferenceEngine
-from mobile_multimodal.serving.errors import ErrorCode, ServiceError
+from mobile_multimodal.serving.error_handlers import ErrorCode, ServiceError
 from mobile_multimodal.serving.openapi import error_responses
 from mobile_multimodal.serving.request_pipeline import InferenceJob, run_job
 from mobile_multimodal.serving.schemas import DEFAULT_MAX_TOKENS, MAX_PROMPT_CHARS, MAX_TOKENS_LIMIT
@@ -250,7 +251,7 @@ async def chat_completions(
     body: ChatCompletionRequest,
     request: Request,
     span: Span = Depends(inference_span),
-    principal: Principal = Depends(authenticated),
+    principal: Principal = Depends(require_api_key),
 ) -> Any:
     engine = get_engine(request)
     _check_request(body, engine)
@@ -292,7 +293,7 @@ async def chat_completions(
     responses=error_responses(401, 403, 429),
     summary="The served model, OpenAI-style",
 )
-async def list_models(request: Request, principal: Principal = Depends(authenticated)) -> ModelList:
+async def list_models(request: Request, principal: Principal = Depends(require_api_key)) -> ModelList:
     engine = get_engine(request)
     return ModelList(data=[_card(request, engine)])
 
@@ -304,7 +305,7 @@ async def list_models(request: Request, principal: Principal = Depends(authentic
     summary="One served model, OpenAI-style",
 )
 async def retrieve_model(
-    model_id: str, request: Request, principal: Principal = Depends(authenticated)
+    model_id: str, request: Request, principal: Principal = Depends(require_api_key)
 ) -> ModelCard:
     engine = get_engine(request)
     card = _card(request, engine)

@@ -1,6 +1,7 @@
-"""Every error code the service answers with, and the handlers that turn failures into JSON.
+"""The service's exception and the handlers that turn every failure into the JSON error body.
 
-One module holds them all (STYLE.md rule 3) so clients, dashboards and tests share one list.
+The codes and their statuses live in the ground floor's ``mobile_multimodal/errors.py`` (STYLE.md
+rule 3: one list for clients, dashboards and tests); this module is the HTTP side of them.
 Every error body has the same shape::
 
     {"error": {"code": "UPPER_SNAKE", "message": "what went wrong and what to do"}, "trace_id": "..."}
