@@ -95,6 +95,51 @@ def test_probes_hit_alive_and_ready(objects: list[dict[str, Any]]) -> None:
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 300
 
 
+# The operator's guide's health-check table: endpoint -> (frequency, timeout) in seconds.
+GUIDE_HEALTH_CHECKS = {"/alive": (10, 5), "/ready": (15, 10), "/health": (30, 15), "/model/health": (60, 30)}
+
+
+def _documented_health_checks() -> dict[str, tuple[int, int]]:
+    """docs/monitoring.md's "Health endpoints" table: endpoint -> (frequency, timeout) seconds."""
+    rows = re.findall(
+        r"^\| `(/[a-z/]+)`[^|]*\|[^|]*\| (\d+)s \| (\d+)s \|$",
+        (REPO / "docs" / "monitoring.md").read_text(),
+        re.MULTILINE,
+    )
+    return {path: (int(every), int(within)) for path, every, within in rows}
+
+
+def _seconds(duration: str) -> int:
+    match = re.fullmatch(r"(\d+)s", duration)
+    assert match, duration
+    return int(match.group(1))
+
+
+def test_every_probe_uses_the_guides_frequency_and_timeout(objects: list[dict[str, Any]]) -> None:
+    assert _documented_health_checks() == GUIDE_HEALTH_CHECKS
+    container = _container(objects)
+    for probe in ("livenessProbe", "readinessProbe"):
+        spec = container[probe]
+        every, within = GUIDE_HEALTH_CHECKS[spec["httpGet"]["path"]]
+        assert (spec["periodSeconds"], spec["timeoutSeconds"]) == (every, within), probe
+    startup = container["startupProbe"]  # its own period (start detection), the endpoint's timeout
+    assert startup["timeoutSeconds"] == GUIDE_HEALTH_CHECKS[startup["httpGet"]["path"]][1]
+    # compose's healthchecks and the image's HEALTHCHECK probe /alive the same way
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    app_checks = {
+        name: service["healthcheck"]
+        for name, service in compose["services"].items()
+        if "healthcheck" in service and "/alive" in " ".join(service["healthcheck"]["test"])
+    }
+    assert app_checks, "no compose service probes /alive"
+    for name, check in app_checks.items():
+        timing = (_seconds(check["interval"]), _seconds(check["timeout"]))
+        assert timing == GUIDE_HEALTH_CHECKS["/alive"], name
+        assert "timeout=5)" in " ".join(check["test"])  # the client gives up when the check does
+    dockerfile = (REPO / "Dockerfile").read_text()
+    assert re.search(r"HEALTHCHECK --interval=10s --timeout=5s .*\n.*/alive", dockerfile)
+
+
 def test_resources_are_requested_and_limited(objects: list[dict[str, Any]]) -> None:
     resources = _container(objects)["resources"]
     for kind in ("requests", "limits"):
