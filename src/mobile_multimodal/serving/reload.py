@@ -61,7 +61,7 @@ from mobile_multimodal.observability.request_telemetry import ObservabilityMiddl
 from mobile_multimodal.security import AuditLog, SecurityContext, record_config_state
 from mobile_multimodal.security.anomaly import AnomalyDetector
 from mobile_multimodal.security.config_audit import settings_snapshot
-from mobile_multimodal.security.ratelimit import RateLimiter
+from mobile_multimodal.security.redis_ratelimit import build_rate_limiter
 from mobile_multimodal.serving.engine import ModelLoadFailure
 from mobile_multimodal.settings import Settings, load_settings
 
@@ -191,7 +191,11 @@ class ServiceReloader:
                 details={"error": message[:2000], "signal": "SIGHUP"},
             )
             return ReloadOutcome(ok=False, error=message)
-        before, after = settings_snapshot(old), await asyncio.to_thread(settings_snapshot, new)
+        # Before: what the service runs with (its observability configuration as read at start or
+        # at the last reload; the file may have been edited since), after: what was just read.
+        running = getattr(state, "observability", None)
+        before = settings_snapshot(old, running.config if running is not None else None)
+        after = settings_snapshot(new, config)
         changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
         outcome = ReloadOutcome(ok=True, changed_fields=changed)
         database = state.database
@@ -246,7 +250,8 @@ class ServiceReloader:
         if security is not None:
             merged = security.settings.model_copy(update={name: getattr(new, name) for name in LIVE_FIELDS})
             if any(f.startswith("rate_limit_") for f in changed):
-                security.limiter = RateLimiter.from_settings(merged)  # the buckets start full
+                # the kind the settings ask for: Redis-backed (deployment-wide) with a Redis URL
+                security.limiter = build_rate_limiter(merged)  # local buckets start full
             if any(f.startswith("anomaly_") for f in changed):
                 security.detector = AnomalyDetector.from_settings(merged)
             security.settings = merged
