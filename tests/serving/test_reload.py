@@ -292,3 +292,26 @@ def test_with_a_signing_key_an_unsigned_model_does_not_load_at_start(
         assert served_caption(client)
     (reload,) = rows(server.app.state.database, "model.reload")
     assert reload.result == "success" and reload.details["changed_fields"] == ["failed start"]
+
+
+def test_a_reload_rereads_observability_yml_and_applies_its_live_values(
+    live_server: Callable[..., LiveServer], tmp_path: Path
+) -> None:
+    config = tmp_path / "observability.yml"
+    original = (Path(__file__).resolve().parents[2] / "monitoring" / "observability.yml").read_text()
+    config.write_text(original)
+    server = live_server(observability_config=config)
+    assert server.app.state.observability.config.logging.slow_request_ms == 100
+    before = rows(server.app.state.database, "config.change")
+
+    config.write_text(original.replace("slow_request_ms: 100 ", "slow_request_ms: 250 "))
+    outcome = _reload(server, server.app.state.settings)  # the settings the same; only the file changed
+    assert outcome.ok and outcome.config_changed
+    assert outcome.applied == ["observability.logging.slow_request_ms"] and outcome.restart_required == []
+    assert server.app.state.observability.config.logging.slow_request_ms == 250
+    (change,) = rows(server.app.state.database, "config.change")[len(before) :]
+    assert change.details["source"] == "reload"
+    assert change.details["changed_fields"] == ["observability.logging.slow_request_ms"]
+    assert_guide_fields(change)
+    with server.client() as client:
+        assert metric_value(client.get("/metrics").text, "config_changes_total", source="reload") >= 1

@@ -28,7 +28,7 @@ from typing import Any
 from sqlalchemy import select
 
 from mobile_multimodal.observability import metrics
-from mobile_multimodal.observability.config import ObservabilityConfigError, load_config
+from mobile_multimodal.observability.config import ObservabilityConfig, ObservabilityConfigError, load_config
 from mobile_multimodal.security.audit import AuditLog, EventType, count_security_event
 from mobile_multimodal.settings import Settings
 from mobile_multimodal.store import ConfigState, Database
@@ -58,25 +58,28 @@ def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
         out[prefix] = value
 
 
-def observability_snapshot(settings: Settings) -> dict[str, Any]:
+def observability_snapshot(settings: Settings, config: ObservabilityConfig | None = None) -> dict[str, Any]:
     """The effective observability configuration (``observability.yml`` + its environment
     overrides) as dotted keys: ``{"observability.logging.level": "INFO", ...}``. A change to the
-    file's values is a configuration change; a change to its comments is not."""
+    file's values is a configuration change; a change to its comments is not. ``config``: the
+    configuration a running service holds, instead of the file as it reads now (which may have
+    been edited since that service read it)."""
     try:
-        config = load_config(settings).model_dump(mode="json")
+        effective = config if config is not None else load_config(settings)
     except ObservabilityConfigError as exc:  # recorded as such: the reload refuses it
         return {"observability": f"invalid: {exc}"}
     out: dict[str, Any] = {}
-    _flatten("observability", config, out)
+    _flatten("observability", effective.model_dump(mode="json"), out)
     return out
 
 
-def settings_snapshot(settings: Settings) -> dict[str, Any]:
-    """JSON-safe settings, secrets replaced by fingerprints, and the observability configuration."""
+def settings_snapshot(settings: Settings, observability: ObservabilityConfig | None = None) -> dict[str, Any]:
+    """JSON-safe settings, secrets replaced by fingerprints, and the observability configuration
+    (``observability``, else ``observability.yml`` read now)."""
     data = settings.model_dump(mode="json")
     for name in SECRET_FIELDS & data.keys():
         data[name] = _fingerprint(data[name])
-    data.update(observability_snapshot(settings))
+    data.update(observability_snapshot(settings, observability))
     return data
 
 
