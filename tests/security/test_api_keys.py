@@ -83,12 +83,12 @@ def test_bad_key_type_is_refused(db: Database) -> None:
         create_key(db, "alice", "gold")
 
 
-def test_cli_create_list_revoke(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_create_list_revoke(tmp_path: Path, db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     from mobile_multimodal.cli import app
     from mobile_multimodal.settings import get_settings
 
     monkeypatch.setenv("MOBILE_MM_DATA_DIR", str(tmp_path))
-    monkeypatch.delenv("MOBILE_MM_DATABASE_URL", raising=False)
+    monkeypatch.setenv("MOBILE_MM_DATABASE_URL", db_url)  # SQLite or PostgreSQL
     get_settings.cache_clear()
     try:
         runner = CliRunner()
@@ -108,7 +108,7 @@ def test_cli_create_list_revoke(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
         assert runner.invoke(app, ["keys", "revoke", "k_nope"]).exit_code == 1
         assert runner.invoke(app, ["keys", "create", "--user", "x y"]).exit_code == 2
 
-        with Database(f"sqlite:///{tmp_path / 'mobile_mm.db'}") as db:
+        with Database(db_url) as db:
             record = lookup_key(db, info["key"])
             assert record is not None and record.revoked_at is not None
             with db.session() as s:

@@ -1,6 +1,7 @@
 """The audit trail's completeness: successful authentications, data access (key listing, audit
 queries), CLI exports, each with every guide field, in the database and in ``audit.jsonl``;
-the file rotates; ``mobile-mm audit query`` reads the database.
+the file rotates; ``mobile-mm audit query`` reads the database (the CLI tests on SQLite and on
+PostgreSQL, ``db_url`` of tests/security/conftest.py).
 
 The events the running service records (model load and reload, configuration changes,
 ``POST /export`` jobs) are tested against a served app in tests/serving/test_reload.py and
@@ -95,8 +96,13 @@ def test_since_accepts_ages_and_iso_times() -> None:
 
 
 @pytest.fixture
-def cli_env(tmp_path: Path) -> Iterator[dict[str, str]]:
-    env = {"MOBILE_MM_DATA_DIR": str(tmp_path / "data"), "MOBILE_MM_LOG_DIR": str(tmp_path / "logs")}
+def cli_env(tmp_path: Path, db_url: str) -> Iterator[dict[str, str]]:
+    """The CLI's environment: its database (SQLite or PostgreSQL, ``db_url``) and log dir."""
+    env = {
+        "MOBILE_MM_DATA_DIR": str(tmp_path / "data"),
+        "MOBILE_MM_LOG_DIR": str(tmp_path / "logs"),
+        "MOBILE_MM_DATABASE_URL": db_url,
+    }
     yield env
     configure_audit_file(None)  # the CLI configured this process's audit file
     get_settings.cache_clear()
@@ -115,7 +121,7 @@ def test_key_listing_and_audit_queries_are_data_access_events(
     log_dir = tmp_path / "logs"
     created = json.loads(_invoke(["keys", "create", "--user", "carol", "--json"], cli_env))
     _invoke(["keys", "list"], cli_env)
-    db = Database(f"sqlite:///{tmp_path / 'data' / 'mobile_mm.db'}")
+    db = Database(cli_env["MOBILE_MM_DATABASE_URL"])
     try:
         (listing,) = rows(db, "keys.list")
         assert_guide_fields(listing, file_lines(log_dir, "keys.list")[0])
@@ -185,7 +191,7 @@ def test_a_cli_export_is_audited_with_its_outcome(cli_env: dict[str, str], tmp_p
     )
     get_settings.cache_clear()
     assert result.exit_code == 1, result.output
-    db = Database(f"sqlite:///{tmp_path / 'data' / 'mobile_mm.db'}")
+    db = Database(cli_env["MOBILE_MM_DATABASE_URL"])
     try:
         (run,) = rows(db, "export.run")
     finally:
