@@ -70,6 +70,9 @@ _WORKER = """
 from mobile_multimodal.observability import metrics
 metrics.HTTP_REQUESTS.labels("/inference", "POST", "200").inc({n})
 metrics.QUEUE_DEPTH.labels("captioning").set({n})
+for _ in range({n}):  # n observations of 0.02 s (le 0.03) and one of 3 s (le 5.0)
+    metrics.INFERENCE_DURATION.labels("mm", "ocr", "int2").observe(0.02)
+metrics.INFERENCE_DURATION.labels("mm", "ocr", "int2").observe(3.0)
 metrics.MODEL_INFO.labels("mm", "0.1.0", "int2", "1000", "4000", "ab12", "pytorch").set(1)
 """
 
@@ -84,6 +87,14 @@ def test_multiprocess_workers_are_aggregated(tmp_path: Path, monkeypatch: pytest
     assert registry.get_sample_value("http_requests_total", labels) == 7
     # the workers exited without mark_process_dead, so their live gauges still count: 3 + 4
     assert registry.get_sample_value("inference_queue_depth", {"task": "captioning"}) == 7
+    # a histogram's buckets, count and sum add up over the workers: 7 + 2 observations
+    hist = {"model_type": "mm", "task": "ocr", "quantization": "int2"}
+    duration = "model_inference_duration_seconds"
+    assert registry.get_sample_value(f"{duration}_count", hist) == 9
+    assert registry.get_sample_value(f"{duration}_sum", hist) == pytest.approx(7 * 0.02 + 2 * 3.0)
+    assert registry.get_sample_value(f"{duration}_bucket", {**hist, "le": "0.03"}) == 7
+    assert registry.get_sample_value(f"{duration}_bucket", {**hist, "le": "2.5"}) == 7
+    assert registry.get_sample_value(f"{duration}_bucket", {**hist, "le": "+Inf"}) == 9
     # model_info survives multiprocess mode (an Info metric would silently vanish there)
     info = {"name": "mm", "version": "0.1.0", "quantization": "int2", "parameters": "1000"}
     info |= {"size_bytes": "4000", "weights_sha256": "ab12", "runtime": "pytorch"}

@@ -16,9 +16,13 @@ from typing import Any
 
 import httpx
 import pytest
+from tests.integration.redis_server import RedisServer
+from tests.integration.redis_server import available as redis_missing
 from tests.integration.servers import free_port, wait_http
 
 from mobile_multimodal.model import MobileMultiModalLLM, ModelConfig
+from mobile_multimodal.security.api_keys import create_key
+from mobile_multimodal.store import Database
 
 from .conftest import data_uri, metric_value
 
@@ -169,12 +173,66 @@ def test_workers_share_one_view_of_the_metrics(
         with httpx.Client(base_url=url, timeout=60) as client:
             text = client.get("/metrics").text
         assert metric_value(text, "model_inference_requests_total", **labels) == sent
+        # histograms too: every request observed once, in whichever worker answered it
+        timed = {"model_type": "multimodal", "task": "ocr", "quantization": "fp32"}
+        assert metric_value(text, "model_inference_duration_seconds_count", **timed) == sent
+        assert metric_value(text, "model_inference_duration_seconds_bucket", **timed, le="+Inf") == sent
         assert (
             metric_value(text, "model_load_duration_seconds", model_type="multimodal", quantization="fp32")
             > 0
         )
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(30) in (0, -signal.SIGTERM)
+
+
+@pytest.mark.slow
+def test_workers_share_one_rate_limit_through_redis(
+    model_dir: Path, tmp_path: Path, processes: list[subprocess.Popen[bytes]]
+) -> None:
+    """``--workers 2`` with ``MOBILE_MM_REDIS_URL``: a key's burst is one for the pod, not one per
+    worker. Requests go on new connections until both workers have answered some (the kernel
+    picks the worker) and at least 2 x burst + 2 were sent: one worker then took >= burst + 1,
+    so buckets of its own per worker would have let at least burst + 1 through."""
+    if (why := redis_missing()) is not None:
+        pytest.fail(why)
+    burst = 3
+    db_url = f"sqlite:///{tmp_path / 'keys.db'}"  # one machine: its workers may share SQLite
+    db = Database(db_url)
+    key, _ = create_key(db, "dave", "free")
+    db.dispose()
+    with RedisServer(tmp_path / "redis") as redis_server:
+        proc, url = _serve(
+            model_dir,
+            tmp_path,
+            "--workers",
+            "2",
+            MOBILE_MM_AUTH="required",
+            MOBILE_MM_DATABASE_URL=db_url,
+            MOBILE_MM_REDIS_URL=redis_server.url,
+            MOBILE_MM_RATE_LIMIT_FREE_BURST=str(burst),
+            MOBILE_MM_RATE_LIMIT_FREE_PER_MINUTE="0.6",  # one token per 100 s: none comes back
+            MOBILE_MM_LOG_SAMPLE_RATIO="1",
+        )
+        processes.append(proc)
+        logs = tmp_path / "logs"
+        deadline = time.monotonic() + 120
+        while len(_instances(logs, lambda line: line["message"].startswith("model ready"))) < 2:
+            assert time.monotonic() < deadline, "both workers never became ready"
+            time.sleep(0.1)
+        body = {"image": data_uri(), "task": "ocr"}
+        statuses: list[int] = []
+        deadline = time.monotonic() + 120
+        while len(statuses) < 2 * burst + 2 or len(_instances(logs, _answered_inference)) < 2:
+            assert time.monotonic() < deadline, f"after {statuses}, not both workers had answered"
+            with httpx.Client(base_url=url, timeout=60) as client:
+                statuses.append(client.post("/inference", json=body, headers={"X-API-Key": key}).status_code)
+        assert statuses[:burst] == [200] * burst and set(statuses[burst:]) == {429}, statuses
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) in (0, -signal.SIGTERM)
+
+
+def _answered_inference(line: dict[str, Any]) -> bool:
+    return line.get("path") == "/inference" and line.get("status") in (200, 429)
 
 
 def test_invalid_serve_options_exit_with_a_clear_message(tmp_path: Path) -> None:
