@@ -28,12 +28,15 @@ _SCOPE: contextvars.ContextVar[dict[nn.Module, Tensor] | None] = contextvars.Con
 
 
 @contextmanager
-def reuse_weights() -> Iterator[None]:
-    """Let modules keep derived weights until the block ends (nested scopes share the outer one)."""
+def reuse_weights(cache: dict[nn.Module, Tensor] | None = None) -> Iterator[None]:
+    """Let modules keep derived weights until the block ends (nested scopes share the outer one).
+    ``cache``: keep them in this dict instead of a fresh one, so a caller whose work spans several
+    calls (a running decode batch, ``decode_batch.py``) dequantizes once for all of them and frees
+    the weights by dropping the dict."""
     if _SCOPE.get() is not None:
         yield
         return
-    token = _SCOPE.set({})
+    token = _SCOPE.set({} if cache is None else cache)
     try:
         yield
     finally:

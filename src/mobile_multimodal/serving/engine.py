@@ -52,6 +52,7 @@ from mobile_multimodal.serving.batch_jobs import (
     run_batch,
 )
 from mobile_multimodal.serving.batcher import BatchOutcome, DynamicBatcher
+from mobile_multimodal.serving.continuous_batcher import ContinuousBatcher, warm_up_decoding
 from mobile_multimodal.serving.model_loading import (
     ModelLoader,
     ModelLoadFailure,
@@ -110,16 +111,34 @@ class InferenceEngine:
         self.warmed_up = False
         self.load_seconds: float | None = None
         self.probe = ProbeCase.default()
-        self.batcher: DynamicBatcher[BatchKey, Job, dict[str, Any]] = DynamicBatcher(
-            self._run_batch,
-            max_batch_size=settings.max_batch_size,
-            max_wait_s=settings.max_batch_wait_ms / 1000,
-            max_queue=settings.max_queue,
-            executor=self._executor,
-            label=lambda key: key[0],
-            arriving=lambda: self._arriving,
-            on_batch=self._batch_drained,
-        )
+        self.batcher: DynamicBatcher[BatchKey, Job, dict[str, Any]] | ContinuousBatcher
+        # The ONNX Runtime backend keeps static batches: its decoder graphs take one fixed-length
+        # KV cache per call for the whole batch (the bundle's layout, what a phone runs), and the
+        # bundle's decode loop knows no rows joining or leaving mid-decode.
+        self.continuous = settings.batching == "continuous" and settings.runtime == "pytorch"
+        if self.continuous:
+            self.batcher = ContinuousBatcher(
+                model=lambda: self.model,
+                run_single_pass=self._run_batch,
+                max_rows=settings.max_batch_size,
+                max_batch_size=settings.max_batch_size,
+                max_queue=settings.max_queue,
+                executor=self._executor,
+                domain_tasks=lambda: self.settings.domain_check_tasks,
+                on_batch=self._batch_drained,
+                busy=self._model_busy,
+            )
+        else:
+            self.batcher = DynamicBatcher(
+                self._run_batch,
+                max_batch_size=settings.max_batch_size,
+                max_wait_s=settings.max_batch_wait_ms / 1000,
+                max_queue=settings.max_queue,
+                executor=self._executor,
+                label=lambda key: key[0],
+                arriving=lambda: self._arriving,
+                on_batch=self._batch_drained,
+            )
         self.admission = Admission(
             settings.max_queue, wait_budget_s(settings.max_queue_wait_s, settings.request_timeout_s)
         )
@@ -282,6 +301,8 @@ class InferenceEngine:
             run_batch(model, ("captioning", 32), [Job(image)] * max_batch_size)
             if self.admission.rate.seconds_per_item == 0.0:
                 self.admission.rate.observe(max_batch_size, time.perf_counter() - start)
+            if self.continuous:  # the step-level decode path too (a no-op for other model types)
+                warm_up_decoding(model, image)
         except Exception as exc:
             raise ModelLoadFailure(ErrorCode.MODEL_LOAD_FAILED, f"warm-up inference failed: {exc}") from exc
 
@@ -289,9 +310,15 @@ class InferenceEngine:
     def _run_batch(self, key: BatchKey, jobs: list[Job]) -> list[dict[str, Any]]:
         if self.model is None:
             raise RuntimeError("the model is not loaded")
+        with self._model_busy():
+            return run_batch(self.model, key, jobs, self.settings.domain_check_tasks)
+
+    @contextmanager
+    def _model_busy(self) -> Iterator[None]:
+        """Around every batch or decode iteration on the model thread (idle_for reads it)."""
         self.batches_running += 1
         try:
-            return run_batch(self.model, key, jobs, self.settings.domain_check_tasks)
+            yield
         finally:
             self.batches_running -= 1
             self.last_batch_end = time.perf_counter()
@@ -299,7 +326,7 @@ class InferenceEngine:
     def idle_for(self) -> float:
         """Seconds since the model thread last served a request; 0 while one is queued, arriving
         or running (background work waits for a positive value)."""
-        if self.batches_running or self.batcher.depth or self._arriving:
+        if self.batches_running or self.batcher.depth or self.batcher.running or self._arriving:
             return 0.0
         return time.perf_counter() - self.last_batch_end
 
@@ -335,6 +362,9 @@ class InferenceEngine:
 
     def _expected_wait_s(self, waiting: int) -> float:
         batcher = self.batcher
+        if isinstance(batcher, ContinuousBatcher):
+            running, running_for_s = batcher.slot_wait()
+            return self.admission.expected_wait_s(waiting, running, running_for_s)
         running_for_s = time.perf_counter() - batcher.running_since if batcher.running else 0.0
         return self.admission.expected_wait_s(waiting, batcher.running, running_for_s)
 

@@ -1,0 +1,150 @@
+"""Captions and answers decoded continuously: :class:`DecodeBatch` at the level of the Python API.
+
+A serving scheduler admits requests (image, task, token budget, question) into one running batch
+at any step and collects each as soon as it is done; what it gets back is what
+``generate_captions`` / ``answer_questions`` return for that request alone: the same text, the
+same confidence (``exp`` of the mean token log-probability) and, for a caption of at least
+``PREFIX_TOKENS``, the same in-domain score (``domain.py``).
+
+:meth:`TaskDecoding.admit` encodes the admitted images in one encoder pass per task (VQA's
+conditioned on its questions, as ``answer_questions`` does), builds each prompt and its decoding
+constraint (``constraints.py``), and prefills them into the batch. A request the model refuses
+(a question over ``max_question_tokens``, a budget below 1) is returned as refused, alone: the
+others are admitted.
+
+Example::
+
+    decoding = TaskDecoding(model)
+    done, refused = decoding.admit([TaskRequest("captioning", img, 32, tag=1),
+                                    TaskRequest("vqa", img, 8, question="what color is it ?", tag=2)])
+    while len(decoding):
+        for result in decoding.step():
+            print(result.tag, result.text, result.confidence)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from mobile_multimodal.model.constraints import TaskConstraints
+from mobile_multimodal.model.decode_batch import DecodeBatch, DecodeRow, FinishedRow, RowAllowed
+from mobile_multimodal.model.decoder import StopSignal
+from mobile_multimodal.model.domain import PREFIX_TOKENS, SCORED_TOKENS
+from mobile_multimodal.model.llm import MobileMultiModalLLM
+from mobile_multimodal.model.preprocess import ImageInput, scene_tensor
+
+DECODED_TASKS = ("captioning", "vqa")
+
+
+@dataclass
+class TaskRequest:
+    """One caption (``task="captioning"``) or answer (``"vqa"``, with ``question``) to decode, at
+    most ``max_tokens`` words. ``domain``: measure the in-domain score (captions of at least
+    ``PREFIX_TOKENS`` only, as ``generate_captions``)."""
+
+    task: str
+    image: ImageInput
+    max_tokens: int
+    question: str | None = None
+    stop: StopSignal | None = None
+    domain: bool = False
+    tag: object = None
+
+
+@dataclass
+class TaskResult:
+    tag: object
+    text: str
+    confidence: float
+    domain_score: float | None
+    stopped: bool
+
+
+class TaskDecoding:
+    """A running batch of caption and answer decodes over one model."""
+
+    def __init__(self, model: MobileMultiModalLLM) -> None:
+        self.model = model
+        tok = model.tokenizer
+        self.batch = DecodeBatch(model.network.decoder, tok.eos_id, tok.pad_id)
+
+    def __len__(self) -> int:
+        return len(self.batch)
+
+    def check(self, request: TaskRequest) -> None:
+        """Raise what the model would raise for ``request`` alone (before any tensor)."""
+        if request.task not in DECODED_TASKS:
+            raise ValueError(f"task {request.task!r} is not decoded; choose from {DECODED_TASKS}")
+        if request.max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {request.max_tokens}")
+        if request.task == "vqa":
+            self.model.check_question(request.question or "")
+
+    @torch.inference_mode()
+    def admit(self, requests: Sequence[TaskRequest]) -> tuple[list[TaskResult], dict[int, Exception]]:
+        """Encode and prefill ``requests``. Returns the ones finished at once (stopped before they
+        began) and the refused ones by index (each with the model's error)."""
+        refused: dict[int, Exception] = {}
+        good: list[int] = []
+        for i, r in enumerate(requests):
+            try:
+                self.check(r)
+                good.append(i)
+            except (ValueError, TypeError) as exc:  # PromptTooLongError is a ValueError
+                refused[i] = exc
+        done: list[TaskResult] = []
+        for task in DECODED_TASKS:
+            group = [requests[i] for i in good if requests[i].task == task]
+            if group:
+                done += self._admit_task(task, group)
+        return done, refused
+
+    def _admit_task(self, task: str, group: list[TaskRequest]) -> list[TaskResult]:
+        model = self.model
+        scenes = torch.stack([scene_tensor(r.image, model.config.scene_size) for r in group]).to(model.device)
+        question: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None)
+        if task == "vqa":
+            ids, valid = model.encode_texts([r.question or "" for r in group], allow_empty=True)
+            question = (ids.to(model.device), valid.to(model.device))
+        tokens, _ = model.network.encode_images(scenes, *question)
+        rules = TaskConstraints.from_tokenizer(model.tokenizer) if model.constrained_decoding else None
+        rows = [
+            DecodeRow(
+                prompt=model.tokenizer.prompt(task, r.question if task == "vqa" else None),
+                max_new_tokens=r.max_tokens + 1,  # one beyond the budget lets <eos> end it
+                allowed=_rule(rules, task),
+                stop=r.stop,
+                scores=True,
+                prefix_tokens=SCORED_TOKENS if r.domain and r.max_tokens >= PREFIX_TOKENS else 0,
+                tag=r,
+            )
+            for r in group
+        ]
+        return [self._result(f) for f in self.batch.add(rows, tokens)]
+
+    @torch.inference_mode()
+    def step(self) -> list[TaskResult]:
+        """One token for every active request; the ones that finished, with their text."""
+        return [self._result(f) for f in self.batch.step()]
+
+    def clear(self) -> list[TaskRequest]:
+        """Drop every active request (after a failed step); the requests dropped."""
+        return [t for t in self.batch.clear() if isinstance(t, TaskRequest)]
+
+    def _result(self, row: FinishedRow) -> TaskResult:
+        request = row.tag
+        assert isinstance(request, TaskRequest)
+        text = self.model.tokenizer.decode(row.tokens[: request.max_tokens])
+        confidence = math.exp(row.score) if row.score is not None else 1.0
+        domain = math.exp(row.prefix_score) if row.prefix_score is not None else None
+        return TaskResult(request.tag, text, confidence, domain, row.stopped)
+
+
+def _rule(rules: TaskConstraints | None, task: str) -> RowAllowed:
+    if rules is None:
+        return None
+    return lambda emitted: rules.allowed(task, emitted)
