@@ -1,9 +1,22 @@
 """Held-out evaluation splits. Their random generators are seeded from a namespace (first seed
 word 1) disjoint from training's (first seed word 0), so no split shares a seed with training;
-OCR splits also use held-out words, and `ocr_unseen_fonts` fonts never seen in training."""
+OCR splits also use held-out words, and `ocr_unseen_fonts` fonts never seen in training.
+
+Disjoint seeds alone would still let the training generator draw, by chance, a scene identical to
+a held-out one (same objects, cells, background shade and jitter): :func:`held_out_scenes` lists
+the scenes of the first :data:`HELD_OUT_SCENES` examples of every scene split (the evaluation's
+and the serving canary's sets are among them), and training's batch builder draws again whenever
+it meets one, so no held-out scene is ever trained on.
+
+Example::
+
+    load_eval_split("vqa", 32)                  # the first 32 held-out VQA examples
+    scene in held_out_scenes()                  # True for every scene of those
+"""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,8 +49,22 @@ class Example:
     scene: scenes.Scene | None = None
 
 
+SCENE_SPLITS = ("captioning", "vqa", "retrieval")
+# Per scene split: at least DEFAULT_SIZES and the largest canary (MOBILE_MM_CANARY_SIZE <= 1000).
+HELD_OUT_SCENES = 1000
+
+
 def _rng(split: str, index: int) -> np.random.Generator:
     return np.random.default_rng([EVAL_NAMESPACE, _SPLIT_CODES[split], index])
+
+
+@functools.cache
+def held_out_scenes() -> frozenset[scenes.Scene]:
+    """The scene of each of the first HELD_OUT_SCENES examples of every scene split (drawn as
+    :func:`load_eval_split` draws them; not rendered)."""
+    return frozenset(
+        scenes.sample_scene(_rng(split, i)) for split in SCENE_SPLITS for i in range(HELD_OUT_SCENES)
+    )
 
 
 def load_eval_split(split: str, n: int | None = None) -> list[Example]:

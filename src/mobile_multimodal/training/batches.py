@@ -1,7 +1,16 @@
 """Training batches, generated on the fly and fully determined by (seed, step).
 
 Because batch `step` is a pure function of the seed and the step number, a resumed run sees
-exactly the batches an uninterrupted run would have seen.
+exactly the batches an uninterrupted run would have seen. A scene the generator draws that is
+one of the held-out splits' (``data.splits.held_out_scenes``: the evaluation's and the serving
+canary's) is drawn again, so no held-out scene is trained on; OCR lines use the training words,
+the held-out splits other words. Quantization calibration (GPTQ, QAT) uses these batches too.
+What the scenes and lines look like is the model's data version (``data.training_data``).
+
+Example::
+
+    builder = BatchBuilder(Tokenizer.default(), seed=0, sizes=BatchSizes(), easy_vqa=None)
+    batch = builder.build(step=0)
 """
 
 from __future__ import annotations
@@ -11,8 +20,9 @@ from dataclasses import dataclass, fields, replace
 import numpy as np
 import torch
 
-from mobile_multimodal.data import scenes, text_images
+from mobile_multimodal.data import scenes, text_images, training_data
 from mobile_multimodal.data.easyvqa import EasyVQASplit
+from mobile_multimodal.data.splits import held_out_scenes
 from mobile_multimodal.model.preprocess import scene_tensor, text_line_tensor
 from mobile_multimodal.model.tokenizer import Tokenizer
 
@@ -72,17 +82,29 @@ class BatchBuilder:
         scene_size: int = 64,
         ocr_height: int = 32,
         ocr_width: int = 256,
+        *,
+        data_version: str | None = None,
+        ocr_fit: str = "squeeze",
     ) -> None:
         self.tok = tokenizer
         self.seed = seed
         self.sizes = sizes
         self.easy_vqa = easy_vqa
         self.scene_size, self.ocr_height, self.ocr_width = scene_size, ocr_height, ocr_width
+        self.ocr_fit = ocr_fit
+        self.data = training_data.data_version(data_version)  # how scenes and lines are drawn
         self.words = text_images.train_words()
+        self.held_out = held_out_scenes()
 
     def _sequence(self, task: str, question: str | None, target: str) -> tuple[list[int], int]:
         prompt = self.tok.prompt(task, question)
         return [*prompt, *self.tok.encode(target), self.tok.eos_id], len(prompt)
+
+    def _training_scene(self, scene: scenes.Scene, rng: np.random.Generator) -> scenes.Scene:
+        """``scene``, or, while it is a held-out one, a fresh draw (so the held-out sets stay unseen)."""
+        while scene in self.held_out:
+            scene = scenes.sample_scene(rng)
+        return scene
 
     def build(self, step: int) -> Batch:
         rng = np.random.default_rng([TRAIN_NAMESPACE, self.seed, step])
@@ -93,22 +115,24 @@ class BatchBuilder:
             # every odd row is, half the time, a one-attribute change of the row before it: a
             # hard negative for the contrastive loss
             if i % 2 == 1 and scene is not None and rng.random() < HARD_NEGATIVE_RATE:
-                scene = scenes.perturb_scene(scene, rng)
+                scene = self._training_scene(scenes.perturb_scene(scene, rng), rng)
             else:
-                scene = scenes.sample_scene(rng)
+                scene = self._training_scene(scenes.sample_scene(rng), rng)
+            scene, image = self.data.scene_image(scene, rng)  # captions follow the drawing
             variants = scenes.caption_variants(scene)
             # the canonical phrasing half the time, a paraphrase otherwise
             caption = variants[0] if rng.random() < 0.5 else variants[int(rng.integers(1, len(variants)))]
-            images.append(scene_tensor(scenes.render_scene(scene), self.scene_size))
+            images.append(scene_tensor(image, self.scene_size))
             seq, plen = self._sequence("captioning", None, caption)
             seqs.append(seq)
             questions.append([])
             prompt_lens.append(plen)
             caption_texts.append(variants[0] if rng.random() < 0.5 else caption)
         for _ in range(self.sizes.scene_vqa):
-            scene = scenes.sample_scene(rng)
+            scene = self._training_scene(scenes.sample_scene(rng), rng)
+            scene, image = self.data.scene_image(scene, rng)
             q, a = scenes.sample_question(scene, rng)
-            images.append(scene_tensor(scenes.render_scene(scene), self.scene_size))
+            images.append(scene_tensor(image, self.scene_size))
             seq, plen = self._sequence("vqa", q, a)
             seqs.append(seq)
             questions.append(self.tok.encode(q))
@@ -130,8 +154,8 @@ class BatchBuilder:
 
         ocr_imgs, targets, lengths = [], [], []
         for _ in range(self.sizes.ocr):
-            line = text_images.sample_text_image(rng, text_images.TRAIN_FONTS, self.words)
-            ocr_imgs.append(text_line_tensor(line.image, self.ocr_height, self.ocr_width))
+            line = self.data.text_line(rng, self.words)
+            ocr_imgs.append(text_line_tensor(line.image, self.ocr_height, self.ocr_width, self.ocr_fit))
             t = self.tok.encode_chars(line.text)
             targets.extend(t)
             lengths.append(len(t))
