@@ -1,4 +1,5 @@
-"""The items of docs/deploy.md its tests check: shell commands, PromQL blocks, the capacity table.
+"""The items of docs/deploy.md its tests check: shell commands, PromQL blocks (the capacity section is
+benchmarks/serving/capacity.py's).
 
 Example::
 
@@ -12,8 +13,6 @@ import re
 from pathlib import Path
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "deploy.md"
-TABLE_START = "<!-- capacity table: generated from benchmarks/serving/results.json"
-TABLE_END = "<!-- end capacity table -->"
 
 
 def text() -> str:
@@ -30,10 +29,3 @@ def bash_commands() -> list[str]:
 
 def promql_queries() -> list[str]:
     return [block.strip() for block in _blocks("promql")]
-
-
-def capacity_table() -> str:
-    doc = text()
-    start = doc.index(TABLE_START)
-    body = doc[doc.index("\n", start) + 1 : doc.index(TABLE_END)]
-    return body.strip()
