@@ -15,6 +15,7 @@ later without such a check fails :func:`test_every_event_type_in_the_source_has_
 from __future__ import annotations
 
 import ast
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -242,7 +243,8 @@ EXPRESSIONS = {
 }
 
 
-def test_every_event_type_in_the_source_has_a_guide_field_check() -> None:
+def _event_types() -> set[str]:
+    """The event types the source records, expressions resolved through :data:`EXPRESSIONS`."""
     in_source: set[str] = set()
     for action in _recorded_actions():
         if action in EXPRESSIONS:
@@ -250,9 +252,27 @@ def test_every_event_type_in_the_source_has_a_guide_field_check() -> None:
         else:
             assert not action.startswith("<"), f"an action the scan cannot name: {action}"
             in_source.add(action)
+    return in_source
+
+
+def test_every_event_type_in_the_source_has_a_guide_field_check() -> None:
+    in_source = _event_types()
     checked = set(TRIGGERS) | set(CHECKED_ELSEWHERE)
     assert in_source - checked == set(), "event types without a per-type guide-field test"
     assert checked - in_source == set(), "tests of event types the code no longer records"
     for action, test_file in CHECKED_ELSEWHERE.items():
         text = (REPO / test_file).read_text()
         assert f'"{action}"' in text and "assert_guide_fields(" in text, f"{action} in {test_file}"
+
+
+def test_the_guide_names_every_event_type_and_no_other() -> None:
+    """docs/monitoring.md's "Audit logging" section lists the actions an operator can query."""
+    text = (REPO / "docs" / "monitoring.md").read_text()
+    section = text[text.index("### Audit logging") :]
+    section = section[: section.index("\n### ", 1)]
+    prose = re.sub(r"```.*?```", "", section, flags=re.DOTALL)  # fences would pair backticks wrongly
+    quoted = set(re.findall(r"`([^`]+)`", prose))
+    in_source = _event_types()
+    assert in_source - quoted == set(), "event types the guide does not name"
+    dotted = {q for q in quoted if re.fullmatch(r"[a-z_]+(?:\.[a-z_]+)+", q)}
+    assert dotted - in_source == set(), "actions the guide names that the code never records"
