@@ -69,6 +69,17 @@ def test_two_processes_follow_one_and_resume(tmp_path: Path) -> None:
     MobileMultiModalLLM.from_pretrained(two)  # rank 0 wrote a loadable model
 
 
+def test_gpu_training_needs_one_gpu_per_process(tmp_path: Path) -> None:
+    """NCCL takes one GPU per rank: more processes than GPUs is refused before any starts."""
+    gpus = torch.cuda.device_count()
+    nproc = max(2, gpus + 1)
+    if nproc > 4:  # the tiny preset's smallest batch part
+        pytest.skip(f"{gpus} GPUs: more processes than the tiny batch has rows")
+    with pytest.raises(ValueError, match=f"needs one GPU per process; this machine has {gpus}"):
+        launch(TrainOptions(out=tmp_path, preset="tiny", device="cuda"), nproc=nproc)
+    assert not any(tmp_path.iterdir())  # nothing started, nothing written
+
+
 def test_nproc_is_checked_against_the_batch(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="smallest batch part"):
         launch(TrainOptions(out=tmp_path, preset="tiny"), nproc=5)

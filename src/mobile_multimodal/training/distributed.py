@@ -112,6 +112,11 @@ class TorchDistributed(SingleProcess):
         return dict(zip(names, values.tolist(), strict=True))
 
 
+def _uses_cuda(device: str) -> bool:
+    """Whether training runs on GPUs (then NCCL, one GPU per process), as train_model resolves it."""
+    return device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -144,6 +149,13 @@ def launch(opts: TrainOptions, nproc: int, timeout_s: float | None = None) -> Pa
         raise ValueError(
             f"--nproc {nproc} exceeds the preset's smallest batch part ({smallest} rows): some "
             "process would get no captions or OCR lines"
+        )
+    gpus = torch.cuda.device_count()
+    if _uses_cuda(opts.device) and nproc > gpus:
+        # NCCL refuses two ranks on one GPU: say so here, not as N failed processes
+        raise ValueError(
+            f"--nproc {nproc} on device {opts.device!r} needs one GPU per process; this machine has "
+            f"{gpus} (use --nproc {max(gpus, 1)}, or --device cpu for gloo)"
         )
     if opts.threads is None:  # share the cores out, as serve --workers does
         opts = dataclasses.replace(opts, threads=max(1, (os.cpu_count() or 1) // nproc))
@@ -185,7 +197,7 @@ def launch(opts: TrainOptions, nproc: int, timeout_s: float | None = None) -> Pa
 def run_worker(opts: TrainOptions) -> Path:
     """One rank, from torchrun's environment variables: join the group, train, leave."""
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    cuda = opts.device == "cuda" or (opts.device == "auto" and torch.cuda.is_available())
+    cuda = _uses_cuda(opts.device)
     if cuda:
         torch.cuda.set_device(local_rank)
         opts = dataclasses.replace(opts, device=f"cuda:{local_rank}")
