@@ -31,6 +31,7 @@ from mobile_multimodal.security.api_keys import revoke_key
 from mobile_multimodal.security.audit_file import AuditFile, configure_audit_file
 from mobile_multimodal.security.audit_query import audit_query_command
 from mobile_multimodal.security.auth_failure_throttle import FailureAuditThrottle
+from mobile_multimodal.security.ratelimit import RateLimit, RateLimiter
 from mobile_multimodal.settings import Settings, get_settings
 from mobile_multimodal.store import Database
 
@@ -75,7 +76,8 @@ def _auth_failure(env: Env) -> None:
 
 
 def _auth_suppressed(env: Env) -> None:
-    throttle = FailureAuditThrottle(limit=1, window_s=60.0)  # one row per window, the rest summarised
+    # one row per window, the rest summarised; a frozen clock keeps all three in one window
+    throttle = FailureAuditThrottle(limit=1, window_s=60.0, clock=lambda: 0.0)
     context = SecurityContext(Settings(data_dir=env.tmp, auth="required"), env.db, failure_audits=throttle)
     for _ in range(3):
         with pytest.raises(SecurityError):
@@ -85,7 +87,9 @@ def _auth_suppressed(env: Env) -> None:
 
 def _rate_limit(env: Env) -> None:
     key, _ = create_key(env.db, "bob")
-    context = env.context(rate_limit_free_burst=1, rate_limit_free_per_minute=1)
+    context = env.context()
+    frozen = RateLimiter({"free": RateLimit(per_minute=1, burst=1)}, clock=lambda: 0.0)  # no refill
+    context.limiter = frozen
     principal = context.authenticate({"x-api-key": key}, source_ip="10.0.0.7", resource="POST /inference")
     context.check_rate_limit(principal, source_ip="10.0.0.7", resource="POST /inference")
     with pytest.raises(SecurityError):
