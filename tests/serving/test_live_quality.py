@@ -246,3 +246,56 @@ def test_shadow_replays_sampled_requests_through_fp32_and_drops_past_its_queue(
     assert (
         metric_value(text, "quantization_shadow_comparisons_total", task="captioning", result="dropped") == 1
     )
+
+
+@needs_int2
+def test_a_reload_measures_the_new_model_at_once_and_drops_what_the_old_one_held(
+    live_server: Callable[..., LiveServer],
+) -> None:
+    """int2 (canary, fp32 reference loaded) reloaded as fp32: the new model's canary runs at the
+    swap, not an interval later; the reference's memory and the int2 baseline are gone."""
+    model_type = "reload-canary"  # this test's own series (the registry is per process)
+    server = live_server(
+        loader=default_loader,
+        model="default",
+        quantization="int2",
+        canary_interval_s=3600,
+        model_type=model_type,
+    )
+    # model_canary_runs_total has no model_type: earlier tests in this process counted runs too
+    text = _wait_canary_runs(server, 1)
+    assert (
+        metric_value(text, "model_memory_usage_bytes", model_type=model_type, component="reference_model") > 0
+    )
+    assert metric_value(text, "model_accuracy_baseline_score", model_type=model_type, quantization="int2") > 0
+
+    reloader = server.app.state.reloader
+    reloader.settings_loader = lambda: server.settings.model_copy(update={"quantization": "fp32"})
+    outcome = asyncio.run_coroutine_threadsafe(reloader.reload(), server.app.state.duties.loop).result(300)
+    assert outcome.model == "reloaded"
+    # the interval is an hour: only a run started by the swap itself can count within the wait
+    text = _wait_canary_runs(server, 2)
+    fp32 = evaluate_canary(MobileMultiModalLLM.from_pretrained("default"), 32)["tasks"]
+    one_example = 1.01 / 32
+    score = metric_value(text, "model_accuracy_score", model_type=model_type, quantization="fp32", task="vqa")
+    assert score == pytest.approx(fp32["vqa"]["primary"], abs=one_example)
+    assert metric_value(text, "quantization_accuracy_loss", quantization_type="fp32", task="vqa") == 0
+    # an fp32 model needs no reference: the one the int2 model had is no longer held
+    assert (
+        metric_value(text, "model_memory_usage_bytes", model_type=model_type, component="reference_model")
+        == 0
+    )
+    # the int2 model's canary baseline no longer stands beside the fp32 model's scores
+    assert metric_value(text, "model_accuracy_baseline_score", quantization="int2") == 0
+    assert metric_value(text, "model_accuracy_baseline_score", model_type=model_type, quantization="fp32") > 0
+
+
+def _wait_canary_runs(server: LiveServer, runs: int, timeout_s: float = 120) -> str:
+    """/metrics once this server's canary has recorded ``runs`` successful runs (bounded wait)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        canary = server.app.state.duties.canary
+        if canary is not None and canary.runs >= runs:
+            return _metrics(server)
+        time.sleep(0.1)
+    raise AssertionError(f"this server's canary did not record {runs} runs within {timeout_s} s")

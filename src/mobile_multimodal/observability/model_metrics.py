@@ -3,7 +3,8 @@
 - ``model_memory_usage_bytes{component}``: bytes of each component's parameters and buffers, as
   held in memory (packed if quantized), from ``model.component_memory_bytes()``, and
   ``kv_cache_peak``, the decoder's largest KV cache so far (the canary updates it; the fp32
-  reference adds ``reference_model`` when loaded, serving/reference.py).
+  reference adds ``reference_model`` when loaded, serving/reference.py). A new model (a reload)
+  sets what it holds and 0 for what the previous one held and it does not.
 - ``model_accuracy_score{task}``: the primary metric of each task in the model's eval report
   (``manifest["eval"]``, the report ``mobile-mm eval --json`` prints).
 - ``quantization_accuracy_loss{quantization_type, task}`` (and its alias): ``(fp32 primary −
@@ -79,21 +80,29 @@ def record_model(model: LoadedModel, load_seconds: float, model_type: str) -> No
     # One model per process: a reload replaces the previous model's series, so a task or a
     # quantization the new model lacks does not keep reporting the old one's numbers. (The
     # multiprocess client cannot clear labels; it warns instead.)
+    # The canary's baseline and the shadow's agreement window belonged to the previous model too:
+    # the new one's are set by its own canary run and comparisons.
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         for gauge in (
             metrics.MODEL_ACCURACY,
+            metrics.MODEL_ACCURACY_BASELINE,
+            metrics.SHADOW_AGREEMENT,
             metrics.QUANTIZATION_LOSS,
             metrics.QUANTIZATION_LOSS_ALIAS,
             metrics.MODEL_INFO,
         ):
             gauge.clear()
-    for component, nbytes in model.component_memory_bytes().items():
-        metrics.MODEL_MEMORY.labels(model_type, component).set(nbytes)
+    held = dict(model.component_memory_bytes())
     # The decoder's largest KV cache so far (the warm-up ran a full batch): memory beside the weights.
-    decoder = getattr(getattr(model, "network", None), "decoder", None)
-    peak_cache = getattr(decoder, "peak_cache_bytes", 0)
-    if isinstance(peak_cache, int) and peak_cache > 0:
-        metrics.MODEL_MEMORY.labels(model_type, "kv_cache_peak").set(peak_cache)
+    peak_cache = kv_cache_peak_bytes(model)
+    if peak_cache > 0:
+        held["kv_cache_peak"] = peak_cache
+    # What the previous model (and its fp32 reference, dropped with it) held and this one does
+    # not is held no more: 0, not the old number (the reference sets its own once loaded again).
+    for component in _reported_components(model_type) - set(held):
+        metrics.MODEL_MEMORY.labels(model_type, component).set(0)
+    for component, nbytes in held.items():
+        metrics.MODEL_MEMORY.labels(model_type, component).set(nbytes)
     metrics.MODEL_LOAD_DURATION.labels(model_type, quant).set(load_seconds)
     # at 0 from the start, so a rate() sees the first flagged input (the scene tasks model/domain.py
     # checks; a model without a calibrated check never counts one)
@@ -128,6 +137,23 @@ def record_model(model: LoadedModel, load_seconds: float, model_type: str) -> No
         str(weights_sha),
         str(info.get("runtime", "pytorch")),
     ).set(1)
+
+
+def kv_cache_peak_bytes(model: object) -> int:
+    """The largest KV cache the model's decoder has held so far (0 for a model without one)."""
+    decoder = getattr(getattr(model, "network", None), "decoder", None)
+    peak = getattr(decoder, "peak_cache_bytes", 0)
+    return peak if isinstance(peak, int) else 0
+
+
+def _reported_components(model_type: str) -> set[str]:
+    """The components ``model_memory_usage_bytes`` has a series for, for ``model_type``."""
+    return {
+        sample.labels["component"]
+        for family in metrics.MODEL_MEMORY.collect()
+        for sample in family.samples
+        if sample.labels.get("model_type") == model_type
+    }
 
 
 def record_load_failure(reason: str, model_type: str) -> None:

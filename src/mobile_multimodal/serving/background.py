@@ -239,18 +239,24 @@ class BackgroundDuties:
 
     def model_swapped(self) -> None:
         """After a reload swapped the model: the fp32 reference and its canary scores belonged to
-        the old one (loaded again on first use), and shadowing may now apply (a quantized model)."""
+        the old one (loaded again on first use), as did the shadow's queue and agreement window;
+        shadowing may now apply (a quantized model); and the new model's canary runs now, as at
+        start-up, not an interval later."""
         if self.canary is None or self.shadow is None:
             # not started: the start-up load failed, and this reload is the first good model
             if not any(t.get_name() == "start-live-quality" and not t.done() for t in self._tasks):
                 self._spawn(self._watch_quality(), "start-live-quality")
             return
+        if self._canary_task is not None:  # a run on the old model would record its scores
+            self._canary_task.cancel()
         reference = ReferenceModel(self.settings)
         self.canary.reference = self.shadow.reference = reference
         self.canary.reference_scores = None
+        self.shadow.forget()
         self.shadow.enabled = self.settings.shadow_sample_rate > 0
         if self.shadow.enabled and (self._shadow_task is None or self._shadow_task.done()):
             self._shadow_task = self._spawn(self.shadow.run_forever(), "shadow-comparison")
+        self._canary_task = self._spawn(self.canary.run_forever(), "canary")
 
     def apply_settings(self, settings: Settings, changed: list[str]) -> list[str]:
         """A reload's live settings (serving/reload.py); returns the changed ones it applied."""

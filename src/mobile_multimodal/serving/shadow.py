@@ -108,6 +108,11 @@ class ShadowComparator:
         self._queue.append(_Sample(task, key, job, served))
         self._wakeup.set()
 
+    def forget(self) -> None:
+        """Drop the queued samples and the agreement window: they were the previous model's."""
+        self._queue.clear()
+        self._recent.clear()
+
     def _quantization(self) -> str:
         model = self.engine.model
         return model.quantization if model is not None else self.settings.quantization
