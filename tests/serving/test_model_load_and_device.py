@@ -82,6 +82,19 @@ def test_the_model_load_is_one_trace_with_its_stages(live_server: Callable[..., 
         2 * len(model.network.decoder.layers()) * image_tokens.numel() * 4 * server.settings.max_batch_size
     )
     assert cross < peak < 10 * cross
+    # ... and it follows the requests' decodes, not only the load's (and the canary's)
+    from mobile_multimodal.observability import metrics
+
+    metrics.MODEL_MEMORY.labels(model_type, "kv_cache_peak").set(0)
+    with server.client() as client:
+        assert client.post("/inference", json={"image": data_uri(), "task": "captioning"}).status_code == 200
+        text = client.get("/metrics").text
+    held = server.app.state.engine.model.network.decoder.peak_cache_bytes
+    assert held >= peak
+    assert (
+        metric_value(text, "model_memory_usage_bytes", model_type=model_type, component="kv_cache_peak")
+        == held
+    )
 
 
 def test_a_tampered_file_fails_the_verify_stage(

@@ -39,6 +39,7 @@ from opentelemetry.trace import Span
 from mobile_multimodal.errors import inference_outcome
 from mobile_multimodal.model.model_errors import PromptTooLongError
 from mobile_multimodal.observability import metrics
+from mobile_multimodal.observability.model_metrics import kv_cache_peak_bytes
 from mobile_multimodal.observability.request_context import annotate_request
 from mobile_multimodal.observability.tracing import leaf_stage, set_attributes, trace_exemplar
 from mobile_multimodal.serving.admission import EngineOverloaded
@@ -231,6 +232,10 @@ def _record_success(
         metrics.PREDICTION_CONFIDENCE.labels(model_type, task).observe(confidence)
     if outcome.result.get("out_of_domain") is True:
         metrics.OUT_OF_DOMAIN_INPUTS.labels(model_type, task).inc()
+    # a request's decode may hold a larger KV cache than the warm-up's (more tokens)
+    peak_cache = kv_cache_peak_bytes(engine.model)
+    if peak_cache > 0:
+        metrics.MODEL_MEMORY.labels(model_type, "kv_cache_peak").set(peak_cache)
     for hook in engine.after_success:  # e.g. the shadow comparator's sampling: returns at once
         hook(task, engine.batch_key(task, job.max_tokens), prepared, outcome.result)
     annotate_request(batch_size=outcome.batch_size)
