@@ -97,6 +97,31 @@ def test_official_client_streaming(server: LiveServer) -> None:
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens >= 1
 
 
+def test_the_chat_answer_carries_the_models_confidence(server: LiveServer) -> None:
+    """The confidence POST /inference reports for the same image and question, in the choice
+    (an extension field the official client keeps) and in the stream's last choice chunk."""
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0)
+    question = "What color is the circle?"
+    with server.client() as http:
+        direct = http.post(
+            "/inference", json={"image": data_uri(), "task": "vqa", "question": question, "max_tokens": 3}
+        )
+    assert direct.status_code == 200, direct.text
+    expected = direct.json()["result"]["confidence"]
+    completion = client.chat.completions.create(
+        model="mobile-multimodal-llm", messages=_messages(question), max_tokens=3
+    )
+    extra = completion.choices[0].model_extra or {}
+    assert 0.0 <= extra["confidence"] <= 1.0
+    assert extra["confidence"] == pytest.approx(expected, abs=1e-6)
+    stream = client.chat.completions.create(
+        model="mobile-multimodal-llm", messages=_messages(question), max_tokens=3, stream=True
+    )
+    last = [c.choices[0] for c in stream if c.choices][-1]
+    assert last.finish_reason is not None
+    assert (last.model_extra or {})["confidence"] == pytest.approx(expected, abs=1e-6)
+
+
 def test_openai_errors_reach_the_client_as_api_errors(server: LiveServer) -> None:
     client = openai.OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0)
     with pytest.raises(openai.NotFoundError):

@@ -17,10 +17,12 @@ Limits: the user turn's text may have at most ``MAX_PROMPT_CHARS`` characters, a
 (with or without ``stream``), answered before the image is decoded.
 
 Decoding is greedy, so ``temperature`` and ``top_p`` are accepted and have no effect; ``n`` must
-be 1. With ``stream: true`` the answer is generated in one batched pass and then sent as one
-chunk per word. ``usage`` counts the model's own tokens: prompt tokens the decoder reads
-(``<bos> <task> question <sep>``; 0 for OCR, which has no prompt), completion tokens it wrote
-(words, or characters for OCR). Image tokens are not counted.
+be 1. The choice carries ``confidence`` (0..1), an extension field: the model's confidence in the
+answer, as ``result.confidence`` of ``POST /inference``. With ``stream: true`` the answer is
+generated in one batched pass and then sent as one chunk per word. ``usage`` counts the model's
+own tokens: prompt tokens the decoder reads (``<bos> <task> question <sep>``; 0 for OCR, which
+has no prompt), completion tokens it wrote (words, or characters for OCR). Image tokens are not
+counted.
 
 Example::
 
@@ -116,11 +118,20 @@ class AssistantMessage(BaseModel):
     refusal: None = None
 
 
+CONFIDENCE = (
+    "Extension: the model's confidence in this answer, 0..1, no labels needed (the geometric-mean "
+    "probability of its tokens, or of the CTC best path per frame for OCR), as result.confidence "
+    "of POST /inference; streamed in the chunk that carries finish_reason. The official clients "
+    "keep unknown fields (choice.model_extra['confidence'] in Python)."
+)
+
+
 class Choice(BaseModel):
     index: int
     message: AssistantMessage
     finish_reason: Literal["stop", "length"]
     logprobs: None = None
+    confidence: float | None = Field(None, ge=0, le=1, description=CONFIDENCE)
 
 
 class Usage(BaseModel):
@@ -222,14 +233,17 @@ async def _stream(completion: ChatCompletion, include_usage: bool) -> AsyncItera
     }
     choice = completion.choices[0]
 
-    def chunk(delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
-        return {**head, "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]}
+    def chunk(delta: dict[str, Any], finish: str | None, **extra: Any) -> dict[str, Any]:
+        return {
+            **head,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None, **extra}],
+        }
 
     yield _sse(chunk({"role": "assistant", "content": ""}, None))
     words = choice.message.content.split(" ")
     for i, word in enumerate(words):
         yield _sse(chunk({"content": word if i == 0 else " " + word}, None))
-    yield _sse(chunk({}, choice.finish_reason))
+    yield _sse(chunk({}, choice.finish_reason, confidence=choice.confidence))
     if include_usage:
         yield _sse({**head, "choices": [], "usage": completion.usage.model_dump()})
     yield _sse("[DONE]")
@@ -268,11 +282,19 @@ async def chat_completions(
             span.set_attribute("output.size", len(answer))
             ref = engine.describe()
             finish = "length" if task != "ocr" and usage.completion_tokens >= max_tokens else "stop"
+            confidence = outcome.result.get("confidence")
             completion = ChatCompletion(
                 id=f"chatcmpl-{current_trace_id() or int(time.time() * 1e6)}",
                 created=int(time.time()),
                 model=ref["name"],
-                choices=[Choice(index=0, message=AssistantMessage(content=answer), finish_reason=finish)],
+                choices=[
+                    Choice(
+                        index=0,
+                        message=AssistantMessage(content=answer),
+                        finish_reason=finish,
+                        confidence=confidence if isinstance(confidence, float) else None,
+                    )
+                ],
                 usage=usage,
                 system_fingerprint=f"{ref['name']}-{ref['version']}-{ref['quantization']}",
             )
