@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from benchmarks.serving import report_frameworks
+
 CONCURRENCY = (1, 8, 32)
 QUANTILES = ("p50_ms", "p95_ms", "p99_ms")
 MIB = 1024 * 1024
@@ -49,6 +51,7 @@ def ratios(per_precision: dict[str, Any], peer: str, tasks: list[str]) -> dict[s
 
 def summarize(result: dict[str, Any]) -> dict[str, Any]:
     tasks: list[str] = result["options"]["tasks"]
+    frameworks: list[str] = result["options"].get("framework_peers", [])
     main_task = "captioning" if "captioning" in tasks else tasks[0]
     summary: dict[str, Any] = {}
     for q, per in result["precisions"].items():
@@ -73,6 +76,12 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
             "model_load_under_10s": None if load_s is None else load_s < 10,
             "vs_peers": {peer: ratios(per, peer, tasks) for peer in result["options"]["peers"]},
         }
+        if frameworks:
+            summary[q]["vs_frameworks"] = {
+                task: report_frameworks.versus_frameworks(per, frameworks, task) for task in tasks
+            }
+        if "correctness" in per:
+            summary[q]["answers_identical"] = per["correctness"]["all_identical"]
     return summary
 
 
@@ -83,7 +92,7 @@ def _ok(value: bool | None) -> str:
 def write_markdown(path: Path, result: dict[str, Any]) -> None:
     opts, env = result["options"], result["machine"]
     lines = [
-        "# Serving benchmark: ours against a plain peer, one run",
+        "# Serving benchmark: ours against its peers, one run",
         "",
         f"Model `{opts['model']}` at {', '.join(opts['precisions'])}; tasks {', '.join(opts['tasks'])}. "
         f"Machine: {env['cpu']}, {env['cores']} cores, {env['memory_bytes'] / 2**30:.0f} GiB; "
@@ -117,6 +126,7 @@ def write_markdown(path: Path, result: dict[str, Any]) -> None:
             f"| {q} | model load (`model_load_duration_seconds`) < 10 s | "
             f"{'n/a' if load is None else f'{load:.2f} s'} | {_ok(s['model_load_under_10s'])} |",
         ]
+    lines += ["", *report_frameworks.markdown(result)]
     for peer in opts["peers"]:
         lines += [
             "",

@@ -1,4 +1,5 @@
-"""Serving benchmark: ours against a plain peer, in one run, for captioning, OCR and VQA at each precision.
+"""Serving benchmark: ours against its peers (a plain FastAPI route, LitServe, BentoML), in one run,
+for captioning, OCR, VQA and a mix of them at each precision.
 
 What it measures, on this machine, with the real service (``mobile-mm serve``), each peer of
 ``benchmarks/peers`` serving the same model, and a real load generator (``wrk``, closed loop:
@@ -8,23 +9,32 @@ turn for each precision (default fp32 and int2):
 1. **model only**: ``generate_captions([image])`` in-process, batch 1, p50/p95/p99 over
    ``--model-iters`` calls; the per-image time at batch sizes 1..32 (what batching buys); and the
    in-process ``from_pretrained`` time.
-2. **HTTP**: ``POST /inference`` with the same body (``benchmarks/serving/workload.py``) for
-   each task at concurrency 1, 8 and 32, ``--repeats`` runs of ``--duration`` s (medians
-   reported), against: ``ours`` (batching on: ``MOBILE_MM_MAX_BATCH_SIZE=16``,
-   ``MAX_BATCH_WAIT_MS=5``), ``ours_no_batching`` (``MAX_BATCH_SIZE=1``) and each peer
-   (``plain_fastapi``). Every comparison is a ratio ours / peer from the same run.
-3. **Start and memory**: seconds from spawn to ``/ready`` 200 for every server, our
+2. **HTTP**: ``POST /inference`` with the same bodies (``benchmarks/serving/workload.py``) for
+   each task and for the mix (16 requests rotated: short and long captions, VQA, OCR) at
+   concurrency 1, 8 and 32, ``--repeats`` runs of ``--duration`` s (medians reported),
+   against: ``ours`` (batching on: ``MOBILE_MM_MAX_BATCH_SIZE=16``, ``MAX_BATCH_WAIT_MS=5``),
+   ``ours_no_batching`` (``MAX_BATCH_SIZE=1``) and each peer (``plain_fastapi``, ``litserve``,
+   ``bentoml``). Every comparison is a ratio ours / peer from the same run.
+3. **Correctness**: every server answers the mix's 16 requests (16 at a time); the answers are
+   compared with the model's in-process unbatched ones and scored against the references.
+4. **Start and memory**: seconds from spawn to ``/ready`` 200 for every server, our
    ``model_load_duration_seconds`` (the guide's metric: read, verify, build, warm-up), and the
-   server process's resident memory (RSS) when ready and after its load runs.
+   server's resident memory (RSS; a framework peer's whole process group) when ready and after
+   its load runs.
 
 Targets: p95 < 100 ms at concurrency 1 (aim < 30 ms); batching at c=32 >= 3x batching off;
 serving overhead (HTTP p50 - model-only p50, c=1, captioning) < 5 ms; model load < 10 s (the
-guide's "Model Loading: Target < 10s").
+guide's "Model Loading: Target < 10s"); against the best framework peer (issue 20), on the mix:
+throughput at c=32 >= 1.5x, p99 at c=32 below, p50 at c=1 no worse; identical answers.
 
 Usage::
 
-    .venv/bin/python -m benchmarks.serving.run                     # fp32 and int2, defaults
+    .venv/bin/python -m benchmarks.serving.run                     # fp32 and int2, every peer
     .venv/bin/python -m benchmarks.serving.run --precisions int2 --duration 2 --repeats 1 --out /tmp/s
+
+The BentoML peer runs from its own venv (``var/peer-venvs/bentoml``), which the first run
+builds (a few minutes; ``benchmarks/peers/venvs.py``); LitServe comes with ``.venv`` (the
+``peers`` extra, in ``dev`` too).
 
 Writes results.json, and (report.py) results.md, latency.png, throughput.png and model_batching.png
 under --out (default: beside this file). Needs ``wrk`` (Debian package; scripts/install_system_deps.sh).
@@ -51,22 +61,22 @@ from typing import Any
 import httpx
 import psutil
 from benchmarks.peers import PEERS
+from benchmarks.serving.answers import check, collect_answers, reference_answers
 from benchmarks.serving.report import CONCURRENCY, plot, summarize, write_markdown
 from benchmarks.serving.servers import RunningServer, serve_ours, serve_peer
-from benchmarks.serving.workload import TASKS, task_body, write_body_file
+from benchmarks.serving.workload import MIX, TASKS, bodies_for, mix_items, write_bodies_file
 
 HERE = Path(__file__).resolve().parent
+# No load shedding before wrk's 10 s timeout, in ours as in every peer (BentoML's max_latency_ms
+# is 10 s too): a closed loop counts a quick 503 as a completed request.
+NO_SHEDDING = {
+    "MOBILE_MM_MAX_QUEUE": "4096",
+    "MOBILE_MM_MAX_QUEUE_WAIT_S": "10",
+    "MOBILE_MM_REQUEST_TIMEOUT_S": "30",
+}
 OURS = {
-    "ours": {
-        "MOBILE_MM_MAX_BATCH_SIZE": "16",
-        "MOBILE_MM_MAX_BATCH_WAIT_MS": "5",
-        "MOBILE_MM_MAX_QUEUE": "4096",
-    },
-    "ours_no_batching": {
-        "MOBILE_MM_MAX_BATCH_SIZE": "1",
-        "MOBILE_MM_MAX_BATCH_WAIT_MS": "0",
-        "MOBILE_MM_MAX_QUEUE": "4096",
-    },
+    "ours": {"MOBILE_MM_MAX_BATCH_SIZE": "16", "MOBILE_MM_MAX_BATCH_WAIT_MS": "5", **NO_SHEDDING},
+    "ours_no_batching": {"MOBILE_MM_MAX_BATCH_SIZE": "1", "MOBILE_MM_MAX_BATCH_WAIT_MS": "0", **NO_SHEDDING},
 }
 
 
@@ -123,6 +133,7 @@ def measure_model(opts: Options, quantization: str) -> dict[str, Any]:
         per_image[str(size)] = statistics.median(runs) / size * 1000
     info = model.get_model_info()
     return {
+        "mix_reference": reference_answers(model, mix_items()),
         "threads": threads,
         "from_pretrained_s": load_s,
         "batch1": _percentiles(times),
@@ -152,7 +163,8 @@ def run_wrk(url: str, concurrency: int, duration: int, body_file: Path) -> dict[
 
 
 def scrape(url: str) -> dict[str, Any]:
-    """From our /metrics: batches by size bucket per task, and model_load_duration_seconds."""
+    """From our /metrics: batches by size bucket per task (and summed over tasks: ``mix``), and
+    model_load_duration_seconds."""
     from prometheus_client.parser import text_string_to_metric_families
 
     batches: dict[str, dict[str, float]] = {}
@@ -160,8 +172,9 @@ def scrape(url: str) -> dict[str, Any]:
     for family in text_string_to_metric_families(httpx.get(url + "/metrics", timeout=30).text):
         for s in family.samples:
             if s.name == "batch_processing_duration_seconds_count":
-                per = batches.setdefault(s.labels.get("task", ""), {})
-                per[s.labels["batch_size"]] = per.get(s.labels["batch_size"], 0) + s.value
+                for key in (s.labels.get("task", ""), MIX):
+                    per = batches.setdefault(key, {})
+                    per[s.labels["batch_size"]] = per.get(s.labels["batch_size"], 0) + s.value
             elif s.name == "model_load_duration_seconds":
                 load_s = s.value
     return {"batches": batches, "model_load_duration_seconds": load_s}
@@ -176,8 +189,9 @@ def _median(runs: list[dict[str, float]]) -> dict[str, float]:
 def measure_server(
     opts: Options, server: RunningServer, bodies: dict[str, Path], ours: bool
 ) -> dict[str, Any]:
-    run_wrk(server.url, 8, 3, bodies[opts.tasks[0]])  # warm-up: allocator, code paths, connections
     rss_ready = server.rss_bytes()
+    run_wrk(server.url, 8, 3, bodies[opts.tasks[0]])  # warm-up: allocator, code paths, connections
+    answers = collect_answers(server.url, mix_items())
     tasks: dict[str, Any] = {}
     for task in opts.tasks:
         per_c: dict[str, Any] = {}
@@ -200,6 +214,7 @@ def measure_server(
         "ready_s": server.ready_s,
         "rss_bytes": {"ready": rss_ready, "after_load": server.rss_bytes()},
         "model_load_duration_seconds": scrape(server.url)["model_load_duration_seconds"] if ours else None,
+        "answers": answers,
         "tasks": tasks,
     }
 
@@ -218,7 +233,9 @@ def measure_precision(opts: Options, quantization: str, bodies: dict[str, Path])
     for name, started in servers(opts, quantization):
         with started as server:
             http[name] = measure_server(opts, server, bodies, ours=name in OURS)
-    return {"model_only": model, "servers": http}
+    correctness = check(model["mix_reference"], {n: s["answers"] for n, s in http.items()}, mix_items())
+    print(f"{quantization}: every server answers the mix as the model does: {correctness['all_identical']}")
+    return {"model_only": model, "servers": http, "correctness": correctness}
 
 
 def cpu_name() -> str:
@@ -244,6 +261,20 @@ def machine() -> dict[str, Any]:
     }
 
 
+def prepare_peers(peers: list[str]) -> dict[str, float]:
+    """Build what the peers need (BentoML's venv, once) before any timing; refuse a peer that
+    cannot start, with the reason. Returns the seconds each took."""
+    took = {}
+    for name in peers:
+        started = time.perf_counter()
+        PEERS[name].prepare()
+        took[name] = time.perf_counter() - started
+        reason = PEERS[name].unavailable()
+        if reason is not None:
+            raise SystemExit(f"peer {name} cannot run: {reason}")
+    return took
+
+
 def _csv(choices: tuple[str, ...] | list[str]) -> Callable[[str], list[str]]:
     def parse(value: str) -> list[str]:
         items = [v for v in value.split(",") if v]
@@ -259,7 +290,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--model", default="default")
     parser.add_argument("--precisions", type=_csv(("fp32", "int8", "int4", "int2")), default=["fp32", "int2"])
-    parser.add_argument("--tasks", type=_csv(TASKS), default=list(TASKS))
+    parser.add_argument("--tasks", type=_csv((*TASKS, MIX)), default=[*TASKS, MIX])
     parser.add_argument("--peers", type=_csv(list(PEERS)), default=list(PEERS))
     parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
     parser.add_argument("--repeats", type=int, default=3)
@@ -282,9 +313,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         args.out,
     )
     opts.out.mkdir(parents=True, exist_ok=True)
+    peer_setup_s = prepare_peers(opts.peers)
     env = machine()
     with tempfile.TemporaryDirectory() as tmp:
-        bodies = {t: write_body_file(task_body(t, opts.max_tokens), Path(tmp) / f"{t}.json") for t in TASKS}
+        bodies = {
+            t: write_bodies_file(bodies_for(t, opts.max_tokens), Path(tmp) / f"{t}.jsonl") for t in opts.tasks
+        }
         precisions = {q: measure_precision(opts, q, bodies) for q in opts.precisions}
     result: dict[str, Any] = {
         "options": {
@@ -292,6 +326,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "precisions": opts.precisions,
             "tasks": opts.tasks,
             "peers": {p: PEERS[p].description for p in opts.peers},
+            "framework_peers": [p for p in opts.peers if PEERS[p].framework],
+            "peer_setup_s": peer_setup_s,
             "duration": opts.duration,
             "repeats": opts.repeats,
             "max_tokens": opts.max_tokens,

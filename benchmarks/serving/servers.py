@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,12 +39,28 @@ class RunningServer:
     url: str
     process: subprocess.Popen[bytes]
     ready_s: float
+    tree: bool = False  # a framework peer: worker processes under it
 
     def rss_bytes(self) -> int:
-        return int(psutil.Process(self.process.pid).memory_info().rss)
+        """The server's resident memory: its process, and for a framework peer every process
+        under it too (the HTTP side and the inference workers that hold the model)."""
+        proc = psutil.Process(self.process.pid)
+        procs = [proc, *proc.children(recursive=True)] if self.tree else [proc]
+        total = 0
+        for p in procs:
+            with suppress(psutil.NoSuchProcess):
+                total += int(p.memory_info().rss)
+        return total
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
+def _stop(proc: subprocess.Popen[bytes], tree: bool = False) -> None:
+    """SIGTERM, then SIGKILL after 60 s. ``tree``: a framework peer, whose workers (LitServe's
+    multiprocessing workers, BentoML's circus watchers in sessions of their own) may outlive a
+    SIGTERM to their parent: every process under it at stop time gets the same treatment."""
+    under: list[psutil.Process] = []
+    if tree:
+        with suppress(psutil.NoSuchProcess):
+            under = psutil.Process(proc.pid).children(recursive=True)
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -52,22 +68,39 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(60)
+    alive = [p for p in under if p.is_running()]
+    for p in alive:
+        with suppress(psutil.NoSuchProcess):
+            p.terminate()
+    _, alive = psutil.wait_procs(alive, timeout=30)
+    for p in alive:
+        with suppress(psutil.NoSuchProcess):
+            p.kill()
+    psutil.wait_procs(alive, timeout=30)
 
 
 @contextmanager
-def _serve(name: str, cmd: list[str], env: dict[str, str], port: int, log: Path) -> Iterator[RunningServer]:
+def _serve(
+    name: str,
+    cmd: list[str],
+    env: dict[str, str],
+    port: int,
+    log: Path,
+    tree: bool = False,
+    ready_path: str = "/ready",
+) -> Iterator[RunningServer]:
     url = f"http://127.0.0.1:{port}"
     with log.open("wb") as out:
         started = time.perf_counter()
         proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
     try:
         try:
-            wait_http(url + "/ready", timeout_s=READY_TIMEOUT_S, process=proc)
+            wait_http(url + ready_path, timeout_s=READY_TIMEOUT_S, process=proc)
         except (TimeoutError, RuntimeError) as exc:
             raise RuntimeError(f"{name} did not become ready: {log.read_text()[-3000:]}") from exc
-        yield RunningServer(name, url, proc, time.perf_counter() - started)
+        yield RunningServer(name, url, proc, time.perf_counter() - started, tree)
     finally:
-        _stop(proc)
+        _stop(proc, tree)
 
 
 def _clean_env() -> dict[str, str]:
@@ -101,8 +134,12 @@ def serve_ours(
 
 @contextmanager
 def serve_peer(peer: str, model: str, quantization: str) -> Iterator[RunningServer]:
+    """A peer of ``benchmarks/peers`` (its venv, if it has one, built beforehand:
+    ``PEERS[peer].prepare()``); on exit, it and every process under it are stopped."""
+    spec = PEERS[peer]
     port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = PEERS[peer].command(model, quantization, port)
-        with _serve(peer, cmd, _clean_env(), port, Path(tmp) / "stdout.log") as server:
+        log = Path(tmp) / "stdout.log"
+        cmd = spec.command(model, quantization, port)
+        with _serve(peer, cmd, _clean_env(), port, log, tree=True, ready_path=spec.ready_path) as server:
             yield server

@@ -1,5 +1,5 @@
-"""The serving benchmark runs end to end (our real server and the plain peer, real wrk) and writes
-its report, ratios and plots."""
+"""The serving benchmark runs end to end (our real server, the plain peer and LitServe, real wrk,
+the task mix) and writes its report, ratios, correctness check and plots."""
 
 from __future__ import annotations
 
@@ -24,7 +24,8 @@ def test_serving_benchmark_end_to_end(tmp_path: Path) -> None:
 
     model_dir = MobileMultiModalLLM.from_config(ModelConfig.tiny(), seed=0).save(tmp_path / "model")
     out = tmp_path / "out"
-    argv = ["--model", str(model_dir), "--precisions", "fp32", "--tasks", "captioning"]
+    argv = ["--model", str(model_dir), "--precisions", "fp32", "--tasks", "mix"]
+    argv += ["--peers", "plain_fastapi,litserve"]
     argv += [
         "--duration",
         "1",
@@ -41,27 +42,42 @@ def test_serving_benchmark_end_to_end(tmp_path: Path) -> None:
     saved = json.loads((out / "results.json").read_text())
     assert saved["summary"] == json.loads(json.dumps(result["summary"]))
     servers = saved["precisions"]["fp32"]["servers"]
-    assert set(servers) == {"ours", "ours_no_batching", "plain_fastapi"}
+    assert set(servers) == {"ours", "ours_no_batching", "plain_fastapi", "litserve"}
     for name, srv in servers.items():
         assert srv["ready_s"] > 0 and srv["rss_bytes"]["ready"] > 50 * 2**20, name
-        for task in ("captioning",):
+        for task in ("mix",):
             for c in ("1", "8", "32"):
                 run = srv["tasks"][task][c]["runs"][0]
                 assert run["requests"] > 0 and run["non_2xx"] == 0 and run["socket_errors"] == 0
     # batching off never forms a batch of more than one; batching on does under concurrency 32
-    off = servers["ours_no_batching"]["tasks"]["captioning"]["32"]["batches_by_size"]
+    off = servers["ours_no_batching"]["tasks"]["mix"]["32"]["batches_by_size"]
     assert all(v == 0 for k, v in off.items() if k != "1")
-    on = servers["ours"]["tasks"]["captioning"]["32"]["batches_by_size"]
+    on = servers["ours"]["tasks"]["mix"]["32"]["batches_by_size"]
     assert any(v > 0 for k, v in on.items() if k != "1")
     summary = saved["summary"]["fp32"]
     assert summary["model_load_s"] == servers["ours"]["model_load_duration_seconds"] > 0
-    ratio = summary["vs_peers"]["plain_fastapi"]["captioning"]["32"]
-    ours = servers["ours"]["tasks"]["captioning"]["32"]["median"]
-    peer = servers["plain_fastapi"]["tasks"]["captioning"]["32"]["median"]
+    ratio = summary["vs_peers"]["plain_fastapi"]["mix"]["32"]
+    ours = servers["ours"]["tasks"]["mix"]["32"]["median"]
+    peer = servers["plain_fastapi"]["tasks"]["mix"]["32"]["median"]
     assert ratio["rps"] == pytest.approx(ours["rps"] / peer["rps"])
     assert ratio["p99"] == pytest.approx(ours["p99_ms"] / peer["p99_ms"])
+    # every server answered the mix's 16 requests (16 at a time) as the model does in-process
+    correctness = saved["precisions"]["fp32"]["correctness"]
+    assert correctness["requests"] == 16 and set(correctness["servers"]) == set(servers)
+    assert correctness["all_identical"] is True, correctness
+    assert summary["answers_identical"] is True
+    # against the frameworks (LitServe is the only one here): ratios from the medians
+    versus = summary["vs_frameworks"]["mix"]
+    lit = servers["litserve"]["tasks"]["mix"]
+    ours_mix = servers["ours"]["tasks"]["mix"]
+    assert versus["throughput_c32"]["peer"] == "litserve"
+    assert versus["throughput_c32"]["ratio"] == pytest.approx(
+        ours_mix["32"]["median"]["rps"] / lit["32"]["median"]["rps"]
+    )
+    assert versus["p50_c1"]["met"] == (ours_mix["1"]["median"]["p50_ms"] <= lit["1"]["median"]["p50_ms"])
     md = (out / "results.md").read_text()
     assert "| precision | target | measured | met |" in md and "## Ours / `plain_fastapi`" in md
+    assert "## Ours against the best framework peer" in md and "| fp32 | litserve | yes | 0 / 16 |" in md
     assert "load average at start" in md
     for plot in ("latency.png", "throughput.png", "model_batching.png"):
         assert (out / plot).read_bytes()[:4] == b"\x89PNG"
