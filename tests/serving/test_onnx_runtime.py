@@ -27,7 +27,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from tests.reliability.serve_process import ServeProcess
 
 from mobile_multimodal.data.splits import load_eval_split
-from mobile_multimodal.export.decode import BundleModel, load_bundle
+from mobile_multimodal.export.decode import ArraySteps, BundleModel, load_bundle
 from mobile_multimodal.export.graphs import TorchGraphRunner, build_graphs
 from mobile_multimodal.export.onnx import pack_low_first
 from mobile_multimodal.export.pipeline import export_model
@@ -35,7 +35,7 @@ from mobile_multimodal.manifest_signing import sign_manifest
 from mobile_multimodal.model import MobileMultiModalLLM, bundled_model_dir
 from mobile_multimodal.model.model_errors import ModelLoadError
 from mobile_multimodal.serving.onnx_runtime_model import OnnxRuntimeModel
-from mobile_multimodal.serving.onnx_sessions import BundleSessions, unpack_low_first
+from mobile_multimodal.serving.onnx_sessions import BoundDecoderSteps, BundleSessions, unpack_low_first
 from mobile_multimodal.serving.probe import ProbeCase
 from mobile_multimodal.serving.runtime_loader import (
     default_bundle_dir,
@@ -357,6 +357,60 @@ def test_two_bit_weights_in_four_bit_containers_compute_what_the_shipped_graphs_
         ours, theirs = served.run(graph, inputs), shipped.run(graph, inputs)
         for name in theirs:
             np.testing.assert_allclose(ours[name], theirs[name], atol=1e-4, rtol=0)
+
+
+def test_the_memory_reported_is_what_the_sessions_hold(int2_data_dir: Path, fp32_bundle: Path) -> None:
+    """Graphs as handed to ONNX Runtime (2-bit weights widened: more than the files) and the KV
+    cache one answer's decode holds (both bound cache pairs and the image's cross keys/values)."""
+    from mobile_multimodal.observability.model_metrics import kv_cache_peak_bytes
+
+    model = _onnx_model("int2", int2_data_dir, fp32_bundle)
+    spec = json.loads((model.model_dir / "bundle.json").read_text())
+    held = model.component_memory_bytes()
+    assert set(held) == set(spec["graphs"])
+    for graph, entry in spec["graphs"].items():
+        on_disk = (model.model_dir / entry["file"]).stat().st_size
+        if model.bundle.runner.widened[graph]:  # type: ignore[attr-defined]
+            assert held[graph] > on_disk, graph  # four codes a byte on disk, two in the session
+    assert kv_cache_peak_bytes(model) == 0  # nothing decoded yet
+    model.generate_captions([ProbeCase.default().image])
+    cache, cross = spec["kv_cache"]["shape"], spec["kv_cache"]["cross_shape"]
+    assert kv_cache_peak_bytes(model) == (4 * int(np.prod(cache)) + 2 * int(np.prod(cross))) * 4
+
+
+def test_io_bound_decoding_computes_what_the_plain_contract_computes(int2_data_dir: Path) -> None:
+    """The served decode keeps the KV cache in bound buffers (``BundleSessions.decoder_steps``,
+    two pairs in turn); the plain contract (``decode.ArraySteps``) hands it back and forth
+    through ``run``. On the same sessions and tokens, through every slot of the cache: the same
+    logits and caches bit for bit; and the whole loop gives the same answers and confidences."""
+    onnx = _onnx_model("int2", int2_data_dir, Path())
+    served = onnx.bundle
+    sessions = served.runner
+    shape = served.spec["kv_cache"]["shape"]
+    plain = BundleModel(served.bundle, sessions, on_run=lambda *_: None)  # a hook sees every call
+    images = [e.image for e in load_eval_split("captioning", 3)]
+    for image in images:
+        cross = served._run("cross_kv", {"image_tokens": served.image_tokens(image, None)})
+        assert isinstance(served.decoder_steps(cross), BoundDecoderSteps)
+        assert isinstance(plain.decoder_steps(cross), ArraySteps)
+        bound = sessions.decoder_steps(cross["cross_k"], cross["cross_v"], shape)
+        arrays = ArraySteps(sessions.run, cross, shape)
+        tokens = served.prompt("captioning")
+        for position in range(served.spec["kv_cache"]["max_len"]):
+            logits = arrays.step(tokens[position], position)
+            assert np.array_equal(bound.step(tokens[position], position), logits), position
+            assert np.array_equal(bound.cache[0], arrays.self_k)
+            assert np.array_equal(bound.cache[1], arrays.self_v)
+            if position + 1 >= len(tokens):
+                tokens.append(int(np.argmax(logits[0])))  # free decoding: every slot gets written
+    for image in images:
+        for task, question in (("captioning", None), ("vqa", "what color is the circle ?")):
+            tokens, prompt = served.image_tokens(image, question), served.prompt(task, question or "")
+            ours: list[float] = []
+            theirs: list[float] = []
+            answer = served.greedy(tokens, prompt, 32, log_probs=ours)
+            assert answer == plain.greedy(tokens, prompt, 32, log_probs=theirs)
+            assert len(answer) > 1 and ours == theirs
 
 
 def test_the_integrity_loop_watches_the_served_bundles_files(

@@ -140,9 +140,12 @@ def record_model(model: LoadedModel, load_seconds: float, model_type: str) -> No
 
 
 def kv_cache_peak_bytes(model: object) -> int:
-    """The largest KV cache the model's decoder has held so far (0 for a model without one)."""
+    """The largest KV cache the model's decoder has held so far (0 for a model without one):
+    PyTorch's decoder's, or an ONNX Runtime model's own ``peak_cache_bytes``."""
     decoder = getattr(getattr(model, "network", None), "decoder", None)
-    peak = getattr(decoder, "peak_cache_bytes", 0)
+    peak = getattr(decoder, "peak_cache_bytes", None)
+    if peak is None:
+        peak = getattr(model, "peak_cache_bytes", 0)
     return peak if isinstance(peak, int) else 0
 
 

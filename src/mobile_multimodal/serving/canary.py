@@ -39,7 +39,7 @@ from typing import Any
 from opentelemetry.context import Context
 
 from mobile_multimodal.observability import metrics
-from mobile_multimodal.observability.model_metrics import accuracy_loss, primaries
+from mobile_multimodal.observability.model_metrics import accuracy_loss, kv_cache_peak_bytes, primaries
 from mobile_multimodal.observability.tracing import stage
 from mobile_multimodal.serving.background_slices import BackgroundSlices
 from mobile_multimodal.serving.engine import InferenceEngine, ServableModel
@@ -178,8 +178,7 @@ class CanaryEvaluator:
         metrics.CANARY_RUNS.labels("success").inc()
         metrics.CANARY_LAST_SUCCESS.set(time.time())
         metrics.CANARY_DURATION.set(report.duration_s)
-        network = getattr(model, "network", None)
-        peak = getattr(getattr(network, "decoder", None), "peak_cache_bytes", 0)
+        peak = kv_cache_peak_bytes(model)
         if peak:
             metrics.MODEL_MEMORY.labels(model_type, "kv_cache_peak").set(peak)
         self.last_report = report

@@ -14,6 +14,8 @@ row by row, each row decoded greedily exactly as the export's validation decodes
 are therefore the bundle's validation answers, not a re-implementation of them. The sessions
 hold 2-bit weights in 4-bit containers (``onnx_sessions.py``: ONNX Runtime has no fast 2-bit
 kernel on x64; the same codes, exact); ``widen_2bit=False`` runs the shipped bytes unchanged.
+Each answer's KV cache stays in buffers bound to the decoder session (IO binding, no copy or
+allocation per token; the plain contract's values bit for bit, tested).
 
 ``model_dir`` is the bundle directory and ``manifest`` its ``manifest.json``: the integrity loop
 re-hashes the bundle's files. ``source_model_dir`` is the PyTorch release the bundle was exported
@@ -224,13 +226,22 @@ class OnnxRuntimeModel:
 
     # ---- introspection ----------------------------------------------------------------------
     def component_memory_bytes(self) -> dict[str, int]:
-        """Bytes of each graph file: every ONNX Runtime session holds its graph's weights (the
-        vision encoder twice: in 'vision' and in 'ocr')."""
+        """Bytes of each graph as its ONNX Runtime session was given it (2-bit weights widened to
+        4-bit containers: more than the file; the vision encoder twice, in 'vision' and in 'ocr');
+        the graph files' sizes for a runner that does not say."""
+        given = getattr(self.bundle.runner, "graph_bytes", None)
+        if isinstance(given, dict) and given:
+            return {str(name): int(n) for name, n in given.items()}
         return {
             name: (self.model_dir / g["file"]).stat().st_size
             for name, g in self.spec["graphs"].items()
             if (self.model_dir / g["file"]).is_file()
         }
+
+    @property
+    def peak_cache_bytes(self) -> int:
+        """The largest KV cache one answer's decode has held (its rows decode one at a time)."""
+        return int(getattr(self.bundle.runner, "peak_cache_bytes", 0))
 
     def size_bytes(self) -> int:
         return sum(int(f["bytes"]) for f in self.manifest.get("files", []))

@@ -11,15 +11,25 @@ as shipped (tested equal, to float rounding, to the shipped graph and to PyTorch
 disk, which the integrity checks hash and phones run, are untouched. ``widen_2bit=False`` runs
 the shipped bytes as they are (the benchmark measures both).
 
+Decoding binds ``decoder_step``'s inputs and outputs to buffers held for the whole answer
+(``decoder_steps``, ONNX Runtime's IO binding): the fixed-size KV cache lives in two buffer
+pairs used in turn (a step reads one pair and writes the other, never reading what it writes),
+the token and position are written in place and the logits land in one buffer, so a step
+allocates nothing and no cache array crosses into Python. The values are the plain path's
+(``decode.ArraySteps``: the same graph on the same inputs), tested token for token.
+
 Example::
 
     runner = BundleSessions(Path("bundle"), {"decoder_step": "decoder_step.onnx"}, threads=1)
     runner.run("decoder_step", inputs)["logits"]
     runner.widened          # {'decoder_step': 28}: 2-bit MatMulNBits served from 4-bit containers
+    steps = runner.decoder_steps(cross_k, cross_v, [4, 1, 5, 48, 32])
+    steps.step(token=1, position=0)         # logits (1, V), valid until the next step
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -84,18 +94,98 @@ class BundleSessions:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.log_severity_level = 3  # ORT's optimizer warnings are not the operator's business
+        # constant-fold DequantizeLinear of initializers at load (ORT keeps QDQ pairs unfolded by
+        # default, for quantized execution providers the CPU one is not): the INT2 token
+        # embedding, which the tied output head reads too, was dequantized twice every step
+        options.add_session_config_entry("session.disable_quant_qdq", "1")
         self.sessions: dict[str, Any] = {}
         self.output_names: dict[str, list[str]] = {}
         self.widened: dict[str, int] = {}
+        # Bytes of each graph as handed to its session (2-bit weights widened: more than the file)
+        # and the largest KV cache one answer's decode has held (model_memory_usage_bytes).
+        self.graph_bytes: dict[str, int] = {}
+        self.peak_cache_bytes = 0
         for name, file in files.items():
             proto = onnx.load(str(directory / file))
             self.widened[name] = widen_2bit_matmuls(proto) if widen_2bit else 0
-            session = ort.InferenceSession(
-                proto.SerializeToString(), options, providers=["CPUExecutionProvider"]
-            )
+            serialized = proto.SerializeToString()
+            self.graph_bytes[name] = len(serialized)
+            session = ort.InferenceSession(serialized, options, providers=["CPUExecutionProvider"])
             self.sessions[name] = session
             self.output_names[name] = [o.name for o in session.get_outputs()]
 
     def run(self, graph: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         names = self.output_names[graph]
         return dict(zip(names, self.sessions[graph].run(names, inputs), strict=True))
+
+    def decoder_steps(
+        self, cross_k: np.ndarray, cross_v: np.ndarray, cache_shape: Sequence[int]
+    ) -> BoundDecoderSteps:
+        """``decoder_step`` for one answer, its KV cache kept in bound buffers (see the module
+        docstring); ``decode.BundleModel`` uses it instead of passing the cache through ``run``."""
+        steps = BoundDecoderSteps(self.sessions["decoder_step"], cross_k, cross_v, cache_shape)
+        self.peak_cache_bytes = max(self.peak_cache_bytes, steps.cache_bytes)
+        return steps
+
+
+class BoundDecoderSteps:
+    """One answer's ``decoder_step`` calls on IO-bound buffers (a ``decode.DecoderSteps``).
+
+    Two bindings are made once: even steps read cache pair 0 and write pair 1, odd steps the
+    reverse. Each step writes the whole output cache (the graph copies every slot and writes slot
+    ``position``), so the pair a step reads always holds the slots before it. Not thread-safe:
+    one per answer being decoded."""
+
+    def __init__(
+        self, session: Any, cross_k: np.ndarray, cross_v: np.ndarray, cache_shape: Sequence[int]
+    ) -> None:
+        import onnxruntime as ort
+
+        def bound(array: np.ndarray) -> Any:  # CPU OrtValues share the numpy array's memory
+            return ort.OrtValue.ortvalue_from_numpy(array)
+
+        logits_shape = next(o.shape for o in session.get_outputs() if o.name == "logits")
+        self._session = session
+        self._token = np.zeros((1, 1), dtype=np.int64)
+        self._position = np.zeros(1, dtype=np.int64)
+        self._logits = np.zeros(logits_shape, dtype=np.float32)
+        cache = [
+            [np.zeros(cache_shape, dtype=np.float32) for _ in range(2)] for _ in range(2)
+        ]  # [pair][k, v]
+        self._cross = [np.ascontiguousarray(c, dtype=np.float32) for c in (cross_k, cross_v)]
+        shared = {
+            "token": bound(self._token),
+            "position": bound(self._position),
+            "cross_k": bound(self._cross[0]),
+            "cross_v": bound(self._cross[1]),
+        }
+        self._bindings = []
+        for read, write in ((0, 1), (1, 0)):
+            binding = session.io_binding()
+            for name, value in shared.items():
+                binding.bind_ortvalue_input(name, value)
+            binding.bind_ortvalue_input("self_k", bound(cache[read][0]))
+            binding.bind_ortvalue_input("self_v", bound(cache[read][1]))
+            binding.bind_ortvalue_output("self_k_out", bound(cache[write][0]))
+            binding.bind_ortvalue_output("self_v_out", bound(cache[write][1]))
+            binding.bind_ortvalue_output("logits", bound(self._logits))
+            self._bindings.append(binding)
+        self._cache = cache  # the bindings point into these arrays (and the ones above): keep them
+        # what this answer's KV cache holds: both cache pairs and the image's cross keys/values
+        self.cache_bytes = sum(a.nbytes for pair in cache for a in pair) + sum(c.nbytes for c in self._cross)
+        self._steps = 0
+
+    def step(self, token: int, position: int) -> np.ndarray:
+        """Logits (1, V) after ``token`` at ``position``: a view of the bound buffer, overwritten
+        by the next step."""
+        self._token[0, 0] = token
+        self._position[0] = position
+        self._session.run_with_iobinding(self._bindings[self._steps % 2])
+        self._steps += 1
+        return self._logits
+
+    @property
+    def cache(self) -> tuple[np.ndarray, np.ndarray]:
+        """(self_k, self_v) as the last step wrote them (the next step reads them)."""
+        k, v = self._cache[self._steps % 2]
+        return k, v
