@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from mobile_multimodal.export.bundle import CONSTRAINT_RULES
-from mobile_multimodal.export.decode_rules import DecodeRule, rule_for_prompt
+from mobile_multimodal.export.decode_rules import OFF_LANGUAGE, DecodeRule, TaskRules, rule_for_prompt
 from mobile_multimodal.model.constraints import TaskConstraints
 from mobile_multimodal.model.tokenizer import Tokenizer
 
@@ -30,16 +30,32 @@ def test_bundle_rule_allows_exactly_what_the_model_allows() -> None:
         assert rule.task == task
         for _ in range(200):
             emitted: list[int] = []
+            state = rule.start  # the decode loop's way: the state kept as the answer grows
             for _ in range(12):
                 want = RULES.allowed(task, emitted)
                 assert rule.allowed(emitted) == want, (task, emitted)
                 logits = rng.normal(size=TOK.vocab_size).astype(np.float32)
                 nxt = rule.pick(logits, emitted)
                 assert nxt == want[int(np.argmax(logits[want]))]
+                assert rule.pick_in(logits, state) == nxt
                 if nxt == TOK.eos_id:
                     break
                 # now and then step off the language, as a model without the rule would
                 emitted.append(nxt if rng.random() < 0.8 else int(rng.integers(TOK.vocab_size)))
+                state = rule.next_state(state, emitted[-1])
+                assert state == rule.state_after(emitted)
+                if state == OFF_LANGUAGE:
+                    assert rule.allowed(emitted) == [TOK.eos_id]
+
+
+def test_task_rules_build_each_tasks_rule_once_and_pick_it_by_prompt() -> None:
+    rules = TaskRules(SPEC, TOK.eos_id)
+    caption = rules.for_prompt(TOK.prompt("captioning"))
+    assert caption.task == "captioning" and rules.for_prompt(TOK.prompt("captioning")) is caption
+    assert rules.for_prompt(TOK.prompt("vqa", "what color ?")).task == "vqa"
+    assert rules.for_prompt([]).task is None  # no prompt: free decoding (constrained=False)
+    fresh = rule_for_prompt(SPEC, TOK.prompt("captioning"), TOK.eos_id)
+    assert [list(a) for a in caption.allowed_ids] == [list(a) for a in fresh.allowed_ids]
 
 
 def test_pick_takes_the_best_allowed_token_not_the_best_token() -> None:

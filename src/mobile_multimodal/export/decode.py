@@ -2,7 +2,9 @@
 
 This is what an app does on the phone, written in Python: preprocess, run the graphs through a
 ``GraphRunner`` (ONNX Runtime, ExecuTorch, ...), greedy-decode with the fixed-size KV cache,
-detokenize. It imports nothing of the model package on purpose: if the description files were
+detokenize (``ArraySteps`` is the decoder loop's contract: each step's cache outputs are the next
+step's inputs; a runner may keep them in its own buffers instead, ``BundleModel.decoder_steps``).
+It imports nothing of the model package on purpose: if the description files were
 missing something, validation (which runs through here) would fail.
 ``BundleModel`` offers the methods the eval report calls on a PyTorch model, so the same
 metrics score both.
@@ -21,15 +23,55 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from PIL import Image
 
-from mobile_multimodal.export.decode_rules import rule_for_prompt
+from mobile_multimodal.export.decode_rules import TaskRules
 from mobile_multimodal.export.formats import GraphRunner
 
 RunHook = Callable[[str, dict[str, np.ndarray], dict[str, np.ndarray]], None]
+
+
+class DecoderSteps(Protocol):
+    """``decoder_step`` for one answer, holding its KV cache between steps."""
+
+    def step(self, token: int, position: int) -> np.ndarray:
+        """Logits (1, V) for the token after ``token`` at ``position`` (valid until the next step)."""
+        ...
+
+
+class ArraySteps:
+    """The plain contract, which every runtime can follow: a zero cache (``kv_cache.shape``)
+    goes in with the first token, and each step's ``self_k_out`` / ``self_v_out`` are the next
+    step's ``self_k`` / ``self_v``; the image's ``cross_k`` / ``cross_v`` go in unchanged."""
+
+    def __init__(
+        self,
+        run: Callable[[str, dict[str, np.ndarray]], dict[str, np.ndarray]],
+        cross: dict[str, np.ndarray],
+        cache_shape: Sequence[int],
+    ) -> None:
+        self._run = run
+        self.cross_k, self.cross_v = cross["cross_k"], cross["cross_v"]
+        self.self_k = np.zeros(cache_shape, dtype=np.float32)
+        self.self_v = np.zeros(cache_shape, dtype=np.float32)
+
+    def step(self, token: int, position: int) -> np.ndarray:
+        out = self._run(
+            "decoder_step",
+            {
+                "token": np.array([[token]], dtype=np.int64),
+                "position": np.array([position], dtype=np.int64),
+                "self_k": self.self_k,
+                "self_v": self.self_v,
+                "cross_k": self.cross_k,
+                "cross_v": self.cross_v,
+            },
+        )
+        self.self_k, self.self_v = out["self_k_out"], out["self_v_out"]
+        return out["logits"]
 
 
 @dataclass
@@ -109,13 +151,17 @@ def text_line_input(image: Image.Image | np.ndarray, spec: dict[str, Any]) -> np
     img = _rgb(image)
     height, width = spec["height"], spec["width"]
     scaled = max(1, round(img.width * height / max(1, img.height)))
-    img = img.resize((min(scaled, width), height), Image.Resampling.BILINEAR)
-    if img.width < width:
+    if spec.get("fit", "squeeze") == "letterbox" and scaled > width:  # bundles before "fit": squeeze
+        letterboxed = (width, min(height, max(1, round(img.height * width / max(1, img.width)))))
+        img = img.resize(letterboxed, Image.Resampling.BILINEAR)
+    else:
+        img = img.resize((min(scaled, width), height), Image.Resampling.BILINEAR)
+    if img.size != (width, height):
         arr = np.asarray(img)
         border = np.concatenate([arr[0], arr[-1], arr[:, 0], arr[:, -1]])
         fill = tuple(int(c) for c in np.median(border, axis=0))
         canvas = Image.new("RGB", (width, height), fill)
-        canvas.paste(img, (0, 0))
+        canvas.paste(img, (0, (height - img.height) // 2))
         img = canvas
     return _to_input(img, spec)
 
@@ -141,6 +187,7 @@ class BundleModel:
         self.quantization = self.spec["model"]["quantization"]
         self.manifest = {"name": self.spec["model"]["name"]}
         self._pre = self.spec["image_preprocessing"]
+        self.rules = TaskRules(self.spec, self.tokenizer.eos)  # each task's decoding constraint
 
     def size_bytes(self) -> int:
         return sum(
@@ -154,6 +201,18 @@ class BundleModel:
         if self.on_run is not None:
             self.on_run(graph, inputs, outputs)
         return outputs
+
+    def decoder_steps(self, cross: dict[str, np.ndarray]) -> DecoderSteps:
+        """The decoder steps of one answer. A runner that keeps the cache in its own buffers
+        offers ``decoder_steps(cross_k, cross_v, cache_shape)`` (ONNX Runtime's IO binding in the
+        server: the same graph on the same values, without handing the cache back and forth);
+        otherwise, and whenever an ``on_run`` hook must see every call's arrays, ``ArraySteps``."""
+        shape = self.spec["kv_cache"]["shape"]
+        bound = getattr(self.runner, "decoder_steps", None)
+        if bound is not None and self.on_run is None:
+            steps: DecoderSteps = bound(cross["cross_k"], cross["cross_v"], shape)
+            return steps
+        return ArraySteps(self._run, cross, shape)
 
     def image_tokens(self, image: Image.Image | np.ndarray, question: str | None) -> np.ndarray:
         inputs = {"image": scene_input(image, self._pre["scene"])}
@@ -184,41 +243,25 @@ class BundleModel:
         ``constrained=False`` takes the plain argmax, ignoring the task's constraint (to compare
         the graphs with a loop that has none, e.g. onnxruntime-genai's)."""
         cross = self._run("cross_kv", {"image_tokens": image_tokens})
-        rule = rule_for_prompt(self.spec, prompt if constrained else [], self.tokenizer.eos)
+        rule = self.rules.for_prompt(prompt if constrained else [])
         cache = self.spec["kv_cache"]
-        self_k = np.zeros(cache["shape"], dtype=np.float32)
-        self_v = np.zeros(cache["shape"], dtype=np.float32)
-
-        def step(token: int, position: int) -> np.ndarray:
-            nonlocal self_k, self_v
-            out = self._run(
-                "decoder_step",
-                {
-                    "token": np.array([[token]], dtype=np.int64),
-                    "position": np.array([position], dtype=np.int64),
-                    "self_k": self_k,
-                    "self_v": self_v,
-                    "cross_k": cross["cross_k"],
-                    "cross_v": cross["cross_v"],
-                },
-            )
-            self_k, self_v = out["self_k_out"], out["self_v_out"]
-            return out["logits"]
-
+        step = self.decoder_steps(cross).step  # the cache stays inside: see decoder_steps
         for position, token in enumerate(prompt):
             logits = step(token, position)
         answer: list[int] = []
+        state = rule.start  # the constraint's state after the answer so far
         position = len(prompt)
         budget = min(max_new_tokens + 1, cache["max_len"] - len(prompt))
         while True:
             if stop is not None and stop():
                 return answer
-            nxt = rule.pick(logits[0], answer)
+            nxt = rule.pick_in(logits[0], state)
             if log_probs is not None:
                 row = logits[0].astype(np.float64)
                 top = row.max()
                 log_probs.append(float(row[nxt] - top - np.log(np.exp(row - top).sum())))
             answer.append(nxt)
+            state = rule.next_state(state, nxt)
             if nxt == self.tokenizer.eos or len(answer) >= budget:
                 return answer
             logits = step(nxt, position)

@@ -13,7 +13,9 @@ The greedy token is the first maximum of the logits over the allowed ids. A bund
 Example::
 
     rule = rule_for_prompt(bundle.description, prompt, eos_id)
-    nxt = rule.pick(logits[0], answer_so_far)
+    nxt = rule.pick(logits[0], answer_so_far)     # walks the answer from the start state
+    state = rule.next_state(rule.start, nxt)      # or keep the state as the answer grows
+    nxt = rule.pick_in(logits[0], state)
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+
+OFF_LANGUAGE = -1  # the state after a token no edge allows: only <eos> may follow
 
 
 class DecodeRule:
@@ -32,35 +36,86 @@ class DecodeRule:
         self.start = int(spec.get("start", 0))
         self.accepting = {int(s) for s in spec.get("accepting", [])}
         self.edges = [{int(t): int(n) for t, n in state} for state in spec.get("edges", [])]
+        # each state's allowed ids, sorted, computed once: the decode loop asks at every token
+        self.allowed_ids = [self._out_of(state) for state in range(len(self.edges))]
+        self.off_language_ids = np.array([eos_id], dtype=np.int64)
 
-    def allowed(self, emitted: Sequence[int]) -> list[int] | None:
-        """Sorted ids allowed after ``emitted``; None when the task is unconstrained."""
-        if self.task is None:
-            return None
-        state = self.start
-        for token in emitted:
-            nxt = self.edges[state].get(token)
-            if nxt is None:
-                return [self.eos]
-            state = nxt
+    def _out_of(self, state: int) -> np.ndarray:
         out = set(self.edges[state])
         if state in self.accepting or not out:
             out.add(self.eos)
-        return sorted(out)
+        return np.array(sorted(out), dtype=np.int64)
 
-    def pick(self, logits: np.ndarray, emitted: Sequence[int]) -> int:
-        """The greedy token: argmax of ``logits`` (V,) over the allowed ids (first on ties)."""
-        allowed = self.allowed(emitted)
+    def next_state(self, state: int, token: int) -> int:
+        """The state after ``token`` in ``state`` (``OFF_LANGUAGE`` once a token leaves the
+        language; unconstrained: always the start)."""
+        if self.task is None or state == OFF_LANGUAGE:
+            return state
+        return self.edges[state].get(token, OFF_LANGUAGE)
+
+    def state_after(self, emitted: Sequence[int]) -> int:
+        state = self.start
+        for token in emitted:
+            state = self.next_state(state, token)
+        return state
+
+    def allowed_in(self, state: int) -> np.ndarray | None:
+        """Sorted ids allowed in ``state``; None when the task is unconstrained."""
+        if self.task is None:
+            return None
+        return self.off_language_ids if state == OFF_LANGUAGE else self.allowed_ids[state]
+
+    def allowed(self, emitted: Sequence[int]) -> list[int] | None:
+        """Sorted ids allowed after ``emitted``; None when the task is unconstrained."""
+        ids = self.allowed_in(self.state_after(emitted))
+        return None if ids is None else [int(i) for i in ids]
+
+    def pick_in(self, logits: np.ndarray, state: int) -> int:
+        """The greedy token in ``state``: argmax of ``logits`` (V,) over the allowed ids (first
+        on ties). A loop keeps the state: ``state = rule.next_state(state, token)``."""
+        allowed = self.allowed_in(state)
         if allowed is None:
             return int(np.argmax(logits))
-        return allowed[int(np.argmax(logits[allowed]))]
+        return int(allowed[int(np.argmax(logits[allowed]))])
+
+    def pick(self, logits: np.ndarray, emitted: Sequence[int]) -> int:
+        """The greedy token after ``emitted`` (``pick_in`` from the state it reaches)."""
+        return self.pick_in(logits, self.state_after(emitted))
 
 
-def rule_for_prompt(spec: dict[str, Any], prompt: Sequence[int], eos_id: int) -> DecodeRule:
-    """The rule of the task whose prompt ``prompt`` is (recognised by its task token, the prompt's
-    second id), so every caller of the decode loop gets the task's constraint."""
+def task_of_prompt(spec: dict[str, Any], prompt: Sequence[int]) -> str | None:
+    """The task whose prompt ``prompt`` is (recognised by its task token, the prompt's second id)."""
     for task, entry in spec["tasks"].items():
         task_prompt = entry.get("prompt")
         if task_prompt and len(prompt) > 1 and int(task_prompt[1]) == int(prompt[1]):
-            return DecodeRule(task, entry.get("constraint"), eos_id)
-    return DecodeRule(None, None, eos_id)
+            return str(task)
+    return None
+
+
+def rule_for_prompt(spec: dict[str, Any], prompt: Sequence[int], eos_id: int) -> DecodeRule:
+    """The rule of the task whose prompt ``prompt`` is, so every caller of the decode loop gets
+    the task's constraint (built anew: a loop that decodes many answers keeps a ``TaskRules``)."""
+    task = task_of_prompt(spec, prompt)
+    if task is None:
+        return DecodeRule(None, None, eos_id)
+    return DecodeRule(task, spec["tasks"][task].get("constraint"), eos_id)
+
+
+class TaskRules:
+    """``rule_for_prompt`` with each task's rule built once: the caption constraint has hundreds
+    of states, and building it took longer than a decode step. Rules never change once built,
+    so threads may share them."""
+
+    def __init__(self, spec: dict[str, Any], eos_id: int) -> None:
+        self.spec = spec
+        self.eos = eos_id
+        self.free = DecodeRule(None, None, eos_id)
+        self.rules: dict[str, DecodeRule] = {}
+
+    def for_prompt(self, prompt: Sequence[int]) -> DecodeRule:
+        task = task_of_prompt(self.spec, prompt)
+        if task is None:
+            return self.free
+        if task not in self.rules:  # two threads may both build it: the same rule either way
+            self.rules[task] = rule_for_prompt(self.spec, prompt, self.eos)
+        return self.rules[task]
