@@ -299,3 +299,34 @@ def _wait_canary_runs(server: LiveServer, runs: int, timeout_s: float = 120) -> 
             return _metrics(server)
         time.sleep(0.1)
     raise AssertionError(f"this server's canary did not record {runs} runs within {timeout_s} s")
+
+
+@needs_int2
+def test_each_canary_run_is_a_root_span_with_its_scores(live_server: Callable[..., LiveServer]) -> None:
+    """The canary run's span (a root: no request's trace) carries the scores the run recorded; the
+    lazy fp32 reference load is a span of its own."""
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    server = live_server(
+        loader=default_loader,
+        model="default",
+        quantization="int2",
+        canary_interval_s=3600,
+        app_kwargs={"span_exporter": exporter},
+    )
+    _wait_canary_runs(server, 1)
+    report = server.app.state.duties.canary.last_report
+    deadline = time.monotonic() + 60  # spans are exported in batches, a moment after they end
+    runs: list[Any] = []
+    while not runs and time.monotonic() < deadline:
+        runs = [s for s in exporter.get_finished_spans() if s.name == "canary_run"]
+        time.sleep(0.05)
+    [run] = runs
+    assert run.parent is None and run.attributes is not None
+    assert run.attributes["model.quantization"] == "int2"
+    for task, score in report.scores.items():
+        assert run.attributes[f"canary.{task}"] == pytest.approx(score)
+    assert run.attributes["canary.slices"] == report.slices >= 32
+    [load] = [s for s in exporter.get_finished_spans() if s.name == "reference_model_load"]
+    assert load.status.is_ok and load.parent is not None and load.parent.span_id == run.context.span_id
