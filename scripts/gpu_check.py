@@ -3,7 +3,9 @@
 It starts ``mobile-mm serve --device cuda`` (INT2 bundled model, so the fp32 reference also goes
 to the GPU), waits for /ready, sends one request per task, waits for the start-up canary, and
 checks from the server's own /metrics and /health that: the model answered every task,
-``gpu_memory_usage_bytes{memory_type="allocated"}`` is above the weights' size, the canary ran
+``gpu_memory_usage_bytes{memory_type="allocated"}`` is above the weights' size, the GPU memory
+alerts' inputs exist (``used`` and ``total`` per GPU: GPUMemoryHigh fires above 95% of it,
+GPUOutOfMemory above 99%) and are below GPUMemoryHigh's threshold, the canary ran
 with scores equal to the CPU release's baseline (within 2%), the shadow compared requests. It
 prints one JSON object and exits 0 when every check passed, 1 when one failed, 2 when the server
 could not start (on a machine without a GPU: the load fails with "no CUDA device", by design).
@@ -64,6 +66,26 @@ def _metric(text: str, name: str, **labels: str) -> float:
     )
 
 
+GPU_MEMORY_HIGH = 0.95  # monitoring/alerts.yml GPUMemoryHigh: used / total above this
+
+
+def gpu_memory_ratios(text: str) -> dict[str, float]:
+    """gpu_id -> used / total from a /metrics text: what GPUMemoryHigh and GPUOutOfMemory compute
+    (only GPUs with both series, as the alerts' division matches)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    values: dict[tuple[str, str], float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "gpu_memory_usage_bytes":
+                values[(sample.labels["gpu_id"], sample.labels["memory_type"])] = sample.value
+    return {
+        gpu: values[(gpu, "used")] / values[(gpu, "total")]
+        for gpu, kind in values
+        if kind == "total" and values[(gpu, "total")] > 0 and (gpu, "used") in values
+    }
+
+
 def main() -> int:
     from PIL import Image
 
@@ -113,6 +135,7 @@ def _check(url: str, proc: subprocess.Popen[bytes], image_module: Any) -> int:
         time.sleep(1)
     held = _metric(text, "model_memory_usage_bytes")
     weights = held - _metric(text, "model_memory_usage_bytes", component="kv_cache_peak")
+    ratios = gpu_memory_ratios(text)
     scores = {t: _metric(text, "model_accuracy_score", task=t) for t in answers}
     baseline = {t: _metric(text, "model_accuracy_baseline_score", task=t) for t in answers}
     checks = {
@@ -120,6 +143,8 @@ def _check(url: str, proc: subprocess.Popen[bytes], image_module: Any) -> int:
         "gpu_allocated_above_weights": _metric(text, "gpu_memory_usage_bytes", memory_type="allocated")
         > weights
         > 0,
+        "gpu_alert_inputs_below_threshold": bool(ratios)
+        and all(0 < r < GPU_MEMORY_HIGH for r in ratios.values()),
         "canary_ran": _metric(text, "model_canary_runs_total", status="success") >= 1,
         "canary_matches_cpu_baseline": all(
             abs(scores[t] - baseline[t]) <= 0.02 * max(1.0, baseline[t]) for t in answers
@@ -128,7 +153,14 @@ def _check(url: str, proc: subprocess.Popen[bytes], image_module: Any) -> int:
     }
     print(
         json.dumps(
-            {"started": True, "checks": checks, "answers": answers, "scores": scores, "baseline": baseline}
+            {
+                "started": True,
+                "checks": checks,
+                "answers": answers,
+                "scores": scores,
+                "baseline": baseline,
+                "gpu_used_over_total": ratios,
+            }
         )
     )
     return 0 if all(checks.values()) else 1

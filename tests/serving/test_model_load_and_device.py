@@ -169,3 +169,32 @@ def test_the_prepared_gpu_check_refuses_clearly_without_a_gpu() -> None:
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report["started"] is False
     assert "no CUDA device" in json.dumps(report["health"])
+
+
+def test_the_gpu_check_reads_the_gpu_memory_alerts_inputs_as_the_alerts_do() -> None:
+    """used / total per GPU from the exposition format, as GPUMemoryHigh divides them; the alert's
+    threshold in alerts.yml is the one the check compares with."""
+    import importlib.util
+    from pathlib import Path
+
+    import yaml
+    from prometheus_client import CollectorRegistry, Gauge, generate_latest
+
+    repo = Path(__file__).resolve().parents[2]
+    spec = importlib.util.spec_from_file_location("gpu_check", repo / "scripts" / "gpu_check.py")
+    assert spec is not None and spec.loader is not None
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    registry = CollectorRegistry()
+    gauge = Gauge("gpu_memory_usage_bytes", "GPU memory", ["gpu_id", "memory_type"], registry=registry)
+    for gpu, used, total in (("0", 30.0, 80.0), ("1", 79.0, 80.0)):
+        gauge.labels(gpu, "used").set(used)
+        gauge.labels(gpu, "total").set(total)
+        gauge.labels(gpu, "allocated").set(used / 2)
+    gauge.labels("2", "allocated").set(1.0)  # no used/total: the alerts' division has no result
+    ratios = gpu_check.gpu_memory_ratios(generate_latest(registry).decode())
+    assert ratios == {"0": 30.0 / 80.0, "1": 79.0 / 80.0}
+    rules = yaml.safe_load((repo / "monitoring" / "alerts.yml").read_text())
+    [high] = [r for g in rules["groups"] for r in g["rules"] if r.get("alert") == "GPUMemoryHigh"]
+    assert f"> {gpu_check.GPU_MEMORY_HIGH}" in high["expr"]
+    assert 'memory_type="used"' in high["expr"] and 'memory_type="total"' in high["expr"]
