@@ -102,8 +102,10 @@ def train(
     steps: int | None = typer.Option(None, help="Optimizer steps (default: the preset's)."),
     preset: str = typer.Option(
         "default",
-        help="Training preset: default, finetune-vqa (with --init-from), backbone-probe (default with "
-        "an ImageNet-pretrained EfficientNet-Lite0 stem) or tiny.",
+        help="Training preset: default, user-style (printable-ASCII OCR, 32x512 letterboxed reader, "
+        "data v2 with user-style scenes and text: issue 18's model), finetune-vqa (with --init-from), "
+        "backbone-probe (default with an ImageNet-pretrained EfficientNet-Lite0 stem), tiny or "
+        "tiny-user-style.",
     ),
     resume: bool = typer.Option(True, help="Resume from OUT/checkpoint.pt when it exists."),
     device: str = typer.Option("auto", help="cpu, cuda or auto."),

@@ -89,7 +89,7 @@ def _font_path(rel: str) -> Path:
 
 
 @lru_cache(maxsize=512)
-def _load_font(rel: str, size: int) -> ImageFont.FreeTypeFont:
+def load_font(rel: str, size: int) -> ImageFont.FreeTypeFont:
     return ImageFont.truetype(str(_font_path(rel)), size)
 
 
@@ -156,7 +156,7 @@ def render_text(text: str, font: str, rng: np.random.Generator) -> Image.Image:
     """Render one line with random colours, margins, rotation, blur and noise, as a free-size RGB
     image (callers normalise it with `model.preprocess.text_line_tensor`)."""
     size = int(rng.integers(18, 30))
-    pil_font = _load_font(font, size)
+    pil_font = load_font(font, size)
     fg, bg = _contrasting_colors(rng)
     left, top, right, bottom = (int(v) for v in pil_font.getbbox(text))
     mx, my = int(rng.integers(2, 10)), int(rng.integers(2, 8))

@@ -33,6 +33,13 @@ POSITIONS = (
 NUMBER_WORDS = ("zero", "one", "two", "three", "four")
 MAX_OBJECTS = 3
 
-# Characters the OCR head reads. Lowercase letters, digits and the space of short lines.
+# Characters the OCR head reads. Lowercase letters, digits and the space of short lines: the
+# charset of the v1/v2 models (the bundled one), which read text case-folded.
 OCR_CHARSET = " abcdefghijklmnopqrstuvwxyz0123456789"
 OCR_MAX_CHARS = 16
+# Printable ASCII (space, then "!" .. "~": upper and lower case, digits, punctuation; 95 chars):
+# the charset of models trained for users' own text (training preset "user-style"), read as
+# written, never case-folded; lines up to 32 characters.
+OCR_CHARSET_ASCII = "".join(chr(c) for c in range(32, 127))
+OCR_MAX_CHARS_ASCII = 32
+CHARSETS = {"lowercase": OCR_CHARSET, "ascii": OCR_CHARSET_ASCII}

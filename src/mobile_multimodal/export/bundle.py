@@ -112,6 +112,14 @@ def describe_graph(spec: GraphSpec, file: str) -> dict[str, Any]:
     }
 
 
+_TEXT_LINE_RESIZE = {
+    "squeeze": "bilinear (PIL) to `height` px high keeping the aspect ratio; width capped at "
+    "`width` (a longer line is squeezed)",
+    "letterbox": "bilinear (PIL) to `height` px high keeping the aspect ratio; a line then wider "
+    "than `width` is instead scaled to `width` px wide keeping the aspect ratio (never squeezed)",
+}
+
+
 def _preprocessing(model: MobileMultiModalLLM) -> dict[str, Any]:
     cfg = model.config
     common = {
@@ -132,10 +140,11 @@ def _preprocessing(model: MobileMultiModalLLM) -> dict[str, Any]:
             **common,
             "height": cfg.ocr_height,
             "width": cfg.ocr_width,
-            "resize": "bilinear (PIL) to `height` px high keeping the aspect ratio; width capped at "
-            "`width` (a longer line is squeezed)",
-            "pad": "on the right to `width`, with the per-channel median of the resized image's border "
-            "pixels (first row, last row, first column, last column)",
+            "fit": cfg.ocr_fit,
+            "resize": _TEXT_LINE_RESIZE[cfg.ocr_fit],
+            "pad": "on the right to `width` (and, letterboxed, above and below to `height`, the line "
+            "centred: top offset (height - resized height) // 2), with the per-channel median of the "
+            "resized image's border pixels (first row, last row, first column, last column)",
         },
     }
 

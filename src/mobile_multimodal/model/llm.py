@@ -320,8 +320,9 @@ class MobileMultiModalLLM:
     def extract_texts(
         self, images: Sequence[ImageInput], confidences: list[float] | None = None
     ) -> list[str]:
+        cfg = self.config
         batch = torch.stack(
-            [text_line_tensor(i, self.config.ocr_height, self.config.ocr_width) for i in images]
+            [text_line_tensor(i, cfg.ocr_height, cfg.ocr_width, cfg.ocr_fit) for i in images]
         ).to(self.device)
         logits = self.network.read_text(batch)  # (B, frames, classes)
         best = logits.argmax(-1)  # (B, frames)

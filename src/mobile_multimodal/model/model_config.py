@@ -1,5 +1,10 @@
 """Architecture configuration: a dataclass with presets (``ModelConfig.default()``, ``.tiny()``,
-``.default_effnet()``)."""
+``.default_effnet()``, ``.default_wide_ocr()``).
+
+Example::
+
+    ModelConfig.from_name("default-wide-ocr").ocr_width   # 512: the reader for 32-char lines
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 STEMS = ("conv", "efficientnet-lite0")
+OCR_FITS = ("squeeze", "letterbox")
 
 
 @dataclass
@@ -47,6 +53,11 @@ class ModelConfig:
     scene_size: int = 64
     ocr_height: int = 32
     ocr_width: int = 256
+    # How a text line goes into the ocr_height x ocr_width reader (model/preprocess.py):
+    # "squeeze" (v1/v2, the bundled model): scaled to the height, a longer line squeezed
+    # horizontally; "letterbox": scaled to fit both sides keeping its aspect ratio, then padded
+    # with its own background, so a long line is never distorted.
+    ocr_fit: str = "squeeze"
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -59,6 +70,13 @@ class ModelConfig:
             raise ValueError(f"ocr_subframes must be >= 1, got {self.ocr_subframes}")
         if self.stem not in STEMS:
             raise ValueError(f"stem must be one of {STEMS}, got {self.stem!r}")
+        if self.ocr_fit not in OCR_FITS:
+            raise ValueError(f"ocr_fit must be one of {OCR_FITS}, got {self.ocr_fit!r}")
+        if self.ocr_width // 8 > self.max_grid_cols:
+            raise ValueError(
+                f"ocr_width {self.ocr_width} needs max_grid_cols >= {self.ocr_width // 8}, "
+                f"got {self.max_grid_cols}"
+            )
         if self.image_pool not in ("mean", "attention"):
             raise ValueError(f"image_pool must be 'mean' or 'attention', got {self.image_pool!r}")
 
@@ -94,8 +112,26 @@ class ModelConfig:
         return replace(cls.default(), stem="efficientnet-lite0")
 
     @classmethod
+    def default_wide_ocr(cls) -> ModelConfig:
+        """``default`` with a 32x512 letterboxed text reader: 64 column tokens and 128 CTC frames,
+        room for a 32-character line in any font at 8 px per token (a 256-px reader squeezes such
+        a line to half its width)."""
+        return replace(cls.default(), ocr_width=512, max_grid_cols=64, ocr_fit="letterbox")
+
+    @classmethod
+    def tiny_wide_ocr(cls) -> ModelConfig:
+        """``tiny`` with ``default_wide_ocr``'s text reader, for tests of that path."""
+        return replace(cls.tiny(), ocr_width=512, max_grid_cols=64, ocr_fit="letterbox")
+
+    @classmethod
     def from_name(cls, name: str) -> ModelConfig:
-        presets = {"default": cls.default, "default-effnet": cls.default_effnet, "tiny": cls.tiny}
+        presets = {
+            "default": cls.default,
+            "default-effnet": cls.default_effnet,
+            "default-wide-ocr": cls.default_wide_ocr,
+            "tiny": cls.tiny,
+            "tiny-wide-ocr": cls.tiny_wide_ocr,
+        }
         if name not in presets:
             raise ValueError(f"unknown model preset {name!r}; choose one of {sorted(presets)}")
         return presets[name]()

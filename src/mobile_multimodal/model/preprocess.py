@@ -56,17 +56,25 @@ def scene_tensor(image: ImageInput, size: int = 64) -> torch.Tensor:
     return _normalise(img)
 
 
-def text_line_tensor(image: ImageInput, height: int = 32, width: int = 256) -> torch.Tensor:
-    """(3, height, width): a text line scaled to `height` keeping its aspect ratio, squeezed if
-    wider than `width`, and padded on the right with its own background colour."""
+def text_line_tensor(
+    image: ImageInput, height: int = 32, width: int = 256, fit: str = "squeeze"
+) -> torch.Tensor:
+    """(3, height, width): a text line scaled to `height` keeping its aspect ratio and padded on
+    the right with its own background colour. A line wider than `width` at that height is
+    squeezed horizontally (``fit="squeeze"``, the first models' reader) or scaled down as a whole
+    and centred vertically on its background (``fit="letterbox"``: never distorted)."""
     img = to_pil(image)
     w = max(1, round(img.width * height / max(1, img.height)))
-    img = img.resize((min(w, width), height), Image.Resampling.BILINEAR)
-    if img.width < width:
+    if fit == "letterbox" and w > width:
+        h = max(1, round(img.height * width / max(1, img.width)))
+        img = img.resize((width, min(h, height)), Image.Resampling.BILINEAR)
+    else:
+        img = img.resize((min(w, width), height), Image.Resampling.BILINEAR)
+    if img.size != (width, height):
         arr = np.asarray(img)
         border = np.concatenate([arr[0], arr[-1], arr[:, 0], arr[:, -1]])
         bg = tuple(int(c) for c in np.median(border, axis=0))
         canvas = Image.new("RGB", (width, height), bg)
-        canvas.paste(img, (0, 0))
+        canvas.paste(img, (0, (height - img.height) // 2))
         img = canvas
     return _normalise(img)

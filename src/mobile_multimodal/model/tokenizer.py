@@ -1,6 +1,11 @@
 """Our tokenizer: a closed word vocabulary for captions, questions and answers, and a character
 set for the OCR head (CTC). Serialised into the model manifest.
 
+The charset is the model's own (manifest ``tokenizer.charset``; a manifest without one gets the
+lowercase charset of the first models). A charset without capital letters reads text
+case-folded (``encode_chars("Hello")`` targets "hello"); one with them (printable ASCII,
+``CHARSETS["ascii"]``) reads it as written.
+
 A token is a run of letters/digits or one of ``? , :``, so a text never has more tokens than
 characters: a limit in characters bounds the work of counting before any list is built.
 
@@ -9,6 +14,7 @@ Example::
     tok = Tokenizer.default()
     tok.encode("what color is the circle ?")       # six word ids
     tok.count("is " + "a " * 100_000, stop_after=36)  # 37: stopped as soon as it passed 36
+    Tokenizer.default(CHARSETS["ascii"]).encode_chars("Hi!")  # [41, 74, 2]: case and "!" kept
 """
 
 from __future__ import annotations
@@ -87,14 +93,21 @@ class Tokenizer:
     charset: str = OCR_CHARSET
 
     def __post_init__(self) -> None:
+        if len(set(self.charset)) != len(self.charset) or not self.charset:
+            raise ValueError("the OCR charset must be non-empty without repeated characters")
         self.itos = [*SPECIALS, *self.words]
         self.stoi = {s: i for i, s in enumerate(self.itos)}
         if len(self.stoi) != len(self.itos):
             raise ValueError("tokenizer vocabulary has duplicates")
 
     @classmethod
-    def default(cls) -> Tokenizer:
-        return cls(words=_default_words())
+    def default(cls, charset: str = OCR_CHARSET) -> Tokenizer:
+        return cls(words=_default_words(), charset=charset)
+
+    @property
+    def folds_case(self) -> bool:
+        """True for a charset without capital letters: OCR text is lower-cased to fit it."""
+        return not any(c.isupper() for c in self.charset)
 
     @property
     def vocab_size(self) -> int:
@@ -160,8 +173,10 @@ class Tokenizer:
         return [*ids, self.sep_id]
 
     def encode_chars(self, text: str) -> list[int]:
-        """CTC targets: 1..len(charset); characters outside the charset are dropped."""
-        return [self.charset.index(c) + 1 for c in text.lower() if c in self.charset]
+        """CTC targets: 1..len(charset); characters outside the charset are dropped (after
+        lower-casing, for a charset that has no capital letters)."""
+        chars = text.lower() if self.folds_case else text
+        return [self.charset.index(c) + 1 for c in chars if c in self.charset]
 
     def decode_ctc(self, ids: list[int]) -> str:
         out, prev = [], 0
@@ -176,4 +191,5 @@ class Tokenizer:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Tokenizer:
-        return cls(words=list(d["words"]), charset=str(d["charset"]))
+        # a manifest written before charsets varied may lack one: those models read OCR_CHARSET
+        return cls(words=list(d["words"]), charset=str(d.get("charset", OCR_CHARSET)))

@@ -111,6 +111,9 @@ def quantize_model(opts: QuantizeOptions, log: Callable[[str], None] = print) ->
         cfg.scene_size,
         cfg.ocr_height,
         cfg.ocr_width,
+        # calibrate on data drawn like the model's own training data
+        data_version=fp32.manifest.get("data_version"),
+        ocr_fit=cfg.ocr_fit,
     )
     extra: dict[str, Any] = {"source": {"model": str(opts.model), "files": fp32.manifest.get("files", [])}}
     float_net = net
@@ -126,6 +129,7 @@ def quantize_model(opts: QuantizeOptions, log: Callable[[str], None] = print) ->
             "seed": CALIBRATION_SEED,
             "batch_sizes": opts.batch_sizes.__dict__,
             "data": "procedural corpus + easy-VQA train",
+            "data_version": builder.data.name,
         }
         if opts.method == "qat":
             log(f"quantization-aware training, {opts.qat.steps} steps, distilling from fp32")

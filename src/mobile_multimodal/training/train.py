@@ -18,13 +18,17 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from mobile_multimodal.data.easyvqa import load_easy_vqa
-from mobile_multimodal.data.splits import DATA_VERSION
+from mobile_multimodal.data.training_data import V1, V2, data_version
+from mobile_multimodal.data.vocabulary import CHARSETS
 from mobile_multimodal.model.llm import MobileMultiModalLLM
 from mobile_multimodal.model.model_config import ModelConfig
 from mobile_multimodal.model.network import MultiModalNet
+from mobile_multimodal.model.tokenizer import Tokenizer
 from mobile_multimodal.training.batches import Batch, BatchBuilder, BatchSizes
 from mobile_multimodal.training.bn_calibration import recalibrate_batchnorm
 from mobile_multimodal.training.replicas import SingleProcess
+
+USER_STYLE_STEPS = 6000  # sized by measurement: scripts/retrain_default.sh
 
 
 @dataclass
@@ -40,9 +44,36 @@ class TrainPreset:
     bn_calibration_steps: int = 100
     # start the vision stem from ImageNet weights (only a stem that has them: efficientnet-lite0)
     pretrained_stem: bool = False
+    # what the batches are drawn like (data/training_data.py) and the OCR charset of a fresh
+    # model (data/vocabulary.py CHARSETS: "lowercase" for the first models, "ascii" for users' text)
+    data_version: str = V1
+    charset: str = "lowercase"
+    # examples per task of the evaluation after training (None: every held-out example)
+    eval_limit: int | None = None
+
+    def __post_init__(self) -> None:
+        data_version(self.data_version)  # an unknown version fails here, not after training
+        if self.charset not in CHARSETS:
+            raise ValueError(f"unknown charset {self.charset!r}; choose one of {sorted(CHARSETS)}")
+        ModelConfig.from_name(self.model)
 
 
 _DEFAULT = TrainPreset(model="default", steps=6000, sizes=BatchSizes())
+_TINY = TrainPreset(
+    model="tiny",
+    steps=30,
+    sizes=BatchSizes(caption=4, scene_vqa=4, easy_vqa=2, ocr=4),
+    warmup=5,
+    checkpoint_every=10,
+    bn_calibration_steps=3,
+    eval_limit=20,
+)
+# Issue 18: the model for users' own images. Printable-ASCII OCR through a 32x512 letterboxed
+# reader, trained on data v2 (half the scenes and two thirds of the lines drawn user-style). The
+# steps fill ~75-90 min of 2 idle cores: see scripts/retrain_default.sh for how it was sized.
+_USER_STYLE = replace(
+    _DEFAULT, model="default-wide-ocr", steps=USER_STYLE_STEPS, data_version=V2, charset="ascii"
+)
 PRESETS = {
     "default": _DEFAULT,
     # the default recipe with an ImageNet-pretrained EfficientNet-Lite0 stem instead of our conv
@@ -57,14 +88,11 @@ PRESETS = {
         lr=3e-4,
         warmup=50,
     ),
-    "tiny": TrainPreset(
-        model="tiny",
-        steps=30,
-        sizes=BatchSizes(caption=4, scene_vqa=4, easy_vqa=2, ocr=4),
-        warmup=5,
-        checkpoint_every=10,
-        bn_calibration_steps=3,
-    ),
+    "tiny": _TINY,
+    "user-style": _USER_STYLE,
+    # the user-style recipe (data v2, ASCII charset, wide letterboxed reader) at tiny's size, for
+    # tests and a quick check of the whole path
+    "tiny-user-style": replace(_TINY, model="tiny-wide-ocr", data_version=V2, charset="ascii"),
 }
 
 
@@ -164,7 +192,10 @@ def train_model(opts: TrainOptions, replicas: SingleProcess | None = None) -> Pa
         }
     else:
         model = MobileMultiModalLLM.from_config(
-            ModelConfig.from_name(preset.model), seed=opts.seed, pretrained_stem=pretrained_stem
+            ModelConfig.from_name(preset.model),
+            seed=opts.seed,
+            tokenizer=Tokenizer.default(CHARSETS[preset.charset]),
+            pretrained_stem=pretrained_stem,
         )
         base_manifest = {}
     net = model.network.to(device).train()
@@ -191,6 +222,8 @@ def train_model(opts: TrainOptions, replicas: SingleProcess | None = None) -> Pa
         model.config.scene_size,
         model.config.ocr_height,
         model.config.ocr_width,
+        data_version=preset.data_version,
+        ocr_fit=model.config.ocr_fit,
     )
     log = open(out / "train_log.jsonl" if replicas.is_main else os.devnull, "a")  # noqa: SIM115 - closed in finally
     started = time.time()
@@ -241,7 +274,7 @@ def train_model(opts: TrainOptions, replicas: SingleProcess | None = None) -> Pa
     model.manifest = {
         **base_manifest,
         "version": "0.1.0",
-        "data_version": DATA_VERSION,
+        "data_version": preset.data_version,
         "training": {
             "preset": opts.preset,
             "seed": opts.seed,
@@ -262,6 +295,6 @@ def train_model(opts: TrainOptions, replicas: SingleProcess | None = None) -> Pa
         from mobile_multimodal.training.canary_set import evaluate_canary
         from mobile_multimodal.training.evaluate import attach_report, evaluate_loaded
 
-        report = evaluate_loaded(model, limit=20 if opts.preset == "tiny" else None)
+        report = evaluate_loaded(model, limit=preset.eval_limit)
         attach_report(out, report, canary=evaluate_canary(model))
     return out

@@ -10,8 +10,8 @@ beside the generator's held-out splits.
 - ``user_ocr``: lowercase held-out words, ``word_accuracy`` (primary) and ``cer``.
 - ``user_ocr_mixed``: mixed case, digits and punctuation, exact ``word_accuracy`` (primary) and
   ``cer``; ``charset_word_accuracy`` scores against the target folded into the model's OCR
-  character set (lower-cased, other characters dropped): what the reader gets right of what its
-  charset can express.
+  character set (other characters dropped, lower-cased for a charset without capitals): what the
+  reader gets right of what its charset can express.
 
 Example::
 
@@ -56,8 +56,10 @@ def attribute_scores(predictions: list[str], examples: list[UserExample]) -> dic
 
 
 def fold_to_charset(text: str, charset: str = OCR_CHARSET) -> str:
-    """``text`` as a reader with ``charset`` could at best write it."""
-    kept = "".join(c for c in text.lower() if c in charset)
+    """``text`` as a reader with ``charset`` could at best write it (lower-cased only for a
+    charset without capital letters: a printable-ASCII reader must get the case right)."""
+    folds_case = not any(c.isupper() for c in charset)
+    kept = "".join(c for c in (text.lower() if folds_case else text) if c in charset)
     return " ".join(kept.split())
 
 
