@@ -126,7 +126,8 @@ def write_markdown(path: Path, result: dict[str, Any]) -> None:
             f"| {q} | model load (`model_load_duration_seconds`) < 10 s | "
             f"{'n/a' if load is None else f'{load:.2f} s'} | {_ok(s['model_load_under_10s'])} |",
         ]
-    lines += ["", *report_frameworks.markdown(result)]
+    frameworks = report_frameworks.markdown(result)
+    lines += ["", *frameworks] if frameworks else []
     for peer in opts["peers"]:
         lines += [
             "",
