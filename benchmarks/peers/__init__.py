@@ -87,7 +87,7 @@ PEERS: dict[str, PeerSpec] = {
     ),
     "bentoml": PeerSpec(
         "bentoml",
-        "BentoML 1.4.40, adaptive batching (max 16, max latency 50 ms), one worker, its own venv",
+        "BentoML 1.4.40, adaptive batching (max 16; max_latency_ms 10 s: its shedding deadline), own venv",
         _module_command("benchmarks.peers.bentoml_peer", BENTOML_VENV),
         framework=True,
         venv=BENTOML_VENV,
