@@ -16,10 +16,12 @@
 # Nothing under src/mobile_multimodal/weights/default changes unless --install is given (then
 # the old bundled model is first copied to OUT/previous-default).
 #
-# Sizing: the user-style preset's steps were chosen from measured CPU seconds per step relative
-# to the default preset (whose 6,000 steps took 60 min on 2 idle cores): see the preset in
-# src/mobile_multimodal/training/train.py. Expect ~80 min of training on 2 idle cores, then
-# ~35-50 min for steps 2-5 (QAT is the longest).
+# Sizing: the user-style preset's 5,500 steps were chosen from measured CPU seconds per step
+# relative to the default preset (1.44-1.54x; default's 6,000 steps took 60 min on 2 cores): see
+# USER_STYLE_STEPS in src/mobile_multimodal/training/train.py. Expect 79-85 min of training on 2
+# idle cores, then quantization (each quantize also evaluates its variant), calibration,
+# evaluation and export, not yet timed on the full-size model (the bundled model's full eval took
+# ~10 min per precision on 2 busy cores).
 #
 # Usage:
 #   scripts/retrain_default.sh [--out DIR] [--preset NAME] [--steps N] [--eval-limit N]
