@@ -80,7 +80,7 @@ def test_rows_joining_at_different_steps_decode_as_they_would_alone(quantization
             assert got[r.tag][2] == pytest.approx(domain, abs=1e-6)
 
 
-def test_a_short_row_leaves_first_and_the_cache_shrinks_to_the_rows_left() -> None:
+def test_a_row_leaves_and_a_join_shrinks_the_cache_to_the_rows_left() -> None:
     model = _model("fp32")
     decoder, tok = model.network.decoder, model.tokenizer
     batch = DecodeBatch(decoder, tok.eos_id, tok.pad_id)
@@ -94,13 +94,14 @@ def test_a_short_row_leaves_first_and_the_cache_shrinks_to_the_rows_left() -> No
     left: list[object] = []
     for step in range(1, MAX_STEPS):
         left += [r.tag for r in batch.step()]
-        if left == ["long"]:
-            # the long prompt's leading columns went with it: only the caption's keys are held,
-            # its prompt and the token it emitted at every step so far
+        if left == ["long"] and len(batch) == 1:
+            # a row joins: the finished row's tensors and the long prompt's leading columns go,
+            # so only the caption's keys are held: its prompt and one token per step so far
+            batch.add([DecodeRow(short_prompt, 1, tag="third")], tokens[1:])
             assert batch.columns == len(short_prompt) + step
         if not len(batch):
             break
-    assert left == ["long", "short"]
+    assert left[:2] == ["long", "third"] and sorted(left) == ["long", "short", "third"]
 
 
 def test_a_stop_signal_ends_its_row_at_the_next_step_and_the_others_go_on() -> None:

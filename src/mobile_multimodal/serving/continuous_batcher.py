@@ -8,15 +8,18 @@ for the whole batch. Here one loop drives the model thread one *iteration* at a 
    ``max_batch_size`` jobs, run as today (``batch_jobs.run_batch``);
 2. decode jobs (captioning, VQA) waiting, oldest first, as many as there are free rows (at most
    ``max_rows`` = ``MOBILE_MM_MAX_BATCH_SIZE`` decode at once): their images are encoded in one
-   encoder pass per task and they join the running batch (``model/task_decoding.py``);
+   encoder pass per task and they join the running batch (``model/task_decoding.py``). While
+   rows decode, free rows are filled in groups (half of ``max_rows``, or ``ADMIT_AFTER_STEPS``
+   steps after the first of them freed): an encoder pass and a prefill cost several decode
+   steps, for one image about as much as for eight;
 3. one decode step: one token for every active row; rows that finished leave, and their
    requests' futures are resolved as soon as the iteration returns.
 
 Fairness: decode jobs are admitted in arrival order, and every row ends within its token budget
-(at most the decoder's context), so a waiting job waits for at most the rows ahead of it, never
-for later arrivals; single-pass jobs run at every iteration whatever the decode holds. A job
-whose request gave up (timeout, client gone: its ``cancelled`` event) is dropped while queued,
-or leaves the decode at the next step.
+(at most the decoder's context), so a waiting job waits for at most the rows ahead of it (plus
+``ADMIT_AFTER_STEPS`` steps per free row), never for later arrivals; single-pass jobs run at every iteration
+whatever the decode holds. A job whose request gave up (timeout, client gone: its ``cancelled``
+event) is dropped while queued, or leaves the decode at the next step.
 
 Reload: rows keep decoding on the model they started on; new rows wait until those have left
 (at most one row's budget), then start on the new model. Background slices (canary, shadow) and
@@ -43,6 +46,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable
@@ -61,6 +65,11 @@ from mobile_multimodal.serving.domain_flags import annotate
 log = logging.getLogger(__name__)
 
 Result = dict[str, Any]
+# The longest a waiting job waits for free rows to fill a group (see ContinuousBatcher._take).
+ADMIT_AFTER_STEPS = 12
+# Iterations per turn on the model thread before it is handed back (a reload's swap, an urgent
+# background slice and the event loop's own model calls wait at most this long).
+DRIVE_ITERATIONS = 16
 RESULT_FIELD = {"captioning": "caption", "vqa": "answer"}
 
 
@@ -70,6 +79,7 @@ class _Pending:
     job: Job
     future: asyncio.Future[BatchOutcome[Result]]
     enqueued: float = field(default_factory=time.perf_counter)
+    enqueued_step: int = 0
     admitted: float = 0.0
     peak_rows: int = 0
 
@@ -79,8 +89,8 @@ class _Iteration:
     """What one iteration did, handed back to the event loop."""
 
     outcomes: list[tuple[_Pending, Result | BaseException]] = field(default_factory=list)
-    active: int = 0
     seconds: float = 0.0
+    ended: float = 0.0
 
 
 def supports_continuous(model: object) -> bool:
@@ -109,6 +119,8 @@ class ContinuousBatcher:
         self._model = model
         self._run_single_pass = run_single_pass
         self.max_rows = max_rows
+        self._admit_group = max(1, max_rows // 2)
+        self._free_since = -1  # the step since which rows have been free while jobs wait
         self.max_batch_size = max_batch_size
         self.max_queue = max_queue
         self._executor = executor
@@ -121,6 +133,7 @@ class ContinuousBatcher:
         self._active: dict[int, _Pending] = {}  # id(pending) -> pending, rows decoding now
         self._decoding: TaskDecoding | None = None  # touched on the model thread only
         self._wakeup = asyncio.Event()
+        self._lock = threading.Lock()  # the queues and the active rows: event loop vs model thread
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._last_end = 0.0
@@ -170,21 +183,24 @@ class ContinuousBatcher:
         if self._queued >= self.max_queue:
             metrics.QUEUE_REJECTIONS.labels(key[0]).inc()
             raise QueueFullError(f"{self._queued} requests are already queued (max_queue={self.max_queue})")
-        pending = _Pending(key, job, asyncio.get_running_loop().create_future())
-        queue = (
-            self._decode_queue if key[0] in DECODED_TASKS else self._single_queues.setdefault(key, deque())
-        )
-        queue.append(pending)
-        self._queued += 1
-        self._publish_depth(key[0])
+        pending = _Pending(key, job, asyncio.get_running_loop().create_future(), enqueued_step=self.steps)
+        with self._lock:
+            if key[0] in DECODED_TASKS:
+                queue = self._decode_queue
+            else:
+                queue = self._single_queues.setdefault(key, deque())
+            queue.append(pending)
+            self._queued += 1
+            self._publish_depth(key[0])
         self._wakeup.set()
         try:
             return await asyncio.wait_for(pending.future, timeout)
         except (TimeoutError, asyncio.CancelledError):
-            if pending in queue:  # still queued: it never runs (once decoding, engine.admit stops it)
-                queue.remove(pending)
-                self._queued -= 1
-                self._publish_depth(key[0])
+            with self._lock:
+                if pending in queue:  # still queued: it never runs (once decoding, engine.admit stops it)
+                    queue.remove(pending)
+                    self._queued -= 1
+                    self._publish_depth(key[0])
             raise
 
     def _publish_depth(self, task: str) -> None:
@@ -195,12 +211,44 @@ class ContinuousBatcher:
         metrics.QUEUE_DEPTH.labels(task).set(depth)
 
     # --- the loop -----------------------------------------------------------------------------
+    async def _loop(self) -> None:
+        """Hands the model thread to :meth:`_drive` whenever there is work; results come back
+        through ``call_soon_threadsafe`` as each iteration ends, not when the drive returns."""
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._queued and not self._active:
+                if self._closing:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            try:
+                await loop.run_in_executor(self._executor, self._drive, loop)
+            except Exception as exc:  # a bug, not a bad request (those fail alone): fail them all
+                log.exception("continuous batching failed")
+                with self._lock:
+                    failed = list(self._active.values())
+                    self._active.clear()
+                    self.running = 0
+                self._settle(_Iteration([(p, exc) for p in failed]), 0.0)
+
     def _take(self) -> tuple[list[_Pending], list[tuple[BatchKey, list[_Pending]]]]:
-        """This iteration's admissions (free rows, oldest first) and single-pass batches."""
+        """This iteration's admissions (free rows, oldest first) and single-pass batches; under
+        the lock."""
         admit: list[_Pending] = []
         decoding = self._decoding
         stale = decoding is not None and self._active and decoding.model is not self._model()
         free = 0 if stale else self.max_rows - len(self._active)  # a reload: let the old rows leave
+        # An encoder pass and a prefill cost several decode steps whether they take one image or
+        # eight, so while rows decode, free rows are filled in groups: once half of them are free,
+        # or ADMIT_AFTER_STEPS steps after the first of them freed (the bound on a job's wait for
+        # a free row; admission stays first come, first served).
+        if free > 0 and self._decode_queue:
+            self._free_since = self.steps if self._free_since < 0 else self._free_since
+        else:
+            self._free_since = -1
+        if self._active and free < self._admit_group and self.steps - self._free_since < ADMIT_AFTER_STEPS:
+            free = 0
         while self._decode_queue and len(admit) < free:
             admit.append(self._decode_queue.popleft())
         single = []
@@ -210,64 +258,63 @@ class ContinuousBatcher:
             if not queue:
                 del self._single_queues[key]
             single.append((key, group))
-        taken = len(admit) + sum(len(g) for _, g in single)
-        self._queued -= taken
+        self._queued -= len(admit) + sum(len(g) for _, g in single)
         for task in {p.key[0] for p in admit} | {k[0] for k, _ in single}:
             self._publish_depth(task)
         # a request that gave up while queued is not run
         admit = [p for p in admit if not p.future.done()]
+        now = time.perf_counter()
+        for p in admit:
+            p.admitted = now
+            self._active[id(p)] = p
+        self.running = len(self._active)
         single = [(k, [p for p in g if not p.future.done()]) for k, g in single]
         return admit, [(k, g) for k, g in single if g]
 
-    async def _loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            admit, single = self._take()
+    def _drive(self, loop: asyncio.AbstractEventLoop) -> None:
+        """On the model thread: iterations until no work is left, or DRIVE_ITERATIONS of them
+        (then the thread is handed back, so a reload's swap or an urgent slice can run)."""
+        for _ in range(DRIVE_ITERATIONS):
+            with self._lock:
+                was_busy = bool(self._active)
+                admit, single = self._take()
             if not admit and not single and not self._active:
-                if self._closing and not self._queued:
-                    return
-                self._wakeup.clear()
-                await self._wakeup.wait()
-                continue
-            now = time.perf_counter()
-            newest = [p.enqueued for p in admit] + [p.enqueued for _, g in single for p in g]
-            # the cycle runs from when this work could have started: the last iteration's end, or
-            # (the model idle) the arrival of the work it takes now
-            could_start = self._last_end if self._active or not newest else max(self._last_end, min(newest))
-            for p in admit:
-                p.admitted = now
-                self._active[id(p)] = p
-            self.running = len(self._active)
+                return
+            # the cycle runs from when this work could have started: the last iteration's end,
+            # or (the model idle) the arrival of the work it takes now
+            arrivals = [p.enqueued for p in admit] + [p.enqueued for _, g in single for p in g]
+            could_start = self._last_end if was_busy or not arrivals else max(self._last_end, min(arrivals))
             try:
-                report = await loop.run_in_executor(self._executor, self._iterate, admit, single)
+                report = self._iterate(admit, single)
             except Exception as exc:  # a bug, not a bad request (those fail alone): fail them all
                 log.exception("a continuous-batching iteration failed")
-                report = _Iteration(
-                    [(p, exc) for p in [*self._active.values(), *(p for _, g in single for p in g)]]
-                )
+                if self._decoding is not None:
+                    self._decoding.clear()
+                with self._lock:
+                    failed = [*self._active.values(), *(p for _, g in single for p in g)]
+                report = _Iteration([(p, exc) for p in failed])
             self._last_end = time.perf_counter()
-            self._settle(report, self._last_end - could_start)
+            with self._lock:
+                for p, _ in report.outcomes:
+                    self._active.pop(id(p), None)
+                self.running = len(self._active)
+            loop.call_soon_threadsafe(self._settle, report, self._last_end - could_start)
 
     def _settle(self, report: _Iteration, cycle_s: float) -> None:
         """On the event loop: resolve what finished, feed the drain rate."""
-        completed = 0
         for p, outcome in report.outcomes:
-            self._active.pop(id(p), None)
-            completed += 1
             if p.future.done():
                 continue
             if isinstance(outcome, BaseException):
                 p.future.set_exception(outcome)
                 continue
             start = p.admitted or self._last_end - report.seconds
-            p.future.set_result(
-                BatchOutcome(outcome, max(1, p.peak_rows), start - p.enqueued, self._last_end - start)
-            )
-        self.running = len(self._active)
-        self._drain_items += completed
+            end = report.ended or self._last_end
+            p.future.set_result(BatchOutcome(outcome, max(1, p.peak_rows), start - p.enqueued, end - start))
+        self._drain_items += len(report.outcomes)
         self._drain_s += cycle_s
-        if completed:
-            self.running_since = self._last_end
+        if report.outcomes:
+            self.running_since = report.ended or self._last_end
             if self._on_batch is not None:
                 self._on_batch(self._drain_items, self._drain_s)
             self._drain_items, self._drain_s = 0, 0.0
@@ -282,7 +329,8 @@ class ContinuousBatcher:
             if admit:
                 self._admit(admit, report)
             self._step(report)
-        report.seconds = time.perf_counter() - start
+        report.ended = time.perf_counter()
+        report.seconds = report.ended - start
         self.batches_run += 1
         return report
 
@@ -364,7 +412,6 @@ class ContinuousBatcher:
         for task, n in Counter(r.task for r in rows).items():
             metrics.BATCH_DURATION.labels(metrics.batch_size_label(n), task).observe(seconds)
         report.outcomes += self._results(decoding.model, finished)
-        report.active = len(decoding)
 
     def _results(self, model: Any, done: list[TaskResult]) -> list[tuple[_Pending, Result | BaseException]]:
         out: list[tuple[_Pending, Result | BaseException]] = []

@@ -13,6 +13,10 @@ same check without queueing, cheap enough to run before a request's body is read
 :meth:`arrival` marks a request that is on its way (decoding its image), so the batcher waits
 for it to fill a batch.
 
+With ``MOBILE_MM_BATCHING=continuous`` (PyTorch runtime only) the batcher is a
+:class:`~mobile_multimodal.serving.continuous_batcher.ContinuousBatcher` instead: captions and
+answers join and leave the running decode at every token, OCR and retrieval run between steps.
+
 A request that gives up (timeout, or the client went away) sets its job's ``cancelled`` event;
 the decoder reads it before every token, so an abandoned job frees the model thread at its next
 step instead of running to the end, and shutdown never waits for work nobody wants.
