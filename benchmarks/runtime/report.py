@@ -34,7 +34,8 @@ def markdown(result: dict[str, Any], notes: list[str] | None = None) -> str:
         *([""] if notes else []),
         f"Per-token decode target: ONNX Runtime at least {TARGET:g}x faster than PyTorch at the "
         "same precision. 'onnxruntime' is the backend as served (2-bit weights in 4-bit containers, "
-        "exact); 'onnxruntime_shipped' runs the bundle's bytes as a phone loads them.",
+        "exact; the KV cache in IO-bound buffers); 'onnxruntime_shipped' runs the bundle's bytes as "
+        "a phone loads them.",
         "",
         "| precision | runtime | PyTorch ms/token | runtime ms/token | speedup | target |",
         "|---|---|---|---|---|---|",

@@ -44,7 +44,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 PRECISIONS = ("fp32", "int8", "int4", "int2")
 TASKS = ("captioning", "vqa", "ocr", "retrieval")
-# onnxruntime: as served (2-bit weights in 4-bit containers, serving/onnx_sessions.py);
+# onnxruntime: as served (2-bit weights in 4-bit containers, the KV cache IO-bound: serving/onnx_sessions.py);
 # onnxruntime_shipped: the bundle's bytes as a phone loads them (measured where they differ: int2)
 RUNTIMES = ("pytorch", "onnxruntime", "onnxruntime_shipped")
 TARGET_PER_TOKEN_SPEEDUP = 3.0
