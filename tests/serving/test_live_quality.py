@@ -142,10 +142,12 @@ def test_canary_measures_the_served_model_and_its_loss_against_fp32(
             values["primary"]
         )
     assert metric_value(text, "model_canary_last_success_timestamp_seconds") > time.time() - 3600
+    # the reference's weights and the KV cache its canary decodes held
     reference_bytes = metric_value(text, "model_memory_usage_bytes", component="reference_model")
-    assert reference_bytes == sum(
-        MobileMultiModalLLM.from_pretrained("default").component_memory_bytes().values()
-    )
+    weights = sum(MobileMultiModalLLM.from_pretrained("default").component_memory_bytes().values())
+    reference = server.app.state.duties.canary.reference.model
+    assert reference.network.decoder.peak_cache_bytes > 0
+    assert reference_bytes == weights + reference.network.decoder.peak_cache_bytes
     assert metric_value(text, "model_memory_usage_bytes", component="kv_cache_peak") > 0
     duties = server.app.state.duties
     assert duties.canary.last_report is not None and duties.canary.last_report.slices >= 32

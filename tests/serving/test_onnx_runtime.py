@@ -34,6 +34,7 @@ from mobile_multimodal.export.pipeline import export_model
 from mobile_multimodal.manifest_signing import sign_manifest
 from mobile_multimodal.model import MobileMultiModalLLM, bundled_model_dir
 from mobile_multimodal.model.model_errors import ModelLoadError
+from mobile_multimodal.observability.model_metrics import kv_cache_peak_bytes
 from mobile_multimodal.serving.onnx_runtime_model import OnnxRuntimeModel
 from mobile_multimodal.serving.onnx_sessions import BoundDecoderSteps, BundleSessions, unpack_low_first
 from mobile_multimodal.serving.probe import ProbeCase
@@ -307,10 +308,11 @@ def test_canary_and_shadow_compare_the_onnx_int2_model_with_the_fp32_pytorch_ref
         assert loss == pytest.approx(
             (fp32_score - values["primary"]) / fp32_score, abs=2 * one_example / fp32_score
         )
-    # the reference is PyTorch, loaded beside the ONNX Runtime sessions
+    # the reference is PyTorch, loaded beside the ONNX Runtime sessions: its weights and its KV cache
+    reference = onnx_server.app.state.duties.canary.reference.model
     assert metric_value(text, "model_memory_usage_bytes", component="reference_model") == sum(
         fp32.component_memory_bytes().values()
-    )
+    ) + kv_cache_peak_bytes(reference)
 
     # every captioning request here (this test's and the one before) is of the probe scene, which the
     # ONNX int2 bundle captions exactly as fp32 PyTorch does: the shadow must count agreement only
@@ -362,8 +364,6 @@ def test_two_bit_weights_in_four_bit_containers_compute_what_the_shipped_graphs_
 def test_the_memory_reported_is_what_the_sessions_hold(int2_data_dir: Path, fp32_bundle: Path) -> None:
     """Graphs as handed to ONNX Runtime (2-bit weights widened: more than the files) and the KV
     cache one answer's decode holds (both bound cache pairs and the image's cross keys/values)."""
-    from mobile_multimodal.observability.model_metrics import kv_cache_peak_bytes
-
     model = _onnx_model("int2", int2_data_dir, fp32_bundle)
     spec = json.loads((model.model_dir / "bundle.json").read_text())
     held = model.component_memory_bytes()

@@ -62,8 +62,9 @@ INFERENCE_ERRORS = Counter(
 MODEL_MEMORY = Gauge(
     "model_memory_usage_bytes",
     "Bytes the process holds for the model by component: parameters and buffers of each part "
-    "(as stored, packed if quantized), kv_cache_peak (largest decoding cache so far), "
-    "reference_model (the fp32 shadow/canary reference, once loaded).",
+    "(as stored, packed if quantized; ONNX Runtime: each graph as its session got it), "
+    "kv_cache_peak (largest decoding cache so far), reference_model (the fp32 shadow/canary "
+    "reference once loaded: weights and its largest KV cache); 0 for what a reload dropped.",
     ["model_type", "component"],
     multiprocess_mode="max",
 )

@@ -150,6 +150,7 @@ class CanaryEvaluator:
             if ref is None:
                 return {}
             self.reference_scores = await self._score(ref, due)  # fixed weights: scored once
+            self.reference.record_memory()  # its decodes' KV cache too
         return self.reference_scores
 
     def _overdue(self, due: float) -> bool:

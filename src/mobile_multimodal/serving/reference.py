@@ -6,7 +6,9 @@ model, is the reference the canary measures ``quantization_accuracy_loss`` again
 shadow comparison replays live requests through. An fp32 served model needs none (its loss is
 0 by definition, and replaying it through itself would compare nothing). The reference is
 loaded only when first needed, off the model thread (it must not hold requests up), once;
-``model_memory_usage_bytes{component="reference_model"}`` then says what it costs.
+``model_memory_usage_bytes{component="reference_model"}`` then says what it costs: its weights
+and the largest KV cache its decodes have held (:meth:`ReferenceModel.record_memory`, after each
+canary scoring and shadow replay).
 The reference is always PyTorch: served on ONNX Runtime (an INT2 bundle), the canary's loss and
 the shadow's agreement measure the phone's runtime and precision against our fp32 model.
 
@@ -27,6 +29,7 @@ from typing import Any
 from mobile_multimodal.model import MobileMultiModalLLM, checkpoint
 from mobile_multimodal.model.model_errors import ModelLoadError
 from mobile_multimodal.observability import metrics
+from mobile_multimodal.observability.model_metrics import kv_cache_peak_bytes
 from mobile_multimodal.observability.tracing import stage
 from mobile_multimodal.serving.engine import ServableModel
 from mobile_multimodal.settings import Settings
@@ -87,8 +90,7 @@ class ReferenceModel:
             log.error("%s", self.unavailable)
             return
         self.model = model
-        held = sum(model.component_memory_bytes().values())
-        metrics.MODEL_MEMORY.labels(self.settings.model_type, "reference_model").set(held)
+        held = self.record_memory()
         log.info(
             "fp32 reference loaded",
             extra={
@@ -97,6 +99,14 @@ class ReferenceModel:
                 "memory_mb": round(held / 2**20, 2),
             },
         )
+
+    def record_memory(self) -> int:
+        """Set ``reference_model``'s memory (weights + KV cache peak) and return it; 0 if none."""
+        if self.model is None:
+            return 0
+        held = sum(self.model.component_memory_bytes().values()) + kv_cache_peak_bytes(self.model)
+        metrics.MODEL_MEMORY.labels(self.settings.model_type, "reference_model").set(held)
+        return held
 
     @staticmethod
     def _load_sync(directory: Path, served: Any) -> MobileMultiModalLLM:

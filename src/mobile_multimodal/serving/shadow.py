@@ -148,6 +148,7 @@ class ShadowComparator:
             return
         job = Job(image=sample.job.image, question=sample.job.question, texts=sample.job.texts)
         [result] = await self.slices.run(lambda: run_batch(ref, sample.key, [job]))
+        self.reference.record_memory()  # a longer replay may have grown its KV cache
         agree = agrees(sample.task, sample.served, result)
         quant = served_model.quantization
         metrics.SHADOW_COMPARISONS.labels(quant, sample.task, "agree" if agree else "disagree").inc()
