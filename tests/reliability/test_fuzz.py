@@ -44,11 +44,19 @@ def fuzz_server() -> Iterator[RunningServer]:
         yield server
 
 
-def run_schemathesis(url: str, tmp_path: Path, extra: list[str]) -> list[dict[str, object]]:
-    """``st run`` over every operation of ``url``'s schema; the calls it made (fuzz_hooks)."""
-    cmd = [str(ST), "run", url + "/openapi.json", "--checks", "not_a_server_error,error_body_on_4xx"]
+def run_schemathesis(
+    url: str, tmp_path: Path, extra: list[str], headers: dict[str, str] | None = None
+) -> list[dict[str, object]]:
+    """``st run`` over every operation of ``url``'s schema; the calls it made (fuzz_hooks). The
+    schema is fetched first (with ``headers``: it takes the API key when keys are required) and
+    given to ``st`` as a file, with ``url`` as the base of every call."""
+    spec = httpx.get(url + "/openapi.json", headers=headers or {}, timeout=60).json()
+    schema = tmp_path / "openapi.json"
+    schema.write_text(json.dumps(spec))
+    cmd = [str(ST), "run", str(schema), "--url", url, "--checks", "not_a_server_error,error_body_on_4xx"]
     cmd += ["--max-examples", str(MAX_EXAMPLES), "--seed", str(SEED), "--generation-deterministic"]
     cmd += ["--request-timeout", "120", "--no-color", *extra]
+    cmd += [arg for name, value in (headers or {}).items() for arg in ("-H", f"{name}: {value}")]
     stats = tmp_path / "calls.jsonl"
     env = {
         **os.environ,
@@ -60,7 +68,6 @@ def run_schemathesis(url: str, tmp_path: Path, extra: list[str]) -> list[dict[st
     assert done.returncode == 0, done.stdout[-8000:] + done.stderr[-2000:]
     calls = [json.loads(line) for line in stats.read_text().splitlines()]
     # every operation of the schema was called (and other methods on its paths)
-    spec = httpx.get(url + "/openapi.json", timeout=60).json()
     operations = {(m.upper(), p) for p, item in spec["paths"].items() for m in item}
     answered = {(c["method"], c["path"]) for c in calls}
     excluded = {("POST", "/export")} if "start_export_export_post" in extra else set()
@@ -100,7 +107,8 @@ def test_with_keys_required_every_route_too(tmp_path: Path) -> None:
         "MOBILE_MM_RATE_LIMIT_PRO_BURST": "100000",
     }
     with serve_ours("default", "fp32", env, data_dir=data_dir) as server:
-        calls = run_schemathesis(server.url, tmp_path, ["-H", f"Authorization: Bearer {key}"])
+        assert httpx.get(server.url + "/openapi.json", timeout=60).status_code == 401  # keyed too
+        calls = run_schemathesis(server.url, tmp_path, [], headers={"Authorization": f"Bearer {key}"})
         assert httpx.get(server.url + "/ready", timeout=60).status_code == 200
     statuses = {c["status"] for c in calls if (c["method"], c["path"]) == ("POST", "/export")}
     assert statuses <= {401, 403, 413, 415, 422}, statuses

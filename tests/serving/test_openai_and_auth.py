@@ -163,7 +163,8 @@ def test_api_keys_are_required_when_auth_is_on(
         assert ok.status_code == 200
         after = client.get("/metrics").text
         assert client.get("/health").status_code == 200  # health needs no key
-        spec = client.get("/openapi.json").json()
+        assert client.get("/openapi.json").status_code == 401  # the schema takes the key too
+        spec = client.get("/openapi.json", headers={"Authorization": f"Bearer {key}"}).json()
         assert set(spec["components"]["securitySchemes"]) == {"bearerAuth", "apiKeyHeader"}
         assert spec["paths"]["/inference"]["post"]["security"] == [{"bearerAuth": []}, {"apiKeyHeader": []}]
         assert "security" not in spec["paths"]["/health"]["get"]

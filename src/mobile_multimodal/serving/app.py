@@ -50,7 +50,7 @@ from mobile_multimodal.serving.key_before_body import KeyBeforeBodyMiddleware
 from mobile_multimodal.serving.openapi import install_openapi
 from mobile_multimodal.serving.parent_watch import exit_with_parent
 from mobile_multimodal.serving.reload import ServiceReloader
-from mobile_multimodal.serving.routers import export, health, inference, openai_compat
+from mobile_multimodal.serving.routers import api_docs, export, health, inference, openai_compat
 from mobile_multimodal.serving.schemas import Task
 from mobile_multimodal.settings import Settings, get_settings
 from mobile_multimodal.store import Database
@@ -132,6 +132,10 @@ def create_app(
         # is built from the request's Host header: a client-chosen host in our answer. Our paths
         # are exact; `POST /inference/` is a 404.
         redirect_slashes=False,
+        # the schema and its viewers take an API key like the API (routers/api_docs.py)
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
     )
     install_error_handlers(app)
     install_database_error_handler(app)  # a database down mid-run: 503 + Retry-After
@@ -140,6 +144,7 @@ def create_app(
     app.include_router(openai_compat.router)
     app.include_router(health.router)
     app.include_router(export.router)  # admin keys only (its own dependency)
+    app.include_router(api_docs.router)
     # Added first = innermost; the observability middleware (added last) wraps everything and
     # so also counts and traces the 413s and 401s of the layers inside it. SecurityMiddleware
     # refuses a declared Content-Length over the limit; BodyLimitMiddleware inside it counts
