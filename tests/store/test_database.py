@@ -120,19 +120,26 @@ def test_unsupported_and_invalid_urls() -> None:
         Database("not a url")
 
 
-def test_concurrent_first_start_creates_schema_once(tmp_path: Path) -> None:
-    # `serve --workers N` opens the same new SQLite file from N processes at once; the file lock
-    # around the migrations must apply each revision once and raise no "table exists" error.
+def test_concurrent_first_start_creates_schema_once(db_url: str) -> None:
+    # `serve --workers N` opens the same new SQLite file from N processes at once, and replicas
+    # starting together open the same new PostgreSQL database: the lock around the migrations (a
+    # file lock; PostgreSQL's advisory lock) must apply each revision once, no "table exists".
     from concurrent.futures import ThreadPoolExecutor
 
-    url = f"sqlite:///{tmp_path / 'fresh.db'}"
+    url = db_url
 
     def open_db(_: int) -> int | None:
         with Database(url) as db:
             return db.schema_version()
 
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        versions = list(pool.map(open_db, range(4)))
+    # Bounded: without the lock, PostgreSQL first starts blocked each other (still after 5 min here),
+    # and the fixture's DROP DATABASE ... WITH (FORCE) then ends the stuck connections.
+    pool = ThreadPoolExecutor(max_workers=4)
+    try:
+        futures = [pool.submit(open_db, i) for i in range(4)]
+        versions = [future.result(timeout=300) for future in futures]
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
     assert versions == [SCHEMA_VERSION] * 4
     with Database(url) as db, db.session() as s:
         assert s.scalars(select(SchemaVersion.version)).all() == list(range(1, SCHEMA_VERSION + 1))
