@@ -10,6 +10,7 @@ scratch would be ~20 % off at its first step.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -57,6 +58,9 @@ def test_two_processes_follow_one_and_resume(tmp_path: Path) -> None:
     launch(TrainOptions(**{**opts.__dict__, "stop_after": STEPS // 2}), nproc=2, timeout_s=600)
     assert torch.load(opts.out / "checkpoint.pt", weights_only=True)["step"] == STEPS // 2
     assert not (opts.out / "model.safetensors").exists()
+    # the same checkpoint resumed by one process (docs/deploy.md: "with any --nproc")
+    shutil.copytree(opts.out, tmp_path / "two-then-one")
+    two_then_one = train_model(TrainOptions(**{**opts.__dict__, "out": tmp_path / "two-then-one"}))
     two = launch(opts, nproc=2, timeout_s=600)
 
     single, parallel = _losses(one), _losses(two)
@@ -64,6 +68,10 @@ def test_two_processes_follow_one_and_resume(tmp_path: Path) -> None:
     off = [abs(b - a) / a for (_, a), (_, b) in zip(single, parallel, strict=True)]
     assert max(off) < TOLERANCE, off
     assert parallel[-1][1] < parallel[0][1]  # and it learns
+    mixed = _losses(two_then_one)
+    assert [step for step, _ in mixed] == list(range(1, STEPS + 1))  # the first half's log kept
+    off = [abs(b - a) / a for (_, a), (_, b) in zip(single, mixed, strict=True)]
+    assert max(off) < TOLERANCE, off
     manifest = json.loads((two / "manifest.json").read_text())
     assert manifest["training"]["processes"] == 2 and manifest["training"]["steps"] == STEPS
     MobileMultiModalLLM.from_pretrained(two)  # rank 0 wrote a loadable model
