@@ -268,3 +268,15 @@ def test_served_over_http_with_the_batch_metrics(live_server: Callable[..., Live
         assert grown >= 1  # one observation per decode step of the task's rows
         status = {"model_type": "multimodal", "task": task, "status": "success"}
         assert metric_value(after, "model_inference_requests_total", **status) >= 1
+
+
+@pytest.mark.parametrize(
+    ("batching", "runtime", "continuous"),
+    [("continuous", "pytorch", True), ("static", "pytorch", False), ("continuous", "onnxruntime", False)],
+)
+def test_the_setting_picks_the_batcher_and_onnx_runtime_stays_static(
+    tmp_path: Path, batching: str, runtime: str, continuous: bool
+) -> None:
+    engine = InferenceEngine(make_settings(tmp_path, batching=batching, runtime=runtime), loader=_loader)
+    assert engine.continuous is continuous
+    assert isinstance(engine.batcher, ContinuousBatcher) is continuous
