@@ -62,6 +62,7 @@ import httpx
 import psutil
 from benchmarks.peers import PEERS
 from benchmarks.serving.answers import check, collect_answers, reference_answers
+from benchmarks.serving.capacity import update_doc
 from benchmarks.serving.report import CONCURRENCY, plot, summarize, write_markdown
 from benchmarks.serving.servers import RunningServer, serve_ours, serve_peer
 from benchmarks.serving.workload import MIX, TASKS, bodies_for, mix_items, write_bodies_file
@@ -341,6 +342,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     (opts.out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     write_markdown(opts.out / "results.md", result)
     plot(opts.out, result)
+    if opts.out.resolve() == HERE:  # the committed results: docs/deploy.md's capacity section follows
+        try:
+            update_doc(result)
+        except ValueError as exc:  # a run without INT2 captioning: the section cannot be rendered
+            print(f"docs/deploy.md's capacity section not rewritten: {exc}")
     print(json.dumps(result["summary"], indent=2))
     return result
 
