@@ -35,7 +35,8 @@ def markdown(result: dict[str, Any], notes: list[str] | None = None) -> str:
         f"Per-token decode target: ONNX Runtime at least {TARGET:g}x faster than PyTorch at the "
         "same precision. 'onnxruntime' is the backend as served (2-bit weights in 4-bit containers, "
         "exact; the KV cache in IO-bound buffers); 'onnxruntime_shipped' runs the bundle's bytes as "
-        "a phone loads them.",
+        "a phone loads them; 'onnxruntime_float_weights' dequantizes the weights to float MatMuls at "
+        "load (the fp32 model's memory; not served by default).",
         "",
         "| precision | runtime | PyTorch ms/token | runtime ms/token | speedup | target |",
         "|---|---|---|---|---|---|",

@@ -45,8 +45,10 @@ HERE = Path(__file__).resolve().parent
 PRECISIONS = ("fp32", "int8", "int4", "int2")
 TASKS = ("captioning", "vqa", "ocr", "retrieval")
 # onnxruntime: as served (2-bit weights in 4-bit containers, the KV cache IO-bound: serving/onnx_sessions.py);
-# onnxruntime_shipped: the bundle's bytes as a phone loads them (measured where they differ: int2)
-RUNTIMES = ("pytorch", "onnxruntime", "onnxruntime_shipped")
+# onnxruntime_shipped: the bundle's bytes as a phone loads them (measured where they differ: int2);
+# onnxruntime_float_weights: quantized weights dequantized to float MatMuls at load (not served by
+# default: fp32 memory; measured for quantized precisions)
+RUNTIMES = ("pytorch", "onnxruntime", "onnxruntime_shipped", "onnxruntime_float_weights")
 TARGET_PER_TOKEN_SPEEDUP = 3.0
 LONG, SHORT = 32, 1  # max_tokens of the two captions whose difference is the per-token cost
 BATCH = 16  # the server's default MOBILE_MM_MAX_BATCH_SIZE
@@ -101,6 +103,10 @@ def load_models(model: str, quantization: str, data_dir: Path, threads: int, exa
     if served.widened_2bit:
         models["onnxruntime_shipped"] = OnnxRuntimeModel.open(
             served.model_dir, served.manifest, threads=threads, widen_2bit=False
+        )
+    if quantization != "fp32":
+        models["onnxruntime_float_weights"] = OnnxRuntimeModel.open(
+            served.model_dir, served.manifest, threads=threads, float_weights=True
         )
     return models
 
@@ -292,6 +298,10 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
         if "onnxruntime_shipped" in tok:
             summary[q]["per_token_speedup_shipped"] = (
                 tok["pytorch"]["median_ms"] / tok["onnxruntime_shipped"]["median_ms"]
+            )
+        if "onnxruntime_float_weights" in tok:
+            summary[q]["per_token_speedup_float_weights"] = (
+                tok["pytorch"]["median_ms"] / tok["onnxruntime_float_weights"]["median_ms"]
             )
     return summary
 

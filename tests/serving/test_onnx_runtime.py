@@ -22,6 +22,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+import onnx
 import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from tests.reliability.serve_process import ServeProcess
@@ -36,7 +37,12 @@ from mobile_multimodal.model import MobileMultiModalLLM, bundled_model_dir
 from mobile_multimodal.model.model_errors import ModelLoadError
 from mobile_multimodal.observability.model_metrics import kv_cache_peak_bytes
 from mobile_multimodal.serving.onnx_runtime_model import OnnxRuntimeModel
-from mobile_multimodal.serving.onnx_sessions import BoundDecoderSteps, BundleSessions, unpack_low_first
+from mobile_multimodal.serving.onnx_sessions import (
+    BoundDecoderSteps,
+    BundleSessions,
+    dequantize_matmuls,
+    unpack_low_first,
+)
 from mobile_multimodal.serving.probe import ProbeCase
 from mobile_multimodal.serving.runtime_loader import (
     default_bundle_dir,
@@ -411,6 +417,42 @@ def test_io_bound_decoding_computes_what_the_plain_contract_computes(int2_data_d
             answer = served.greedy(tokens, prompt, 32, log_probs=ours)
             assert answer == plain.greedy(tokens, prompt, 32, log_probs=theirs)
             assert len(answer) > 1 and ours == theirs
+
+
+def test_float_weights_are_the_dequantized_codes_and_decode_the_same_answers(int2_data_dir: Path) -> None:
+    """``float_weights=True`` (not served by default) runs every MatMulNBits as a float MatMul on
+    ``(code - zero) * scale``: no packed weight is left, the graphs compute what the shipped ones
+    compute, and the eval captions and answers are the served model's."""
+    [bundle_dir] = (int2_data_dir / "bundles").glob("onnx-int2-*")
+    manifest = json.loads((bundle_dir / "manifest.json").read_text())
+    floats = OnnxRuntimeModel.open(bundle_dir, manifest, float_weights=True)
+    served = OnnxRuntimeModel.open(bundle_dir, manifest)
+    sessions = floats.bundle.runner
+    assert sessions.dequantized["decoder_step"] > 0 and sum(sessions.widened.values()) == 0
+    proto = onnx.load(str(bundle_dir / "decoder_step.onnx"))
+    packed = {n.input[1] for n in proto.graph.node if n.op_type == "MatMulNBits"}
+    assert dequantize_matmuls(proto) == len(packed) == sessions.dequantized["decoder_step"] > 0
+    assert not [n for n in proto.graph.node if n.op_type == "MatMulNBits"]
+    assert not packed & {i.name for i in proto.graph.initializer}  # the packed codes are gone
+    shipped = BundleSessions(bundle_dir, {"decoder_step": "decoder_step.onnx"}, widen_2bit=False)
+    spec = json.loads((bundle_dir / "bundle.json").read_text())["graphs"]["decoder_step"]
+    rng = np.random.default_rng(2)
+    inputs = {
+        i["name"]: rng.standard_normal(i["shape"]).astype(np.float32)
+        if i["dtype"] == "float32"
+        else np.full(i["shape"], 5, dtype=i["dtype"])
+        for i in spec["inputs"]
+    }
+    ours, theirs = sessions.run("decoder_step", inputs), shipped.run("decoder_step", inputs)
+    for name in theirs:
+        np.testing.assert_allclose(ours[name], theirs[name], atol=1e-4, rtol=0)
+    images = [e.image for e in load_eval_split("captioning", 4)]
+    assert floats.generate_captions(images) == served.generate_captions(images)
+    vqa = load_eval_split("vqa", 4)
+    questions = [e.question for e in vqa]
+    assert floats.answer_questions([e.image for e in vqa], questions) == served.answer_questions(
+        [e.image for e in vqa], questions
+    )
 
 
 def test_the_integrity_loop_watches_the_served_bundles_files(

@@ -108,12 +108,15 @@ class OnnxRuntimeModel:
         threads: int = 1,
         source_model_dir: Path | None = None,
         widen_2bit: bool = True,
+        float_weights: bool = False,
     ) -> OnnxRuntimeModel:
         """One ONNX Runtime session per graph of the bundle at ``directory`` (already verified
         against ``manifest`` by the caller: ``runtime_loader.verify_bundle``)."""
         bundle = load_bundle(directory)
         files = {name: g["file"] for name, g in bundle.description["graphs"].items()}
-        sessions = BundleSessions(directory, files, threads, widen_2bit=widen_2bit)
+        sessions = BundleSessions(
+            directory, files, threads, widen_2bit=widen_2bit, float_weights=float_weights
+        )
         model = cls(BundleModel(bundle, sessions), manifest, source_model_dir)
         model.widened_2bit = sum(sessions.widened.values())
         return model
