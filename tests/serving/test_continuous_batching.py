@@ -15,9 +15,11 @@ from typing import Any, TypeVar
 
 import pytest
 
+from mobile_multimodal.data.natural_images import empty_images
 from mobile_multimodal.data.splits import load_eval_split
 from mobile_multimodal.model import MobileMultiModalLLM
 from mobile_multimodal.model.model_errors import PromptTooLongError
+from mobile_multimodal.serving.batch_jobs import batch_key, run_batch
 from mobile_multimodal.serving.batcher import BatchOutcome
 from mobile_multimodal.serving.continuous_batcher import ContinuousBatcher
 from mobile_multimodal.serving.engine import InferenceEngine, Job
@@ -246,6 +248,31 @@ def test_a_prompt_too_long_fails_alone(tmp_path: Path) -> None:
     assert all(isinstance(o, BatchOutcome) for o in good)
     answers = [o.result["answer"] for o in good[:3] if isinstance(o, BatchOutcome)]
     assert answers == [model.answer_question(e.image, e.question) for e in examples]
+
+
+def test_results_carry_the_domain_flags_static_batching_gives(tmp_path: Path) -> None:
+    """An answer's out-of-domain flag comes from a caption decode of its image, as with static
+    batching, never from the answer's own decode."""
+    blank = empty_images()[0]
+    scene = load_eval_split("vqa", 1)[0]
+    jobs = [
+        ("vqa", Job(blank, question="what color is the star ?"), 8),
+        ("vqa", Job(scene.image, question=scene.question), 8),
+    ]
+    jobs += [("captioning", Job(blank), 32), ("captioning", Job(scene.image), 32)]
+
+    async def scenario(engine: InferenceEngine) -> list[Outcome]:
+        return await asyncio.gather(*[engine.admit(task, job, n) for task, job, n in jobs])
+
+    outcomes = _run(tmp_path, scenario, domain_check_tasks="captioning,vqa")
+    for (task, job, n), outcome in zip(jobs, outcomes, strict=True):
+        [static] = run_batch(_bundled(), batch_key(task, n), [job], "captioning,vqa")
+        assert outcome.result.keys() == static.keys()
+        for name, value in static.items():
+            assert outcome.result[name] == (
+                pytest.approx(value, abs=2e-6) if isinstance(value, float) else value
+            )
+    assert [o.result["out_of_domain"] for o in outcomes] == [True, False, True, False]
 
 
 def test_served_over_http_with_the_batch_metrics(live_server: Callable[..., LiveServer]) -> None:

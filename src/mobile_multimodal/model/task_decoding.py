@@ -44,7 +44,7 @@ DECODED_TASKS = ("captioning", "vqa")
 class TaskRequest:
     """One caption (``task="captioning"``) or answer (``"vqa"``, with ``question``) to decode, at
     most ``max_tokens`` words. ``domain``: measure the in-domain score (captions of at least
-    ``PREFIX_TOKENS`` only, as ``generate_captions``)."""
+    ``PREFIX_TOKENS`` only, as ``generate_captions``; ignored for answers)."""
 
     task: str
     image: ImageInput
@@ -119,7 +119,10 @@ class TaskDecoding:
                 allowed=_rule(rules, task),
                 stop=r.stop,
                 scores=True,
-                prefix_tokens=SCORED_TOKENS if r.domain and r.max_tokens >= PREFIX_TOKENS else 0,
+                # the in-domain score is a caption's (domain.py): an answer's decode gives none
+                prefix_tokens=SCORED_TOKENS
+                if r.domain and task == "captioning" and r.max_tokens >= PREFIX_TOKENS
+                else 0,
                 tag=r,
             )
             for r in group
