@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, TypeVar
@@ -273,6 +274,55 @@ def test_results_carry_the_domain_flags_static_batching_gives(tmp_path: Path) ->
                 pytest.approx(value, abs=2e-6) if isinstance(value, float) else value
             )
     assert [o.result["out_of_domain"] for o in outcomes] == [True, False, True, False]
+
+
+def test_after_a_reload_running_rows_finish_on_the_old_model_and_new_ones_start_on_the_new(
+    tmp_path: Path,
+) -> None:
+    old, new = _bundled(), MobileMultiModalLLM.from_pretrained("default")
+    long_image, short_image = _long_and_short()
+    served = {"model": old}
+
+    async def main() -> tuple[list[str], Outcome, Outcome, int, int]:
+        executor = ThreadPoolExecutor(1)
+        batcher = ContinuousBatcher(
+            model=lambda: served["model"],
+            run_single_pass=lambda key, jobs: [],
+            max_rows=8,
+            max_batch_size=8,
+            max_queue=8,
+            executor=executor,
+            domain_tasks=lambda: "",  # no domain check: a short caption's would decode once more
+        )
+        await batcher.start()
+        gate = StepGate(old, hold_at=2)
+        on_new = StepGate(new, hold_at=0)  # counts the new model's passes, holds none
+        order: list[str] = []
+        try:
+            long = asyncio.ensure_future(batcher.submit(("captioning", 32), Job(long_image), BOUND_S))
+            long.add_done_callback(lambda _: order.append("long"))
+            await gate.wait_entered()
+            served["model"] = new  # what the engine's swap does between two iterations
+            short = asyncio.ensure_future(batcher.submit(("captioning", 4), Job(short_image), BOUND_S))
+            short.add_done_callback(lambda _: order.append("short"))
+            while batcher.depth != 1:
+                await asyncio.sleep(0.005)
+            gate.release.set()
+            return order, await long, await short, gate.calls, on_new.calls
+        finally:
+            gate.close()
+            on_new.close()
+            await asyncio.wait_for(batcher.close(), BOUND_S)
+            executor.shutdown(wait=True)
+
+    order, long, short, old_passes, new_passes = asyncio.run(asyncio.wait_for(main(), BOUND_S))
+    # the short caption waited for the old model's row to leave (no two models in one batch)
+    assert order == ["long", "short"] and long.batch_size == 1 and short.batch_size == 1
+    assert long.result["caption"] == old.generate_caption(long_image, 32)
+    assert short.result["caption"] == new.generate_caption(short_image, 4)
+    # every pass of the long caption ran on the old weights, the short one's on the new
+    assert old_passes == len(long.result["caption"].split()) + 1
+    assert new_passes == 1 + len(short.result["caption"].split())
 
 
 def test_served_over_http_with_the_batch_metrics(live_server: Callable[..., LiveServer]) -> None:
