@@ -78,6 +78,12 @@ NO_SHEDDING = {
 OURS = {
     "ours": {"MOBILE_MM_MAX_BATCH_SIZE": "16", "MOBILE_MM_MAX_BATCH_WAIT_MS": "5", **NO_SHEDDING},
     "ours_no_batching": {"MOBILE_MM_MAX_BATCH_SIZE": "1", "MOBILE_MM_MAX_BATCH_WAIT_MS": "0", **NO_SHEDDING},
+    # iteration-level batching (opt-in): compared with the framework peers beside the default
+    "ours_continuous": {
+        "MOBILE_MM_BATCHING": "continuous",
+        "MOBILE_MM_MAX_BATCH_SIZE": "16",
+        **NO_SHEDDING,
+    },
 }
 
 

@@ -42,7 +42,7 @@ def test_serving_benchmark_end_to_end(tmp_path: Path) -> None:
     saved = json.loads((out / "results.json").read_text())
     assert saved["summary"] == json.loads(json.dumps(result["summary"]))
     servers = saved["precisions"]["fp32"]["servers"]
-    assert set(servers) == {"ours", "ours_no_batching", "plain_fastapi", "litserve"}
+    assert set(servers) == {"ours", "ours_no_batching", "ours_continuous", "plain_fastapi", "litserve"}
     for name, srv in servers.items():
         assert srv["ready_s"] > 0 and srv["rss_bytes"]["ready"] > 50 * 2**20, name
         for task in ("mix",):
@@ -67,6 +67,8 @@ def test_serving_benchmark_end_to_end(tmp_path: Path) -> None:
     assert correctness["all_identical"] is True, correctness
     assert summary["answers_identical"] is True
     # against the frameworks (LitServe is the only one here): ratios from the medians
+    continuous = summary["vs_frameworks_continuous"]["mix"]["throughput_c32"]
+    assert continuous["ours"] == servers["ours_continuous"]["tasks"]["mix"]["32"]["median"]["rps"]
     versus = summary["vs_frameworks"]["mix"]
     lit = servers["litserve"]["tasks"]["mix"]
     ours_mix = servers["ours"]["tasks"]["mix"]
