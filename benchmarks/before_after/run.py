@@ -220,8 +220,38 @@ def write_markdown(result: dict[str, Any], path: Path) -> None:
             f"alternating runs): before {tel['added_us']['before']:.1f} µs, "
             f"after {tel['added_us']['after']:.1f} µs; ratio after / before **{tel['ratio']:.3f}**.",
         ]
-    lines += ["", "Reproduce: `" + result["command"] + "`", ""]
+    lines += ["", "![after / before per cell](results.png)", "", "Reproduce: `" + result["command"] + "`", ""]
     path.write_text("\n".join(lines))
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    """After/before ratio per cell (median, with the rounds' range), one panel per measure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cells = list(result["serving"])
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6), sharey=True)
+    for ax, (key, label) in zip(
+        axes, (("rps", "throughput"), ("p50_ms", "p50"), ("p99_ms", "p99")), strict=True
+    ):
+        rows = [result["serving"][c][key] for c in cells]
+        mid = [r["ratio"] for r in rows]
+        err = [
+            [m - r["min"] for m, r in zip(mid, rows, strict=True)],
+            [r["max"] - m for m, r in zip(mid, rows, strict=True)],
+        ]
+        ax.errorbar(mid, range(len(cells)), xerr=err, fmt="o", capsize=3)
+        ax.axvline(1.0, color="gray", linestyle=":")
+        ax.set_title(f"{label}: after / before")
+    axes[0].set_yticks(range(len(cells)), [c.replace("@", " c=") for c in cells])
+    fig.suptitle(
+        f"{result['before']} -> {result['after']} ({result['quantization']}, {result['rounds']} rounds)"
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -236,7 +266,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--micro-blocks", type=int, default=10)
     parser.add_argument("--micro-requests", type=int, default=200)
     parser.add_argument("--out", type=Path, default=HERE)
+    parser.add_argument("--report-only", action="store_true", help="rewrite results.md and the plot")
     opts = parser.parse_args(argv)
+    if opts.report_only:
+        saved: dict[str, Any] = json.loads((opts.out / "results.json").read_text())
+        write_markdown(saved, opts.out / "results.md")
+        plot(saved, opts.out / "results.png")
+        return saved
     head = subprocess.run(
         ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
     )
@@ -265,6 +301,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     opts.out.mkdir(parents=True, exist_ok=True)
     (opts.out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     write_markdown(result, opts.out / "results.md")
+    plot(result, opts.out / "results.png")
     print((opts.out / "results.md").read_text())
     return result
 
