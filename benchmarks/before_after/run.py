@@ -47,6 +47,9 @@ from tests.integration.servers import free_port, stop_process, wait_http
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 CONCURRENCY = (1, 32)
+# The tree before the architecture work of issue 17 (its first commit's parent): the default
+# "before", so `python -m benchmarks.run_all before_after` repeats the committed comparison.
+BEFORE_ARCHITECTURE = "8855130"
 READY_TIMEOUT_S = 300
 
 
@@ -256,7 +259,9 @@ def plot(result: dict[str, Any], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--before", required=True, help="git revision of the 'before' code base")
+    parser.add_argument(
+        "--before", default=BEFORE_ARCHITECTURE, help="git revision of the 'before' code base"
+    )
     parser.add_argument("--model", default="default")
     parser.add_argument("--quantization", default="int2")
     parser.add_argument("--tasks", type=lambda s: s.split(","), default=["captioning", "ocr", "vqa"])
