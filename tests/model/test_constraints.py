@@ -9,7 +9,12 @@ import pytest
 import torch
 from PIL import Image
 
-from mobile_multimodal.data.task_language import caption_words, position_phrases, vqa_answers
+from mobile_multimodal.data.task_language import (
+    caption_words,
+    position_phrases,
+    sampled_vqa_answers,
+    vqa_answers,
+)
 from mobile_multimodal.model import MobileMultiModalLLM
 from mobile_multimodal.model.constraints import TaskConstraints
 from mobile_multimodal.model.tokenizer import Tokenizer
@@ -29,6 +34,7 @@ def test_task_language_comes_from_the_training_corpus() -> None:
     answers = vqa_answers()
     assert ("yes",) in answers and ("top", "left") in answers and ("red", "star") in answers
     assert len(answers) == 61  # 8 colours, 9 positions, 2 sizes, 4 shapes, zero..three, 32 pairs, yes/no
+    assert answers == sampled_vqa_answers()  # exactly what 20,000 sampled training questions answer
     easy = {"circle", "green", "red", "gray", "yes", "teal", "black", "rectangle", "yellow"}
     assert {(a,) for a in easy} <= answers  # easy-VQA's answers are inside the set
 
