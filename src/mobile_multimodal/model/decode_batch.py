@@ -178,24 +178,8 @@ class DecodeBatch:
         self, prompts: list[list[int]], image_tokens: Tensor
     ) -> tuple[list[KVCache], list[KVCache], Tensor, Tensor]:
         """The prompts' pass, exactly as ``TextDecoder.generate`` runs it (left-padded)."""
-        device = image_tokens.device
-        b, plen = len(prompts), max(len(p) for p in prompts)
-        ids = torch.full((b, plen), self.pad_id, dtype=torch.long, device=device)
-        valid = torch.zeros(b, plen, dtype=torch.bool, device=device)
-        for i, p in enumerate(prompts):
-            ids[i, plen - len(p) :] = torch.tensor(p, device=device)
-            valid[i, plen - len(p) :] = True
-        positions = (valid.long().cumsum(1) - 1).clamp(min=0)
-        causal = torch.ones(plen, plen, dtype=torch.bool, device=device).tril()
-        mask = causal[None, None] & valid[:, None, None, :]
-        mask = mask | torch.eye(plen, dtype=torch.bool, device=device)[None, None]
-        image_kv = self.decoder.image_kv(image_tokens)
-        x = self.decoder.tok(ids) + self.decoder.pos(positions)
-        caches: list[KVCache] = []
-        for blk, kv in zip(self.decoder.layers(), image_kv, strict=True):
-            x, cache = blk(x, mask, kv)
-            caches.append(cache)
-        return caches, image_kv, valid, self.decoder.logits(x[:, -1])
+        caches, image_kv, valid, _, logits = self.decoder.prefill(prompts, image_tokens, self.pad_id)
+        return caches, image_kv, valid, logits
 
     def _choose(self, logits: Tensor, rows: list[_Live]) -> tuple[Tensor, Tensor]:
         """Each row's greedy token over its allowed ones (the first maximum, as argmax), and its

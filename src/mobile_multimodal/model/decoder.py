@@ -195,6 +195,32 @@ class TextDecoder(nn.Module):
                 prompts, image_tokens, max_new_tokens, eos_id, pad_id, stop, scores, allowed, prefix_scores
             )
 
+    def prefill(
+        self, prompts: list[list[int]], image_tokens: Tensor, pad_id: int
+    ) -> tuple[list[KVCache], list[KVCache], Tensor, Tensor, Tensor]:
+        """The prompts' pass, left-padded to a common length: each layer's self-attention KV
+        cache, the image's cross-attention K/V, the key-valid mask (B, T), each prompt token's
+        position (B, T; a row counts its own) and the logits after the last prompt token (B, V).
+        ``generate`` decodes on from here, as does ``decode_batch.DecodeBatch`` for joining rows."""
+        device = image_tokens.device
+        b, plen = len(prompts), max(len(p) for p in prompts)
+        ids = torch.full((b, plen), pad_id, dtype=torch.long, device=device)
+        valid = torch.zeros(b, plen, dtype=torch.bool, device=device)
+        for i, p in enumerate(prompts):
+            ids[i, plen - len(p) :] = torch.tensor(p, device=device)
+            valid[i, plen - len(p) :] = True
+        positions = (valid.long().cumsum(1) - 1).clamp(min=0)
+        causal = torch.ones(plen, plen, dtype=torch.bool, device=device).tril()
+        mask = causal[None, None] & valid[:, None, None, :]
+        mask = mask | torch.eye(plen, dtype=torch.bool, device=device)[None, None]
+        image_kv = self.image_kv(image_tokens)
+        x = self.tok(ids) + self.pos(positions)
+        caches: list[KVCache] = []
+        for blk, kv in zip(self.layers(), image_kv, strict=True):
+            x, cache = blk(x, mask, kv)
+            caches.append(cache)
+        return caches, image_kv, valid, positions, self.logits(x[:, -1])
+
     def _generate_cached(
         self,
         prompts: list[list[int]],
@@ -209,24 +235,8 @@ class TextDecoder(nn.Module):
     ) -> list[list[int]]:
         b = len(prompts)
         device = image_tokens.device
-        plen = max(len(p) for p in prompts)
-        ids = torch.full((b, plen), pad_id, dtype=torch.long, device=device)
-        valid = torch.zeros(b, plen, dtype=torch.bool, device=device)
-        for i, p in enumerate(prompts):
-            ids[i, plen - len(p) :] = torch.tensor(p, device=device)
-            valid[i, plen - len(p) :] = True
-        positions = (valid.long().cumsum(1) - 1).clamp(min=0)
-        causal = torch.ones(plen, plen, dtype=torch.bool, device=device).tril()
-        mask = causal[None, None] & valid[:, None, None, :]
-        mask = mask | torch.eye(plen, dtype=torch.bool, device=device)[None, None]
-        ikv = self.image_kv(image_tokens)
-        x = self.tok(ids) + self.pos(positions)
-        caches: list[KVCache] = []
-        for blk, kv in zip(self.layers(), ikv, strict=True):
-            x, cache = blk(x, mask, kv)
-            caches.append(cache)
+        caches, ikv, valid, positions, logits = self.prefill(prompts, image_tokens, pad_id)
         track = scores is not None or prefix_scores is not None
-        logits = self.logits(x[:, -1])
         out = [[] for _ in range(b)]  # type: list[list[int]]
         stepped = cast(StepConstraint, allowed) if hasattr(allowed, "pick") else None
         if stepped is not None:
