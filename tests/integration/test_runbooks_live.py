@@ -93,6 +93,7 @@ class Live:
     prom: PrometheusProcess
     am: AlertmanagerProcess
     user_key: str
+    routes: set[tuple[str, str]]  # (method, path) of the served OpenAPI schema
 
     def metrics_text(self) -> str:
         headers = {"Authorization": f"Bearer {TOKEN}"}
@@ -110,6 +111,14 @@ def _create_key(app: AppServer, *args: str) -> str:
         check=True,
     )
     return str(json.loads(result.stdout)["key"])
+
+
+def _routes(app: AppServer, key: str) -> set[tuple[str, str]]:
+    """The schema's operations, read once with the key (the schema takes one like the API, and
+    the tests below use the key up to its rate limit)."""
+    schema = httpx.get(f"{app.url}/openapi.json", headers={"Authorization": f"Bearer {key}"}, timeout=60)
+    assert schema.status_code == 200, schema.text
+    return {(m.upper(), p) for p, ops in schema.json()["paths"].items() for m in ops}
 
 
 def _events(live: Live) -> None:
@@ -174,7 +183,8 @@ def live(served_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> It
         prom_config["global"]["external_labels"] = {"runbook_base_url": RUNBOOK_BASE}
         prom.config_path.write_text(yaml.safe_dump(prom_config))
         with prom:
-            state = Live(app, prom, am, _create_key(app, "--user", "runbook-user"))
+            key = _create_key(app, "--user", "runbook-user")
+            state = Live(app, prom, am, key, _routes(app, key))
             # The series the first-burst alerts read exist at 0 before any event.
             series = [f'auth_failures_total{{reason="{r}"}}' for r in metrics.AUTH_FAILURE_REASONS]
             series += [f'security_events_total{{event_type="{e}"}}' for e in metrics.SECURITY_EVENT_TYPES]
@@ -345,11 +355,7 @@ def test_documented_curl(live: Live, command: doc_items.DocItem) -> None:
             f"{command.text}: the test's Prometheus runs without --web.enable-lifecycle; compose sets it"
         )
     assert port.group(1) == "8080", command.text
-    routes = {
-        (m.upper(), p)
-        for p, ops in httpx.get(f"{live.app.url}/openapi.json", timeout=60).json()["paths"].items()
-        for m in ops
-    }
+    routes = live.routes
     template = re.sub(r"/\$\w+$", "/{export_id}", path)
     assert (method, template) in routes or path in ("/metrics",), (
         f"{command.text}: no route {method} {template}"
