@@ -93,6 +93,12 @@ class TaskConstraints:
     def table(self) -> ConstraintTable:
         return ConstraintTable.build(self)
 
+    def rule(self, task: str) -> TaskRule:
+        """``task``'s automaton in the joint table, for a decode that keeps one state per row."""
+        if task not in self.automata:
+            raise ValueError(f"no decoding constraint for task {task!r}; choose from {CONSTRAINED_TASKS}")
+        return TaskRule(self.table, self.table.start[task])
+
     def rows(self, tasks: Sequence[str | None]) -> RowConstraints:
         """The constraint of a batch whose row ``i`` decodes ``tasks[i]`` (None: freely)."""
         table = self.table
@@ -143,6 +149,22 @@ class ConstraintTable:
         for token in emitted:
             state = int(self.next[state, token])
         return state
+
+
+@dataclass(frozen=True)
+class TaskRule:
+    """One task's constraint for a row that keeps its own state (``decode_batch.DecodeBatch``):
+    ``mask(state)`` is the additive mask row of the tokens allowed there, ``after(state, token)``
+    the state that emitting ``token`` leads to; a row starts in ``start``."""
+
+    table: ConstraintTable
+    start: int
+
+    def mask(self, state: int) -> Tensor:
+        return self.table.bias[state]
+
+    def after(self, state: int, token: int) -> int:
+        return int(self.table.next[state, token])
 
 
 @dataclass(frozen=True)

@@ -32,31 +32,31 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 
+from mobile_multimodal.model.constraints import TaskRule
 from mobile_multimodal.model.decoder import StopSignal, TextDecoder
 from mobile_multimodal.model.layers import KVCache
 from mobile_multimodal.model.model_errors import PromptTooLongError
 from mobile_multimodal.model.weight_reuse import reuse_weights
 
-RowAllowed = Callable[[list[int]], Sequence[int]] | None
-
 
 @dataclass
 class DecodeRow:
     """One prompt to decode. ``max_new_tokens``: the row's budget (clamped to the context as
-    ``generate`` clamps it); ``allowed(emitted)``: the token ids it may emit next (constrained
-    decoding), None = any; ``stop``: read before every step, a set signal ends the row with the
-    tokens it has; ``scores``: measure the mean token log-probability; ``prefix_tokens`` (> 0):
-    the same over the first that many tokens; ``tag``: the caller's handle, returned as is."""
+    ``generate`` clamps it); ``allowed``: its task's constraint (constrained decoding: the row
+    keeps its automaton state, one mask row and one lookup per token), None = any; ``stop``:
+    read before every step, a set signal ends the row with the tokens it has; ``scores``:
+    measure the mean token log-probability; ``prefix_tokens`` (> 0): the same over the first
+    that many tokens; ``tag``: the caller's handle, returned as is."""
 
     prompt: list[int]
     max_new_tokens: int
-    allowed: RowAllowed = None
+    allowed: TaskRule | None = None
     stop: StopSignal | None = None
     scores: bool = False
     prefix_tokens: int = 0
@@ -83,6 +83,11 @@ class _Live:
     out: list[int] = field(default_factory=list)
     logps: list[Tensor] = field(default_factory=list)  # the chosen tokens' log-probs (0-d)
     dead_since: int = -1  # the step it finished at; its tensors' row goes at the next compaction
+    state: int = 0  # its constraint's automaton state after ``out`` (when it has a constraint)
+
+    def __post_init__(self) -> None:
+        if self.row.allowed is not None:
+            self.state = self.row.allowed.start
 
     def finish(self, stopped: bool) -> FinishedRow:
         def mean(n: int) -> float:
@@ -188,8 +193,7 @@ class DecodeBatch:
             mask = torch.zeros_like(logits)
             for i, r in enumerate(rows):
                 if r.row.allowed is not None and r.dead_since < 0:
-                    mask[i] = float("-inf")
-                    mask[i, list(r.row.allowed(r.out))] = 0.0
+                    mask[i] = r.row.allowed.mask(r.state).to(mask.device, mask.dtype)
             tokens = (logits + mask).argmax(-1)
         else:
             tokens = logits.argmax(-1)
@@ -249,6 +253,8 @@ class DecodeBatch:
                 live.dead_since = self.steps
                 continue
             live.out.append(int(pending[i]))
+            if live.row.allowed is not None:
+                live.state = live.row.allowed.after(live.state, int(pending[i]))
             if live.row.scores or live.row.prefix_tokens > 0:
                 live.logps.append(self._pending_logp[i])
             if pending[i] == self.eos_id or len(live.out) >= live.budget:

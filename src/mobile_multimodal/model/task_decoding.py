@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 
 from mobile_multimodal.model.constraints import TaskConstraints
-from mobile_multimodal.model.decode_batch import DecodeBatch, DecodeRow, FinishedRow, RowAllowed
+from mobile_multimodal.model.decode_batch import DecodeBatch, DecodeRow, FinishedRow
 from mobile_multimodal.model.decoder import StopSignal
 from mobile_multimodal.model.domain import PREFIX_TOKENS, SCORED_TOKENS
 from mobile_multimodal.model.llm import MobileMultiModalLLM
@@ -116,7 +116,7 @@ class TaskDecoding:
             DecodeRow(
                 prompt=model.tokenizer.prompt(task, r.question if task == "vqa" else None),
                 max_new_tokens=r.max_tokens + 1,  # one beyond the budget lets <eos> end it
-                allowed=_rule(rules, task),
+                allowed=None if rules is None else rules.rule(task),
                 stop=r.stop,
                 scores=True,
                 # the in-domain score is a caption's (domain.py): an answer's decode gives none
@@ -145,9 +145,3 @@ class TaskDecoding:
         confidence = math.exp(row.score) if row.score is not None else 1.0
         domain = math.exp(row.prefix_score) if row.prefix_score is not None else None
         return TaskResult(request.tag, text, confidence, domain, row.stopped)
-
-
-def _rule(rules: TaskConstraints | None, task: str) -> RowAllowed:
-    if rules is None:
-        return None
-    return lambda emitted: rules.allowed(task, emitted)
