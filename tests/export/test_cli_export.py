@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import os
 import re
 import shlex
 import signal
@@ -118,6 +119,7 @@ def test_sigterm_ends_an_export_like_ctrl_c(tmp_path: Path) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        env={**os.environ, "PYTHONFAULTHANDLER": "1"},  # a crash shows where it happened
     )
     try:
         # wait (bounded) until the bundle is being written: the temporary directory beside --out

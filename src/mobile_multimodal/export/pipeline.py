@@ -49,6 +49,7 @@ from mobile_multimodal.export.bundle import (
     write_json,
 )
 from mobile_multimodal.export.decode import BundleModel, load_bundle
+from mobile_multimodal.export.deferred_signals import deferred_interrupts
 from mobile_multimodal.export.formats import check_quantization, resolve_format, writer_for
 from mobile_multimodal.export.genai import validate_genai
 from mobile_multimodal.export.graphs import GraphSpec, build_graphs
@@ -151,7 +152,8 @@ def export_model(
             with stage("export", {"export.runtime": writer.runtime}):
                 out.parent.mkdir(parents=True, exist_ok=True)
                 tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
-                written = writer.write(loaded, graphs, quantization, tmp)
+                with deferred_interrupts():  # never unwind through graph capture (SIGSEGV)
+                    written = writer.write(loaded, graphs, quantization, tmp)
                 _describe(loaded, graphs, written, tmp, platform, fmt, writer, quantization)
                 written += [tmp / TOKENIZER_FILE, tmp / BUNDLE_FILE]
             steps.update()
