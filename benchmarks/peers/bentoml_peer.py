@@ -13,6 +13,16 @@ estimated latency passes it is refused with a 503, and the window is its adaptiv
 It is set to wrk's 10 s timeout, so that BentoML answers every request, as ours does (ours
 queues up to MOBILE_MM_MAX_QUEUE=4096 in the benchmark), instead of trading 503s for latency.
 
+``runner_connection`` is set so that ``Frontend`` never recycles its client session to
+``ModelService`` during a run. BentoML 1.4.40 (``_bentoml_impl/client/proxy2.py``,
+``SessionManager``) replaces that session every 100 calls or 300 s by default and closes the old
+one under the calls still in flight on it, which fail with ``aiohttp.ClientOSError: Can not write
+request body`` and reach the client as HTTP 500s: 12 of the 16 int2 correctness requests, and a
+share of every load run at c >= 8, in the benchmark run before this was set. Recycling is there
+to spread connections over replicas behind a balancer; here there is one ``ModelService`` on
+this machine, so there is nothing to spread, and turning it off is what a user hitting those
+500s would do.
+
 Runs in its own venv (``venvs.py``: BentoML moves OpenTelemetry packages of ``.venv``), with
 ``bentoml serve``; ``GET /readyz`` (BentoML's readiness, which waits for ``ModelService``) is
 its ready probe.
@@ -40,10 +50,12 @@ from benchmarks.peers.batched_model import (
 from bentoml.exceptions import InvalidArgument
 
 MAX_LATENCY_MS = 10_000
+# never within a run (a week, 2**31 - 1 calls): see the module docstring
+RUNNER_CONNECTION = {"max_requests": 2**31 - 1, "max_age": 7 * 24 * 3600.0}
 MODEL_ENV, QUANTIZATION_ENV = "BENCH_PEER_MODEL", "BENCH_PEER_QUANTIZATION"
 
 
-@bentoml.service(workers=1)
+@bentoml.service(workers=1, runner_connection=RUNNER_CONNECTION)
 class ModelService:
     def __init__(self) -> None:
         self.model = load_model(
