@@ -72,8 +72,9 @@ def markdown(result: dict[str, Any], notes: list[str] | None = None) -> str:
     if batches:
         lines += [
             "",
-            "A full batch: captions of 16 held-out scenes in one call (PyTorch decodes them together; "
-            "the bundle's graphs have batch 1, so ONNX Runtime runs them one after another), median ms:",
+            "A full batch: captions of 16 held-out scenes in one call, median ms (both runtimes decode "
+            "them together when the bundle's decoder_step takes a batch, as exported since "
+            "`export/batch_decode.py`; before, ONNX Runtime ran them one after another):",
             "",
             "| precision | PyTorch | ONNX Runtime | speedup | identical |",
             "|---|---|---|---|---|",

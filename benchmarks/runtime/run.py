@@ -15,8 +15,9 @@ it is there), one request at a time (batch 1), the same intra-op thread count on
 - Per request, per task (captioning, vqa, ocr, retrieval with two texts): median and p90 of
   the whole model call, preprocessing and decoding included.
 - A full batch: 16 held-out scenes captioned in one call (the server's default
-  ``MOBILE_MM_MAX_BATCH_SIZE``): PyTorch decodes them together, the bundle's batch-1 graphs one
-  after another, so this is where batching pays and ONNX Runtime's per-call speed must make up.
+  ``MOBILE_MM_MAX_BATCH_SIZE``): both runtimes decode the 16 together (PyTorch's batched decode;
+  on ONNX Runtime one ``decoder_step`` call per step for every row still answering,
+  ``export/batch_decode.py``), as the server's batches are decoded.
 - The outputs of the two runtimes are compared on every measured input (they must be equal).
 - The MatMulNBits kernels ONNX Runtime has on this CPU, at the model's decoder shapes: which
   bits / block / accuracy_level combinations are fast (explains the INT2 result).

@@ -80,11 +80,12 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
             summary[q]["vs_frameworks"] = {
                 task: report_frameworks.versus_frameworks(per, frameworks, task) for task in tasks
             }
-            if "ours_continuous" in per["servers"]:  # MOBILE_MM_BATCHING=continuous, opt-in
-                summary[q]["vs_frameworks_continuous"] = {
-                    task: report_frameworks.versus_frameworks(per, frameworks, task, ours="ours_continuous")
-                    for task in tasks
-                }
+            for key, server in report_frameworks.VARIANTS[1:]:  # opt-in servers of ours, if run
+                if server in per["servers"]:
+                    summary[q][key] = {
+                        task: report_frameworks.versus_frameworks(per, frameworks, task, ours=server)
+                        for task in tasks
+                    }
         if "correctness" in per:
             summary[q]["answers_identical"] = per["correctness"]["all_identical"]
     return summary

@@ -19,6 +19,12 @@ from __future__ import annotations
 from typing import Any
 
 THROUGHPUT_TARGET = 1.5
+# (summary key, server) for each server of ours compared with the frameworks: the default first
+VARIANTS = (
+    ("vs_frameworks", "ours"),
+    ("vs_frameworks_continuous", "ours_continuous"),
+    ("vs_frameworks_onnxruntime", "ours_onnxruntime"),
+)
 
 
 def _cell(per: dict[str, Any], server: str, task: str, c: int) -> dict[str, float]:
@@ -81,16 +87,16 @@ def markdown(result: dict[str, Any]) -> list[str]:
             f"for that measure. Targets: throughput at c=32 >= {THROUGHPUT_TARGET}x, p99 at c=32 below, "
             "p50 at c=1 no worse. The mix is the headline.",
             "",
-            "`ours` is the default (static batching); `ours_continuous` the same server with "
-            "`MOBILE_MM_BATCHING=continuous`, where measured.",
+            "`ours` is the default (static batching, PyTorch); `ours_continuous` the same server with "
+            "`MOBILE_MM_BATCHING=continuous`; `ours_onnxruntime` the same server on the ONNX export "
+            "bundle (`MOBILE_MM_RUNTIME=onnxruntime`, a batch decoded together), where measured.",
             "",
             "| precision | task | server | measure | ours | best peer | peer | ours / peer | met |",
             "|---|---|---|---|---|---|---|---|---|",
         ]
         labels = {"throughput_c32": "req/s at c=32", "p99_c32": "p99 ms at c=32", "p50_c1": "p50 ms at c=1"}
-        variants = (("vs_frameworks", "ours"), ("vs_frameworks_continuous", "ours_continuous"))
         for q, s in result["summary"].items():
-            for key, server in variants:
+            for key, server in VARIANTS:
                 for task, by_measure in s.get(key, {}).items():
                     for measure, r in by_measure.items():
                         lines.append(

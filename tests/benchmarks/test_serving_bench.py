@@ -37,12 +37,21 @@ def test_serving_benchmark_end_to_end(tmp_path: Path) -> None:
         "4",
         "--out",
         str(out),
+        "--onnx-data-dir",
+        str(tmp_path / "onnx-data"),
     ]
     result = main(argv)
     saved = json.loads((out / "results.json").read_text())
     assert saved["summary"] == json.loads(json.dumps(result["summary"]))
     servers = saved["precisions"]["fp32"]["servers"]
-    assert set(servers) == {"ours", "ours_no_batching", "ours_continuous", "plain_fastapi", "litserve"}
+    assert set(servers) == {
+        "ours",
+        "ours_no_batching",
+        "ours_continuous",
+        "ours_onnxruntime",
+        "plain_fastapi",
+        "litserve",
+    }
     for name, srv in servers.items():
         assert srv["ready_s"] > 0 and srv["rss_bytes"]["ready"] > 50 * 2**20, name
         for task in ("mix",):
@@ -69,6 +78,9 @@ def test_serving_benchmark_end_to_end(tmp_path: Path) -> None:
     # against the frameworks (LitServe is the only one here): ratios from the medians
     continuous = summary["vs_frameworks_continuous"]["mix"]["throughput_c32"]
     assert continuous["ours"] == servers["ours_continuous"]["tasks"]["mix"]["32"]["median"]["rps"]
+    on_onnx = summary["vs_frameworks_onnxruntime"]["mix"]["throughput_c32"]
+    assert on_onnx["ours"] == servers["ours_onnxruntime"]["tasks"]["mix"]["32"]["median"]["rps"]
+    assert any(p.name.startswith("onnx-fp32-") for p in (tmp_path / "onnx-data" / "bundles").iterdir())
     versus = summary["vs_frameworks"]["mix"]
     lit = servers["litserve"]["tasks"]["mix"]
     ours_mix = servers["ours"]["tasks"]["mix"]

@@ -553,3 +553,66 @@ def test_a_reload_switches_the_runtime_without_a_restart(int2_data_dir: Path, tm
             assert metric_value(metrics_text, "model_info") == 1  # the other runtime's series is gone
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("quantization", ["fp32", "int2"])
+def test_a_batch_decoded_together_answers_as_each_row_alone(
+    quantization: str, int2_data_dir: Path, fp32_bundle: Path
+) -> None:
+    """decoder_step's dynamic batch axis: one call per step for every row (greedy_batch) gives each
+    row the tokens and confidences the bundle's own one-row loop gives it, with prompts of
+    different lengths (questions) and rows finishing at different steps."""
+    onnx = _onnx_model(quantization, int2_data_dir, fp32_bundle)
+    assert onnx.batched, "the export wrote decoder_step with a fixed batch"
+    inputs = {i.name: i.shape for i in onnx.bundle.runner.sessions["decoder_step"].get_inputs()}
+    assert inputs["token"][0] == inputs["self_k"][1] == "batch"
+
+    def both(call: Any) -> tuple[Any, Any]:
+        onnx.batched = True
+        together_conf: list[float] = []
+        together = call(together_conf)
+        onnx.batched = False
+        alone_conf: list[float] = []
+        alone = call(alone_conf)
+        onnx.batched = True
+        np.testing.assert_allclose(together_conf, alone_conf, atol=1e-5)
+        return together, alone
+
+    captions = [e.image for e in load_eval_split("captioning", 12)]
+    together, alone = both(lambda conf: onnx.generate_captions(captions, confidences=conf))
+    assert together == alone
+    assert len({len(c.split()) for c in together}) > 1  # rows left the batch at different steps
+    vqa = load_eval_split("vqa", 12)
+    images, questions = [e.image for e in vqa], [e.question for e in vqa]
+    assert len({len(onnx.bundle.prompt("vqa", q)) for q in questions}) > 1
+    together, alone = both(lambda conf: onnx.answer_questions(images, questions, confidences=conf))
+    assert together == alone
+    # a short budget ends every row at the same step
+    together, alone = both(lambda conf: onnx.generate_captions(captions[:3], max_tokens=2, confidences=conf))
+    assert together == alone and all(len(c.split()) <= 2 for c in together)
+
+
+def test_a_row_whose_request_gives_up_mid_batch_ends_alone(int2_data_dir: Path, fp32_bundle: Path) -> None:
+    onnx = _onnx_model("int2", int2_data_dir, fp32_bundle)
+    images = [e.image for e in load_eval_split("captioning", 3)]
+    full = onnx.generate_captions(images)
+    # the middle request gives up once the decode has made its first steps (set from the graph
+    # runner's hook, so the moment is exact on any machine)
+    gave_up = threading.Event()
+    calls = {"n": 0}
+    run = onnx.bundle.runner.run
+
+    def counting(graph: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if graph == "decoder_step":
+            calls["n"] += 1
+            if calls["n"] == len(onnx.bundle.prompt("captioning")) + 2:
+                gave_up.set()
+        return run(graph, inputs)
+
+    onnx.bundle.runner.run = counting  # type: ignore[method-assign]
+    try:
+        captions = onnx.generate_captions(images, stop=[threading.Event(), gave_up, threading.Event()])
+    finally:
+        del onnx.bundle.runner.run
+    assert captions[0] == full[0] and captions[2] == full[2]
+    assert captions[1] == " ".join(full[1].split()[:2])  # the two tokens it had when it gave up

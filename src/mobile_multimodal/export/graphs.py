@@ -53,6 +53,11 @@ from mobile_multimodal.model.quantized_weight import QuantizedWeight
 from mobile_multimodal.model.vision import VisionEncoder
 
 GRAPH_NAMES = ("vision", "ocr", "cross_kv", "decoder_step", "image_embed", "text_embed")
+# graphs whose first (batch) axis a format may leave dynamic: a server decodes many answers per
+# step through one decoder_step call; phones run batch 1
+BATCHED_GRAPHS = ("decoder_step",)
+# where the batch axis is in each of decoder_step's inputs and outputs (the caches are (L, B, ...))
+BATCH_AXIS = {"token": 0, "position": 0, "logits": 0}
 
 
 @dataclass(frozen=True)
@@ -164,13 +169,15 @@ class CrossKVGraph(nn.Module):
 
 
 class DecoderStepGraph(nn.Module):
-    """One greedy-decode step with a fixed-size self-attention cache.
+    """One greedy-decode step with a fixed-size self-attention cache, for B answers at once.
 
-    token (1, 1) int64, position (1,) int64 (0-based index of this token in the sequence),
-    self_k / self_v (L, 1, nh, S, hs) float32, cross_k / cross_v (L, 1, nh, N, hs)
-    -> logits (1, V) for the next token, self_k_out / self_v_out (the caches with slot
-    ``position`` written). Slots after ``position`` are ignored, so a fresh cache may hold anything
-    (zeros by convention)."""
+    token (B, 1) int64, position (B,) int64 (0-based index of each row's token in its own
+    sequence), self_k / self_v (L, B, nh, S, hs) float32, cross_k / cross_v (L, B, nh, N, hs)
+    -> logits (B, V) for each row's next token, self_k_out / self_v_out (the caches with each row's
+    slot ``position`` written). Slots after a row's ``position`` are ignored, so a fresh cache may
+    hold anything (zeros by convention). Rows are independent: each has its own position, so a
+    row may still be reading its prompt while another answers. The mobile bundles use B = 1;
+    the ONNX bundle declares B dynamic (``GraphSpec.dynamic_batch``) for a server's batches."""
 
     def __init__(self, decoder: TextDecoder, cache_len: int) -> None:
         super().__init__()
@@ -189,19 +196,20 @@ class DecoderStepGraph(nn.Module):
     ) -> tuple[Tensor, Tensor, Tensor]:
         dec = self.decoder
         slots: Tensor = self.slots  # type: ignore[assignment]
-        write = (slots == position)[None, None, :, None]  # (1, 1, S, 1): the slot of this token
-        visible = (slots <= position)[None, None, None, :]  # (1, 1, 1, S): keys it may attend to
-        x = dec.tok(token) + dec.pos(position)[None]  # (1, 1, D)
+        at = position[:, None]  # (B, 1)
+        write = (slots[None, :] == at)[:, None, :, None]  # (B, 1, S, 1): each row's token slot
+        visible = (slots[None, :] <= at)[:, None, None, :]  # (B, 1, 1, S): keys it may attend to
+        x = dec.tok(token) + dec.pos(at)  # (B, 1, D)
         new_k, new_v = [], []
         for i, blk in enumerate(dec.layers()):
             attn = blk.self_attn
             h = blk.norm1(x)
             q = split_heads(attn.q(h), attn.heads)
             k, v = attn.project_kv(h)  # (1, nh, 1, hs)
-            k_all = torch.where(write, k, self_k[i])  # (1, nh, S, hs)
+            k_all = torch.where(write, k, self_k[i])  # (B, nh, S, hs)
             v_all = torch.where(write, v, self_v[i])
             y = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=visible)
-            x = x + attn.out(y.transpose(1, 2).reshape(1, 1, -1))
+            x = x + attn.out(y.transpose(1, 2).flatten(2))  # (B, 1, D)
             x = x + blk.cross_attn(blk.norm2(x), cache=(cross_k[i], cross_v[i]))[0]
             x = x + blk.mlp(blk.norm3(x))
             new_k.append(k_all)
@@ -315,7 +323,13 @@ def build_graphs(model: MobileMultiModalLLM, max_cache_len: int | None = None) -
     ]
     return [
         GraphSpec(
-            name, module.eval(), inputs, in_names, out_names, quantized=_quantized_names(module, quantized)
+            name,
+            module.eval(),
+            inputs,
+            in_names,
+            out_names,
+            dynamic_batch=name in BATCHED_GRAPHS,
+            quantized=_quantized_names(module, quantized),
         )
         for name, module, inputs, in_names, out_names in modules
     ]

@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 from mobile_multimodal.errors import conversion_errors
 from mobile_multimodal.export.formats import package_version
-from mobile_multimodal.export.graphs import GraphSpec
+from mobile_multimodal.export.graphs import BATCH_AXIS, GraphSpec
 from mobile_multimodal.model.llm import MobileMultiModalLLM
 from mobile_multimodal.model.quantized_layers import replace_module
 from mobile_multimodal.model.quantized_weight import QuantizedWeight
@@ -261,6 +261,15 @@ def export_onnx(
     path.write_bytes(proto.SerializeToString())
 
 
+def batch_axes(spec: GraphSpec) -> dict[str, dict[int, str]] | None:
+    """The dynamic batch axis of every input and output of a ``dynamic_batch`` graph (axis 0,
+    or 1 for the (L, B, ...) caches); None (all static) for the others."""
+    if not spec.dynamic_batch:
+        return None
+    names = (*spec.input_names, *spec.output_names)
+    return {n: {BATCH_AXIS.get(n, 1): "batch"} for n in names}
+
+
 # ---- the writer ---------------------------------------------------------------------------------
 class OnnxGraphRunner:
     """One ONNX Runtime session per graph, on the CPU execution provider."""
@@ -304,7 +313,7 @@ class OnnxWriter:
         files = []
         for spec in graphs:
             path = out / f"{spec.name}{self.extension}"
-            export_onnx(spec, path, quantization)
+            export_onnx(spec, path, quantization, dynamic_axes=batch_axes(spec))
             files.append(path)
         # the same decoder for onnxruntime-genai's generation loop (see genai.py)
         return files + write_genai(model, graphs, quantization, out)

@@ -9,9 +9,11 @@ call on ``MobileMultiModalLLM`` (``generate_captions``, ``answer_questions``, ``
 ``encode``/``count``/``prompt``, the prompt limits), with the same stop signals and confidences,
 so nothing above it changes.
 
-The bundle's graphs have batch 1 (static shapes, as mobile runtimes want them): a batch is run
-row by row, each row decoded greedily exactly as the export's validation decodes it. Its answers
-are therefore the bundle's validation answers, not a re-implementation of them. The sessions
+Phones run the graphs at batch 1; the ONNX bundle's ``decoder_step`` also takes any batch, and
+a batch of captions or answers is decoded together (``export/batch_decode.py``: one step call
+for all its rows, rows leaving as they finish), each row computing what the bundle's own loop
+computes for it -- the answers the export's validation scored. A bundle exported before the
+batch axis existed is decoded row by row through that loop. The sessions
 hold 2-bit weights in 4-bit containers (``onnx_sessions.py``: ONNX Runtime has no fast 2-bit
 kernel on x64; the same codes, exact); ``widen_2bit=False`` runs the shipped bytes unchanged.
 Each answer's KV cache stays in buffers bound to the decoder session (IO binding, no copy or
@@ -38,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from mobile_multimodal.export.batch_decode import greedy_batch
 from mobile_multimodal.export.decode import BundleModel, load_bundle, text_line_input
 from mobile_multimodal.model.llm import DEFAULT_ANSWER_TOKENS, PROMPT_MARKERS
 from mobile_multimodal.model.model_errors import check_question_tokens
@@ -98,6 +101,9 @@ class OnnxRuntimeModel:
         self.model_dir = bundle_model.bundle.directory
         self.source_model_dir = source_model_dir
         self.widened_2bit = 0  # 2-bit MatMulNBits served from 4-bit containers (onnx_sessions.py)
+        # decoder_step takes a batch of rows (bundles exported with its batch axis dynamic)
+        batches = getattr(bundle_model.runner, "batches", None)
+        self.batched = bool(batches is not None and batches("decoder_step"))
 
     @classmethod
     def open(
@@ -151,6 +157,8 @@ class OnnxRuntimeModel:
             raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
         if stop is not None and len(stop) != len(images):
             raise ValueError(f"{len(stop)} stop signals for {len(images)} images")
+        if self.batched and len(images) > 1:
+            return self._decode_batch(task, images, questions, max_tokens, stop, confidences)
         texts: list[str] = []
         means: list[float] = []
         for i, image in enumerate(images):
@@ -169,6 +177,43 @@ class OnnxRuntimeModel:
         if confidences is not None:
             confidences[:] = [math.exp(m) for m in means]
         return texts
+
+    def _decode_batch(
+        self,
+        task: str,
+        images: Sequence[Any],
+        questions: Sequence[str] | None,
+        max_tokens: int,
+        stop: Sequence[threading.Event] | None,
+        confidences: list[float] | None,
+    ) -> list[str]:
+        """The rows' greedy answers, decoded together (``greedy_batch``); a row whose request
+        gave up before it started costs nothing, as in ``_decode_rows``."""
+        fused = bool(self.spec["tasks"][task].get("question"))
+        live = [i for i in range(len(images)) if not _stopped(stop, i)]
+        asked = [questions[i] if questions is not None else "" for i in range(len(images))]
+        tokens = [self.bundle.image_tokens(images[i], asked[i] if fused else None) for i in live]
+        prompts = [self.bundle.prompt(task, asked[i]) for i in live]
+        stops = [(lambda e=stop[i]: e.is_set()) for i in live] if stop is not None else None
+        log_probs: list[list[float]] = [[] for _ in live]
+        answers = greedy_batch(self.bundle, tokens, prompts, max_tokens, stops, log_probs)
+        ids: list[list[int]] = [[] for _ in images]
+        means = [0.0] * len(images)
+        for row, i in enumerate(live):
+            ids[i] = answers[row]
+            means[i] = sum(log_probs[row]) / len(log_probs[row]) if log_probs[row] else 0.0
+        self._note_batch_cache(len(live))
+        if confidences is not None:
+            confidences[:] = [math.exp(m) for m in means]
+        return [self.tokenizer.decode(row[:max_tokens]) for row in ids]
+
+    def _note_batch_cache(self, rows: int) -> None:
+        """A batch holds ``rows`` answers' caches at once (peak_cache_bytes)."""
+        shape = self.spec["kv_cache"]
+        per_row = 2 * math.prod(shape["shape"]) + 2 * math.prod(shape["cross_shape"])  # k and v
+        runner = self.bundle.runner
+        if hasattr(runner, "peak_cache_bytes"):
+            runner.peak_cache_bytes = max(runner.peak_cache_bytes, rows * per_row * 4)  # float32
 
     def generate_captions(
         self,

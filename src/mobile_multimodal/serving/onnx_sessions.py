@@ -175,6 +175,12 @@ class BundleSessions:
         names = self.output_names[graph]
         return dict(zip(names, self.sessions[graph].run(names, inputs), strict=True))
 
+    def batches(self, graph: str) -> bool:
+        """Whether ``graph`` takes any batch size (its first input's first axis is symbolic, as
+        the ONNX export writes ``decoder_step``); bundles exported before that take batch 1."""
+        first = self.sessions[graph].get_inputs()[0]
+        return bool(first.shape) and not isinstance(first.shape[0], int)
+
     def decoder_steps(
         self, cross_k: np.ndarray, cross_v: np.ndarray, cache_shape: Sequence[int]
     ) -> BoundDecoderSteps:
@@ -201,7 +207,8 @@ class BoundDecoderSteps:
         def bound(array: np.ndarray) -> Any:  # CPU OrtValues share the numpy array's memory
             return ort.OrtValue.ortvalue_from_numpy(array)
 
-        logits_shape = next(o.shape for o in session.get_outputs() if o.name == "logits")
+        # (1, V): one answer, whether or not the graph's batch axis is dynamic
+        logits_shape = [1, next(o.shape for o in session.get_outputs() if o.name == "logits")[-1]]
         self._session = session
         self._token = np.zeros((1, 1), dtype=np.int64)
         self._position = np.zeros(1, dtype=np.int64)

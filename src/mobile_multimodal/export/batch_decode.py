@@ -1,0 +1,105 @@
+"""Greedy decoding of many answers per ``decoder_step`` call: the bundle's loop, batched.
+
+A phone decodes one answer at a time (``decode.BundleModel.greedy``). A server holds a batch of
+requests, and one ``decoder_step`` call over B rows costs far less than B calls of one row
+(the weights are read once per step, not once per row). The ONNX bundle's ``decoder_step`` has a
+dynamic batch axis for this (``graphs.BATCHED_GRAPHS``); its rows are independent, each with its
+own position and cache slice, so this loop computes, row for row, what ``greedy`` computes:
+
+- every row starts at position 0 together; at step s a row feeds its prompt's token s while it
+  has one, then the answer token it picked last (rows with shorter prompts answer sooner);
+- a row's answer tokens are picked as ``greedy`` picks them (the task's constraint, first maximum
+  on ties), with the same stops: <eos>, ``max_new_tokens + 1`` tokens, the cache's end, or its
+  request giving up (``stops[i]()``, read before each answer token);
+- a finished row leaves the batch at once (its cache slice is dropped), so a short caption never
+  pays for the steps of a long one.
+
+Example::
+
+    tokens = [model.image_tokens(image, None) for image in images]
+    prompts = [model.prompt("captioning")] * len(images)
+    answers = greedy_batch(model, tokens, prompts, max_new_tokens=32)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from mobile_multimodal.export.decode import BundleModel
+
+
+def _log_prob(row: np.ndarray, index: int) -> float:
+    values = row.astype(np.float64)
+    top = values.max()
+    return float(values[index] - top - np.log(np.exp(values - top).sum()))
+
+
+def greedy_batch(
+    model: BundleModel,
+    image_tokens: Sequence[np.ndarray],
+    prompts: Sequence[list[int]],
+    max_new_tokens: int,
+    stops: Sequence[Callable[[], bool] | None] | None = None,
+    log_probs: Sequence[list[float]] | None = None,
+) -> list[list[int]]:
+    """Each row's greedy answer ids (<eos> included when reached), as ``model.greedy`` would give
+    them one row at a time; ``stops`` and ``log_probs`` are per row, as in ``greedy``.
+    The runner's ``decoder_step`` must accept a batch of ``len(prompts)`` rows."""
+    n = len(prompts)
+    if len(image_tokens) != n or (stops is not None and len(stops) != n):
+        raise ValueError(f"{len(image_tokens)} images and {n} prompts (and as many stops) expected")
+    if n == 0:
+        return []
+    crosses = [model._run("cross_kv", {"image_tokens": t}) for t in image_tokens]
+    cross_k = np.concatenate([c["cross_k"] for c in crosses], axis=1)  # (L, B, nh, N, hs)
+    cross_v = np.concatenate([c["cross_v"] for c in crosses], axis=1)
+    cache = model.spec["kv_cache"]
+    shape = list(cache["shape"])
+    shape[1] = n
+    self_k = np.zeros(shape, dtype=np.float32)
+    self_v = np.zeros(shape, dtype=np.float32)
+    rules = [model.rules.for_prompt(p) for p in prompts]
+    states = [r.start for r in rules]
+    budgets = [min(max_new_tokens + 1, int(cache["max_len"]) - len(p)) for p in prompts]
+    answers: list[list[int]] = [[] for _ in range(n)]
+    eos = model.tokenizer.eos
+    active = list(range(n))  # the original row of each row still in the arrays
+    step = 0
+    while active:
+        fed = [prompts[i][step] if step < len(prompts[i]) else answers[i][-1] for i in active]
+        out = model._run(
+            "decoder_step",
+            {
+                "token": np.array(fed, dtype=np.int64)[:, None],
+                "position": np.full(len(active), step, dtype=np.int64),
+                "self_k": self_k,
+                "self_v": self_v,
+                "cross_k": cross_k,
+                "cross_v": cross_v,
+            },
+        )
+        self_k, self_v, logits = out["self_k_out"], out["self_v_out"], out["logits"]
+        keep: list[int] = []
+        for j, i in enumerate(active):
+            if step + 1 < len(prompts[i]):  # still reading its prompt
+                keep.append(j)
+                continue
+            stop = stops[i] if stops is not None else None
+            if stop is not None and stop():
+                continue  # its request gave up: the answer ends with the tokens it has
+            nxt = rules[i].pick_in(logits[j], states[i])
+            if log_probs is not None:
+                log_probs[i].append(_log_prob(logits[j], nxt))
+            answers[i].append(nxt)
+            states[i] = rules[i].next_state(states[i], nxt)
+            if nxt != eos and len(answers[i]) < budgets[i]:
+                keep.append(j)
+        if len(keep) < len(active):  # finished rows leave: drop their slices
+            if keep:
+                self_k, self_v = self_k[:, keep], self_v[:, keep]
+                cross_k, cross_v = cross_k[:, keep], cross_v[:, keep]
+            active = [active[j] for j in keep]
+        step += 1
+    return answers
