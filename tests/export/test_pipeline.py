@@ -66,15 +66,33 @@ def test_bundle_json_describes_the_graph_files(onnx_int2: BuiltBundle) -> None:
             (graph["inputs"], proto.graph.input),
             (graph["outputs"], proto.graph.output),
         ):
+            batch_axes = graph.get("batch_axes", {})
             got = [
                 {
                     "name": v.name,
                     "dtype": DTYPES[v.type.tensor_type.elem_type],
-                    "shape": [d.dim_value for d in v.type.tensor_type.shape.dim],
+                    # an axis that takes any batch is described at batch 1 and named in batch_axes
+                    "shape": [
+                        1 if d.dim_param and batch_axes.get(v.name) == i else d.dim_value
+                        for i, d in enumerate(v.type.tensor_type.shape.dim)
+                    ],
                 }
                 for v in actual
             ]
             assert got == described, name
+    # decoder_step takes a batch of rows (a server's); its caches' batch axis is the second
+    assert bundle["graphs"]["decoder_step"]["batch_axes"] == {
+        "token": 0,
+        "position": 0,
+        "self_k": 1,
+        "self_v": 1,
+        "cross_k": 1,
+        "cross_v": 1,
+        "logits": 0,
+        "self_k_out": 1,
+        "self_v_out": 1,
+    }
+    assert all("batch_axes" not in g for n, g in bundle["graphs"].items() if n != "decoder_step")
     assert bundle["text"]["max_len"] == 48 and bundle["question"]["max_len"] == 36  # the API's limits
     cache = bundle["kv_cache"]
     assert cache["max_len"] == 48 and cache["shape"] == [4, 1, 5, 48, 32]

@@ -28,6 +28,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from tests.reliability.serve_process import ServeProcess
 
 from mobile_multimodal.data.splits import load_eval_split
+from mobile_multimodal.export.batch_decode import ArrayBatchSteps
 from mobile_multimodal.export.decode import ArraySteps, BundleModel, load_bundle
 from mobile_multimodal.export.graphs import TorchGraphRunner, build_graphs
 from mobile_multimodal.export.onnx import pack_low_first
@@ -419,6 +420,34 @@ def test_io_bound_decoding_computes_what_the_plain_contract_computes(int2_data_d
             assert len(answer) > 1 and ours == theirs
 
 
+def test_io_bound_batch_steps_compute_what_the_plain_batch_contract_computes(int2_data_dir: Path) -> None:
+    """A batch's bound buffers (``BundleSessions.batch_steps``) against the plain batch contract
+    (``ArrayBatchSteps``) on the same sessions and tokens: the same logits and caches bit for bit,
+    also after rows leave (the kept rows' caches re-bound; a row selection not laid out in C order
+    was once bound and silently not written)."""
+    onnx = _onnx_model("int2", int2_data_dir, Path())
+    served, sessions = onnx.bundle, onnx.bundle.runner
+    shape = served.spec["kv_cache"]["shape"]
+    images = [e.image for e in load_eval_split("captioning", 5)]
+    crosses = [served._run("cross_kv", {"image_tokens": served.image_tokens(i, None)}) for i in images]
+    cross_k = np.concatenate([c["cross_k"] for c in crosses], axis=1)
+    cross_v = np.concatenate([c["cross_v"] for c in crosses], axis=1)
+    bound = sessions.batch_steps(cross_k, cross_v, shape)
+    arrays = ArrayBatchSteps(sessions.run, cross_k, cross_v, shape)
+    rng = np.random.default_rng(0)
+    rows = len(images)
+    for position in range(served.spec["kv_cache"]["max_len"]):
+        tokens = rng.integers(0, len(served.tokenizer.vocab), rows).tolist()
+        logits = arrays.step(tokens, position)
+        assert np.array_equal(bound.step(tokens, position), logits), position
+        if position in (3, 9, 20):  # rows leave: the middle one, then the first, then the last
+            keep = {3: [0, 1, 3, 4], 9: [1, 2, 3], 20: [0, 1]}[position]
+            bound.keep(keep)
+            arrays.keep(keep)
+            rows = len(keep)
+    assert rows == 2
+
+
 def test_float_weights_are_the_dequantized_codes_and_decode_the_same_answers(int2_data_dir: Path) -> None:
     """``float_weights=True`` (not served by default) runs every MatMulNBits as a float MatMul on
     ``(code - zero) * scale``: no packed weight is left, the graphs compute what the shipped ones
@@ -596,23 +625,28 @@ def test_a_row_whose_request_gives_up_mid_batch_ends_alone(int2_data_dir: Path, 
     onnx = _onnx_model("int2", int2_data_dir, fp32_bundle)
     images = [e.image for e in load_eval_split("captioning", 3)]
     full = onnx.generate_captions(images)
-    # the middle request gives up once the decode has made its first steps (set from the graph
-    # runner's hook, so the moment is exact on any machine)
+    # the middle request gives up once the decode has made its first steps (set from inside the
+    # batch's decoder steps, so the moment is exact on any machine)
     gave_up = threading.Event()
-    calls = {"n": 0}
-    run = onnx.bundle.runner.run
+    prompt = len(onnx.bundle.prompt("captioning"))
+    make_steps = onnx.bundle.runner.batch_steps
 
-    def counting(graph: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        if graph == "decoder_step":
-            calls["n"] += 1
-            if calls["n"] == len(onnx.bundle.prompt("captioning")) + 2:
+    def counted_steps(*args: Any) -> Any:
+        steps = make_steps(*args)
+        step = steps.step
+
+        def counting(tokens: Any, position: int) -> np.ndarray:
+            if position == prompt + 1:  # its answer holds two tokens
                 gave_up.set()
-        return run(graph, inputs)
+            return step(tokens, position)
 
-    onnx.bundle.runner.run = counting  # type: ignore[method-assign]
+        steps.step = counting
+        return steps
+
+    onnx.bundle.runner.batch_steps = counted_steps  # type: ignore[method-assign]
     try:
         captions = onnx.generate_captions(images, stop=[threading.Event(), gave_up, threading.Event()])
     finally:
-        del onnx.bundle.runner.run
+        del onnx.bundle.runner.batch_steps
     assert captions[0] == full[0] and captions[2] == full[2]
     assert captions[1] == " ".join(full[1].split()[:2])  # the two tokens it had when it gave up

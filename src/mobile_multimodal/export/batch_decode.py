@@ -24,10 +24,76 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
 import numpy as np
 
 from mobile_multimodal.export.decode import BundleModel
+
+
+class BatchSteps(Protocol):
+    """``decoder_step`` for a batch of answers, holding their caches between steps."""
+
+    def step(self, tokens: Sequence[int], position: int) -> np.ndarray:
+        """Logits (B, V) after each row's token at ``position`` (valid until the next step)."""
+        ...
+
+    def keep(self, rows: Sequence[int]) -> None:
+        """Only ``rows`` (indices into the current batch, in order) take further steps."""
+        ...
+
+
+class ArrayBatchSteps:
+    """The plain contract for B rows: zero caches (``kv_cache.shape`` with B rows) go in with the
+    first tokens, each step's ``self_k_out`` / ``self_v_out`` are the next step's inputs."""
+
+    def __init__(
+        self,
+        run: Callable[[str, dict[str, np.ndarray]], dict[str, np.ndarray]],
+        cross_k: np.ndarray,
+        cross_v: np.ndarray,
+        cache_shape: Sequence[int],
+    ) -> None:
+        self._run = run
+        self.cross_k, self.cross_v = cross_k, cross_v
+        shape = list(cache_shape)
+        shape[1] = cross_k.shape[1]
+        self.self_k = np.zeros(shape, dtype=np.float32)
+        self.self_v = np.zeros(shape, dtype=np.float32)
+
+    def step(self, tokens: Sequence[int], position: int) -> np.ndarray:
+        out = self._run(
+            "decoder_step",
+            {
+                "token": np.array(tokens, dtype=np.int64)[:, None],
+                "position": np.full(len(tokens), position, dtype=np.int64),
+                "self_k": self.self_k,
+                "self_v": self.self_v,
+                "cross_k": self.cross_k,
+                "cross_v": self.cross_v,
+            },
+        )
+        self.self_k, self.self_v = out["self_k_out"], out["self_v_out"]
+        return out["logits"]
+
+    def keep(self, rows: Sequence[int]) -> None:
+        def kept(a: np.ndarray) -> np.ndarray:  # C order: a runtime takes it without a copy
+            return np.ascontiguousarray(a[:, list(rows)])
+
+        self.self_k, self.self_v = kept(self.self_k), kept(self.self_v)
+        self.cross_k, self.cross_v = kept(self.cross_k), kept(self.cross_v)
+
+
+def batch_steps(model: BundleModel, cross_k: np.ndarray, cross_v: np.ndarray) -> BatchSteps:
+    """The batch's decoder steps: the runner's own (``batch_steps``: ONNX Runtime's IO binding,
+    the caches never crossing into Python) when it has them and no ``on_run`` hook must see every
+    call, else the plain contract."""
+    shape = model.spec["kv_cache"]["shape"]
+    bound = getattr(model.runner, "batch_steps", None)
+    if bound is not None and model.on_run is None:
+        steps: BatchSteps = bound(cross_k, cross_v, shape)
+        return steps
+    return ArrayBatchSteps(model._run, cross_k, cross_v, shape)
 
 
 def _log_prob(row: np.ndarray, index: int) -> float:
@@ -53,34 +119,22 @@ def greedy_batch(
     if n == 0:
         return []
     crosses = [model._run("cross_kv", {"image_tokens": t}) for t in image_tokens]
-    cross_k = np.concatenate([c["cross_k"] for c in crosses], axis=1)  # (L, B, nh, N, hs)
-    cross_v = np.concatenate([c["cross_v"] for c in crosses], axis=1)
-    cache = model.spec["kv_cache"]
-    shape = list(cache["shape"])
-    shape[1] = n
-    self_k = np.zeros(shape, dtype=np.float32)
-    self_v = np.zeros(shape, dtype=np.float32)
+    steps = batch_steps(
+        model,
+        np.concatenate([c["cross_k"] for c in crosses], axis=1),  # (L, B, nh, N, hs)
+        np.concatenate([c["cross_v"] for c in crosses], axis=1),
+    )
+    max_len = int(model.spec["kv_cache"]["max_len"])
     rules = [model.rules.for_prompt(p) for p in prompts]
     states = [r.start for r in rules]
-    budgets = [min(max_new_tokens + 1, int(cache["max_len"]) - len(p)) for p in prompts]
+    budgets = [min(max_new_tokens + 1, max_len - len(p)) for p in prompts]
     answers: list[list[int]] = [[] for _ in range(n)]
     eos = model.tokenizer.eos
-    active = list(range(n))  # the original row of each row still in the arrays
+    active = list(range(n))  # the original row of each row still in the batch
     step = 0
     while active:
         fed = [prompts[i][step] if step < len(prompts[i]) else answers[i][-1] for i in active]
-        out = model._run(
-            "decoder_step",
-            {
-                "token": np.array(fed, dtype=np.int64)[:, None],
-                "position": np.full(len(active), step, dtype=np.int64),
-                "self_k": self_k,
-                "self_v": self_v,
-                "cross_k": cross_k,
-                "cross_v": cross_v,
-            },
-        )
-        self_k, self_v, logits = out["self_k_out"], out["self_v_out"], out["logits"]
+        logits = steps.step(fed, step)
         keep: list[int] = []
         for j, i in enumerate(active):
             if step + 1 < len(prompts[i]):  # still reading its prompt
@@ -96,10 +150,9 @@ def greedy_batch(
             states[i] = rules[i].next_state(states[i], nxt)
             if nxt != eos and len(answers[i]) < budgets[i]:
                 keep.append(j)
-        if len(keep) < len(active):  # finished rows leave: drop their slices
+        if len(keep) < len(active):  # finished rows leave: their cache slices are dropped
             if keep:
-                self_k, self_v = self_k[:, keep], self_v[:, keep]
-                cross_k, cross_v = cross_k[:, keep], cross_v[:, keep]
+                steps.keep(keep)
             active = [active[j] for j in keep]
         step += 1
     return answers

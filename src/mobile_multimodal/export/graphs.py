@@ -205,7 +205,7 @@ class DecoderStepGraph(nn.Module):
             attn = blk.self_attn
             h = blk.norm1(x)
             q = split_heads(attn.q(h), attn.heads)
-            k, v = attn.project_kv(h)  # (1, nh, 1, hs)
+            k, v = attn.project_kv(h)  # (B, nh, 1, hs)
             k_all = torch.where(write, k, self_k[i])  # (B, nh, S, hs)
             v_all = torch.where(write, v, self_v[i])
             y = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=visible)

@@ -319,10 +319,24 @@ class OnnxWriter:
         return files + write_genai(model, graphs, quantization, out)
 
     def bundle_extras(self, out: Path, bundle: dict[str, Any]) -> dict[str, Any]:
-        """What bundle.json says beyond the graphs: how onnxruntime-genai loads this bundle."""
+        """What bundle.json says beyond the graphs: which axes of a graph's inputs and outputs take
+        any batch size (``batch_axes``; the shapes given are batch 1, what a phone feeds), and how
+        onnxruntime-genai loads this bundle."""
+        import onnx
+
         from mobile_multimodal.export.genai import describe_genai
 
-        return describe_genai(out)
+        graphs = {}
+        for name, graph in bundle["graphs"].items():
+            proto = onnx.load(str(out / graph["file"]), load_external_data=False)
+            axes = {
+                v.name: i
+                for v in (*proto.graph.input, *proto.graph.output)
+                for i, d in enumerate(v.type.tensor_type.shape.dim)
+                if d.dim_param
+            }
+            graphs[name] = {**graph, "batch_axes": axes} if axes else graph
+        return {"graphs": graphs, **describe_genai(out)}
 
     def open(self, out: Path, bundle: dict[str, Any]) -> OnnxGraphRunner | str:
         return OnnxGraphRunner(out, {name: g["file"] for name, g in bundle["graphs"].items()})

@@ -202,18 +202,9 @@ class OnnxRuntimeModel:
         for row, i in enumerate(live):
             ids[i] = answers[row]
             means[i] = sum(log_probs[row]) / len(log_probs[row]) if log_probs[row] else 0.0
-        self._note_batch_cache(len(live))
         if confidences is not None:
             confidences[:] = [math.exp(m) for m in means]
         return [self.tokenizer.decode(row[:max_tokens]) for row in ids]
-
-    def _note_batch_cache(self, rows: int) -> None:
-        """A batch holds ``rows`` answers' caches at once (peak_cache_bytes)."""
-        shape = self.spec["kv_cache"]
-        per_row = 2 * math.prod(shape["shape"]) + 2 * math.prod(shape["cross_shape"])  # k and v
-        runner = self.bundle.runner
-        if hasattr(runner, "peak_cache_bytes"):
-            runner.peak_cache_bytes = max(runner.peak_cache_bytes, rows * per_row * 4)  # float32
 
     def generate_captions(
         self,

@@ -181,6 +181,15 @@ class BundleSessions:
         first = self.sessions[graph].get_inputs()[0]
         return bool(first.shape) and not isinstance(first.shape[0], int)
 
+    def batch_steps(
+        self, cross_k: np.ndarray, cross_v: np.ndarray, cache_shape: Sequence[int]
+    ) -> BoundBatchSteps:
+        """``decoder_step`` for a batch of answers (``cross_k.shape[1]`` rows) on bound buffers;
+        ``export.batch_decode.greedy_batch`` uses it instead of passing the caches through ``run``."""
+        steps = BoundBatchSteps(self.sessions["decoder_step"], cross_k, cross_v, cache_shape)
+        self.peak_cache_bytes = max(self.peak_cache_bytes, steps.cache_bytes)
+        return steps
+
     def decoder_steps(
         self, cross_k: np.ndarray, cross_v: np.ndarray, cache_shape: Sequence[int]
     ) -> BoundDecoderSteps:
@@ -189,6 +198,78 @@ class BundleSessions:
         steps = BoundDecoderSteps(self.sessions["decoder_step"], cross_k, cross_v, cache_shape)
         self.peak_cache_bytes = max(self.peak_cache_bytes, steps.cache_bytes)
         return steps
+
+
+class BoundBatchSteps:
+    """A batch's ``decoder_step`` calls on IO-bound buffers (an ``export.batch_decode.BatchSteps``).
+
+    As ``BoundDecoderSteps`` for B rows: two bindings, cache pairs used in turn, tokens and
+    positions written in place, nothing allocated per step (a fresh 4 MB cache output per step
+    was a page-faulting ``mmap`` each time). When rows leave (``keep``), the kept rows' caches are
+    copied into smaller buffers and the bindings rebuilt: at most once per finishing step."""
+
+    def __init__(
+        self, session: Any, cross_k: np.ndarray, cross_v: np.ndarray, cache_shape: Sequence[int]
+    ) -> None:
+        self._session = session
+        self._vocab = int(next(o.shape for o in session.get_outputs() if o.name == "logits")[-1])
+        rows = cross_k.shape[1]
+        shape = list(cache_shape)
+        shape[1] = rows
+        self_k, self_v = np.zeros(shape, dtype=np.float32), np.zeros(shape, dtype=np.float32)
+        self._bind(cross_k, cross_v, self_k, self_v)
+        self.cache_bytes = 2 * (self_k.nbytes + self_v.nbytes) + cross_k.nbytes + cross_v.nbytes
+
+    def _bind(self, cross_k: np.ndarray, cross_v: np.ndarray, self_k: np.ndarray, self_v: np.ndarray) -> None:
+        import onnxruntime as ort
+
+        def bound(array: np.ndarray) -> Any:  # CPU OrtValues share the numpy array's memory
+            return ort.OrtValue.ortvalue_from_numpy(array)
+
+        rows = cross_k.shape[1]
+        self._token = np.zeros((rows, 1), dtype=np.int64)
+        self._position = np.zeros(rows, dtype=np.int64)
+        self._logits = np.zeros((rows, self._vocab), dtype=np.float32)
+        self._cross = [np.ascontiguousarray(c, dtype=np.float32) for c in (cross_k, cross_v)]
+        # pair 0 holds the current caches (read by the next step); pair 1 is written by it. Four
+        # distinct C-ordered buffers: a step must never write what it reads, nor k where v goes,
+        # and ONNX Runtime ignores a bound output it cannot write in place (a row selection with
+        # fancy indexing is not C-ordered: the step then wrote into memory of its own)
+        cache = [[np.array(a, dtype=np.float32, order="C") for a in (self_k, self_v)]]
+        cache.append([np.empty_like(cache[0][0]), np.empty_like(cache[0][1])])
+        shared = {
+            "token": bound(self._token),
+            "position": bound(self._position),
+            "cross_k": bound(self._cross[0]),
+            "cross_v": bound(self._cross[1]),
+        }
+        bindings = []
+        for read, write in ((0, 1), (1, 0)):
+            binding = self._session.io_binding()
+            for name, value in shared.items():
+                binding.bind_ortvalue_input(name, value)
+            binding.bind_ortvalue_input("self_k", bound(cache[read][0]))
+            binding.bind_ortvalue_input("self_v", bound(cache[read][1]))
+            binding.bind_ortvalue_output("self_k_out", bound(cache[write][0]))
+            binding.bind_ortvalue_output("self_v_out", bound(cache[write][1]))
+            binding.bind_ortvalue_output("logits", bound(self._logits))
+            bindings.append(binding)
+        self._bindings = bindings
+        self._cache = cache
+        self._steps = 0
+
+    def step(self, tokens: Sequence[int], position: int) -> np.ndarray:
+        """Logits (B, V): a view of the bound buffer, overwritten by the next step."""
+        self._token[:, 0] = tokens
+        self._position[:] = position
+        self._session.run_with_iobinding(self._bindings[self._steps % 2])
+        self._steps += 1
+        return self._logits
+
+    def keep(self, rows: Sequence[int]) -> None:
+        index = list(rows)
+        k, v = self._cache[self._steps % 2]  # what the last step wrote
+        self._bind(self._cross[0][:, index], self._cross[1][:, index], k[:, index], v[:, index])
 
 
 class BoundDecoderSteps:
