@@ -203,10 +203,12 @@ class BundleSessions:
 class BoundBatchSteps:
     """A batch's ``decoder_step`` calls on IO-bound buffers (an ``export.batch_decode.BatchSteps``).
 
-    As ``BoundDecoderSteps`` for B rows: two bindings, cache pairs used in turn, tokens and
-    positions written in place, nothing allocated per step (a fresh 4 MB cache output per step
-    was a page-faulting ``mmap`` each time). When rows leave (``keep``), the kept rows' caches are
-    copied into smaller buffers and the bindings rebuilt: at most once per finishing step."""
+    Two bindings are made: even steps read cache pair 0 and write pair 1, odd steps the reverse.
+    Each step writes the whole output cache (the graph copies every slot and writes slot
+    ``position``), so the pair a step reads always holds the slots before it. Tokens and positions
+    are written in place: nothing is allocated per step (a fresh cache output per step is a
+    page-faulting ``mmap`` for a large batch). When rows leave (``keep``), the kept rows' caches
+    are copied into smaller buffers and the bindings rebuilt: at most once per finishing step."""
 
     def __init__(
         self, session: Any, cross_k: np.ndarray, cross_v: np.ndarray, cache_shape: Sequence[int]
@@ -268,69 +270,33 @@ class BoundBatchSteps:
 
     def keep(self, rows: Sequence[int]) -> None:
         index = list(rows)
-        k, v = self._cache[self._steps % 2]  # what the last step wrote
+        k, v = self.cache
         self._bind(self._cross[0][:, index], self._cross[1][:, index], k[:, index], v[:, index])
-
-
-class BoundDecoderSteps:
-    """One answer's ``decoder_step`` calls on IO-bound buffers (a ``decode.DecoderSteps``).
-
-    Two bindings are made once: even steps read cache pair 0 and write pair 1, odd steps the
-    reverse. Each step writes the whole output cache (the graph copies every slot and writes slot
-    ``position``), so the pair a step reads always holds the slots before it. Not thread-safe:
-    one per answer being decoded."""
-
-    def __init__(
-        self, session: Any, cross_k: np.ndarray, cross_v: np.ndarray, cache_shape: Sequence[int]
-    ) -> None:
-        import onnxruntime as ort
-
-        def bound(array: np.ndarray) -> Any:  # CPU OrtValues share the numpy array's memory
-            return ort.OrtValue.ortvalue_from_numpy(array)
-
-        # (1, V): one answer, whether or not the graph's batch axis is dynamic
-        logits_shape = [1, next(o.shape for o in session.get_outputs() if o.name == "logits")[-1]]
-        self._session = session
-        self._token = np.zeros((1, 1), dtype=np.int64)
-        self._position = np.zeros(1, dtype=np.int64)
-        self._logits = np.zeros(logits_shape, dtype=np.float32)
-        cache = [
-            [np.zeros(cache_shape, dtype=np.float32) for _ in range(2)] for _ in range(2)
-        ]  # [pair][k, v]
-        self._cross = [np.ascontiguousarray(c, dtype=np.float32) for c in (cross_k, cross_v)]
-        shared = {
-            "token": bound(self._token),
-            "position": bound(self._position),
-            "cross_k": bound(self._cross[0]),
-            "cross_v": bound(self._cross[1]),
-        }
-        self._bindings = []
-        for read, write in ((0, 1), (1, 0)):
-            binding = session.io_binding()
-            for name, value in shared.items():
-                binding.bind_ortvalue_input(name, value)
-            binding.bind_ortvalue_input("self_k", bound(cache[read][0]))
-            binding.bind_ortvalue_input("self_v", bound(cache[read][1]))
-            binding.bind_ortvalue_output("self_k_out", bound(cache[write][0]))
-            binding.bind_ortvalue_output("self_v_out", bound(cache[write][1]))
-            binding.bind_ortvalue_output("logits", bound(self._logits))
-            self._bindings.append(binding)
-        self._cache = cache  # the bindings point into these arrays (and the ones above): keep them
-        # what this answer's KV cache holds: both cache pairs and the image's cross keys/values
-        self.cache_bytes = sum(a.nbytes for pair in cache for a in pair) + sum(c.nbytes for c in self._cross)
-        self._steps = 0
-
-    def step(self, token: int, position: int) -> np.ndarray:
-        """Logits (1, V) after ``token`` at ``position``: a view of the bound buffer, overwritten
-        by the next step."""
-        self._token[0, 0] = token
-        self._position[0] = position
-        self._session.run_with_iobinding(self._bindings[self._steps % 2])
-        self._steps += 1
-        return self._logits
 
     @property
     def cache(self) -> tuple[np.ndarray, np.ndarray]:
         """(self_k, self_v) as the last step wrote them (the next step reads them)."""
         k, v = self._cache[self._steps % 2]
         return k, v
+
+
+class BoundDecoderSteps:
+    """One answer's ``decoder_step`` calls on IO-bound buffers (a ``decode.DecoderSteps``): a
+    ``BoundBatchSteps`` of one row. Not thread-safe: one per answer being decoded."""
+
+    def __init__(
+        self, session: Any, cross_k: np.ndarray, cross_v: np.ndarray, cache_shape: Sequence[int]
+    ) -> None:
+        self._batch = BoundBatchSteps(session, cross_k, cross_v, cache_shape)
+        # what this answer's KV cache holds: both cache pairs and the image's cross keys/values
+        self.cache_bytes = self._batch.cache_bytes
+
+    def step(self, token: int, position: int) -> np.ndarray:
+        """Logits (1, V) after ``token`` at ``position``: a view of the bound buffer, overwritten
+        by the next step."""
+        return self._batch.step([token], position)
+
+    @property
+    def cache(self) -> tuple[np.ndarray, np.ndarray]:
+        """(self_k, self_v) as the last step wrote them (the next step reads them)."""
+        return self._batch.cache
