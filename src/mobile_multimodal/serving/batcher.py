@@ -72,6 +72,58 @@ class BatchOutcome(Generic[ResultT]):
     run_s: float  # duration of the batch's model call
 
 
+class BatchLoop:
+    """What every batcher shares: one loop task (``_loop``, a subclass's), a wake-up event, the
+    queued count against ``max_queue``, and the lifecycle: ``start``, ``close`` (refuse new
+    requests, finish the queued ones, stop), ``poke``, ``depth``."""
+
+    loop_name = "batcher"
+
+    def __init__(self, max_queue: int) -> None:
+        if max_queue < 1:
+            raise ValueError(f"max_queue must be >= 1, got {max_queue}")
+        self.max_queue = max_queue
+        self._queued = 0
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+
+    async def _loop(self) -> None:
+        raise NotImplementedError
+
+    async def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._loop(), name=self.loop_name)
+
+    async def close(self) -> None:
+        """Refuse new requests, finish every queued one, then stop."""
+        self._closing = True
+        self._wakeup.set()
+        if self._task is not None:
+            await self._task
+            self._task = None
+
+    def poke(self) -> None:
+        """Re-check the queues (an expected arrival gave up before it was queued)."""
+        self._wakeup.set()
+
+    @property
+    def depth(self) -> int:
+        """Requests queued and not yet running."""
+        return self._queued
+
+    def _check_room(self, task: str) -> None:
+        """Before queueing a request of ``task``: BatcherClosedError while closing, QueueFullError
+        (counted) when ``max_queue`` wait already."""
+        if self._closing:
+            raise BatcherClosedError("the batcher is shutting down")
+        if self._task is None:
+            raise RuntimeError(f"{type(self).__name__}.start() was not awaited")
+        if self._queued >= self.max_queue:
+            metrics.QUEUE_REJECTIONS.labels(task).inc()
+            raise QueueFullError(f"{self._queued} requests are already queued (max_queue={self.max_queue})")
+
+
 @dataclass
 class _Pending(Generic[ItemT]):
     item: ItemT
@@ -79,7 +131,7 @@ class _Pending(Generic[ItemT]):
     enqueued: float = field(default_factory=time.perf_counter)
 
 
-class DynamicBatcher(Generic[KeyT, ItemT, ResultT]):
+class DynamicBatcher(BatchLoop, Generic[KeyT, ItemT, ResultT]):
     """Groups concurrent :meth:`submit` calls with the same key into one ``run_batch`` call.
 
     ``run_batch(key, items)`` runs in ``executor`` and must return one result per item, in order.
@@ -98,25 +150,19 @@ class DynamicBatcher(Generic[KeyT, ItemT, ResultT]):
         arriving: Callable[[], int] | None = None,
         on_batch: Callable[[int, float], None] | None = None,
     ) -> None:
+        super().__init__(max_queue)
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
         if max_wait_s < 0:
             raise ValueError(f"max_wait_s must be >= 0, got {max_wait_s}")
-        if max_queue < 1:
-            raise ValueError(f"max_queue must be >= 1, got {max_queue}")
         self._run_batch = run_batch
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_s
-        self.max_queue = max_queue
         self._executor = executor
         self._label = label
         self._arriving = arriving
         self._on_batch = on_batch
         self._queues: dict[KeyT, deque[_Pending[ItemT]]] = {}
-        self._queued = 0
-        self._wakeup = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._closing = False
         self.batches_run = 0
         self.largest_batch = 0
         self._last_batch_size = 0
@@ -124,27 +170,7 @@ class DynamicBatcher(Generic[KeyT, ItemT, ResultT]):
         self.running = 0  # requests in the batch the model runs now
         self.running_since = 0.0  # when that batch started (perf_counter)
 
-    # --- lifecycle ----------------------------------------------------------------------------
-    async def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._collect(), name="dynamic-batcher")
-
-    async def close(self) -> None:
-        """Refuse new requests, finish every queued one, then stop."""
-        self._closing = True
-        self._wakeup.set()
-        if self._task is not None:
-            await self._task
-            self._task = None
-
-    def poke(self) -> None:
-        """Re-check the waiting batch (an expected arrival gave up before it was queued)."""
-        self._wakeup.set()
-
-    @property
-    def depth(self) -> int:
-        """Requests queued and not yet in a running batch."""
-        return self._queued
+    loop_name = "dynamic-batcher"
 
     # --- submitting ---------------------------------------------------------------------------
     async def submit(self, key: KeyT, item: ItemT, timeout: float) -> BatchOutcome[ResultT]:
@@ -153,13 +179,7 @@ class DynamicBatcher(Generic[KeyT, ItemT, ResultT]):
         Raises :class:`QueueFullError`, :class:`BatcherClosedError`, ``TimeoutError``, or whatever
         ``run_batch`` raised for the batch.
         """
-        if self._closing:
-            raise BatcherClosedError("the batcher is shutting down")
-        if self._task is None:
-            raise RuntimeError("DynamicBatcher.start() was not awaited")
-        if self._queued >= self.max_queue:
-            metrics.QUEUE_REJECTIONS.labels(self._label(key)).inc()
-            raise QueueFullError(f"{self._queued} requests are already queued (max_queue={self.max_queue})")
+        self._check_room(self._label(key))
         future: asyncio.Future[BatchOutcome[object]] = asyncio.get_running_loop().create_future()
         pending = _Pending(item, future)
         self._queues.setdefault(key, deque()).append(pending)
@@ -199,7 +219,7 @@ class DynamicBatcher(Generic[KeyT, ItemT, ResultT]):
             return True  # no signal: always allow max_wait_s for the batch to fill
         return self._arriving() > 0 or queued < self._last_batch_size
 
-    async def _collect(self) -> None:
+    async def _loop(self) -> None:
         while True:
             key = self._oldest_key()
             if key is None:

@@ -59,7 +59,7 @@ from mobile_multimodal.model.llm import MobileMultiModalLLM
 from mobile_multimodal.model.task_decoding import DECODED_TASKS, TaskDecoding, TaskRequest, TaskResult
 from mobile_multimodal.observability import metrics
 from mobile_multimodal.serving.batch_jobs import BatchKey, Job
-from mobile_multimodal.serving.batcher import BatcherClosedError, BatchOutcome, QueueFullError
+from mobile_multimodal.serving.batcher import BatchLoop, BatchOutcome
 from mobile_multimodal.serving.domain_flags import annotate
 
 log = logging.getLogger(__name__)
@@ -98,7 +98,7 @@ def supports_continuous(model: object) -> bool:
     return isinstance(model, MobileMultiModalLLM)
 
 
-class ContinuousBatcher:
+class ContinuousBatcher(BatchLoop):
     """Drives the model thread one decode step at a time (see the module doc)."""
 
     def __init__(
@@ -114,28 +114,24 @@ class ContinuousBatcher:
         on_batch: Callable[[int, float], None] | None = None,
         busy: Callable[[], AbstractContextManager[Any]] = nullcontext,
     ) -> None:
-        if max_rows < 1 or max_batch_size < 1 or max_queue < 1:
-            raise ValueError("max_rows, max_batch_size and max_queue must be >= 1")
+        super().__init__(max_queue)
+        if max_rows < 1 or max_batch_size < 1:
+            raise ValueError("max_rows and max_batch_size must be >= 1")
         self._model = model
         self._run_single_pass = run_single_pass
         self.max_rows = max_rows
         self._admit_group = max(1, max_rows // 2)
         self._free_since = -1  # the step since which rows have been free while jobs wait
         self.max_batch_size = max_batch_size
-        self.max_queue = max_queue
         self._executor = executor
         self._domain_tasks = domain_tasks
         self._on_batch = on_batch
         self._busy = busy
         self._decode_queue: deque[_Pending] = deque()
         self._single_queues: dict[BatchKey, deque[_Pending]] = {}
-        self._queued = 0
         self._active: dict[int, _Pending] = {}  # id(pending) -> pending, rows decoding now
         self._decoding: TaskDecoding | None = None  # touched on the model thread only
-        self._wakeup = asyncio.Event()
         self._lock = threading.Lock()  # the queues and the active rows: event loop vs model thread
-        self._task: asyncio.Task[None] | None = None
-        self._closing = False
         self._last_end = 0.0
         self._drain_items = 0
         self._drain_s = 0.0
@@ -145,26 +141,7 @@ class ContinuousBatcher:
         self.running = 0  # requests in the model now (decoding rows), for idle checks
         self.running_since = 0.0  # the last time a request completed
 
-    # --- lifecycle ----------------------------------------------------------------------------
-    async def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._loop(), name="continuous-batcher")
-
-    async def close(self) -> None:
-        """Refuse new requests, finish the queued and decoding ones, then stop."""
-        self._closing = True
-        self._wakeup.set()
-        if self._task is not None:
-            await self._task
-            self._task = None
-
-    def poke(self) -> None:
-        self._wakeup.set()
-
-    @property
-    def depth(self) -> int:
-        """Requests queued, not yet decoding or running."""
-        return self._queued
+    loop_name = "continuous-batcher"
 
     def slot_wait(self) -> tuple[int, float]:
         """(running, running_for_s) for the expected wait (admission.py): a new request waits for
@@ -176,13 +153,7 @@ class ContinuousBatcher:
     # --- submitting ---------------------------------------------------------------------------
     async def submit(self, key: BatchKey, job: Job, timeout: float) -> BatchOutcome[Result]:
         """Queue ``job`` and wait for its result (at most ``timeout`` s); raises as DynamicBatcher."""
-        if self._closing:
-            raise BatcherClosedError("the batcher is shutting down")
-        if self._task is None:
-            raise RuntimeError("ContinuousBatcher.start() was not awaited")
-        if self._queued >= self.max_queue:
-            metrics.QUEUE_REJECTIONS.labels(key[0]).inc()
-            raise QueueFullError(f"{self._queued} requests are already queued (max_queue={self.max_queue})")
+        self._check_room(key[0])
         pending = _Pending(key, job, asyncio.get_running_loop().create_future(), enqueued_step=self.steps)
         with self._lock:
             if key[0] in DECODED_TASKS:
