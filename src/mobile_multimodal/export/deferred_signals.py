@@ -1,10 +1,11 @@
 """Hold Ctrl-C and SIGTERM back while a graph is traced or converted, then act on them.
 
 Python runs a signal handler between two bytecodes of the main thread, wherever that is. During
-an export that is usually inside graph capture: TorchDynamo's frame hooks, FX tracing called back
-from C++, a converter's lowering passes. A KeyboardInterrupt raised there can leave native state
-half-built, and the process then dies of SIGSEGV instead of cleaning up (seen in CI: a SIGTERM
-while ``torch.onnx.export`` traced ended the export with -11 instead of EXPORT_INTERRUPTED).
+an export that is usually inside graph capture: the TorchScript tracer calling our modules back
+from C++ (``torch.onnx.export``), torch.export's Dynamo frame hooks (ExecuTorch, Core ML), a
+converter's lowering passes. A KeyboardInterrupt raised there can leave native state half-built,
+and the process then dies of SIGSEGV instead of cleaning up (seen in CI: a SIGTERM while the ONNX
+graphs were being written ended the export with -11 instead of EXPORT_INTERRUPTED).
 
 ``deferred_interrupts()`` records SIGINT/SIGTERM while its block runs and replays the first one
 through the handler that was installed before (so Ctrl-C still becomes KeyboardInterrupt and the
