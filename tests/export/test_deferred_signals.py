@@ -55,10 +55,29 @@ def test_a_second_signal_stops_at_once(sigterm_raises_stop: list[int]) -> None:
 
 
 def test_ctrl_c_becomes_keyboard_interrupt_after_the_block() -> None:
+    # Python's own Ctrl-C handler, as in a terminal (a job started in the background with `&`
+    # inherits SIGINT ignored, and Python then installs none)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     finished = []
-    with pytest.raises(KeyboardInterrupt), deferred_interrupts():
-        signal.raise_signal(signal.SIGINT)
-        finished.append("done")
+    try:
+        with pytest.raises(KeyboardInterrupt), deferred_interrupts():
+            signal.raise_signal(signal.SIGINT)
+            finished.append("done")
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert finished == ["done"]
+
+
+def test_an_ignored_signal_stays_ignored() -> None:
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    finished = []
+    try:
+        with deferred_interrupts():
+            signal.raise_signal(signal.SIGINT)
+            finished.append("done")
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert finished == ["done"]
 
 
