@@ -1,10 +1,12 @@
 """Greedy decoding of many answers per ``decoder_step`` call: the bundle's loop, batched.
 
 A phone decodes one answer at a time (``decode.BundleModel.greedy``). A server holds a batch of
-requests, and one ``decoder_step`` call over B rows costs far less than B calls of one row
-(the weights are read once per step, not once per row). The ONNX bundle's ``decoder_step`` has a
-dynamic batch axis for this (``graphs.BATCHED_GRAPHS``); its rows are independent, each with its
-own position and cache slice, so this loop computes, row for row, what ``greedy`` computes:
+requests; one ``decoder_step`` call over B rows saves the B - 1 other calls' overhead (a runtime
+call and this loop's Python per row and step), while the fixed-size cache is still copied per
+row, so a step's cost still grows with B (measured: ``benchmarks/runtime``). The ONNX bundle's
+``decoder_step`` has a dynamic batch axis for this (``graphs.BATCHED_GRAPHS``); its rows are
+independent, each with its own position and cache slice, so this loop computes, row for row,
+what ``greedy`` computes:
 
 - every row starts at position 0 together; at step s a row feeds its prompt's token s while it
   has one, then the answer token it picked last (rows with shorter prompts answer sooner);

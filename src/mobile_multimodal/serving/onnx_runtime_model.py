@@ -279,7 +279,8 @@ class OnnxRuntimeModel:
 
     @property
     def peak_cache_bytes(self) -> int:
-        """The largest KV cache one answer's decode has held (its rows decode one at a time)."""
+        """The largest KV cache a decode has held: one answer's, or a whole batch's when its rows
+        are decoded together."""
         return int(getattr(self.bundle.runner, "peak_cache_bytes", 0))
 
     def size_bytes(self) -> int:
