@@ -397,7 +397,7 @@ def test_io_bound_decoding_computes_what_the_plain_contract_computes(int2_data_d
     plain = BundleModel(served.bundle, sessions, on_run=lambda *_: None)  # a hook sees every call
     images = [e.image for e in load_eval_split("captioning", 3)]
     for image in images:
-        cross = served._run("cross_kv", {"image_tokens": served.image_tokens(image, None)})
+        cross = served.run_graph("cross_kv", {"image_tokens": served.image_tokens(image, None)})
         assert isinstance(served.decoder_steps(cross), BoundDecoderSteps)
         assert isinstance(plain.decoder_steps(cross), ArraySteps)
         bound = sessions.decoder_steps(cross["cross_k"], cross["cross_v"], shape)
@@ -429,7 +429,7 @@ def test_io_bound_batch_steps_compute_what_the_plain_batch_contract_computes(int
     served, sessions = onnx.bundle, onnx.bundle.runner
     shape = served.spec["kv_cache"]["shape"]
     images = [e.image for e in load_eval_split("captioning", 5)]
-    crosses = [served._run("cross_kv", {"image_tokens": served.image_tokens(i, None)}) for i in images]
+    crosses = [served.run_graph("cross_kv", {"image_tokens": served.image_tokens(i, None)}) for i in images]
     cross_k = np.concatenate([c["cross_k"] for c in crosses], axis=1)
     cross_v = np.concatenate([c["cross_v"] for c in crosses], axis=1)
     bound = sessions.batch_steps(cross_k, cross_v, shape)

@@ -95,7 +95,7 @@ def batch_steps(model: BundleModel, cross_k: np.ndarray, cross_v: np.ndarray) ->
     if bound is not None and model.on_run is None:
         steps: BatchSteps = bound(cross_k, cross_v, shape)
         return steps
-    return ArrayBatchSteps(model._run, cross_k, cross_v, shape)
+    return ArrayBatchSteps(model.run_graph, cross_k, cross_v, shape)
 
 
 def _log_prob(row: np.ndarray, index: int) -> float:
@@ -120,7 +120,7 @@ def greedy_batch(
         raise ValueError(f"{len(image_tokens)} images and {n} prompts (and as many stops) expected")
     if n == 0:
         return []
-    crosses = [model._run("cross_kv", {"image_tokens": t}) for t in image_tokens]
+    crosses = [model.run_graph("cross_kv", {"image_tokens": t}) for t in image_tokens]
     steps = batch_steps(
         model,
         np.concatenate([c["cross_k"] for c in crosses], axis=1),  # (L, B, nh, N, hs)

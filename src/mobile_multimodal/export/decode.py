@@ -196,7 +196,8 @@ class BundleModel:
             if (self.bundle.directory / g["file"]).is_file()
         )
 
-    def _run(self, graph: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def run_graph(self, graph: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run one graph through the runner (and the ``on_run`` hook, when there is one)."""
         outputs = self.runner.run(graph, inputs)
         if self.on_run is not None:
             self.on_run(graph, inputs, outputs)
@@ -212,7 +213,7 @@ class BundleModel:
         if bound is not None and self.on_run is None:
             steps: DecoderSteps = bound(cross["cross_k"], cross["cross_v"], shape)
             return steps
-        return ArraySteps(self._run, cross, shape)
+        return ArraySteps(self.run_graph, cross, shape)
 
     def image_tokens(self, image: Image.Image | np.ndarray, question: str | None) -> np.ndarray:
         inputs = {"image": scene_input(image, self._pre["scene"])}
@@ -224,7 +225,7 @@ class BundleModel:
                     f"a question may have at most {q['max_len']} words, this one has {len(words)}"
                 )
             inputs["question_ids"], inputs["question_mask"] = _padded(words, q["max_len"], q["pad_id"])
-        return self._run("vision", inputs)["image_tokens"]
+        return self.run_graph("vision", inputs)["image_tokens"]
 
     def greedy(
         self,
@@ -242,7 +243,7 @@ class BundleModel:
         ``log_probs`` (a list) receives each answer token's log-probability, for confidence.
         ``constrained=False`` takes the plain argmax, ignoring the task's constraint (to compare
         the graphs with a loop that has none, e.g. onnxruntime-genai's)."""
-        cross = self._run("cross_kv", {"image_tokens": image_tokens})
+        cross = self.run_graph("cross_kv", {"image_tokens": image_tokens})
         rule = self.rules.for_prompt(prompt if constrained else [])
         cache = self.spec["kv_cache"]
         step = self.decoder_steps(cross).step  # the cache stays inside: see decoder_steps
@@ -291,13 +292,13 @@ class BundleModel:
         out = []
         for image in images:
             line = text_line_input(image, self._pre["text_line"])
-            log_probs = self._run("ocr", {"line_image": line})["log_probs"]
+            log_probs = self.run_graph("ocr", {"line_image": line})["log_probs"]
             out.append(self.tokenizer.decode_ctc(log_probs[0].argmax(-1).tolist()))
         return out
 
     def get_image_embeddings(self, images: Sequence[Image.Image | np.ndarray]) -> np.ndarray:
         rows = [
-            self._run("image_embed", {"image_tokens": self.image_tokens(image, None)})["embedding"]
+            self.run_graph("image_embed", {"image_tokens": self.image_tokens(image, None)})["embedding"]
             for image in images
         ]
         return np.concatenate(rows)
@@ -308,5 +309,5 @@ class BundleModel:
         for t in texts:
             words = self.tokenizer.encode(t) or [self.tokenizer.unk]
             ids, mask = _padded(words, text["max_len"], text["pad_id"])
-            rows.append(self._run("text_embed", {"ids": ids, "mask": mask})["embedding"])
+            rows.append(self.run_graph("text_embed", {"ids": ids, "mask": mask})["embedding"])
         return np.concatenate(rows)

@@ -234,7 +234,8 @@ class OnnxRuntimeModel:
         means: list[float] = []
         pre = self.spec["image_preprocessing"]["text_line"]
         for image in images:
-            log_probs = self.bundle._run("ocr", {"line_image": text_line_input(image, pre)})["log_probs"][0]
+            line = text_line_input(image, pre)
+            log_probs = self.bundle.run_graph("ocr", {"line_image": line})["log_probs"][0]
             texts.append(self.bundle.tokenizer.decode_ctc(log_probs.argmax(-1).tolist()))
             if confidences is not None:  # the CTC best path's mean log-probability per frame
                 rows = log_probs.astype(np.float64)
