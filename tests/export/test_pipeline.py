@@ -80,7 +80,7 @@ def test_bundle_json_describes_the_graph_files(onnx_int2: BuiltBundle) -> None:
                 for v in actual
             ]
             assert got == described, name
-    # decoder_step takes a batch of rows (a server's); its caches' batch axis is the second
+    # a server's batch: one vision, one cross_kv and one decoder_step call per step for all rows
     assert bundle["graphs"]["decoder_step"]["batch_axes"] == {
         "token": 0,
         "position": 0,
@@ -92,7 +92,11 @@ def test_bundle_json_describes_the_graph_files(onnx_int2: BuiltBundle) -> None:
         "self_k_out": 1,
         "self_v_out": 1,
     }
-    assert all("batch_axes" not in g for n, g in bundle["graphs"].items() if n != "decoder_step")
+    vision_inputs = {i["name"] for i in bundle["graphs"]["vision"]["inputs"]}
+    assert bundle["graphs"]["vision"]["batch_axes"] == {n: 0 for n in (*vision_inputs, "image_tokens")}
+    assert bundle["graphs"]["cross_kv"]["batch_axes"] == {"image_tokens": 0, "cross_k": 1, "cross_v": 1}
+    batched = {"vision", "cross_kv", "decoder_step"}
+    assert all("batch_axes" not in g for n, g in bundle["graphs"].items() if n not in batched)
     assert bundle["text"]["max_len"] == 48 and bundle["question"]["max_len"] == 36  # the API's limits
     cache = bundle["kv_cache"]
     assert cache["max_len"] == 48 and cache["shape"] == [4, 1, 5, 48, 32]

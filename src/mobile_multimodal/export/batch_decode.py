@@ -4,7 +4,7 @@ A phone decodes one answer at a time (``decode.BundleModel.greedy``). A server h
 requests; one ``decoder_step`` call over B rows saves the B - 1 other calls' overhead (a runtime
 call and this loop's Python per row and step), while the fixed-size cache is still copied per
 row, so a step's cost still grows with B (measured: ``benchmarks/runtime``). The ONNX bundle's
-``decoder_step`` has a dynamic batch axis for this (``graphs.BATCHED_GRAPHS``); its rows are
+``decoder_step`` has a dynamic batch axis for this (``graphs.BATCH_AXES``); its rows are
 independent, each with its own position and cache slice, so this loop computes, row for row,
 what ``greedy`` computes:
 
@@ -18,7 +18,7 @@ what ``greedy`` computes:
 
 Example::
 
-    tokens = [model.image_tokens(image, None) for image in images]
+    tokens = batch_image_tokens(model, images, [None] * len(images))   # (B, N, D)
     prompts = [model.prompt("captioning")] * len(images)
     answers = greedy_batch(model, tokens, prompts, max_new_tokens=32)
 """
@@ -26,7 +26,7 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -98,6 +98,38 @@ def batch_steps(model: BundleModel, cross_k: np.ndarray, cross_v: np.ndarray) ->
     return ArrayBatchSteps(model.run_graph, cross_k, cross_v, shape)
 
 
+def _batches(model: BundleModel, graph: str) -> bool:
+    """Whether the runner runs ``graph`` on a batch (its batch axis dynamic in this bundle)."""
+    batches = getattr(model.runner, "batches", None)
+    return bool(batches is not None and batches(graph))
+
+
+def batch_image_tokens(
+    model: BundleModel, images: Sequence[Any], questions: Sequence[str | None]
+) -> np.ndarray:
+    """Image tokens (B, N, D) of every row: one 'vision' call for the batch when the bundle's
+    graph takes one (an INT2 vision call pays its weights' dequantization once, not per image),
+    else one call per image."""
+    inputs = [model.vision_inputs(image, q) for image, q in zip(images, questions, strict=True)]
+    if len(inputs) > 1 and _batches(model, "vision"):
+        stacked = {name: np.concatenate([i[name] for i in inputs]) for name in inputs[0]}
+        tokens: np.ndarray = model.run_graph("vision", stacked)["image_tokens"]
+        return tokens
+    return np.concatenate([model.run_graph("vision", i)["image_tokens"] for i in inputs])
+
+
+def _cross(model: BundleModel, image_tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every row's cross-attention keys and values, (L, B, nh, N, hs) each."""
+    if len(image_tokens) > 1 and _batches(model, "cross_kv"):
+        out = model.run_graph("cross_kv", {"image_tokens": image_tokens})
+        return out["cross_k"], out["cross_v"]
+    rows = [model.run_graph("cross_kv", {"image_tokens": t[None]}) for t in image_tokens]
+    return (
+        np.concatenate([c["cross_k"] for c in rows], axis=1),
+        np.concatenate([c["cross_v"] for c in rows], axis=1),
+    )
+
+
 def _log_prob(row: np.ndarray, index: int) -> float:
     values = row.astype(np.float64)
     top = values.max()
@@ -106,26 +138,22 @@ def _log_prob(row: np.ndarray, index: int) -> float:
 
 def greedy_batch(
     model: BundleModel,
-    image_tokens: Sequence[np.ndarray],
+    image_tokens: np.ndarray,
     prompts: Sequence[list[int]],
     max_new_tokens: int,
     stops: Sequence[Callable[[], bool] | None] | None = None,
     log_probs: Sequence[list[float]] | None = None,
 ) -> list[list[int]]:
     """Each row's greedy answer ids (<eos> included when reached), as ``model.greedy`` would give
-    them one row at a time; ``stops`` and ``log_probs`` are per row, as in ``greedy``.
-    The runner's ``decoder_step`` must accept a batch of ``len(prompts)`` rows."""
+    them one row at a time, for the rows' ``image_tokens`` (B, N, D) and ``prompts``; ``stops``
+    and ``log_probs`` are per row, as in ``greedy``. The runner's ``decoder_step`` must accept a
+    batch of ``len(prompts)`` rows."""
     n = len(prompts)
     if len(image_tokens) != n or (stops is not None and len(stops) != n):
         raise ValueError(f"{len(image_tokens)} images and {n} prompts (and as many stops) expected")
     if n == 0:
         return []
-    crosses = [model.run_graph("cross_kv", {"image_tokens": t}) for t in image_tokens]
-    steps = batch_steps(
-        model,
-        np.concatenate([c["cross_k"] for c in crosses], axis=1),  # (L, B, nh, N, hs)
-        np.concatenate([c["cross_v"] for c in crosses], axis=1),
-    )
+    steps = batch_steps(model, *_cross(model, image_tokens))
     max_len = int(model.spec["kv_cache"]["max_len"])
     rules = [model.rules.for_prompt(p) for p in prompts]
     states = [r.start for r in rules]

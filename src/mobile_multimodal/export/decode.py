@@ -215,7 +215,8 @@ class BundleModel:
             return steps
         return ArraySteps(self.run_graph, cross, shape)
 
-    def image_tokens(self, image: Image.Image | np.ndarray, question: str | None) -> np.ndarray:
+    def vision_inputs(self, image: Image.Image | np.ndarray, question: str | None) -> dict[str, np.ndarray]:
+        """The 'vision' graph's inputs for one image (and its question, when the bundle fuses it)."""
         inputs = {"image": scene_input(image, self._pre["scene"])}
         q = self.spec["question"]
         if q["fused_into_vision"]:
@@ -225,7 +226,10 @@ class BundleModel:
                     f"a question may have at most {q['max_len']} words, this one has {len(words)}"
                 )
             inputs["question_ids"], inputs["question_mask"] = _padded(words, q["max_len"], q["pad_id"])
-        return self.run_graph("vision", inputs)["image_tokens"]
+        return inputs
+
+    def image_tokens(self, image: Image.Image | np.ndarray, question: str | None) -> np.ndarray:
+        return self.run_graph("vision", self.vision_inputs(image, question))["image_tokens"]
 
     def greedy(
         self,

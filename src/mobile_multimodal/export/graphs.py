@@ -53,11 +53,25 @@ from mobile_multimodal.model.quantized_weight import QuantizedWeight
 from mobile_multimodal.model.vision import VisionEncoder
 
 GRAPH_NAMES = ("vision", "ocr", "cross_kv", "decoder_step", "image_embed", "text_embed")
-# graphs whose first (batch) axis a format may leave dynamic: a server decodes many answers per
-# step through one decoder_step call; phones run batch 1
-BATCHED_GRAPHS = ("decoder_step",)
-# where the batch axis is in each of decoder_step's inputs and outputs (the caches are (L, B, ...))
-BATCH_AXIS = {"token": 0, "position": 0, "logits": 0}
+# The graphs whose batch axis a format may leave dynamic, and where that axis is in each of their
+# inputs and outputs (the stacked caches are (L, B, ...)): a server encodes a batch's images in one
+# vision and one cross_kv call and decodes its answers through one decoder_step call per step;
+# phones run batch 1. The modules are batch-generic; only the exported shapes differ.
+BATCH_AXES: dict[str, dict[str, int]] = {
+    "vision": {"image": 0, "question_ids": 0, "question_mask": 0, "image_tokens": 0},
+    "cross_kv": {"image_tokens": 0, "cross_k": 1, "cross_v": 1},
+    "decoder_step": {
+        "token": 0,
+        "position": 0,
+        "self_k": 1,
+        "self_v": 1,
+        "cross_k": 1,
+        "cross_v": 1,
+        "logits": 0,
+        "self_k_out": 1,
+        "self_v_out": 1,
+    },
+}
 
 
 @dataclass(frozen=True)
@@ -328,7 +342,7 @@ def build_graphs(model: MobileMultiModalLLM, max_cache_len: int | None = None) -
             inputs,
             in_names,
             out_names,
-            dynamic_batch=name in BATCHED_GRAPHS,
+            dynamic_batch=name in BATCH_AXES,
             quantized=_quantized_names(module, quantized),
         )
         for name, module, inputs, in_names, out_names in modules

@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 from mobile_multimodal.errors import conversion_errors
 from mobile_multimodal.export.formats import package_version
-from mobile_multimodal.export.graphs import BATCH_AXIS, GraphSpec
+from mobile_multimodal.export.graphs import BATCH_AXES, GraphSpec
 from mobile_multimodal.model.llm import MobileMultiModalLLM
 from mobile_multimodal.model.quantized_layers import replace_module
 from mobile_multimodal.model.quantized_weight import QuantizedWeight
@@ -256,18 +256,39 @@ def export_onnx(
                 custom_opsets={MS_DOMAIN: 1} if counts["matmul_nbits"] else None,
             )
         proto = onnx.load_from_string(buffer.getvalue())
+        if dynamic_axes:
+            _pin_static_dims(proto, module, spec, dynamic_axes)
         proto.doc_string = f"mobile-multimodal-llm {spec.name} ({quantization}): {counts}"
         onnx.checker.check_model(proto)
     path.write_bytes(proto.SerializeToString())
 
 
 def batch_axes(spec: GraphSpec) -> dict[str, dict[int, str]] | None:
-    """The dynamic batch axis of every input and output of a ``dynamic_batch`` graph (axis 0,
-    or 1 for the (L, B, ...) caches); None (all static) for the others."""
+    """The dynamic batch axis of every input and output of a ``dynamic_batch`` graph
+    (``graphs.BATCH_AXES``); None (all static) for the others."""
     if not spec.dynamic_batch:
         return None
-    names = (*spec.input_names, *spec.output_names)
-    return {n: {BATCH_AXIS.get(n, 1): "batch"} for n in names}
+    axes = BATCH_AXES[spec.name]
+    return {n: {axes[n]: "batch"} for n in (*spec.input_names, *spec.output_names)}
+
+
+def _pin_static_dims(
+    proto: Any, module: nn.Module, spec: GraphSpec, dynamic_axes: dict[str, dict[int, str]]
+) -> None:
+    """Give every output dimension that is not dynamic its traced size. With a dynamic batch the
+    exporter's shape inference can lose a static size on the way (vision's token count came out
+    as a symbol), and bundle.json and apps read the sizes from the file's outputs."""
+    with torch.no_grad():
+        outputs = module(*spec.example_inputs)
+    traced = dict(zip(spec.output_names, outputs if isinstance(outputs, tuple) else (outputs,), strict=True))
+    for value in proto.graph.output:
+        if value.name not in traced:
+            continue
+        dynamic = dynamic_axes.get(value.name, {})
+        for i, dim in enumerate(value.type.tensor_type.shape.dim):
+            if i not in dynamic:
+                dim.Clear()
+                dim.dim_value = int(traced[value.name].shape[i])
 
 
 # ---- the writer ---------------------------------------------------------------------------------
@@ -333,7 +354,7 @@ class OnnxWriter:
                 v.name: i
                 for v in (*proto.graph.input, *proto.graph.output)
                 for i, d in enumerate(v.type.tensor_type.shape.dim)
-                if d.dim_param
+                if d.dim_param == "batch"  # the name export_onnx gives it (batch_axes)
             }
             graphs[name] = {**graph, "batch_axes": axes} if axes else graph
         return {"graphs": graphs, **describe_genai(out)}

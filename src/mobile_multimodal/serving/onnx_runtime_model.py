@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from mobile_multimodal.export.batch_decode import greedy_batch
+from mobile_multimodal.export.batch_decode import batch_image_tokens, greedy_batch
 from mobile_multimodal.export.decode import BundleModel, load_bundle, text_line_input
 from mobile_multimodal.model.llm import DEFAULT_ANSWER_TOKENS, PROMPT_MARKERS
 from mobile_multimodal.model.model_errors import check_question_tokens
@@ -192,7 +192,9 @@ class OnnxRuntimeModel:
         fused = bool(self.spec["tasks"][task].get("question"))
         live = [i for i in range(len(images)) if not _stopped(stop, i)]
         asked = [questions[i] if questions is not None else "" for i in range(len(images))]
-        tokens = [self.bundle.image_tokens(images[i], asked[i] if fused else None) for i in live]
+        tokens = batch_image_tokens(
+            self.bundle, [images[i] for i in live], [asked[i] if fused else None for i in live]
+        )
         prompts = [self.bundle.prompt(task, asked[i]) for i in live]
         stops = [(lambda e=stop[i]: e.is_set()) for i in live] if stop is not None else None
         log_probs: list[list[float]] = [[] for _ in live]
