@@ -28,8 +28,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from tests.reliability.serve_process import ServeProcess
 
 from mobile_multimodal.data.splits import load_eval_split
-from mobile_multimodal.export.batch_decode import ArrayBatchSteps
-from mobile_multimodal.export.decode import ArraySteps, BundleModel, load_bundle
+from mobile_multimodal.export.decode import ArrayBatchSteps, ArraySteps, BundleModel, load_bundle
 from mobile_multimodal.export.graphs import TorchGraphRunner, build_graphs
 from mobile_multimodal.export.onnx import pack_low_first
 from mobile_multimodal.export.pipeline import export_model

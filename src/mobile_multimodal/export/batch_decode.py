@@ -30,7 +30,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from mobile_multimodal.export.decode import BundleModel
+from mobile_multimodal.export.decode import ArrayBatchSteps, BundleModel
 
 
 class BatchSteps(Protocol):
@@ -43,47 +43,6 @@ class BatchSteps(Protocol):
     def keep(self, rows: Sequence[int]) -> None:
         """Only ``rows`` (indices into the current batch, in order) take further steps."""
         ...
-
-
-class ArrayBatchSteps:
-    """The plain contract for B rows: zero caches (``kv_cache.shape`` with B rows) go in with the
-    first tokens, each step's ``self_k_out`` / ``self_v_out`` are the next step's inputs."""
-
-    def __init__(
-        self,
-        run: Callable[[str, dict[str, np.ndarray]], dict[str, np.ndarray]],
-        cross_k: np.ndarray,
-        cross_v: np.ndarray,
-        cache_shape: Sequence[int],
-    ) -> None:
-        self._run = run
-        self.cross_k, self.cross_v = cross_k, cross_v
-        shape = list(cache_shape)
-        shape[1] = cross_k.shape[1]
-        self.self_k = np.zeros(shape, dtype=np.float32)
-        self.self_v = np.zeros(shape, dtype=np.float32)
-
-    def step(self, tokens: Sequence[int], position: int) -> np.ndarray:
-        out = self._run(
-            "decoder_step",
-            {
-                "token": np.array(tokens, dtype=np.int64)[:, None],
-                "position": np.full(len(tokens), position, dtype=np.int64),
-                "self_k": self.self_k,
-                "self_v": self.self_v,
-                "cross_k": self.cross_k,
-                "cross_v": self.cross_v,
-            },
-        )
-        self.self_k, self.self_v = out["self_k_out"], out["self_v_out"]
-        return out["logits"]
-
-    def keep(self, rows: Sequence[int]) -> None:
-        def kept(a: np.ndarray) -> np.ndarray:  # C order: a runtime takes it without a copy
-            return np.ascontiguousarray(a[:, list(rows)])
-
-        self.self_k, self.self_v = kept(self.self_k), kept(self.self_v)
-        self.cross_k, self.cross_v = kept(self.cross_k), kept(self.cross_v)
 
 
 def batch_steps(model: BundleModel, cross_k: np.ndarray, cross_v: np.ndarray) -> BatchSteps:

@@ -42,28 +42,34 @@ class DecoderSteps(Protocol):
         ...
 
 
-class ArraySteps:
-    """The plain contract, which every runtime can follow: a zero cache (``kv_cache.shape``)
-    goes in with the first token, and each step's ``self_k_out`` / ``self_v_out`` are the next
-    step's ``self_k`` / ``self_v``; the image's ``cross_k`` / ``cross_v`` go in unchanged."""
+class ArrayBatchSteps:
+    """The plain contract, which every runtime can follow, for B rows (a phone runs one): zero
+    caches (``kv_cache.shape`` with B rows) go in with the first tokens, each step's
+    ``self_k_out`` / ``self_v_out`` are the next step's ``self_k`` / ``self_v``, and the images'
+    ``cross_k`` / ``cross_v`` go in unchanged. ``keep`` drops the rows that finished (a server's
+    batch, ``batch_decode.py``)."""
 
     def __init__(
         self,
         run: Callable[[str, dict[str, np.ndarray]], dict[str, np.ndarray]],
-        cross: dict[str, np.ndarray],
+        cross_k: np.ndarray,
+        cross_v: np.ndarray,
         cache_shape: Sequence[int],
     ) -> None:
         self._run = run
-        self.cross_k, self.cross_v = cross["cross_k"], cross["cross_v"]
-        self.self_k = np.zeros(cache_shape, dtype=np.float32)
-        self.self_v = np.zeros(cache_shape, dtype=np.float32)
+        self.cross_k, self.cross_v = cross_k, cross_v
+        shape = list(cache_shape)
+        shape[1] = cross_k.shape[1]
+        self.self_k = np.zeros(shape, dtype=np.float32)
+        self.self_v = np.zeros(shape, dtype=np.float32)
 
-    def step(self, token: int, position: int) -> np.ndarray:
+    def step(self, tokens: Sequence[int], position: int) -> np.ndarray:
+        """Logits (B, V) after each row's token at ``position``."""
         out = self._run(
             "decoder_step",
             {
-                "token": np.array([[token]], dtype=np.int64),
-                "position": np.array([position], dtype=np.int64),
+                "token": np.array(tokens, dtype=np.int64)[:, None],
+                "position": np.full(len(tokens), position, dtype=np.int64),
                 "self_k": self.self_k,
                 "self_v": self.self_v,
                 "cross_k": self.cross_k,
@@ -72,6 +78,36 @@ class ArraySteps:
         )
         self.self_k, self.self_v = out["self_k_out"], out["self_v_out"]
         return out["logits"]
+
+    def keep(self, rows: Sequence[int]) -> None:
+        def kept(a: np.ndarray) -> np.ndarray:  # C order: a runtime takes it without a copy
+            return np.ascontiguousarray(a[:, list(rows)])
+
+        self.self_k, self.self_v = kept(self.self_k), kept(self.self_v)
+        self.cross_k, self.cross_v = kept(self.cross_k), kept(self.cross_v)
+
+
+class ArraySteps:
+    """The plain contract for one answer (a ``DecoderSteps``): an ``ArrayBatchSteps`` of one row."""
+
+    def __init__(
+        self,
+        run: Callable[[str, dict[str, np.ndarray]], dict[str, np.ndarray]],
+        cross: dict[str, np.ndarray],
+        cache_shape: Sequence[int],
+    ) -> None:
+        self._batch = ArrayBatchSteps(run, cross["cross_k"], cross["cross_v"], cache_shape)
+
+    def step(self, token: int, position: int) -> np.ndarray:
+        return self._batch.step([token], position)
+
+    @property
+    def self_k(self) -> np.ndarray:
+        return self._batch.self_k
+
+    @property
+    def self_v(self) -> np.ndarray:
+        return self._batch.self_v
 
 
 @dataclass

@@ -39,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable, Hashable
 from concurrent.futures import Executor
@@ -72,7 +73,7 @@ class BatchOutcome(Generic[ResultT]):
     run_s: float  # duration of the batch's model call
 
 
-class BatchLoop:
+class BatchLoop(ABC):
     """What every batcher shares: one loop task (``_loop``, a subclass's), a wake-up event, the
     queued count against ``max_queue``, and the lifecycle: ``start``, ``close`` (refuse new
     requests, finish the queued ones, stop), ``poke``, ``depth``."""
@@ -88,8 +89,9 @@ class BatchLoop:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
 
+    @abstractmethod
     async def _loop(self) -> None:
-        raise NotImplementedError
+        """Form and run batches until ``close`` (each batcher's own policy)."""
 
     async def start(self) -> None:
         if self._task is None:
