@@ -16,10 +16,8 @@
 # Nothing under src/mobile_multimodal/weights/default changes unless --install is given (then
 # the old bundled model is first copied to OUT/previous-default).
 #
-# Sizing: the user-style preset's 5,500 steps were chosen from measured CPU seconds per step
-# relative to the default preset (1.44-1.54x; default's 6,000 steps took 60 min on 2 cores): see
-# USER_STYLE_STEPS in src/mobile_multimodal/training/train.py. Expect 79-85 min of training on 2
-# idle cores, then quantization (each quantize also evaluates its variant), calibration,
+# Sizing: the user-style preset's 5,500 steps were measured at 1.30 s/step on 2 idle cores, so
+# ~119 min of training (see USER_STYLE_STEPS in src/mobile_multimodal/training/train.py), then quantization (each quantize also evaluates its variant), calibration,
 # evaluation and export, not yet timed on the full-size model (the bundled model's full eval took
 # ~10 min per precision on 2 busy cores).
 #

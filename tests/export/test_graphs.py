@@ -85,32 +85,37 @@ def test_every_task_matches_the_python_api(model: MobileMultiModalLLM) -> None:
     assert all(captions)
 
 
-def test_cache_slots_after_the_position_are_ignored(model: MobileMultiModalLLM) -> None:
+def test_cache_slots_from_the_position_on_are_ignored(model: MobileMultiModalLLM) -> None:
+    """decoder_step attends to the cache's slots before ``position`` and to its own token: what
+    the other slots hold changes nothing, a slot before it does, and only the new token's
+    keys/values come out (the app writes them into slot ``position``)."""
     step = {g.name: g for g in build_graphs(model)}["decoder_step"]
-    token, _, self_k, self_v, cross_k, cross_v = step.example_inputs
-    cross_k, cross_v = torch.randn_like(cross_k), torch.randn_like(cross_v)
+    layers = model.config.decoder_layers
+    token, position = step.example_inputs[0], torch.tensor([5])
+    caches = [torch.randn_like(t) for t in step.example_inputs[2:]]
+    garbage = [c.clone() for c in caches]
+    for cache in garbage[: 2 * layers]:  # every self_k_i / self_v_i from slot 5 on
+        cache[:, :, 5:] = torch.randn_like(cache[:, :, 5:]) * 100
+    changed = [c.clone() for c in caches]
+    changed[layers][:, :, 4] += 1  # self_v_0, slot 4: a token before this one
     with torch.no_grad():
-        logits, k, v = step.module(token, torch.tensor([0]), self_k, self_v, cross_k, cross_v)
-        garbage_k, garbage_v = torch.randn_like(self_k) * 100, torch.randn_like(self_v) * 100
-        logits2, k2, v2 = step.module(token, torch.tensor([0]), garbage_k, garbage_v, cross_k, cross_v)
+        logits, k, v = step.module(token, position, *caches)
+        logits2, k2, v2 = step.module(token, position, *garbage)
+        logits3, _, _ = step.module(token, position, *changed)
     torch.testing.assert_close(logits, logits2)
-    torch.testing.assert_close(k[:, :, :, 0], k2[:, :, :, 0])  # slot 0 written, the same either way
-    torch.testing.assert_close(v[:, :, :, 0], v2[:, :, :, 0])
-    torch.testing.assert_close(k2[:, :, :, 1:], garbage_k[:, :, :, 1:])  # the others untouched
-    torch.testing.assert_close(v2[:, :, :, 1:], garbage_v[:, :, :, 1:])
+    torch.testing.assert_close((k, v), (k2, v2))
+    assert k.shape == v.shape == (layers, 1, model.config.heads, 1, model.config.head_dim)
+    assert not torch.allclose(logits, logits3)
 
 
 def test_graphs_are_static_and_named(model: MobileMultiModalLLM) -> None:
     graphs = build_graphs(model, max_cache_len=20)
     assert tuple(g.name for g in graphs) == GRAPH_NAMES
     step = graphs[GRAPH_NAMES.index("decoder_step")]
-    assert step.example_inputs[2].shape == (
-        model.config.decoder_layers,
-        1,
-        model.config.heads,
-        20,
-        model.config.head_dim,
-    )
+    layers = model.config.decoder_layers
+    assert len(step.example_inputs) == 2 + 4 * layers  # token, position, then one tensor per layer
+    assert step.input_names[2:4] == ("self_k_0", "self_k_1")
+    assert step.example_inputs[2].shape == (1, model.config.heads, 20, model.config.head_dim)
     with pytest.raises(ValueError, match="max_cache_len"):
         build_graphs(model, max_cache_len=model.config.max_text_len + 1)
 

@@ -81,16 +81,14 @@ def test_bundle_json_describes_the_graph_files(onnx_int2: BuiltBundle) -> None:
             ]
             assert got == described, name
     # a server's batch: one vision, one cross_kv and one decoder_step call per step for all rows
+    layers = [f"{p}_{i}" for p in ("self_k", "self_v", "cross_k", "cross_v") for i in range(4)]
     assert bundle["graphs"]["decoder_step"]["batch_axes"] == {
         "token": 0,
         "position": 0,
-        "self_k": 1,
-        "self_v": 1,
-        "cross_k": 1,
-        "cross_v": 1,
+        **{name: 0 for name in layers},
         "logits": 0,
-        "self_k_out": 1,
-        "self_v_out": 1,
+        "new_k": 1,
+        "new_v": 1,
     }
     vision_inputs = {i["name"] for i in bundle["graphs"]["vision"]["inputs"]}
     assert bundle["graphs"]["vision"]["batch_axes"] == {n: 0 for n in (*vision_inputs, "image_tokens")}
@@ -101,7 +99,12 @@ def test_bundle_json_describes_the_graph_files(onnx_int2: BuiltBundle) -> None:
     cache = bundle["kv_cache"]
     assert cache["max_len"] == 48 and cache["shape"] == [4, 1, 5, 48, 32]
     step_inputs = {i["name"]: i["shape"] for i in bundle["graphs"]["decoder_step"]["inputs"]}
-    assert step_inputs["self_k"] == cache["shape"]
+    assert bundle["bundle_version"] == 2
+    assert cache["layer_shape"] == [1, 5, 48, 32] and cache["layers"] == 4
+    assert [step_inputs[n] for n in cache["inputs"]["self_k"]] == [cache["layer_shape"]] * 4
+    assert [step_inputs[n] for n in cache["inputs"]["cross_v"]] == [cache["cross_shape"][1:]] * 4
+    step_outputs = {o["name"]: o["shape"] for o in bundle["graphs"]["decoder_step"]["outputs"]}
+    assert step_outputs["new_k"] == step_outputs["new_v"] == [4, 1, 5, 1, 32]  # only the new slot
     tokenizer = json.loads((onnx_int2.out / bundle["tokenizer"]).read_text())
     model_tok = MobileMultiModalLLM.from_pretrained("default").tokenizer
     assert tokenizer["vocab"] == model_tok.itos and tokenizer["ctc"]["charset"] == model_tok.charset

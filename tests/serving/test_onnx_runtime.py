@@ -28,10 +28,17 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from tests.reliability.serve_process import ServeProcess
 
 from mobile_multimodal.data.splits import load_eval_split
-from mobile_multimodal.export.decode import ArrayBatchSteps, ArraySteps, BundleModel, load_bundle
+from mobile_multimodal.export.decode import (
+    ArrayBatchSteps,
+    ArraySteps,
+    BundleModel,
+    BundleVersionError,
+    load_bundle,
+)
 from mobile_multimodal.export.graphs import TorchGraphRunner, build_graphs
 from mobile_multimodal.export.onnx import pack_low_first
 from mobile_multimodal.export.pipeline import export_model
+from mobile_multimodal.filehash import sha256_file
 from mobile_multimodal.manifest_signing import sign_manifest
 from mobile_multimodal.model import MobileMultiModalLLM, bundled_model_dir
 from mobile_multimodal.model.model_errors import ModelLoadError
@@ -184,6 +191,23 @@ def test_a_tampered_bundle_is_refused(fp32_bundle: Path, tmp_path: Path) -> None
         _settings(tmp_path, "fp32", bundle=resigned, manifest_signing_key=SIGNING_KEY)
     )
     assert model.quantization == "fp32"
+
+    # a bundle of an older release (version 1: decoder_step returned the whole cache), its
+    # manifest intact, is refused with what to do, before any session is built
+    older = _tamper_copy(fp32_bundle, tmp_path / "older")
+    description = json.loads((older / "bundle.json").read_text())
+    (older / "bundle.json").write_text(json.dumps({**description, "bundle_version": 1}))
+    manifest = json.loads((older / "manifest.json").read_text())
+    for entry in manifest["files"]:
+        if entry["path"] == "bundle.json":
+            entry["sha256"] = sha256_file(older / "bundle.json")
+            entry["bytes"] = (older / "bundle.json").stat().st_size
+    (older / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelLoadError, match=r"version-1 bundle.*export it again") as caught:
+        load_onnx_runtime_model(_settings(tmp_path, "fp32", bundle=older))
+    assert caught.value.code == "MODEL_MANIFEST_INVALID"
+    with pytest.raises(BundleVersionError):
+        load_bundle(older)
 
     # the bundle's precision must be the one asked for
     assert _load_code(_settings(tmp_path, "int2", bundle=fp32_bundle)) == "QUANTIZATION_UNAVAILABLE"
@@ -381,14 +405,16 @@ def test_the_memory_reported_is_what_the_sessions_hold(int2_data_dir: Path, fp32
     assert kv_cache_peak_bytes(model) == 0  # nothing decoded yet
     model.generate_captions([ProbeCase.default().image])
     cache, cross = spec["kv_cache"]["shape"], spec["kv_cache"]["cross_shape"]
-    assert kv_cache_peak_bytes(model) == (4 * int(np.prod(cache)) + 2 * int(np.prod(cross))) * 4
+    new_slot = int(np.prod(cache)) // spec["kv_cache"]["max_len"]  # new_k: (L, 1, nh, 1, hs)
+    expected = (2 * int(np.prod(cache)) + 2 * int(np.prod(cross)) + 2 * new_slot) * 4
+    assert kv_cache_peak_bytes(model) == expected
 
 
 def test_io_bound_decoding_computes_what_the_plain_contract_computes(int2_data_dir: Path) -> None:
     """The served decode keeps the KV cache in bound buffers (``BundleSessions.decoder_steps``,
-    two pairs in turn); the plain contract (``decode.ArraySteps``) hands it back and forth
-    through ``run``. On the same sessions and tokens, through every slot of the cache: the same
-    logits and caches bit for bit; and the whole loop gives the same answers and confidences."""
+    written in place); the plain contract (``decode.ArraySteps``) hands it to every ``run``. On
+    the same sessions and tokens, through every slot of the cache: the same logits and caches bit
+    for bit; and the whole loop gives the same answers and confidences."""
     onnx = _onnx_model("int2", int2_data_dir, Path())
     served = onnx.bundle
     sessions = served.runner
@@ -405,8 +431,8 @@ def test_io_bound_decoding_computes_what_the_plain_contract_computes(int2_data_d
         for position in range(served.spec["kv_cache"]["max_len"]):
             logits = arrays.step(tokens[position], position)
             assert np.array_equal(bound.step(tokens[position], position), logits), position
-            assert np.array_equal(bound.cache[0], arrays.self_k)
-            assert np.array_equal(bound.cache[1], arrays.self_v)
+            assert np.array_equal(bound.cache[0], arrays.cache[0])
+            assert np.array_equal(bound.cache[1], arrays.cache[1])
             if position + 1 >= len(tokens):
                 tokens.append(int(np.argmax(logits[0])))  # free decoding: every slot gets written
     for image in images:
@@ -439,6 +465,7 @@ def test_io_bound_batch_steps_compute_what_the_plain_batch_contract_computes(int
         tokens = rng.integers(0, len(served.tokenizer.vocab), rows).tolist()
         logits = arrays.step(tokens, position)
         assert np.array_equal(bound.step(tokens, position), logits), position
+        assert all(np.array_equal(b, a) for b, a in zip(bound.cache, arrays.cache, strict=True))
         if position in (3, 9, 20):  # rows leave: the middle one, then the first, then the last
             keep = {3: [0, 1, 3, 4], 9: [1, 2, 3], 20: [0, 1]}[position]
             bound.keep(keep)
@@ -593,7 +620,7 @@ def test_a_batch_decoded_together_answers_as_each_row_alone(
     onnx = _onnx_model(quantization, int2_data_dir, fp32_bundle)
     assert onnx.batched, "the export wrote decoder_step with a fixed batch"
     inputs = {i.name: i.shape for i in onnx.bundle.runner.sessions["decoder_step"].get_inputs()}
-    assert inputs["token"][0] == inputs["self_k"][1] == "batch"
+    assert inputs["token"][0] == inputs["self_k_0"][0] == "batch"
 
     def both(call: Any) -> tuple[Any, Any]:
         onnx.batched = True

@@ -2,11 +2,10 @@
 
 A phone decodes one answer at a time (``decode.BundleModel.greedy``). A server holds a batch of
 requests; one ``decoder_step`` call over B rows saves the B - 1 other calls' overhead (a runtime
-call and this loop's Python per row and step), while the fixed-size cache is still copied per
-row, so a step's cost still grows with B (measured: ``benchmarks/runtime``). The ONNX bundle's
-``decoder_step`` has a dynamic batch axis for this (``graphs.BATCH_AXES``); its rows are
-independent, each with its own position and cache slice, so this loop computes, row for row,
-what ``greedy`` computes:
+call and this loop's Python per row and step), and the rows' matrix products run as one. The
+ONNX bundle's ``decoder_step`` has a dynamic batch axis for this (``GraphSpec.batch_axes``); its
+rows are independent, each with its own position and cache slice, so this loop computes, row for
+row, what ``greedy`` computes:
 
 - every row starts at position 0 together; at step s a row feeds its prompt's token s while it
   has one, then the answer token it picked last (rows with shorter prompts answer sooner);

@@ -23,14 +23,14 @@ from typing import Any
 
 import torch
 
-from mobile_multimodal.export.graphs import GraphSpec
+from mobile_multimodal.export.decode import BUNDLE_VERSION
+from mobile_multimodal.export.graphs import GraphSpec, layer_names
 from mobile_multimodal.filehash import sha256_file
 from mobile_multimodal.manifest_signing import maybe_sign
 from mobile_multimodal.model.constraints import TaskConstraints
 from mobile_multimodal.model.llm import MobileMultiModalLLM
 from mobile_multimodal.model.tokenizer import _SPLIT, SPECIALS, TASK_TOKENS, Tokenizer
 
-BUNDLE_VERSION = 1
 BUNDLE_FILE = "bundle.json"
 TOKENIZER_FILE = "tokenizer.json"
 MANIFEST_FILE = "manifest.json"
@@ -46,10 +46,14 @@ DECODE_LOOP = [
     "0 = padding). For captioning, question_ids = <pad> everywhere and question_mask = 0.",
     "2. Run 'vision' -> image_tokens, then 'cross_kv'(image_tokens) -> cross_k, cross_v (once per image).",
     "3. The prompt is tasks.<task>.prompt with the question's word ids in place of "
-    "'{question}'. Start with self_k = self_v = zeros of kv_cache.shape.",
+    "'{question}'. Allocate the self-attention cache: for every decoder layer i, self_k_i and "
+    "self_v_i, zeros of kv_cache.layer_shape; split cross_k/cross_v along their first axis into "
+    "cross_k_i/cross_v_i (layer i's (1, heads, image_tokens, head_dim)).",
     "4. Feed the prompt one token at a time: for i, t in enumerate(prompt): run 'decoder_step' with "
-    "token=[[t]], position=[i], the current self_k/self_v and cross_k/cross_v; replace self_k/self_v "
-    "by self_k_out/self_v_out. The logits of the last prompt token score the first answer token.",
+    "token=[[t]], position=[i], every layer's self_k_i/self_v_i and cross_k_i/cross_v_i; it returns "
+    "logits and new_k/new_v (layers, 1, heads, 1, head_dim): write new_k[l, 0, :, 0, :] into "
+    "self_k_l[0, :, i, :] and new_v likewise into self_v_l, for every layer l, before the next "
+    "step. The logits of the last prompt token score the first answer token.",
     "5. Loop: next = argmax(logits) over the ids tasks.<task>.constraint allows after the answer so "
     "far (see constraint_rules; the first maximum on ties); append it to the answer; stop if it "
     "is <eos>, or when the answer holds max_new_tokens + 1 tokens, or when the next position would "
@@ -163,8 +167,10 @@ def describe_bundle(
     """bundle.json: everything an app needs to drive the graphs (see DECODE_LOOP)."""
     cfg, tok = model.config, model.tokenizer
     by_name = {g.name: g for g in graphs}
-    step = by_name["decoder_step"].example_inputs[2]  # (L, 1, nh, S, hs)
-    cross = by_name["decoder_step"].example_inputs[4]
+    step = by_name["decoder_step"]
+    layers = len(step.example_inputs[2:]) // 4  # token, position, then 4 tensors per layer
+    layer_cache = step.example_inputs[2]  # self_k_0: (1, nh, S, hs)
+    layer_cross = step.example_inputs[2 + 2 * layers]  # cross_k_0: (1, nh, N, hs)
     fused = "question_ids" in by_name["vision"].input_names
     rules = TaskConstraints.from_tokenizer(tok).to_json()
     return {
@@ -188,14 +194,26 @@ def describe_bundle(
         },
         "text": {"max_len": by_name["text_embed"].example_inputs[0].shape[1], "pad_id": tok.pad_id},
         "kv_cache": {
-            "layout": "(layers, batch, heads, max_len, head_dim)",
-            "shape": list(step.shape),
-            "max_len": int(step.shape[3]),
+            "layout": "one (batch, heads, max_len, head_dim) buffer per decoder layer for keys "
+            "(self_k_<i>) and one for values (self_v_<i>); shape stacks them as (layers, batch, heads, "
+            "max_len, head_dim)",
+            "layers": layers,
+            "shape": [layers, *layer_cache.shape],
+            "layer_shape": list(layer_cache.shape),
+            "max_len": int(layer_cache.shape[2]),
             "dtype": "float32",
             "initial": "zeros",
-            "update": "decoder_step writes this token's key/value into slot `position` and attends to "
-            "slots 0..position; feed its self_k_out/self_v_out back as the next step's self_k/self_v",
-            "cross_shape": list(cross.shape),
+            "update": "decoder_step attends to slots 0..position-1 of the cache and to the token it is "
+            "given, and returns that token's keys/values as new_k/new_v (layers, batch, heads, 1, "
+            "head_dim); the app writes new_k[l, b, :, 0, :] into self_k_l[b, :, position, :] (and "
+            "new_v into self_v_l) for every layer l and row b before the next step",
+            "inputs": {
+                "self_k": list(layer_names("self_k", layers)),
+                "self_v": list(layer_names("self_v", layers)),
+                "cross_k": list(layer_names("cross_k", layers)),
+                "cross_v": list(layer_names("cross_v", layers)),
+            },
+            "cross_shape": [layers, *layer_cross.shape],  # cross_kv's outputs, stacked
         },
         "tasks": {
             "captioning": {

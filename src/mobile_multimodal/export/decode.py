@@ -2,8 +2,9 @@
 
 This is what an app does on the phone, written in Python: preprocess, run the graphs through a
 ``GraphRunner`` (ONNX Runtime, ExecuTorch, ...), greedy-decode with the fixed-size KV cache,
-detokenize (``ArraySteps`` is the decoder loop's contract: each step's cache outputs are the next
-step's inputs; a runner may keep them in its own buffers instead, ``BundleModel.decoder_steps``).
+detokenize (``ArraySteps`` is the decoder loop's contract: per-layer cache buffers in, the new
+token's keys/values out, written into the buffers by the app; a runner may keep them in its own
+bound buffers instead, ``BundleModel.decoder_steps``).
 It imports nothing of the model package on purpose: if the description files were
 missing something, validation (which runs through here) would fail.
 ``BundleModel`` offers the methods the eval report calls on a PyTorch model, so the same
@@ -31,6 +32,10 @@ from PIL import Image
 from mobile_multimodal.export.decode_rules import TaskRules
 from mobile_multimodal.export.formats import GraphRunner
 
+# The decode contract this reader follows (bundle.json "bundle_version"; bundle.py writes it):
+# 2: decoder_step takes one cache buffer per layer and returns only the new token's keys/values
+BUNDLE_VERSION = 2
+
 RunHook = Callable[[str, dict[str, np.ndarray], dict[str, np.ndarray]], None]
 
 
@@ -42,12 +47,61 @@ class DecoderSteps(Protocol):
         ...
 
 
+class LayerCaches:
+    """The fixed-size self-attention cache of B rows as the app holds it: one C-ordered
+    (B, nh, S, hs) buffer per layer for keys and one for values (bundle.json ``kv_cache``), and
+    the rows' cross-attention keys/values split per layer, all fed to ``decoder_step`` as they
+    are; each step's new_k/new_v go into slot ``position`` (``write``), the only per-step copy."""
+
+    def __init__(self, cross_k: np.ndarray, cross_v: np.ndarray, cache_shape: Sequence[int]) -> None:
+        layers, _, heads, slots, head_dim = (int(d) for d in cache_shape)
+        rows = cross_k.shape[1]
+        # C order: ONNX Runtime binds a buffer in place only when it is contiguous
+        self.cross_k = [np.ascontiguousarray(c, dtype=np.float32) for c in cross_k]
+        self.cross_v = [np.ascontiguousarray(c, dtype=np.float32) for c in cross_v]
+        self.k = [np.zeros((rows, heads, slots, head_dim), dtype=np.float32) for _ in range(layers)]
+        self.v = [np.zeros((rows, heads, slots, head_dim), dtype=np.float32) for _ in range(layers)]
+
+    def inputs(self) -> dict[str, np.ndarray]:
+        """decoder_step's per-layer inputs (``self_k_0`` .. ``cross_v_{L-1}``), by name."""
+        named = {}
+        for prefix, arrays in (("self_k", self.k), ("self_v", self.v)):
+            named.update({f"{prefix}_{i}": a for i, a in enumerate(arrays)})
+        for prefix, arrays in (("cross_k", self.cross_k), ("cross_v", self.cross_v)):
+            named.update({f"{prefix}_{i}": a for i, a in enumerate(arrays)})
+        return named
+
+    def write(self, new_k: np.ndarray, new_v: np.ndarray, position: int) -> None:
+        """Put the step's keys/values (L, B, nh, 1, hs) into every row's slot ``position``."""
+        for layer, (k, v) in enumerate(zip(self.k, self.v, strict=True)):
+            k[:, :, position] = new_k[layer, :, :, 0]
+            v[:, :, position] = new_v[layer, :, :, 0]
+
+    def keep(self, rows: Sequence[int]) -> None:
+        """Only ``rows`` stay (fresh C-ordered buffers: a row selection copies)."""
+        index = list(rows)
+
+        def kept(arrays: list[np.ndarray]) -> list[np.ndarray]:
+            return [np.ascontiguousarray(a[index]) for a in arrays]
+
+        self.k, self.v = kept(self.k), kept(self.v)
+        self.cross_k, self.cross_v = kept(self.cross_k), kept(self.cross_v)
+
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in (*self.k, *self.v, *self.cross_k, *self.cross_v))
+
+    def stacked(self) -> tuple[np.ndarray, np.ndarray]:
+        """(self_k, self_v) stacked as (L, B, nh, S, hs): for comparing two decoders' caches."""
+        return np.stack(self.k), np.stack(self.v)
+
+
 class ArrayBatchSteps:
     """The plain contract, which every runtime can follow, for B rows (a phone runs one): zero
-    caches (``kv_cache.shape`` with B rows) go in with the first tokens, each step's
-    ``self_k_out`` / ``self_v_out`` are the next step's ``self_k`` / ``self_v``, and the images'
-    ``cross_k`` / ``cross_v`` go in unchanged. ``keep`` drops the rows that finished (a server's
-    batch, ``batch_decode.py``)."""
+    caches (``kv_cache.layer_shape`` with B rows per layer) and the images' per-layer cross keys
+    and values go in with every step, and each step's ``new_k`` / ``new_v`` are written into slot
+    ``position`` of the caches (``LayerCaches``). ``keep`` drops the rows that finished (a
+    server's batch, ``batch_decode.py``). The caches are updated in place after each call: a
+    ``run`` hook that keeps a call's inputs copies them (validation's recorder does)."""
 
     def __init__(
         self,
@@ -57,11 +111,7 @@ class ArrayBatchSteps:
         cache_shape: Sequence[int],
     ) -> None:
         self._run = run
-        self.cross_k, self.cross_v = cross_k, cross_v
-        shape = list(cache_shape)
-        shape[1] = cross_k.shape[1]
-        self.self_k = np.zeros(shape, dtype=np.float32)
-        self.self_v = np.zeros(shape, dtype=np.float32)
+        self.caches = LayerCaches(cross_k, cross_v, cache_shape)
 
     def step(self, tokens: Sequence[int], position: int) -> np.ndarray:
         """Logits (B, V) after each row's token at ``position``."""
@@ -70,21 +120,19 @@ class ArrayBatchSteps:
             {
                 "token": np.array(tokens, dtype=np.int64)[:, None],
                 "position": np.full(len(tokens), position, dtype=np.int64),
-                "self_k": self.self_k,
-                "self_v": self.self_v,
-                "cross_k": self.cross_k,
-                "cross_v": self.cross_v,
+                **self.caches.inputs(),
             },
         )
-        self.self_k, self.self_v = out["self_k_out"], out["self_v_out"]
+        self.caches.write(out["new_k"], out["new_v"], position)
         return out["logits"]
 
     def keep(self, rows: Sequence[int]) -> None:
-        def kept(a: np.ndarray) -> np.ndarray:  # C order: a runtime takes it without a copy
-            return np.ascontiguousarray(a[:, list(rows)])
+        self.caches.keep(rows)
 
-        self.self_k, self.self_v = kept(self.self_k), kept(self.self_v)
-        self.cross_k, self.cross_v = kept(self.cross_k), kept(self.cross_v)
+    @property
+    def cache(self) -> tuple[np.ndarray, np.ndarray]:
+        """(self_k, self_v) as (L, B, nh, S, hs), after the last step."""
+        return self.caches.stacked()
 
 
 class ArraySteps:
@@ -102,12 +150,9 @@ class ArraySteps:
         return self._batch.step([token], position)
 
     @property
-    def self_k(self) -> np.ndarray:
-        return self._batch.self_k
-
-    @property
-    def self_v(self) -> np.ndarray:
-        return self._batch.self_v
+    def cache(self) -> tuple[np.ndarray, np.ndarray]:
+        """(self_k, self_v) as (L, 1, nh, S, hs), after the last step."""
+        return self._batch.cache
 
 
 @dataclass
@@ -117,8 +162,25 @@ class Bundle:
     tokenizer: dict[str, Any]  # tokenizer.json
 
 
+class BundleVersionError(ValueError):
+    """A bundle written for another decode contract than this reader's (``BUNDLE_VERSION``)."""
+
+
+def check_bundle_version(description: dict[str, Any], directory: Path) -> None:
+    """Refuse a bundle of another version than this reader's: its graphs take other inputs."""
+    version = description.get("bundle_version")
+    if version != BUNDLE_VERSION:
+        raise BundleVersionError(
+            f"{directory} is a version-{version} bundle; this release reads version {BUNDLE_VERSION} "
+            "(its decoder_step takes one KV-cache buffer per layer and returns only the new "
+            "token's keys/values): export it again with this release's `mobile-mm export`"
+        )
+
+
 def load_bundle(directory: Path) -> Bundle:
+    """The bundle's description and tokenizer (``check_bundle_version`` first)."""
     description = json.loads((directory / "bundle.json").read_text())
+    check_bundle_version(description, directory)
     tokenizer = json.loads((directory / description["tokenizer"]).read_text())
     return Bundle(directory, description, tokenizer)
 

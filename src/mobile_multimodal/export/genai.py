@@ -88,7 +88,8 @@ def genai_spec(model: MobileMultiModalLLM, graphs: list[GraphSpec]) -> GraphSpec
     assert isinstance(decoder, TextDecoder)
     cfg = model.config
     layers, heads, hd = cfg.decoder_layers, cfg.heads, cfg.head_dim
-    cross = step.example_inputs[4]
+    # cross_kv's stacked output (L, 1, nh, N, hs); decoder_step takes it split per layer
+    cross = torch.stack(step.example_inputs[2 + 2 * layers : 2 + 3 * layers])
     past = [torch.zeros(1, heads, 0, hd) for _ in range(2 * layers)]
     names = [f"past_key_values.{i}.{kv}" for i in range(layers) for kv in ("key", "value")]
     return GraphSpec(

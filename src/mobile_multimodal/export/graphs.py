@@ -8,9 +8,11 @@ how). The split, batch 1 everywhere:
   into the encoder, for VQA; all-zero mask for captioning and retrieval) -> image tokens;
 - ``ocr``: text-line image -> CTC log-probabilities per frame (greedy CTC decode in the app);
 - ``cross_kv``: image tokens -> every decoder layer's cross-attention keys/values (once per image);
-- ``decoder_step``: one token at one position + a FIXED-SIZE self-attention KV cache -> logits and
-  the updated cache. The new key/value is written into slot ``position`` with a mask (``where``),
-  attention sees slots ``<= position``; the prompt is fed through it token by token;
+- ``decoder_step``: one token at one position + a FIXED-SIZE self-attention KV cache, one read-only
+  buffer per layer (slots ``< position`` hold the earlier tokens) -> logits and only this token's
+  keys/values, which the app writes into slot ``position`` (bundle version 2). Returning the whole
+  updated cache (version 1) copied every slot of every layer every step, which cost more than the
+  step's matrix products (measured: ``benchmarks/runtime``); the prompt is fed token by token;
 - ``image_embed`` / ``text_embed``: the retrieval heads (L2-normalised embeddings).
 
 The modules here reuse the model's own submodules (weights and code); only the decoder step is
@@ -24,7 +26,7 @@ Example::
     model = MobileMultiModalLLM.from_pretrained("default", quantization="int2")
     graphs = {g.name: g for g in build_graphs(model)}
     step = graphs["decoder_step"]
-    logits, k, v = step.module(*step.example_inputs)
+    logits, new_k, new_v = step.module(*step.example_inputs)
 """
 
 from __future__ import annotations
@@ -35,7 +37,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mobile_multimodal.model.decoder import TextDecoder
@@ -53,25 +54,26 @@ from mobile_multimodal.model.quantized_weight import QuantizedWeight
 from mobile_multimodal.model.vision import VisionEncoder
 
 GRAPH_NAMES = ("vision", "ocr", "cross_kv", "decoder_step", "image_embed", "text_embed")
-# The graphs whose batch axis a format may leave dynamic, and where that axis is in each of their
-# inputs and outputs (the stacked caches are (L, B, ...)): a server encodes a batch's images in one
+# The graphs whose batch axis a format may leave dynamic: a server encodes a batch's images in one
 # vision and one cross_kv call and decodes its answers through one decoder_step call per step;
-# phones run batch 1. The modules are batch-generic; only the exported shapes differ.
-BATCH_AXES: dict[str, dict[str, int]] = {
-    "vision": {"image": 0, "question_ids": 0, "question_mask": 0, "image_tokens": 0},
-    "cross_kv": {"image_tokens": 0, "cross_k": 1, "cross_v": 1},
-    "decoder_step": {
-        "token": 0,
-        "position": 0,
-        "self_k": 1,
-        "self_v": 1,
-        "cross_k": 1,
-        "cross_v": 1,
-        "logits": 0,
-        "self_k_out": 1,
-        "self_v_out": 1,
-    },
-}
+# phones run batch 1. The modules are batch-generic; only the exported shapes differ. The batch
+# is axis 0 of every input and output except the stacked per-layer tensors (L, B, ...).
+BATCHED_GRAPHS = ("vision", "cross_kv", "decoder_step")
+STACKED_OUTPUTS = ("cross_k", "cross_v", "new_k", "new_v")
+
+
+def layer_names(prefix: str, layers: int) -> tuple[str, ...]:
+    """``prefix_0`` .. ``prefix_{layers-1}``: decoder_step's per-layer inputs."""
+    return tuple(f"{prefix}_{i}" for i in range(layers))
+
+
+# a masked cache slot's score: far below any real score, yet finite (exp underflows to exactly 0)
+MASKED_SCORE = -1e9
+
+
+def batch_axis(name: str) -> int:
+    """Where the batch is in a batched graph's input or output ``name``."""
+    return 1 if name in STACKED_OUTPUTS else 0
 
 
 @dataclass(frozen=True)
@@ -83,9 +85,15 @@ class GraphSpec:
     example_inputs: tuple[Tensor, ...]
     input_names: tuple[str, ...]
     output_names: tuple[str, ...]
-    dynamic_batch: bool = False  # formats that need fully static shapes ignore it (batch 1)
+    # input/output name -> its batch axis, for graphs that take any batch (BATCHED_GRAPHS);
+    # formats that need fully static shapes ignore it (batch 1)
+    batch_axes: Mapping[str, int] = field(default_factory=dict)
     # submodule name inside ``module`` -> the packed weight its float weight was dequantized from
     quantized: Mapping[str, QuantizedWeight] = field(default_factory=dict)
+
+    @property
+    def dynamic_batch(self) -> bool:
+        return bool(self.batch_axes)
 
 
 # ---- the float network -----------------------------------------------------------------------
@@ -186,49 +194,63 @@ class DecoderStepGraph(nn.Module):
     """One greedy-decode step with a fixed-size self-attention cache, for B answers at once.
 
     token (B, 1) int64, position (B,) int64 (0-based index of each row's token in its own
-    sequence), self_k / self_v (L, B, nh, S, hs) float32, cross_k / cross_v (L, B, nh, N, hs)
-    -> logits (B, V) for each row's next token, self_k_out / self_v_out (the caches with each row's
-    slot ``position`` written). Slots after a row's ``position`` are ignored, so a fresh cache may
-    hold anything (zeros by convention). Rows are independent: each has its own position, so a
-    row may still be reading its prompt while another answers. The mobile bundles use B = 1;
-    the ONNX bundle declares B dynamic (``GraphSpec.dynamic_batch``) for a server's batches."""
+    sequence), then per decoder layer i: self_k_i, self_v_i (B, nh, S, hs) float32, the cache,
+    slots < position holding the earlier tokens' keys/values (later slots are ignored: a fresh
+    cache may hold anything, zeros by convention), then cross_k_i, cross_v_i (B, nh, N, hs)
+    -> logits (B, V) for each row's next token, and new_k / new_v (L, B, nh, 1, hs): this token's
+    keys/values, which the caller writes into each row's slot ``position`` before the next step.
+    Rows are independent: each has its own position, so a row may still be reading its prompt
+    while another answers. The mobile bundles use B = 1; the ONNX bundle declares B dynamic
+    (``GraphSpec.batch_axes``) for a server's batches."""
 
     def __init__(self, decoder: TextDecoder, cache_len: int) -> None:
         super().__init__()
         self.decoder = decoder
         self.cache_len = cache_len
+        self.n_layers = len(list(decoder.layers()))
         self.register_buffer("slots", torch.arange(cache_len), persistent=False)
 
-    def forward(
-        self,
-        token: Tensor,
-        position: Tensor,
-        self_k: Tensor,
-        self_v: Tensor,
-        cross_k: Tensor,
-        cross_v: Tensor,
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        dec = self.decoder
+    def forward(self, token: Tensor, position: Tensor, *caches: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        dec, n = self.decoder, self.n_layers
+        self_k, self_v, cross_k, cross_v = (caches[i * n : (i + 1) * n] for i in range(4))
         slots: Tensor = self.slots  # type: ignore[assignment]
         at = position[:, None]  # (B, 1)
-        write = (slots[None, :] == at)[:, None, :, None]  # (B, 1, S, 1): each row's token slot
-        visible = (slots[None, :] <= at)[:, None, None, :]  # (B, 1, 1, S): keys it may attend to
+        earlier = (slots[None, :] < at)[:, None, None, :]  # (B, 1, 1, S): the cached tokens
         x = dec.tok(token) + dec.pos(at)  # (B, 1, D)
         new_k, new_v = [], []
         for i, blk in enumerate(dec.layers()):
             attn = blk.self_attn
             h = blk.norm1(x)
-            q = split_heads(attn.q(h), attn.heads)
+            q = split_heads(attn.q(h), attn.heads)  # (B, nh, 1, hs)
             k, v = attn.project_kv(h)  # (B, nh, 1, hs)
-            k_all = torch.where(write, k, self_k[i])  # (B, nh, S, hs)
-            v_all = torch.where(write, v, self_v[i])
-            y = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=visible)
+            y = _attend_cache_and_token(q, self_k[i], self_v[i], earlier, k, v)
             x = x + attn.out(y.transpose(1, 2).flatten(2))  # (B, 1, D)
             x = x + blk.cross_attn(blk.norm2(x), cache=(cross_k[i], cross_v[i]))[0]
             x = x + blk.mlp(blk.norm3(x))
-            new_k.append(k_all)
-            new_v.append(v_all)
+            new_k.append(k)
+            new_v.append(v)
         return dec.logits(x[:, -1]), torch.stack(new_k), torch.stack(new_v)
+
+
+def _attend_cache_and_token(
+    q: Tensor, cache_k: Tensor, cache_v: Tensor, earlier: Tensor, k: Tensor, v: Tensor
+) -> Tensor:
+    """Softmax attention of q (B, nh, 1, hs) over the cache's ``earlier`` slots and the token's
+    own k/v: what scaled_dot_product_attention computes over the cache with the token written
+    into it, without concatenating or copying the cache (only the scores are joined). Written
+    with the ops every runtime delegates: batched matmuls over (B * nh) views (a 4-D matmul
+    becomes an expand that copies the cache in ExecuTorch), an additive mask and one softmax
+    (XNNPACK splits its graph around a boolean ``where``; its masked_fill(-inf) gave NaN)."""
+    b, nh, _, hs = q.shape
+    slots = cache_k.shape[2]
+    q3 = q.reshape(b * nh, 1, hs) * hs**-0.5
+    cached = torch.bmm(q3, cache_k.reshape(b * nh, slots, hs).transpose(1, 2))  # (B * nh, 1, S)
+    bias = (1.0 - earlier.to(q.dtype)) * MASKED_SCORE  # (B, 1, 1, S): 0 for the cached tokens
+    cached = (cached.reshape(b, nh, 1, slots) + bias).reshape(b * nh, 1, slots)
+    own = torch.bmm(q3, k.reshape(b * nh, 1, hs).transpose(1, 2))  # (B * nh, 1, 1)
+    weights = torch.softmax(torch.cat([cached, own], dim=-1), dim=-1)
+    mixed = torch.bmm(weights[..., :slots], cache_v.reshape(b * nh, slots, hs))
+    return (mixed + weights[..., slots:] * v.reshape(b * nh, 1, hs)).reshape(b, nh, 1, hs)
 
 
 class ImageEmbedGraph(nn.Module):
@@ -288,8 +310,8 @@ def build_graphs(model: MobileMultiModalLLM, max_cache_len: int | None = None) -
     q_len = model.max_question_tokens  # longer questions are refused by the model's API too
     scene = torch.zeros(1, 3, cfg.scene_size, cfg.scene_size)
     tokens = torch.zeros(1, n_tokens, d)
-    cross = torch.zeros(layers, 1, heads, n_tokens, cfg.head_dim)
-    cache = torch.zeros(layers, 1, heads, cache_len, cfg.head_dim)
+    cross = torch.zeros(1, heads, n_tokens, cfg.head_dim)  # one layer's
+    cache = torch.zeros(1, heads, cache_len, cfg.head_dim)
     ids = torch.full((1, q_len), model.tokenizer.pad_id, dtype=torch.long)
     mask = torch.zeros(1, q_len, dtype=torch.long)
     # a retrieval text may be as long as the context (the Python API truncates there)
@@ -301,6 +323,12 @@ def build_graphs(model: MobileMultiModalLLM, max_cache_len: int | None = None) -
         ((scene, ids, mask), ("image", "question_ids", "question_mask"))
         if cfg.question_fusion
         else ((scene,), ("image",))
+    )
+    step_inputs = (
+        *layer_names("self_k", layers),
+        *layer_names("self_v", layers),
+        *layer_names("cross_k", layers),
+        *layer_names("cross_v", layers),
     )
     modules: list[tuple[str, nn.Module, tuple[Tensor, ...], tuple[str, ...], tuple[str, ...]]] = [
         ("vision", vision, vision_inputs[0], vision_inputs[1], ("image_tokens",)),
@@ -318,13 +346,11 @@ def build_graphs(model: MobileMultiModalLLM, max_cache_len: int | None = None) -
             (
                 torch.tensor([[model.tokenizer.bos_id]]),
                 torch.tensor([0]),
-                cache,
-                cache.clone(),
-                cross,
-                cross.clone(),
+                *(cache.clone() for _ in range(2 * layers)),
+                *(cross.clone() for _ in range(2 * layers)),
             ),
-            ("token", "position", "self_k", "self_v", "cross_k", "cross_v"),
-            ("logits", "self_k_out", "self_v_out"),
+            ("token", "position", *step_inputs),
+            ("logits", "new_k", "new_v"),
         ),
         ("image_embed", ImageEmbedGraph(net.image_head), (tokens,), ("image_tokens",), ("embedding",)),
         (
@@ -342,7 +368,7 @@ def build_graphs(model: MobileMultiModalLLM, max_cache_len: int | None = None) -
             inputs,
             in_names,
             out_names,
-            dynamic_batch=name in BATCH_AXES,
+            batch_axes={n: batch_axis(n) for n in (*in_names, *out_names)} if name in BATCHED_GRAPHS else {},
             quantized=_quantized_names(module, quantized),
         )
         for name, module, inputs, in_names, out_names in modules

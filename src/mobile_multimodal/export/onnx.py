@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 from mobile_multimodal.errors import conversion_errors
 from mobile_multimodal.export.formats import package_version
-from mobile_multimodal.export.graphs import BATCH_AXES, GraphSpec
+from mobile_multimodal.export.graphs import GraphSpec
 from mobile_multimodal.model.llm import MobileMultiModalLLM
 from mobile_multimodal.model.quantized_layers import replace_module
 from mobile_multimodal.model.quantized_weight import QuantizedWeight
@@ -264,12 +264,11 @@ def export_onnx(
 
 
 def batch_axes(spec: GraphSpec) -> dict[str, dict[int, str]] | None:
-    """The dynamic batch axis of every input and output of a ``dynamic_batch`` graph
-    (``graphs.BATCH_AXES``); None (all static) for the others."""
+    """The dynamic batch axis of every input and output of a graph that takes any batch
+    (``GraphSpec.batch_axes``); None (all static) for the others."""
     if not spec.dynamic_batch:
         return None
-    axes = BATCH_AXES[spec.name]
-    return {n: {axes[n]: "batch"} for n in (*spec.input_names, *spec.output_names)}
+    return {n: {axis: "batch"} for n, axis in spec.batch_axes.items()}
 
 
 def _pin_static_dims(

@@ -12,12 +12,13 @@ so nothing above it changes.
 Phones run the graphs at batch 1; the ONNX bundle's ``decoder_step`` also takes any batch, and
 a batch of captions or answers is decoded together (``export/batch_decode.py``: one step call
 for all its rows, rows leaving as they finish), each row computing what the bundle's own loop
-computes for it -- the answers the export's validation scored. A bundle exported before the
-batch axis existed is decoded row by row through that loop. The sessions
+computes for it -- the answers the export's validation scored (a decoder_step of batch 1 only
+is decoded row by row through that loop). The sessions
 hold 2-bit weights in 4-bit containers (``onnx_sessions.py``: ONNX Runtime has no fast 2-bit
 kernel on x64; the same codes, exact); ``widen_2bit=False`` runs the shipped bytes unchanged.
-Each answer's KV cache stays in buffers bound to the decoder session (IO binding, no copy or
-allocation per token; the plain contract's values bit for bit, tested).
+Each answer's KV cache stays in buffers bound to the decoder session (IO binding: no allocation
+per token, only the new token's keys/values copied into their slot; the plain contract's values
+bit for bit, tested).
 
 ``model_dir`` is the bundle directory and ``manifest`` its ``manifest.json``: the integrity loop
 re-hashes the bundle's files. ``source_model_dir`` is the PyTorch release the bundle was exported

@@ -12,11 +12,11 @@ disk, which the integrity checks hash and phones run, are untouched. ``widen_2bi
 the shipped bytes as they are (the benchmark measures both).
 
 Decoding binds ``decoder_step``'s inputs and outputs to buffers held for the whole answer
-(``decoder_steps``, ONNX Runtime's IO binding): the fixed-size KV cache lives in two buffer
-pairs used in turn (a step reads one pair and writes the other, never reading what it writes),
-the token and position are written in place and the logits land in one buffer, so a step
-allocates nothing and no cache array crosses into Python. The values are the plain path's
-(``decode.ArraySteps``: the same graph on the same inputs), tested token for token.
+(``decoder_steps``, ONNX Runtime's IO binding): the fixed-size KV cache lives in one buffer per
+layer, bound as inputs, into which each step's new keys/values are written in place; the token
+and position are written in place and the logits land in one buffer, so a step allocates nothing
+and no cache array is handed to ``run``. The values are the plain path's (``decode.ArraySteps``:
+the same graph on the same inputs), tested token for token.
 
 Example::
 
@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from mobile_multimodal.export.decode import LayerCaches
 from mobile_multimodal.export.onnx import pack_low_first
 
 WIDE_BITS = 4
@@ -203,81 +204,65 @@ class BundleSessions:
 class BoundBatchSteps:
     """A batch's ``decoder_step`` calls on IO-bound buffers (an ``export.batch_decode.BatchSteps``).
 
-    Two bindings are made: even steps read cache pair 0 and write pair 1, odd steps the reverse.
-    Each step writes the whole output cache (the graph copies every slot and writes slot
-    ``position``), so the pair a step reads always holds the slots before it. Tokens and positions
-    are written in place: nothing is allocated per step (a fresh cache output per step is a
-    page-faulting ``mmap`` for a large batch). When rows leave (``keep``), the kept rows' caches
-    are copied into smaller buffers and the bindings rebuilt: at most once per finishing step."""
+    The per-layer caches and cross keys/values (``decode.LayerCaches``, the plain contract's own
+    buffers) are bound as inputs once; each step's new_k/new_v land in bound output buffers and
+    are written into slot ``position`` of the caches in place, the bound inputs seeing it. Tokens
+    and positions are written in place too: a step allocates nothing and no cache array crosses
+    a ``run`` call. When rows leave (``keep``), the kept rows' caches are copied into smaller
+    buffers and the binding rebuilt: at most once per finishing step."""
 
     def __init__(
         self, session: Any, cross_k: np.ndarray, cross_v: np.ndarray, cache_shape: Sequence[int]
     ) -> None:
         self._session = session
         self._vocab = int(next(o.shape for o in session.get_outputs() if o.name == "logits")[-1])
-        rows = cross_k.shape[1]
-        shape = list(cache_shape)
-        shape[1] = rows
-        self_k, self_v = np.zeros(shape, dtype=np.float32), np.zeros(shape, dtype=np.float32)
-        self._bind(cross_k, cross_v, self_k, self_v)
-        self.cache_bytes = 2 * (self_k.nbytes + self_v.nbytes) + cross_k.nbytes + cross_v.nbytes
+        self.caches = LayerCaches(cross_k, cross_v, cache_shape)
+        self._bind()
+        self.cache_bytes = self.caches.nbytes() + self._new_k.nbytes + self._new_v.nbytes
 
-    def _bind(self, cross_k: np.ndarray, cross_v: np.ndarray, self_k: np.ndarray, self_v: np.ndarray) -> None:
+    def _bind(self) -> None:
         import onnxruntime as ort
 
         def bound(array: np.ndarray) -> Any:  # CPU OrtValues share the numpy array's memory
             return ort.OrtValue.ortvalue_from_numpy(array)
 
-        rows = cross_k.shape[1]
+        caches = self.caches
+        rows = caches.k[0].shape[0]
+        layers, heads, head_dim = len(caches.k), caches.k[0].shape[1], caches.k[0].shape[3]
         self._token = np.zeros((rows, 1), dtype=np.int64)
         self._position = np.zeros(rows, dtype=np.int64)
         self._logits = np.zeros((rows, self._vocab), dtype=np.float32)
-        self._cross = [np.ascontiguousarray(c, dtype=np.float32) for c in (cross_k, cross_v)]
-        # pair 0 holds the current caches (read by the next step); pair 1 is written by it. Four
-        # distinct C-ordered buffers: a step must never write what it reads, nor k where v goes,
-        # and ONNX Runtime ignores a bound output it cannot write in place (a row selection with
-        # fancy indexing is not C-ordered: the step then wrote into memory of its own)
-        cache = [[np.array(a, dtype=np.float32, order="C") for a in (self_k, self_v)]]
-        cache.append([np.empty_like(cache[0][0]), np.empty_like(cache[0][1])])
-        shared = {
-            "token": bound(self._token),
-            "position": bound(self._position),
-            "cross_k": bound(self._cross[0]),
-            "cross_v": bound(self._cross[1]),
-        }
-        bindings = []
-        for read, write in ((0, 1), (1, 0)):
-            binding = self._session.io_binding()
-            for name, value in shared.items():
-                binding.bind_ortvalue_input(name, value)
-            binding.bind_ortvalue_input("self_k", bound(cache[read][0]))
-            binding.bind_ortvalue_input("self_v", bound(cache[read][1]))
-            binding.bind_ortvalue_output("self_k_out", bound(cache[write][0]))
-            binding.bind_ortvalue_output("self_v_out", bound(cache[write][1]))
-            binding.bind_ortvalue_output("logits", bound(self._logits))
-            bindings.append(binding)
-        self._bindings = bindings
-        self._cache = cache
-        self._steps = 0
+        self._new_k = np.zeros((layers, rows, heads, 1, head_dim), dtype=np.float32)
+        self._new_v = np.zeros_like(self._new_k)
+        # every buffer is C-ordered (LayerCaches keeps them so): ONNX Runtime ignores a bound
+        # buffer it cannot use in place (a fancy-indexed row selection is not C-ordered: a step
+        # then wrote into memory of its own)
+        binding = self._session.io_binding()
+        binding.bind_ortvalue_input("token", bound(self._token))
+        binding.bind_ortvalue_input("position", bound(self._position))
+        for name, array in caches.inputs().items():
+            binding.bind_ortvalue_input(name, bound(array))
+        binding.bind_ortvalue_output("logits", bound(self._logits))
+        binding.bind_ortvalue_output("new_k", bound(self._new_k))
+        binding.bind_ortvalue_output("new_v", bound(self._new_v))
+        self._binding = binding
 
     def step(self, tokens: Sequence[int], position: int) -> np.ndarray:
         """Logits (B, V): a view of the bound buffer, overwritten by the next step."""
         self._token[:, 0] = tokens
         self._position[:] = position
-        self._session.run_with_iobinding(self._bindings[self._steps % 2])
-        self._steps += 1
+        self._session.run_with_iobinding(self._binding)
+        self.caches.write(self._new_k, self._new_v, position)
         return self._logits
 
     def keep(self, rows: Sequence[int]) -> None:
-        index = list(rows)
-        k, v = self.cache
-        self._bind(self._cross[0][:, index], self._cross[1][:, index], k[:, index], v[:, index])
+        self.caches.keep(rows)
+        self._bind()
 
     @property
     def cache(self) -> tuple[np.ndarray, np.ndarray]:
-        """(self_k, self_v) as the last step wrote them (the next step reads them)."""
-        k, v = self._cache[self._steps % 2]
-        return k, v
+        """(self_k, self_v) as (L, B, nh, S, hs), after the last step."""
+        return self.caches.stacked()
 
 
 class BoundDecoderSteps:
@@ -288,7 +273,8 @@ class BoundDecoderSteps:
         self, session: Any, cross_k: np.ndarray, cross_v: np.ndarray, cache_shape: Sequence[int]
     ) -> None:
         self._batch = BoundBatchSteps(session, cross_k, cross_v, cache_shape)
-        # what this answer's KV cache holds: both cache pairs and the image's cross keys/values
+        # what this answer's KV cache holds: the caches, the step's outputs and the image's cross
+        # keys/values
         self.cache_bytes = self._batch.cache_bytes
 
     def step(self, token: int, position: int) -> np.ndarray:

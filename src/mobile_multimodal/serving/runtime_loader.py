@@ -37,6 +37,7 @@ from typing import Any
 from opentelemetry import trace
 
 from mobile_multimodal.export.bundle import BUNDLE_FILE, BUNDLE_VERSION, MANIFEST_FILE, TOKENIZER_FILE
+from mobile_multimodal.export.decode import BundleVersionError, check_bundle_version
 from mobile_multimodal.export.validate import DEFAULT_EXAMPLES
 from mobile_multimodal.model.checkpoint import check_files
 from mobile_multimodal.model.llm import resolve_model_dir
@@ -164,6 +165,10 @@ def verify_bundle(directory: Path, signing_key: str | None) -> dict[str, Any]:
     check_files(directory, manifest, signing_key, what="bundle")
     listed = {str(f.get("path")) for f in manifest["files"]}
     description = json.loads((directory / BUNDLE_FILE).read_text()) if BUNDLE_FILE in listed else {}
+    try:  # an older release's export: its graphs take other inputs than this release feeds
+        check_bundle_version(description, directory)
+    except BundleVersionError as exc:
+        raise ModelLoadError(str(exc), code="MODEL_MANIFEST_INVALID") from exc
     read = {BUNDLE_FILE, TOKENIZER_FILE, *(g["file"] for g in description.get("graphs", {}).values())}
     unlisted = sorted(read - listed)
     if unlisted:
