@@ -93,7 +93,17 @@ OURS = {
         "MOBILE_MM_MAX_BATCH_WAIT_MS": "5",
         **NO_SHEDDING,
     },
+    # the same with the quantized weights as float MatMuls (MOBILE_MM_ONNX_WEIGHTS=float); run for
+    # quantized precisions only (an fp32 bundle has no packed weight: it is ours_onnxruntime)
+    "ours_onnxruntime_float": {
+        "MOBILE_MM_RUNTIME": "onnxruntime",
+        "MOBILE_MM_ONNX_WEIGHTS": "float",
+        "MOBILE_MM_MAX_BATCH_SIZE": "16",
+        "MOBILE_MM_MAX_BATCH_WAIT_MS": "5",
+        **NO_SHEDDING,
+    },
 }
+QUANTIZED_ONLY = frozenset({"ours_onnxruntime_float"})
 # where ours_onnxruntime's bundles are exported once and reused (one per model and precision)
 ONNX_DATA_DIR = HERE.parents[1] / "var" / "serving-bench-onnx"
 
@@ -251,6 +261,8 @@ def ensure_onnx_bundle(model: str, quantization: str, data_dir: Path) -> Path:
 
 def servers(opts: Options, quantization: str) -> Iterator[tuple[str, AbstractContextManager[RunningServer]]]:
     for name, env in OURS.items():
+        if quantization == "fp32" and name in QUANTIZED_ONLY:
+            continue
         onnx = env.get("MOBILE_MM_RUNTIME") == "onnxruntime"
         data_dir = ensure_onnx_bundle(opts.model, quantization, opts.onnx_data_dir) if onnx else None
         yield name, serve_ours(opts.model, quantization, env, name=name, data_dir=data_dir)

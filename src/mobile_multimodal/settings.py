@@ -87,6 +87,11 @@ class Settings(BaseSettings):
     # from MOBILE_MM_MODEL at MOBILE_MM_QUANTIZATION into <data_dir>/bundles on first start.
     runtime: Literal["pytorch", "onnxruntime"] = "pytorch"
     bundle: Path | None = None
+    # How ONNX Runtime holds a quantized bundle's weights (the files are never changed): packed =
+    # MatMulNBits on the codes (2-bit ones widened to 4-bit containers: x64 has no fast 2-bit
+    # kernel); float = each weight dequantized to a float MatMul at load, the same values, faster
+    # per token on x64 (benchmarks/runtime) for the fp32 model's weight memory
+    onnx_weights: Literal["packed", "float"] = "packed"
 
     # --- batching / backpressure -------------------------------------------------------
     max_batch_size: int = Field(16, ge=1, le=256)

@@ -508,6 +508,12 @@ def test_float_weights_are_the_dequantized_codes_and_decode_the_same_answers(int
     assert floats.answer_questions([e.image for e in vqa], questions) == served.answer_questions(
         [e.image for e in vqa], questions
     )
+    # what MOBILE_MM_ONNX_WEIGHTS=float serves (the default, packed, is the served model above)
+    loaded = load_onnx_runtime_model(_settings(int2_data_dir, "int2", onnx_weights="float"))
+    assert loaded.get_model_info()["matmul_nbits_as_float"] == sum(sessions.dequantized.values())
+    assert loaded.get_model_info()["matmul_nbits_2bit_widened"] == 0
+    assert served.get_model_info()["matmul_nbits_as_float"] == 0
+    assert loaded.generate_captions(images) == served.generate_captions(images)
 
 
 def test_the_integrity_loop_watches_the_served_bundles_files(

@@ -102,6 +102,7 @@ class OnnxRuntimeModel:
         self.model_dir = bundle_model.bundle.directory
         self.source_model_dir = source_model_dir
         self.widened_2bit = 0  # 2-bit MatMulNBits served from 4-bit containers (onnx_sessions.py)
+        self.float_matmuls = 0  # MatMulNBits run as float MatMuls (MOBILE_MM_ONNX_WEIGHTS=float)
         # decoder_step takes a batch of rows (bundles exported with its batch axis dynamic)
         batches = getattr(bundle_model.runner, "batches", None)
         self.batched = bool(batches is not None and batches("decoder_step"))
@@ -126,6 +127,7 @@ class OnnxRuntimeModel:
         )
         model = cls(BundleModel(bundle, sessions), manifest, source_model_dir)
         model.widened_2bit = sum(sessions.widened.values())
+        model.float_matmuls = sum(sessions.dequantized.values())
         return model
 
     # ---- limits (as MobileMultiModalLLM states them) -----------------------------------------
@@ -299,6 +301,7 @@ class OnnxRuntimeModel:
             "runtime": RUNTIME,
             "format": self.spec.get("format", "onnx"),
             "matmul_nbits_2bit_widened": self.widened_2bit,
+            "matmul_nbits_as_float": self.float_matmuls,
             "size_bytes": self.size_bytes(),
             "components": self.component_memory_bytes(),
             "tasks": list(TASKS),

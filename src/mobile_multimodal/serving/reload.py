@@ -104,6 +104,7 @@ MODEL_FIELDS = frozenset(
         "device",
         "runtime",
         "bundle",
+        "onnx_weights",
         "manifest_signing_key",
         "manifest_signing_key_file",
     }

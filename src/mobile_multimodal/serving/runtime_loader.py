@@ -15,8 +15,12 @@ every file it lists, and every file the runtime reads (``bundle.json``, ``tokeni
 graphs) must be listed. Anything else is refused with the model loader's codes
 (``MODEL_INTEGRITY_FAILED``, ``MODEL_NOT_FOUND``, ``MODEL_MANIFEST_INVALID``,
 ``QUANTIZATION_UNAVAILABLE``); the engine reports them on ``/ready`` and ``/health`` and counts
-them in ``model_load_failures_total``. The runtime is the ``model.runtime`` attribute of the
-``model_load`` span and the ``runtime`` label of ``model_info``.
+them in ``model_load_failures_total``; so is a bundle of another format version than this
+release decodes (``MODEL_MANIFEST_INVALID``: export it again). The runtime is the
+``model.runtime`` attribute of the ``model_load`` span and the ``runtime`` label of
+``model_info``; ``MOBILE_MM_ONNX_WEIGHTS`` (packed or float) says how the sessions hold a
+quantized bundle's weights (``onnx_sessions.py``), the ``model.onnx_weights`` attribute of the
+build stage.
 
 Example::
 
@@ -71,12 +75,13 @@ def load_onnx_runtime_model(
             f"(--quantization) asks for {settings.quantization}",
             code="QUANTIZATION_UNAVAILABLE",
         )
-    with stage("build", {"model.runtime": "onnxruntime"}):
+    with stage("build", {"model.runtime": "onnxruntime", "model.onnx_weights": settings.onnx_weights}):
         return OnnxRuntimeModel.open(
             directory,
             manifest,
             threads=torch_threads_for(settings.workers, settings.torch_threads),
             source_model_dir=_source_dir(settings),
+            float_weights=settings.onnx_weights == "float",
         )
 
 
