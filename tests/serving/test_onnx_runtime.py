@@ -28,16 +28,11 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from tests.reliability.serve_process import ServeProcess
 
 from mobile_multimodal.data.splits import load_eval_split
-from mobile_multimodal.export.decode import (
-    ArrayBatchSteps,
-    ArraySteps,
-    BundleModel,
-    BundleVersionError,
-    load_bundle,
-)
+from mobile_multimodal.export.decode import BundleModel, BundleVersionError, load_bundle
 from mobile_multimodal.export.graphs import TorchGraphRunner, build_graphs
 from mobile_multimodal.export.onnx import pack_low_first
 from mobile_multimodal.export.pipeline import export_model
+from mobile_multimodal.export.step_caches import ArrayBatchSteps, ArraySteps
 from mobile_multimodal.filehash import sha256_file
 from mobile_multimodal.manifest_signing import sign_manifest
 from mobile_multimodal.model import MobileMultiModalLLM, bundled_model_dir
@@ -412,7 +407,7 @@ def test_the_memory_reported_is_what_the_sessions_hold(int2_data_dir: Path, fp32
 
 def test_io_bound_decoding_computes_what_the_plain_contract_computes(int2_data_dir: Path) -> None:
     """The served decode keeps the KV cache in bound buffers (``BundleSessions.decoder_steps``,
-    written in place); the plain contract (``decode.ArraySteps``) hands it to every ``run``. On
+    written in place); the plain contract (``step_caches.ArraySteps``) hands it to every ``run``. On
     the same sessions and tokens, through every slot of the cache: the same logits and caches bit
     for bit; and the whole loop gives the same answers and confidences."""
     onnx = _onnx_model("int2", int2_data_dir, Path())

@@ -29,7 +29,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from mobile_multimodal.export.decode import ArrayBatchSteps, BundleModel
+from mobile_multimodal.export.decode import BundleModel
+from mobile_multimodal.export.step_caches import ArrayBatchSteps
 
 
 class BatchSteps(Protocol):

@@ -2,7 +2,7 @@
 
 This is what an app does on the phone, written in Python: preprocess, run the graphs through a
 ``GraphRunner`` (ONNX Runtime, ExecuTorch, ...), greedy-decode with the fixed-size KV cache,
-detokenize (``ArraySteps`` is the decoder loop's contract: per-layer cache buffers in, the new
+detokenize (``step_caches.ArraySteps`` is the decoder loop's contract: per-layer cache buffers in, the new
 token's keys/values out, written into the buffers by the app; a runner may keep them in its own
 bound buffers instead, ``BundleModel.decoder_steps``).
 It imports nothing of the model package on purpose: if the description files were
@@ -24,135 +24,20 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from mobile_multimodal.export.decode_rules import TaskRules
 from mobile_multimodal.export.formats import GraphRunner
+from mobile_multimodal.export.step_caches import ArraySteps, DecoderSteps
 
 # The decode contract this reader follows (bundle.json "bundle_version"; bundle.py writes it):
 # 2: decoder_step takes one cache buffer per layer and returns only the new token's keys/values
 BUNDLE_VERSION = 2
 
 RunHook = Callable[[str, dict[str, np.ndarray], dict[str, np.ndarray]], None]
-
-
-class DecoderSteps(Protocol):
-    """``decoder_step`` for one answer, holding its KV cache between steps."""
-
-    def step(self, token: int, position: int) -> np.ndarray:
-        """Logits (1, V) for the token after ``token`` at ``position`` (valid until the next step)."""
-        ...
-
-
-class LayerCaches:
-    """The fixed-size self-attention cache of B rows as the app holds it: one C-ordered
-    (B, nh, S, hs) buffer per layer for keys and one for values (bundle.json ``kv_cache``), and
-    the rows' cross-attention keys/values split per layer, all fed to ``decoder_step`` as they
-    are; each step's new_k/new_v go into slot ``position`` (``write``), the only per-step copy."""
-
-    def __init__(self, cross_k: np.ndarray, cross_v: np.ndarray, cache_shape: Sequence[int]) -> None:
-        layers, _, heads, slots, head_dim = (int(d) for d in cache_shape)
-        rows = cross_k.shape[1]
-        # C order: ONNX Runtime binds a buffer in place only when it is contiguous
-        self.cross_k = [np.ascontiguousarray(c, dtype=np.float32) for c in cross_k]
-        self.cross_v = [np.ascontiguousarray(c, dtype=np.float32) for c in cross_v]
-        self.k = [np.zeros((rows, heads, slots, head_dim), dtype=np.float32) for _ in range(layers)]
-        self.v = [np.zeros((rows, heads, slots, head_dim), dtype=np.float32) for _ in range(layers)]
-
-    def inputs(self) -> dict[str, np.ndarray]:
-        """decoder_step's per-layer inputs (``self_k_0`` .. ``cross_v_{L-1}``), by name."""
-        named = {}
-        for prefix, arrays in (("self_k", self.k), ("self_v", self.v)):
-            named.update({f"{prefix}_{i}": a for i, a in enumerate(arrays)})
-        for prefix, arrays in (("cross_k", self.cross_k), ("cross_v", self.cross_v)):
-            named.update({f"{prefix}_{i}": a for i, a in enumerate(arrays)})
-        return named
-
-    def write(self, new_k: np.ndarray, new_v: np.ndarray, position: int) -> None:
-        """Put the step's keys/values (L, B, nh, 1, hs) into every row's slot ``position``."""
-        for layer, (k, v) in enumerate(zip(self.k, self.v, strict=True)):
-            k[:, :, position] = new_k[layer, :, :, 0]
-            v[:, :, position] = new_v[layer, :, :, 0]
-
-    def keep(self, rows: Sequence[int]) -> None:
-        """Only ``rows`` stay (fresh C-ordered buffers: a row selection copies)."""
-        index = list(rows)
-
-        def kept(arrays: list[np.ndarray]) -> list[np.ndarray]:
-            return [np.ascontiguousarray(a[index]) for a in arrays]
-
-        self.k, self.v = kept(self.k), kept(self.v)
-        self.cross_k, self.cross_v = kept(self.cross_k), kept(self.cross_v)
-
-    def nbytes(self) -> int:
-        return sum(a.nbytes for a in (*self.k, *self.v, *self.cross_k, *self.cross_v))
-
-    def stacked(self) -> tuple[np.ndarray, np.ndarray]:
-        """(self_k, self_v) stacked as (L, B, nh, S, hs): for comparing two decoders' caches."""
-        return np.stack(self.k), np.stack(self.v)
-
-
-class ArrayBatchSteps:
-    """The plain contract, which every runtime can follow, for B rows (a phone runs one): zero
-    caches (``kv_cache.layer_shape`` with B rows per layer) and the images' per-layer cross keys
-    and values go in with every step, and each step's ``new_k`` / ``new_v`` are written into slot
-    ``position`` of the caches (``LayerCaches``). ``keep`` drops the rows that finished (a
-    server's batch, ``batch_decode.py``). The caches are updated in place after each call: a
-    ``run`` hook that keeps a call's inputs copies them (validation's recorder does)."""
-
-    def __init__(
-        self,
-        run: Callable[[str, dict[str, np.ndarray]], dict[str, np.ndarray]],
-        cross_k: np.ndarray,
-        cross_v: np.ndarray,
-        cache_shape: Sequence[int],
-    ) -> None:
-        self._run = run
-        self.caches = LayerCaches(cross_k, cross_v, cache_shape)
-
-    def step(self, tokens: Sequence[int], position: int) -> np.ndarray:
-        """Logits (B, V) after each row's token at ``position``."""
-        out = self._run(
-            "decoder_step",
-            {
-                "token": np.array(tokens, dtype=np.int64)[:, None],
-                "position": np.full(len(tokens), position, dtype=np.int64),
-                **self.caches.inputs(),
-            },
-        )
-        self.caches.write(out["new_k"], out["new_v"], position)
-        return out["logits"]
-
-    def keep(self, rows: Sequence[int]) -> None:
-        self.caches.keep(rows)
-
-    @property
-    def cache(self) -> tuple[np.ndarray, np.ndarray]:
-        """(self_k, self_v) as (L, B, nh, S, hs), after the last step."""
-        return self.caches.stacked()
-
-
-class ArraySteps:
-    """The plain contract for one answer (a ``DecoderSteps``): an ``ArrayBatchSteps`` of one row."""
-
-    def __init__(
-        self,
-        run: Callable[[str, dict[str, np.ndarray]], dict[str, np.ndarray]],
-        cross: dict[str, np.ndarray],
-        cache_shape: Sequence[int],
-    ) -> None:
-        self._batch = ArrayBatchSteps(run, cross["cross_k"], cross["cross_v"], cache_shape)
-
-    def step(self, token: int, position: int) -> np.ndarray:
-        return self._batch.step([token], position)
-
-    @property
-    def cache(self) -> tuple[np.ndarray, np.ndarray]:
-        """(self_k, self_v) as (L, 1, nh, S, hs), after the last step."""
-        return self._batch.cache
 
 
 @dataclass

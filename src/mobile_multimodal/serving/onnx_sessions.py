@@ -15,7 +15,7 @@ Decoding binds ``decoder_step``'s inputs and outputs to buffers held for the who
 (``decoder_steps``, ONNX Runtime's IO binding): the fixed-size KV cache lives in one buffer per
 layer, bound as inputs, into which each step's new keys/values are written in place; the token
 and position are written in place and the logits land in one buffer, so a step allocates nothing
-and no cache array is handed to ``run``. The values are the plain path's (``decode.ArraySteps``:
+and no cache array is handed to ``run``. The values are the plain path's (``step_caches.ArraySteps``:
 the same graph on the same inputs), tested token for token.
 
 Example::
@@ -35,8 +35,8 @@ from typing import Any
 
 import numpy as np
 
-from mobile_multimodal.export.decode import LayerCaches
 from mobile_multimodal.export.onnx import pack_low_first
+from mobile_multimodal.export.step_caches import LayerCaches
 
 WIDE_BITS = 4
 
@@ -204,7 +204,7 @@ class BundleSessions:
 class BoundBatchSteps:
     """A batch's ``decoder_step`` calls on IO-bound buffers (an ``export.batch_decode.BatchSteps``).
 
-    The per-layer caches and cross keys/values (``decode.LayerCaches``, the plain contract's own
+    The per-layer caches and cross keys/values (``step_caches.LayerCaches``, the plain contract's own
     buffers) are bound as inputs once; each step's new_k/new_v land in bound output buffers and
     are written into slot ``position`` of the caches in place, the bound inputs seeing it. Tokens
     and positions are written in place too: a step allocates nothing and no cache array crosses
@@ -266,7 +266,7 @@ class BoundBatchSteps:
 
 
 class BoundDecoderSteps:
-    """One answer's ``decoder_step`` calls on IO-bound buffers (a ``decode.DecoderSteps``): a
+    """One answer's ``decoder_step`` calls on IO-bound buffers (a ``step_caches.DecoderSteps``): a
     ``BoundBatchSteps`` of one row. Not thread-safe: one per answer being decoded."""
 
     def __init__(
