@@ -11,8 +11,9 @@ how). The split, batch 1 everywhere:
 - ``decoder_step``: one token at one position + a FIXED-SIZE self-attention KV cache, one read-only
   buffer per layer (slots ``< position`` hold the earlier tokens) -> logits and only this token's
   keys/values, which the app writes into slot ``position`` (bundle version 2). Returning the whole
-  updated cache (version 1) copied every slot of every layer every step, which cost more than the
-  step's matrix products (measured: ``benchmarks/runtime``); the prompt is fed token by token;
+  updated cache (version 1) copied every slot of every layer every step: at a server's batch of
+  16, more time than the step's matrix products (ONNX Runtime's profiler); the prompt is fed
+  token by token;
 - ``image_embed`` / ``text_embed``: the retrieval heads (L2-normalised embeddings).
 
 The modules here reuse the model's own submodules (weights and code); only the decoder step is
@@ -39,6 +40,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from mobile_multimodal.export.xnnpack_ops import MASKED_SCORE
 from mobile_multimodal.model.decoder import TextDecoder
 from mobile_multimodal.model.heads import CTCReader, ImageProjection, TextEncoder
 from mobile_multimodal.model.llm import MobileMultiModalLLM
@@ -65,10 +67,6 @@ STACKED_OUTPUTS = ("cross_k", "cross_v", "new_k", "new_v")
 def layer_names(prefix: str, layers: int) -> tuple[str, ...]:
     """``prefix_0`` .. ``prefix_{layers-1}``: decoder_step's per-layer inputs."""
     return tuple(f"{prefix}_{i}" for i in range(layers))
-
-
-# a masked cache slot's score: far below any real score, yet finite (exp underflows to exactly 0)
-MASKED_SCORE = -1e9
 
 
 def batch_axis(name: str) -> int:
