@@ -47,12 +47,8 @@ class LayerCaches:
 
     def inputs(self) -> dict[str, np.ndarray]:
         """decoder_step's per-layer inputs (``self_k_0`` .. ``cross_v_{L-1}``), by name."""
-        named = {}
-        for prefix, arrays in (("self_k", self.k), ("self_v", self.v)):
-            named.update({f"{prefix}_{i}": a for i, a in enumerate(arrays)})
-        for prefix, arrays in (("cross_k", self.cross_k), ("cross_v", self.cross_v)):
-            named.update({f"{prefix}_{i}": a for i, a in enumerate(arrays)})
-        return named
+        buffers = {"self_k": self.k, "self_v": self.v, "cross_k": self.cross_k, "cross_v": self.cross_v}
+        return {f"{prefix}_{i}": a for prefix, arrays in buffers.items() for i, a in enumerate(arrays)}
 
     def write(self, new_k: np.ndarray, new_v: np.ndarray, position: int) -> None:
         """Put the step's keys/values (L, B, nh, 1, hs) into every row's slot ``position``."""
