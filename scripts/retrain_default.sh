@@ -22,8 +22,11 @@
 # ~10 min per precision on 2 busy cores).
 #
 # Usage:
-#   scripts/retrain_default.sh [--out DIR] [--preset NAME] [--steps N] [--eval-limit N]
-#                              [--threads N] [--qat-steps N] [--install] [--dry-run]
+#   scripts/retrain_default.sh [--out DIR] [--preset NAME] [--init-from DIR] [--steps N]
+#                              [--eval-limit N] [--threads N] [--qat-steps N] [--install] [--dry-run]
+#   # the second recipe: the bundled model continued (reshaped to the wide ASCII reader, ~55 min)
+#   scripts/retrain_default.sh --preset user-style-continue \
+#     --init-from src/mobile_multimodal/weights/default
 #   # the whole path in minutes (a tiny model; its scores mean nothing):
 #   scripts/retrain_default.sh --preset tiny-user-style --steps 300 --eval-limit 8 --qat-steps 20 \
 #     --threads 1 --out /tmp/rt
@@ -35,6 +38,7 @@ PY="${PYTHON:-$ROOT/.venv/bin/python}"
 OUT="runs/user-style-$(date -u +%Y%m%d-%H%M%S)"
 PRESET="user-style"
 STEPS=""
+INIT_FROM=""
 EVAL_LIMIT=""
 THREADS=""
 QAT_STEPS=""
@@ -46,6 +50,7 @@ while [[ $# -gt 0 ]]; do
     --out) OUT="$2"; shift 2 ;;
     --preset) PRESET="$2"; shift 2 ;;
     --steps) STEPS="$2"; shift 2 ;;
+    --init-from) INIT_FROM="$2"; shift 2 ;;
     --eval-limit) EVAL_LIMIT="$2"; shift 2 ;;
     --threads) THREADS="$2"; shift 2 ;;
     --qat-steps) QAT_STEPS="$2"; shift 2 ;;
@@ -59,6 +64,7 @@ done
 MODEL="$OUT/model"
 REPORTS="$OUT/reports"
 steps_opt=(); [[ -n "$STEPS" ]] && steps_opt=(--steps "$STEPS")
+init_opt=(); [[ -n "$INIT_FROM" ]] && init_opt=(--init-from "$INIT_FROM")
 limit_opt=(); [[ -n "$EVAL_LIMIT" ]] && limit_opt=(--limit "$EVAL_LIMIT")
 threads_opt=(); [[ -n "$THREADS" ]] && threads_opt=(--threads "$THREADS")
 examples_opt=(); [[ -n "$EVAL_LIMIT" ]] && examples_opt=(--examples "$EVAL_LIMIT")
@@ -85,7 +91,8 @@ if [[ "$DRY_RUN" == 0 ]]; then
 fi
 
 # 1. train (resumable: rerunning the same command continues from $MODEL/checkpoint.pt)
-run "$MM" train --preset "$PRESET" --out "$MODEL" --seed 0 "${steps_opt[@]}" "${threads_opt[@]}"
+run "$MM" train --preset "$PRESET" --out "$MODEL" --seed 0 "${init_opt[@]}" "${steps_opt[@]}" \
+  "${threads_opt[@]}"
 
 # 2. quantize, as the bundled variants were made
 run "$MM" quantize --bits 8 --method rtn --model "$MODEL" --out "$MODEL/int8" \

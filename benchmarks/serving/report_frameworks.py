@@ -24,6 +24,7 @@ VARIANTS = (
     ("vs_frameworks", "ours"),
     ("vs_frameworks_continuous", "ours_continuous"),
     ("vs_frameworks_onnxruntime", "ours_onnxruntime"),
+    ("vs_frameworks_onnxruntime_continuous", "ours_onnxruntime_continuous"),
     ("vs_frameworks_onnxruntime_float", "ours_onnxruntime_float"),
 )
 
@@ -91,6 +92,7 @@ def markdown(result: dict[str, Any]) -> list[str]:
             "`ours` is the default (static batching, PyTorch); `ours_continuous` the same server with "
             "`MOBILE_MM_BATCHING=continuous`; `ours_onnxruntime` the same server on the ONNX export "
             "bundle (`MOBILE_MM_RUNTIME=onnxruntime`, a batch decoded together); "
+            "`ours_onnxruntime_continuous` that server with `MOBILE_MM_BATCHING=continuous`; "
             "`ours_onnxruntime_float` that server with a quantized bundle's weights as float MatMuls "
             "(`MOBILE_MM_ONNX_WEIGHTS=float`, quantized precisions only); where measured.",
             "",

@@ -54,7 +54,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -93,8 +93,17 @@ OURS = {
         "MOBILE_MM_MAX_BATCH_WAIT_MS": "5",
         **NO_SHEDDING,
     },
-    # the same with the quantized weights as float MatMuls (MOBILE_MM_ONNX_WEIGHTS=float); run for
-    # quantized precisions only (an fp32 bundle has no packed weight: it is ours_onnxruntime)
+    # the same with iteration-level batching: rows join the bundle's running decode at their own
+    # positions (export/running_decode.py)
+    "ours_onnxruntime_continuous": {
+        "MOBILE_MM_RUNTIME": "onnxruntime",
+        "MOBILE_MM_BATCHING": "continuous",
+        "MOBILE_MM_MAX_BATCH_SIZE": "16",
+        **NO_SHEDDING,
+    },
+    # the same as ours_onnxruntime with the quantized weights as float MatMuls
+    # (MOBILE_MM_ONNX_WEIGHTS=float); run for quantized precisions only (an fp32 bundle has no
+    # packed weight: it is ours_onnxruntime)
     "ours_onnxruntime_float": {
         "MOBILE_MM_RUNTIME": "onnxruntime",
         "MOBILE_MM_ONNX_WEIGHTS": "float",
@@ -120,6 +129,7 @@ class Options:
     max_tokens: int | None
     out: Path
     onnx_data_dir: Path = ONNX_DATA_DIR
+    ours: list[str] = field(default_factory=lambda: list(OURS))
 
 
 def _percentiles(samples_s: list[float]) -> dict[str, float]:
@@ -261,7 +271,7 @@ def ensure_onnx_bundle(model: str, quantization: str, data_dir: Path) -> Path:
 
 def servers(opts: Options, quantization: str) -> Iterator[tuple[str, AbstractContextManager[RunningServer]]]:
     for name, env in OURS.items():
-        if quantization == "fp32" and name in QUANTIZED_ONLY:
+        if name not in opts.ours or (quantization == "fp32" and name in QUANTIZED_ONLY):
             continue
         onnx = env.get("MOBILE_MM_RUNTIME") == "onnxruntime"
         data_dir = ensure_onnx_bundle(opts.model, quantization, opts.onnx_data_dir) if onnx else None
@@ -336,6 +346,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--precisions", type=_csv(("fp32", "int8", "int4", "int2")), default=["fp32", "int2"])
     parser.add_argument("--tasks", type=_csv((*TASKS, MIX)), default=[*TASKS, MIX])
     parser.add_argument("--peers", type=_csv(list(PEERS)), default=list(PEERS))
+    parser.add_argument(
+        "--ours",
+        type=_csv(list(OURS)),
+        default=list(OURS),
+        help="servers of ours to run (the summary needs ours and ours_no_batching)",
+    )
     parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--model-iters", type=int, default=200)
@@ -359,7 +375,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         args.max_tokens,
         args.out,
         args.onnx_data_dir,
+        args.ours,
     )
+    if not {"ours", "ours_no_batching"} <= set(opts.ours):
+        raise SystemExit("--ours must include ours and ours_no_batching (the summary compares them)")
     opts.out.mkdir(parents=True, exist_ok=True)
     peer_setup_s = prepare_peers(opts.peers)
     env = machine()
@@ -379,7 +398,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "duration": opts.duration,
             "repeats": opts.repeats,
             "max_tokens": opts.max_tokens,
-            "ours": OURS,
+            "ours": {name: env for name, env in OURS.items() if name in opts.ours},
         },
         "machine": env,
         "notes": args.note,

@@ -103,7 +103,9 @@ def train(
     preset: str = typer.Option(
         "default",
         help="Training preset: default, user-style (printable-ASCII OCR, 32x512 letterboxed reader, "
-        "data v2 with user-style scenes and text: issue 18's model), finetune-vqa (with --init-from), "
+        "data v2 with user-style scenes and text: issue 18's model), user-style-continue (the same "
+        "recipe from a trained default model, reshaped to the wide ASCII reader; with --init-from), "
+        "finetune-vqa (with --init-from), "
         "backbone-probe (default with an ImageNet-pretrained EfficientNet-Lite0 stem), tiny or "
         "tiny-user-style.",
     ),

@@ -97,7 +97,7 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(16, ge=1, le=256)
     # continuous: captions and answers join and leave the running decode at every token (at most
     # max_batch_size decode at once; serving/continuous_batcher.py); static: batches of one
-    # (task, max_tokens) run to their end (serving/batcher.py). The ONNX Runtime backend is static.
+    # (task, max_tokens) run to their end (serving/batcher.py). Both runtimes do both.
     batching: Literal["continuous", "static"] = "static"
     max_batch_wait_ms: float = Field(5.0, ge=0, le=1000)
     max_queue: int = Field(256, ge=1)

@@ -49,6 +49,7 @@ def test_serving_benchmark_end_to_end(tmp_path: Path) -> None:
         "ours_no_batching",
         "ours_continuous",
         "ours_onnxruntime",
+        "ours_onnxruntime_continuous",
         "plain_fastapi",
         "litserve",
     }

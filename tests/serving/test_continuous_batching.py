@@ -349,9 +349,14 @@ def test_served_over_http_with_the_batch_metrics(live_server: Callable[..., Live
 
 @pytest.mark.parametrize(
     ("batching", "runtime", "continuous"),
-    [("continuous", "pytorch", True), ("static", "pytorch", False), ("continuous", "onnxruntime", False)],
+    [
+        ("continuous", "pytorch", True),
+        ("static", "pytorch", False),
+        ("continuous", "onnxruntime", True),
+        ("static", "onnxruntime", False),
+    ],
 )
-def test_the_setting_picks_the_batcher_and_onnx_runtime_stays_static(
+def test_the_setting_picks_the_batcher_for_either_runtime(
     tmp_path: Path, batching: str, runtime: str, continuous: bool
 ) -> None:
     engine = InferenceEngine(make_settings(tmp_path, batching=batching, runtime=runtime), loader=_loader)

@@ -32,12 +32,16 @@ from mobile_multimodal.export.decode import BundleModel, BundleVersionError, loa
 from mobile_multimodal.export.graphs import TorchGraphRunner, build_graphs
 from mobile_multimodal.export.onnx import pack_low_first
 from mobile_multimodal.export.pipeline import export_model
+from mobile_multimodal.export.running_decode import DecodedAnswer, DecodeRequest, RunningDecode
 from mobile_multimodal.export.step_caches import ArrayBatchSteps, ArraySteps
 from mobile_multimodal.filehash import sha256_file
 from mobile_multimodal.manifest_signing import sign_manifest
 from mobile_multimodal.model import MobileMultiModalLLM, bundled_model_dir
 from mobile_multimodal.model.model_errors import ModelLoadError
 from mobile_multimodal.observability.model_metrics import kv_cache_peak_bytes
+from mobile_multimodal.serving.batch_jobs import Job
+from mobile_multimodal.serving.continuous_batcher import ContinuousBatcher
+from mobile_multimodal.serving.engine import InferenceEngine
 from mobile_multimodal.serving.onnx_runtime_model import OnnxRuntimeModel
 from mobile_multimodal.serving.onnx_sessions import (
     BoundDecoderSteps,
@@ -467,6 +471,100 @@ def test_io_bound_batch_steps_compute_what_the_plain_batch_contract_computes(int
             arrays.keep(keep)
             rows = len(keep)
     assert rows == 2
+
+    # rows join a running batch (continuous batching): empty caches, each row at its own position
+    bound = sessions.batch_steps(cross_k[:, :2], cross_v[:, :2], shape)
+    arrays = ArrayBatchSteps(sessions.run, cross_k[:, :2], cross_v[:, :2], shape)
+    positions = [0, 0]
+    for step in range(30):
+        if step in (4, 11):  # two rows join, then one more
+            extra = slice(2, 4) if step == 4 else slice(4, 5)
+            bound.join(cross_k[:, extra], cross_v[:, extra])
+            arrays.join(cross_k[:, extra], cross_v[:, extra])
+            positions += [0] * (extra.stop - extra.start)
+        if step == 17:  # the second row leaves
+            keep = [0, 2, 3, 4]
+            bound.keep(keep)
+            arrays.keep(keep)
+            positions = [positions[i] for i in keep]
+        tokens = rng.integers(0, len(served.tokenizer.vocab), len(positions)).tolist()
+        logits = arrays.step(tokens, positions)
+        assert np.array_equal(bound.step(tokens, positions), logits), step
+        assert all(np.array_equal(b, a) for b, a in zip(bound.cache, arrays.cache, strict=True))
+        positions = [p + 1 for p in positions]
+    assert positions == [30, 26, 26, 19]
+    # a row's slot beyond its own position stays empty: each row wrote only its own slots
+    self_k = arrays.cache[0]
+    assert not self_k[:, 3, :, 19:].any() and self_k[:, 3, :, 18].any()
+
+
+@pytest.mark.parametrize("plain", [False, True])
+def test_rows_joining_a_running_decode_answer_as_each_row_alone(int2_data_dir: Path, plain: bool) -> None:
+    """``RunningDecode`` (the continuous batcher's decode on ONNX Runtime): captions and answers
+    join at different steps, each at its own position, and leave at their own ends; every row's
+    tokens and log-probabilities are the bundle's one-row loop's. ``plain``: the plain contract
+    (an ``on_run`` hook sees every call) instead of the bound buffers."""
+    served = _onnx_model("int2", int2_data_dir, Path()).bundle
+    model = BundleModel(served.bundle, served.runner, on_run=lambda *_: None) if plain else served
+    captions = [e.image for e in load_eval_split("captioning", 5)]
+    vqa = load_eval_split("vqa", 4)
+    requests: list[tuple[np.ndarray, list[int], int]] = []
+    for image, budget in zip(captions, [32, 4, 32, 9, 32], strict=True):
+        requests.append((served.image_tokens(image, None), served.prompt("captioning"), budget))
+    for example in vqa:
+        tokens = served.image_tokens(example.image, example.question)
+        requests.append((tokens, served.prompt("vqa", example.question), 8))
+    joins = {0: [0, 1], 2: [5, 6], 5: [2], 9: [3, 7, 8], 14: [4]}  # step -> requests joining
+
+    running = RunningDecode(model)
+    answers: dict[int, DecodedAnswer] = {}
+    step = 0
+    while len(running) or step <= max(joins):
+        for i in joins.get(step, []):
+            tokens, prompt, budget = requests[i]
+            running.add(tokens, [DecodeRequest(prompt, budget, tag=i)])
+        for done in running.step():
+            answers[done.tag] = done
+        step += 1
+    assert sorted(answers) == list(range(len(requests)))
+    for i, (tokens, prompt, budget) in enumerate(requests):
+        log_probs: list[float] = []
+        assert answers[i].ids == served.greedy(tokens, prompt, budget, log_probs=log_probs), i
+        assert answers[i].log_probs == pytest.approx(log_probs, abs=1e-5)  # batched kernels round apart
+    assert len({len(a.ids) for a in answers.values()}) > 2  # rows ended at different steps
+
+
+def test_continuous_batching_on_onnx_runtime_answers_as_each_request_alone(int2_data_dir: Path) -> None:
+    """``MOBILE_MM_BATCHING=continuous`` with ``--runtime onnxruntime``: more requests than rows,
+    captions of different budgets and questions joining as rows free; each result is what the
+    model gives the request alone (text and confidence)."""
+    settings = _settings(int2_data_dir, "int2", batching="continuous", max_batch_size=4)
+    model = load_model(settings)
+    assert isinstance(model, OnnxRuntimeModel)
+    captions = [e.image for e in load_eval_split("captioning", 6)]
+    budgets = [32, 3, 12, 32, 5, 20]
+    vqa = load_eval_split("vqa", 4)
+
+    async def main() -> list[Any]:
+        engine = InferenceEngine(settings, loader=lambda _: model)
+        await engine.start()
+        try:
+            assert await engine.wait_ready(120), engine.error
+            assert isinstance(engine.batcher, ContinuousBatcher)
+            jobs = [engine.admit("captioning", Job(img), n) for img, n in zip(captions, budgets, strict=True)]
+            jobs += [engine.admit("vqa", Job(e.image, question=e.question), 8) for e in vqa]
+            return await asyncio.wait_for(asyncio.gather(*jobs), 120)
+        finally:
+            await asyncio.wait_for(engine.stop(), 60)
+
+    outcomes = asyncio.run(main())
+    assert max(o.batch_size for o in outcomes) == 4
+    for o, image, n in zip(outcomes[: len(captions)], captions, budgets, strict=True):
+        confidences: list[float] = []
+        assert o.result["caption"] == model.generate_captions([image], n, confidences=confidences)[0]
+        assert o.result["confidence"] == pytest.approx(confidences[0], abs=2e-6)
+    for o, e in zip(outcomes[len(captions) :], vqa, strict=True):
+        assert o.result["answer"] == model.answer_question(e.image, e.question)
 
 
 def test_float_weights_are_the_dequantized_codes_and_decode_the_same_answers(int2_data_dir: Path) -> None:

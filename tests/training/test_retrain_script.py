@@ -75,6 +75,17 @@ def test_every_command_of_the_chain_is_accepted_by_the_cli(tmp_path: Path) -> No
     assert not any("weights/default" in " ".join(c) for c in commands)  # no --install, no copy
 
 
+def test_the_continuation_recipe_passes_its_init_model_to_train(tmp_path: Path) -> None:
+    base = ROOT / "src" / "mobile_multimodal" / "weights" / "default"
+    commands = _dry_run(
+        "--out", str(tmp_path / "run"), "--preset", "user-style-continue", "--init-from", str(base)
+    )
+    ctx = _parse_cli(commands[0][1:])
+    assert ctx.info_name == "train"
+    assert (ctx.params["preset"], ctx.params["init_from"]) == ("user-style-continue", base)
+    assert not any("--init-from" in c for c in commands[1:])  # the rest works on the new model
+
+
 def test_install_is_the_only_way_into_the_bundled_weights(tmp_path: Path) -> None:
     commands = _dry_run("--out", str(tmp_path / "run"), "--install")
     copies = [c for c in commands if c[0] in ("cp", "rm", "mkdir")]

@@ -2,7 +2,8 @@
 
 Bundle version 2's ``decoder_step`` reads one cache buffer per layer and returns only the new
 token's keys/values; the app keeps the buffers and writes each step's ``new_k``/``new_v`` into
-slot ``position`` (``LayerCaches``). ``ArrayBatchSteps`` / ``ArraySteps`` drive any
+slot ``position`` (``LayerCaches``; each row may be at its own position, and rows may join and
+leave between steps: a server's running batch). ``ArrayBatchSteps`` / ``ArraySteps`` drive any
 ``GraphRunner`` that way, handing the buffers to every ``run`` call (what validation and hooks
 see); a runner may keep them bound instead (``serving/onnx_sessions.py``'s IO binding over the
 same ``LayerCaches``). Nothing of the model package is imported: this is the bundle's contract.
@@ -50,11 +51,38 @@ class LayerCaches:
         buffers = {"self_k": self.k, "self_v": self.v, "cross_k": self.cross_k, "cross_v": self.cross_v}
         return {f"{prefix}_{i}": a for prefix, arrays in buffers.items() for i, a in enumerate(arrays)}
 
-    def write(self, new_k: np.ndarray, new_v: np.ndarray, position: int) -> None:
-        """Put the step's keys/values (L, B, nh, 1, hs) into every row's slot ``position``."""
+    def write(self, new_k: np.ndarray, new_v: np.ndarray, position: int | Sequence[int]) -> None:
+        """Put the step's keys/values (L, B, nh, 1, hs) into slot ``position`` of every row, or
+        into each row's own slot when ``position`` gives one per row (rows that joined a running
+        batch at different steps)."""
+        slot = _common_slot(position)
+        rows = np.arange(self.k[0].shape[0]) if slot is None else None
         for layer, (k, v) in enumerate(zip(self.k, self.v, strict=True)):
-            k[:, :, position] = new_k[layer, :, :, 0]
-            v[:, :, position] = new_v[layer, :, :, 0]
+            if slot is not None:
+                k[:, :, slot] = new_k[layer, :, :, 0]
+                v[:, :, slot] = new_v[layer, :, :, 0]
+            else:  # (rows, positions) picks one slot per row: (B, nh, hs)
+                k[rows, :, position] = new_k[layer, :, :, 0]
+                v[rows, :, position] = new_v[layer, :, :, 0]
+
+    def join(self, cross_k: np.ndarray, cross_v: np.ndarray) -> None:
+        """Add rows (their cross keys/values (L, B', nh, N, hs)) after the current ones, with
+        empty caches: a row's slots from its position on are never read, so zeros are its start."""
+        extra = cross_k.shape[1]
+
+        def grown(arrays: list[np.ndarray], new: np.ndarray | None) -> list[np.ndarray]:
+            out = []
+            for i, a in enumerate(arrays):
+                tail = np.zeros((extra, *a.shape[1:]), dtype=np.float32) if new is None else new[i]
+                out.append(np.ascontiguousarray(np.concatenate([a, tail]), dtype=np.float32))
+            return out
+
+        self.k, self.v = grown(self.k, None), grown(self.v, None)
+        self.cross_k, self.cross_v = grown(self.cross_k, cross_k), grown(self.cross_v, cross_v)
+
+    @property
+    def rows(self) -> int:
+        return int(self.k[0].shape[0])
 
     def keep(self, rows: Sequence[int]) -> None:
         """Only ``rows`` stay (fresh C-ordered buffers: a row selection copies)."""
@@ -72,6 +100,23 @@ class LayerCaches:
     def stacked(self) -> tuple[np.ndarray, np.ndarray]:
         """(self_k, self_v) stacked as (L, B, nh, S, hs): for comparing two decoders' caches."""
         return np.stack(self.k), np.stack(self.v)
+
+
+def _common_slot(position: int | Sequence[int]) -> int | None:
+    """The one slot every row writes, or None when rows are at different positions."""
+    if isinstance(position, int | np.integer):
+        return int(position)
+    first = int(position[0])
+    return first if all(int(p) == first for p in position) else None
+
+
+def position_array(position: int | Sequence[int], rows: int) -> np.ndarray:
+    """decoder_step's ``position`` input (B,): one for every row, or each row's own."""
+    if isinstance(position, int | np.integer):
+        return np.full(rows, int(position), dtype=np.int64)
+    if len(position) != rows:
+        raise ValueError(f"{len(position)} positions for {rows} rows")
+    return np.asarray(position, dtype=np.int64)
 
 
 class ArrayBatchSteps:
@@ -92,13 +137,13 @@ class ArrayBatchSteps:
         self._run = run
         self.caches = LayerCaches(cross_k, cross_v, cache_shape)
 
-    def step(self, tokens: Sequence[int], position: int) -> np.ndarray:
-        """Logits (B, V) after each row's token at ``position``."""
+    def step(self, tokens: Sequence[int], position: int | Sequence[int]) -> np.ndarray:
+        """Logits (B, V) after each row's token at ``position`` (one for all, or one per row)."""
         out = self._run(
             "decoder_step",
             {
                 "token": np.array(tokens, dtype=np.int64)[:, None],
-                "position": np.full(len(tokens), position, dtype=np.int64),
+                "position": position_array(position, len(tokens)),
                 **self.caches.inputs(),
             },
         )
@@ -107,6 +152,9 @@ class ArrayBatchSteps:
 
     def keep(self, rows: Sequence[int]) -> None:
         self.caches.keep(rows)
+
+    def join(self, cross_k: np.ndarray, cross_v: np.ndarray) -> None:
+        self.caches.join(cross_k, cross_v)
 
     @property
     def cache(self) -> tuple[np.ndarray, np.ndarray]:

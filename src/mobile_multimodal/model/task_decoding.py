@@ -75,6 +75,11 @@ class TaskDecoding:
     def __len__(self) -> int:
         return len(self.batch)
 
+    @property
+    def requests(self) -> list[TaskRequest]:
+        """The requests decoding now."""
+        return [t for t in self.batch.tags if isinstance(t, TaskRequest)]
+
     def check(self, request: TaskRequest) -> None:
         """Raise what the model would raise for ``request`` alone (before any tensor)."""
         if request.task not in DECODED_TASKS:
@@ -96,14 +101,19 @@ class TaskDecoding:
                 good.append(i)
             except (ValueError, TypeError) as exc:  # PromptTooLongError is a ValueError
                 refused[i] = exc
-        done: list[TaskResult] = []
+        # every image is encoded before any row joins: a failed encoder pass leaves the batch as
+        # it was (a serving batcher then admits each request alone, so only a bad one fails)
+        groups = []
         for task in DECODED_TASKS:
             group = [requests[i] for i in good if requests[i].task == task]
             if group:
-                done += self._admit_task(task, group)
+                groups.append(self._encode_task(task, group))
+        done: list[TaskResult] = []
+        for rows, tokens in groups:
+            done += [self._result(f) for f in self.batch.add(rows, tokens)]
         return done, refused
 
-    def _admit_task(self, task: str, group: list[TaskRequest]) -> list[TaskResult]:
+    def _encode_task(self, task: str, group: list[TaskRequest]) -> tuple[list[DecodeRow], torch.Tensor]:
         model = self.model
         scenes = torch.stack([scene_tensor(r.image, model.config.scene_size) for r in group]).to(model.device)
         question: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None)
@@ -127,7 +137,7 @@ class TaskDecoding:
             )
             for r in group
         ]
-        return [self._result(f) for f in self.batch.add(rows, tokens)]
+        return rows, tokens
 
     @torch.inference_mode()
     def step(self) -> list[TaskResult]:

@@ -60,6 +60,7 @@ from mobile_multimodal.model.task_decoding import DECODED_TASKS, TaskDecoding, T
 from mobile_multimodal.observability import metrics
 from mobile_multimodal.serving.batch_jobs import BatchKey, Job
 from mobile_multimodal.serving.batcher import BatchLoop, BatchOutcome
+from mobile_multimodal.serving.bundle_decoding import BundleTaskDecoding, decodes_continuously
 from mobile_multimodal.serving.domain_flags import annotate
 
 log = logging.getLogger(__name__)
@@ -93,9 +94,20 @@ class _Iteration:
     ended: float = 0.0
 
 
+Decoding = TaskDecoding | BundleTaskDecoding
+
+
 def supports_continuous(model: object) -> bool:
-    """Continuous decoding needs the PyTorch model's step API (``model/task_decoding.py``)."""
-    return isinstance(model, MobileMultiModalLLM)
+    """Continuous decoding needs a step API: the PyTorch model's (``model/task_decoding.py``) or
+    a bundle whose ``decoder_step`` takes a batch on ONNX Runtime (``bundle_decoding.py``)."""
+    return isinstance(model, MobileMultiModalLLM) or decodes_continuously(model)
+
+
+def new_decoding(model: Any) -> Decoding:
+    """The running batch for ``model`` (one that ``supports_continuous``)."""
+    if isinstance(model, MobileMultiModalLLM):
+        return TaskDecoding(model)
+    return BundleTaskDecoding(model)
 
 
 class ContinuousBatcher(BatchLoop):
@@ -130,7 +142,7 @@ class ContinuousBatcher(BatchLoop):
         self._decode_queue: deque[_Pending] = deque()
         self._single_queues: dict[BatchKey, deque[_Pending]] = {}
         self._active: dict[int, _Pending] = {}  # id(pending) -> pending, rows decoding now
-        self._decoding: TaskDecoding | None = None  # touched on the model thread only
+        self._decoding: Decoding | None = None  # touched on the model thread only
         self._lock = threading.Lock()  # the queues and the active rows: event loop vs model thread
         self._last_end = 0.0
         self._drain_items = 0
@@ -321,9 +333,9 @@ class ContinuousBatcher(BatchLoop):
             time.perf_counter() - start
         )
 
-    def _decoding_for(self, model: MobileMultiModalLLM) -> TaskDecoding:
+    def _decoding_for(self, model: Any) -> Decoding:
         if self._decoding is None or (self._decoding.model is not model and not len(self._decoding)):
-            self._decoding = TaskDecoding(model)
+            self._decoding = new_decoding(model)
         return self._decoding
 
     def _admit(self, admit: list[_Pending], report: _Iteration) -> None:
@@ -365,7 +377,7 @@ class ContinuousBatcher(BatchLoop):
         decoding = self._decoding
         if decoding is None or not len(decoding):
             return
-        rows = [t for t in decoding.batch.tags if isinstance(t, TaskRequest)]
+        rows = decoding.requests
         for r in rows:
             pending = r.tag
             assert isinstance(pending, _Pending)
@@ -405,7 +417,7 @@ def warm_up_decoding(model: Any, image: Any) -> None:
     """One caption and one answer through the continuous path (the engine's warm-up)."""
     if not supports_continuous(model):
         return
-    decoding = TaskDecoding(model)
+    decoding = new_decoding(model)
     decoding.admit(
         [TaskRequest("captioning", image, 32), TaskRequest("vqa", image, 8, question="what color is it ?")]
     )

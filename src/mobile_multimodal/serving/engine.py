@@ -13,7 +13,7 @@ same check without queueing, cheap enough to run before a request's body is read
 :meth:`arrival` marks a request that is on its way (decoding its image), so the batcher waits
 for it to fill a batch.
 
-With ``MOBILE_MM_BATCHING=continuous`` (PyTorch runtime only) the batcher is a
+With ``MOBILE_MM_BATCHING=continuous`` (either runtime) the batcher is a
 :class:`~mobile_multimodal.serving.continuous_batcher.ContinuousBatcher` instead: captions and
 answers join and leave the running decode at every token, OCR and retrieval run between steps.
 
@@ -116,10 +116,10 @@ class InferenceEngine:
         self.load_seconds: float | None = None
         self.probe = ProbeCase.default()
         self.batcher: DynamicBatcher[BatchKey, Job, dict[str, Any]] | ContinuousBatcher
-        # The ONNX Runtime backend keeps static batches: its decoder graphs take one fixed-length
-        # KV cache per call for the whole batch (the bundle's layout, what a phone runs), and the
-        # bundle's decode loop knows no rows joining or leaving mid-decode.
-        self.continuous = settings.batching == "continuous" and settings.runtime == "pytorch"
+        # Both runtimes decode continuously: the ONNX Runtime backend through the bundle's own
+        # decoder_step, each row at its own position (serving/bundle_decoding.py); a bundle whose
+        # decoder_step takes no batch is decoded in static batches by the same batcher.
+        self.continuous = settings.batching == "continuous"
         if self.continuous:
             self.batcher = ContinuousBatcher(
                 model=lambda: self.model,

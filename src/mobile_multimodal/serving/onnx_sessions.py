@@ -29,14 +29,14 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from mobile_multimodal.export.onnx import pack_low_first
-from mobile_multimodal.export.step_caches import LayerCaches
+from mobile_multimodal.export.step_caches import LayerCaches, position_array
 
 WIDE_BITS = 4
 
@@ -187,18 +187,19 @@ class BundleSessions:
     ) -> BoundBatchSteps:
         """``decoder_step`` for a batch of answers (``cross_k.shape[1]`` rows) on bound buffers;
         ``export.batch_decode.greedy_batch`` uses it instead of passing the caches through ``run``."""
-        steps = BoundBatchSteps(self.sessions["decoder_step"], cross_k, cross_v, cache_shape)
-        self.peak_cache_bytes = max(self.peak_cache_bytes, steps.cache_bytes)
-        return steps
+        return BoundBatchSteps(self.sessions["decoder_step"], cross_k, cross_v, cache_shape, self._saw_cache)
+
+    def _saw_cache(self, size: int) -> None:
+        self.peak_cache_bytes = max(self.peak_cache_bytes, size)
 
     def decoder_steps(
         self, cross_k: np.ndarray, cross_v: np.ndarray, cache_shape: Sequence[int]
     ) -> BoundDecoderSteps:
         """``decoder_step`` for one answer, its KV cache kept in bound buffers (see the module
         docstring); ``decode.BundleModel`` uses it instead of passing the cache through ``run``."""
-        steps = BoundDecoderSteps(self.sessions["decoder_step"], cross_k, cross_v, cache_shape)
-        self.peak_cache_bytes = max(self.peak_cache_bytes, steps.cache_bytes)
-        return steps
+        return BoundDecoderSteps(
+            self.sessions["decoder_step"], cross_k, cross_v, cache_shape, self._saw_cache
+        )
 
 
 class BoundBatchSteps:
@@ -212,13 +213,19 @@ class BoundBatchSteps:
     buffers and the binding rebuilt: at most once per finishing step."""
 
     def __init__(
-        self, session: Any, cross_k: np.ndarray, cross_v: np.ndarray, cache_shape: Sequence[int]
+        self,
+        session: Any,
+        cross_k: np.ndarray,
+        cross_v: np.ndarray,
+        cache_shape: Sequence[int],
+        on_size: Callable[[int], None] | None = None,
     ) -> None:
         self._session = session
         self._vocab = int(next(o.shape for o in session.get_outputs() if o.name == "logits")[-1])
+        self._on_size = on_size  # hears the cache's bytes whenever they grow (the runner's peak)
         self.caches = LayerCaches(cross_k, cross_v, cache_shape)
+        self.cache_bytes = 0
         self._bind()
-        self.cache_bytes = self.caches.nbytes() + self._new_k.nbytes + self._new_v.nbytes
 
     def _bind(self) -> None:
         import onnxruntime as ort
@@ -246,17 +253,28 @@ class BoundBatchSteps:
         binding.bind_ortvalue_output("new_k", bound(self._new_k))
         binding.bind_ortvalue_output("new_v", bound(self._new_v))
         self._binding = binding
+        size = caches.nbytes() + self._new_k.nbytes + self._new_v.nbytes
+        if size > self.cache_bytes:
+            self.cache_bytes = size
+            if self._on_size is not None:
+                self._on_size(size)
 
-    def step(self, tokens: Sequence[int], position: int) -> np.ndarray:
-        """Logits (B, V): a view of the bound buffer, overwritten by the next step."""
+    def step(self, tokens: Sequence[int], position: int | Sequence[int]) -> np.ndarray:
+        """Logits (B, V): a view of the bound buffer, overwritten by the next step. ``position``:
+        one for every row, or each row's own."""
         self._token[:, 0] = tokens
-        self._position[:] = position
+        self._position[:] = position_array(position, len(self._position))
         self._session.run_with_iobinding(self._binding)
         self.caches.write(self._new_k, self._new_v, position)
         return self._logits
 
     def keep(self, rows: Sequence[int]) -> None:
         self.caches.keep(rows)
+        self._bind()
+
+    def join(self, cross_k: np.ndarray, cross_v: np.ndarray) -> None:
+        """Rows join after the current ones (empty caches): the buffers grow and are bound again."""
+        self.caches.join(cross_k, cross_v)
         self._bind()
 
     @property
@@ -270,9 +288,14 @@ class BoundDecoderSteps:
     ``BoundBatchSteps`` of one row. Not thread-safe: one per answer being decoded."""
 
     def __init__(
-        self, session: Any, cross_k: np.ndarray, cross_v: np.ndarray, cache_shape: Sequence[int]
+        self,
+        session: Any,
+        cross_k: np.ndarray,
+        cross_v: np.ndarray,
+        cache_shape: Sequence[int],
+        on_size: Callable[[int], None] | None = None,
     ) -> None:
-        self._batch = BoundBatchSteps(session, cross_k, cross_v, cache_shape)
+        self._batch = BoundBatchSteps(session, cross_k, cross_v, cache_shape, on_size)
         # what this answer's KV cache holds: the caches, the step's outputs and the image's cross
         # keys/values
         self.cache_bytes = self._batch.cache_bytes

@@ -1,0 +1,205 @@
+"""A running batch of the bundle's greedy decodes: rows join and leave at every ``decoder_step``.
+
+``batch_decode.greedy_batch`` decodes a fixed set of rows to their end. A server doing continuous
+(iteration-level) batching needs more: a request that arrives while others decode joins at the
+next step instead of waiting for the whole batch. The bundle's contract allows it as it stands:
+``decoder_step`` takes each row's own ``position`` (B,), and a row reads only its cache slots
+before its position, so a joining row starts at position 0 on an empty cache beside rows deep
+into their answers. There is no prefill graph: a row reads its prompt one token per step, as the
+phone's loop does, while the others generate.
+
+Each row computes what ``BundleModel.greedy`` computes for it alone (the task's constraint, first
+maximum on ties, the same stops), so the answers are the ones the export's validation scored:
+``tests/export/test_running_decode.py`` joins rows at different steps and compares every row with
+its own decode, on the plain contract and on ONNX Runtime's bound buffers.
+
+Example::
+
+    running = RunningDecode(model)                            # a decode.BundleModel
+    running.add(image_tokens, [DecodeRequest(prompt, max_new_tokens=32, tag="a")])
+    while len(running):
+        for answer in running.step():                         # one token for every row
+            print(answer.tag, answer.ids)
+        # ... new rows may be added here, at any step
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from mobile_multimodal.export.decode import BundleModel
+from mobile_multimodal.export.step_caches import ArrayBatchSteps
+
+
+class BatchSteps(Protocol):
+    """``decoder_step`` for a batch of answers, holding their caches between steps."""
+
+    def step(self, tokens: Sequence[int], position: int | Sequence[int]) -> np.ndarray:
+        """Logits (B, V) after each row's token at its position (valid until the next step)."""
+        ...
+
+    def keep(self, rows: Sequence[int]) -> None:
+        """Only ``rows`` (indices into the current batch, in order) take further steps."""
+        ...
+
+    def join(self, cross_k: np.ndarray, cross_v: np.ndarray) -> None:
+        """Rows with these cross keys/values (L, B', nh, N, hs) join after the current ones."""
+        ...
+
+
+def batch_steps(model: BundleModel, cross_k: np.ndarray, cross_v: np.ndarray) -> BatchSteps:
+    """The batch's decoder steps: the runner's own (``batch_steps``: ONNX Runtime's IO binding,
+    the caches never crossing into Python) when it has them and no ``on_run`` hook must see every
+    call, else the plain contract."""
+    shape = model.spec["kv_cache"]["shape"]
+    bound = getattr(model.runner, "batch_steps", None)
+    if bound is not None and model.on_run is None:
+        steps: BatchSteps = bound(cross_k, cross_v, shape)
+        return steps
+    return ArrayBatchSteps(model.run_graph, cross_k, cross_v, shape)
+
+
+@dataclass
+class DecodeRequest:
+    """One answer to decode: its prompt ids, at most ``max_new_tokens`` answer tokens (one more
+    lets <eos> end it, as ``greedy``), ``stop`` read before each answer token (True: it ends
+    with the tokens it has), ``tag``: the caller's handle, returned as is."""
+
+    prompt: list[int]
+    max_new_tokens: int
+    stop: Callable[[], bool] | None = None
+    tag: Any = None
+
+
+@dataclass
+class DecodedAnswer:
+    """A row that left: its answer ids (<eos> included when reached), each one's log-probability,
+    and whether its stop ended it."""
+
+    tag: Any
+    ids: list[int]
+    log_probs: list[float]
+    stopped: bool
+
+
+@dataclass
+class _Row:
+    request: DecodeRequest
+    budget: int
+    rule: Any
+    state: Any
+    position: int = 0
+    ids: list[int] = field(default_factory=list)
+    log_probs: list[float] = field(default_factory=list)
+
+    def answer(self, stopped: bool = False) -> DecodedAnswer:
+        return DecodedAnswer(self.request.tag, self.ids, self.log_probs, stopped)
+
+
+def _log_prob(row: np.ndarray, index: int) -> float:
+    values = row.astype(np.float64)
+    top = values.max()
+    return float(values[index] - top - np.log(np.exp(values - top).sum()))
+
+
+def cross_kv(model: BundleModel, image_tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every row's cross-attention keys and values, (L, B, nh, N, hs) each: one 'cross_kv' call
+    when the bundle's graph takes a batch, else one per row."""
+    batches = getattr(model.runner, "batches", None)
+    if len(image_tokens) > 1 and batches is not None and batches("cross_kv"):
+        out = model.run_graph("cross_kv", {"image_tokens": image_tokens})
+        return out["cross_k"], out["cross_v"]
+    rows = [model.run_graph("cross_kv", {"image_tokens": t[None]}) for t in image_tokens]
+    return (
+        np.concatenate([c["cross_k"] for c in rows], axis=1),
+        np.concatenate([c["cross_v"] for c in rows], axis=1),
+    )
+
+
+class RunningDecode:
+    """See the module docstring. Not thread-safe: one driver calls ``add`` and ``step``."""
+
+    def __init__(self, model: BundleModel) -> None:
+        self.model = model
+        self._max_len = int(model.spec["kv_cache"]["max_len"])
+        self._eos = model.tokenizer.eos
+        self._rows: list[_Row] = []
+        self._steps: BatchSteps | None = None
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    @property
+    def tags(self) -> list[Any]:
+        """The tags of the rows decoding now, in batch order."""
+        return [r.request.tag for r in self._rows]
+
+    def add(self, image_tokens: np.ndarray, requests: Sequence[DecodeRequest]) -> None:
+        """Rows for ``requests`` (their images' tokens (B, N, D)) join at the next step."""
+        if len(image_tokens) != len(requests):
+            raise ValueError(f"{len(image_tokens)} images for {len(requests)} requests")
+        if not requests:
+            return
+        rows = []
+        for request in requests:
+            if not 0 < len(request.prompt) <= self._max_len:
+                raise ValueError(
+                    f"a prompt of {len(request.prompt)} tokens (the cache holds {self._max_len})"
+                )
+            rule = self.model.rules.for_prompt(request.prompt)
+            budget = min(request.max_new_tokens + 1, self._max_len - len(request.prompt))
+            rows.append(_Row(request, budget, rule, rule.start))
+        cross_k, cross_v = cross_kv(self.model, image_tokens)
+        if self._steps is None:
+            self._steps = batch_steps(self.model, cross_k, cross_v)
+        else:
+            self._steps.join(cross_k, cross_v)
+        self._rows += rows
+
+    def step(self) -> list[DecodedAnswer]:
+        """One token for every row; the rows that finished (they have left the batch)."""
+        if self._steps is None or not self._rows:
+            return []
+        fed = [
+            r.request.prompt[r.position] if r.position < len(r.request.prompt) else r.ids[-1]
+            for r in self._rows
+        ]
+        positions = [r.position for r in self._rows]
+        # one position for all when the rows are level (a batch that started together)
+        logits = self._steps.step(fed, positions[0] if len(set(positions)) == 1 else positions)
+        keep: list[int] = []
+        done: list[DecodedAnswer] = []
+        for j, row in enumerate(self._rows):
+            row.position += 1
+            if row.position < len(row.request.prompt):  # still reading its prompt
+                keep.append(j)
+                continue
+            stop = row.request.stop
+            if stop is not None and stop():
+                done.append(row.answer(stopped=True))  # its request gave up: it ends as it is
+                continue
+            nxt = row.rule.pick_in(logits[j], row.state)
+            row.log_probs.append(_log_prob(logits[j], nxt))
+            row.ids.append(nxt)
+            row.state = row.rule.next_state(row.state, nxt)
+            if nxt != self._eos and len(row.ids) < row.budget:
+                keep.append(j)
+            else:
+                done.append(row.answer())
+        if len(keep) < len(self._rows):  # finished rows leave: their cache slices are dropped
+            self._rows = [self._rows[j] for j in keep]
+            if keep:
+                self._steps.keep(keep)
+            else:
+                self._steps = None  # the buffers go with the last row
+        return done
+
+    def clear(self) -> list[Any]:
+        """Drop every row (after a failed step); their tags."""
+        tags = self.tags
+        self._rows, self._steps = [], None
+        return tags
