@@ -32,13 +32,7 @@ from typing import Any
 import numpy as np
 
 from mobile_multimodal.export.decode import BundleModel
-from mobile_multimodal.export.running_decode import DecodeRequest, RunningDecode
-
-
-def _batches(model: BundleModel, graph: str) -> bool:
-    """Whether the runner runs ``graph`` on a batch (its batch axis dynamic in this bundle)."""
-    batches = getattr(model.runner, "batches", None)
-    return bool(batches is not None and batches(graph))
+from mobile_multimodal.export.running_decode import DecodeRequest, RunningDecode, runs_batches
 
 
 def batch_image_tokens(
@@ -48,7 +42,7 @@ def batch_image_tokens(
     graph takes one (an INT2 vision call pays its weights' dequantization once, not per image),
     else one call per image."""
     inputs = [model.vision_inputs(image, q) for image, q in zip(images, questions, strict=True)]
-    if len(inputs) > 1 and _batches(model, "vision"):
+    if len(inputs) > 1 and runs_batches(model, "vision"):
         stacked = {name: np.concatenate([i[name] for i in inputs]) for name in inputs[0]}
         tokens: np.ndarray = model.run_graph("vision", stacked)["image_tokens"]
         return tokens

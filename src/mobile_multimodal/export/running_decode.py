@@ -106,11 +106,16 @@ def _log_prob(row: np.ndarray, index: int) -> float:
     return float(values[index] - top - np.log(np.exp(values - top).sum()))
 
 
+def runs_batches(model: BundleModel, graph: str) -> bool:
+    """Whether the runner runs ``graph`` on a batch (its batch axis dynamic in this bundle)."""
+    batches = getattr(model.runner, "batches", None)
+    return bool(batches is not None and batches(graph))
+
+
 def cross_kv(model: BundleModel, image_tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Every row's cross-attention keys and values, (L, B, nh, N, hs) each: one 'cross_kv' call
     when the bundle's graph takes a batch, else one per row."""
-    batches = getattr(model.runner, "batches", None)
-    if len(image_tokens) > 1 and batches is not None and batches("cross_kv"):
+    if len(image_tokens) > 1 and runs_batches(model, "cross_kv"):
         out = model.run_graph("cross_kv", {"image_tokens": image_tokens})
         return out["cross_k"], out["cross_v"]
     rows = [model.run_graph("cross_kv", {"image_tokens": t[None]}) for t in image_tokens]
