@@ -38,8 +38,10 @@ from mobile_multimodal.filehash import sha256_file
 from mobile_multimodal.manifest_signing import sign_manifest
 from mobile_multimodal.model import MobileMultiModalLLM, bundled_model_dir
 from mobile_multimodal.model.model_errors import ModelLoadError
+from mobile_multimodal.model.task_decoding import TaskRequest, TaskResult
 from mobile_multimodal.observability.model_metrics import kv_cache_peak_bytes
 from mobile_multimodal.serving.batch_jobs import Job
+from mobile_multimodal.serving.bundle_decoding import BundleTaskDecoding
 from mobile_multimodal.serving.continuous_batcher import ContinuousBatcher
 from mobile_multimodal.serving.engine import InferenceEngine
 from mobile_multimodal.serving.onnx_runtime_model import OnnxRuntimeModel
@@ -532,6 +534,38 @@ def test_rows_joining_a_running_decode_answer_as_each_row_alone(int2_data_dir: P
         assert answers[i].ids == served.greedy(tokens, prompt, budget, log_probs=log_probs), i
         assert answers[i].log_probs == pytest.approx(log_probs, abs=1e-5)  # batched kernels round apart
     assert len({len(a.ids) for a in answers.values()}) > 2  # rows ended at different steps
+
+
+def test_a_request_that_gives_up_leaves_the_running_decode_at_its_next_step(int2_data_dir: Path) -> None:
+    """Continuous decoding on ONNX Runtime under cancellation: a request whose stop is set mid-
+    decode leaves at the next step with the words it had, one stopped before admission costs
+    nothing, and its neighbours decode on to their own answers."""
+    model = _onnx_model("int2", int2_data_dir, Path())
+    decoding = BundleTaskDecoding(model)
+    images = [e.image for e in load_eval_split("captioning", 3)]
+    full = [model.generate_captions([image])[0] for image in images]
+    stops = [threading.Event() for _ in images]
+    early = threading.Event()
+    early.set()
+    requests = [
+        TaskRequest("captioning", image, 32, stop=stop, tag=i)
+        for i, (image, stop) in enumerate(zip(images, stops, strict=True))
+    ]
+    done, refused = decoding.admit(
+        [*requests, TaskRequest("captioning", images[0], 32, stop=early, tag="early")]
+    )
+    assert not refused and [(r.tag, r.text, r.stopped) for r in done] == [("early", "", True)]
+    results: dict[object, TaskResult] = {}
+    prompt = len(model.bundle.prompt("captioning"))
+    for step in range(64):
+        if step == prompt + 1:  # request 1 has two answer words by now
+            stops[1].set()
+        results.update((r.tag, r) for r in decoding.step())
+        if not len(decoding):
+            break
+    assert not len(decoding) and sorted(results) == [0, 1, 2]
+    assert results[0].text == full[0] and results[2].text == full[2]
+    assert results[1].stopped and results[1].text == " ".join(full[1].split()[:2])
 
 
 def test_continuous_batching_on_onnx_runtime_answers_as_each_request_alone(int2_data_dir: Path) -> None:
