@@ -263,7 +263,10 @@ class BoundBatchSteps:
         """Logits (B, V): a view of the bound buffer, overwritten by the next step. ``position``:
         one for every row, or each row's own."""
         self._token[:, 0] = tokens
-        self._position[:] = position_array(position, len(self._position))
+        if isinstance(position, int):  # every row at one position (a phone's loop, a level batch)
+            self._position.fill(position)
+        else:
+            self._position[:] = position_array(position, len(self._position))
         self._session.run_with_iobinding(self._binding)
         self.caches.write(self._new_k, self._new_v, position)
         return self._logits
