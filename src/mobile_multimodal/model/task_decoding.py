@@ -25,7 +25,7 @@ Example::
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -64,6 +64,17 @@ class TaskResult:
     stopped: bool
 
 
+def check_request(request: TaskRequest, check_question: Callable[[str], None]) -> None:
+    """Raise what a model would raise for ``request`` alone: an undecoded task, a budget below
+    1, a question the model refuses (``check_question``, e.g. over its prompt limit)."""
+    if request.task not in DECODED_TASKS:
+        raise ValueError(f"task {request.task!r} is not decoded; choose from {DECODED_TASKS}")
+    if request.max_tokens < 1:
+        raise ValueError(f"max_tokens must be >= 1, got {request.max_tokens}")
+    if request.task == "vqa":
+        check_question(request.question or "")
+
+
 class TaskDecoding:
     """A running batch of caption and answer decodes over one model."""
 
@@ -82,12 +93,7 @@ class TaskDecoding:
 
     def check(self, request: TaskRequest) -> None:
         """Raise what the model would raise for ``request`` alone (before any tensor)."""
-        if request.task not in DECODED_TASKS:
-            raise ValueError(f"task {request.task!r} is not decoded; choose from {DECODED_TASKS}")
-        if request.max_tokens < 1:
-            raise ValueError(f"max_tokens must be >= 1, got {request.max_tokens}")
-        if request.task == "vqa":
-            self.model.check_question(request.question or "")
+        check_request(request, self.model.check_question)
 
     @torch.inference_mode()
     def admit(self, requests: Sequence[TaskRequest]) -> tuple[list[TaskResult], dict[int, Exception]]:

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 
 from mobile_multimodal.export.batch_decode import batch_image_tokens
 from mobile_multimodal.export.running_decode import DecodedAnswer, DecodeRequest, RunningDecode
-from mobile_multimodal.model.task_decoding import DECODED_TASKS, TaskRequest, TaskResult
+from mobile_multimodal.model.task_decoding import DECODED_TASKS, TaskRequest, TaskResult, check_request
 from mobile_multimodal.serving.onnx_runtime_model import OnnxRuntimeModel
 
 
@@ -52,12 +52,7 @@ class BundleTaskDecoding:
 
     def check(self, request: TaskRequest) -> None:
         """Raise what the model would raise for ``request`` alone (before any graph runs)."""
-        if request.task not in DECODED_TASKS:
-            raise ValueError(f"task {request.task!r} is not decoded; choose from {DECODED_TASKS}")
-        if request.max_tokens < 1:
-            raise ValueError(f"max_tokens must be >= 1, got {request.max_tokens}")
-        if request.task == "vqa":
-            self.model.check_question(request.question or "")
+        check_request(request, self.model.check_question)
 
     def admit(self, requests: Sequence[TaskRequest]) -> tuple[list[TaskResult], dict[int, Exception]]:
         """Encode ``requests``' images (one vision call per task) and let them join. Returns the
