@@ -88,3 +88,7 @@ def test_a_reshaping_preset_trains_from_the_init_model_and_records_it(tmp_path: 
     assert warm["ocr_characters_kept"] == len(CHARSETS["lowercase"]) and "A" in warm["ocr_characters_new"]
     assert PRESETS["user-style-continue"].reshape_init and not PRESETS["finetune-vqa"].reshape_init
     assert MobileMultiModalLLM.from_pretrained(out).tokenizer.charset == CHARSETS["ascii"]
+    # without a model to continue, the preset refuses before any work (no silent fresh start)
+    with pytest.raises(ValueError, match="--init-from"):
+        train_model(TrainOptions(out=tmp_path / "none", preset="tiny-user-style-continue", steps=1))
+    assert not (tmp_path / "none").exists()

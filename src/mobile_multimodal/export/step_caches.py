@@ -80,10 +80,6 @@ class LayerCaches:
         self.k, self.v = grown(self.k, None), grown(self.v, None)
         self.cross_k, self.cross_v = grown(self.cross_k, cross_k), grown(self.cross_v, cross_v)
 
-    @property
-    def rows(self) -> int:
-        return int(self.k[0].shape[0])
-
     def keep(self, rows: Sequence[int]) -> None:
         """Only ``rows`` stay (fresh C-ordered buffers: a row selection copies)."""
         index = list(rows)

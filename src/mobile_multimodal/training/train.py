@@ -207,6 +207,8 @@ def train_model(opts: TrainOptions, replicas: SingleProcess | None = None) -> Pa
     total = opts.steps if opts.steps is not None else preset.steps
     if total < 1:
         raise ValueError("--steps must be >= 1")
+    if preset.reshape_init and opts.init_from is None:
+        raise ValueError(f"preset {opts.preset!r} continues a trained model: give --init-from DIR")
     device = ("cuda" if torch.cuda.is_available() else "cpu") if opts.device == "auto" else opts.device
     if opts.threads:
         torch.set_num_threads(opts.threads)
