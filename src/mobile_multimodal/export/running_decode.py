@@ -10,7 +10,7 @@ phone's loop does, while the others generate.
 
 Each row computes what ``BundleModel.greedy`` computes for it alone (the task's constraint, first
 maximum on ties, the same stops), so the answers are the ones the export's validation scored:
-``tests/export/test_running_decode.py`` joins rows at different steps and compares every row with
+``tests/serving/test_onnx_runtime.py`` joins rows at different steps and compares every row with
 its own decode, on the plain contract and on ONNX Runtime's bound buffers.
 
 Example::

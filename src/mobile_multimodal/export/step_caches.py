@@ -55,7 +55,7 @@ class LayerCaches:
         """Put the step's keys/values (L, B, nh, 1, hs) into slot ``position`` of every row, or
         into each row's own slot when ``position`` gives one per row (rows that joined a running
         batch at different steps)."""
-        slot = position if isinstance(position, int) else _common_slot(position)
+        slot = _common_slot(position)
         rows = np.arange(self.k[0].shape[0]) if slot is None else None
         for layer, (k, v) in enumerate(zip(self.k, self.v, strict=True)):
             if slot is not None:

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from mobile_multimodal.export.onnx import pack_low_first
-from mobile_multimodal.export.step_caches import LayerCaches, position_array
+from mobile_multimodal.export.step_caches import LayerCaches
 
 WIDE_BITS = 4
 
@@ -263,10 +263,7 @@ class BoundBatchSteps:
         """Logits (B, V): a view of the bound buffer, overwritten by the next step. ``position``:
         one for every row, or each row's own."""
         self._token[:, 0] = tokens
-        if isinstance(position, int):  # every row at one position (a phone's loop, a level batch)
-            self._position.fill(position)
-        else:
-            self._position[:] = position_array(position, len(self._position))
+        self._position[:] = position  # one for all rows broadcasts; a list must name every row
         self._session.run_with_iobinding(self._binding)
         self.caches.write(self._new_k, self._new_v, position)
         return self._logits
