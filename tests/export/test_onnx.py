@@ -97,6 +97,18 @@ def test_fp32_bundle_matches_pytorch_in_onnx_runtime(onnx_fp32: BuiltBundle) -> 
     assert not any(n.op_type in ("MatMulNBits", "DequantizeLinear") for n in _ops(onnx_fp32, "decoder_step"))
 
 
+def test_decoder_step_reads_no_size_at_run_time(onnx_fp32: BuiltBundle) -> None:
+    """Every size of the step but the batch is a constant of the graph (``DecoderStepGraph``): a
+    size read off a tensor exports as Shape -> Gather -> Unsqueeze -> Concat nodes that every
+    runtime runs at every token (1,138 nodes, about half of them such lookups, before). The
+    token's state is a matrix, so each projection is one Gemm with its bias."""
+    ops = [n.op_type for n in _ops(onnx_fp32, "decoder_step")]
+    assert "Shape" not in ops and "Transpose" in ops  # transposes: only k^T in the attention scores
+    assert ops.count("Transpose") == 12  # 4 layers x (cache keys, own key, image keys)
+    assert ops.count("Gemm") == 28  # 4 layers x (q, kv, out; cross q, out; fc1, fc2)
+    assert len(ops) < 400
+
+
 def test_int2_bundle_runs_our_2_bit_codes(onnx_int2: BuiltBundle, onnx_fp32: BuiltBundle) -> None:
     _assert_parity(onnx_int2)
     nbits = [n for n in _ops(onnx_int2, "decoder_step") if n.op_type == "MatMulNBits"]

@@ -201,54 +201,78 @@ class DecoderStepGraph(nn.Module):
     while another answers. The mobile bundles use B = 1; the ONNX bundle declares B dynamic
     (``GraphSpec.batch_axes``) for a server's batches."""
 
-    def __init__(self, decoder: TextDecoder, cache_len: int) -> None:
+    def __init__(
+        self, decoder: TextDecoder, cache_len: int, heads: int, head_dim: int, image_tokens: int
+    ) -> None:
         super().__init__()
         self.decoder = decoder
         self.cache_len = cache_len
         self.n_layers = len(list(decoder.layers()))
+        # every size but the batch is a Python int, so the exported graph holds it as a constant:
+        # a size read off a tensor (x.shape) becomes Shape -> Gather -> Unsqueeze -> Concat nodes
+        # once the batch axis is dynamic, run at every step
+        self.heads, self.head_dim, self.image_tokens = heads, head_dim, image_tokens
         self.register_buffer("slots", torch.arange(cache_len), persistent=False)
+        self.register_buffer("masked", torch.full((1, heads, 1, cache_len), MASKED_SCORE), persistent=False)
 
     def forward(self, token: Tensor, position: Tensor, *caches: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         dec, n = self.decoder, self.n_layers
+        nh, hs, slots = self.heads, self.head_dim, self.cache_len
         self_k, self_v, cross_k, cross_v = (caches[i * n : (i + 1) * n] for i in range(4))
-        slots: Tensor = self.slots  # type: ignore[assignment]
         at = position[:, None]  # (B, 1)
-        earlier = (slots[None, :] < at)[:, None, None, :]  # (B, 1, 1, S): the cached tokens
-        x = dec.tok(token) + dec.pos(at)  # (B, 1, D)
+        earlier = self.slots[None, :] < at  # type: ignore[index]  # (B, S): the cached tokens
+        # the additive mask of the cached slots, once for every layer, as (B * nh, 1, S): each
+        # row's heads are consecutive rows of the attention's batched matmuls. Broadcast over the
+        # heads by a product with a constant, not an expand (XNNPACK leaves expand to ExecuTorch's
+        # portable kernels, which split the step into two delegate graphs)
+        later = 1.0 - earlier.to(torch.float32)[:, None, None, :]  # (B, 1, 1, S)
+        bias = (later * self.masked).reshape(-1, 1, slots)  # type: ignore[operator]
+        d, scale = nh * hs, hs**-0.5
+        # the token's state is (B, D) throughout: every Linear then takes a matrix, which runtimes
+        # run as one matrix product with its bias (ONNX Gemm) instead of a batched MatMul and an Add
+        x = (dec.tok(token) + dec.pos(at)).reshape(-1, d)
         new_k, new_v = [], []
         for i, blk in enumerate(dec.layers()):
             attn = blk.self_attn
             h = blk.norm1(x)
-            q = split_heads(attn.q(h), attn.heads)  # (B, nh, 1, hs)
-            k, v = attn.project_kv(h)  # (B, nh, 1, hs)
-            y = _attend_cache_and_token(q, self_k[i], self_v[i], earlier, k, v)
-            x = x + attn.out(y.transpose(1, 2).flatten(2))  # (B, 1, D)
-            x = x + blk.cross_attn(blk.norm2(x), cache=(cross_k[i], cross_v[i]))[0]
+            # one token's (B, D) is its heads' (B * nh, 1, hs) in the same memory (no transpose)
+            q = attn.q(h).reshape(-1, 1, hs) * scale
+            k, v = (t.reshape(-1, 1, hs) for t in attn.kv(h).split(d, dim=-1))
+            y = _attend_cache_and_token(
+                q, self_k[i].reshape(-1, slots, hs), self_v[i].reshape(-1, slots, hs), bias, k, v, slots
+            )
+            x = x + attn.out(y.reshape(-1, d))
+            cross = blk.cross_attn
+            q = cross.q(blk.norm2(x)).reshape(-1, 1, hs)
+            keys = cross_k[i].reshape(-1, self.image_tokens, hs)
+            weights = torch.softmax(torch.bmm(q * scale, keys.transpose(1, 2)), dim=-1)
+            y = torch.bmm(weights, cross_v[i].reshape(-1, self.image_tokens, hs))
+            x = x + cross.out(y.reshape(-1, d))
             x = x + blk.mlp(blk.norm3(x))
             new_k.append(k)
             new_v.append(v)
-        return dec.logits(x[:, -1]), torch.stack(new_k), torch.stack(new_v)
+        # every layer's (B * nh, 1, hs) joined along the first axis is (L, B, nh, 1, hs) in memory
+        return (
+            dec.logits(x),
+            torch.cat(new_k).reshape(n, -1, nh, 1, hs),
+            torch.cat(new_v).reshape(n, -1, nh, 1, hs),
+        )
 
 
 def _attend_cache_and_token(
-    q: Tensor, cache_k: Tensor, cache_v: Tensor, earlier: Tensor, k: Tensor, v: Tensor
+    q: Tensor, cache_k: Tensor, cache_v: Tensor, bias: Tensor, k: Tensor, v: Tensor, slots: int
 ) -> Tensor:
-    """Softmax attention of q (B, nh, 1, hs) over the cache's ``earlier`` slots and the token's
-    own k/v: what scaled_dot_product_attention computes over the cache with the token written
-    into it, without concatenating or copying the cache (only the scores are joined). Written
-    with the ops every runtime delegates: batched matmuls over (B * nh) views (a 4-D matmul
-    becomes an expand that copies the cache in ExecuTorch), an additive mask and one softmax
-    (XNNPACK splits its graph around a boolean ``where``; its masked_fill(-inf) gave NaN)."""
-    b, nh, _, hs = q.shape
-    slots = cache_k.shape[2]
-    q3 = q.reshape(b * nh, 1, hs) * hs**-0.5
-    cached = torch.bmm(q3, cache_k.reshape(b * nh, slots, hs).transpose(1, 2))  # (B * nh, 1, S)
-    bias = (1.0 - earlier.to(q.dtype)) * MASKED_SCORE  # (B, 1, 1, S): 0 for the cached tokens
-    cached = (cached.reshape(b, nh, 1, slots) + bias).reshape(b * nh, 1, slots)
-    own = torch.bmm(q3, k.reshape(b * nh, 1, hs).transpose(1, 2))  # (B * nh, 1, 1)
-    weights = torch.softmax(torch.cat([cached, own], dim=-1), dim=-1)
-    mixed = torch.bmm(weights[..., :slots], cache_v.reshape(b * nh, slots, hs))
-    return (mixed + weights[..., slots:] * v.reshape(b * nh, 1, hs)).reshape(b, nh, 1, hs)
+    """Softmax attention of q (B * nh, 1, hs), already scaled, over the cache's ``slots`` slots
+    (B * nh, S, hs), masked by the additive ``bias`` (B * nh, 1, S), and the token's own k/v
+    (B * nh, 1, hs): what scaled_dot_product_attention computes over the cache with the token
+    written into it, without concatenating or copying the cache (only the scores are joined).
+    Written with the ops every runtime delegates: batched matmuls over (B * nh) rows (a 4-D
+    matmul becomes an expand that copies the cache in ExecuTorch), an additive mask and one
+    softmax (XNNPACK splits its graph around a boolean ``where``; its masked_fill(-inf) gave NaN)."""
+    cached = torch.bmm(q, cache_k.transpose(1, 2)) + bias  # (B * nh, 1, S)
+    own = torch.bmm(q, k.transpose(1, 2))  # (B * nh, 1, 1)
+    to_cache, to_own = torch.softmax(torch.cat([cached, own], dim=-1), dim=-1).split([slots, 1], dim=-1)
+    return torch.bmm(to_cache, cache_v) + to_own * v
 
 
 class ImageEmbedGraph(nn.Module):
@@ -340,7 +364,7 @@ def build_graphs(model: MobileMultiModalLLM, max_cache_len: int | None = None) -
         ("cross_kv", CrossKVGraph(net.decoder), (tokens,), ("image_tokens",), ("cross_k", "cross_v")),
         (
             "decoder_step",
-            DecoderStepGraph(net.decoder, cache_len),
+            DecoderStepGraph(net.decoder, cache_len, heads, cfg.head_dim, n_tokens),
             (
                 torch.tensor([[model.tokenizer.bos_id]]),
                 torch.tensor([0]),
