@@ -9,14 +9,20 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from mobile_multimodal.cli import app
-from mobile_multimodal.data.user_style import UserExample, UserObject
+from mobile_multimodal.data.user_style import UserExample, UserObject, load_user_split
 from mobile_multimodal.model import MobileMultiModalLLM
 from mobile_multimodal.training.evaluate import EVAL_TASKS, TASKS, USER_STYLE_TASKS, evaluate_loaded
-from mobile_multimodal.training.user_eval import attribute_scores, caption_pairs, fold_to_charset
+from mobile_multimodal.training.user_eval import (
+    attribute_scores,
+    caption_pairs,
+    fold_to_charset,
+    ocr_breakdown,
+    recall_by_size,
+)
 
 
-def _scene(*pairs: tuple[str, str]) -> UserExample:
-    objs = tuple(UserObject(shape=s, color=c, center=(10.0, 10.0), extent=5.0) for c, s in pairs)
+def _scene(*pairs: tuple[str, str], extent: float = 5.0) -> UserExample:
+    objs = tuple(UserObject(shape=s, color=c, center=(10.0, 10.0), extent=extent) for c, s in pairs)
     return UserExample(image=Image.new("RGB", (64, 64)), objects=objs)
 
 
@@ -61,3 +67,37 @@ def test_eval_cli_runs_chosen_tasks_and_refuses_unknown_ones(tiny_model_dir: Pat
     assert set(report["tasks"]) == {"user_vqa", "user_ocr_mixed"}
     refused = runner.invoke(app, [*args, "--tasks", "poetry"])
     assert refused.exit_code == 2 and "unknown tasks" in refused.output
+
+
+def test_recall_by_size_says_which_objects_were_missed() -> None:
+    """Objects bucketed by their long side over the image's (64 px here): 5 px is under 10%,
+    10 px 10-20%, 30 px 20% and over; of two identical objects the larger is named first."""
+    small, middle = _scene(("red", "circle"), extent=5.0), _scene(("teal", "star"), extent=10.0)
+    two = UserExample(
+        image=Image.new("RGB", (64, 64)),
+        objects=(
+            UserObject(shape="rectangle", color="blue", center=(10.0, 10.0), extent=5.0),
+            UserObject(shape="rectangle", color="blue", center=(40.0, 40.0), extent=30.0),
+        ),
+    )
+    preds = ["a small green circle", "a teal star", "a large blue rectangle"]
+    s = recall_by_size(preds, [small, middle, two])
+    assert s["attribute_recall_lt10pct"] == 0.0 and s["objects_lt10pct"] == 2
+    assert s["attribute_recall_10to20pct"] == 1.0 and s["objects_10to20pct"] == 1
+    assert s["attribute_recall_ge20pct"] == 1.0 and s["objects_ge20pct"] == 1
+    assert recall_by_size([""], [middle]) == {"attribute_recall_10to20pct": 0.0, "objects_10to20pct": 1}
+
+
+def test_ocr_breakdown_by_length_and_polarity_on_the_split() -> None:
+    """On the split's own mixed-case lines: reading every line right scores 1 in every part,
+    a part holds exactly its lines, and reading only the short lines right shows where it fails."""
+    lines = load_user_split("user_ocr_mixed", 60)
+    perfect = ocr_breakdown([e.text for e in lines], lines)
+    parts = [k.removeprefix("lines_") for k in perfect if k.startswith("lines_")]
+    assert {"light_on_dark", "dark_on_light"} <= set(parts) and len(parts) >= 4
+    assert all(perfect[f"word_accuracy_{p}"] == 1.0 for p in parts)
+    assert perfect["lines_light_on_dark"] + perfect["lines_dark_on_light"] == len(lines)
+    assert sum(perfect[k] for k in perfect if k.startswith("lines_len_")) == len(lines)
+    short_only = ocr_breakdown([e.text if len(e.text) <= 8 else "" for e in lines], lines)
+    assert short_only.get("word_accuracy_len_le8", 1.0) == 1.0
+    assert short_only["word_accuracy_len_9to16"] == 0.0

@@ -5,9 +5,11 @@ beside the generator's held-out splits.
   and shape the caption names (a multiset match: two red circles need two mentions);
   ``attribute_precision``: the fraction of named (colour, shape) pairs that are in the image;
   ``invented_repeat_rate``: captions naming one (colour, shape) more often than the image has it;
-  ``attribute_recall_<background>`` per background kind (light, dark, gradient, textured).
+  ``attribute_recall_<background>`` per background kind (light, dark, gradient, textured), and
+  ``attribute_recall_<size>`` per object size relative to the image (``recall_by_size``).
 - ``user_vqa``: ``accuracy`` (primary), and per question kind (``accuracy_color`` ...).
-- ``user_ocr``: lowercase held-out words, ``word_accuracy`` (primary) and ``cer``.
+- ``user_ocr``: lowercase held-out words, ``word_accuracy`` (primary) and ``cer``; both OCR
+  tasks also per line length and polarity (``ocr_breakdown``).
 - ``user_ocr_mixed``: mixed case, digits and punctuation, exact ``word_accuracy`` (primary) and
   ``cer``; ``charset_word_accuracy`` scores against the target folded into the model's OCR
   character set (other characters dropped, lower-cased for a charset without capitals): what the
@@ -55,6 +57,60 @@ def attribute_scores(predictions: list[str], examples: list[UserExample]) -> dic
     }
 
 
+# Where a model fails on users' images, by what the image gives it to work with: an object's
+# size as a fraction of the image's long side (at a 64-px scene input, 0.1 is ~6 px), a text
+# line's length (a long line is scaled down to fit the reader) and its polarity.
+SIZE_BUCKETS = ((0.0, 0.1, "lt10pct"), (0.1, 0.2, "10to20pct"), (0.2, float("inf"), "ge20pct"))
+LENGTH_BUCKETS = ((0, 8, "len_le8"), (9, 16, "len_9to16"), (17, 10**9, "len_ge17"))
+
+
+def _size_bucket(extent: float, image_size: tuple[int, int]) -> str:
+    share = extent / max(image_size)
+    return next(name for low, high, name in SIZE_BUCKETS if low <= share < high)
+
+
+def recall_by_size(predictions: list[str], examples: list[UserExample]) -> dict[str, float]:
+    """``attribute_recall`` per object size (``SIZE_BUCKETS``), with each bucket's object count:
+    an object counts as named when the caption names its (colour, shape) pair, the larger of
+    two identical objects first."""
+    hits: Counter[str] = Counter()
+    objects: Counter[str] = Counter()
+    for caption, ex in zip(predictions, examples, strict=True):
+        left = Counter(caption_pairs(caption))
+        for o in sorted(ex.objects, key=lambda o: -o.extent):
+            bucket = _size_bucket(o.extent, ex.image.size)
+            objects[bucket] += 1
+            if left[(o.color, o.shape)] > 0:
+                left[(o.color, o.shape)] -= 1
+                hits[bucket] += 1
+    out: dict[str, float] = {}
+    for _, _, name in SIZE_BUCKETS:
+        if objects[name]:
+            out[f"attribute_recall_{name}"] = hits[name] / objects[name]
+            out[f"objects_{name}"] = objects[name]
+    return out
+
+
+def ocr_breakdown(predictions: list[str], examples: list[UserExample]) -> dict[str, float]:
+    """``word_accuracy`` per line length (``LENGTH_BUCKETS``, characters) and per polarity
+    (``light_on_dark`` / ``dark_on_light``), with each part's line count."""
+    parts: dict[str, list[int]] = {}
+    for i, ex in enumerate(examples):
+        length = next(name for low, high, name in LENGTH_BUCKETS if low <= len(ex.text) <= high)
+        polarity = "light_on_dark" if ex.meta.get("light_on_dark") else "dark_on_light"
+        for name in (length, polarity):
+            parts.setdefault(name, []).append(i)
+    out: dict[str, float] = {}
+    for name in [n for _, _, n in LENGTH_BUCKETS] + ["light_on_dark", "dark_on_light"]:
+        if name in parts:
+            idx = parts[name]
+            out[f"word_accuracy_{name}"] = word_accuracy(
+                [predictions[i] for i in idx], [examples[i].text for i in idx]
+            )
+            out[f"lines_{name}"] = len(idx)
+    return out
+
+
 def fold_to_charset(text: str, charset: str = OCR_CHARSET) -> str:
     """``text`` as a reader with ``charset`` could at best write it (lower-cased only for a
     charset without capital letters: a printable-ASCII reader must get the case right)."""
@@ -83,6 +139,7 @@ def evaluate_user_tasks(
             idx = [i for i, e in enumerate(ex) if e.meta["background"] == kind]
             part = attribute_scores([preds[i] for i in idx], [ex[i] for i in idx])
             scores[f"attribute_recall_{kind}"] = part["attribute_recall"]
+        scores.update(recall_by_size(preds, ex))
         res["user_captioning"] = {
             "primary": scores["attribute_recall"],
             **scores,
@@ -115,6 +172,7 @@ def evaluate_user_tasks(
                 "primary": acc,
                 "word_accuracy": acc,
                 "cer": char_error_rate(preds, targets),
+                **ocr_breakdown(preds, ex),
                 "n": len(ex),
             }
             if task == "user_ocr_mixed":
@@ -125,4 +183,12 @@ def evaluate_user_tasks(
     return res
 
 
-__all__ = ["USER_TASKS", "attribute_scores", "caption_pairs", "evaluate_user_tasks", "fold_to_charset"]
+__all__ = [
+    "USER_TASKS",
+    "attribute_scores",
+    "caption_pairs",
+    "evaluate_user_tasks",
+    "fold_to_charset",
+    "ocr_breakdown",
+    "recall_by_size",
+]
