@@ -15,6 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 from mobile_multimodal.data.splits import load_eval_split
 from mobile_multimodal.export import onnx as onnx_format
 from mobile_multimodal.export.decode import BundleModel, load_bundle
+from mobile_multimodal.export.graphs import build_graphs
 from mobile_multimodal.export.onnx import block_size_for, matmul_nbits_exact, matmul_nbits_tensors
 from mobile_multimodal.model.llm import MobileMultiModalLLM
 from mobile_multimodal.quantization.schemes import params_from_range, quantize_rtn, quantize_with
@@ -107,6 +108,29 @@ def test_decoder_step_reads_no_size_at_run_time(onnx_fp32: BuiltBundle) -> None:
     assert ops.count("Transpose") == 12  # 4 layers x (cache keys, own key, image keys)
     assert ops.count("Gemm") == 28  # 4 layers x (q, kv, out; cross q, out; fc1, fc2)
     assert len(ops) < 400
+
+
+def test_vision_masks_its_question_by_an_addition_and_computes_what_pytorch_computes(
+    onnx_fp32: BuiltBundle,
+) -> None:
+    """The fused question's padding is masked by an additive bias in the exported ``vision``
+    (``AdditiveMaskAttention``), not Where/IsNaN; the image tokens are PyTorch's to float
+    rounding with a question of 5 words, of none and of every slot filled."""
+    ops = [n.op_type for n in _ops(onnx_fp32, "vision")]
+    assert "IsNaN" not in ops and "Where" not in ops
+    model = MobileMultiModalLLM.from_pretrained("default")
+    spec = next(g for g in build_graphs(model) if g.name == "vision")
+    session = ort.InferenceSession(str(onnx_fp32.out / "vision.onnx"), providers=["CPUExecutionProvider"])
+    image, ids, _ = (t.numpy() for t in spec.example_inputs)
+    rng = np.random.default_rng(0)
+    image = rng.uniform(-1, 1, (3, *image.shape[1:])).astype(np.float32)
+    ids = rng.integers(4, 40, (3, ids.shape[1])).astype(np.int64)
+    mask = np.zeros_like(ids)
+    mask[0, :5], mask[2, :] = 1, 1  # five words; none; every slot
+    ours = session.run(None, {"image": image, "question_ids": ids, "question_mask": mask})[0]
+    with torch.no_grad():
+        theirs = spec.module(torch.from_numpy(image), torch.from_numpy(ids), torch.from_numpy(mask)).numpy()
+    np.testing.assert_allclose(ours, theirs, atol=1e-4, rtol=0)
 
 
 def test_int2_bundle_runs_our_2_bit_codes(onnx_int2: BuiltBundle, onnx_fp32: BuiltBundle) -> None:

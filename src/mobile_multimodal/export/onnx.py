@@ -37,6 +37,8 @@ from torch import Tensor, nn
 from mobile_multimodal.errors import conversion_errors
 from mobile_multimodal.export.formats import package_version
 from mobile_multimodal.export.graphs import GraphSpec
+from mobile_multimodal.export.xnnpack_ops import MASKED_SCORE
+from mobile_multimodal.model.layers import Attention, KVCache
 from mobile_multimodal.model.llm import MobileMultiModalLLM
 from mobile_multimodal.model.quantized_layers import replace_module
 from mobile_multimodal.model.quantized_weight import QuantizedWeight
@@ -209,6 +211,31 @@ def _per_channel(qw: QuantizedWeight) -> bool:
     return qw.scales.shape[1] == 1 and bool(torch.equal(zeros, zeros.round()))
 
 
+class AdditiveMaskAttention(Attention):
+    """``Attention`` handing its boolean mask to the attention as an additive bias (0 where a key
+    may be seen, ``MASKED_SCORE`` where not). ONNX writes a boolean mask as Where -> Softmax ->
+    IsNaN -> Where, a quarter of the ``vision`` graph's time at a batch of 16 (ONNX Runtime's
+    profiler); an additive one is one Add. The same values wherever a query sees at least one
+    key (exp of a score 1e9 below the others is 0 in float32), as every query of the vision
+    encoder sees the image tokens (measured equal: 0.0 apart)."""
+
+    def forward(
+        self,
+        x: Tensor,
+        source: Tensor | None = None,
+        mask: Tensor | None = None,
+        cache: KVCache | None = None,
+        append_to_cache: bool = False,
+    ) -> tuple[Tensor, KVCache]:
+        if mask is not None and mask.dtype == torch.bool:
+            mask = (1.0 - mask.to(x.dtype)) * MASKED_SCORE
+        return super().forward(x, source, mask, cache, append_to_cache)
+
+
+# graphs whose attention masks always leave each query a key to see (see AdditiveMaskAttention)
+ADDITIVE_MASK_GRAPHS = ("vision",)
+
+
 def onnx_module(spec: GraphSpec) -> tuple[nn.Module, dict[str, int]]:
     """A copy of the spec's module whose quantized layers export as ORT ops, and how many layers
     went which way ({"matmul_nbits": .., "dequantize_linear": .., "float": ..})."""
@@ -228,6 +255,10 @@ def onnx_module(spec: GraphSpec) -> tuple[nn.Module, dict[str, int]]:
         if new is not None:
             replace_module(module, layer, new)
         counts[kind] += 1
+    if spec.name in ADDITIVE_MASK_GRAPHS:
+        for attention in module.modules():
+            if type(attention) is Attention:  # the copy's own layers, weights and all, kept
+                attention.__class__ = AdditiveMaskAttention
     return module.eval(), counts
 
 
