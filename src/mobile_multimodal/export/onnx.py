@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from mobile_multimodal.errors import conversion_errors
 from mobile_multimodal.export.formats import package_version
 from mobile_multimodal.export.graphs import GraphSpec
-from mobile_multimodal.export.xnnpack_ops import MASKED_SCORE
+from mobile_multimodal.export.xnnpack_ops import additive_mask
 from mobile_multimodal.model.layers import Attention, KVCache
 from mobile_multimodal.model.llm import MobileMultiModalLLM
 from mobile_multimodal.model.quantized_layers import replace_module
@@ -213,7 +213,7 @@ def _per_channel(qw: QuantizedWeight) -> bool:
 
 class AdditiveMaskAttention(Attention):
     """``Attention`` handing its boolean mask to the attention as an additive bias (0 where a key
-    may be seen, ``MASKED_SCORE`` where not). ONNX writes a boolean mask as Where -> Softmax ->
+    may be seen, ``xnnpack_ops.MASKED_SCORE`` where not). ONNX writes a boolean mask as Where -> Softmax ->
     IsNaN -> Where, a quarter of the ``vision`` graph's time at a batch of 16 (ONNX Runtime's
     profiler); an additive one is one Add. The same values wherever a query sees at least one
     key (exp of a score 1e9 below the others is 0 in float32), as every query of the vision
@@ -227,9 +227,8 @@ class AdditiveMaskAttention(Attention):
         cache: KVCache | None = None,
         append_to_cache: bool = False,
     ) -> tuple[Tensor, KVCache]:
-        if mask is not None and mask.dtype == torch.bool:
-            mask = (1.0 - mask.to(x.dtype)) * MASKED_SCORE
-        return super().forward(x, source, mask, cache, append_to_cache)
+        bias = None if mask is None else additive_mask(mask, x.dtype)
+        return super().forward(x, source, bias, cache, append_to_cache)
 
 
 # graphs whose attention masks always leave each query a key to see (see AdditiveMaskAttention)

@@ -30,6 +30,12 @@ from torch import Tensor
 MASKED_SCORE = -1e9
 
 
+def additive_mask(mask: Tensor, dtype: torch.dtype) -> Tensor:
+    """A boolean attention mask (True = may attend) as the bias added to the scores: 0 where a
+    key may be seen, ``MASKED_SCORE`` where not; a float mask is already one and stays as it is."""
+    return (1.0 - mask.to(dtype)) * MASKED_SCORE if mask.dtype == torch.bool else mask
+
+
 def layer_norm(
     x: Tensor,
     normalized_shape: Sequence[int],
@@ -72,7 +78,7 @@ def scaled_dot_product_attention(
     factor = 1.0 / math.sqrt(hs) if scale is None else scale
     scores = torch.bmm((q * factor).reshape(b * nh, t, hs), k.reshape(b * nh, s, hs).transpose(1, 2))
     if attn_mask is not None:
-        bias = (1.0 - attn_mask.to(q.dtype)) * MASKED_SCORE if attn_mask.dtype == torch.bool else attn_mask
+        bias = additive_mask(attn_mask, q.dtype)
         scores = (scores.reshape(b, nh, t, s) + bias).reshape(b * nh, t, s)
     weights = torch.softmax(scores, dim=-1)
     return torch.bmm(weights, v.reshape(b * nh, s, hs)).reshape(b, nh, t, hs)
