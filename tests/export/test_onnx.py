@@ -11,12 +11,18 @@ import onnxruntime as ort
 import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
+from PIL import Image
 
 from mobile_multimodal.data.splits import load_eval_split
 from mobile_multimodal.export import onnx as onnx_format
 from mobile_multimodal.export.decode import BundleModel, load_bundle
 from mobile_multimodal.export.graphs import build_graphs
-from mobile_multimodal.export.onnx import block_size_for, matmul_nbits_exact, matmul_nbits_tensors
+from mobile_multimodal.export.onnx import (
+    OnnxGraphRunner,
+    block_size_for,
+    matmul_nbits_exact,
+    matmul_nbits_tensors,
+)
 from mobile_multimodal.model.llm import MobileMultiModalLLM
 from mobile_multimodal.quantization.schemes import params_from_range, quantize_rtn, quantize_with
 
@@ -131,6 +137,47 @@ def test_vision_masks_its_question_by_an_addition_and_computes_what_pytorch_comp
     with torch.no_grad():
         theirs = spec.module(torch.from_numpy(image), torch.from_numpy(ids), torch.from_numpy(mask)).numpy()
     np.testing.assert_allclose(ours, theirs, atol=1e-4, rtol=0)
+
+
+def test_vision_takes_any_question_length_and_a_caption_passes_no_slot(onnx_fp32: BuiltBundle) -> None:
+    """The question axis is free in the ONNX vision graph (bundle.json says so): 0 slots, the
+    question's own and all 36 give the same image tokens, and the bundle's decode passes the
+    fewest: none for a caption, a batch's longest question for VQA."""
+    bundle = json.loads((onnx_fp32.out / "bundle.json").read_text())
+    assert bundle["graphs"]["vision"]["question_axes"] == {"question_ids": 1, "question_mask": 1}
+    assert all("question_axes" not in g for n, g in bundle["graphs"].items() if n != "vision")
+    session = ort.InferenceSession(str(onnx_fp32.out / "vision.onnx"), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(1)
+    image = rng.uniform(-1, 1, (2, 3, 64, 64)).astype(np.float32)
+    words = rng.integers(4, 40, (2, 5)).astype(np.int64)
+
+    def tokens(slots: int, real: int) -> np.ndarray:
+        ids = np.zeros((2, slots), np.int64)
+        mask = np.zeros((2, slots), np.int64)
+        ids[:, :real], mask[:, :real] = words[:, :real], 1
+        out: np.ndarray = session.run(None, {"image": image, "question_ids": ids, "question_mask": mask})[0]
+        return out
+
+    np.testing.assert_allclose(tokens(0, 0), tokens(36, 0), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(tokens(5, 5), tokens(36, 5), atol=1e-5, rtol=0)
+    assert np.abs(tokens(5, 5) - tokens(0, 0)).max() > 1e-3  # the question does change them
+
+    seen: list[tuple[int, ...]] = []
+    model = BundleModel(
+        load_bundle(onnx_fp32.out),
+        OnnxGraphRunner(onnx_fp32.out, {n: g["file"] for n, g in bundle["graphs"].items()}),
+        on_run=lambda graph, inputs, _: (
+            seen.append(inputs["question_ids"].shape) if graph == "vision" else None
+        ),
+    )
+    scene = Image.new("RGB", (64, 64), "white")
+    model.generate_captions([scene])
+    model.answer_questions([scene], ["what color is the circle ?"])
+    assert seen == [(1, 0), (1, len(model.question_words("what color is the circle ?")))]
+    words_in = len(model.question_words("is there a star ?"))
+    assert model.vision_inputs(scene, "is there a star ?", slots=36)["question_mask"].sum() == words_in
+    with pytest.raises(ValueError, match=f"{words_in} question words cannot take 2 slots"):
+        model.vision_inputs(scene, "is there a star ?", slots=2)
 
 
 def test_int2_bundle_runs_our_2_bit_codes(onnx_int2: BuiltBundle, onnx_fp32: BuiltBundle) -> None:

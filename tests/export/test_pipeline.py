@@ -67,13 +67,19 @@ def test_bundle_json_describes_the_graph_files(onnx_int2: BuiltBundle) -> None:
             (graph["outputs"], proto.graph.output),
         ):
             batch_axes = graph.get("batch_axes", {})
+            question_axes = graph.get("question_axes", {})
             got = [
                 {
                     "name": v.name,
                     "dtype": DTYPES[v.type.tensor_type.elem_type],
-                    # an axis that takes any batch is described at batch 1 and named in batch_axes
+                    # an axis that takes any batch is described at batch 1 and named in batch_axes;
+                    # one that takes any question length, at the longest, in question_axes
                     "shape": [
-                        1 if d.dim_param and batch_axes.get(v.name) == i else d.dim_value
+                        1
+                        if d.dim_param and batch_axes.get(v.name) == i
+                        else bundle["question"]["max_len"]
+                        if d.dim_param and question_axes.get(v.name) == i
+                        else d.dim_value
                         for i, d in enumerate(v.type.tensor_type.shape.dim)
                     ],
                 }

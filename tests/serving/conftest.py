@@ -190,6 +190,21 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     started.stop()
 
 
+def wait_canary_runs(server: LiveServer, runs: int, timeout_s: float = 120) -> str:
+    """/metrics once *this* server's canary has recorded ``runs`` successful runs (bounded wait).
+
+    Not ``model_canary_runs_total``: the registry is per process, so an earlier test's canary
+    may have counted a run before this server's has scored anything."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        canary = server.app.state.duties.canary
+        if canary is not None and canary.runs >= runs:
+            with server.client() as client:
+                return client.get("/metrics").text
+        time.sleep(0.1)
+    raise AssertionError(f"this server's canary did not record {runs} runs within {timeout_s} s")
+
+
 def metric_value(text: str, name: str, **labels: str) -> float:
     """The value of one sample in Prometheus text output (0.0 when absent)."""
     from prometheus_client.parser import text_string_to_metric_families

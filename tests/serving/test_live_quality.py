@@ -23,7 +23,7 @@ from mobile_multimodal.serving.engine import default_loader
 from mobile_multimodal.settings import Settings
 from mobile_multimodal.training.canary_set import evaluate_canary
 
-from .conftest import LiveServer, ModelGate, data_uri, metric_value
+from .conftest import LiveServer, ModelGate, data_uri, metric_value, wait_canary_runs
 
 BUNDLED = bundled_model_dir()
 needs_int2 = pytest.mark.skipif(
@@ -123,7 +123,7 @@ def test_canary_measures_the_served_model_and_its_loss_against_fp32(
     live_server: Callable[..., LiveServer], caplog: pytest.LogCaptureFixture
 ) -> None:
     server = live_server(loader=default_loader, model="default", quantization="int2", canary_interval_s=3600)
-    text = _wait_metric(server, "model_canary_runs_total", 1, status="success")
+    text = wait_canary_runs(server, 1)
     expected = evaluate_canary(MobileMultiModalLLM.from_pretrained("default", quantization="int2"), 32)
     reference = evaluate_canary(MobileMultiModalLLM.from_pretrained("default"), 32)
     for task, values in expected["tasks"].items():
@@ -217,6 +217,11 @@ def test_shadow_replays_sampled_requests_through_fp32_and_drops_past_its_queue(
         loader=default_loader, model="default", quantization="int2", shadow_sample_rate=1.0, shadow_queue=64
     )
     scenes = [_scene(c, s) for c, s in (("red", "circle"), ("blue", "star"), ("green", "triangle"))]
+    # the counters are per process: earlier tests' comparisons are already in them
+    start = _metrics(server)
+    name = "quantization_shadow_comparisons_total"
+    agreed = metric_value(start, name, task="captioning", result="agree")
+    disagreed = metric_value(start, name, task="captioning", result="disagree")
     with server.client() as client:
         for image in scenes:
             assert (
@@ -227,16 +232,14 @@ def test_shadow_replays_sampled_requests_through_fp32_and_drops_past_its_queue(
             client.post("/inference", json={"image": data_uri(scenes[0]), "task": "retrieval"}).status_code
             == 200
         )
-    text = _wait_metric(server, "quantization_shadow_comparisons_total", 3, task="captioning", result="agree")
+    text = _wait_metric(server, name, agreed + 3, task="captioning", result="agree")
     # the bundled int2 model captions these simple scenes exactly as fp32 does
-    assert (
-        metric_value(text, "quantization_shadow_comparisons_total", task="captioning", result="disagree") == 0
-    )
+    assert metric_value(text, name, task="captioning", result="disagree") == disagreed
     assert (
         metric_value(text, "quantization_shadow_agreement_ratio", task="captioning", quantization_type="int2")
         == 1
     )
-    text = _wait_metric(server, "quantization_shadow_comparisons_total", 1, task="retrieval")
+    text = _wait_metric(server, name, metric_value(start, name, task="retrieval") + 1, task="retrieval")
     shadow = server.app.state.duties.shadow
     assert shadow.depth == 0  # compared and forgotten
 
@@ -245,9 +248,8 @@ def test_shadow_replays_sampled_requests_through_fp32_and_drops_past_its_queue(
     with server.client() as client:
         client.post("/inference", json={"image": data_uri(scenes[1]), "task": "captioning"})
     text = _metrics(server)
-    assert (
-        metric_value(text, "quantization_shadow_comparisons_total", task="captioning", result="dropped") == 1
-    )
+    dropped = metric_value(start, name, task="captioning", result="dropped")
+    assert metric_value(text, name, task="captioning", result="dropped") == dropped + 1
 
 
 @needs_int2
@@ -265,7 +267,7 @@ def test_a_reload_measures_the_new_model_at_once_and_drops_what_the_old_one_held
         model_type=model_type,
     )
     # model_canary_runs_total has no model_type: earlier tests in this process counted runs too
-    text = _wait_canary_runs(server, 1)
+    text = wait_canary_runs(server, 1)
     assert (
         metric_value(text, "model_memory_usage_bytes", model_type=model_type, component="reference_model") > 0
     )
@@ -276,7 +278,7 @@ def test_a_reload_measures_the_new_model_at_once_and_drops_what_the_old_one_held
     outcome = asyncio.run_coroutine_threadsafe(reloader.reload(), server.app.state.duties.loop).result(300)
     assert outcome.model == "reloaded"
     # the interval is an hour: only a run started by the swap itself can count within the wait
-    text = _wait_canary_runs(server, 2)
+    text = wait_canary_runs(server, 2)
     fp32 = evaluate_canary(MobileMultiModalLLM.from_pretrained("default"), 32)["tasks"]
     one_example = 1.01 / 32
     score = metric_value(text, "model_accuracy_score", model_type=model_type, quantization="fp32", task="vqa")
@@ -290,17 +292,6 @@ def test_a_reload_measures_the_new_model_at_once_and_drops_what_the_old_one_held
     # the int2 model's canary baseline no longer stands beside the fp32 model's scores
     assert metric_value(text, "model_accuracy_baseline_score", quantization="int2") == 0
     assert metric_value(text, "model_accuracy_baseline_score", model_type=model_type, quantization="fp32") > 0
-
-
-def _wait_canary_runs(server: LiveServer, runs: int, timeout_s: float = 120) -> str:
-    """/metrics once this server's canary has recorded ``runs`` successful runs (bounded wait)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        canary = server.app.state.duties.canary
-        if canary is not None and canary.runs >= runs:
-            return _metrics(server)
-        time.sleep(0.1)
-    raise AssertionError(f"this server's canary did not record {runs} runs within {timeout_s} s")
 
 
 @needs_int2
@@ -317,7 +308,7 @@ def test_each_canary_run_is_a_root_span_with_its_scores(live_server: Callable[..
         canary_interval_s=3600,
         app_kwargs={"span_exporter": exporter},
     )
-    _wait_canary_runs(server, 1)
+    wait_canary_runs(server, 1)
     report = server.app.state.duties.canary.last_report
     deadline = time.monotonic() + 60  # spans are exported in batches, a moment after they end
     runs: list[Any] = []

@@ -27,6 +27,7 @@ import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from tests.reliability.serve_process import ServeProcess
 
+from mobile_multimodal import export as export_package
 from mobile_multimodal.data.splits import load_eval_split
 from mobile_multimodal.export.decode import BundleModel, BundleVersionError, load_bundle
 from mobile_multimodal.export.graphs import TorchGraphRunner, build_graphs
@@ -61,7 +62,7 @@ from mobile_multimodal.serving.runtime_loader import (
 from mobile_multimodal.settings import Settings
 from mobile_multimodal.training.canary_set import evaluate_canary
 
-from .conftest import LiveServer, data_uri, make_settings, metric_value
+from .conftest import LiveServer, data_uri, make_settings, metric_value, wait_canary_runs
 
 pytestmark = pytest.mark.skipif(
     not (bundled_model_dir() / "int2" / "manifest.json").exists(), reason="no bundled int2 model"
@@ -327,7 +328,7 @@ def test_canary_and_shadow_compare_the_onnx_int2_model_with_the_fp32_pytorch_ref
 ) -> None:
     onnx = _onnx_model("int2", int2_data_dir, fp32_bundle)
     fp32 = MobileMultiModalLLM.from_pretrained("default")
-    text = _wait_metric(onnx_server, "model_canary_runs_total", 1, status="success")
+    text = wait_canary_runs(onnx_server, 1)
     served = evaluate_canary(onnx, 8)["tasks"]
     reference = evaluate_canary(fp32, 8)["tasks"]
     for task, values in served.items():
@@ -712,6 +713,15 @@ def test_the_exported_bundle_is_one_per_model_precision_and_release(
     assert default_bundle_dir(_settings(tmp_path, "int2")).name.startswith("onnx-int2-")
     with pytest.raises(ModelLoadError):  # no int2 variant of the tiny model: nothing to export
         bundle_dir(tiny_model_dir, "int2")
+    # a changed exporter (same release, e.g. a checkout between tags) writes another bundle
+    exporter = tmp_path / "export"
+    shutil.copytree(Path(export_package.__file__).parent, exporter)
+    before = bundle_dir(tiny_model_dir)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(export_package, "__file__", str(exporter / "__init__.py"))
+        assert bundle_dir(tiny_model_dir) == before  # the same sources: the same bundle
+        (exporter / "graphs.py").write_text((exporter / "graphs.py").read_text() + "\n# changed\n")
+        assert bundle_dir(tiny_model_dir) != before
 
 
 def test_a_reload_switches_the_runtime_without_a_restart(int2_data_dir: Path, tmp_path: Path) -> None:

@@ -40,13 +40,15 @@ def batch_image_tokens(
 ) -> np.ndarray:
     """Image tokens (B, N, D) of every row: one 'vision' call for the batch when the bundle's
     graph takes one (an INT2 vision call pays its weights' dequantization once, not per image),
-    else one call per image."""
-    inputs = [model.vision_inputs(image, q) for image, q in zip(images, questions, strict=True)]
-    if len(inputs) > 1 and runs_batches(model, "vision"):
+    its questions padded to the longest of them where the graph takes any length (a batch of
+    captions passes no question slot), else one call per image."""
+    if len(images) > 1 and runs_batches(model, "vision"):
+        slots = model.question_slots([len(model.question_words(q)) for q in questions])
+        inputs = [model.vision_inputs(image, q, slots) for image, q in zip(images, questions, strict=True)]
         stacked = {name: np.concatenate([i[name] for i in inputs]) for name in inputs[0]}
         tokens: np.ndarray = model.run_graph("vision", stacked)["image_tokens"]
         return tokens
-    return np.concatenate([model.run_graph("vision", i)["image_tokens"] for i in inputs])
+    return np.concatenate([model.image_tokens(image, q) for image, q in zip(images, questions, strict=True)])
 
 
 def greedy_batch(

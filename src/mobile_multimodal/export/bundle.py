@@ -43,7 +43,10 @@ DECODE_LOOP = [
     "word ids with tokenizer.json (lower-case, split_regex, unknown words -> <unk>); a question of "
     "more than question.max_len ids is refused (the service answers 422 PROMPT_TOO_LONG); "
     "right-pad the ids with <pad> to question.max_len and build question_mask (1 = real word, "
-    "0 = padding). For captioning, question_ids = <pad> everywhere and question_mask = 0.",
+    "0 = padding). For captioning, question_ids = <pad> everywhere and question_mask = 0. Where "
+    "graphs.vision.question_axes names the inputs' question axis, 'vision' takes any number of "
+    "slots from 0 to question.max_len: pad to the question's own length (a batch: to its "
+    "longest; a caption: 0 slots), which gives the same image_tokens for less work.",
     "2. Run 'vision' -> image_tokens, then 'cross_kv'(image_tokens) -> cross_k, cross_v (once per image).",
     "3. The prompt is tasks.<task>.prompt with the question's word ids in place of "
     "'{question}'. Allocate the self-attention cache: for every decoder layer i, self_k_i and "

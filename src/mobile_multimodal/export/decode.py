@@ -198,17 +198,39 @@ class BundleModel:
             return steps
         return ArraySteps(self.run_graph, cross, shape)
 
-    def vision_inputs(self, image: Image.Image | np.ndarray, question: str | None) -> dict[str, np.ndarray]:
-        """The 'vision' graph's inputs for one image (and its question, when the bundle fuses it)."""
+    def question_words(self, question: str | None) -> list[int]:
+        """The word ids 'vision' fuses for ``question`` (none without one, or when the bundle does
+        not fuse questions); ValueError past question.max_len."""
+        q = self.spec["question"]
+        if not q["fused_into_vision"] or not question:
+            return []
+        words = self.tokenizer.encode(question)
+        if len(words) > q["max_len"]:
+            raise ValueError(f"a question may have at most {q['max_len']} words, this one has {len(words)}")
+        return words
+
+    def question_slots(self, lengths: Sequence[int]) -> int:
+        """How many question slots a 'vision' call over questions of these word counts passes:
+        the longest where the graph takes any length (graphs.vision.question_axes: a caption
+        passes none), else question.max_len, the fixed shape."""
+        if self.spec["graphs"]["vision"].get("question_axes"):
+            return max(lengths, default=0)
+        return int(self.spec["question"]["max_len"])
+
+    def vision_inputs(
+        self, image: Image.Image | np.ndarray, question: str | None, slots: int | None = None
+    ) -> dict[str, np.ndarray]:
+        """The 'vision' graph's inputs for one image (and its question, when the bundle fuses it),
+        the question padded to ``slots`` (default: ``question_slots`` of this question alone; a
+        batch passes its own, so that its rows stack)."""
         inputs = {"image": scene_input(image, self._pre["scene"])}
         q = self.spec["question"]
         if q["fused_into_vision"]:
-            words = self.tokenizer.encode(question) if question else []
-            if len(words) > q["max_len"]:
-                raise ValueError(
-                    f"a question may have at most {q['max_len']} words, this one has {len(words)}"
-                )
-            inputs["question_ids"], inputs["question_mask"] = _padded(words, q["max_len"], q["pad_id"])
+            words = self.question_words(question)
+            slots = self.question_slots([len(words)]) if slots is None else slots
+            if not len(words) <= slots <= q["max_len"]:
+                raise ValueError(f"{len(words)} question words cannot take {slots} slots")
+            inputs["question_ids"], inputs["question_mask"] = _padded(words, slots, q["pad_id"])
         return inputs
 
     def image_tokens(self, image: Image.Image | np.ndarray, question: str | None) -> np.ndarray:

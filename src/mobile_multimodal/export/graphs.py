@@ -5,7 +5,8 @@ A mobile runtime cannot run our Python decode loop nor a KV cache that grows wit
 how). The split, batch 1 everywhere:
 
 - ``vision``: scene image (+ the question's word ids and mask when the model fuses questions
-  into the encoder, for VQA; all-zero mask for captioning and retrieval) -> image tokens;
+  into the encoder, for VQA; all-zero mask for captioning and retrieval, or no slots at all
+  where the format leaves the question's length free, ``GraphSpec.length_axes``) -> image tokens;
 - ``ocr``: text-line image -> CTC log-probabilities per frame (greedy CTC decode in the app);
 - ``cross_kv``: image tokens -> every decoder layer's cross-attention keys/values (once per image);
 - ``decoder_step``: one token at one position + a FIXED-SIZE self-attention KV cache, one read-only
@@ -62,6 +63,7 @@ GRAPH_NAMES = ("vision", "ocr", "cross_kv", "decoder_step", "image_embed", "text
 # is axis 0 of every input and output except the stacked per-layer tensors (L, B, ...).
 BATCHED_GRAPHS = ("vision", "cross_kv", "decoder_step")
 STACKED_OUTPUTS = ("cross_k", "cross_v", "new_k", "new_v")
+QUESTION_AXES = {"question_ids": 1, "question_mask": 1}  # (B, Q): see GraphSpec.length_axes
 
 
 def layer_names(prefix: str, layers: int) -> tuple[str, ...]:
@@ -88,6 +90,11 @@ class GraphSpec:
     batch_axes: Mapping[str, int] = field(default_factory=dict)
     # submodule name inside ``module`` -> the packed weight its float weight was dequantized from
     quantized: Mapping[str, QuantizedWeight] = field(default_factory=dict)
+    # input name -> its question-length axis, for a format that takes any length up to the
+    # example's (question.max_len): vision encodes the question's slots beside the image tokens, so
+    # a caption need not pay for 36 empty ones (a masked slot changes nothing: every query sees the
+    # image tokens). Formats that need fully static shapes ignore it, like batch_axes.
+    length_axes: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def dynamic_batch(self) -> bool:
@@ -392,6 +399,7 @@ def build_graphs(model: MobileMultiModalLLM, max_cache_len: int | None = None) -
             out_names,
             batch_axes={n: batch_axis(n) for n in (*in_names, *out_names)} if name in BATCHED_GRAPHS else {},
             quantized=_quantized_names(module, quantized),
+            length_axes=QUESTION_AXES if name == "vision" and cfg.question_fusion else {},
         )
         for name, module, inputs, in_names, out_names in modules
     ]

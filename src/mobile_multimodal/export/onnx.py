@@ -293,12 +293,18 @@ def export_onnx(
     path.write_bytes(proto.SerializeToString())
 
 
-def batch_axes(spec: GraphSpec) -> dict[str, dict[int, str]] | None:
-    """The dynamic batch axis of every input and output of a graph that takes any batch
-    (``GraphSpec.batch_axes``); None (all static) for the others."""
-    if not spec.dynamic_batch:
-        return None
-    return {n: {axis: "batch"} for n, axis in spec.batch_axes.items()}
+# the symbolic dimensions' names in the files, which bundle_extras reads back
+BATCH_DIM, QUESTION_DIM = "batch", "question"
+
+
+def dynamic_axes(spec: GraphSpec) -> dict[str, dict[int, str]] | None:
+    """The dynamic axes of a graph's inputs and outputs: the batch (``GraphSpec.batch_axes``) and
+    the question's length (``GraphSpec.length_axes``); None (all static) for a graph with neither."""
+    axes: dict[str, dict[int, str]] = {}
+    for named, dim in ((spec.batch_axes, BATCH_DIM), (spec.length_axes, QUESTION_DIM)):
+        for name, axis in named.items():
+            axes.setdefault(name, {})[axis] = dim
+    return axes or None
 
 
 def _pin_static_dims(
@@ -363,15 +369,16 @@ class OnnxWriter:
         files = []
         for spec in graphs:
             path = out / f"{spec.name}{self.extension}"
-            export_onnx(spec, path, quantization, dynamic_axes=batch_axes(spec))
+            export_onnx(spec, path, quantization, dynamic_axes=dynamic_axes(spec))
             files.append(path)
         # the same decoder for onnxruntime-genai's generation loop (see genai.py)
         return files + write_genai(model, graphs, quantization, out)
 
     def bundle_extras(self, out: Path, bundle: dict[str, Any]) -> dict[str, Any]:
         """What bundle.json says beyond the graphs: which axes of a graph's inputs and outputs take
-        any batch size (``batch_axes``; the shapes given are batch 1, what a phone feeds), and how
-        onnxruntime-genai loads this bundle."""
+        any batch size (``batch_axes``; the shapes given are batch 1, what a phone feeds) or any
+        question length up to question.max_len (``question_axes``; the shapes given are the
+        longest), and how onnxruntime-genai loads this bundle."""
         import onnx
 
         from mobile_multimodal.export.genai import describe_genai
@@ -379,13 +386,17 @@ class OnnxWriter:
         graphs = {}
         for name, graph in bundle["graphs"].items():
             proto = onnx.load(str(out / graph["file"]), load_external_data=False)
-            axes = {
-                v.name: i
-                for v in (*proto.graph.input, *proto.graph.output)
-                for i, d in enumerate(v.type.tensor_type.shape.dim)
-                if d.dim_param == "batch"  # the name export_onnx gives it (batch_axes)
-            }
-            graphs[name] = {**graph, "batch_axes": axes} if axes else graph
+            described = dict(graph)
+            for key, dim in (("batch_axes", BATCH_DIM), ("question_axes", QUESTION_DIM)):
+                axes = {
+                    v.name: i
+                    for v in (*proto.graph.input, *proto.graph.output)
+                    for i, d in enumerate(v.type.tensor_type.shape.dim)
+                    if d.dim_param == dim
+                }
+                if axes:
+                    described[key] = axes
+            graphs[name] = described
         return {"graphs": graphs, **describe_genai(out)}
 
     def open(self, out: Path, bundle: dict[str, Any]) -> OnnxGraphRunner | str:

@@ -5,9 +5,10 @@
   ``MOBILE_MM_BUNDLE`` (``serve --bundle DIR``) or, without one, the selected model exported at
   the served quantization by ``export/pipeline.py`` (validation included) into
   ``<data_dir>/bundles/onnx-<quantization>-<id>`` on the first start and reused after it; the id
-  hashes the model's manifest, the bundle format version and this package's version, so a new
-  model or a new release (whose export or decode may differ) gets a new bundle rather than a stale
-  one. Workers starting together export once (a file lock).
+  hashes the model's manifest, the bundle format version, this package's version and the
+  exporter's source files, so a new model, a new release or a changed exporter (whose graphs may
+  differ) gets a new bundle rather than a stale one. Workers starting together export once (a
+  file lock).
 
 Either way the bundle is verified before a graph is loaded, like a PyTorch model directory:
 the manifest's signature when ``MOBILE_MM_MANIFEST_SIGNING_KEY`` is set, the size and sha256 of
@@ -40,6 +41,7 @@ from typing import Any
 
 from opentelemetry import trace
 
+from mobile_multimodal import export as export_package
 from mobile_multimodal.export.bundle import BUNDLE_FILE, BUNDLE_VERSION, MANIFEST_FILE, TOKENIZER_FILE
 from mobile_multimodal.export.decode import BundleVersionError, check_bundle_version
 from mobile_multimodal.export.validate import DEFAULT_EXAMPLES
@@ -100,6 +102,10 @@ def default_bundle_dir(settings: Settings) -> Path:
     source = resolve_model_dir(settings.model, settings.quantization)  # ModelLoadError if absent
     digest = hashlib.sha256((source / MANIFEST_FILE).read_bytes())
     digest.update(f"bundle {BUNDLE_VERSION}, mobile-multimodal-llm {service_version()}".encode())
+    # and the exporter's own code: within one release (a checkout between tags) the graphs it
+    # writes can change, and a bundle written by an older exporter must not be reused silently
+    for source in sorted(Path(export_package.__file__).parent.glob("*.py")):
+        digest.update(source.name.encode() + b"\0" + source.read_bytes())
     return settings.data_dir / BUNDLES_DIR / f"onnx-{settings.quantization}-{digest.hexdigest()[:16]}"
 
 
