@@ -101,6 +101,25 @@ def markdown(result: dict[str, Any], notes: list[str] | None = None) -> str:
                 for r in kernels["rows"]
             ],
         ]
+    served = result.get("served_weights_us")
+    if served:
+        k, n = served["shape"]
+        lines += [
+            "",
+            f"A quantized bundle's weights as the server holds them, (M, {k}) x ({k}, {n}) per "
+            "number of rows M (a decode batch), median microseconds: `packed` = the 4-bit "
+            "MatMulNBits an INT2 server runs by default (its 2-bit codes widened), `float` = "
+            "`MOBILE_MM_ONNX_WEIGHTS=float` (the same values as a float MatMul, the fp32 model's "
+            "memory):",
+            "",
+            "| rows | packed us | float us | packed / float |",
+            "|---|---|---|---|",
+            *[
+                f"| {r['rows']} | {r['packed_us']:.1f} | {r['float_us']:.1f} | "
+                f"{r['packed_us'] / r['float_us']:.2f} |"
+                for r in served["rows"]
+            ],
+        ]
     lines += [
         "",
         "Per-token decode = (caption at max_tokens=32 - the same caption at max_tokens=1) / (extra "

@@ -223,58 +223,92 @@ def benchmark_inputs(scenes: int) -> dict[str, Any]:
     }
 
 
+def _one_node_session(node: Any, initializers: list[Any], k: int, n: int) -> Any:
+    """An ONNX Runtime session (one thread) of the single node ``node``: x (M, k) -> y (M, n)."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["M", k])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["M", n])],
+        initializer=initializers,
+    )
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.log_severity_level = 3
+    model = helper.make_model(graph, opset_imports=opsets).SerializeToString()
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+
+def _matmul_nbits(k: int, n: int, bits: int, block: int, level: int) -> Any:
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    blocks = k // block
+    b = np.random.default_rng(1).integers(0, 255, (n, blocks, block * bits // 8), dtype=np.uint8)
+    scales = np.random.default_rng(2).random(n * blocks, dtype=np.float32)
+    node = helper.make_node(
+        "MatMulNBits",
+        ["x", "B", "S"],
+        ["y"],
+        domain="com.microsoft",
+        K=k,
+        N=n,
+        bits=bits,
+        block_size=block,
+        accuracy_level=level,
+    )
+    initializers = [numpy_helper.from_array(b, "B"), numpy_helper.from_array(scales, "S")]
+    return _one_node_session(node, initializers, k, n)
+
+
+def _median_us(session: Any, rows: int, k: int, repeats: int) -> float:
+    import numpy as np
+
+    x = {"x": np.random.default_rng(0).random((rows, k), dtype=np.float32)}
+    session.run(None, x)
+    return statistics.median(_timed(lambda: session.run(None, x))[0] * 1e6 for _ in range(repeats))
+
+
 def matmul_nbits_kernels(k: int, n: int, repeats: int) -> list[dict[str, Any]]:
     """Microseconds of one (1, k) x (k, n) MatMulNBits on this CPU per bits / block / accuracy_level."""
-    import numpy as np
-    import onnxruntime as ort
-    from onnx import TensorProto, helper, numpy_helper
+    return [
+        {
+            "bits": bits,
+            "block": block,
+            "accuracy_level": level,
+            "median_us": _median_us(_matmul_nbits(k, n, bits, block, level), 1, k, repeats),
+        }
+        for bits in (2, 4, 8)
+        for block in (16, 32)
+        for level in (0, 4)
+    ]
 
-    rows = []
-    x = {"x": np.random.default_rng(0).random((1, k), dtype=np.float32)}
-    for bits in (2, 4, 8):
-        for block in (16, 32):
-            for level in (0, 4):
-                blocks = k // block
-                b = np.random.default_rng(1).integers(0, 255, (n, blocks, block * bits // 8), dtype=np.uint8)
-                scales = np.random.default_rng(2).random(n * blocks, dtype=np.float32)
-                node = helper.make_node(
-                    "MatMulNBits",
-                    ["x", "B", "S"],
-                    ["y"],
-                    domain="com.microsoft",
-                    K=k,
-                    N=n,
-                    bits=bits,
-                    block_size=block,
-                    accuracy_level=level,
-                )
-                graph = helper.make_graph(
-                    [node],
-                    "g",
-                    [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, k])],
-                    [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, n])],
-                    initializer=[numpy_helper.from_array(b, "B"), numpy_helper.from_array(scales, "S")],
-                )
-                opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
-                options = ort.SessionOptions()
-                options.intra_op_num_threads = 1
-                options.log_severity_level = 3
-                session = ort.InferenceSession(
-                    helper.make_model(graph, opset_imports=opsets).SerializeToString(),
-                    options,
-                    providers=["CPUExecutionProvider"],
-                )
-                session.run(None, x)
-                times = [_timed(lambda s=session: s.run(None, x))[0] * 1e6 for _ in range(repeats)]
-                rows.append(
-                    {
-                        "bits": bits,
-                        "block": block,
-                        "accuracy_level": level,
-                        "median_us": statistics.median(times),
-                    }
-                )
-    return rows
+
+def served_weights_by_rows(k: int, n: int, repeats: int) -> list[dict[str, Any]]:
+    """Microseconds of one (M, k) x (k, n) product per number of rows M (a server's decode batch):
+    the 4-bit MatMulNBits an INT2 server runs by default (its 2-bit codes widened, block 16, level
+    0) against the float MatMul of ``MOBILE_MM_ONNX_WEIGHTS=float``, interleaved."""
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    weight = np.random.default_rng(3).standard_normal((k, n)).astype(np.float32)
+    matmul = helper.make_node("MatMul", ["x", "W"], ["y"])
+    sessions = {
+        "packed_us": _matmul_nbits(k, n, 4, 16, 0),
+        "float_us": _one_node_session(matmul, [numpy_helper.from_array(weight, "W")], k, n),
+    }
+    out = []
+    for rows in (1, 4, 16, 64):
+        times: dict[str, list[float]] = {name: [] for name in sessions}
+        for _ in range(5):  # alternate, so a drift of the machine's speed hits both alike
+            for name, session in sessions.items():
+                times[name].append(_median_us(session, rows, k, max(1, repeats // 5)))
+        out.append({"rows": rows, **{name: statistics.median(t) for name, t in times.items()}})
+    return out
 
 
 def summarize(result: dict[str, Any]) -> dict[str, Any]:
@@ -368,6 +402,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     config = models["pytorch"].config
     k, n = int(config.dim), int(config.dim * config.mlp_ratio)  # the decoder's MLP input layer
     result["matmul_nbits_us"] = {"shape": [k, n], "rows": matmul_nbits_kernels(k, n, 50)}
+    result["served_weights_us"] = {"shape": [k, n], "rows": served_weights_by_rows(k, n, 100)}
     info["loadavg_at_end"] = list(os.getloadavg())
     result["summary"] = summarize(result)
     args.out.mkdir(parents=True, exist_ok=True)

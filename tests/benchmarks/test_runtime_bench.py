@@ -92,3 +92,17 @@ def test_summary_and_report_judge_the_target_per_precision(tmp_path: Path) -> No
     assert "| fp32 | 500.0 | 625.0 | 0.80x | yes |" in text
     report.write_markdown(result, tmp_path / "results.md")
     assert (tmp_path / "results.md").read_text() == text
+
+
+def test_the_served_weights_table_times_both_forms_per_batch_rows() -> None:
+    """Real ONNX Runtime sessions, a small shape: every row count timed for both weight forms."""
+    rows = bench.served_weights_by_rows(32, 48, 5)
+    assert [r["rows"] for r in rows] == [1, 4, 16, 64]
+    assert all(r["packed_us"] > 0 and r["float_us"] > 0 for r in rows)
+    result = {**_result(), "served_weights_us": {"shape": [32, 48], "rows": rows}}
+    result["summary"] = bench.summarize(result)
+    text = report.markdown(result, result["notes"])
+    assert "| rows | packed us | float us | packed / float |" in text
+    first = rows[0]
+    ratio = first["packed_us"] / first["float_us"]
+    assert f"| 1 | {first['packed_us']:.1f} | {first['float_us']:.1f} | {ratio:.2f} |" in text
