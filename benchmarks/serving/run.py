@@ -4,7 +4,8 @@ for captioning, OCR, VQA and a mix of them at each precision.
 What it measures, on this machine, with the real service (``mobile-mm serve``), each peer of
 ``benchmarks/peers`` serving the same model, and a real load generator (``wrk``, closed loop:
 each connection sends its next request when the last answered), every server cold-started in
-turn for each precision (default fp32 and int2):
+turn for each precision (default fp32 and int2), or with ``--interleave`` all of a precision's
+servers started together and their runs alternated (see ``measure_servers``):
 
 1. **model only**: ``generate_captions([image])`` in-process, batch 1, p50/p95/p99 over
    ``--model-iters`` calls; the per-image time at batch sizes 1..32 (what batching buys); and the
@@ -53,7 +54,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -130,6 +131,7 @@ class Options:
     out: Path
     onnx_data_dir: Path = ONNX_DATA_DIR
     ours: list[str] = field(default_factory=lambda: list(OURS))
+    interleave: bool = False
 
 
 def _percentiles(samples_s: list[float]) -> dict[str, float]:
@@ -225,57 +227,75 @@ def _median(runs: list[dict[str, float]]) -> dict[str, float]:
     }
 
 
-def measure_server(
-    opts: Options, server: RunningServer, bodies: dict[str, Path], ours: bool
+def measure_servers(
+    opts: Options, servers: dict[str, RunningServer], bodies: dict[str, Path]
 ) -> dict[str, Any]:
-    rss_ready = server.rss_bytes()
-    run_wrk(server.url, 8, 3, bodies[opts.tasks[0]])  # warm-up: allocator, code paths, connections
-    answers = collect_answers(server.url, mix_items())
-    tasks: dict[str, Any] = {}
+    """Every server's HTTP results. Each is warmed up and answers the mix first; then for every
+    task and concurrency each server gets ``opts.repeats`` wrk runs. Given several servers (the
+    ``--interleave`` mode, all running at once), the runs alternate between them (ABC, CBA, ...),
+    so a drift of the machine's speed during the cell hits every server alike instead of whichever
+    one's turn it was."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, server in servers.items():
+        rss_ready = server.rss_bytes()
+        run_wrk(server.url, 8, 3, bodies[opts.tasks[0]])  # warm-up: allocator, code paths, connections
+        out[name] = {"rss_ready": rss_ready, "answers": collect_answers(server.url, mix_items()), "tasks": {}}
+    names = list(servers)
     for task in opts.tasks:
-        per_c: dict[str, Any] = {}
         for c in CONCURRENCY:
-            before = scrape(server.url)["batches"].get(task, {}) if ours else {}
-            runs = [run_wrk(server.url, c, opts.duration, bodies[task]) for _ in range(opts.repeats)]
-            entry: dict[str, Any] = {"median": _median(runs), "runs": runs}
-            if ours:
-                after = scrape(server.url)["batches"].get(task, {})
-                entry["batches_by_size"] = {k: after[k] - before.get(k, 0) for k in after}
-            per_c[str(c)] = entry
-            med = entry["median"]
-            print(
-                f"{server.name:16s} {task:10s} c={c:<3d} rps={med['rps']:8.1f} p50={med['p50_ms']:7.2f} "
-                f"p95={med['p95_ms']:7.2f} p99={med['p99_ms']:7.2f} ms",
-                flush=True,
-            )
-        tasks[task] = per_c
+            before = {n: scrape(servers[n].url)["batches"].get(task, {}) for n in names if n in OURS}
+            runs: dict[str, list[dict[str, float]]] = {n: [] for n in names}
+            for r in range(opts.repeats):
+                for name in names if r % 2 == 0 else names[::-1]:
+                    runs[name].append(run_wrk(servers[name].url, c, opts.duration, bodies[task]))
+            for name in names:
+                entry: dict[str, Any] = {"median": _median(runs[name]), "runs": runs[name]}
+                if name in before:
+                    after = scrape(servers[name].url)["batches"].get(task, {})
+                    entry["batches_by_size"] = {k: after[k] - before[name].get(k, 0) for k in after}
+                out[name]["tasks"].setdefault(task, {})[str(c)] = entry
+                med = entry["median"]
+                print(
+                    f"{name:16s} {task:10s} c={c:<3d} rps={med['rps']:8.1f} p50={med['p50_ms']:7.2f} "
+                    f"p95={med['p95_ms']:7.2f} p99={med['p99_ms']:7.2f} ms",
+                    flush=True,
+                )
     return {
-        "ready_s": server.ready_s,
-        "rss_bytes": {"ready": rss_ready, "after_load": server.rss_bytes()},
-        "model_load_duration_seconds": scrape(server.url)["model_load_duration_seconds"] if ours else None,
-        "answers": answers,
-        "tasks": tasks,
+        name: {
+            "ready_s": server.ready_s,
+            "rss_bytes": {"ready": out[name]["rss_ready"], "after_load": server.rss_bytes()},
+            "model_load_duration_seconds": (
+                scrape(server.url)["model_load_duration_seconds"] if name in OURS else None
+            ),
+            "answers": out[name]["answers"],
+            "tasks": out[name]["tasks"],
+        }
+        for name, server in servers.items()
     }
 
 
 def ensure_onnx_bundle(model: str, quantization: str, data_dir: Path) -> Path:
     """Export ``model`` at ``quantization`` into ``data_dir`` as the server's first start would
-    (reused when there), and return that data directory."""
+    (reused when there), and return the bundle's directory."""
     from mobile_multimodal.serving.runtime_loader import ensure_bundle
     from mobile_multimodal.settings import Settings
 
     settings = Settings(data_dir=data_dir, model=model, quantization=quantization, runtime="onnxruntime")
-    print(f"{quantization}: ONNX bundle {ensure_bundle(settings)}", flush=True)
-    return data_dir
+    bundle = ensure_bundle(settings)
+    print(f"{quantization}: ONNX bundle {bundle}", flush=True)
+    return bundle
 
 
 def servers(opts: Options, quantization: str) -> Iterator[tuple[str, AbstractContextManager[RunningServer]]]:
     for name, env in OURS.items():
         if name not in opts.ours or (quantization == "fp32" and name in QUANTIZED_ONLY):
             continue
-        onnx = env.get("MOBILE_MM_RUNTIME") == "onnxruntime"
-        data_dir = ensure_onnx_bundle(opts.model, quantization, opts.onnx_data_dir) if onnx else None
-        yield name, serve_ours(opts.model, quantization, env, name=name, data_dir=data_dir)
+        if env.get("MOBILE_MM_RUNTIME") == "onnxruntime":
+            # the bundle exported beforehand (its start is then a start, not an export), served
+            # by --bundle from a data directory of the server's own, as any other of ours
+            bundle = ensure_onnx_bundle(opts.model, quantization, opts.onnx_data_dir)
+            env = {**env, "MOBILE_MM_BUNDLE": str(bundle)}
+        yield name, serve_ours(opts.model, quantization, env, name=name)
     for peer in opts.peers:
         yield peer, serve_peer(peer, opts.model, quantization)
 
@@ -284,9 +304,14 @@ def measure_precision(opts: Options, quantization: str, bodies: dict[str, Path])
     model = measure_model(opts, quantization)
     print(f"{quantization}: model only p50={model['batch1']['p50_ms']:.2f} ms", flush=True)
     http: dict[str, Any] = {}
-    for name, started in servers(opts, quantization):
-        with started as server:
-            http[name] = measure_server(opts, server, bodies, ours=name in OURS)
+    if opts.interleave:  # every server up at once, their runs alternating (measure_servers)
+        with ExitStack() as stack:
+            running = {name: stack.enter_context(started) for name, started in servers(opts, quantization)}
+            http = measure_servers(opts, running, bodies)
+    else:  # one server at a time, cold-started in turn
+        for name, started in servers(opts, quantization):
+            with started as server:
+                http.update(measure_servers(opts, {name: server}, bodies))
     correctness = check(model["mix_reference"], {n: s["answers"] for n, s in http.items()}, mix_items())
     print(f"{quantization}: every server answers the mix as the model does: {correctness['all_identical']}")
     return {"model_only": model, "servers": http, "correctness": correctness}
@@ -356,6 +381,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--model-iters", type=int, default=200)
     parser.add_argument("--max-tokens", type=int, default=None, help="caption/answer budget (API default)")
+    parser.add_argument(
+        "--interleave",
+        action="store_true",
+        help="start every server of a precision at once and alternate their wrk runs (robust to the "
+        "machine's speed drifting during the run; needs the memory of all of them)",
+    )
     parser.add_argument("--note", action="append", default=[], help="a line for results.md (repeatable)")
     parser.add_argument("--out", type=Path, default=HERE)
     parser.add_argument(
@@ -376,6 +407,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         args.out,
         args.onnx_data_dir,
         args.ours,
+        args.interleave,
     )
     if not {"ours", "ours_no_batching"} <= set(opts.ours):
         raise SystemExit("--ours must include ours and ours_no_batching (the summary compares them)")
@@ -399,6 +431,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "repeats": opts.repeats,
             "max_tokens": opts.max_tokens,
             "ours": {name: env for name, env in OURS.items() if name in opts.ours},
+            "interleave": opts.interleave,
         },
         "machine": env,
         "notes": args.note,

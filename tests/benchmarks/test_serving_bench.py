@@ -160,3 +160,46 @@ def test_the_deploy_guides_capacity_table_reads_this_format() -> None:
     runs = {"1": {"median": {"rps": 70.0, "p95_ms": 15.0}}}
     data = {"precisions": {"int2": {"servers": {"ours": {"tasks": {"captioning": runs}}}}}}
     assert served_arm(data) is runs
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    shutil.which("wrk") is None, reason="wrk is not installed (scripts/install_system_deps.sh)"
+)
+def test_interleaved_servers_run_at_once_and_take_turns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--interleave``: every server of the precision is up together, and within each cell the
+    wrk runs alternate between them (ABC, CBA), real wrk against real servers."""
+    from benchmarks.serving import run
+
+    calls: list[tuple[str, int]] = []
+    real_wrk = run.run_wrk
+
+    def recorded(url: str, concurrency: int, duration: int, body_file: Path) -> dict[str, float]:
+        calls.append((url, concurrency))
+        return real_wrk(url, concurrency, duration, body_file)
+
+    monkeypatch.setattr(run, "run_wrk", recorded)
+    model_dir = MobileMultiModalLLM.from_config(ModelConfig.tiny(), seed=0).save(tmp_path / "model")
+    argv = ["--model", str(model_dir), "--precisions", "fp32", "--tasks", "mix", "--interleave"]
+    argv += ["--peers", "plain_fastapi", "--ours", "ours,ours_no_batching", "--duration", "1"]
+    argv += ["--repeats", "2", "--model-iters", "5", "--max-tokens", "4", "--out", str(tmp_path / "out")]
+    argv += ["--onnx-data-dir", str(tmp_path / "onnx-data")]
+    result = run.main(argv)
+    servers = result["precisions"]["fp32"]["servers"]
+    assert list(servers) == ["ours", "ours_no_batching", "plain_fastapi"]
+    assert result["options"]["interleave"] is True
+    # one warm-up run each (c=8) with every server up, then per concurrency: A B C, then C B A
+    warm_up, measured = calls[: len(servers)], calls[len(servers) :]
+    assert [c for _, c in warm_up] == [8] * 3 and len({url for url, _ in warm_up}) == 3
+    cells = [measured[i : i + 6] for i in range(0, len(measured), 6)]
+    assert [[c for _, c in cell] for cell in cells] == [[1] * 6, [8] * 6, [32] * 6]
+    for cell in cells:
+        order = [url for url, _ in cell]
+        assert order[:3] == order[3:][::-1] and len(set(order)) == 3
+    for srv in servers.values():
+        for c in ("1", "8", "32"):
+            assert len(srv["tasks"]["mix"][c]["runs"]) == 2
+            assert all(r["requests"] > 0 and r["non_2xx"] == 0 for r in srv["tasks"]["mix"][c]["runs"])
+    assert result["summary"]["fp32"]["answers_identical"] is True
