@@ -96,10 +96,6 @@ class GraphSpec:
     # image tokens). Formats that need fully static shapes ignore it, like batch_axes.
     length_axes: Mapping[str, int] = field(default_factory=dict)
 
-    @property
-    def dynamic_batch(self) -> bool:
-        return bool(self.batch_axes)
-
 
 # ---- the float network -----------------------------------------------------------------------
 def _float_twin(packed: PackedWeight) -> nn.Module:

@@ -104,8 +104,8 @@ def default_bundle_dir(settings: Settings) -> Path:
     digest.update(f"bundle {BUNDLE_VERSION}, mobile-multimodal-llm {service_version()}".encode())
     # and the exporter's own code: within one release (a checkout between tags) the graphs it
     # writes can change, and a bundle written by an older exporter must not be reused silently
-    for source in sorted(Path(export_package.__file__).parent.glob("*.py")):
-        digest.update(source.name.encode() + b"\0" + source.read_bytes())
+    for code in sorted(Path(export_package.__file__).parent.glob("*.py")):
+        digest.update(code.name.encode() + b"\0" + code.read_bytes())
     return settings.data_dir / BUNDLES_DIR / f"onnx-{settings.quantization}-{digest.hexdigest()[:16]}"
 
 
