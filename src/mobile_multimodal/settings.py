@@ -39,8 +39,9 @@ class Settings(BaseSettings):
     host: str = "0.0.0.0"
     port: int = Field(8080, ge=1, le=65535)
     workers: int = Field(1, ge=1, le=64)
-    # Intra-op threads per worker for the model; 0 = auto: (cores // workers) - 1, at least 1, so
-    # the event loop keeps a core (two spinning OpenMP threads beside it cost 10-100x latency).
+    # Intra-op threads per worker for the model; 0 = auto. PyTorch: (cores // workers) - 1, at
+    # least 1, so the event loop keeps a core (two spinning OpenMP threads beside it cost 10-100x
+    # latency). ONNX Runtime: cores // workers; its threads sleep between graphs.
     torch_threads: int = Field(0, ge=0, le=256)
     auth: Literal["required", "disabled"] = "disabled"
     metrics_token: str | None = Field(None, repr=False)

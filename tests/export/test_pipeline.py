@@ -99,8 +99,11 @@ def test_bundle_json_describes_the_graph_files(onnx_int2: BuiltBundle) -> None:
     vision_inputs = {i["name"] for i in bundle["graphs"]["vision"]["inputs"]}
     assert bundle["graphs"]["vision"]["batch_axes"] == {n: 0 for n in (*vision_inputs, "image_tokens")}
     assert bundle["graphs"]["cross_kv"]["batch_axes"] == {"image_tokens": 0, "cross_k": 1, "cross_v": 1}
-    batched = {"vision", "cross_kv", "decoder_step"}
-    assert all("batch_axes" not in g for n, g in bundle["graphs"].items() if n not in batched)
+    # a batch of text lines or retrieval inputs: one call each
+    assert bundle["graphs"]["ocr"]["batch_axes"] == {"line_image": 0, "log_probs": 0}
+    assert bundle["graphs"]["image_embed"]["batch_axes"] == {"image_tokens": 0, "embedding": 0}
+    assert bundle["graphs"]["text_embed"]["batch_axes"] == {"ids": 0, "mask": 0, "embedding": 0}
+    assert all("batch_axes" in g for g in bundle["graphs"].values())
     assert bundle["text"]["max_len"] == 48 and bundle["question"]["max_len"] == 36  # the API's limits
     cache = bundle["kv_cache"]
     assert cache["max_len"] == 48 and cache["shape"] == [4, 1, 5, 48, 32]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import threading
 import time
@@ -45,6 +46,7 @@ from mobile_multimodal.serving.batch_jobs import Job
 from mobile_multimodal.serving.bundle_decoding import BundleTaskDecoding
 from mobile_multimodal.serving.continuous_batcher import ContinuousBatcher
 from mobile_multimodal.serving.engine import InferenceEngine
+from mobile_multimodal.serving.model_loading import onnx_threads_for, torch_threads_for
 from mobile_multimodal.serving.onnx_runtime_model import OnnxRuntimeModel
 from mobile_multimodal.serving.onnx_sessions import (
     BoundDecoderSteps,
@@ -73,7 +75,7 @@ SIGNING_KEY = "test-signing-key"
 
 def _settings(data_dir: Path, quantization: str, **overrides: Any) -> Settings:
     return make_settings(
-        data_dir, runtime="onnxruntime", quantization=quantization, torch_threads=1, **overrides
+        data_dir, runtime="onnxruntime", quantization=quantization, **{"torch_threads": 1, **overrides}
     )
 
 
@@ -364,6 +366,25 @@ def test_canary_and_shadow_compare_the_onnx_int2_model_with_the_fp32_pytorch_ref
         text, "quantization_shadow_agreement_ratio", task="captioning", quantization_type="int2"
     )
     assert ratio == 1
+
+
+def test_the_sessions_use_every_core_of_the_worker_and_sleep_between_graphs(
+    int2_data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    # ONNX Runtime takes all of a worker's cores, torch leaves one to the event loop
+    assert [onnx_threads_for(workers) for workers in (1, 3, 8, 16)] == [8, 2, 1, 1]
+    assert [torch_threads_for(workers) for workers in (1, 3, 8)] == [7, 1, 1]
+    assert onnx_threads_for(1, requested=3) == 3
+    # the server's loader, with the thread count left to it (0 = auto)
+    model = load_onnx_runtime_model(_settings(int2_data_dir, "int2", torch_threads=0))
+    sessions = model.bundle.runner.sessions
+    assert set(sessions) >= {"vision", "ocr", "cross_kv", "decoder_step"}
+    for session in sessions.values():
+        options = session.get_session_options()
+        assert options.intra_op_num_threads == 8
+        # a pool thread that spun between graphs would take the event loop's core
+        assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
 
 
 def test_two_bit_weights_in_four_bit_containers_compute_what_the_shipped_graphs_compute(
@@ -788,6 +809,37 @@ def test_a_batch_decoded_together_answers_as_each_row_alone(
     # a short budget ends every row at the same step
     together, alone = both(lambda conf: onnx.generate_captions(captions[:3], max_tokens=2, confidences=conf))
     assert together == alone and all(len(c.split()) <= 2 for c in together)
+
+
+@pytest.mark.parametrize("quantization", ["fp32", "int2"])
+def test_text_lines_and_retrieval_inputs_run_as_one_batch_each_row_as_alone(
+    quantization: str, int2_data_dir: Path, fp32_bundle: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ocr, image_embed and text_embed take a batch too (as vision does): a server's batch of text
+    lines or retrieval inputs is one call per graph, each row what the bundle's one-row loop gives."""
+    onnx = _onnx_model(quantization, int2_data_dir, fp32_bundle)
+    calls: list[str] = []
+    runner = onnx.bundle.runner
+    run = runner.run
+    monkeypatch.setattr(runner, "run", lambda graph, inputs: (calls.append(graph), run(graph, inputs))[1])
+
+    lines = [e.image for e in load_eval_split("ocr", 12)]
+    texts = onnx.extract_texts(lines)
+    assert calls == ["ocr"]
+    assert texts == onnx.bundle.extract_texts(lines) and len(set(texts)) > 1
+    assert calls.count("ocr") == 1 + len(lines)  # the one-row loop: a call per line
+
+    calls.clear()
+    retrieval = load_eval_split("retrieval", 12)
+    images, captions = [e.image for e in retrieval], [e.text for e in retrieval]
+    together = onnx.get_image_embeddings(images)
+    assert calls == ["vision", "image_embed"]
+    np.testing.assert_allclose(together, onnx.bundle.get_image_embeddings(images), atol=1e-5, rtol=0)
+    calls.clear()
+    together = onnx.get_text_embeddings(captions)
+    assert calls == ["text_embed"]
+    np.testing.assert_allclose(together, onnx.bundle.get_text_embeddings(captions), atol=1e-5, rtol=0)
+    assert together.shape == (len(captions), onnx.get_image_embeddings(images[:1]).shape[1])
 
 
 def test_a_row_whose_request_gives_up_mid_batch_ends_alone(int2_data_dir: Path, fp32_bundle: Path) -> None:

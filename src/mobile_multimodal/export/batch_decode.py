@@ -51,6 +51,36 @@ def batch_image_tokens(
     return np.concatenate([model.image_tokens(image, q) for image, q in zip(images, questions, strict=True)])
 
 
+def _stacked_run(
+    model: BundleModel, graph: str, rows: Sequence[dict[str, np.ndarray]], output: str
+) -> np.ndarray:
+    """``graph``'s ``output`` for every row of inputs (each batch 1), stacked on axis 0: one call
+    for all rows when the bundle's graph takes a batch, else one call per row."""
+    if len(rows) > 1 and runs_batches(model, graph):
+        stacked = {name: np.concatenate([r[name] for r in rows]) for name in rows[0]}
+        out: np.ndarray = model.run_graph(graph, stacked)[output]
+        return out
+    return np.concatenate([model.run_graph(graph, r)[output] for r in rows])
+
+
+def batch_line_log_probs(model: BundleModel, images: Sequence[Any]) -> np.ndarray:
+    """The CTC log-probabilities (B, frames, classes) of every text-line image: one 'ocr' call for
+    the batch where the bundle's graph takes one."""
+    return _stacked_run(model, "ocr", [{"line_image": model.line_input(i)} for i in images], "log_probs")
+
+
+def batch_image_embeddings(model: BundleModel, images: Sequence[Any]) -> np.ndarray:
+    """Retrieval embeddings (B, E) of the images: their tokens in one 'vision' call
+    (``batch_image_tokens``), then one 'image_embed' call, where the graphs take a batch."""
+    tokens = batch_image_tokens(model, images, [None] * len(images))
+    return _stacked_run(model, "image_embed", [{"image_tokens": t[None]} for t in tokens], "embedding")
+
+
+def batch_text_embeddings(model: BundleModel, texts: Sequence[str]) -> np.ndarray:
+    """Retrieval embeddings (T, E) of the texts: one 'text_embed' call where the graph takes a batch."""
+    return _stacked_run(model, "text_embed", [model.text_inputs(t) for t in texts], "embedding")
+
+
 def greedy_batch(
     model: BundleModel,
     image_tokens: np.ndarray,

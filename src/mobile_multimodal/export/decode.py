@@ -297,11 +297,20 @@ class BundleModel:
     ) -> list[str]:
         return [self._generate("vqa", i, q) for i, q in zip(images, questions, strict=True)]
 
+    def line_input(self, image: Image.Image | np.ndarray) -> np.ndarray:
+        """The 'ocr' graph's ``line_image`` (1, 3, H, W) for a text-line image."""
+        return text_line_input(image, self._pre["text_line"])
+
+    def text_inputs(self, text: str) -> dict[str, np.ndarray]:
+        """The 'text_embed' graph's inputs (1, T) for a retrieval text (truncated at T)."""
+        words = self.tokenizer.encode(text) or [self.tokenizer.unk]
+        ids, mask = _padded(words, self.spec["text"]["max_len"], self.spec["text"]["pad_id"])
+        return {"ids": ids, "mask": mask}
+
     def extract_texts(self, images: Sequence[Image.Image | np.ndarray]) -> list[str]:
         out = []
         for image in images:
-            line = text_line_input(image, self._pre["text_line"])
-            log_probs = self.run_graph("ocr", {"line_image": line})["log_probs"]
+            log_probs = self.run_graph("ocr", {"line_image": self.line_input(image)})["log_probs"]
             out.append(self.tokenizer.decode_ctc(log_probs[0].argmax(-1).tolist()))
         return out
 
@@ -313,10 +322,4 @@ class BundleModel:
         return np.concatenate(rows)
 
     def get_text_embeddings(self, texts: Sequence[str]) -> np.ndarray:
-        text = self.spec["text"]
-        rows = []
-        for t in texts:
-            words = self.tokenizer.encode(t) or [self.tokenizer.unk]
-            ids, mask = _padded(words, text["max_len"], text["pad_id"])
-            rows.append(self.run_graph("text_embed", {"ids": ids, "mask": mask})["embedding"])
-        return np.concatenate(rows)
+        return np.concatenate([self.run_graph("text_embed", self.text_inputs(t))["embedding"] for t in texts])

@@ -58,10 +58,11 @@ from mobile_multimodal.model.vision import VisionEncoder
 
 GRAPH_NAMES = ("vision", "ocr", "cross_kv", "decoder_step", "image_embed", "text_embed")
 # The graphs whose batch axis a format may leave dynamic: a server encodes a batch's images in one
-# vision and one cross_kv call and decodes its answers through one decoder_step call per step;
-# phones run batch 1. The modules are batch-generic; only the exported shapes differ. The batch
-# is axis 0 of every input and output except the stacked per-layer tensors (L, B, ...).
-BATCHED_GRAPHS = ("vision", "cross_kv", "decoder_step")
+# vision and one cross_kv call, decodes its answers through one decoder_step call per step, and
+# reads a batch's text lines or embeds its retrieval images and texts in one call each; phones run
+# batch 1. The modules are batch-generic; only the exported shapes differ. The batch is axis 0 of
+# every input and output except the stacked per-layer tensors (L, B, ...).
+BATCHED_GRAPHS = ("vision", "ocr", "cross_kv", "decoder_step", "image_embed", "text_embed")
 STACKED_OUTPUTS = ("cross_k", "cross_v", "new_k", "new_v")
 QUESTION_AXES = {"question_ids": 1, "question_mask": 1}  # (B, Q): see GraphSpec.length_axes
 

@@ -62,6 +62,7 @@ from mobile_multimodal.serving.model_loading import (
     ModelLoadFailure,
     configure_torch_threads,
     default_loader,
+    onnx_threads_for,
     resolve_device,
     torch_threads_for,
 )
@@ -80,6 +81,7 @@ __all__ = [
     "ServableModel",
     "configure_torch_threads",
     "default_loader",
+    "onnx_threads_for",
     "resolve_device",
     "retrieval_margin",
     "run_batch",

@@ -77,6 +77,19 @@ def torch_threads_for(workers: int, requested: int = 0) -> int:
     return max(1, (os.cpu_count() or 1) // max(1, workers) - 1)
 
 
+def onnx_threads_for(workers: int, requested: int = 0) -> int:
+    """ONNX Runtime intra-op threads per worker: ``requested``, or cores // workers.
+
+    Unlike torch's OpenMP threads, the sessions' pool threads do not spin between graphs
+    (``onnx_sessions.BundleSessions``), so the event loop gets the core back whenever a graph
+    ends. Measured on two cores, the task mix at concurrency 32: two such threads served 1.22x
+    the requests of one (p50 at concurrency 1: 18.5 against 23.4 ms); two spinning threads 0.67x.
+    """
+    if requested > 0:
+        return requested
+    return max(1, (os.cpu_count() or 1) // max(1, workers))
+
+
 def configure_torch_threads(workers: int, requested: int = 0) -> int:
     import torch
 

@@ -41,8 +41,14 @@ from typing import Any
 
 import numpy as np
 
-from mobile_multimodal.export.batch_decode import batch_image_tokens, greedy_batch
-from mobile_multimodal.export.decode import BundleModel, load_bundle, text_line_input
+from mobile_multimodal.export.batch_decode import (
+    batch_image_embeddings,
+    batch_image_tokens,
+    batch_line_log_probs,
+    batch_text_embeddings,
+    greedy_batch,
+)
+from mobile_multimodal.export.decode import BundleModel, load_bundle
 from mobile_multimodal.model.llm import DEFAULT_ANSWER_TOKENS, PROMPT_MARKERS
 from mobile_multimodal.model.model_errors import check_question_tokens
 from mobile_multimodal.serving.onnx_sessions import BundleSessions
@@ -237,10 +243,7 @@ class OnnxRuntimeModel:
     def extract_texts(self, images: Sequence[Any], confidences: list[float] | None = None) -> list[str]:
         texts: list[str] = []
         means: list[float] = []
-        pre = self.spec["image_preprocessing"]["text_line"]
-        for image in images:
-            line = text_line_input(image, pre)
-            log_probs = self.bundle.run_graph("ocr", {"line_image": line})["log_probs"][0]
+        for log_probs in batch_line_log_probs(self.bundle, images) if images else ():
             texts.append(self.bundle.tokenizer.decode_ctc(log_probs.argmax(-1).tolist()))
             if confidences is not None:  # the CTC best path's mean log-probability per frame
                 rows = log_probs.astype(np.float64)
@@ -252,12 +255,14 @@ class OnnxRuntimeModel:
         return texts
 
     def get_image_embeddings(self, images: Sequence[Any]) -> np.ndarray:
-        return self.bundle.get_image_embeddings(images)
+        if not images:
+            raise ValueError("images must not be empty")
+        return batch_image_embeddings(self.bundle, images)
 
     def get_text_embeddings(self, texts: Sequence[str]) -> np.ndarray:
         if not texts:
             raise ValueError("texts must not be empty")
-        return self.bundle.get_text_embeddings(texts)
+        return batch_text_embeddings(self.bundle, texts)
 
     # ---- the PyTorch API's single-item forms (the Python API, the health probe) -------------
     def generate_caption(self, image: Any, max_tokens: int = 32) -> str:

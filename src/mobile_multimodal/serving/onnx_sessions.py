@@ -149,6 +149,10 @@ class BundleSessions:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+        # pool threads sleep when a graph ends instead of spinning for the next one: beside the
+        # event loop on few cores a spinning thread takes the core HTTP work needs
+        # (serving.model_loading.onnx_threads_for)
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.log_severity_level = 3  # ORT's optimizer warnings are not the operator's business
         # constant-fold DequantizeLinear of initializers at load (ORT keeps QDQ pairs unfolded by
         # default, for quantized execution providers the CPU one is not): the INT2 token

@@ -50,7 +50,7 @@ from mobile_multimodal.model.llm import resolve_model_dir
 from mobile_multimodal.model.model_errors import ModelLoadError
 from mobile_multimodal.observability.identity import service_version
 from mobile_multimodal.observability.tracing import stage
-from mobile_multimodal.serving.engine import ServableModel, default_loader, torch_threads_for
+from mobile_multimodal.serving.engine import ServableModel, default_loader, onnx_threads_for
 from mobile_multimodal.serving.onnx_runtime_model import OnnxRuntimeModel
 from mobile_multimodal.settings import Settings
 
@@ -81,7 +81,7 @@ def load_onnx_runtime_model(
         return OnnxRuntimeModel.open(
             directory,
             manifest,
-            threads=torch_threads_for(settings.workers, settings.torch_threads),
+            threads=onnx_threads_for(settings.workers, settings.torch_threads),
             source_model_dir=_source_dir(settings),
             float_weights=settings.onnx_weights == "float",
         )
