@@ -91,7 +91,7 @@ def markdown(result: dict[str, Any]) -> list[str]:
             "",
             "`ours` is the default (static batching, PyTorch); `ours_continuous` the same server with "
             "`MOBILE_MM_BATCHING=continuous`; `ours_onnxruntime` the same server on the ONNX export "
-            "bundle (`MOBILE_MM_RUNTIME=onnxruntime`, a batch decoded together); "
+            "bundle (`MOBILE_MM_RUNTIME=onnxruntime`, a batch decoded together, two batches at once); "
             "`ours_onnxruntime_continuous` that server with `MOBILE_MM_BATCHING=continuous`; "
             "`ours_onnxruntime_float` that server with a quantized bundle's weights as float MatMuls "
             "(`MOBILE_MM_ONNX_WEIGHTS=float`, quantized precisions only); where measured.",

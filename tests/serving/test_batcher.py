@@ -257,3 +257,91 @@ def test_no_wait_when_nobody_else_is_arriving() -> None:
         await b2.close()
 
     asyncio.run(main())
+
+
+class Overlap:
+    """run_batch that counts how many batches run at once. Holding, each batch waits (60 s at most)
+    at a barrier for a second batch to enter beside it, so a batcher that never runs two at once
+    fails the test instead of hanging it."""
+
+    def __init__(self, hold: bool, timeout_s: float = 60) -> None:
+        self.lock = threading.Lock()
+        self.now = self.most = 0
+        self.hold = hold
+        self.barrier = threading.Barrier(2, timeout=timeout_s)
+        self.drained: list[tuple[int, float]] = []
+
+    def __call__(self, key: str, items: list[int]) -> list[int]:
+        with self.lock:
+            self.now += 1
+            self.most = max(self.most, self.now)
+        try:
+            if self.hold:
+                self.barrier.wait()
+            time.sleep(0.05)
+        finally:
+            with self.lock:
+                self.now -= 1
+        return [x * 2 for x in items]
+
+
+def _concurrent_batcher(run: Overlap, concurrency: int) -> DynamicBatcher[str, int, int]:
+    return DynamicBatcher(
+        run,
+        max_batch_size=2,
+        max_wait_s=0.0,
+        max_queue=64,
+        executor=ThreadPoolExecutor(concurrency),
+        concurrency=concurrency,
+        on_batch=lambda items, seconds: run.drained.append((items, seconds)),
+    )
+
+
+def test_concurrent_batches_run_beside_each_other_and_their_drain_times_add_up() -> None:
+    async def main() -> None:
+        run = Overlap(hold=True)
+        b = _concurrent_batcher(run, concurrency=2)
+        await b.start()
+        start = time.perf_counter()
+        outcomes = await asyncio.gather(*(b.submit(k, i, timeout=60) for i, k in enumerate("abab")))
+        elapsed = time.perf_counter() - start
+        assert [o.result for o in outcomes] == [0, 2, 4, 6]
+        assert run.most == 2
+        assert b.running == 0 and b.running_since == 0.0
+        # overlapping batches: the drain times cover the wall time once, not once per batch
+        assert sum(items for items, _ in run.drained) == 4
+        assert 0 < sum(seconds for _, seconds in run.drained) <= elapsed
+        await b.close()
+
+    asyncio.run(main())
+
+
+def test_one_batch_at_a_time_unless_told_and_concurrency_changes_while_serving() -> None:
+    async def main() -> None:
+        run = Overlap(hold=False)
+        b = _concurrent_batcher(run, concurrency=1)
+        await b.start()
+        await asyncio.gather(*(b.submit(k, i, timeout=60) for i, k in enumerate("abcabc")))
+        assert run.most == 1
+        b.set_concurrency(2, ThreadPoolExecutor(2))  # what a reload onto ONNX Runtime does
+        run.hold = True
+        await asyncio.gather(*(b.submit(k, i, timeout=60) for i, k in enumerate("abab")))
+        assert run.most == 2
+        with pytest.raises(ValueError, match="concurrency"):
+            b.set_concurrency(0, None)
+        await b.close()
+
+    asyncio.run(main())
+
+
+def test_close_waits_for_the_batches_still_running() -> None:
+    async def main() -> None:
+        run = Overlap(hold=True)
+        b = _concurrent_batcher(run, concurrency=2)
+        await b.start()
+        pending = [asyncio.ensure_future(b.submit(k, i, timeout=60)) for i, k in enumerate("ab")]
+        await _until(lambda: b.running == 2)
+        await b.close()
+        assert all(p.done() for p in pending) and [p.result().result for p in pending] == [0, 2]
+
+    asyncio.run(main())

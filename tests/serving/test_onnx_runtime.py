@@ -325,6 +325,15 @@ def test_served_over_http_every_task_with_the_runtime_in_model_info_and_the_load
     assert [s.attributes and s.attributes["model.runtime"] for s in loads] == ["onnxruntime"]
 
 
+def test_concurrent_batches_are_an_onnx_runtime_setting(tmp_path: Path) -> None:
+    assert make_settings(tmp_path).batch_concurrency == 1  # PyTorch: one batch at a time
+    assert make_settings(tmp_path, runtime="onnxruntime").batch_concurrency == 2
+    assert make_settings(tmp_path, runtime="onnxruntime", concurrent_batches=3).batch_concurrency == 3
+    assert make_settings(tmp_path, concurrent_batches=1).batch_concurrency == 1
+    with pytest.raises(ValueError, match="CONCURRENT_BATCHES=2 needs MOBILE_MM_RUNTIME=onnxruntime"):
+        make_settings(tmp_path, concurrent_batches=2)
+
+
 def test_canary_and_shadow_compare_the_onnx_int2_model_with_the_fp32_pytorch_reference(
     onnx_server: LiveServer, int2_data_dir: Path, fp32_bundle: Path
 ) -> None:
@@ -348,11 +357,14 @@ def test_canary_and_shadow_compare_the_onnx_int2_model_with_the_fp32_pytorch_ref
         fp32.component_memory_bytes().values()
     ) + kv_cache_peak_bytes(reference)
 
-    # every captioning request here (this test's and the one before) is of the probe scene, which the
-    # ONNX int2 bundle captions exactly as fp32 PyTorch does: the shadow must count agreement only
+    # the probe scene, which the ONNX int2 bundle captions exactly as fp32 PyTorch does: the shadow
+    # counts this request as an agreement (earlier tests' captions of other scenes may disagree)
     probe = ProbeCase.default().image
     assert onnx.generate_captions([probe]) == fp32.generate_captions([probe])
     before = metric_value(text, "quantization_shadow_comparisons_total", task="captioning", result="agree")
+    disagreed = metric_value(
+        text, "quantization_shadow_comparisons_total", task="captioning", result="disagree"
+    )
     with onnx_server.client() as client:
         response = client.post("/inference", json={"image": data_uri(probe), "task": "captioning"})
     assert response.status_code == 200
@@ -360,29 +372,34 @@ def test_canary_and_shadow_compare_the_onnx_int2_model_with_the_fp32_pytorch_ref
         onnx_server, "quantization_shadow_comparisons_total", before + 1, task="captioning", result="agree"
     )
     assert (
-        metric_value(text, "quantization_shadow_comparisons_total", task="captioning", result="disagree") == 0
+        metric_value(text, "quantization_shadow_comparisons_total", task="captioning", result="disagree")
+        == disagreed
     )
     ratio = metric_value(
         text, "quantization_shadow_agreement_ratio", task="captioning", quantization_type="int2"
     )
-    assert ratio == 1
+    assert 0 < ratio <= 1 and (disagreed > 0 or ratio == 1)
 
 
 def test_the_sessions_use_every_core_of_the_worker_and_sleep_between_graphs(
     int2_data_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(os, "cpu_count", lambda: 8)
-    # ONNX Runtime takes all of a worker's cores, torch leaves one to the event loop
+    # ONNX Runtime shares all of a worker's cores among its concurrent batches, torch leaves one
+    # to the event loop
     assert [onnx_threads_for(workers) for workers in (1, 3, 8, 16)] == [8, 2, 1, 1]
+    assert [onnx_threads_for(1, concurrency=n) for n in (1, 2, 3, 16)] == [8, 4, 2, 1]
     assert [torch_threads_for(workers) for workers in (1, 3, 8)] == [7, 1, 1]
-    assert onnx_threads_for(1, requested=3) == 3
-    # the server's loader, with the thread count left to it (0 = auto)
-    model = load_onnx_runtime_model(_settings(int2_data_dir, "int2", torch_threads=0))
+    assert onnx_threads_for(1, requested=3, concurrency=2) == 3
+    # the server's loader, with the thread count left to it (0 = auto): two batches at once
+    settings = _settings(int2_data_dir, "int2", torch_threads=0)
+    assert settings.batch_concurrency == 2
+    model = load_onnx_runtime_model(settings)
     sessions = model.bundle.runner.sessions
     assert set(sessions) >= {"vision", "ocr", "cross_kv", "decoder_step"}
     for session in sessions.values():
         options = session.get_session_options()
-        assert options.intra_op_num_threads == 8
+        assert options.intra_op_num_threads == 4
         # a pool thread that spun between graphs would take the event loop's core
         assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
 
@@ -762,6 +779,8 @@ def test_a_reload_switches_the_runtime_without_a_restart(int2_data_dir: Path, tm
             outcome = asyncio.run_coroutine_threadsafe(reloader.reload(), loop).result(timeout=300)
             assert outcome.model == "reloaded", outcome
             assert server.app.state.engine.info["runtime"] == runtime
+            # two batches at once on ONNX Runtime, one on PyTorch
+            assert server.app.state.engine.batcher.concurrency == (2 if runtime == "onnxruntime" else 1)
             with server.client() as client:
                 caption = client.post("/inference", json={"image": data_uri(), "task": "captioning"})
                 metrics_text = client.get("/metrics").text
@@ -871,3 +890,48 @@ def test_a_row_whose_request_gives_up_mid_batch_ends_alone(int2_data_dir: Path, 
         del onnx.bundle.runner.batch_steps
     assert captions[0] == full[0] and captions[2] == full[2]
     assert captions[1] == " ".join(full[1].split()[:2])  # the two tokens it had when it gave up
+
+
+def test_two_batches_run_at_once_and_every_answer_is_the_models_own(
+    int2_data_dir: Path, fp32_bundle: Path
+) -> None:
+    """The ONNX Runtime server runs two static batches at once (settings.batch_concurrency): many
+    concurrent requests of every task, each answered as the model answers it alone. (Last in the
+    module: a server started here resets the process's canary gauges, which the canary test reads
+    from the module's shared server.)"""
+    server = LiveServer(_settings(int2_data_dir, "int2", canary_interval_s=0), load_model).start()
+    try:
+        server.wait_ready()
+        _answers_under_concurrent_load(server, int2_data_dir, fp32_bundle)
+    finally:
+        server.stop()
+
+
+def _answers_under_concurrent_load(server: LiveServer, int2_data_dir: Path, fp32_bundle: Path) -> None:
+    engine = server.app.state.engine
+    assert engine.settings.batch_concurrency == 2 and engine.batcher.concurrency == 2
+    direct = _onnx_model("int2", int2_data_dir, fp32_bundle)
+    scenes = load_eval_split("vqa", 12)
+    lines = [e.image for e in load_eval_split("ocr", 12)]
+    bodies = [
+        *({"image": data_uri(e.image), "task": "captioning"} for e in scenes),
+        *({"image": data_uri(e.image), "task": "vqa", "question": e.question} for e in scenes),
+        *({"image": data_uri(line), "task": "ocr"} for line in lines),
+    ]
+    expected = [
+        *direct.generate_captions([e.image for e in scenes]),
+        *direct.answer_questions([e.image for e in scenes], [e.question for e in scenes]),
+        *direct.extract_texts(lines),
+    ]
+    batches_before = engine.batcher.batches_run
+
+    async def send_all() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=server.url, timeout=120) as client:
+            return await asyncio.gather(*(client.post("/inference", json=b) for b in bodies))
+
+    responses = asyncio.run(send_all())
+    assert [r.status_code for r in responses] == [200] * len(bodies)
+    field = {"captioning": "caption", "vqa": "answer", "ocr": "text"}
+    got = [r.json()["result"][field[b["task"]]] for r, b in zip(responses, bodies, strict=True)]
+    assert got == expected
+    assert engine.batcher.batches_run > batches_before

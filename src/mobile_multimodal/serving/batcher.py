@@ -16,6 +16,13 @@ clients just answered are likely sending their next request). So a lone client i
 once instead of idling ``max_wait_s`` per request, while a busy service keeps its batches full
 instead of alternating a batch of one (the first client back) with a batch of the rest.
 
+``concurrency`` batches may run at once (each on its own ``executor`` thread): a runtime whose
+sessions take concurrent calls (ONNX Runtime) keeps the cores busy while one batch waits on its
+Python decode loop or on the event loop to hand it the next batch. The next batch is formed only
+when one may start, so it still takes every request queued by then; its drain time is counted
+from the later of its start and the previous batch's end, so overlapping batches add up to the
+model's real rate.
+
 A batch that raises is not the end of its requests: each is run again alone, so only the one
 the model refuses gets the error, never the strangers it was batched with.
 
@@ -37,6 +44,7 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from abc import ABC, abstractmethod
@@ -151,10 +159,13 @@ class DynamicBatcher(BatchLoop, Generic[KeyT, ItemT, ResultT]):
         label: Callable[[KeyT], str] = str,
         arriving: Callable[[], int] | None = None,
         on_batch: Callable[[int, float], None] | None = None,
+        concurrency: int = 1,
     ) -> None:
         super().__init__(max_queue)
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be >= 1, got {concurrency}")
         if max_wait_s < 0:
             raise ValueError(f"max_wait_s must be >= 0, got {max_wait_s}")
         self._run_batch = run_batch
@@ -169,8 +180,25 @@ class DynamicBatcher(BatchLoop, Generic[KeyT, ItemT, ResultT]):
         self.largest_batch = 0
         self._last_batch_size = 0
         self._last_batch_end = 0.0
-        self.running = 0  # requests in the batch the model runs now
-        self.running_since = 0.0  # when that batch started (perf_counter)
+        # At most ``concurrency`` batches run at once (``executor`` needs as many threads); the
+        # next is formed only when one of them may start, so it takes every request queued by then.
+        self.concurrency = concurrency
+        self._started = 0  # batches formed or running
+        self._slot_freed = asyncio.Event()
+        self._running: dict[int, tuple[int, float]] = {}  # batch id -> (requests, started)
+        self._batch_ids = itertools.count()
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self._last_drained = 0.0  # when the last batch ended, for each batch's drain time
+
+    @property
+    def running(self) -> int:
+        """Requests in the batches the model runs now."""
+        return sum(n for n, _ in self._running.values())
+
+    @property
+    def running_since(self) -> float:
+        """When the oldest of the running batches started (perf_counter); 0.0 when none runs."""
+        return min((started for _, started in self._running.values()), default=0.0)
 
     loop_name = "dynamic-batcher"
 
@@ -221,46 +249,96 @@ class DynamicBatcher(BatchLoop, Generic[KeyT, ItemT, ResultT]):
             return True  # no signal: always allow max_wait_s for the batch to fill
         return self._arriving() > 0 or queued < self._last_batch_size
 
+    def set_concurrency(self, concurrency: int, executor: Executor | None) -> None:
+        """Run up to ``concurrency`` batches at once from now on, on ``executor`` (a served model
+        swapped for one of another runtime brings its own; batches already running finish)."""
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+        self.concurrency, self._executor = concurrency, executor
+        self._slot_freed.set()
+
+    async def _take_slot(self) -> None:
+        while self._started >= self.concurrency:
+            self._slot_freed.clear()
+            await self._slot_freed.wait()
+        self._started += 1
+
+    def _free_slot(self) -> None:
+        self._started -= 1
+        self._slot_freed.set()
+
     async def _loop(self) -> None:
         while True:
-            key = self._oldest_key()
-            if key is None:
-                if self._closing:
-                    return
-                self._wakeup.clear()
-                await self._wakeup.wait()
-                continue
-            queue = self._queues[key]
-            deadline = max(queue[0].enqueued, self._last_batch_end) + self.max_wait_s
-            # Wait for the batch to fill, but never past the oldest request's deadline.
-            while len(queue) < self.max_batch_size and not self._closing:
-                if not self._expect_more(len(queue)):
-                    break  # nobody else is on the way: waiting would only add latency
-                remaining = deadline - time.perf_counter()
-                if remaining <= 0:
-                    break
-                self._wakeup.clear()
-                try:
-                    await asyncio.wait_for(self._wakeup.wait(), remaining)
-                except TimeoutError:
-                    break
-            batch = [queue.popleft() for _ in range(min(self.max_batch_size, len(queue)))]
-            self._queued -= len(batch)
-            if not queue:
-                del self._queues[key]
-            self._publish_depth(key)
-            batch = [p for p in batch if not p.future.done()]
+            await self._take_slot()  # the model can take one more batch
+            formed = await self._form_batch()
+            if formed is None:  # closing, nothing queued: let the running batches finish
+                self._free_slot()
+                await asyncio.gather(*self._in_flight)
+                return
+            if self.concurrency == 1:
+                await self._run_and_free(*formed)
+            else:
+                task = asyncio.create_task(self._run_and_free(*formed))
+                self._in_flight.add(task)
+                task.add_done_callback(self._in_flight.discard)
+
+    async def _run_and_free(self, key: KeyT, batch: list[_Pending[ItemT]], could_start: float) -> None:
+        try:
             if batch:
-                # The batch's drain time runs from when it could have started: the previous
-                # batch's end, or its oldest request's arrival if the model was idle then.
-                could_start = max(self._last_batch_end, min(p.enqueued for p in batch))
-                self.running, self.running_since = len(batch), time.perf_counter()
-                try:
-                    await self._run(key, batch)
-                finally:
-                    self.running = 0
-                if self._on_batch is not None:
-                    self._on_batch(len(batch), self._last_batch_end - could_start)
+                await self._run_counted(key, batch, could_start)
+        finally:
+            self._free_slot()
+
+    async def _form_batch(self) -> tuple[KeyT, list[_Pending[ItemT]], float] | None:
+        """The next batch (its key, its requests, when it could have started), taken from the
+        oldest key's queue; its requests may all have given up (an empty batch). None once closing
+        with nothing queued."""
+        while True:
+            key = self._oldest_key()
+            if key is not None:
+                break
+            if self._closing:
+                return None
+            self._wakeup.clear()
+            await self._wakeup.wait()
+        queue = self._queues[key]
+        deadline = max(queue[0].enqueued, self._last_batch_end) + self.max_wait_s
+        # Wait for the batch to fill, but never past the oldest request's deadline.
+        while len(queue) < self.max_batch_size and not self._closing:
+            if not self._expect_more(len(queue)):
+                break  # nobody else is on the way: waiting would only add latency
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                break
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
+            except TimeoutError:
+                break
+        batch = [queue.popleft() for _ in range(min(self.max_batch_size, len(queue)))]
+        self._queued -= len(batch)
+        if not queue:
+            del self._queues[key]
+        self._publish_depth(key)
+        batch = [p for p in batch if not p.future.done()]
+        # The batch's drain time runs from when it could have started: the previous
+        # batch's end, or its oldest request's arrival if the model was idle then.
+        could_start = max(self._last_batch_end, min((p.enqueued for p in batch), default=0.0))
+        return key, batch, could_start
+
+    async def _run_counted(self, key: KeyT, batch: list[_Pending[ItemT]], could_start: float) -> None:
+        batch_id = next(self._batch_ids)
+        self._running[batch_id] = (len(batch), time.perf_counter())
+        try:
+            await self._run(key, batch)
+        finally:
+            del self._running[batch_id]
+        # Batches that overlap drain from the later of their start and the last batch's end, so
+        # the drain times add up to the time the model took for all of them (admission's rate).
+        end = self._last_batch_end
+        drained, self._last_drained = end - max(could_start, self._last_drained), max(end, self._last_drained)
+        if self._on_batch is not None:
+            self._on_batch(len(batch), max(0.0, drained))
 
     async def _run(self, key: KeyT, batch: list[_Pending[ItemT]]) -> None:
         """Run a batch; if it raises, run each of its requests alone, so that one bad request

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -110,6 +111,11 @@ class InferenceEngine:
         self._on_loaded = on_loaded
         self._on_load_failed = on_load_failed
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+        # Static batches that run beside each other (settings.batch_concurrency > 1: ONNX Runtime)
+        # run on threads of their own; one at a time, they run on the model thread, queued with
+        # warm-up, the reload's swap and background work as ever.
+        self._batch_executor = ThreadPoolExecutor(max_workers=16, thread_name_prefix="model-batch")
+        self._busy_lock = threading.Lock()
         self.state: EngineState = "loading"
         self.model: ServableModel | None = None
         self.info: dict[str, Any] = {}
@@ -145,6 +151,7 @@ class InferenceEngine:
                 arriving=lambda: self._arriving,
                 on_batch=self._batch_drained,
             )
+            self._set_batch_concurrency(settings)
         self.admission = Admission(
             settings.max_queue, wait_budget_s(settings.max_queue_wait_s, settings.request_timeout_s)
         )
@@ -194,6 +201,7 @@ class InferenceEngine:
         self.state = "stopped"
         self._ready.set()
         self._executor.shutdown(wait=True, cancel_futures=True)
+        self._batch_executor.shutdown(wait=True, cancel_futures=True)
 
     async def _load(self) -> None:
         loop = asyncio.get_running_loop()
@@ -280,7 +288,10 @@ class InferenceEngine:
 
         if self.state == "loading":  # the first load still runs: it must not overwrite this one
             await self.wait_ready()
+        if isinstance(self.batcher, DynamicBatcher) and settings.batch_concurrency < self.batcher.concurrency:
+            self._set_batch_concurrency(settings)  # before the swap: the new model never runs twice at once
         await self.run_in_model_thread(swap)
+        self._set_batch_concurrency(settings)
         if self.state == "failed":  # a reload after a failed start is the way back (no restart)
             self.error, self.warmed_up, self.state = None, True, "ready"
         self.load_seconds = seconds
@@ -313,6 +324,11 @@ class InferenceEngine:
             raise ModelLoadFailure(ErrorCode.MODEL_LOAD_FAILED, f"warm-up inference failed: {exc}") from exc
 
     # --- serving ------------------------------------------------------------------------------
+    def _set_batch_concurrency(self, settings: Settings) -> None:
+        if isinstance(self.batcher, DynamicBatcher):
+            n = settings.batch_concurrency
+            self.batcher.set_concurrency(n, self._batch_executor if n > 1 else self._executor)
+
     def _run_batch(self, key: BatchKey, jobs: list[Job]) -> list[dict[str, Any]]:
         if self.model is None:
             raise RuntimeError("the model is not loaded")
@@ -322,12 +338,14 @@ class InferenceEngine:
     @contextmanager
     def _model_busy(self) -> Iterator[None]:
         """Around every batch or decode iteration on the model thread (idle_for reads it)."""
-        self.batches_running += 1
+        with self._busy_lock:  # batches may run on several threads (batch_concurrency)
+            self.batches_running += 1
         try:
             yield
         finally:
-            self.batches_running -= 1
-            self.last_batch_end = time.perf_counter()
+            with self._busy_lock:
+                self.batches_running -= 1
+                self.last_batch_end = time.perf_counter()
 
     def idle_for(self) -> float:
         """Seconds since the model thread last served a request; 0 while one is queued, arriving

@@ -81,7 +81,7 @@ def load_onnx_runtime_model(
         return OnnxRuntimeModel.open(
             directory,
             manifest,
-            threads=onnx_threads_for(settings.workers, settings.torch_threads),
+            threads=onnx_threads_for(settings.workers, settings.torch_threads, settings.batch_concurrency),
             source_model_dir=_source_dir(settings),
             float_weights=settings.onnx_weights == "float",
         )
