@@ -381,7 +381,7 @@ def test_canary_and_shadow_compare_the_onnx_int2_model_with_the_fp32_pytorch_ref
     assert 0 < ratio <= 1 and (disagreed > 0 or ratio == 1)
 
 
-def test_the_sessions_use_every_core_of_the_worker_and_sleep_between_graphs(
+def test_the_sessions_share_the_workers_cores_and_sleep_between_graphs(
     int2_data_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(os, "cpu_count", lambda: 8)
