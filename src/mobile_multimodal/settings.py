@@ -18,6 +18,7 @@ from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Quantization = Literal["fp32", "int8", "int4", "int2"]
+MAX_CONCURRENT_BATCHES = 16  # the engine keeps as many batch threads (started only when used)
 
 
 def _default_data_dir() -> Path:
@@ -104,7 +105,7 @@ class Settings(BaseSettings):
     # Static batches run at once; 0 = auto: 2 on the ONNX Runtime backend, whose sessions take
     # concurrent calls (measured on two cores, the task mix at c=32: 1.25x the requests, p99 0.83x),
     # 1 on PyTorch. Continuous batching runs one decode loop and ignores it.
-    concurrent_batches: int = Field(0, ge=0, le=16)
+    concurrent_batches: int = Field(0, ge=0, le=MAX_CONCURRENT_BATCHES)
     max_queue: int = Field(256, ge=1)
     # Admission by expected wait (serving/admission.py): a request the queue ahead would make
     # wait longer than this (measured drain rate x work ahead) is refused 503 + Retry-After,

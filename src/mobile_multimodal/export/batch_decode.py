@@ -35,22 +35,6 @@ from mobile_multimodal.export.decode import BundleModel
 from mobile_multimodal.export.running_decode import DecodeRequest, RunningDecode, runs_batches
 
 
-def batch_image_tokens(
-    model: BundleModel, images: Sequence[Any], questions: Sequence[str | None]
-) -> np.ndarray:
-    """Image tokens (B, N, D) of every row: one 'vision' call for the batch when the bundle's
-    graph takes one (an INT2 vision call pays its weights' dequantization once, not per image),
-    its questions padded to the longest of them where the graph takes any length (a batch of
-    captions passes no question slot), else one call per image."""
-    if len(images) > 1 and runs_batches(model, "vision"):
-        slots = model.question_slots([len(model.question_words(q)) for q in questions])
-        inputs = [model.vision_inputs(image, q, slots) for image, q in zip(images, questions, strict=True)]
-        stacked = {name: np.concatenate([i[name] for i in inputs]) for name in inputs[0]}
-        tokens: np.ndarray = model.run_graph("vision", stacked)["image_tokens"]
-        return tokens
-    return np.concatenate([model.image_tokens(image, q) for image, q in zip(images, questions, strict=True)])
-
-
 def _stacked_run(
     model: BundleModel, graph: str, rows: Sequence[dict[str, np.ndarray]], output: str
 ) -> np.ndarray:
@@ -61,6 +45,20 @@ def _stacked_run(
         out: np.ndarray = model.run_graph(graph, stacked)[output]
         return out
     return np.concatenate([model.run_graph(graph, r)[output] for r in rows])
+
+
+def batch_image_tokens(
+    model: BundleModel, images: Sequence[Any], questions: Sequence[str | None]
+) -> np.ndarray:
+    """Image tokens (B, N, D) of every row: one 'vision' call for the batch when the bundle's
+    graph takes one (an INT2 vision call pays its weights' dequantization once, not per image),
+    its questions padded to the longest of them where the graph takes any length (a batch of
+    captions passes no question slot), else one call per image."""
+    if len(images) > 1 and runs_batches(model, "vision"):
+        slots = model.question_slots([len(model.question_words(q)) for q in questions])
+        inputs = [model.vision_inputs(image, q, slots) for image, q in zip(images, questions, strict=True)]
+        return _stacked_run(model, "vision", inputs, "image_tokens")
+    return np.concatenate([model.image_tokens(image, q) for image, q in zip(images, questions, strict=True)])
 
 
 def batch_line_log_probs(model: BundleModel, images: Sequence[Any]) -> np.ndarray:

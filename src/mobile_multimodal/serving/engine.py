@@ -68,7 +68,7 @@ from mobile_multimodal.serving.model_loading import (
     torch_threads_for,
 )
 from mobile_multimodal.serving.probe import ProbeCase
-from mobile_multimodal.settings import Settings
+from mobile_multimodal.settings import MAX_CONCURRENT_BATCHES, Settings
 
 # The engine's vocabulary, importable from here as before the split into batch_jobs.py and
 # model_loading.py.
@@ -114,7 +114,9 @@ class InferenceEngine:
         # Static batches that run beside each other (settings.batch_concurrency > 1: ONNX Runtime)
         # run on threads of their own; one at a time, they run on the model thread, queued with
         # warm-up, the reload's swap and background work as ever.
-        self._batch_executor = ThreadPoolExecutor(max_workers=16, thread_name_prefix="model-batch")
+        self._batch_executor = ThreadPoolExecutor(
+            max_workers=MAX_CONCURRENT_BATCHES, thread_name_prefix="model-batch"
+        )
         self._busy_lock = threading.Lock()
         self.state: EngineState = "loading"
         self.model: ServableModel | None = None
