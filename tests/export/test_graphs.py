@@ -1,5 +1,6 @@
 """The export graphs compute what the PyTorch model computes: the fixed-size-cache decoder step
-greedy-decodes the same tokens as the model's own cached decode, on held-out examples."""
+greedy-decodes the same tokens as the model's own cached decode, on held-out examples, with the
+prompt fed token by token or through the optional prefill graph."""
 
 from __future__ import annotations
 
@@ -12,7 +13,15 @@ import torch
 from mobile_multimodal.data.splits import load_eval_split
 from mobile_multimodal.export.bundle import describe_bundle, tokenizer_json
 from mobile_multimodal.export.decode import Bundle, BundleModel
-from mobile_multimodal.export.graphs import GRAPH_NAMES, TorchGraphRunner, build_graphs, float_network
+from mobile_multimodal.export.graphs import (
+    GRAPH_NAMES,
+    PREFILL,
+    TorchGraphRunner,
+    build_graphs,
+    float_network,
+)
+from mobile_multimodal.export.running_decode import DecodeRequest, RunningDecode
+from mobile_multimodal.export.step_caches import ArrayBatchSteps
 from mobile_multimodal.model.llm import MobileMultiModalLLM
 from mobile_multimodal.model.quantized_layers import PackedWeight
 
@@ -24,8 +33,8 @@ def model(request: pytest.FixtureRequest) -> MobileMultiModalLLM:
     return MobileMultiModalLLM.from_pretrained("default", quantization=request.param)
 
 
-def _torch_bundle(model: MobileMultiModalLLM) -> BundleModel:
-    graphs = build_graphs(model)
+def _torch_bundle(model: MobileMultiModalLLM, prefill: bool = False) -> BundleModel:
+    graphs = build_graphs(model, prefill=prefill)
     files = {g.name: f"{g.name}.pt" for g in graphs}
     description = describe_bundle(
         model,
@@ -53,8 +62,10 @@ def _reference_tokens(
     return out[0]
 
 
-def test_step_graph_decodes_the_models_tokens(model: MobileMultiModalLLM) -> None:
-    exported = _torch_bundle(model)
+@pytest.mark.parametrize("prefill", [False, True])
+def test_step_graph_decodes_the_models_tokens(model: MobileMultiModalLLM, prefill: bool) -> None:
+    exported = _torch_bundle(model, prefill)
+    assert exported.has_prefill == prefill
     tok = model.tokenizer
     cases = [(e.image, tok.prompt("captioning"), None, 32) for e in load_eval_split("captioning", N)]
     cases += [(e.image, tok.prompt("vqa", e.question), e.question, 8) for e in load_eval_split("vqa", N)]
@@ -108,6 +119,71 @@ def test_cache_slots_from_the_position_on_are_ignored(model: MobileMultiModalLLM
     assert not torch.allclose(logits, logits3)
 
 
+def _prompts(model: MobileMultiModalLLM) -> list[list[int]]:
+    """Prompts of different lengths: a caption's (3 tokens) and three questions'."""
+    questions = ["what color is the circle ?", "is there a small red square ?", "how many shapes are there ?"]
+    return [model.tokenizer.prompt("captioning")] + [model.tokenizer.prompt("vqa", q) for q in questions]
+
+
+def test_prefill_writes_what_the_steps_write(model: MobileMultiModalLLM) -> None:
+    """'prefill' over a batch of prompts right-padded to the longest gives every row's first
+    slots what ``decoder_step`` writes there fed the same tokens one by one (the same for a row
+    alone: its padding changes nothing), and nothing for the padding the steps read."""
+    graphs = {g.name: g for g in build_graphs(model, prefill=True)}
+    runner = TorchGraphRunner(list(graphs.values()))
+    exported = _torch_bundle(model, prefill=True)
+    scenes = [e.image for e in load_eval_split("captioning", 4)]
+    image_tokens = np.concatenate([exported.image_tokens(image, None) for image in scenes])
+    cross = runner.run("cross_kv", {"image_tokens": image_tokens})
+    prompts = _prompts(model)
+    tokens = exported.prefill_tokens(prompts)
+    assert tokens is not None and tokens.shape == (4, max(len(p) for p in prompts) - 1)
+    prompt_k, prompt_v = exported.prompt_cache(cross, tokens) or (None, None)
+    assert prompt_k is not None and prompt_v is not None
+    layers, heads, hd = model.config.decoder_layers, model.config.heads, model.config.head_dim
+    assert prompt_k.shape == prompt_v.shape == (layers, 4, heads, tokens.shape[1], hd)
+    shape = [layers, 1, heads, model.config.max_text_len, hd]
+    for row, prompt in enumerate(prompts):
+        one = slice(row, row + 1)
+        steps = ArrayBatchSteps(runner.run, cross["cross_k"][:, one], cross["cross_v"][:, one], shape)
+        for position, token in enumerate(prompt[:-1]):
+            steps.step([token], position)
+        k, v = steps.cache
+        fed = len(prompt) - 1
+        np.testing.assert_allclose(prompt_k[:, row, :, :fed], k[:, 0, :, :fed], atol=1e-5)
+        np.testing.assert_allclose(prompt_v[:, row, :, :fed], v[:, 0, :, :fed], atol=1e-5)
+        alone = exported.prompt_cache(
+            {"cross_k": cross["cross_k"][:, one], "cross_v": cross["cross_v"][:, one]}, tokens[one, :fed]
+        )
+        assert alone is not None
+        np.testing.assert_allclose(alone[0][:, 0], prompt_k[:, row, :, :fed], atol=1e-5)
+    assert exported.prefill_tokens([[1]]) is None  # a one-token prompt: nothing to prefill
+
+
+def test_rows_prefilled_together_answer_as_rows_stepped_alone(model: MobileMultiModalLLM) -> None:
+    """``RunningDecode`` with 'prefill': rows of different prompt lengths start at their own last
+    prompt position, and rows that join later are prefilled as they join; each row's tokens and
+    log-probabilities are what the bundle without 'prefill' decodes for it alone."""
+    with_prefill, stepped = _torch_bundle(model, prefill=True), _torch_bundle(model)
+    scenes = [e.image for e in load_eval_split("captioning", 4)]
+    prompts = _prompts(model)
+    image_tokens = [with_prefill.image_tokens(image, None) for image in scenes]
+    running = RunningDecode(with_prefill)
+    running.add(
+        np.concatenate(image_tokens[:2]), [DecodeRequest(p, 12, tag=i) for i, p in enumerate(prompts[:2])]
+    )
+    answers = {a.tag: a for a in running.step()}
+    running.add(
+        np.concatenate(image_tokens[2:]), [DecodeRequest(p, 12, tag=i + 2) for i, p in enumerate(prompts[2:])]
+    )
+    while len(running):
+        answers.update({a.tag: a for a in running.step()})
+    for i, prompt in enumerate(prompts):
+        log_probs: list[float] = []
+        assert answers[i].ids == stepped.greedy(image_tokens[i], prompt, 12, log_probs=log_probs), i
+        assert answers[i].log_probs == pytest.approx(log_probs, abs=1e-4)
+
+
 def test_graphs_are_static_and_named(model: MobileMultiModalLLM) -> None:
     graphs = build_graphs(model, max_cache_len=20)
     assert tuple(g.name for g in graphs) == GRAPH_NAMES
@@ -118,6 +194,10 @@ def test_graphs_are_static_and_named(model: MobileMultiModalLLM) -> None:
     assert step.example_inputs[2].shape == (1, model.config.heads, 20, model.config.head_dim)
     with pytest.raises(ValueError, match="max_cache_len"):
         build_graphs(model, max_cache_len=model.config.max_text_len + 1)
+    with_prefill = build_graphs(model, max_cache_len=20, prefill=True)
+    assert tuple(g.name for g in with_prefill) == (*GRAPH_NAMES, PREFILL)
+    assert with_prefill[-1].length_axes == {"tokens": 1, "prompt_k": 3, "prompt_v": 3}
+    assert with_prefill[-1].length_name == "prompt"
 
 
 def test_float_network_stands_for_the_packed_one(model: MobileMultiModalLLM) -> None:

@@ -95,6 +95,7 @@ def _assert_parity(bundle: BuiltBundle) -> None:
         "decoder_step",
         "image_embed",
         "text_embed",
+        "prefill",
     }
     assert v["tasks"]["vqa"] > 0.7 and v["tasks"]["ocr"] > 0.6  # a model that works, not two broken ones
 
@@ -114,6 +115,36 @@ def test_decoder_step_reads_no_size_at_run_time(onnx_fp32: BuiltBundle) -> None:
     assert ops.count("Transpose") == 12  # 4 layers x (cache keys, own key, image keys)
     assert ops.count("Gemm") == 28  # 4 layers x (q, kv, out; cross q, out; fc1, fc2)
     assert len(ops) < 400
+
+
+def test_prefill_takes_any_batch_and_prompt_length_and_computes_what_pytorch_computes(
+    onnx_fp32: BuiltBundle,
+) -> None:
+    """The ONNX bundle carries 'prefill' with a dynamic batch and prompt axis, says so in
+    bundle.json (and that captions and answers run it), masks by an addition, and computes
+    PyTorch's prompt keys/values for a batch of long prompts and for one short one."""
+    bundle = json.loads((onnx_fp32.out / "bundle.json").read_text())
+    described = bundle["graphs"]["prefill"]
+    assert described["prompt_axes"] == {"tokens": 1, "prompt_k": 3, "prompt_v": 3}
+    assert described["batch_axes"] == {"tokens": 0, "cross_k": 1, "cross_v": 1, "prompt_k": 1, "prompt_v": 1}
+    assert bundle["tasks"]["vqa"]["graphs"] == ["vision", "cross_kv", "prefill", "decoder_step"]
+    assert "prefill" in bundle["kv_cache"]["prefill"] and "prefill" in " ".join(bundle["decode_loop"])
+    ops = [n.op_type for n in _ops(onnx_fp32, "prefill")]
+    assert "IsNaN" not in ops and "Where" not in ops
+    model = MobileMultiModalLLM.from_pretrained("default")
+    spec = next(g for g in build_graphs(model, prefill=True) if g.name == "prefill")
+    session = ort.InferenceSession(str(onnx_fp32.out / "prefill.onnx"), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    cross_shape = bundle["kv_cache"]["cross_shape"]
+    for rows, length in ((3, 10), (1, 2)):
+        cross = rng.standard_normal((cross_shape[0], rows, *cross_shape[2:]), dtype=np.float32)
+        tokens = rng.integers(4, 40, (rows, length)).astype(np.int64)
+        got = session.run(None, {"tokens": tokens, "cross_k": cross, "cross_v": cross})
+        with torch.no_grad():
+            want = spec.module(torch.from_numpy(tokens), torch.from_numpy(cross), torch.from_numpy(cross))
+        for g, w in zip(got, want, strict=True):
+            assert g.shape == (cross_shape[0], rows, cross_shape[2], length, cross_shape[4])
+            np.testing.assert_allclose(g, w.numpy(), atol=1e-5)
 
 
 def test_vision_masks_its_question_by_an_addition_and_computes_what_pytorch_computes(

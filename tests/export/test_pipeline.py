@@ -29,7 +29,7 @@ from mobile_multimodal.observability.export_telemetry import EXPORT_STAGES
 from .conftest import BuiltBundle, sample
 
 GRAPH_FILES = {
-    f"{g}.onnx" for g in ("vision", "ocr", "cross_kv", "decoder_step", "image_embed", "text_embed")
+    f"{g}.onnx" for g in ("vision", "ocr", "cross_kv", "decoder_step", "image_embed", "text_embed", "prefill")
 }
 GENAI_FILES = {"genai/decoder.onnx", "genai/genai_config.json"}
 DTYPES = {1: "float32", 7: "int64"}
@@ -68,17 +68,21 @@ def test_bundle_json_describes_the_graph_files(onnx_int2: BuiltBundle) -> None:
         ):
             batch_axes = graph.get("batch_axes", {})
             question_axes = graph.get("question_axes", {})
+            prompt_axes = graph.get("prompt_axes", {})
             got = [
                 {
                     "name": v.name,
                     "dtype": DTYPES[v.type.tensor_type.elem_type],
                     # an axis that takes any batch is described at batch 1 and named in batch_axes;
-                    # one that takes any question length, at the longest, in question_axes
+                    # one that takes any question length, at the longest, in question_axes; a
+                    # prompt's (prefill), at the longest the cache leaves a token for
                     "shape": [
                         1
                         if d.dim_param and batch_axes.get(v.name) == i
                         else bundle["question"]["max_len"]
                         if d.dim_param and question_axes.get(v.name) == i
+                        else bundle["kv_cache"]["max_len"] - 1
+                        if d.dim_param and prompt_axes.get(v.name) == i
                         else d.dim_value
                         for i, d in enumerate(v.type.tensor_type.shape.dim)
                     ],
@@ -103,6 +107,15 @@ def test_bundle_json_describes_the_graph_files(onnx_int2: BuiltBundle) -> None:
     assert bundle["graphs"]["ocr"]["batch_axes"] == {"line_image": 0, "log_probs": 0}
     assert bundle["graphs"]["image_embed"]["batch_axes"] == {"image_tokens": 0, "embedding": 0}
     assert bundle["graphs"]["text_embed"]["batch_axes"] == {"ids": 0, "mask": 0, "embedding": 0}
+    # a batch's prompts in one prefill call, any length
+    assert bundle["graphs"]["prefill"]["batch_axes"] == {
+        "tokens": 0,
+        "cross_k": 1,
+        "cross_v": 1,
+        "prompt_k": 1,
+        "prompt_v": 1,
+    }
+    assert bundle["graphs"]["prefill"]["prompt_axes"] == {"tokens": 1, "prompt_k": 3, "prompt_v": 3}
     assert all("batch_axes" in g for g in bundle["graphs"].values())
     assert bundle["text"]["max_len"] == 48 and bundle["question"]["max_len"] == 36  # the API's limits
     cache = bundle["kv_cache"]

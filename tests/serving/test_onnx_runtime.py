@@ -109,7 +109,9 @@ def test_every_task_answers_as_pytorch_and_as_the_bundle_validation_decodes(
     onnx = _onnx_model(quantization, int2_data_dir, fp32_bundle)
     torch_model = MobileMultiModalLLM.from_pretrained("default", quantization=quantization)
     # the export validation's decode loop, on the PyTorch graphs: what the bundle is checked against
-    validation = BundleModel(load_bundle(onnx.model_dir), TorchGraphRunner(build_graphs(torch_model)))
+    validation = BundleModel(
+        load_bundle(onnx.model_dir), TorchGraphRunner(build_graphs(torch_model, prefill=True))
+    )
     n = onnx.manifest["validation"]["examples_per_task"]["captioning"]
     assert n == EXAMPLES
     captions = load_eval_split("captioning", n)
@@ -595,9 +597,10 @@ def test_a_request_that_gives_up_leaves_the_running_decode_at_its_next_step(int2
     )
     assert not refused and [(r.tag, r.text, r.stopped) for r in done] == [("early", "", True)]
     results: dict[object, TaskResult] = {}
-    prompt = len(model.bundle.prompt("captioning"))
+    prompt = model.bundle.prompt("captioning")
+    reading = len(prompt) - model.bundle.prefilled(prompt)  # steps on the prompt ('prefill' read the rest)
     for step in range(64):
-        if step == prompt + 1:  # request 1 has two answer words by now
+        if step == reading + 1:  # request 1 has two answer words by now
             stops[1].set()
         results.update((r.tag, r) for r in decoding.step())
         if not len(decoding):

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from mobile_multimodal.export.decode import BUNDLE_VERSION
-from mobile_multimodal.export.graphs import GraphSpec, layer_names
+from mobile_multimodal.export.graphs import PREFILL, GraphSpec, layer_names
 from mobile_multimodal.filehash import sha256_file
 from mobile_multimodal.manifest_signing import maybe_sign
 from mobile_multimodal.model.constraints import TaskConstraints
@@ -56,7 +56,11 @@ DECODE_LOOP = [
     "token=[[t]], position=[i], every layer's self_k_i/self_v_i and cross_k_i/cross_v_i; it returns "
     "logits and new_k/new_v (layers, 1, heads, 1, head_dim): write new_k[l, 0, :, 0, :] into "
     "self_k_l[0, :, i, :] and new_v likewise into self_v_l, for every layer l, before the next "
-    "step. The logits of the last prompt token score the first answer token.",
+    "step. The logits of the last prompt token score the first answer token. Where graphs has "
+    "'prefill' (kv_cache.prefill), it replaces every step but the last prompt token's: run it once "
+    "with tokens = the prompt without its last token (1, P) and cross_k/cross_v as 'cross_kv' "
+    "returned them, copy prompt_k[l, 0] into self_k_l[0, :, 0:P, :] (prompt_v likewise) for every "
+    "layer l, then run 'decoder_step' on the last prompt token at position P.",
     "5. Loop: next = argmax(logits) over the ids tasks.<task>.constraint allows after the answer so "
     "far (see constraint_rules; the first maximum on ties); append it to the answer; stop if it "
     "is <eos>, or when the answer holds max_new_tokens + 1 tokens, or when the next position would "
@@ -71,6 +75,15 @@ DECODE_LOOP = [
     "embedding = 'text_embed'(ids, mask) with the text's word ids right-padded to text.max_len (an "
     "empty text is the single word <unk>). Both are L2-normalised: similarity is their dot product.",
 ]
+
+
+PREFILL_CACHE = (
+    "optional graph 'prefill': tokens (batch, P) at positions 0..P-1 (the prompt without its last "
+    "token; rows of a batch right-padded with <pad> to the longest) and cross_k/cross_v (layers, "
+    "batch, heads, image_tokens, head_dim) -> prompt_k/prompt_v (layers, batch, heads, P, head_dim): "
+    "the keys/values decoder_step would have returned for those tokens, for slots 0..P-1 of the "
+    "cache; decoding goes on with decoder_step from the prompt's last token at position P"
+)
 
 
 CONSTRAINT_RULES = [
@@ -176,6 +189,7 @@ def describe_bundle(
     layer_cross = step.example_inputs[2 + 2 * layers]  # cross_k_0: (1, nh, N, hs)
     fused = "question_ids" in by_name["vision"].input_names
     rules = TaskConstraints.from_tokenizer(tok).to_json()
+    decode_graphs = ["vision", "cross_kv", *([PREFILL] if PREFILL in by_name else []), "decoder_step"]
     return {
         "bundle_version": BUNDLE_VERSION,
         "model": {
@@ -217,10 +231,11 @@ def describe_bundle(
                 "cross_v": list(layer_names("cross_v", layers)),
             },
             "cross_shape": [layers, *layer_cross.shape],  # cross_kv's outputs, stacked
+            **({"prefill": PREFILL_CACHE} if PREFILL in by_name else {}),
         },
         "tasks": {
             "captioning": {
-                "graphs": ["vision", "cross_kv", "decoder_step"],
+                "graphs": decode_graphs,
                 "prompt": [tok.bos_id, tok.task_id("captioning"), tok.sep_id],
                 "prompt_tokens": ["<bos>", TASK_TOKENS["captioning"], "<sep>"],
                 "question": False,
@@ -228,7 +243,7 @@ def describe_bundle(
                 "constraint": rules["captioning"],
             },
             "vqa": {
-                "graphs": ["vision", "cross_kv", "decoder_step"],
+                "graphs": decode_graphs,
                 "prompt": [tok.bos_id, tok.task_id("vqa"), "{question}", tok.sep_id],
                 "prompt_tokens": ["<bos>", TASK_TOKENS["vqa"], "{question}", "<sep>"],
                 "question": fused,

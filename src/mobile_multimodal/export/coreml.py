@@ -123,6 +123,7 @@ class CoreMLGraphRunner:
 class CoreMLWriter:
     name = "coreml"
     runtime = "coremltools"
+    prefill = False  # no prompt-length axis here: its apps feed the prompt through decoder_step
     extension = ".mlpackage"
     install_hint = "pip install 'mobile-multimodal-llm[export]' (coremltools>=9)"
 

@@ -31,11 +31,13 @@ from PIL import Image
 
 from mobile_multimodal.export.decode_rules import TaskRules
 from mobile_multimodal.export.formats import GraphRunner
-from mobile_multimodal.export.step_caches import ArraySteps, DecoderSteps
+from mobile_multimodal.export.step_caches import ArraySteps, DecoderSteps, PromptCache
 
 # The decode contract this reader follows (bundle.json "bundle_version"; bundle.py writes it):
 # 2: decoder_step takes one cache buffer per layer and returns only the new token's keys/values
+# (a version-2 bundle may also carry the optional PREFILL graph; readers without it step the prompt)
 BUNDLE_VERSION = 2
+PREFILL = "prefill"  # graphs.PREFILL: this reader imports nothing of the model package
 
 RunHook = Callable[[str, dict[str, np.ndarray], dict[str, np.ndarray]], None]
 
@@ -186,17 +188,49 @@ class BundleModel:
             self.on_run(graph, inputs, outputs)
         return outputs
 
-    def decoder_steps(self, cross: dict[str, np.ndarray]) -> DecoderSteps:
-        """The decoder steps of one answer. A runner that keeps the cache in its own buffers
-        offers ``decoder_steps(cross_k, cross_v, cache_shape)`` (ONNX Runtime's IO binding in the
+    def decoder_steps(self, cross: dict[str, np.ndarray], prompt: PromptCache | None = None) -> DecoderSteps:
+        """The decoder steps of one answer (its cache's first slots from ``prompt``, 'prefill''s
+        output, when given). A runner that keeps the cache in its own buffers offers
+        ``decoder_steps(cross_k, cross_v, cache_shape, prompt)`` (ONNX Runtime's IO binding in the
         server: the same graph on the same values, without handing the cache back and forth);
         otherwise, and whenever an ``on_run`` hook must see every call's arrays, ``ArraySteps``."""
         shape = self.spec["kv_cache"]["shape"]
         bound = getattr(self.runner, "decoder_steps", None)
         if bound is not None and self.on_run is None:
-            steps: DecoderSteps = bound(cross["cross_k"], cross["cross_v"], shape)
+            steps: DecoderSteps = bound(cross["cross_k"], cross["cross_v"], shape, prompt)
             return steps
-        return ArraySteps(self.run_graph, cross, shape)
+        return ArraySteps(self.run_graph, cross, shape, prompt)
+
+    @property
+    def has_prefill(self) -> bool:
+        """Whether the bundle carries the optional 'prefill' graph (ONNX bundles since it was added)."""
+        return PREFILL in self.spec["graphs"]
+
+    def prefilled(self, prompt: Sequence[int]) -> int:
+        """How many of ``prompt``'s tokens 'prefill' feeds (all but the last, which goes through
+        'decoder_step' for the first answer token's logits); 0 without the graph."""
+        return max(0, len(prompt) - 1) if self.has_prefill else 0
+
+    def prefill_tokens(self, prompts: Sequence[Sequence[int]]) -> np.ndarray | None:
+        """'prefill''s ``tokens`` (B, P) for these prompts: each prompt's tokens but its last,
+        right-padded with <pad> to the longest; None when nothing is prefilled (no graph, or
+        one-token prompts)."""
+        longest = max((self.prefilled(p) for p in prompts), default=0)
+        if longest == 0:
+            return None
+        tokens = np.full((len(prompts), longest), int(self.spec["special_tokens"]["<pad>"]), dtype=np.int64)
+        for row, prompt in enumerate(prompts):
+            tokens[row, : self.prefilled(prompt)] = prompt[: self.prefilled(prompt)]
+        return tokens
+
+    def prompt_cache(self, cross: dict[str, np.ndarray], tokens: np.ndarray | None) -> PromptCache | None:
+        """'prefill' over ``tokens`` (``prefill_tokens``) for the rows of ``cross`` (cross_kv's
+        outputs): prompt_k / prompt_v (L, B, nh, P, hs); None for no tokens."""
+        if tokens is None:
+            return None
+        inputs = {"tokens": tokens, "cross_k": cross["cross_k"], "cross_v": cross["cross_v"]}
+        out = self.run_graph(PREFILL, inputs)
+        return out["prompt_k"], out["prompt_v"]
 
     def question_words(self, question: str | None) -> list[int]:
         """The word ids 'vision' fuses for ``question`` (none without one, or when the bundle does
@@ -255,9 +289,11 @@ class BundleModel:
         cross = self.run_graph("cross_kv", {"image_tokens": image_tokens})
         rule = self.rules.for_prompt(prompt if constrained else [])
         cache = self.spec["kv_cache"]
-        step = self.decoder_steps(cross).step  # the cache stays inside: see decoder_steps
-        for position, token in enumerate(prompt):
-            logits = step(token, position)
+        # the cache stays inside: see decoder_steps; 'prefill' (when the bundle has it) fills the
+        # prompt's first slots in one call, and the steps feed the rest
+        step = self.decoder_steps(cross, self.prompt_cache(cross, self.prefill_tokens([prompt]))).step
+        for position in range(self.prefilled(prompt), len(prompt)):
+            logits = step(prompt[position], position)
         answer: list[int] = []
         state = rule.start  # the constraint's state after the answer so far
         position = len(prompt)

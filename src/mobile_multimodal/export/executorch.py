@@ -115,6 +115,7 @@ def _name_of(entry: Any) -> str:
 class ExecuTorchWriter:
     name = "executorch"
     runtime = "executorch"
+    prefill = False  # no prompt-length axis here: its apps feed the prompt through decoder_step
     extension = ".pte"
     install_hint = "pip install 'mobile-multimodal-llm[export]' (executorch==1.5.1)"
 

@@ -58,6 +58,9 @@ class GraphRunner(Protocol):
 class FormatWriter(Protocol):
     name: str  # "onnx"
     runtime: str  # "onnxruntime", "executorch", "coremltools", "litert"
+    # whether the format's graphs take a prompt of any length: then the bundle also carries the
+    # optional 'prefill' graph (graphs.PrefillGraph), which needs it
+    prefill: bool
     # optional: the pip command that installs the toolchain, quoted by EXPORT_DEPENDENCY_MISSING
     # (default: "pip install <the missing packages>")
 

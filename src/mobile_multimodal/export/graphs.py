@@ -13,8 +13,11 @@ how). The split, batch 1 everywhere:
   buffer per layer (slots ``< position`` hold the earlier tokens) -> logits and only this token's
   keys/values, which the app writes into slot ``position`` (bundle version 2). Returning the whole
   updated cache (version 1) copied every slot of every layer every step: at a server's batch of
-  16, more time than the step's matrix products (ONNX Runtime's profiler); the prompt is fed
-  token by token;
+  16, more time than the step's matrix products (ONNX Runtime's profiler);
+- ``prefill`` (optional, ``build_graphs(prefill=True)``: formats that take a prompt of any length,
+  ONNX): a prompt's tokens but the last in one pass -> their keys/values for cache slots 0..P-1.
+  Without it the prompt is fed token by token through ``decoder_step`` (a VQA prompt is ~9
+  tokens before a 1-2 word answer);
 - ``image_embed`` / ``text_embed``: the retrieval heads (L2-normalised embeddings).
 
 The modules here reuse the model's own submodules (weights and code); only the decoder step is
@@ -39,6 +42,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mobile_multimodal.export.xnnpack_ops import MASKED_SCORE
@@ -62,9 +66,11 @@ GRAPH_NAMES = ("vision", "ocr", "cross_kv", "decoder_step", "image_embed", "text
 # reads a batch's text lines or embeds its retrieval images and texts in one call each; phones run
 # batch 1. The modules are batch-generic; only the exported shapes differ. The batch is axis 0 of
 # every input and output except the stacked per-layer tensors (L, B, ...).
-BATCHED_GRAPHS = ("vision", "ocr", "cross_kv", "decoder_step", "image_embed", "text_embed")
-STACKED_OUTPUTS = ("cross_k", "cross_v", "new_k", "new_v")
+PREFILL = "prefill"  # the optional graph (module docstring): not in GRAPH_NAMES, not every format has it
+BATCHED_GRAPHS = ("vision", "ocr", "cross_kv", "decoder_step", "image_embed", "text_embed", PREFILL)
+STACKED_OUTPUTS = ("cross_k", "cross_v", "new_k", "new_v", "prompt_k", "prompt_v")
 QUESTION_AXES = {"question_ids": 1, "question_mask": 1}  # (B, Q): see GraphSpec.length_axes
+PROMPT_AXES = {"tokens": 1, "prompt_k": 3, "prompt_v": 3}  # prefill's (B, P) and (L, B, nh, P, hs)
 
 
 def layer_names(prefix: str, layers: int) -> tuple[str, ...]:
@@ -96,6 +102,8 @@ class GraphSpec:
     # a caption need not pay for 36 empty ones (a masked slot changes nothing: every query sees the
     # image tokens). Formats that need fully static shapes ignore it, like batch_axes.
     length_axes: Mapping[str, int] = field(default_factory=dict)
+    # what the length axes count: "question" (vision's question slots) or "prompt" (prefill's tokens)
+    length_name: str = "question"
 
 
 # ---- the float network -----------------------------------------------------------------------
@@ -279,6 +287,49 @@ def _attend_cache_and_token(
     return torch.bmm(to_cache, cache_v) + to_own * v
 
 
+class PrefillGraph(nn.Module):
+    """The keys/values of B prompts' tokens in one pass: what ``decoder_step`` writes into cache
+    slots 0..P-1 when fed the tokens one at a time, as the model's own causal attention computes
+    them (same weights; equal to the steps' within float rounding, tested).
+
+    tokens (B, P) int64 at positions 0..P-1 (a row shorter than P right-padded with any id: a
+    token never attends to a later one, so its real tokens' keys/values do not depend on the
+    padding, and the padded slots are overwritten before any step reads them), cross_k, cross_v
+    (L, B, nh, N, hs) as ``cross_kv`` returns them -> prompt_k, prompt_v (L, B, nh, P, hs).
+    No logits: the app feeds the prompt's last token through ``decoder_step``, whose logits pick
+    the first answer token, so one loop picks every answer token with or without this graph."""
+
+    def __init__(self, decoder: TextDecoder, cache_len: int, heads: int) -> None:
+        super().__init__()
+        self.decoder = decoder
+        self.heads = heads
+        # the additive causal mask (0 where a key may be seen), sliced to the prompt: one Add in
+        # the graph (a boolean mask exports as Where/IsNaN around the softmax, onnx.py)
+        causal = torch.ones(cache_len, cache_len, dtype=torch.bool).tril()
+        bias = torch.zeros(cache_len, cache_len).masked_fill(~causal, MASKED_SCORE)
+        self.register_buffer("causal", bias, persistent=False)
+
+    def forward(self, tokens: Tensor, cross_k: Tensor, cross_v: Tensor) -> tuple[Tensor, Tensor]:
+        dec, p = self.decoder, tokens.shape[1]
+        x = dec.tok(tokens) + dec.pos(torch.arange(p))[None]
+        bias = self.causal[:p, :p]  # type: ignore[index]
+        blocks = dec.layers()
+        keys, values = [], []
+        for i, blk in enumerate(blocks):
+            attn = blk.self_attn
+            h = blk.norm1(x)
+            k, v = attn.project_kv(h)
+            keys.append(k)
+            values.append(v)
+            if i == len(blocks) - 1:
+                break  # the last layer's output feeds no key or value
+            y = F.scaled_dot_product_attention(split_heads(attn.q(h), self.heads), k, v, attn_mask=bias)
+            x = x + attn.out(y.transpose(1, 2).reshape(x.shape))
+            x = x + blk.cross_attn(blk.norm2(x), cache=(cross_k[i], cross_v[i]))[0]
+            x = x + blk.mlp(blk.norm3(x))
+        return torch.stack(keys), torch.stack(values)
+
+
 class ImageEmbedGraph(nn.Module):
     """image tokens (1, N, D) (vision graph, no question) -> retrieval embedding (1, E)."""
 
@@ -320,8 +371,11 @@ def _quantized_names(module: nn.Module, quantized: dict[int, QuantizedWeight]) -
     return {name: quantized[id(m)] for name, m in module.named_modules() if id(m) in quantized}
 
 
-def build_graphs(model: MobileMultiModalLLM, max_cache_len: int | None = None) -> list[GraphSpec]:
-    """The six graphs of ``model`` (see the module docstring), float and eval-mode, batch 1.
+def build_graphs(
+    model: MobileMultiModalLLM, max_cache_len: int | None = None, prefill: bool = False
+) -> list[GraphSpec]:
+    """The six graphs of ``model`` (see the module docstring), float and eval-mode, batch 1, and
+    ``prefill`` after them when asked (a format whose graphs take a prompt of any length).
     ``max_cache_len`` (default and upper bound: the decoder's ``max_text_len``) is the number of
     self-attention cache slots, i.e. the longest prompt + answer the bundle can decode."""
     cfg = model.config
@@ -387,6 +441,20 @@ def build_graphs(model: MobileMultiModalLLM, max_cache_len: int | None = None) -
             ("embedding",),
         ),
     ]
+    if prefill:
+        stacked_cross = torch.zeros(layers, *cross.shape)  # cross_kv's outputs, as they come
+        # the example (what bundle.json describes): the longest, every slot but the last token's
+        prompt = torch.full((1, max(1, cache_len - 1)), model.tokenizer.pad_id, dtype=torch.long)
+        modules.append(
+            (
+                PREFILL,
+                PrefillGraph(net.decoder, cache_len, heads),
+                (prompt, stacked_cross, stacked_cross.clone()),
+                ("tokens", "cross_k", "cross_v"),
+                ("prompt_k", "prompt_v"),
+            )
+        )
+    lengths = {"vision": QUESTION_AXES if cfg.question_fusion else {}, PREFILL: PROMPT_AXES}
     return [
         GraphSpec(
             name,
@@ -396,7 +464,8 @@ def build_graphs(model: MobileMultiModalLLM, max_cache_len: int | None = None) -
             out_names,
             batch_axes={n: batch_axis(n) for n in (*in_names, *out_names)} if name in BATCHED_GRAPHS else {},
             quantized=_quantized_names(module, quantized),
-            length_axes=QUESTION_AXES if name == "vision" and cfg.question_fusion else {},
+            length_axes=lengths.get(name, {}),
+            length_name="prompt" if name == PREFILL else "question",
         )
         for name, module, inputs, in_names, out_names in modules
     ]

@@ -293,15 +293,18 @@ def export_onnx(
     path.write_bytes(proto.SerializeToString())
 
 
-# the symbolic dimensions' names in the files, which bundle_extras reads back
-BATCH_DIM, QUESTION_DIM = "batch", "question"
+# the symbolic dimensions' names in the files, which bundle_extras reads back: the batch, and
+# each kind of length (GraphSpec.length_name) -> the bundle.json key that names its axes
+BATCH_DIM = "batch"
+LENGTH_AXES_KEYS = {"question": "question_axes", "prompt": "prompt_axes"}
 
 
 def dynamic_axes(spec: GraphSpec) -> dict[str, dict[int, str]] | None:
     """The dynamic axes of a graph's inputs and outputs: the batch (``GraphSpec.batch_axes``) and
-    the question's length (``GraphSpec.length_axes``); None (all static) for a graph with neither."""
+    the question's or prompt's length (``GraphSpec.length_axes``); None (all static) for a graph
+    with neither."""
     axes: dict[str, dict[int, str]] = {}
-    for named, dim in ((spec.batch_axes, BATCH_DIM), (spec.length_axes, QUESTION_DIM)):
+    for named, dim in ((spec.batch_axes, BATCH_DIM), (spec.length_axes, spec.length_name)):
         for name, axis in named.items():
             axes.setdefault(name, {})[axis] = dim
     return axes or None
@@ -351,6 +354,7 @@ class OnnxGraphRunner:
 class OnnxWriter:
     name = "onnx"
     runtime = "onnxruntime"
+    prefill = True  # a prompt of any length: the bundle carries 'prefill'
     extension = ".onnx"
     install_hint = "pip install onnx onnxruntime"
 
@@ -376,9 +380,10 @@ class OnnxWriter:
 
     def bundle_extras(self, out: Path, bundle: dict[str, Any]) -> dict[str, Any]:
         """What bundle.json says beyond the graphs: which axes of a graph's inputs and outputs take
-        any batch size (``batch_axes``; the shapes given are batch 1, what a phone feeds) or any
+        any batch size (``batch_axes``; the shapes given are batch 1, what a phone feeds), any
         question length up to question.max_len (``question_axes``; the shapes given are the
-        longest), and how onnxruntime-genai loads this bundle."""
+        longest) or any prompt length (``prompt_axes``, 'prefill'), and how onnxruntime-genai
+        loads this bundle."""
         import onnx
 
         from mobile_multimodal.export.genai import describe_genai
@@ -387,7 +392,7 @@ class OnnxWriter:
         for name, graph in bundle["graphs"].items():
             proto = onnx.load(str(out / graph["file"]), load_external_data=False)
             described = dict(graph)
-            for key, dim in (("batch_axes", BATCH_DIM), ("question_axes", QUESTION_DIM)):
+            for dim, key in (*LENGTH_AXES_KEYS.items(), (BATCH_DIM, "batch_axes")):
                 axes = {
                     v.name: i
                     for v in (*proto.graph.input, *proto.graph.output)

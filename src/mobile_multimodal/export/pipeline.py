@@ -147,7 +147,7 @@ def export_model(
                 writer = writer_for(fmt)
             steps.update()
             with stage("quantization", {"export.quantization": quantization}):
-                graphs = build_graphs(loaded)
+                graphs = build_graphs(loaded, prefill=writer.prefill)
             steps.update()
             with stage("export", {"export.runtime": writer.runtime}):
                 out.parent.mkdir(parents=True, exist_ok=True)

@@ -32,7 +32,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from mobile_multimodal.export.decode import BundleModel
-from mobile_multimodal.export.step_caches import ArrayBatchSteps
+from mobile_multimodal.export.step_caches import ArrayBatchSteps, PromptCache
 
 
 class BatchSteps(Protocol):
@@ -46,21 +46,24 @@ class BatchSteps(Protocol):
         """Only ``rows`` (indices into the current batch, in order) take further steps."""
         ...
 
-    def join(self, cross_k: np.ndarray, cross_v: np.ndarray) -> None:
-        """Rows with these cross keys/values (L, B', nh, N, hs) join after the current ones."""
+    def join(self, cross_k: np.ndarray, cross_v: np.ndarray, prompt: PromptCache | None = None) -> None:
+        """Rows with these cross keys/values (L, B', nh, N, hs) join after the current ones, their
+        caches' first slots from ``prompt`` ('prefill''s output) when given."""
         ...
 
 
-def batch_steps(model: BundleModel, cross_k: np.ndarray, cross_v: np.ndarray) -> BatchSteps:
+def batch_steps(
+    model: BundleModel, cross_k: np.ndarray, cross_v: np.ndarray, prompt: PromptCache | None = None
+) -> BatchSteps:
     """The batch's decoder steps: the runner's own (``batch_steps``: ONNX Runtime's IO binding,
     the caches never crossing into Python) when it has them and no ``on_run`` hook must see every
     call, else the plain contract."""
     shape = model.spec["kv_cache"]["shape"]
     bound = getattr(model.runner, "batch_steps", None)
     if bound is not None and model.on_run is None:
-        steps: BatchSteps = bound(cross_k, cross_v, shape)
+        steps: BatchSteps = bound(cross_k, cross_v, shape, prompt)
         return steps
-    return ArrayBatchSteps(model.run_graph, cross_k, cross_v, shape)
+    return ArrayBatchSteps(model.run_graph, cross_k, cross_v, shape, prompt)
 
 
 @dataclass
@@ -125,6 +128,25 @@ def cross_kv(model: BundleModel, image_tokens: np.ndarray) -> tuple[np.ndarray, 
     )
 
 
+def prompt_cache(
+    model: BundleModel, cross_k: np.ndarray, cross_v: np.ndarray, prompts: Sequence[list[int]]
+) -> PromptCache | None:
+    """The rows' prompt keys/values from 'prefill' (``BundleModel.prompt_cache``): one call for
+    the rows when the bundle's graph takes a batch, else one per row. None when the bundle has no
+    prefill graph or no prompt has more than one token."""
+    tokens = model.prefill_tokens(prompts)
+    if tokens is None or len(prompts) == 1 or runs_batches(model, "prefill"):
+        return model.prompt_cache({"cross_k": cross_k, "cross_v": cross_v}, tokens)
+    rows = []
+    for i in range(len(prompts)):
+        one = slice(i, i + 1)
+        rows.append(model.prompt_cache({"cross_k": cross_k[:, one], "cross_v": cross_v[:, one]}, tokens[one]))
+    return (
+        np.concatenate([r[0] for r in rows if r is not None], axis=1),
+        np.concatenate([r[1] for r in rows if r is not None], axis=1),
+    )
+
+
 class RunningDecode:
     """See the module docstring. Not thread-safe: one driver calls ``add`` and ``step``."""
 
@@ -159,10 +181,13 @@ class RunningDecode:
             budget = min(request.max_new_tokens + 1, self._max_len - len(request.prompt))
             rows.append(_Row(request, budget, rule, rule.start))
         cross_k, cross_v = cross_kv(self.model, image_tokens)
+        prompt = prompt_cache(self.model, cross_k, cross_v, [r.request.prompt for r in rows])
+        for row in rows:
+            row.position = self.model.prefilled(row.request.prompt) if prompt is not None else 0
         if self._steps is None:
-            self._steps = batch_steps(self.model, cross_k, cross_v)
+            self._steps = batch_steps(self.model, cross_k, cross_v, prompt)
         else:
-            self._steps.join(cross_k, cross_v)
+            self._steps.join(cross_k, cross_v, prompt)
         self._rows += rows
 
     def step(self) -> list[DecodedAnswer]:

@@ -3,7 +3,9 @@
 Bundle version 2's ``decoder_step`` reads one cache buffer per layer and returns only the new
 token's keys/values; the app keeps the buffers and writes each step's ``new_k``/``new_v`` into
 slot ``position`` (``LayerCaches``; each row may be at its own position, and rows may join and
-leave between steps: a server's running batch). ``ArrayBatchSteps`` / ``ArraySteps`` drive any
+leave between steps: a server's running batch). Where the bundle has a ``prefill`` graph, rows
+start with its keys/values in their first slots (``PromptCache``) and step from their prompt's
+last token. ``ArrayBatchSteps`` / ``ArraySteps`` drive any
 ``GraphRunner`` that way, handing the buffers to every ``run`` call (what validation and hooks
 see); a runner may keep them bound instead (``serving/onnx_sessions.py``'s IO binding over the
 same ``LayerCaches``). Nothing of the model package is imported: this is the bundle's contract.
@@ -22,6 +24,9 @@ from typing import Protocol
 
 import numpy as np
 
+# 'prefill''s prompt_k / prompt_v (L, B, nh, P, hs): the first P slots of B rows' caches
+PromptCache = tuple[np.ndarray, np.ndarray]
+
 
 class DecoderSteps(Protocol):
     """``decoder_step`` for one answer, holding its KV cache between steps."""
@@ -35,9 +40,16 @@ class LayerCaches:
     """The fixed-size self-attention cache of B rows as the app holds it: one C-ordered
     (B, nh, S, hs) buffer per layer for keys and one for values (bundle.json ``kv_cache``), and
     the rows' cross-attention keys/values split per layer, all fed to ``decoder_step`` as they
-    are; each step's new_k/new_v go into slot ``position`` (``write``), the only per-step copy."""
+    are; each step's new_k/new_v go into slot ``position`` (``write``), the only per-step copy.
+    ``prompt``: the rows' first slots as 'prefill' computed them (the rest start at zero)."""
 
-    def __init__(self, cross_k: np.ndarray, cross_v: np.ndarray, cache_shape: Sequence[int]) -> None:
+    def __init__(
+        self,
+        cross_k: np.ndarray,
+        cross_v: np.ndarray,
+        cache_shape: Sequence[int],
+        prompt: PromptCache | None = None,
+    ) -> None:
         layers, _, heads, slots, head_dim = (int(d) for d in cache_shape)
         rows = cross_k.shape[1]
         # C order: ONNX Runtime binds a buffer in place only when it is contiguous
@@ -45,6 +57,19 @@ class LayerCaches:
         self.cross_v = [np.ascontiguousarray(c, dtype=np.float32) for c in cross_v]
         self.k = [np.zeros((rows, heads, slots, head_dim), dtype=np.float32) for _ in range(layers)]
         self.v = [np.zeros((rows, heads, slots, head_dim), dtype=np.float32) for _ in range(layers)]
+        if prompt is not None:
+            self._fill_prompt(0, prompt)
+
+    def _fill_prompt(self, first_row: int, prompt: PromptCache) -> None:
+        """Slots 0..P-1 of rows ``first_row``.. get 'prefill''s keys/values (L, B', nh, P, hs)."""
+        prompt_k, prompt_v = prompt
+        rows, length = prompt_k.shape[1], prompt_k.shape[3]
+        if first_row + rows != self.k[0].shape[0] or length > self.k[0].shape[2]:
+            shape = self.k[0].shape
+            raise ValueError(f"a prompt cache of {rows} rows and {length} slots does not fit {shape}")
+        for layer, (k, v) in enumerate(zip(self.k, self.v, strict=True)):
+            k[first_row:, :, :length] = prompt_k[layer]
+            v[first_row:, :, :length] = prompt_v[layer]
 
     def inputs(self) -> dict[str, np.ndarray]:
         """decoder_step's per-layer inputs (``self_k_0`` .. ``cross_v_{L-1}``), by name."""
@@ -65,10 +90,11 @@ class LayerCaches:
                 k[rows, :, position] = new_k[layer, :, :, 0]
                 v[rows, :, position] = new_v[layer, :, :, 0]
 
-    def join(self, cross_k: np.ndarray, cross_v: np.ndarray) -> None:
+    def join(self, cross_k: np.ndarray, cross_v: np.ndarray, prompt: PromptCache | None = None) -> None:
         """Add rows (their cross keys/values (L, B', nh, N, hs)) after the current ones, with
-        empty caches: a row's slots from its position on are never read, so zeros are its start."""
-        extra = cross_k.shape[1]
+        empty caches (a row's slots from its position on are never read, so zeros are its start)
+        or with their prompt's keys/values in the first slots."""
+        extra, first = cross_k.shape[1], self.k[0].shape[0]
 
         def grown(arrays: list[np.ndarray], new: np.ndarray | None) -> list[np.ndarray]:
             out = []
@@ -79,6 +105,8 @@ class LayerCaches:
 
         self.k, self.v = grown(self.k, None), grown(self.v, None)
         self.cross_k, self.cross_v = grown(self.cross_k, cross_k), grown(self.cross_v, cross_v)
+        if prompt is not None:
+            self._fill_prompt(first, prompt)
 
     def keep(self, rows: Sequence[int]) -> None:
         """Only ``rows`` stay (fresh C-ordered buffers: a row selection copies)."""
@@ -129,9 +157,10 @@ class ArrayBatchSteps:
         cross_k: np.ndarray,
         cross_v: np.ndarray,
         cache_shape: Sequence[int],
+        prompt: PromptCache | None = None,
     ) -> None:
         self._run = run
-        self.caches = LayerCaches(cross_k, cross_v, cache_shape)
+        self.caches = LayerCaches(cross_k, cross_v, cache_shape, prompt)
 
     def step(self, tokens: Sequence[int], position: int | Sequence[int]) -> np.ndarray:
         """Logits (B, V) after each row's token at ``position`` (one for all, or one per row)."""
@@ -149,8 +178,8 @@ class ArrayBatchSteps:
     def keep(self, rows: Sequence[int]) -> None:
         self.caches.keep(rows)
 
-    def join(self, cross_k: np.ndarray, cross_v: np.ndarray) -> None:
-        self.caches.join(cross_k, cross_v)
+    def join(self, cross_k: np.ndarray, cross_v: np.ndarray, prompt: PromptCache | None = None) -> None:
+        self.caches.join(cross_k, cross_v, prompt)
 
     @property
     def cache(self) -> tuple[np.ndarray, np.ndarray]:
@@ -166,8 +195,9 @@ class ArraySteps:
         run: Callable[[str, dict[str, np.ndarray]], dict[str, np.ndarray]],
         cross: dict[str, np.ndarray],
         cache_shape: Sequence[int],
+        prompt: PromptCache | None = None,
     ) -> None:
-        self._batch = ArrayBatchSteps(run, cross["cross_k"], cross["cross_v"], cache_shape)
+        self._batch = ArrayBatchSteps(run, cross["cross_k"], cross["cross_v"], cache_shape, prompt)
 
     def step(self, token: int, position: int) -> np.ndarray:
         return self._batch.step([token], position)

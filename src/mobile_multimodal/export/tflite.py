@@ -106,6 +106,7 @@ class TFLiteGraphRunner:
 class TFLiteWriter:
     name = "tflite"
     runtime = "litert"
+    prefill = False  # no prompt-length axis here: its apps feed the prompt through decoder_step
     extension = ".tflite"
     quantizations = SUPPORTED  # the export benchmark runs these cells only
     install_hint = "pip install 'mobile-multimodal-llm[tflite]' (litert-torch, ai-edge-litert; ~2 GB)"

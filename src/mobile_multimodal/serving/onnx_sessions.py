@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from mobile_multimodal.export.onnx import pack_low_first
-from mobile_multimodal.export.step_caches import LayerCaches
+from mobile_multimodal.export.step_caches import LayerCaches, PromptCache
 
 WIDE_BITS = 4
 
@@ -187,22 +187,32 @@ class BundleSessions:
         return bool(first.shape) and not isinstance(first.shape[0], int)
 
     def batch_steps(
-        self, cross_k: np.ndarray, cross_v: np.ndarray, cache_shape: Sequence[int]
+        self,
+        cross_k: np.ndarray,
+        cross_v: np.ndarray,
+        cache_shape: Sequence[int],
+        prompt: PromptCache | None = None,
     ) -> BoundBatchSteps:
         """``decoder_step`` for a batch of answers (``cross_k.shape[1]`` rows) on bound buffers;
         ``export.batch_decode.greedy_batch`` uses it instead of passing the caches through ``run``."""
-        return BoundBatchSteps(self.sessions["decoder_step"], cross_k, cross_v, cache_shape, self._saw_cache)
+        return BoundBatchSteps(
+            self.sessions["decoder_step"], cross_k, cross_v, cache_shape, self._saw_cache, prompt
+        )
 
     def _saw_cache(self, size: int) -> None:
         self.peak_cache_bytes = max(self.peak_cache_bytes, size)
 
     def decoder_steps(
-        self, cross_k: np.ndarray, cross_v: np.ndarray, cache_shape: Sequence[int]
+        self,
+        cross_k: np.ndarray,
+        cross_v: np.ndarray,
+        cache_shape: Sequence[int],
+        prompt: PromptCache | None = None,
     ) -> BoundDecoderSteps:
         """``decoder_step`` for one answer, its KV cache kept in bound buffers (see the module
         docstring); ``decode.BundleModel`` uses it instead of passing the cache through ``run``."""
         return BoundDecoderSteps(
-            self.sessions["decoder_step"], cross_k, cross_v, cache_shape, self._saw_cache
+            self.sessions["decoder_step"], cross_k, cross_v, cache_shape, self._saw_cache, prompt
         )
 
 
@@ -223,11 +233,12 @@ class BoundBatchSteps:
         cross_v: np.ndarray,
         cache_shape: Sequence[int],
         on_size: Callable[[int], None] | None = None,
+        prompt: PromptCache | None = None,
     ) -> None:
         self._session = session
         self._vocab = int(next(o.shape for o in session.get_outputs() if o.name == "logits")[-1])
         self._on_size = on_size  # hears the cache's bytes whenever they grow (the runner's peak)
-        self.caches = LayerCaches(cross_k, cross_v, cache_shape)
+        self.caches = LayerCaches(cross_k, cross_v, cache_shape, prompt)
         self.cache_bytes = 0
         self._bind()
 
@@ -276,9 +287,10 @@ class BoundBatchSteps:
         self.caches.keep(rows)
         self._bind()
 
-    def join(self, cross_k: np.ndarray, cross_v: np.ndarray) -> None:
-        """Rows join after the current ones (empty caches): the buffers grow and are bound again."""
-        self.caches.join(cross_k, cross_v)
+    def join(self, cross_k: np.ndarray, cross_v: np.ndarray, prompt: PromptCache | None = None) -> None:
+        """Rows join after the current ones (empty caches, or their prompt's first slots): the
+        buffers grow and are bound again."""
+        self.caches.join(cross_k, cross_v, prompt)
         self._bind()
 
     @property
@@ -298,8 +310,9 @@ class BoundDecoderSteps:
         cross_v: np.ndarray,
         cache_shape: Sequence[int],
         on_size: Callable[[int], None] | None = None,
+        prompt: PromptCache | None = None,
     ) -> None:
-        self._batch = BoundBatchSteps(session, cross_k, cross_v, cache_shape, on_size)
+        self._batch = BoundBatchSteps(session, cross_k, cross_v, cache_shape, on_size, prompt)
         # what this answer's KV cache holds: the caches, the step's outputs and the image's cross
         # keys/values
         self.cache_bytes = self._batch.cache_bytes
