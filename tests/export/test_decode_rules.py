@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 
 from mobile_multimodal.export.bundle import CONSTRAINT_RULES
-from mobile_multimodal.export.decode_rules import OFF_LANGUAGE, DecodeRule, TaskRules, rule_for_prompt
+from mobile_multimodal.export.decode_rules import (
+    OFF_LANGUAGE,
+    DecodeRule,
+    TaskRules,
+    pick_rows,
+    rule_for_prompt,
+)
 from mobile_multimodal.model.constraints import TaskConstraints
 from mobile_multimodal.model.tokenizer import Tokenizer
 
@@ -46,6 +52,24 @@ def test_bundle_rule_allows_exactly_what_the_model_allows() -> None:
                 assert state == rule.state_after(emitted)
                 if state == OFF_LANGUAGE:
                     assert rule.allowed(emitted) == [TOK.eos_id]
+
+
+def test_a_batch_of_rows_picks_what_each_row_picks_alone() -> None:
+    """``pick_rows`` (the server's decode, one numpy pass per step) gives every row ``pick_in``'s
+    token: rows of both tasks and of free decoding in one batch, in their language's states and
+    off it, with ties among the allowed ids (the first maximum wins) and the maximum outside."""
+    rules = TaskRules(SPEC, TOK.eos_id)
+    caption, vqa = rules.for_prompt(TOK.prompt("captioning")), rules.for_prompt(TOK.prompt("vqa", "what ?"))
+    rng = np.random.default_rng(1)
+    for _ in range(50):
+        rows = [caption, vqa, rules.free] * 4
+        states = [
+            rule.start if rule.task is None else int(rng.choice([*range(len(rule.edges)), OFF_LANGUAGE]))
+            for rule in rows
+        ]
+        logits = rng.integers(-3, 3, (len(rows), TOK.vocab_size)).astype(np.float32)  # many ties
+        want = [rule.pick_in(row, state) for rule, row, state in zip(rows, logits, states, strict=True)]
+        assert pick_rows(logits, rows, states).tolist() == want
 
 
 def test_task_rules_build_each_tasks_rule_once_and_pick_it_by_prompt() -> None:

@@ -39,6 +39,7 @@ class DecodeRule:
         # each state's allowed ids, sorted, computed once: the decode loop asks at every token
         self.allowed_ids = [self._out_of(state) for state in range(len(self.edges))]
         self.off_language_ids = np.array([eos_id], dtype=np.int64)
+        self._masks: dict[tuple[int, int], np.ndarray] = {}  # (state, vocab) -> allowed_mask
 
     def _out_of(self, state: int) -> np.ndarray:
         out = set(self.edges[state])
@@ -78,9 +79,31 @@ class DecodeRule:
             return int(np.argmax(logits))
         return int(allowed[int(np.argmax(logits[allowed]))])
 
+    def allowed_mask(self, state: int, vocab: int) -> np.ndarray:
+        """(vocab,) bool, True at the ids allowed in ``state`` (everywhere when unconstrained),
+        built once per state: ``pick_rows`` picks a batch's tokens in one pass with it."""
+        mask = self._masks.get((state, vocab))
+        if mask is None:
+            allowed = self.allowed_in(state)
+            mask = np.ones(vocab, dtype=bool)
+            if allowed is not None:
+                mask[:] = False
+                mask[allowed] = True
+            self._masks[(state, vocab)] = mask  # a lost race builds the same mask
+        return mask
+
     def pick(self, logits: np.ndarray, emitted: Sequence[int]) -> int:
         """The greedy token after ``emitted`` (``pick_in`` from the state it reaches)."""
         return self.pick_in(logits, self.state_after(emitted))
+
+
+def pick_rows(logits: np.ndarray, rules: Sequence[DecodeRule], states: Sequence[int]) -> np.ndarray:
+    """Each row's ``pick_in`` at once: the greedy ids (R,) of ``logits`` (R, V), row r over what
+    ``rules[r]`` allows in ``states[r]`` (the first maximum on ties, as ``pick_in``: argmax
+    returns the lowest allowed id among equal scores either way)."""
+    vocab = logits.shape[1]
+    allowed = np.stack([rule.allowed_mask(state, vocab) for rule, state in zip(rules, states, strict=True)])
+    return np.asarray(np.argmax(np.where(allowed, logits, -np.inf), axis=1))
 
 
 def task_of_prompt(spec: dict[str, Any], prompt: Sequence[int]) -> str | None:

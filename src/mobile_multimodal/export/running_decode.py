@@ -32,6 +32,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from mobile_multimodal.export.decode import BundleModel
+from mobile_multimodal.export.decode_rules import pick_rows
 from mobile_multimodal.export.step_caches import ArrayBatchSteps, PromptCache
 
 
@@ -103,10 +104,13 @@ class _Row:
         return DecodedAnswer(self.request.tag, self.ids, self.log_probs, stopped)
 
 
-def _log_prob(row: np.ndarray, index: int) -> float:
-    values = row.astype(np.float64)
-    top = values.max()
-    return float(values[index] - top - np.log(np.exp(values - top).sum()))
+def _log_probs(logits: np.ndarray, picked: np.ndarray) -> np.ndarray:
+    """Each row's log-probability (float64) of its picked id: the log-softmax of ``logits``
+    (R, V) at ``picked`` (R,), for every row in one pass."""
+    values = logits.astype(np.float64)
+    top = values.max(axis=1, keepdims=True)
+    log_z = np.log(np.exp(values - top).sum(axis=1))
+    return np.asarray(values[np.arange(len(values)), picked] - top[:, 0] - log_z)
 
 
 def runs_batches(model: BundleModel, graph: str) -> bool:
@@ -201,22 +205,35 @@ class RunningDecode:
         positions = [r.position for r in self._rows]
         # one position for all when the rows are level (a batch that started together)
         logits = self._steps.step(fed, positions[0] if len(set(positions)) == 1 else positions)
+        # rows still reading their prompt take no token; a row whose request gave up ends as it
+        # is; every other row picks its token, all of them in one numpy pass (pick_rows)
+        answering: list[int] = []
+        stopped: set[int] = set()
+        for j, row in enumerate(self._rows):
+            row.position += 1
+            if row.position < len(row.request.prompt):
+                continue  # still reading its prompt
+            if row.request.stop is not None and row.request.stop():
+                stopped.add(j)
+            else:
+                answering.append(j)
+        if answering:
+            rows = [self._rows[j] for j in answering]
+            picked = pick_rows(logits[answering], [r.rule for r in rows], [r.state for r in rows])
+            for row, nxt, log_prob in zip(
+                rows, picked.tolist(), _log_probs(logits[answering], picked).tolist(), strict=True
+            ):
+                row.log_probs.append(log_prob)
+                row.ids.append(nxt)
+                row.state = row.rule.next_state(row.state, nxt)
         keep: list[int] = []
         done: list[DecodedAnswer] = []
         for j, row in enumerate(self._rows):
-            row.position += 1
-            if row.position < len(row.request.prompt):  # still reading its prompt
-                keep.append(j)
-                continue
-            stop = row.request.stop
-            if stop is not None and stop():
-                done.append(row.answer(stopped=True))  # its request gave up: it ends as it is
-                continue
-            nxt = row.rule.pick_in(logits[j], row.state)
-            row.log_probs.append(_log_prob(logits[j], nxt))
-            row.ids.append(nxt)
-            row.state = row.rule.next_state(row.state, nxt)
-            if nxt != self._eos and len(row.ids) < row.budget:
+            if j in stopped:
+                done.append(row.answer(stopped=True))
+            elif row.position < len(row.request.prompt) or (
+                row.ids[-1] != self._eos and len(row.ids) < row.budget
+            ):
                 keep.append(j)
             else:
                 done.append(row.answer())
