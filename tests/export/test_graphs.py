@@ -21,7 +21,7 @@ from mobile_multimodal.export.graphs import (
     float_network,
 )
 from mobile_multimodal.export.running_decode import DecodeRequest, RunningDecode
-from mobile_multimodal.export.step_caches import ArrayBatchSteps
+from mobile_multimodal.export.step_caches import ArrayBatchSteps, LayerCaches, prefix_order
 from mobile_multimodal.model.llm import MobileMultiModalLLM
 from mobile_multimodal.model.quantized_layers import PackedWeight
 
@@ -209,3 +209,30 @@ def test_float_network_stands_for_the_packed_one(model: MobileMultiModalLLM) -> 
     lines = torch.stack([torch.zeros(3, 32, 256)])
     with torch.no_grad():
         torch.testing.assert_close(net.read_text(lines), model.network.read_text(lines), atol=1e-5, rtol=0)
+
+
+def test_rows_leave_the_caches_with_only_the_rows_past_the_survivors_moved() -> None:
+    """``LayerCaches.keep`` in ``prefix_order``: every kept row keeps its own cache and image
+    keys/values, the buffers stay C-ordered views of the batch's first rows (bound in place by
+    ONNX Runtime) and only the rows past the survivors are copied; any other order still works."""
+    rng = np.random.default_rng(0)
+    rows, shape = 7, (2, 7, 5, 48, 32)
+    cross = rng.standard_normal((2, rows, 5, 64, 32), dtype=np.float32)
+    caches = LayerCaches(cross, cross * 2, shape)
+    for a in (*caches.k, *caches.v):
+        a[:] = rng.standard_normal(a.shape)
+    before = [[a.copy() for a in arrays] for arrays in (caches.k, caches.v, caches.cross_k, caches.cross_v)]
+    buffers = [a.ctypes.data for a in caches.k]
+    kept = [0, 1, 4, 5, 6]  # rows 2 and 3 leave
+    order = prefix_order(kept)
+    assert order == [0, 1, 5, 6, 4] and sorted(order) == kept
+    caches.keep(order)
+    for old, new in zip(before, (caches.k, caches.v, caches.cross_k, caches.cross_v), strict=True):
+        for o, n in zip(old, new, strict=True):
+            assert n.flags["C_CONTIGUOUS"] and n.shape[0] == len(order)
+            np.testing.assert_array_equal(n, o[order])
+    assert [a.ctypes.data for a in caches.k] == buffers  # compacted in place, not reallocated
+    caches.keep([2, 0])  # not a prefix order: copied into fresh buffers, the same rows
+    np.testing.assert_array_equal(caches.k[1], before[0][1][[order[2], order[0]]])
+    assert caches.k[1].flags["C_CONTIGUOUS"]
+    assert prefix_order([]) == [] and prefix_order([3]) == [3] and prefix_order([0, 1]) == [0, 1]

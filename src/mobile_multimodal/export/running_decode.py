@@ -33,7 +33,7 @@ import numpy as np
 
 from mobile_multimodal.export.decode import BundleModel
 from mobile_multimodal.export.decode_rules import pick_rows
-from mobile_multimodal.export.step_caches import ArrayBatchSteps, PromptCache
+from mobile_multimodal.export.step_caches import ArrayBatchSteps, PromptCache, prefix_order
 
 
 class BatchSteps(Protocol):
@@ -238,9 +238,10 @@ class RunningDecode:
             else:
                 done.append(row.answer())
         if len(keep) < len(self._rows):  # finished rows leave: their cache slices are dropped
-            self._rows = [self._rows[j] for j in keep]
-            if keep:
-                self._steps.keep(keep)
+            order = prefix_order(keep)  # the rows past the survivors move into the gaps
+            self._rows = [self._rows[j] for j in order]
+            if order:
+                self._steps.keep(order)
             else:
                 self._steps = None  # the buffers go with the last row
         return done

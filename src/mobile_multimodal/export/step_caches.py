@@ -109,8 +109,21 @@ class LayerCaches:
             self._fill_prompt(first, prompt)
 
     def keep(self, rows: Sequence[int]) -> None:
-        """Only ``rows`` stay (fresh C-ordered buffers: a row selection copies)."""
+        """Only ``rows`` stay, in that order. When every row that moves comes from past the kept
+        count (the order ``prefix_order`` gives), the buffers are compacted in place and kept as
+        views of their first rows, still C-ordered: only the moved rows are copied, not the whole
+        batch's caches and image keys/values each time a row leaves. Any other order copies into
+        fresh buffers."""
         index = list(rows)
+        count = len(index)
+        if all(j == i or j >= count for i, j in enumerate(index)):
+            moved = [(i, j) for i, j in enumerate(index) if j != i]
+            for arrays in (self.k, self.v, self.cross_k, self.cross_v):
+                for n, a in enumerate(arrays):
+                    for to, source in moved:  # sources lie past the kept rows: none is overwritten
+                        a[to] = a[source]
+                    arrays[n] = a[:count]
+            return
 
         def kept(arrays: list[np.ndarray]) -> list[np.ndarray]:
             return [np.ascontiguousarray(a[index]) for a in arrays]
@@ -124,6 +137,17 @@ class LayerCaches:
     def stacked(self) -> tuple[np.ndarray, np.ndarray]:
         """(self_k, self_v) stacked as (L, B, nh, S, hs): for comparing two decoders' caches."""
         return np.stack(self.k), np.stack(self.v)
+
+
+def prefix_order(kept: Sequence[int]) -> list[int]:
+    """``kept`` (ascending row indices) ordered for ``LayerCaches.keep``'s in-place compaction:
+    a kept row already among the first ``len(kept)`` places stays there, and the kept rows past
+    them fill the places of the rows that left (the batch's order changes; each row keeps its
+    own caches)."""
+    count = len(kept)
+    stay = {j for j in kept if j < count}
+    movers = iter(j for j in kept if j >= count)
+    return [i if i in stay else next(movers) for i in range(count)]
 
 
 def _common_slot(position: int | Sequence[int]) -> int | None:
