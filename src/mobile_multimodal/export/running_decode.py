@@ -4,9 +4,13 @@
 (iteration-level) batching needs more: a request that arrives while others decode joins at the
 next step instead of waiting for the whole batch. The bundle's contract allows it as it stands:
 ``decoder_step`` takes each row's own ``position`` (B,), and a row reads only its cache slots
-before its position, so a joining row starts at position 0 on an empty cache beside rows deep
-into their answers. There is no prefill graph: a row reads its prompt one token per step, as the
-phone's loop does, while the others generate.
+before its position, so a joining row starts on a cache of its own beside rows deep into their
+answers. Where the bundle has the optional ``prefill`` graph (ONNX), the rows that join together
+have their prompts, all but the last token, read in one call (``prompt_cache``) and each starts
+at its own prompt's last position; without it a row reads its prompt one token per step from
+position 0, as the phone's loop does, while the others generate. A step's tokens are picked for
+all answering rows in one numpy pass (``decode_rules.pick_rows``) and rows that finish leave by an
+in-place compaction of the caches (``step_caches.prefix_order``).
 
 Each row computes what ``BundleModel.greedy`` computes for it alone (the task's constraint, first
 maximum on ties, the same stops), so the answers are the ones the export's validation scored:
