@@ -548,7 +548,13 @@ def test_rows_joining_a_running_decode_answer_as_each_row_alone(int2_data_dir: P
     tokens and log-probabilities are the bundle's one-row loop's. ``plain``: the plain contract
     (an ``on_run`` hook sees every call) instead of the bound buffers."""
     served = _onnx_model("int2", int2_data_dir, Path()).bundle
-    model = BundleModel(served.bundle, served.runner, on_run=lambda *_: None) if plain else served
+    calls: list[tuple[str, int]] = []  # (graph, rows) of every call, on the plain contract
+
+    def record(graph: str, inputs: dict[str, np.ndarray], _: object) -> None:
+        calls.append((graph, len(next(iter(inputs.values())))))
+
+    model = BundleModel(served.bundle, served.runner, on_run=record) if plain else served
+    assert served.has_prefill  # the server's own export reads a joining group's prompts in one call
     captions = [e.image for e in load_eval_split("captioning", 5)]
     vqa = load_eval_split("vqa", 4)
     requests: list[tuple[np.ndarray, list[int], int]] = []
@@ -575,6 +581,10 @@ def test_rows_joining_a_running_decode_answer_as_each_row_alone(int2_data_dir: P
         assert answers[i].ids == served.greedy(tokens, prompt, budget, log_probs=log_probs), i
         assert answers[i].log_probs == pytest.approx(log_probs, abs=1e-5)  # batched kernels round apart
     assert len({len(a.ids) for a in answers.values()}) > 2  # rows ended at different steps
+    if plain:  # one prefill call per row added, and every row's every step gives it a token
+        assert [g for g, _ in calls].count("prefill") == len(requests)
+        row_steps = sum(rows for g, rows in calls if g == "decoder_step")
+        assert row_steps == sum(len(a.ids) for a in answers.values())
 
 
 def test_a_request_that_gives_up_leaves_the_running_decode_at_its_next_step(int2_data_dir: Path) -> None:
