@@ -220,7 +220,8 @@ class BundleModel:
             return None
         tokens = np.full((len(prompts), longest), int(self.spec["special_tokens"]["<pad>"]), dtype=np.int64)
         for row, prompt in enumerate(prompts):
-            tokens[row, : self.prefilled(prompt)] = prompt[: self.prefilled(prompt)]
+            fed = self.prefilled(prompt)
+            tokens[row, :fed] = prompt[:fed]
         return tokens
 
     def prompt_cache(self, cross: dict[str, np.ndarray], tokens: np.ndarray | None) -> PromptCache | None:

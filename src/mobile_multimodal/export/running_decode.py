@@ -6,9 +6,9 @@ next step instead of waiting for the whole batch. The bundle's contract allows i
 ``decoder_step`` takes each row's own ``position`` (B,), and a row reads only its cache slots
 before its position, so a joining row starts on a cache of its own beside rows deep into their
 answers. Where the bundle has the optional ``prefill`` graph (ONNX), the rows that join together
-have their prompts, all but the last token, read in one call (``prompt_cache``) and each starts
-at its own prompt's last position; without it a row reads its prompt one token per step from
-position 0, as the phone's loop does, while the others generate. A step's tokens are picked for
+have their prompts, all but the last token, read in one call (``BundleModel.prompt_cache``) and
+each starts at its own prompt's last position; without it a row reads its prompt one token per
+step from position 0, as the phone's loop does, while the others generate. A step's tokens are picked for
 all answering rows in one numpy pass (``decode_rules.pick_rows``) and rows that finish leave by an
 in-place compaction of the caches (``step_caches.prefix_order``).
 
@@ -165,25 +165,6 @@ def cross_kv(model: BundleModel, image_tokens: np.ndarray) -> tuple[np.ndarray, 
     )
 
 
-def prompt_cache(
-    model: BundleModel, cross_k: np.ndarray, cross_v: np.ndarray, prompts: Sequence[list[int]]
-) -> PromptCache | None:
-    """The rows' prompt keys/values from 'prefill' (``BundleModel.prompt_cache``): one call for
-    the rows when the bundle's graph takes a batch, else one per row. None when the bundle has no
-    prefill graph or no prompt has more than one token."""
-    tokens = model.prefill_tokens(prompts)
-    if tokens is None or len(prompts) == 1 or runs_batches(model, "prefill"):
-        return model.prompt_cache({"cross_k": cross_k, "cross_v": cross_v}, tokens)
-    rows = []
-    for i in range(len(prompts)):
-        one = slice(i, i + 1)
-        rows.append(model.prompt_cache({"cross_k": cross_k[:, one], "cross_v": cross_v[:, one]}, tokens[one]))
-    return (
-        np.concatenate([r[0] for r in rows if r is not None], axis=1),
-        np.concatenate([r[1] for r in rows if r is not None], axis=1),
-    )
-
-
 class RunningDecode:
     """See the module docstring. Not thread-safe: one driver calls ``add`` and ``step``."""
 
@@ -218,7 +199,9 @@ class RunningDecode:
             budget = min(request.max_new_tokens + 1, self._max_len - len(request.prompt))
             rows.append(_Row(request, budget, rule, rule.start))
         cross_k, cross_v = cross_kv(self.model, image_tokens)
-        prompt = prompt_cache(self.model, cross_k, cross_v, [r.request.prompt for r in rows])
+        # one 'prefill' call for the rows joining (its batch axis is dynamic: graphs.BATCHED_GRAPHS)
+        tokens = self.model.prefill_tokens([r.request.prompt for r in rows])
+        prompt = self.model.prompt_cache({"cross_k": cross_k, "cross_v": cross_v}, tokens)
         for row in rows:
             row.position = self.model.prefilled(row.request.prompt) if prompt is not None else 0
         if self._steps is None:
