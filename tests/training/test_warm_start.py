@@ -70,12 +70,17 @@ def test_what_cannot_carry_over_is_named() -> None:
         warm_start(other_words, _model("tiny-wide-ocr", "ascii", seed=0))
 
 
-def test_a_reshaping_preset_trains_from_the_init_model_and_records_it(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("preset", "scene_size"), [("tiny-user-style-continue", 64), ("tiny-user-style-detail-continue", 128)]
+)
+def test_a_reshaping_preset_trains_from_the_init_model_and_records_it(
+    tmp_path: Path, preset: str, scene_size: int
+) -> None:
     base = _model("tiny", "lowercase", seed=3).save(tmp_path / "base")
     out = train_model(
         TrainOptions(
             out=tmp_path / "cont",
-            preset="tiny-user-style-continue",
+            preset=preset,
             init_from=base,
             steps=2,
             evaluate=False,
@@ -84,11 +89,13 @@ def test_a_reshaping_preset_trains_from_the_init_model_and_records_it(tmp_path: 
     )
     manifest = json.loads((out / "manifest.json").read_text())
     assert (manifest["config"]["ocr_width"], manifest["tokenizer"]["charset"]) == (512, CHARSETS["ascii"])
+    assert manifest["config"]["scene_size"] == scene_size
     warm = manifest["training"]["init_from"]["warm_start"]
     assert warm["ocr_characters_kept"] == len(CHARSETS["lowercase"]) and "A" in warm["ocr_characters_new"]
+    assert bool(warm["tensors_fresh"]) == (scene_size == 128)  # the detail stage starts fresh
     assert PRESETS["user-style-continue"].reshape_init and not PRESETS["finetune-vqa"].reshape_init
     assert MobileMultiModalLLM.from_pretrained(out).tokenizer.charset == CHARSETS["ascii"]
     # without a model to continue, the preset refuses before any work (no silent fresh start)
     with pytest.raises(ValueError, match="--init-from"):
-        train_model(TrainOptions(out=tmp_path / "none", preset="tiny-user-style-continue", steps=1))
+        train_model(TrainOptions(out=tmp_path / "none", preset=preset, steps=1))
     assert not (tmp_path / "none").exists()

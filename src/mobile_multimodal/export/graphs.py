@@ -386,7 +386,7 @@ def build_graphs(
         )
     net, quantized = float_network(model.network)
     d, heads, layers = cfg.dim, cfg.heads, cfg.decoder_layers
-    n_tokens = (cfg.scene_size // 8) ** 2
+    n_tokens = cfg.scene_grid**2
     q_len = model.max_question_tokens  # longer questions are refused by the model's API too
     scene = torch.zeros(1, 3, cfg.scene_size, cfg.scene_size)
     tokens = torch.zeros(1, n_tokens, d)

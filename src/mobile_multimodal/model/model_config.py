@@ -1,5 +1,5 @@
 """Architecture configuration: a dataclass with presets (``ModelConfig.default()``, ``.tiny()``,
-``.default_effnet()``, ``.default_wide_ocr()``).
+``.default_effnet()``, ``.default_wide_ocr()``, ``.default_scene_detail()``).
 
 Example::
 
@@ -58,6 +58,12 @@ class ModelConfig:
     # horizontally; "letterbox": scaled to fit both sides keeping its aspect ratio, then padded
     # with its own background, so a long line is never distorted.
     ocr_fit: str = "squeeze"
+    # Scenes read at twice the resolution for the same 64 tokens (issue 18: a shape of 5% of a
+    # user's canvas is 3 px at 64 px, too small to tell a star from a circle). With N > 0 a scene
+    # comes in at scene_size (128) and goes through a stride-2 stage first: its 2x2 average (what
+    # the 64-px model read) plus N learned full-resolution channels added into the stem's first
+    # conv (vision.SceneDetail). 0: the scene goes straight into the stem (v1/v2).
+    scene_detail: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -66,6 +72,17 @@ class ModelConfig:
             raise ValueError(f"dim ({self.dim}) must be divisible by heads ({self.heads})")
         if self.scene_size % 8 or self.ocr_height % 8 or self.ocr_width % 8:
             raise ValueError("image sizes must be multiples of the stem stride (8)")
+        if self.scene_detail < 0:
+            raise ValueError(f"scene_detail must be >= 0, got {self.scene_detail}")
+        if self.scene_detail and self.stem != "conv":
+            raise ValueError("scene_detail needs the conv stem (its first conv takes the detail)")
+        if self.scene_size % self.scene_stride:
+            raise ValueError(f"scene_size must be a multiple of {self.scene_stride}, got {self.scene_size}")
+        if self.scene_grid > min(self.max_grid_rows, self.max_grid_cols):
+            raise ValueError(
+                f"a {self.scene_size}-px scene is a {self.scene_grid}x{self.scene_grid} grid, more than "
+                f"the position table ({self.max_grid_rows} rows)"
+            )
         if self.ocr_subframes < 1:
             raise ValueError(f"ocr_subframes must be >= 1, got {self.ocr_subframes}")
         if self.stem not in STEMS:
@@ -83,6 +100,16 @@ class ModelConfig:
     @property
     def head_dim(self) -> int:
         return self.dim // self.heads
+
+    @property
+    def scene_stride(self) -> int:
+        """Scene pixels per token side: the stem's 8, times 2 with the detail stage."""
+        return 16 if self.scene_detail else 8
+
+    @property
+    def scene_grid(self) -> int:
+        """Tokens per side of a scene: 8 for every preset (64 tokens)."""
+        return self.scene_size // self.scene_stride
 
     @classmethod
     def default(cls) -> ModelConfig:
@@ -119,6 +146,17 @@ class ModelConfig:
         return replace(cls.default(), ocr_width=512, max_grid_cols=64, ocr_fit="letterbox")
 
     @classmethod
+    def default_scene_detail(cls) -> ModelConfig:
+        """``default_wide_ocr`` reading scenes at 128 px through 16 detail channels, still 64
+        tokens: issue 18's model for users' images, where shapes can be a few pixels at 64 px."""
+        return replace(cls.default_wide_ocr(), scene_size=128, scene_detail=16)
+
+    @classmethod
+    def tiny_scene_detail(cls) -> ModelConfig:
+        """``tiny_wide_ocr`` with ``default_scene_detail``'s scene input, for tests of that path."""
+        return replace(cls.tiny_wide_ocr(), scene_size=128, scene_detail=4)
+
+    @classmethod
     def tiny_wide_ocr(cls) -> ModelConfig:
         """``tiny`` with ``default_wide_ocr``'s text reader, for tests of that path."""
         return replace(cls.tiny(), ocr_width=512, max_grid_cols=64, ocr_fit="letterbox")
@@ -129,8 +167,10 @@ class ModelConfig:
             "default": cls.default,
             "default-effnet": cls.default_effnet,
             "default-wide-ocr": cls.default_wide_ocr,
+            "default-scene-detail": cls.default_scene_detail,
             "tiny": cls.tiny,
             "tiny-wide-ocr": cls.tiny_wide_ocr,
+            "tiny-scene-detail": cls.tiny_scene_detail,
         }
         if name not in presets:
             raise ValueError(f"unknown model preset {name!r}; choose one of {sorted(presets)}")

@@ -28,8 +28,35 @@ class ConvNormAct(nn.Module):
         self.conv = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
         self.norm = DomainBatchNorm2d(cout)
 
-    def forward(self, x: Tensor, domain: str) -> Tensor:
-        return F.gelu(self.norm(self.conv(x), domain))
+    def forward(self, x: Tensor, domain: str, detail: Tensor | None = None) -> Tensor:
+        y = self.conv(x)
+        if detail is not None:
+            y = y + detail
+        return F.gelu(self.norm(y, domain))
+
+
+class SceneDetail(nn.Module):
+    """A scene at twice the stem's resolution, still 64 tokens (``ModelConfig.scene_detail``).
+
+    The stem goes on reading the scene's 2x2 average, which is what a model trained on 64-px
+    scenes read; ``channels`` learned features of the full-resolution pixels are added into the
+    stem's first conv through ``into_stem``. That conv starts at zero, so a model warm-started
+    from a 64-px one computes exactly what it did (``training/warm_start.py``) and learns to
+    use the detail from there. Text lines never pass here: the reader keeps its 32-px lines.
+    """
+
+    def __init__(self, channels: int, stem_channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, channels, 3, stride=2, padding=1, bias=False)
+        self.norm = DomainBatchNorm2d(channels)
+        self.into_stem = nn.Conv2d(channels, stem_channels, 3, stride=2, padding=1, bias=False)
+        nn.init.zeros_(self.into_stem.weight)
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """(B, 3, 2S, 2S) -> the stem's input (B, 3, S, S) and what to add to its first conv's
+        output (B, c1, S/2, S/2)."""
+        detail = F.gelu(self.norm(self.conv(images), "scene"))
+        return F.avg_pool2d(images, 2), self.into_stem(detail)
 
 
 class VisionEncoder(nn.Module):
@@ -49,9 +76,11 @@ class VisionEncoder(nn.Module):
                 ]
             )
             features = c3
+            self.scene_detail = SceneDetail(cfg.scene_detail, c1) if cfg.scene_detail else None
         else:  # "efficientnet-lite0" (the config validated the name)
             self.stem = efficientnet_lite0_stem()
             features = EFFICIENTNET_CHANNELS
+            self.scene_detail = None  # the config refuses scene_detail without the conv stem
         self.proj = nn.Linear(features, cfg.dim)
         self.line_rows = cfg.ocr_height // 8
         self.column_proj = nn.Linear(self.line_rows * features, cfg.dim)
@@ -90,14 +119,20 @@ class VisionEncoder(nn.Module):
         question: embedded question tokens (B, Tq, D) with question_valid (B, Tq) bool, only
         with ``question_fusion``: they attend jointly with the image tokens in every block, and
         only the image tokens are returned."""
-        f = images
-        for layer in self.stem:
-            f = layer(f, "line" if columns else "scene")  # (B, C, h, w) at the end
+        f, detail, stride = images, None, 8
+        if self.scene_detail is not None and not columns:
+            f, detail = self.scene_detail(images)
+            stride = 16
+        for i, layer in enumerate(self.stem):
+            if i == 0 and detail is not None:
+                f = layer(f, "scene", detail)
+            else:
+                f = layer(f, "line" if columns else "scene")  # (B, C, h, w) at the end
         b, c, h, w = f.shape
         if w > self.col_pos.shape[0] or (not columns and h > self.row_pos.shape[0]):
             raise ValueError(
                 f"image of {images.shape[-2]}x{images.shape[-1]} px exceeds the encoder's "
-                f"position table ({self.row_pos.shape[0] * 8}x{self.col_pos.shape[0] * 8} px)"
+                f"position table ({self.row_pos.shape[0] * stride}x{self.col_pos.shape[0] * stride} px)"
             )
         if columns:
             if h != self.line_rows:

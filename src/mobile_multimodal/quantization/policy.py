@@ -4,8 +4,9 @@ The weights that touch the model's inputs and outputs are few and sensitive, so 
 INT8 (per output channel) whatever the target:
 
 - ``embeddings``: the token embedding, which is also the decoder's output head (tied);
-- the patch embedding: the conv stem and the projections of its features into tokens
-  (``encoder.stem.*``, ``encoder.proj``, ``encoder.column_proj``);
+- the patch embedding: the conv stem, its full-resolution scene stage where the model has one,
+  and the projections of its features into tokens (``encoder.stem.*``,
+  ``encoder.scene_detail.*``, ``encoder.proj``, ``encoder.column_proj``);
 - ``ocr_head.fc2``: the CTC output layer.
 
 Every other Linear (attention, MLP, the OCR head's hidden layer, retrieval projections) is
@@ -26,7 +27,7 @@ from mobile_multimodal.model.quantized_weight import LayerSpec
 
 POLICY_NAME = "int8-io-v1"
 INT8_LAYERS = ("embeddings", "encoder.proj", "encoder.column_proj", "ocr_head.fc2")
-INT8_PREFIXES = ("encoder.stem.",)
+INT8_PREFIXES = ("encoder.stem.", "encoder.scene_detail.")
 # Our default group size: the model's widths (160, 400) are multiples of 80, so rows split into
 # whole groups; 80 also keeps the INT2 file under a tenth of the fp32 one (see DESIGN notes in
 # benchmarks/quantization/README.md).

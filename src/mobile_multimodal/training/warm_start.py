@@ -10,7 +10,10 @@ already met. So a continuation starts from the bundled weights and changes only 
   256-px line 32, so what the model already reads keeps its positions) and the new rows start
   from the last trained one;
 - the CTC reader's output rows are matched by character: a character both sets have keeps its
-  row (for every sub-frame), a new one (upper case, punctuation) keeps its fresh initialisation.
+  row (for every sub-frame), a new one (upper case, punctuation) keeps its fresh initialisation;
+- a full-resolution scene stage the source lacks (``ModelConfig.scene_detail``) keeps its fresh
+  initialisation: its way into the stem starts at zero, so the target still computes what the
+  source computed, on a scene read at twice the size.
 
 Anything else that differs in shape is an error naming it: a silent fresh start of a trained part
 would waste the run.
@@ -26,6 +29,7 @@ from mobile_multimodal.model.llm import MobileMultiModalLLM
 
 COLUMN_POSITIONS = "encoder.col_pos"
 CTC_OUTPUT = ("ocr_head.fc2.weight", "ocr_head.fc2.bias")
+SCENE_DETAIL = "encoder.scene_detail."
 
 
 @dataclass
@@ -33,6 +37,7 @@ class WarmStart:
     """What was carried over, for the manifest and the log."""
 
     copied: int = 0
+    fresh: list[str] = field(default_factory=list)
     grown: list[str] = field(default_factory=list)
     characters_kept: int = 0
     characters_new: list[str] = field(default_factory=list)
@@ -40,6 +45,7 @@ class WarmStart:
     def as_dict(self) -> dict[str, object]:
         return {
             "tensors_copied": self.copied,
+            "tensors_fresh": self.fresh,
             "grown": self.grown,
             "ocr_characters_kept": self.characters_kept,
             "ocr_characters_new": "".join(self.characters_new),
@@ -79,6 +85,9 @@ def warm_start(source: MobileMultiModalLLM, target: MobileMultiModalLLM) -> Warm
     dst_rows, src_rows, report.characters_new = _ctc_rows(source, target)
     mismatched: list[str] = []
     for name, tensor in dst.items():
+        if name not in src and name.startswith(SCENE_DETAIL):
+            report.fresh.append(name)
+            continue
         if name not in src:
             mismatched.append(f"{name} (not in the source)")
             continue
