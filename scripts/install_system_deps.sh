@@ -8,6 +8,9 @@ packages=(
   fonts-dejavu-core fonts-dejavu-extra fonts-liberation fonts-freefont-ttf fonts-urw-base35
   fonts-lato fonts-crosextra-carlito fonts-crosextra-caladea fonts-open-sans fonts-roboto-unhinted
   fonts-noto-mono wamerican
+  # data v3's extra training fonts (text_images.EXTRA_TRAIN_FONTS)
+  fonts-cantarell fonts-league-spartan fonts-linuxlibertine fonts-comfortaa fonts-firacode
+  fonts-hack fonts-inconsolata fonts-jetbrains-mono fonts-oxygen fonts-quicksand
   prometheus prometheus-alertmanager
   prometheus-pushgateway  # tests push CLI exports' metrics to a real one (observability/pushgateway.py)
   prometheus-node-exporter docker-compose  # tests/monitoring, tests/integration: real node-exporter; compose file validation

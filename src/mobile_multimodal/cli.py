@@ -106,6 +106,8 @@ def train(
         "data v2 with user-style scenes and text: issue 18's model), user-style-continue (the same "
         "recipe from a trained default model, reshaped to the wide ASCII reader; with --init-from), "
         "user-style-detail-continue (the same, with scenes read at 128 px; with --init-from), "
+        "user-style-fonts-continue (a last phase of that model on lines in 25 more fonts; with "
+        "--init-from), "
         "finetune-vqa (with --init-from), "
         "backbone-probe (default with an ImageNet-pretrained EfficientNet-Lite0 stem), tiny or "
         "tiny-user-style.",

@@ -104,6 +104,19 @@ def test_v2_batches_mix_user_style_drawings_into_the_old_ones(monkeypatch: pytes
     assert bool((again.images == batch.images).all()) and bool((again.ocr_targets == batch.ocr_targets).all())
 
 
+def test_v3_draws_its_user_style_lines_in_the_extra_fonts_too_and_v2_never() -> None:
+    def fonts(version: str) -> set[str]:
+        v, rng = training_data.data_version(version), np.random.default_rng(5)
+        return {v.text_line(rng, text_images.train_words()).font for _ in range(400)}
+
+    v2, v3 = fonts(training_data.V2), fonts(training_data.V3)
+    extra = set(text_images.EXTRA_TRAIN_FONTS)
+    assert v2 <= set(text_images.TRAIN_FONTS)
+    assert len(v3 & extra) >= 15 and v3 - extra <= set(text_images.TRAIN_FONTS)
+    v3_data = training_data.data_version(training_data.V3)
+    assert (v3_data.styled_scene_rate, v3_data.styled_line_rate) == (0.5, 0.65)  # V2's otherwise
+
+
 def test_styled_scenes_cover_backgrounds_sizes_positions_jpeg_and_rotation() -> None:
     rng = np.random.default_rng(0)
     drawings = [scene_styles.styled_scene(scenes.sample_scene(rng), rng) for _ in range(200)]

@@ -6,11 +6,13 @@ cannot carry over is an error that names it, not a silent fresh start."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
+from mobile_multimodal.data.training_data import V3
 from mobile_multimodal.data.vocabulary import CHARSETS
 from mobile_multimodal.model import MobileMultiModalLLM
 from mobile_multimodal.model.model_config import ModelConfig
@@ -99,3 +101,22 @@ def test_a_reshaping_preset_trains_from_the_init_model_and_records_it(
     with pytest.raises(ValueError, match="--init-from"):
         train_model(TrainOptions(out=tmp_path / "none", preset=preset, steps=1))
     assert not (tmp_path / "none").exists()
+
+
+def test_the_fonts_phase_continues_a_detail_model_and_refuses_any_other(tmp_path: Path) -> None:
+    base = _model("tiny", "lowercase", seed=3).save(tmp_path / "base")
+
+    def run(out: str, preset: str, init_from: Path) -> Path:
+        opts = TrainOptions(tmp_path / out, preset=preset, init_from=init_from, steps=2, evaluate=False)
+        return train_model(replace(opts, threads=1))
+
+    detail = run("detail", "tiny-user-style-detail-continue", base)
+    out = run("fonts", "tiny-user-style-fonts-continue", detail)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["data_version"] == V3 and manifest["config"]["scene_detail"] > 0
+    assert manifest["training"]["init_from"]["path"] == str(detail)
+    assert PRESETS["user-style-fonts-continue"].data_version == V3
+    # the 64-px lowercase model is not what the phase continues: refused before any step
+    with pytest.raises(ValueError, match=r"differs in .*scene_size.*charset"):
+        run("wrong", "tiny-user-style-fonts-continue", base)
+    assert not (tmp_path / "wrong" / "checkpoint.pt").exists()

@@ -12,6 +12,9 @@ their own seeds, so adding a version changes none of them.
 - ``procedural-v2+easy-vqa-1.0`` (:data:`V2`): half the scenes user-style, 65% of the OCR lines
   mixed-case user-style lines up to 32 characters (for the printable-ASCII charset). The other
   half keeps the first generator's exact look, so the existing held-out bars stay trained for.
+- ``procedural-v3+easy-vqa-1.0`` (:data:`V3`): V2 with its user-style lines drawn in 25 more
+  fonts of 10 more families (``text_images.EXTRA_TRAIN_FONTS``) beside the training fonts, for
+  users' text in fonts we never drew. Plain lines and scenes are V2's.
 
 Example::
 
@@ -31,6 +34,7 @@ from mobile_multimodal.data import scene_styles, scenes, text_images, text_style
 from mobile_multimodal.data.splits import DATA_VERSION as V1
 
 V2 = "procedural-v2+easy-vqa-1.0"
+V3 = "procedural-v3+easy-vqa-1.0"
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,7 @@ class DataVersion:
     name: str
     styled_scene_rate: float = 0.0
     styled_line_rate: float = 0.0
+    styled_line_fonts: tuple[str, ...] = text_images.TRAIN_FONTS
 
     def scene_image(self, scene: scenes.Scene, rng: np.random.Generator) -> tuple[scenes.Scene, Image.Image]:
         """(the scene as drawn, its image): the captions and answers are the returned scene's."""
@@ -48,13 +53,19 @@ class DataVersion:
 
     def text_line(self, rng: np.random.Generator, words: tuple[str, ...]) -> text_images.TextSample:
         if self.styled_line_rate and rng.random() < self.styled_line_rate:
-            return text_styles.sample_styled_line(rng, text_images.TRAIN_FONTS, words)
+            return text_styles.sample_styled_line(rng, self.styled_line_fonts, words)
         return text_images.sample_text_image(rng, text_images.TRAIN_FONTS, words)
 
 
 DATA_VERSIONS = {
     V1: DataVersion(V1),
     V2: DataVersion(V2, styled_scene_rate=0.5, styled_line_rate=0.65),
+    V3: DataVersion(
+        V3,
+        styled_scene_rate=0.5,
+        styled_line_rate=0.65,
+        styled_line_fonts=text_images.TRAIN_FONTS + text_images.EXTRA_TRAIN_FONTS,
+    ),
 }
 
 

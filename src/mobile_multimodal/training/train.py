@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from mobile_multimodal.data.easyvqa import load_easy_vqa
-from mobile_multimodal.data.training_data import V1, V2, data_version
+from mobile_multimodal.data.training_data import V1, V2, V3, data_version
 from mobile_multimodal.data.vocabulary import CHARSETS
 from mobile_multimodal.model.llm import MobileMultiModalLLM
 from mobile_multimodal.model.model_config import ModelConfig
@@ -96,6 +96,17 @@ _USER_STYLE_CONTINUE = replace(
 # Issue 18, third recipe: the second with scenes read at 128 px (ModelConfig.scene_detail), for
 # the shapes of a few pixels at 64 px that capped the second's caption recall near 0.89.
 _USER_STYLE_DETAIL_CONTINUE = replace(_USER_STYLE_CONTINUE, model="default-scene-detail")
+# ... and a short last phase on data v3 (users' lines in 25 more fonts) with half again as many
+# text lines per batch, for the reader, the weakest head on users' images (fonts it never saw).
+_USER_STYLE_FONTS_CONTINUE = replace(
+    _USER_STYLE_DETAIL_CONTINUE,
+    steps=900,
+    sizes=BatchSizes(caption=24, scene_vqa=18, easy_vqa=8, ocr=72),
+    lr=3e-4,
+    warmup=50,
+    data_version=V3,
+    reshape_init=False,
+)
 PRESETS = {
     "default": _DEFAULT,
     # the default recipe with an ImageNet-pretrained EfficientNet-Lite0 stem instead of our conv
@@ -115,6 +126,8 @@ PRESETS = {
     # use with --init-from the bundled model (weights/default)
     "user-style-continue": _USER_STYLE_CONTINUE,
     "user-style-detail-continue": _USER_STYLE_DETAIL_CONTINUE,
+    # use with --init-from a user-style-detail-continue model
+    "user-style-fonts-continue": _USER_STYLE_FONTS_CONTINUE,
     # the user-style recipe (data v2, ASCII charset, wide letterboxed reader) at tiny's size, for
     # tests and a quick check of the whole path
     "tiny-user-style": replace(_TINY, model="tiny-wide-ocr", data_version=V2, charset="ascii"),
@@ -123,6 +136,9 @@ PRESETS = {
     ),
     "tiny-user-style-detail-continue": replace(
         _TINY, model="tiny-scene-detail", data_version=V2, charset="ascii", reshape_init=True
+    ),
+    "tiny-user-style-fonts-continue": replace(
+        _TINY, model="tiny-scene-detail", data_version=V3, charset="ascii"
     ),
 }
 
@@ -195,6 +211,23 @@ def _fresh(preset: TrainPreset, seed: int, pretrained_stem: bool) -> MobileMulti
     )
 
 
+def _check_continues(model: MobileMultiModalLLM, preset: TrainPreset, name: str) -> None:
+    """A preset that continues --init-from as it is must be given a model of its own architecture
+    and charset: anything else would train a model the preset does not describe."""
+    mismatched = [
+        key
+        for key, value in ModelConfig.from_name(preset.model).to_dict().items()
+        if key not in ("vocab_size", "ocr_classes") and model.config.to_dict().get(key) != value
+    ]
+    if model.tokenizer.charset != CHARSETS[preset.charset]:
+        mismatched.append("charset")
+    if mismatched:
+        raise ValueError(
+            f"preset {name!r} continues a {preset.model!r} model with the {preset.charset!r} charset; "
+            f"--init-from differs in {', '.join(mismatched)}"
+        )
+
+
 def _lr(step: int, preset: TrainPreset, total: int) -> float:
     if step < preset.warmup:
         return preset.lr * (step + 1) / preset.warmup
@@ -238,6 +271,8 @@ def train_model(opts: TrainOptions, replicas: SingleProcess | None = None) -> Pa
         if preset.reshape_init:
             source, model = model, _fresh(preset, opts.seed, pretrained_stem=False)
             warm = warm_start(source, model).as_dict()
+        else:
+            _check_continues(model, preset, opts.preset)
     else:
         model = _fresh(preset, opts.seed, pretrained_stem)
         base_manifest = {}
