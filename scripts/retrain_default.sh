@@ -27,6 +27,9 @@
 #   # the second recipe: the bundled model continued (reshaped to the wide ASCII reader, ~55 min)
 #   scripts/retrain_default.sh --preset user-style-continue \
 #     --init-from src/mobile_multimodal/weights/default
+#   # the third, the best so far: the same with scenes read at 128 px (~46 min of training)
+#   scripts/retrain_default.sh --preset user-style-detail-continue \
+#     --init-from src/mobile_multimodal/weights/default
 #   # the whole path in minutes (a tiny model; its scores mean nothing):
 #   scripts/retrain_default.sh --preset tiny-user-style --steps 300 --eval-limit 8 --qat-steps 20 \
 #     --threads 1 --out /tmp/rt
