@@ -107,8 +107,7 @@ def train(
         "recipe from a trained default model, reshaped to the wide ASCII reader; with --init-from), "
         "user-style-detail-continue (the same, with scenes read at 128 px; with --init-from), "
         "user-style-fonts-continue (a last phase of that model on lines in 25 more fonts; with "
-        "--init-from), user-style-fine-ctc-continue (a last phase reshaping it to a CTC frame every "
-        "2 px; with --init-from), "
+        "--init-from), "
         "finetune-vqa (with --init-from), "
         "backbone-probe (default with an ImageNet-pretrained EfficientNet-Lite0 stem), tiny or "
         "tiny-user-style.",

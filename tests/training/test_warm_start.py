@@ -120,20 +120,3 @@ def test_the_fonts_phase_continues_a_detail_model_and_refuses_any_other(tmp_path
     with pytest.raises(ValueError, match=r"differs in .*scene_size.*charset"):
         run("wrong", "tiny-user-style-fonts-continue", base)
     assert not (tmp_path / "wrong" / "checkpoint.pt").exists()
-
-
-@torch.no_grad()
-def test_a_reader_with_twice_the_frames_starts_by_repeating_each_frame() -> None:
-    """``default-fine-ctc`` reads a frame every 2 px: warm-started from the 4-px reader, each frame
-    is scored twice, so greedy CTC reads the same text (repeats merge, blanks still separate)."""
-    source = _model("tiny-scene-detail", "ascii", seed=1)
-    target = _model("tiny-fine-ctc", "ascii", seed=0)
-    warm_start(source, target)
-    assert (source.config.ocr_subframes, target.config.ocr_subframes) == (2, 4)
-    lines = torch.rand(2, 3, 32, 512, generator=torch.Generator().manual_seed(2)) * 2 - 1
-    src = source.network.eval().read_text(lines)
-    dst = target.network.eval().read_text(lines)
-    assert dst.shape[1] == 2 * src.shape[1]
-    torch.testing.assert_close(dst, src.repeat_interleave(2, dim=1))
-    with pytest.raises(ValueError, match="split evenly"):
-        warm_start(target, source)  # 4 -> 2 sub-frames would have to merge frames

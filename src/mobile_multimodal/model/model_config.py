@@ -152,12 +152,6 @@ class ModelConfig:
         return replace(cls.default_wide_ocr(), scene_size=128, scene_detail=16)
 
     @classmethod
-    def default_fine_ctc(cls) -> ModelConfig:
-        """``default_scene_detail`` with a CTC frame every 2 px of the reader instead of 4: two
-        narrow letters ("ll", "it") on a line scaled down to fit can share a 4-px frame."""
-        return replace(cls.default_scene_detail(), ocr_subframes=4)
-
-    @classmethod
     def tiny_scene_detail(cls) -> ModelConfig:
         """``tiny_wide_ocr`` with ``default_scene_detail``'s scene input, for tests of that path."""
         return replace(cls.tiny_wide_ocr(), scene_size=128, scene_detail=4)
@@ -174,11 +168,9 @@ class ModelConfig:
             "default-effnet": cls.default_effnet,
             "default-wide-ocr": cls.default_wide_ocr,
             "default-scene-detail": cls.default_scene_detail,
-            "default-fine-ctc": cls.default_fine_ctc,
             "tiny": cls.tiny,
             "tiny-wide-ocr": cls.tiny_wide_ocr,
             "tiny-scene-detail": cls.tiny_scene_detail,
-            "tiny-fine-ctc": lambda: replace(cls.tiny_scene_detail(), ocr_subframes=4),
         }
         if name not in presets:
             raise ValueError(f"unknown model preset {name!r}; choose one of {sorted(presets)}")

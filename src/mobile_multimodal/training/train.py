@@ -107,11 +107,6 @@ _USER_STYLE_FONTS_CONTINUE = replace(
     data_version=V3,
     reshape_init=False,
 )
-# ... or a short phase that reshapes it to a CTC frame every 2 px (ModelConfig.default_fine_ctc),
-# for the letters the 4-px frames drop or double.
-_USER_STYLE_FINE_CTC_CONTINUE = replace(
-    _USER_STYLE_DETAIL_CONTINUE, model="default-fine-ctc", steps=600, lr=3e-4, warmup=50
-)
 PRESETS = {
     "default": _DEFAULT,
     # the default recipe with an ImageNet-pretrained EfficientNet-Lite0 stem instead of our conv
@@ -133,8 +128,6 @@ PRESETS = {
     "user-style-detail-continue": _USER_STYLE_DETAIL_CONTINUE,
     # use with --init-from a user-style-detail-continue model
     "user-style-fonts-continue": _USER_STYLE_FONTS_CONTINUE,
-    # use with --init-from a user-style-detail-continue model
-    "user-style-fine-ctc-continue": _USER_STYLE_FINE_CTC_CONTINUE,
     # the user-style recipe (data v2, ASCII charset, wide letterboxed reader) at tiny's size, for
     # tests and a quick check of the whole path
     "tiny-user-style": replace(_TINY, model="tiny-wide-ocr", data_version=V2, charset="ascii"),
@@ -143,9 +136,6 @@ PRESETS = {
     ),
     "tiny-user-style-detail-continue": replace(
         _TINY, model="tiny-scene-detail", data_version=V2, charset="ascii", reshape_init=True
-    ),
-    "tiny-user-style-fine-ctc-continue": replace(
-        _TINY, model="tiny-fine-ctc", data_version=V2, charset="ascii", reshape_init=True
     ),
     "tiny-user-style-fonts-continue": replace(
         _TINY, model="tiny-scene-detail", data_version=V3, charset="ascii"

@@ -11,8 +11,6 @@ already met. So a continuation starts from the bundled weights and changes only 
   from the last trained one;
 - the CTC reader's output rows are matched by character: a character both sets have keeps its
   row (for every sub-frame), a new one (upper case, punctuation) keeps its fresh initialisation;
-  a reader with k times the sub-frames starts with each frame repeated k times, which reads the
-  same text;
 - a full-resolution scene stage the source lacks (``ModelConfig.scene_detail``) keeps its fresh
   initialisation: its way into the stem starts at zero, so the target still computes what the
   source computed, on a scene read at twice the size.
@@ -67,16 +65,12 @@ def _ctc_rows(
             pairs.append((1 + i, 1 + src_chars[ch]))
         else:
             new.append(ch)
-    sub, src_sub = target.config.ocr_subframes, source.config.ocr_subframes
-    if sub % src_sub:
-        raise ValueError(
-            f"the reader's sub-frames can only be split evenly ({src_sub} -> {sub}, not a multiple)"
-        )
-    # each source frame becomes sub // src_sub identical frames: a CTC path read off repeated
-    # frames collapses to the same text (repeats merge; a blank stays between two letters)
+    sub = target.config.ocr_subframes
+    if source.config.ocr_subframes != sub:
+        raise ValueError(f"the reader's sub-frames differ ({source.config.ocr_subframes} -> {sub})")
     n_src, n_dst = source.config.ocr_classes, target.config.ocr_classes
     dst_rows = [s * n_dst + d for s in range(sub) for d, _ in pairs]
-    src_rows = [s * src_sub // sub * n_src + c for s in range(sub) for _, c in pairs]
+    src_rows = [s * n_src + c for s in range(sub) for _, c in pairs]
     return dst_rows, src_rows, new
 
 
