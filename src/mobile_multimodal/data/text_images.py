@@ -50,10 +50,10 @@ TRAIN_FONTS = (
     "opentype/urw-base35/C059-Roman.otf",
 )
 # More families for data v3's user-style lines only (data/training_data.py): users' text comes in
-# fonts we never drew, and a reader that has seen 28 fonts of 8 families generalises less far than
-# one that has seen more. None is in UNSEEN_FONTS or the user-style split's fonts (tested), and the
-# `ocr` split and plain training lines stay on TRAIN_FONTS. Debian packages in
-# scripts/install_system_deps.sh.
+# fonts we never drew, so the reader should see more type designs than TRAIN_FONTS' (measured so
+# far: within noise on the user-style split, README "Three retrainings"). None is in UNSEEN_FONTS
+# or the user-style split's fonts (tested), and the `ocr` split and plain training lines stay on
+# TRAIN_FONTS. Debian packages in scripts/install_system_deps.sh.
 EXTRA_TRAIN_FONTS = (
     "opentype/cantarell/Cantarell-Regular.otf",
     "opentype/cantarell/Cantarell-Bold.otf",
