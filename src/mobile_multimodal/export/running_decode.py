@@ -8,9 +8,9 @@ before its position, so a joining row starts on a cache of its own beside rows d
 answers. Where the bundle has the optional ``prefill`` graph (ONNX), the rows that join together
 have their prompts, all but the last token, read in one call (``BundleModel.prompt_cache``) and
 each starts at its own prompt's last position; without it a row reads its prompt one token per
-step from position 0, as the phone's loop does, while the others generate. A step's tokens are picked for
-all answering rows in one numpy pass (``decode_rules.pick_rows``) and rows that finish leave by an
-in-place compaction of the caches (``step_caches.prefix_order``).
+step from position 0, as the phone's loop does, while the others generate. A step's tokens are
+picked for all answering rows in one numpy pass (``decode_rules.pick_rows``) and rows that finish
+leave by an in-place compaction of the caches (``step_caches.prefix_order``).
 
 Each row computes what ``BundleModel.greedy`` computes for it alone (the task's constraint, first
 maximum on ties, the same stops), so the answers are the ones the export's validation scored:

@@ -214,10 +214,11 @@ def _fresh(preset: TrainPreset, seed: int, pretrained_stem: bool) -> MobileMulti
 def _check_continues(model: MobileMultiModalLLM, preset: TrainPreset, name: str) -> None:
     """A preset that continues --init-from as it is must be given a model of its own architecture
     and charset: anything else would train a model the preset does not describe."""
+    have = model.config.to_dict()
     mismatched = [
         key
         for key, value in ModelConfig.from_name(preset.model).to_dict().items()
-        if key not in ("vocab_size", "ocr_classes") and model.config.to_dict().get(key) != value
+        if key not in ("vocab_size", "ocr_classes") and have.get(key) != value
     ]
     if model.tokenizer.charset != CHARSETS[preset.charset]:
         mismatched.append("charset")
