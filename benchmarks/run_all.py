@@ -37,6 +37,7 @@ BENCHMARKS = (
     "telemetry",
     "quantization",
     "export",
+    "ocr_decoding",
     "ocr_baseline",
 )
 # Run only when named: backbone trains models for the better part of an hour; before_after

@@ -155,6 +155,12 @@ def evaluate(
     tasks: str | None = typer.Option(
         None, help="Comma-separated tasks (default: all, the user-style split's user_* tasks included)."
     ),
+    ocr_lm: bool = typer.Option(
+        False,
+        "--ocr-lm",
+        help="Read OCR with a character language model fitted on the training text (beam search) "
+        "instead of greedily, as the server does.",
+    ),
 ) -> None:
     """Evaluate on the held-out splits and print the report."""
     from mobile_multimodal.training.evaluate import EVAL_TASKS, evaluate_model, format_report
@@ -163,7 +169,7 @@ def evaluate(
     unknown = sorted(set(chosen) - set(EVAL_TASKS))
     if unknown:
         raise typer.BadParameter(f"unknown tasks {unknown}; choose from {', '.join(EVAL_TASKS)}")
-    report = evaluate_model(model, quantization=quantization, limit=limit, tasks=chosen)
+    report = evaluate_model(model, quantization=quantization, limit=limit, tasks=chosen, ocr_lm=ocr_lm)
     typer.echo(json.dumps(report, indent=2) if as_json else format_report(report))
 
 

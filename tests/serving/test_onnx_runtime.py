@@ -948,3 +948,26 @@ def _answers_under_concurrent_load(server: LiveServer, int2_data_dir: Path, fp32
     got = [r.json()["result"][field[b["task"]]] for r, b in zip(responses, bodies, strict=True)]
     assert got == expected
     assert engine.batcher.batches_run > batches_before
+
+
+def test_ocr_reads_with_the_language_model_on_either_runtime_when_asked(int2_data_dir: Path) -> None:
+    # MOBILE_MM_OCR_DECODING=lm: the PyTorch backend fits the model and caches it in the data
+    # directory; the ONNX Runtime backend reads the cache and reads the same text
+    lines = load_eval_split("ocr_unseen_fonts", 40)
+    images, targets = [e.image for e in lines], [e.text for e in lines]
+    torch_model = load_model(
+        make_settings(int2_data_dir, quantization="int2", ocr_decoding="lm", torch_threads=1)
+    )
+    assert torch_model.get_model_info()["ocr_decoding"] == "lm"
+    assert len(list((int2_data_dir / "ocr_lm").glob("*.json.gz"))) == 1
+    onnx = load_model(_settings(int2_data_dir, "int2", ocr_decoding="lm"))
+    assert onnx.get_model_info()["ocr_decoding"] == "lm"
+    read = onnx.extract_texts(images)
+    assert read == torch_model.extract_texts(images)
+    greedy = load_onnx_runtime_model(_settings(int2_data_dir, "int2"))
+    assert greedy.get_model_info()["ocr_decoding"] == "greedy"
+
+    def right(texts: list[str]) -> int:
+        return sum(t == target for t, target in zip(texts, targets, strict=True))
+
+    assert right(read) > right(greedy.extract_texts(images))

@@ -41,6 +41,7 @@ from torch import nn
 from mobile_multimodal.manifest_signing import FROM_SETTINGS, SigningKey
 from mobile_multimodal.model import checkpoint
 from mobile_multimodal.model.constraints import TaskConstraints
+from mobile_multimodal.model.ctc_lm import LmReader
 from mobile_multimodal.model.decoder import Stops
 from mobile_multimodal.model.domain import PREFIX_TOKENS, SCORED_TOKENS, DomainCheck, domain_scores
 from mobile_multimodal.model.model_config import ModelConfig
@@ -113,6 +114,10 @@ class MobileMultiModalLLM:
         self.model_dir = model_dir
         self.quantization = quantization
         self.constrained_decoding = True
+        # None: OCR reads greedily (the default, and what the export bundles describe); an
+        # LmReader reads with a character language model instead (``mobile-mm eval --ocr-lm``,
+        # MOBILE_MM_OCR_DECODING=lm). Confidences stay the greedy path's either way.
+        self.ocr_reader: LmReader | None = None
 
     # ---- construction ------------------------------------------------------------------
     @classmethod
@@ -329,6 +334,9 @@ class MobileMultiModalLLM:
         if confidences is not None:  # the best path's mean log-probability per frame
             best_lp = logits.float().log_softmax(-1).amax(-1).mean(-1)  # (B,)
             confidences[:] = [math.exp(float(v)) for v in best_lp]
+        if self.ocr_reader is not None:
+            log_probs = logits.float().log_softmax(-1).cpu().numpy()
+            return [self.ocr_reader.read(row, self.tokenizer.charset) for row in log_probs]
         return [self.tokenizer.decode_ctc(row.tolist()) for row in best]
 
     @torch.inference_mode()
@@ -407,6 +415,7 @@ class MobileMultiModalLLM:
             "version": self.manifest.get("version", "0.1.0"),
             "quantization": self.quantization,
             "runtime": "pytorch",
+            "ocr_decoding": "greedy" if self.ocr_reader is None else "lm",
             "parameters": self.parameter_count(),
             "size_bytes": self.size_bytes(),
             "components": self.component_memory_bytes(),

@@ -49,6 +49,7 @@ from mobile_multimodal.export.batch_decode import (
     greedy_batch,
 )
 from mobile_multimodal.export.decode import BundleModel, load_bundle
+from mobile_multimodal.model.ctc_lm import LmReader
 from mobile_multimodal.model.llm import DEFAULT_ANSWER_TOKENS, PROMPT_MARKERS
 from mobile_multimodal.model.model_errors import check_question_tokens
 from mobile_multimodal.serving.onnx_sessions import BundleSessions
@@ -109,6 +110,7 @@ class OnnxRuntimeModel:
         self.source_model_dir = source_model_dir
         self.widened_2bit = 0  # 2-bit MatMulNBits served from 4-bit containers (onnx_sessions.py)
         self.float_matmuls = 0  # MatMulNBits run as float MatMuls (MOBILE_MM_ONNX_WEIGHTS=float)
+        self.ocr_reader: LmReader | None = None  # as MobileMultiModalLLM's: None reads greedily
         # decoder_step takes a batch of rows (bundles exported with its batch axis dynamic)
         batches = getattr(bundle_model.runner, "batches", None)
         self.batched = bool(batches is not None and batches("decoder_step"))
@@ -244,7 +246,13 @@ class OnnxRuntimeModel:
         texts: list[str] = []
         means: list[float] = []
         for log_probs in batch_line_log_probs(self.bundle, images) if images else ():
-            texts.append(self.bundle.tokenizer.decode_ctc(log_probs.argmax(-1).tolist()))
+            if self.ocr_reader is not None:  # MOBILE_MM_OCR_DECODING=lm (model/ctc_lm.py)
+                rows = log_probs.astype(np.float64)
+                top = rows.max(-1, keepdims=True)
+                normalised = rows - top - np.log(np.exp(rows - top).sum(-1, keepdims=True))
+                texts.append(self.ocr_reader.read(normalised, self.bundle.tokenizer.charset))
+            else:
+                texts.append(self.bundle.tokenizer.decode_ctc(log_probs.argmax(-1).tolist()))
             if confidences is not None:  # the CTC best path's mean log-probability per frame
                 rows = log_probs.astype(np.float64)
                 top = rows.max(-1, keepdims=True)
@@ -307,6 +315,7 @@ class OnnxRuntimeModel:
             "format": self.spec.get("format", "onnx"),
             "matmul_nbits_2bit_widened": self.widened_2bit,
             "matmul_nbits_as_float": self.float_matmuls,
+            "ocr_decoding": "greedy" if self.ocr_reader is None else "lm",
             "size_bytes": self.size_bytes(),
             "components": self.component_memory_bytes(),
             "tasks": list(TASKS),

@@ -105,6 +105,7 @@ MODEL_FIELDS = frozenset(
         "runtime",
         "bundle",
         "onnx_weights",
+        "ocr_decoding",
         "manifest_signing_key",
         "manifest_signing_key_file",
     }

@@ -35,6 +35,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -46,23 +47,40 @@ from mobile_multimodal.export.bundle import BUNDLE_FILE, BUNDLE_VERSION, MANIFES
 from mobile_multimodal.export.decode import BundleVersionError, check_bundle_version
 from mobile_multimodal.export.validate import DEFAULT_EXAMPLES
 from mobile_multimodal.model.checkpoint import check_files
-from mobile_multimodal.model.llm import resolve_model_dir
+from mobile_multimodal.model.ctc_lm import LmReader
+from mobile_multimodal.model.llm import MobileMultiModalLLM, resolve_model_dir
 from mobile_multimodal.model.model_errors import ModelLoadError
 from mobile_multimodal.observability.identity import service_version
 from mobile_multimodal.observability.tracing import stage
 from mobile_multimodal.serving.engine import ServableModel, default_loader, onnx_threads_for
 from mobile_multimodal.serving.onnx_runtime_model import OnnxRuntimeModel
 from mobile_multimodal.settings import Settings
+from mobile_multimodal.training.ocr_lm import cached_ocr_reader
 
+_log = logging.getLogger(__name__)
 BUNDLES_DIR = "bundles"
+OCR_LM_DIR = "ocr_lm"  # MOBILE_MM_OCR_DECODING=lm: the fitted language model, per charset
 
 
 def load_model(settings: Settings) -> ServableModel:
     """The engine's model loader for ``settings.runtime`` (see the module docstring)."""
     trace.get_current_span().set_attribute("model.runtime", settings.runtime)
     if settings.runtime == "pytorch":
-        return default_loader(settings)
-    return load_onnx_runtime_model(settings)
+        llm = default_loader(settings)
+        if settings.ocr_decoding == "lm" and isinstance(llm, MobileMultiModalLLM):
+            llm.ocr_reader = _ocr_reader(llm.tokenizer, settings)
+        return llm
+    bundled = load_onnx_runtime_model(settings)
+    if settings.ocr_decoding == "lm":
+        bundled.ocr_reader = _ocr_reader(bundled.bundle.tokenizer, settings)
+    return bundled
+
+
+def _ocr_reader(tokenizer: Any, settings: Settings) -> LmReader:
+    """MOBILE_MM_OCR_DECODING=lm: the reader's language model, fitted on the first start and
+    read from <data_dir>/ocr_lm after it (``training/ocr_lm.py``)."""
+    with stage("ocr_lm", {"model.ocr_decoding": "lm"}):
+        return cached_ocr_reader(tokenizer, settings.data_dir / OCR_LM_DIR, log=_log.warning)
 
 
 def load_onnx_runtime_model(

@@ -35,6 +35,7 @@ from mobile_multimodal.training.eval_metrics import (
     recall_at_k,
     word_accuracy,
 )
+from mobile_multimodal.training.ocr_lm import build_ocr_reader
 from mobile_multimodal.training.user_eval import USER_TASKS, evaluate_user_tasks
 
 TASKS = ("captioning", "ocr", "ocr_unseen_fonts", "vqa", "easy_vqa", "retrieval")
@@ -144,10 +145,25 @@ def evaluate_model(
     quantization: str = "fp32",
     limit: int | None = None,
     tasks: Sequence[str] = EVAL_TASKS,
+    ocr_lm: bool = False,
 ) -> dict[str, Any]:
-    return evaluate_loaded(
-        MobileMultiModalLLM.from_pretrained(model, quantization=quantization), limit, tasks
-    )
+    """``ocr_lm``: every OCR task reads with a character language model fitted on the training
+    text (``training/ocr_lm.py``) instead of greedily; the report then says so."""
+    loaded = MobileMultiModalLLM.from_pretrained(model, quantization=quantization)
+    if ocr_lm:
+        loaded.ocr_reader = build_ocr_reader(loaded.tokenizer)
+    report = evaluate_loaded(loaded, limit, tasks)
+    if loaded.ocr_reader is not None:
+        reader = loaded.ocr_reader
+        report["ocr_decoding"] = {
+            "kind": "ctc-prefix-beam+char-lm",
+            "order": reader.lm.order,
+            "alpha": reader.alpha,
+            "beta": reader.beta,
+            "width": reader.width,
+            "per_frame": reader.per_frame,
+        }
+    return report
 
 
 def attach_report(model_dir: Path, report: dict[str, Any], canary: dict[str, Any] | None = None) -> None:

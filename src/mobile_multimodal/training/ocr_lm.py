@@ -1,0 +1,103 @@
+"""The character language model an OCR reader is decoded with (``model.ctc_lm``), fitted on
+training text only.
+
+The text is what the reader trains on: the dictionary's training words (``text_images.train_words``,
+as the generator's OCR lines draw them) and user-style lines (``text_styles.sample_styled_text``:
+words in every case, phrases with punctuation, prices, times, labels, random strings). The
+held-out words every evaluation split reads, the user-style split's included, are never in
+it. For a reader whose charset has no capitals the text is lower-cased first, and characters
+outside the charset are dropped, as training's targets drop them (``Tokenizer.encode_chars``).
+
+``alpha`` and ``beta`` were chosen on user-style lines outside the evaluated ones (indices
+5000-5149 of ``user_ocr`` and ``user_ocr_mixed``; the split reads 0-299), with the 128-px
+model of issue 18: alpha 0.3 and 1.0 tied on lowercase words, 0.3 was best on mixed case.
+
+Example::
+
+    reader = build_ocr_reader(model.tokenizer)
+    model.ocr_reader = reader          # model.extract_texts now decodes with it
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from mobile_multimodal import __version__
+from mobile_multimodal.data.text_images import train_words
+from mobile_multimodal.data.text_styles import sample_styled_text
+from mobile_multimodal.model.ctc_lm import CharNgramLM, LmReader
+from mobile_multimodal.model.tokenizer import Tokenizer
+
+ORDER = 5
+STYLED_LINES = 60_000
+SEED = 0
+ALPHA, BETA = 0.3, 2.0
+
+
+def training_texts(tokenizer: Tokenizer, styled_lines: int = STYLED_LINES, seed: int = SEED) -> list[str]:
+    """The training words and ``styled_lines`` user-style training lines, in the reader's charset."""
+    words = train_words()
+    rng = np.random.default_rng(seed)
+    texts = [*words, *(sample_styled_text(rng, words) for _ in range(styled_lines))]
+    charset = set(tokenizer.charset)
+    out = []
+    for text in texts:
+        kept = "".join(c for c in (text.lower() if tokenizer.folds_case else text) if c in charset)
+        kept = " ".join(kept.split())  # a dropped character must not leave a double space
+        if kept:
+            out.append(kept)
+    return out
+
+
+def build_ocr_reader(
+    tokenizer: Tokenizer,
+    order: int = ORDER,
+    styled_lines: int = STYLED_LINES,
+    alpha: float = ALPHA,
+    beta: float = BETA,
+) -> LmReader:
+    """An ``LmReader`` whose language model is fitted on ``training_texts`` (deterministic)."""
+    lm = CharNgramLM.fit(training_texts(tokenizer, styled_lines), order=order, alphabet=tokenizer.charset)
+    return LmReader(lm, alpha=alpha, beta=beta)
+
+
+def recipe_key(tokenizer: Tokenizer, order: int = ORDER, styled_lines: int = STYLED_LINES) -> str:
+    """What the fitted counts depend on: the charset, the recipe, and the package's version (its
+    generators draw the text). The cache file's name."""
+    recipe = {"charset": tokenizer.charset, "order": order, "lines": styled_lines, "seed": SEED}
+    recipe["version"] = __version__
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def cached_ocr_reader(
+    tokenizer: Tokenizer,
+    cache_dir: Path,
+    log: Callable[[str], None] = print,
+    styled_lines: int = STYLED_LINES,
+) -> LmReader:
+    """``build_ocr_reader``'s reader, its counts read from ``cache_dir`` when an earlier start
+    fitted them (a second or two instead of ~10 s) and written there otherwise. A cache file
+    that cannot be read is fitted again and replaced."""
+    path = cache_dir / f"{recipe_key(tokenizer, styled_lines=styled_lines)}.json.gz"
+    if path.exists():
+        try:
+            lm = CharNgramLM.from_dict(json.loads(gzip.decompress(path.read_bytes())))
+            return LmReader(lm, alpha=ALPHA, beta=BETA)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log(f"the cached OCR language model {path} is unreadable ({exc}): fitting it again")
+    reader = build_ocr_reader(tokenizer, styled_lines=styled_lines)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    data = gzip.compress(json.dumps(reader.lm.to_dict(), separators=(",", ":")).encode(), 6)
+    fd, tmp = tempfile.mkstemp(dir=cache_dir, suffix=".tmp")
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)  # whole or absent: a concurrent start reads the one or the other
+    return reader

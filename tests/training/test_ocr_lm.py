@@ -1,0 +1,108 @@
+"""The OCR reader's language model: fitted on training text only, in the reader's charset, and
+what it does on the bundled model's real reader."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mobile_multimodal.data.splits import load_eval_split
+from mobile_multimodal.data.text_images import held_out_words
+from mobile_multimodal.data.vocabulary import OCR_MAX_CHARS_ASCII
+from mobile_multimodal.model import MobileMultiModalLLM
+from mobile_multimodal.model.ctc_lm import LmReader
+from mobile_multimodal.model.preprocess import text_line_tensor
+from mobile_multimodal.model.tokenizer import Tokenizer
+from mobile_multimodal.training import ocr_lm
+from mobile_multimodal.training.evaluate import evaluate_model
+from mobile_multimodal.training.ocr_lm import build_ocr_reader, cached_ocr_reader, training_texts
+
+ASCII = Tokenizer(words=[], charset=" " + "".join(chr(c) for c in range(33, 127)))
+
+
+def test_the_text_is_in_the_readers_charset(bundled_model: MobileMultiModalLLM) -> None:
+    lowercase = training_texts(bundled_model.tokenizer, styled_lines=2000)
+    charset = set(bundled_model.tokenizer.charset)
+    assert all(set(t) <= charset and t == " ".join(t.split()) for t in lowercase)
+    assert any(c.isdigit() for t in lowercase for c in t)  # numbers survive the lower-casing
+    mixed = training_texts(ASCII, styled_lines=2000)
+    assert any(c.isupper() for t in mixed for c in t) and any(c in ".,:$" for t in mixed for c in t)
+
+
+def test_no_held_out_word_is_in_the_text() -> None:
+    tokens = set()
+    for text in training_texts(ASCII, styled_lines=5000):
+        words = re.findall(r"[a-z]+", text.lower())
+        # a line cut at 32 characters may end in a training word's prefix that is a held-out word
+        # ("showmanship" -> "showman"): training's own lines do, the model counts what they hold
+        tokens.update(words[:-1] if len(text) == OCR_MAX_CHARS_ASCII else words)
+    held_out = {w for w in held_out_words() if len(w) >= 4}  # a random string may spell a short one
+    assert held_out and not tokens & held_out
+
+
+def test_the_text_is_the_same_every_time() -> None:
+    assert training_texts(ASCII, styled_lines=300) == training_texts(ASCII, styled_lines=300)
+
+
+def test_without_the_language_model_the_beam_reads_the_bundled_readers_lines_as_greedy_does(
+    bundled_model: MobileMultiModalLLM,
+) -> None:
+    cfg, tok = bundled_model.config, bundled_model.tokenizer
+    lines = [e.image for e in load_eval_split("ocr", 60)]
+    batch = torch.stack([text_line_tensor(i, cfg.ocr_height, cfg.ocr_width, cfg.ocr_fit) for i in lines])
+    with torch.inference_mode():
+        log_probs = bundled_model.network.read_text(batch).float().log_softmax(-1).numpy()
+    reader = LmReader(build_ocr_reader(tok, styled_lines=100).lm, alpha=0.0, beta=0.0)
+    beam = [reader.read(row, tok.charset) for row in log_probs]
+    greedy = [tok.decode_ctc(row.argmax(-1).tolist()) for row in log_probs]
+    # the beam sums every frame path of a text, greedy follows the best one: on a confident
+    # reader they agree (here on all but a line or two)
+    assert np.mean([a == b for a, b in zip(beam, greedy, strict=True)]) >= 0.95
+
+
+def test_eval_reads_the_bundled_models_lines_better_with_the_language_model() -> None:
+    plain = evaluate_model("default", tasks=("ocr_unseen_fonts",), limit=120)
+    with_lm = evaluate_model("default", tasks=("ocr_unseen_fonts",), limit=120, ocr_lm=True)
+    assert "ocr_decoding" not in plain
+    assert with_lm["ocr_decoding"]["kind"] == "ctc-prefix-beam+char-lm"
+    got, before = with_lm["tasks"]["ocr_unseen_fonts"], plain["tasks"]["ocr_unseen_fonts"]
+    assert got["n"] == before["n"] == 120
+    assert got["word_accuracy"] > before["word_accuracy"]
+
+
+def test_the_fitted_model_is_cached_and_a_broken_cache_is_fitted_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = cached_ocr_reader(ASCII, tmp_path, styled_lines=200)
+    (cached,) = tmp_path.glob("*.json.gz")
+
+    def no_fit(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("fitted again although the cache holds the model")
+
+    monkeypatch.setattr(ocr_lm, "build_ocr_reader", no_fit)
+    again = cached_ocr_reader(ASCII, tmp_path, styled_lines=200)
+    assert again.lm.counts == first.lm.counts and (again.alpha, again.beta) == (first.alpha, first.beta)
+    monkeypatch.undo()
+    cached.write_bytes(b"not gzip")
+    heard: list[str] = []
+    refit = cached_ocr_reader(ASCII, tmp_path, log=heard.append, styled_lines=200)
+    assert refit.lm.counts == first.lm.counts and "unreadable" in heard[0]
+    assert cached_ocr_reader(ASCII, tmp_path, styled_lines=200).lm.counts == first.lm.counts  # replaced
+    assert len(list(tmp_path.iterdir())) == 1  # no temporary file left behind
+
+
+def test_mobile_mm_eval_ocr_lm_as_the_readme_shows_it() -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from mobile_multimodal.cli import app
+
+    result = CliRunner().invoke(app, ["eval", "--tasks", "ocr", "--limit", "8", "--json", "--ocr-lm"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["ocr_decoding"]["alpha"] == 0.3 and report["tasks"]["ocr"]["n"] == 8
