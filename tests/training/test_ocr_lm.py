@@ -87,10 +87,12 @@ def test_the_fitted_model_is_cached_and_a_broken_cache_is_fitted_again(
     again = cached_ocr_reader(ASCII, tmp_path, styled_lines=200)
     assert again.lm.counts == first.lm.counts and (again.alpha, again.beta) == (first.alpha, first.beta)
     monkeypatch.undo()
-    cached.write_bytes(b"not gzip")
-    heard: list[str] = []
-    refit = cached_ocr_reader(ASCII, tmp_path, log=heard.append, styled_lines=200)
-    assert refit.lm.counts == first.lm.counts and "unreadable" in heard[0]
+    whole = cached.read_bytes()
+    for broken in (b"not gzip", whole[: len(whole) // 2], whole[:10] + bytes(len(whole) - 10)):
+        cached.write_bytes(broken)  # not gzip, cut short, corrupt inside
+        heard: list[str] = []
+        refit = cached_ocr_reader(ASCII, tmp_path, log=heard.append, styled_lines=200)
+        assert refit.lm.counts == first.lm.counts and "unreadable" in heard[0]
     assert cached_ocr_reader(ASCII, tmp_path, styled_lines=200).lm.counts == first.lm.counts  # replaced
     assert len(list(tmp_path.iterdir())) == 1  # no temporary file left behind
 
@@ -106,3 +108,11 @@ def test_mobile_mm_eval_ocr_lm_as_the_readme_shows_it() -> None:
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["ocr_decoding"]["alpha"] == 0.3 and report["tasks"]["ocr"]["n"] == 8
+
+
+def test_a_cache_that_cannot_be_written_costs_a_warning_not_the_reader(tmp_path: Path) -> None:
+    blocked = tmp_path / "not-a-directory"
+    blocked.write_text("a file where the cache directory would go")
+    heard: list[str] = []
+    reader = cached_ocr_reader(ASCII, blocked, log=heard.append, styled_lines=100)
+    assert reader.lm.counts and "could not cache" in heard[0]

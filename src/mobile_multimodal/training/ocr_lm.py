@@ -25,6 +25,7 @@ import hashlib
 import json
 import os
 import tempfile
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -84,20 +85,33 @@ def cached_ocr_reader(
     styled_lines: int = STYLED_LINES,
 ) -> LmReader:
     """``build_ocr_reader``'s reader, its counts read from ``cache_dir`` when an earlier start
-    fitted them (a second or two instead of ~10 s) and written there otherwise. A cache file
-    that cannot be read is fitted again and replaced."""
+    fitted them (about a second instead of 6-9 s) and written there otherwise. A cache file
+    that cannot be read is fitted again and replaced; one that cannot be written is logged."""
     path = cache_dir / f"{recipe_key(tokenizer, styled_lines=styled_lines)}.json.gz"
     if path.exists():
         try:
             lm = CharNgramLM.from_dict(json.loads(gzip.decompress(path.read_bytes())))
             return LmReader(lm, alpha=ALPHA, beta=BETA)
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        except (OSError, EOFError, zlib.error, ValueError, KeyError, TypeError) as exc:
             log(f"the cached OCR language model {path} is unreadable ({exc}): fitting it again")
     reader = build_ocr_reader(tokenizer, styled_lines=styled_lines)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    data = gzip.compress(json.dumps(reader.lm.to_dict(), separators=(",", ":")).encode(), 6)
-    fd, tmp = tempfile.mkstemp(dir=cache_dir, suffix=".tmp")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)  # whole or absent: a concurrent start reads the one or the other
+    try:
+        _write_atomically(
+            path, gzip.compress(json.dumps(reader.lm.to_dict(), separators=(",", ":")).encode(), 6)
+        )
+    except OSError as exc:  # a read-only or full disk costs the next start a fit, not this one its model
+        log(f"could not cache the OCR language model in {cache_dir} ({exc}): the next start fits it again")
     return reader
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    """``path`` holds ``data`` whole or not at all: a concurrent start reads the one or the other."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
