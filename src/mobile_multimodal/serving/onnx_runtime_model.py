@@ -246,17 +246,12 @@ class OnnxRuntimeModel:
         texts: list[str] = []
         means: list[float] = []
         for log_probs in batch_line_log_probs(self.bundle, images) if images else ():
+            normalised = _log_softmax(log_probs)
             if self.ocr_reader is not None:  # MOBILE_MM_OCR_DECODING=lm (model/ctc_lm.py)
-                rows = log_probs.astype(np.float64)
-                top = rows.max(-1, keepdims=True)
-                normalised = rows - top - np.log(np.exp(rows - top).sum(-1, keepdims=True))
                 texts.append(self.ocr_reader.read(normalised, self.bundle.tokenizer.charset))
             else:
                 texts.append(self.bundle.tokenizer.decode_ctc(log_probs.argmax(-1).tolist()))
             if confidences is not None:  # the CTC best path's mean log-probability per frame
-                rows = log_probs.astype(np.float64)
-                top = rows.max(-1, keepdims=True)
-                normalised = rows - top - np.log(np.exp(rows - top).sum(-1, keepdims=True))
                 means.append(float(normalised.max(-1).mean()))
         if confidences is not None:
             confidences[:] = [math.exp(m) for m in means]
@@ -323,3 +318,10 @@ class OnnxRuntimeModel:
             "model_dir": str(self.model_dir),
             "source_model_dir": str(self.source_model_dir) if self.source_model_dir else None,
         }
+
+
+def _log_softmax(scores: np.ndarray) -> np.ndarray:
+    """log-softmax over the last axis in float64 (what the reader and the confidence read)."""
+    rows = scores.astype(np.float64)
+    top = rows.max(-1, keepdims=True)
+    return rows - top - np.log(np.exp(rows - top).sum(-1, keepdims=True))
