@@ -159,7 +159,7 @@ def evaluate(
         False,
         "--ocr-lm",
         help="Read OCR with a character language model fitted on the training text (beam search) "
-        "instead of greedily, as the server does.",
+        "instead of greedily (the server's default; MOBILE_MM_OCR_DECODING=lm serves the same).",
     ),
 ) -> None:
     """Evaluate on the held-out splits and print the report."""
