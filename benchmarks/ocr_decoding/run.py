@@ -30,6 +30,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from benchmarks.runtime.run import percentile
+
 HERE = Path(__file__).resolve().parent
 SPLITS = ("ocr", "ocr_unseen_fonts", "user_ocr", "user_ocr_mixed")
 
@@ -44,14 +46,6 @@ def _lines(split: str, n: int) -> tuple[list[Any], list[str]]:
 
     examples = load_eval_split(split, n)
     return [e.image for e in examples], [e.text for e in examples]
-
-
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    k = (len(ordered) - 1) * q
-    lo = int(k)
-    hi = min(lo + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
 
 
 def _accuracy(texts: list[str], targets: list[str]) -> float:
@@ -111,7 +105,7 @@ def measure(
             "reader_ms_median": statistics.median(reader_ms),
             "greedy_ms_median": statistics.median(greedy_ms),
             "lm_ms_median": statistics.median(lm_ms),
-            "lm_ms_p90": _percentile(lm_ms, 0.9),
+            "lm_ms_p90": percentile(lm_ms, 90),
         }
     return result
 

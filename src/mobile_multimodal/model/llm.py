@@ -330,14 +330,13 @@ class MobileMultiModalLLM:
             [text_line_tensor(i, cfg.ocr_height, cfg.ocr_width, cfg.ocr_fit) for i in images]
         ).to(self.device)
         logits = self.network.read_text(batch)  # (B, frames, classes)
-        best = logits.argmax(-1)  # (B, frames)
+        log_probs = logits.float().log_softmax(-1)  # (B, frames, classes)
         if confidences is not None:  # the best path's mean log-probability per frame
-            best_lp = logits.float().log_softmax(-1).amax(-1).mean(-1)  # (B,)
+            best_lp = log_probs.amax(-1).mean(-1)  # (B,)
             confidences[:] = [math.exp(float(v)) for v in best_lp]
         if self.ocr_reader is not None:
-            log_probs = logits.float().log_softmax(-1).cpu().numpy()
-            return [self.ocr_reader.read(row, self.tokenizer.charset) for row in log_probs]
-        return [self.tokenizer.decode_ctc(row.tolist()) for row in best]
+            return [self.ocr_reader.read(row, self.tokenizer.charset) for row in log_probs.cpu().numpy()]
+        return [self.tokenizer.decode_ctc(row.tolist()) for row in logits.argmax(-1)]
 
     @torch.inference_mode()
     def get_image_embeddings(self, images: Sequence[ImageInput]) -> np.ndarray:
