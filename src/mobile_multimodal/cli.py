@@ -119,6 +119,9 @@ def train(
     ),
     evaluate: bool = typer.Option(True, help="Evaluate on the held-out splits and store the report."),
     init_from: Path | None = typer.Option(None, help="Start from this trained model directory."),
+    ocr_lm: bool = typer.Option(
+        True, help="Fit the OCR reader's character language model and ship it with the weights."
+    ),
     nproc: int = typer.Option(
         1,
         min=1,
@@ -141,6 +144,7 @@ def train(
             threads=threads,
             evaluate=evaluate,
             init_from=init_from,
+            ocr_lm=ocr_lm,
         ),
         nproc,
     )
@@ -155,21 +159,24 @@ def evaluate(
     tasks: str | None = typer.Option(
         None, help="Comma-separated tasks (default: all, the user-style split's user_* tasks included)."
     ),
-    ocr_lm: bool = typer.Option(
-        False,
-        "--ocr-lm",
-        help="Read OCR with a character language model fitted on the training text (beam search) "
-        "instead of greedily (the server's default; MOBILE_MM_OCR_DECODING=lm serves the same).",
+    ocr_decoding: str = typer.Option(
+        "auto",
+        help="How OCR reads text lines, as MOBILE_MM_OCR_DECODING: auto (the character language "
+        "model the model ships, greedy when it ships none), lm (the shipped one, else one fitted "
+        "on the training text) or greedy.",
     ),
 ) -> None:
     """Evaluate on the held-out splits and print the report."""
     from mobile_multimodal.training.evaluate import EVAL_TASKS, evaluate_model, format_report
+    from mobile_multimodal.training.ocr_lm import OCR_DECODINGS
 
     chosen = tuple(t.strip() for t in tasks.split(",") if t.strip()) if tasks else EVAL_TASKS
     unknown = sorted(set(chosen) - set(EVAL_TASKS))
     if unknown:
         raise typer.BadParameter(f"unknown tasks {unknown}; choose from {', '.join(EVAL_TASKS)}")
-    report = evaluate_model(model, quantization=quantization, limit=limit, tasks=chosen, ocr_lm=ocr_lm)
+    if ocr_decoding not in OCR_DECODINGS:
+        raise typer.BadParameter(f"--ocr-decoding must be one of {', '.join(OCR_DECODINGS)}")
+    report = evaluate_model(model, quantization, limit, chosen, ocr_decoding)
     typer.echo(json.dumps(report, indent=2) if as_json else format_report(report))
 
 

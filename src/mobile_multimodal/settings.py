@@ -94,12 +94,13 @@ class Settings(BaseSettings):
     # kernel); float = each weight dequantized to a float MatMul at load, the same values, faster
     # per token on x64 (benchmarks/runtime) for the fp32 model's weight memory
     onnx_weights: Literal["packed", "float"] = "packed"
-    # How OCR turns the reader's frames into text, on either runtime: greedy = each frame's best
-    # class (what the export bundles describe to apps); lm = a beam search scored by a character
-    # language model fitted on the training text (model/ctc_lm.py: more words read right for
-    # 1.6-3 ms more a line, benchmarks/ocr_decoding), fitted at the first start (6-9 s on two
-    # cores) and cached in <data_dir>/ocr_lm
-    ocr_decoding: Literal["greedy", "lm"] = "greedy"
+    # How OCR turns the reader's frames into text, on either runtime. lm = a beam search scored
+    # by a character language model fitted on the training text (model/ctc_lm.py: more words read
+    # right for 1.6-3 ms more a line, benchmarks/ocr_decoding): the one the model directory or
+    # export bundle ships (`mobile-mm train` ships it), else fitted at the first start (6-9 s on
+    # two cores) and cached in <data_dir>/ocr_lm; greedy = each frame's best class; auto = lm
+    # when the model ships a language model, greedy when it does not
+    ocr_decoding: Literal["auto", "greedy", "lm"] = "auto"
 
     # --- batching / backpressure -------------------------------------------------------
     max_batch_size: int = Field(16, ge=1, le=256)

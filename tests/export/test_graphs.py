@@ -22,6 +22,7 @@ from mobile_multimodal.export.graphs import (
 )
 from mobile_multimodal.export.running_decode import DecodeRequest, RunningDecode
 from mobile_multimodal.export.step_caches import ArrayBatchSteps, LayerCaches, prefix_order
+from mobile_multimodal.model.ctc_lm import MANIFEST_KEY, LmReader, shipped_reader
 from mobile_multimodal.model.llm import MobileMultiModalLLM
 from mobile_multimodal.model.quantized_layers import PackedWeight
 
@@ -44,9 +45,15 @@ def _torch_bundle(model: MobileMultiModalLLM, prefill: bool = False) -> BundleMo
         fmt="torch",
         runtime="pytorch",
         quantization=model.quantization,
+        ocr_lm=model.manifest.get(MANIFEST_KEY),  # the language model the model ships, as export does
     )
-    bundle = Bundle(Path("."), description, tokenizer_json(model.tokenizer))
+    # the bundle's files are the graphs in memory and the model directory's language model
+    bundle = Bundle(model.model_dir or Path("."), description, tokenizer_json(model.tokenizer))
     return BundleModel(bundle, TorchGraphRunner(graphs))
+
+
+def _shipped(model: MobileMultiModalLLM) -> LmReader | None:
+    return shipped_reader(model.model_dir, model.manifest, model.tokenizer.charset)
 
 
 def _reference_tokens(
@@ -80,8 +87,14 @@ def test_step_graph_decodes_the_models_tokens(model: MobileMultiModalLLM, prefil
 
 def test_every_task_matches_the_python_api(model: MobileMultiModalLLM) -> None:
     exported = _torch_bundle(model)
-    lines = load_eval_split("ocr", N)
-    assert exported.extract_texts([e.image for e in lines]) == model.extract_texts([e.image for e in lines])
+    lines = [e.image for e in load_eval_split("ocr", N)]
+    assert exported.ocr_reader is not None and model.ocr_reader is not None  # both read with the LM
+    assert exported.extract_texts(lines) == model.extract_texts(lines)
+    exported.ocr_reader = model.ocr_reader = None  # and both greedily
+    try:
+        assert exported.extract_texts(lines) == model.extract_texts(lines)
+    finally:
+        model.ocr_reader = _shipped(model)
     scenes = load_eval_split("retrieval", N)
     images = [e.image for e in scenes]
     np.testing.assert_allclose(

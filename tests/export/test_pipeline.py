@@ -23,7 +23,7 @@ from mobile_multimodal.export import pipeline
 from mobile_multimodal.export.decode import BundleModel, load_bundle
 from mobile_multimodal.export.pipeline import export_model
 from mobile_multimodal.filehash import sha256_file
-from mobile_multimodal.model.llm import MobileMultiModalLLM
+from mobile_multimodal.model.llm import MobileMultiModalLLM, bundled_model_dir
 from mobile_multimodal.observability.export_telemetry import EXPORT_STAGES
 
 from .conftest import BuiltBundle, sample
@@ -46,7 +46,7 @@ def test_manifest_is_designs_export_manifest(onnx_int2: BuiltBundle) -> None:
     assert (m["format"], m["platform"], m["quantization"]) == ("onnx", "ios", "int2")
     assert json.loads((onnx_int2.out / "manifest.json").read_text()) == m
     paths = {f["path"] for f in m["files"]}
-    assert paths == GRAPH_FILES | GENAI_FILES | {"bundle.json", "tokenizer.json"}
+    assert paths == GRAPH_FILES | GENAI_FILES | {"bundle.json", "tokenizer.json", "ocr_lm.json.gz"}
     for f in m["files"]:
         assert sha256_file(onnx_int2.out / f["path"]) == f["sha256"]
         assert (onnx_int2.out / f["path"]).stat().st_size == f["bytes"]
@@ -150,6 +150,15 @@ def test_an_app_can_drive_the_bundle_from_its_files_alone(onnx_int2: BuiltBundle
     answers = app.answer_questions([e.image for e in scenes], questions)
     assert answers == model.answer_questions([e.image for e in scenes], questions)
     assert sum(a == e.answer for a, e in zip(answers, scenes, strict=True)) >= 3
+    # OCR with the language model the bundle carries and describes, as the model ships it
+    ocr = bundle.description["tasks"]["ocr"]
+    assert ocr["decode"] == "ctc_prefix_beam_lm" and ocr["language_model"]["file"] == "ocr_lm.json.gz"
+    assert ocr["language_model"]["search"] and ocr["language_model"]["alpha"] == 0.3
+    assert (onnx_int2.out / "ocr_lm.json.gz").read_bytes() == (
+        bundled_model_dir() / "ocr_lm.json.gz"
+    ).read_bytes()
+    lines = [e.image for e in load_eval_split("ocr", 12)]
+    assert app.ocr_reader is not None and app.extract_texts(lines) == model.extract_texts(lines)
 
 
 def test_the_export_trace_has_the_six_stages(onnx_fp32: BuiltBundle) -> None:
@@ -318,6 +327,9 @@ def test_any_model_directory_exports(tiny_model_dir: Path, tmp_path: Path) -> No
     assert v["executed"] and v["tasks"] == v["reference"] and v["max_abs_diff"] < 1e-3
     bundle = json.loads((tmp_path / "tiny" / "bundle.json").read_text())
     assert bundle["kv_cache"]["shape"] == [2, 1, 2, 48, 24]
+    # a model that ships no OCR language model: its bundle describes greedy CTC and holds none
+    assert bundle["tasks"]["ocr"]["decode"] == "ctc_greedy" and "language_model" not in bundle["tasks"]["ocr"]
+    assert not (tmp_path / "tiny" / "ocr_lm.json.gz").exists()
     assert bundle["graphs"]["vision"]["outputs"][0]["shape"] == [1, 64, 48]
 
 

@@ -4,11 +4,20 @@ and what it changes on the bundled model's reader."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from mobile_multimodal.model.ctc_lm import END, CharNgramLM, LmReader
+from mobile_multimodal.model.ctc_lm import (
+    END,
+    CharNgramLM,
+    LmReader,
+    lm_file_bytes,
+    read_lm_file,
+    reader_from_params,
+    reader_params,
+)
 from mobile_multimodal.model.tokenizer import Tokenizer
 
 CHARSET = " Ileimst"
@@ -50,6 +59,34 @@ def test_counts_round_trip_through_a_dict() -> None:
     again = CharNgramLM.from_dict(lm.to_dict())
     assert again.log_prob("It", "e") == lm.log_prob("It", "e")
     assert again.log_prob("ti", END) == lm.log_prob("ti", END)
+
+
+def test_a_pruned_model_drops_rare_long_ngrams_and_is_still_a_distribution() -> None:
+    lm = CharNgramLM.fit(["Item 4", "Item 4", "time", "mile"], order=4, alphabet=CHARSET + "4")
+    pruned = lm.pruned(min_count=2, from_order=3)
+    assert set(pruned.counts) < set(lm.counts)
+    assert all(len(g) < 3 or c >= 2 for g, c in pruned.counts.items())
+    assert all(pruned.counts[g] == lm.counts[g] for g in lm.counts if len(g) < 3)
+    for prefix in ("", "It", "ti", "mil"):
+        total = sum(math.exp(pruned.log_prob(prefix, c)) for c in [*pruned.alphabet, END])
+        assert total == pytest.approx(1.0, abs=1e-9)
+    assert pruned.log_prob("Ite", "m") > pruned.log_prob("Ite", "s")  # seen twice: kept
+
+
+def test_the_shipped_file_is_deterministic_and_its_description_complete(tmp_path: Path) -> None:
+    lm = CharNgramLM.fit(["Item 4", "time"], order=3)
+    data = lm_file_bytes(lm)
+    assert data == lm_file_bytes(CharNgramLM.fit(["Item 4", "time"], order=3))  # no timestamp inside
+    (tmp_path / "lm.json.gz").write_bytes(data)
+    again = read_lm_file(tmp_path / "lm.json.gz")
+    assert again.counts == lm.counts and read_lm_file(tmp_path / "lm.json.gz") is again  # parsed once
+    reader = LmReader(lm, alpha=0.5, beta=1.0, width=4, prune=-5.0, per_frame=3)
+    params = reader_params(reader)
+    assert reader_from_params(lm, params) == reader
+    with pytest.raises(ValueError, match=r"lacks \['width'\]"):
+        reader_from_params(lm, {k: v for k, v in params.items() if k != "width"})
+    with pytest.raises(ValueError, match="not a char-ngram-witten-bell model"):
+        CharNgramLM.from_dict({**lm.to_dict(), "kind": "word-ngram"})
 
 
 def test_without_the_model_a_confident_reader_reads_what_greedy_reads() -> None:
@@ -94,5 +131,5 @@ def test_a_frame_tries_only_its_likeliest_classes_above_the_floor() -> None:
     # a line of noise makes every class likely in every frame: the work per frame stays bounded
     reader = LmReader(CharNgramLM.fit(["a"], order=2), per_frame=3, prune=-5.0)
     row = np.log(np.array([0.3, 0.02, 0.25, 0.001, 0.2, 0.229]))
-    assert reader._tried(row) == [2, 5, 4]  # by likelihood; 1 is fourth, 3 under the floor
-    assert reader._tried(np.log(np.array([0.999, 0.0005, 0.0005]))) == []  # only the blank
+    assert reader._tried(row[None]) == [[2, 5, 4]]  # by likelihood; 1 is fourth, 3 under the floor
+    assert reader._tried(np.log(np.array([[0.999, 0.0005, 0.0005]]))) == [[]]  # only the blank

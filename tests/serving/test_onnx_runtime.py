@@ -215,6 +215,18 @@ def test_a_tampered_bundle_is_refused(fp32_bundle: Path, tmp_path: Path) -> None
     with pytest.raises(BundleVersionError):
         load_bundle(older)
 
+    # the OCR reader's language model is vouched for like a graph: changed or unlisted, refused
+    lm_flipped = _tamper_copy(fp32_bundle, tmp_path / "lm-flipped")
+    lm = bytearray((lm_flipped / "ocr_lm.json.gz").read_bytes())
+    lm[len(lm) // 2] ^= 0xFF
+    (lm_flipped / "ocr_lm.json.gz").write_bytes(bytes(lm))
+    assert _load_code(_settings(tmp_path, "fp32", bundle=lm_flipped)) == "MODEL_INTEGRITY_FAILED"
+    lm_unlisted = _tamper_copy(fp32_bundle, tmp_path / "lm-unlisted")
+    manifest = json.loads((lm_unlisted / "manifest.json").read_text())
+    manifest["files"] = [f for f in manifest["files"] if f["path"] != "ocr_lm.json.gz"]
+    (lm_unlisted / "manifest.json").write_text(json.dumps(manifest))
+    assert _load_code(_settings(tmp_path, "fp32", bundle=lm_unlisted)) == "MODEL_INTEGRITY_FAILED"
+
     # the bundle's precision must be the one asked for
     assert _load_code(_settings(tmp_path, "int2", bundle=fp32_bundle)) == "QUANTIZATION_UNAVAILABLE"
     assert _load_code(_settings(tmp_path, "fp32", bundle=tmp_path / "missing")) == "MODEL_NOT_FOUND"
@@ -950,24 +962,42 @@ def _answers_under_concurrent_load(server: LiveServer, int2_data_dir: Path, fp32
     assert engine.batcher.batches_run > batches_before
 
 
-def test_ocr_reads_with_the_language_model_on_either_runtime_when_asked(int2_data_dir: Path) -> None:
-    # MOBILE_MM_OCR_DECODING=lm: the PyTorch backend fits the model and caches it in the data
-    # directory; the ONNX Runtime backend reads the cache and reads the same text
+def test_ocr_reads_with_the_language_model_the_model_ships_on_either_runtime(int2_data_dir: Path) -> None:
+    # MOBILE_MM_OCR_DECODING=auto (the default): PyTorch reads with the language model the model
+    # directory ships; the exported bundle carries it and describes the search (tasks.ocr), and
+    # ONNX Runtime reads the same text with it. Nothing is fitted, nothing cached.
     lines = load_eval_split("ocr_unseen_fonts", 40)
     images, targets = [e.image for e in lines], [e.text for e in lines]
-    torch_model = load_model(
-        make_settings(int2_data_dir, quantization="int2", ocr_decoding="lm", torch_threads=1)
-    )
+    torch_model = load_model(make_settings(int2_data_dir, quantization="int2", torch_threads=1))
     assert torch_model.get_model_info()["ocr_decoding"] == "lm"
-    assert len(list((int2_data_dir / "ocr_lm").glob("*.json.gz"))) == 1
-    onnx = load_model(_settings(int2_data_dir, "int2", ocr_decoding="lm"))
+    onnx = load_model(_settings(int2_data_dir, "int2"))
     assert onnx.get_model_info()["ocr_decoding"] == "lm"
+    bundle = load_bundle(onnx.model_dir)
+    assert bundle.description["tasks"]["ocr"]["decode"] == "ctc_prefix_beam_lm"
+    assert "ocr_lm.json.gz" in [f["path"] for f in onnx.manifest["files"]]
     read = onnx.extract_texts(images)
     assert read == torch_model.extract_texts(images)
-    greedy = load_onnx_runtime_model(_settings(int2_data_dir, "int2"))
+    assert not (int2_data_dir / "ocr_lm").exists()
+    greedy = load_model(_settings(int2_data_dir, "int2", ocr_decoding="greedy"))
     assert greedy.get_model_info()["ocr_decoding"] == "greedy"
 
     def right(texts: list[str]) -> int:
         return sum(t == target for t, target in zip(texts, targets, strict=True))
 
     assert right(read) > right(greedy.extract_texts(images))
+    # the validation's reader follows the bundle's description as an app would
+    assert BundleModel(bundle, TorchGraphRunner(build_graphs(torch_model))).extract_texts(images) == read
+
+
+def test_a_model_that_ships_no_language_model_reads_greedily_unless_lm_is_asked(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    # auto: greedy (nothing to read with); lm: fitted on the first start, cached in the data
+    # directory, read from there after it
+    auto = load_model(make_settings(tmp_path, model=str(tiny_model_dir), torch_threads=1))
+    assert auto.get_model_info()["ocr_decoding"] == "greedy" and not (tmp_path / "ocr_lm").exists()
+    fitted = load_model(
+        make_settings(tmp_path, model=str(tiny_model_dir), ocr_decoding="lm", torch_threads=1)
+    )
+    assert fitted.get_model_info()["ocr_decoding"] == "lm"
+    assert len(list((tmp_path / "ocr_lm").glob("*.json.gz"))) == 1

@@ -51,9 +51,13 @@ def test_shards_partition_the_global_batch() -> None:
 @pytest.mark.slow
 def test_two_processes_follow_one_and_resume(tmp_path: Path) -> None:
     one = train_model(
-        TrainOptions(out=tmp_path / "one", preset="tiny", steps=STEPS, evaluate=False, threads=1)
+        TrainOptions(
+            out=tmp_path / "one", preset="tiny", steps=STEPS, evaluate=False, threads=1, ocr_lm=False
+        )
     )
-    opts = TrainOptions(out=tmp_path / "two", preset="tiny", steps=STEPS, evaluate=False, threads=1)
+    opts = TrainOptions(
+        out=tmp_path / "two", preset="tiny", steps=STEPS, evaluate=False, threads=1, ocr_lm=False
+    )
     # interrupted half way (rank 0's checkpoint), then resumed by two new processes
     launch(TrainOptions(**{**opts.__dict__, "stop_after": STEPS // 2}), nproc=2, timeout_s=600)
     assert torch.load(opts.out / "checkpoint.pt", weights_only=True)["step"] == STEPS // 2

@@ -60,7 +60,9 @@ def _mixed_case_lines() -> list[Image.Image]:
 @pytest.mark.slow
 def test_tiny_user_style_run_trains_saves_loads_and_exports_its_charset(tmp_path: Path) -> None:
     out = train_model(
-        TrainOptions(out=tmp_path / "model", preset="tiny-user-style", evaluate=False, threads=1)
+        TrainOptions(
+            out=tmp_path / "model", preset="tiny-user-style", evaluate=False, threads=1, ocr_lm=False
+        )
     )
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["data_version"] == V2 and manifest["tokenizer"]["charset"] == OCR_CHARSET_ASCII

@@ -87,6 +87,7 @@ def test_a_reshaping_preset_trains_from_the_init_model_and_records_it(
             steps=2,
             evaluate=False,
             threads=1,
+            ocr_lm=False,
         )
     )
     manifest = json.loads((out / "manifest.json").read_text())
@@ -107,7 +108,9 @@ def test_the_fonts_phase_continues_a_detail_model_and_refuses_any_other(tmp_path
     base = _model("tiny", "lowercase", seed=3).save(tmp_path / "base")
 
     def run(out: str, preset: str, init_from: Path) -> Path:
-        opts = TrainOptions(tmp_path / out, preset=preset, init_from=init_from, steps=2, evaluate=False)
+        opts = TrainOptions(
+            tmp_path / out, preset=preset, init_from=init_from, steps=2, evaluate=False, ocr_lm=False
+        )
         return train_model(replace(opts, threads=1))
 
     detail = run("detail", "tiny-user-style-detail-continue", base)

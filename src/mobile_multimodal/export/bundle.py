@@ -28,6 +28,7 @@ from mobile_multimodal.export.graphs import PREFILL, GraphSpec, layer_names
 from mobile_multimodal.filehash import sha256_file
 from mobile_multimodal.manifest_signing import maybe_sign
 from mobile_multimodal.model.constraints import TaskConstraints
+from mobile_multimodal.model.ctc_lm import LM_KIND, READER_PARAMS
 from mobile_multimodal.model.llm import MobileMultiModalLLM
 from mobile_multimodal.model.tokenizer import _SPLIT, SPECIALS, TASK_TOKENS, Tokenizer
 
@@ -71,9 +72,38 @@ DECODE_LOOP = [
     "OCR: preprocess as image_preprocessing.text_line, run 'ocr' -> log_probs (1, frames, classes); "
     "take the argmax class of every frame, collapse runs of the same class, drop the blank (class "
     "0); class c >= 1 is tokenizer.ctc.charset[c - 1]; strip surrounding spaces.",
+    "OCR where tasks.ocr.decode is 'ctc_prefix_beam_lm': read the line with the beam search "
+    "tasks.ocr.language_model describes (OCR_LM_SEARCH) instead of the argmax; the greedy reading "
+    "above stays a valid, cheaper fallback (fewer words read right).",
     "Retrieval: image embedding = 'image_embed'(image_tokens of 'vision' without a question); text "
     "embedding = 'text_embed'(ids, mask) with the text's word ids right-padded to text.max_len (an "
     "empty text is the single word <unk>). Both are L2-normalised: similarity is their dot product.",
+]
+
+
+# tasks.ocr.language_model's "search": what model/ctc_lm.py does, for an app to do the same
+OCR_LM_SEARCH = [
+    "The file (gzip, then JSON) holds order N, alphabet (the charset) and counts: every n-gram of "
+    "1..N characters seen in the training text, to how often. A line is padded on the left with "
+    "N - 1 START characters (U+0002) and ends with END (U+0003), which n-grams contain.",
+    "P(c | prefix), c a character of the alphabet or END: the context is the last N - 1 characters "
+    "of START * (N - 1) + prefix. p = 1 / (len(alphabet) + 1); then for n = 1..N: h = the last "
+    "n - 1 characters of the context ('' for n = 1); T = the sum of the counts of the n-grams that "
+    "start with h and are n long, F = how many such n-grams there are; if T = 0 stop; else "
+    "p = (count(h + c) + F * p) / (T + F) (interpolated Witten-Bell).",
+    "Search over a line's log_probs (log-softmax of the 'ocr' output, per frame; class 0 is the "
+    "blank): keep prefixes with two probabilities, P_blank (frame paths ending in a blank) and "
+    "P_char (ending in the prefix's last character), starting from '' with P_blank = 1; each "
+    "prefix also has lm_score, the sum over its characters of alpha * log P(c | before) + beta.",
+    "Per frame: the characters tried are the classes c >= 1 whose log-probability is above prune, "
+    "at most per_frame of them, the likeliest first; if none, every prefix's P_blank becomes "
+    "(P_blank + P_char) * P(blank) and P_char 0. Otherwise for every kept prefix: it stays with "
+    "P_blank += (P_blank + P_char) * P(blank); for each tried character ch: if ch is the prefix's "
+    "last character, the prefix stays with P_char += P_char_old * P(ch) and prefix + ch gets "
+    "P_char += P_blank_old * P(ch); else prefix + ch gets P_char += (P_blank_old + P_char_old) * "
+    "P(ch). Then keep the width prefixes with the highest log(P_blank + P_char) + lm_score.",
+    "After the last frame, the line is the prefix with the highest log(P_blank + P_char) + "
+    "lm_score + alpha * log P(END | prefix), with surrounding spaces stripped.",
 ]
 
 
@@ -179,8 +209,11 @@ def describe_bundle(
     runtime: str,
     quantization: str,
     weights: dict[str, Any] | None = None,
+    ocr_lm: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """bundle.json: everything an app needs to drive the graphs (see DECODE_LOOP)."""
+    """bundle.json: everything an app needs to drive the graphs (see DECODE_LOOP). ``ocr_lm``:
+    the model manifest's ``ocr_decoding`` section when the model ships its OCR reader's language
+    model (copied into the bundle as its ``language_model`` file); OCR then decodes with it."""
     cfg, tok = model.config, model.tokenizer
     by_name = {g.name: g for g in graphs}
     step = by_name["decoder_step"]
@@ -252,14 +285,26 @@ def describe_bundle(
             },
             "ocr": {
                 "graphs": ["ocr"],
-                "decode": "ctc_greedy",
+                "decode": "ctc_greedy" if ocr_lm is None else ocr_lm["decode"],
                 "frames": cfg.ocr_width // 8 * cfg.ocr_subframes,
+                **({} if ocr_lm is None else {"language_model": _language_model(ocr_lm)}),
             },
             "retrieval": {"graphs": ["vision", "image_embed", "text_embed"], "similarity": "dot product"},
         },
         "decode_loop": DECODE_LOOP,
         "constraint_rules": CONSTRAINT_RULES,
         "weights": weights or {},
+    }
+
+
+def _language_model(section: dict[str, Any]) -> dict[str, Any]:
+    """tasks.ocr.language_model from a model manifest's ``ocr_decoding`` section."""
+    return {
+        "file": section["language_model"],
+        "kind": LM_KIND,
+        **{name: section[name] for name in READER_PARAMS},
+        "order": section["order"],
+        "search": OCR_LM_SEARCH,
     }
 
 

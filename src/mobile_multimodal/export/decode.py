@@ -2,11 +2,15 @@
 
 This is what an app does on the phone, written in Python: preprocess, run the graphs through a
 ``GraphRunner`` (ONNX Runtime, ExecuTorch, ...), greedy-decode with the fixed-size KV cache,
-detokenize (``step_caches.ArraySteps`` is the decoder loop's contract: per-layer cache buffers in, the new
-token's keys/values out, written into the buffers by the app; a runner may keep them in its own
-bound buffers instead, ``BundleModel.decoder_steps``).
-It imports nothing of the model package on purpose: if the description files were
-missing something, validation (which runs through here) would fail.
+read text lines as ``tasks.ocr.decode`` says (greedy CTC, or the beam search with the bundle's
+character language model), detokenize (``step_caches.ArraySteps`` is the decoder loop's
+contract: per-layer cache buffers in, the new token's keys/values out, written into the
+buffers by the app; a runner may keep them in its own bound buffers instead,
+``BundleModel.decoder_steps``).
+It imports nothing of the model package on purpose, but for ``model/ctc_lm.py``, the OCR beam
+search (numpy; an algorithm, not the model), which it builds from the bundle's own language-model
+file and every setting bundle.json gives: if the description files were missing something,
+validation (which runs through here) would fail.
 ``BundleModel`` offers the methods the eval report calls on a PyTorch model, so the same
 metrics score both.
 
@@ -32,6 +36,8 @@ from PIL import Image
 from mobile_multimodal.export.decode_rules import TaskRules
 from mobile_multimodal.export.formats import GraphRunner
 from mobile_multimodal.export.step_caches import ArraySteps, DecoderSteps, PromptCache
+from mobile_multimodal.model.ctc_lm import DECODE as LM_DECODE
+from mobile_multimodal.model.ctc_lm import LmReader, read_lm_file, reader_from_params
 
 # The decode contract this reader follows (bundle.json "bundle_version"; bundle.py writes it):
 # 2: decoder_step takes one cache buffer per layer and returns only the new token's keys/values
@@ -70,6 +76,30 @@ def load_bundle(directory: Path) -> Bundle:
     check_bundle_version(description, directory)
     tokenizer = json.loads((directory / description["tokenizer"]).read_text())
     return Bundle(directory, description, tokenizer)
+
+
+def described_ocr_reader(bundle: Bundle) -> LmReader | None:
+    """The reader ``tasks.ocr`` describes: None for ``ctc_greedy`` (and bundles from before the
+    field), for ``ctc_prefix_beam_lm`` the beam search over the bundle's language-model file
+    with the settings given there. ValueError for anything else."""
+    ocr = bundle.description["tasks"]["ocr"]
+    decode = ocr.get("decode", "ctc_greedy")
+    if decode == "ctc_greedy":
+        return None
+    if decode != LM_DECODE:
+        raise ValueError(f"{bundle.directory}: unknown OCR decoding {decode!r}")
+    spec = ocr["language_model"]
+    lm = read_lm_file(bundle.directory / spec["file"])
+    if lm.alphabet != bundle.tokenizer["ctc"]["charset"]:
+        raise ValueError(f"{bundle.directory}: the language model's alphabet is not tokenizer.ctc.charset")
+    return reader_from_params(lm, spec)
+
+
+def log_softmax(scores: np.ndarray) -> np.ndarray:
+    """log-softmax over the last axis in float64 (what the OCR beam search and the confidence read)."""
+    rows = scores.astype(np.float64)
+    top = rows.max(-1, keepdims=True)
+    return rows - top - np.log(np.exp(rows - top).sum(-1, keepdims=True))
 
 
 class BundleTokenizer:
@@ -173,6 +203,8 @@ class BundleModel:
         self.manifest = {"name": self.spec["model"]["name"]}
         self._pre = self.spec["image_preprocessing"]
         self.rules = TaskRules(self.spec, self.tokenizer.eos)  # each task's decoding constraint
+        # as tasks.ocr.decode says; None reads greedily (a caller may choose that)
+        self.ocr_reader: LmReader | None = described_ocr_reader(bundle)
 
     def size_bytes(self) -> int:
         return sum(
@@ -347,8 +379,11 @@ class BundleModel:
     def extract_texts(self, images: Sequence[Image.Image | np.ndarray]) -> list[str]:
         out = []
         for image in images:
-            log_probs = self.run_graph("ocr", {"line_image": self.line_input(image)})["log_probs"]
-            out.append(self.tokenizer.decode_ctc(log_probs[0].argmax(-1).tolist()))
+            log_probs = self.run_graph("ocr", {"line_image": self.line_input(image)})["log_probs"][0]
+            if self.ocr_reader is None:
+                out.append(self.tokenizer.decode_ctc(log_probs.argmax(-1).tolist()))
+            else:
+                out.append(self.ocr_reader.read(log_softmax(log_probs), self.tokenizer.charset))
         return out
 
     def get_image_embeddings(self, images: Sequence[Image.Image | np.ndarray]) -> np.ndarray:

@@ -48,7 +48,7 @@ from mobile_multimodal.export.bundle import (
     weight_summary,
     write_json,
 )
-from mobile_multimodal.export.decode import BundleModel, load_bundle
+from mobile_multimodal.export.decode import BundleModel, described_ocr_reader, load_bundle
 from mobile_multimodal.export.deferred_signals import deferred_interrupts
 from mobile_multimodal.export.formats import check_quantization, resolve_format, writer_for
 from mobile_multimodal.export.genai import validate_genai
@@ -61,6 +61,7 @@ from mobile_multimodal.export.validate import (
     not_executed,
     validate_bundle,
 )
+from mobile_multimodal.model.ctc_lm import MANIFEST_KEY as LM_MANIFEST_KEY
 from mobile_multimodal.model.llm import MobileMultiModalLLM
 from mobile_multimodal.model.model_errors import ModelLoadError
 from mobile_multimodal.observability.export_telemetry import mobile_export
@@ -96,6 +97,7 @@ def _storage_error(exc: OSError, out: Path) -> ExportError:
 
 def _load(model: str | Path, quantization: str) -> MobileMultiModalLLM:
     try:
+        # the OCR language model the directory ships (from_pretrained attaches it) goes into the bundle
         return MobileMultiModalLLM.from_pretrained(model, quantization=quantization)
     except ModelLoadError as exc:
         raise ExportError(ExportErrorCode.EXPORT_MODEL_INVALID, f"{exc} ({exc.code})") from exc
@@ -155,7 +157,7 @@ def export_model(
                 with deferred_interrupts():  # never unwind through graph capture (SIGSEGV)
                     written = writer.write(loaded, graphs, quantization, tmp)
                 _describe(loaded, graphs, written, tmp, platform, fmt, writer, quantization)
-                written += [tmp / TOKENIZER_FILE, tmp / BUNDLE_FILE]
+                written += [tmp / TOKENIZER_FILE, tmp / BUNDLE_FILE, *_ship_ocr_lm(loaded, tmp)]
             steps.update()
             with stage("validation", {"export.runtime": writer.runtime}) as span, _one_torch_thread():
                 result = _validate(loaded, graphs, tmp, writer, quantization, validation_examples)
@@ -227,6 +229,7 @@ def _describe(
         fmt=fmt,
         runtime=writer.runtime,
         quantization=quantization,
+        ocr_lm=None if model.ocr_reader is None else model.manifest[LM_MANIFEST_KEY],
     )
     # how the weights are stored, as the written files show it (ONNX: bytes by dtype)
     bundle["weights"] = {**weight_summary(graphs), "storage": writer.inspect(tmp, bundle)}
@@ -235,6 +238,16 @@ def _describe(
         bundle.update(extras(tmp, bundle))
     write_json(tmp / BUNDLE_FILE, bundle)
     return bundle
+
+
+def _ship_ocr_lm(model: MobileMultiModalLLM, tmp: Path) -> list[Path]:
+    """Copy the model's OCR language model, when it ships one, into the bundle (as bundle.json
+    names it)."""
+    if model.ocr_reader is None or model.model_dir is None:
+        return []
+    name = str(model.manifest[LM_MANIFEST_KEY]["language_model"])
+    shutil.copyfile(model.model_dir / name, tmp / name)
+    return [tmp / name]
 
 
 @contextmanager
@@ -260,6 +273,8 @@ def _validate(
     examples: int | None,
 ) -> ValidationResult:
     bundle = load_bundle(tmp)
+    # the reference reads OCR as the bundle describes (its language model, or greedily)
+    model.ocr_reader = described_ocr_reader(bundle)
     runner = writer.open(tmp, bundle.description)
     if isinstance(runner, str):
         return not_executed(writer.runtime, runner, writer.inspect(tmp, bundle.description))

@@ -22,17 +22,29 @@ Example::
 
 from __future__ import annotations
 
+import gzip
+import hashlib
+import json
 import math
+import zlib
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 START, END = "\x02", "\x03"  # outside printable ASCII: no charset holds them
 NEG_INF = -math.inf
-CACHE_LIMIT = 200_000  # (context, character) probabilities kept: ~40 MB at most
+CACHE_LIMIT = 50_000  # (context, character) probabilities kept: ~10 MB at most
+LM_KIND = "char-ngram-witten-bell"  # the file's "kind"
+LM_FILE = "ocr_lm.json.gz"  # in a model directory (listed in its manifest) and an export bundle
+MANIFEST_KEY = "ocr_decoding"  # a model manifest's description of how OCR reads with LM_FILE
+DECODE = "ctc_prefix_beam_lm"  # how a manifest or bundle.json names this decoding
+READER_PARAMS = ("alpha", "beta", "width", "prune", "per_frame")  # what a description carries
+_LOADED_LIMIT = 4  # fitted models kept by read_lm_file (one per charset a process serves)
+_loaded: dict[str, CharNgramLM] = {}
 
 
 def _logsumexp(a: float, b: float) -> float:
@@ -115,7 +127,7 @@ class CharNgramLM:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "kind": "char-ngram-witten-bell",
+            "kind": LM_KIND,
             "order": self.order,
             "alphabet": self.alphabet,
             "counts": self.counts,
@@ -123,7 +135,17 @@ class CharNgramLM:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> CharNgramLM:
+        if d.get("kind") != LM_KIND:
+            raise ValueError(f"not a {LM_KIND} model: kind {d.get('kind')!r}")
         return cls(int(d["order"]), str(d["alphabet"]), {str(k): int(v) for k, v in d["counts"].items()})
+
+    def pruned(self, min_count: int = 2, from_order: int = 4) -> CharNgramLM:
+        """The model without the n-grams of order ``from_order`` and above seen fewer than
+        ``min_count`` times (padding included in the order). Totals and follower counts are
+        derived from the counts that remain, so the result is a smoothed model of its own that
+        sums to one; it backs off where the long n-grams were dropped."""
+        kept = {g: c for g, c in self.counts.items() if len(g) < from_order or c >= min_count}
+        return CharNgramLM(self.order, self.alphabet, kept)
 
 
 @dataclass
@@ -151,13 +173,18 @@ class LmReader:
     prune: float = -7.0
     per_frame: int = 6
 
-    def _tried(self, row: np.ndarray) -> list[int]:
-        """The non-blank classes tried in a frame: above ``prune``, the ``per_frame`` likeliest."""
-        chars = row[1:]
-        above = np.flatnonzero(chars > self.prune)
-        if len(above) > self.per_frame:
-            above = above[np.argsort(-chars[above], kind="stable")[: self.per_frame]]
-        return [int(i) + 1 for i in above]
+    def _tried(self, log_probs: np.ndarray) -> list[list[int]]:
+        """Per frame of ``log_probs`` (frames, classes), the non-blank classes tried there: those
+        above ``prune``, at most the ``per_frame`` likeliest (by likelihood when there are more,
+        else in class order). One sort for the line, not one per frame."""
+        chars = log_probs[:, 1:]
+        above = (chars > self.prune).sum(axis=1).tolist()
+        likeliest = np.argsort(-chars, axis=1, kind="stable")[:, : self.per_frame].tolist()
+        tried = []
+        for n, order in zip(above, likeliest, strict=True):
+            top = order if n > self.per_frame else sorted(order[:n])
+            tried.append([i + 1 for i in top])
+        return tried
 
     def read(self, log_probs: np.ndarray, charset: str) -> str:
         """The best line for ``log_probs`` (frames, 1 + len(charset)): class 0 is CTC's blank,
@@ -166,11 +193,18 @@ class LmReader:
             raise ValueError(f"log_probs must be (frames, {len(charset) + 1}), got {log_probs.shape}")
         beams: dict[str, _Beam] = {"": _Beam(blank=0.0)}
         scores: dict[str, float] = {"": 0.0}  # the language model's part of each prefix's score
-        for row in log_probs.astype(np.float64):
-            tried = self._tried(row)
+        rows = log_probs.astype(np.float64)
+        collapsed = False  # every prefix's paths end in a blank (after a frame of only the blank)
+        for row, tried in zip(rows, self._tried(rows), strict=True):
             if not tried:  # only the blank: every prefix stays, none is added
-                beams = {prefix: _Beam(blank=beam.total() + row[0]) for prefix, beam in beams.items()}
+                # the first such frame moves each prefix's paths onto the blank; after it, another
+                # adds the same log-probability to every prefix, which changes no ranking and no
+                # later sum's order: it is skipped (the scores are relative)
+                if not collapsed:
+                    beams = {prefix: _Beam(blank=beam.total() + row[0]) for prefix, beam in beams.items()}
+                    collapsed = True
                 continue
+            collapsed = False
             nxt: defaultdict[str, _Beam] = defaultdict(_Beam)
             for prefix, beam in beams.items():
                 total = beam.total()
@@ -198,3 +232,80 @@ class LmReader:
             key=lambda item: item[1].total() + scores[item[0]] + self.alpha * self.lm.log_prob(item[0], END),
         )
         return best[0].strip()
+
+
+def lm_file_bytes(lm: CharNgramLM) -> bytes:
+    """A fitted model as the file a model directory or export bundle ships (gzipped JSON of
+    ``to_dict``: order, alphabet, every n-gram's count). ``mtime=0``: the same counts give the
+    same bytes, so a refit of an unchanged recipe hashes the same."""
+    text = json.dumps(lm.to_dict(), separators=(",", ":"), sort_keys=True)
+    return gzip.compress(text.encode(), compresslevel=9, mtime=0)
+
+
+def read_lm_file(path: Path) -> CharNgramLM:
+    """The model in ``path`` (``lm_file_bytes``' format). Kept per content hash: every server a
+    test process starts, and both runtimes, share one parsed copy (~0.3 s to parse)."""
+    data = path.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    lm = _loaded.get(digest)
+    if lm is None:
+        lm = CharNgramLM.from_dict(json.loads(gzip.decompress(data)))
+        if len(_loaded) >= _LOADED_LIMIT:
+            _loaded.clear()
+        _loaded[digest] = lm
+    return lm
+
+
+def reader_params(reader: LmReader) -> dict[str, float | int]:
+    """The search's settings, as a manifest or bundle.json describes them."""
+    return {name: getattr(reader, name) for name in READER_PARAMS}
+
+
+def shipped_section(reader: LmReader, recipe: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A model manifest's ``MANIFEST_KEY`` section for ``reader`` shipped as ``LM_FILE`` (export
+    copies it into bundle.json's ``tasks.ocr``); ``recipe``: how its counts were fitted."""
+    return {
+        "decode": DECODE,
+        "language_model": LM_FILE,
+        **reader_params(reader),
+        "order": reader.lm.order,
+        **({"recipe": recipe} if recipe is not None else {}),
+    }
+
+
+def reader_from_params(lm: CharNgramLM, params: dict[str, Any]) -> LmReader:
+    """The reader a description asks for; every setting must be given (a description missing
+    one is refused rather than read with this release's defaults)."""
+    missing = [name for name in READER_PARAMS if name not in params]
+    if missing:
+        raise ValueError(f"the OCR decoding description lacks {missing}")
+    return LmReader(
+        lm,
+        alpha=float(params["alpha"]),
+        beta=float(params["beta"]),
+        width=int(params["width"]),
+        prune=float(params["prune"]),
+        per_frame=int(params["per_frame"]),
+    )
+
+
+def shipped_reader(directory: Path | None, manifest: dict[str, Any], charset: str) -> LmReader | None:
+    """The reader a model directory ships (its manifest's ``MANIFEST_KEY`` section and the
+    ``LM_FILE`` it names, written by ``training/ocr_lm.ship_ocr_lm``), or None when it ships none.
+    The file must be listed among the manifest's files (whose hashes the loader verifies).
+    ValueError when the description cannot be followed or the file cannot be read."""
+    entry = manifest.get(MANIFEST_KEY)
+    if directory is None or entry is None:
+        return None
+    try:
+        if entry["decode"] != DECODE:
+            raise ValueError(f"unknown OCR decoding {entry['decode']!r}")
+        name = str(entry["language_model"])
+        if name not in {str(f.get("path")) for f in manifest.get("files", [])}:
+            raise ValueError(f"{name} is not among the manifest's files")
+        lm = read_lm_file(directory / name)
+        if lm.alphabet != charset:
+            raise ValueError("the language model's alphabet is not the reader's charset")
+        return reader_from_params(lm, entry)
+    except (OSError, EOFError, zlib.error, KeyError, TypeError) as exc:
+        raise ValueError(f"{type(exc).__name__}: {exc}") from exc

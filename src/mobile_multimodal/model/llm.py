@@ -41,7 +41,8 @@ from torch import nn
 from mobile_multimodal.manifest_signing import FROM_SETTINGS, SigningKey
 from mobile_multimodal.model import checkpoint
 from mobile_multimodal.model.constraints import TaskConstraints
-from mobile_multimodal.model.ctc_lm import LmReader
+from mobile_multimodal.model.ctc_lm import LM_FILE, LmReader, lm_file_bytes, shipped_reader, shipped_section
+from mobile_multimodal.model.ctc_lm import MANIFEST_KEY as LM_MANIFEST_KEY
 from mobile_multimodal.model.decoder import Stops
 from mobile_multimodal.model.domain import PREFIX_TOKENS, SCORED_TOKENS, DomainCheck, domain_scores
 from mobile_multimodal.model.model_config import ModelConfig
@@ -114,9 +115,9 @@ class MobileMultiModalLLM:
         self.model_dir = model_dir
         self.quantization = quantization
         self.constrained_decoding = True
-        # None: OCR reads greedily (the default, and what the export bundles describe); an
-        # LmReader reads with a character language model instead (``mobile-mm eval --ocr-lm``,
-        # MOBILE_MM_OCR_DECODING=lm). Confidences stay the greedy path's either way.
+        # None: OCR reads greedily; an LmReader reads with a character language model (the one
+        # the model directory ships, attached by from_pretrained; model/ctc_lm.py). Confidences
+        # stay the greedy path's either way.
         self.ocr_reader: LmReader | None = None
 
     # ---- construction ------------------------------------------------------------------
@@ -153,7 +154,8 @@ class MobileMultiModalLLM:
         caller's tracing; this module records nothing): "read" (manifest, config, tokenizer),
         "verify" (the manifest's signature when ``signing_key`` (default: the settings' key) is
         set, then every file's size and sha256 against the manifest), "build" (read the weights,
-        build the network, load them into it)."""
+        build the network, load them into it; attach the OCR language model the directory ships,
+        so text lines read as a server reads them: set ``ocr_reader = None`` to read greedily)."""
         step = stages or _no_stage
         with step("read"):
             directory = resolve_model_dir(path_or_name, quantization)
@@ -190,7 +192,14 @@ class MobileMultiModalLLM:
                     f"unexpected {unexpected[:5]}",
                     code="MODEL_WEIGHTS_INVALID",
                 )
-        return cls(network, tokenizer, manifest, directory, quantization=mode)
+        model = cls(network, tokenizer, manifest, directory, quantization=mode)
+        try:  # the directory's OCR language model (verified with the weights), when it ships one
+            model.ocr_reader = shipped_reader(directory, manifest, tokenizer.charset)
+        except ValueError as e:
+            raise ModelLoadError(
+                f"the OCR language model of {directory} cannot be used: {e}", code="MODEL_MANIFEST_INVALID"
+            ) from e
+        return model
 
     def save(self, directory: str | Path, extra_manifest: dict[str, Any] | None = None) -> Path:
         directory = Path(directory)
@@ -203,12 +212,22 @@ class MobileMultiModalLLM:
             **{
                 k: v
                 for k, v in self.manifest.items()
-                if k not in ("files", "config", "tokenizer", "format_version")
+                # the OCR language model's section describes a file: written below, or not at all
+                if k not in ("files", "config", "tokenizer", "format_version", LM_MANIFEST_KEY)
             },
             **(extra_manifest or {}),
         }
+        extra_files: tuple[str, ...] = ()
+        reader = self.ocr_reader
+        if reader is not None and reader.lm.alphabet == self.tokenizer.charset:
+            # the model reads text with it: it ships with the weights, as it was loaded
+            directory.mkdir(parents=True, exist_ok=True)
+            (directory / LM_FILE).write_bytes(lm_file_bytes(reader.lm))
+            recipe = (self.manifest.get(LM_MANIFEST_KEY) or {}).get("recipe")
+            manifest[LM_MANIFEST_KEY] = shipped_section(reader, recipe)
+            extra_files = (LM_FILE,)
         state = {k: v for k, v in self.network.state_dict().items() if not k.endswith(".tok.weight")}
-        self.manifest = checkpoint.save_state(directory, state, manifest)
+        self.manifest = checkpoint.save_state(directory, state, manifest, extra_files)
         self.model_dir = directory
         return directory
 
@@ -392,8 +411,8 @@ class MobileMultiModalLLM:
         return {name: _module_bytes(mods) for name, mods in self.network.components().items()}
 
     def size_bytes(self) -> int:
-        if self.model_dir is not None and self.manifest.get("files"):
-            return sum(int(f["bytes"]) for f in self.manifest["files"])
+        if self.model_dir is not None and self.manifest.get("files"):  # the weights, not the OCR LM
+            return sum(int(f["bytes"]) for f in self.manifest["files"] if f["path"] != LM_FILE)
         return _module_bytes([self.network])
 
     def parameter_count(self) -> int:

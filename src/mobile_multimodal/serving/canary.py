@@ -45,7 +45,7 @@ from mobile_multimodal.serving.background_slices import BackgroundSlices
 from mobile_multimodal.serving.engine import InferenceEngine, ServableModel
 from mobile_multimodal.serving.reference import ReferenceModel
 from mobile_multimodal.settings import Settings
-from mobile_multimodal.training.canary_set import CanaryModel, CanaryRun, CanarySet
+from mobile_multimodal.training.canary_set import CanaryModel, CanaryRun, CanarySet, ocr_decoding_of
 
 log = logging.getLogger(__name__)
 
@@ -158,8 +158,13 @@ class CanaryEvaluator:
 
     def _baseline(self, model: ServableModel, reference: Mapping[str, float]) -> dict[str, float]:
         manifest = getattr(model, "manifest", None) or {}
-        own = primaries(manifest.get("canary"))
-        if own and int((manifest.get("canary") or {}).get("size", 0)) == self.settings.canary_size:
+        canary = manifest.get("canary") or {}
+        own = primaries(canary)
+        same_set = int(canary.get("size", 0)) == self.settings.canary_size
+        # the release's OCR score holds for the decoding it was read with (reports from before
+        # the field read greedily); served otherwise, the reference read the served way is the bar
+        same_reading = canary.get("ocr_decoding", "greedy") == ocr_decoding_of(model)
+        if own and same_set and same_reading:
             return own
         return dict(reference)
 

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import math
 import threading
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -48,10 +49,10 @@ from mobile_multimodal.export.batch_decode import (
     batch_text_embeddings,
     greedy_batch,
 )
-from mobile_multimodal.export.decode import BundleModel, load_bundle
+from mobile_multimodal.export.decode import BundleModel, load_bundle, log_softmax
 from mobile_multimodal.model.ctc_lm import LmReader
 from mobile_multimodal.model.llm import DEFAULT_ANSWER_TOKENS, PROMPT_MARKERS
-from mobile_multimodal.model.model_errors import check_question_tokens
+from mobile_multimodal.model.model_errors import ModelLoadError, check_question_tokens
 from mobile_multimodal.serving.onnx_sessions import BundleSessions
 
 RUNTIME = "onnxruntime"
@@ -110,7 +111,8 @@ class OnnxRuntimeModel:
         self.source_model_dir = source_model_dir
         self.widened_2bit = 0  # 2-bit MatMulNBits served from 4-bit containers (onnx_sessions.py)
         self.float_matmuls = 0  # MatMulNBits run as float MatMuls (MOBILE_MM_ONNX_WEIGHTS=float)
-        self.ocr_reader: LmReader | None = None  # as MobileMultiModalLLM's: None reads greedily
+        # as MobileMultiModalLLM's: None reads greedily; the bundle's own decoding (tasks.ocr) by default
+        self.ocr_reader: LmReader | None = bundle_model.ocr_reader
         # decoder_step takes a batch of rows (bundles exported with its batch axis dynamic)
         batches = getattr(bundle_model.runner, "batches", None)
         self.batched = bool(batches is not None and batches("decoder_step"))
@@ -133,7 +135,14 @@ class OnnxRuntimeModel:
         sessions = BundleSessions(
             directory, files, threads, widen_2bit=widen_2bit, float_weights=float_weights
         )
-        model = cls(BundleModel(bundle, sessions), manifest, source_model_dir)
+        try:
+            bundle_model = BundleModel(bundle, sessions)
+        except (ValueError, KeyError, OSError, EOFError, zlib.error) as exc:  # tasks.ocr's language model
+            raise ModelLoadError(
+                f"the bundle {directory} describes an OCR decoding this release cannot follow: {exc}",
+                code="MODEL_MANIFEST_INVALID",
+            ) from exc
+        model = cls(bundle_model, manifest, source_model_dir)
         model.widened_2bit = sum(sessions.widened.values())
         model.float_matmuls = sum(sessions.dequantized.values())
         return model
@@ -246,8 +255,8 @@ class OnnxRuntimeModel:
         texts: list[str] = []
         means: list[float] = []
         for log_probs in batch_line_log_probs(self.bundle, images) if images else ():
-            normalised = _log_softmax(log_probs)
-            if self.ocr_reader is not None:  # MOBILE_MM_OCR_DECODING=lm (model/ctc_lm.py)
+            normalised = log_softmax(log_probs)
+            if self.ocr_reader is not None:  # MOBILE_MM_OCR_DECODING (model/ctc_lm.py)
                 texts.append(self.ocr_reader.read(normalised, self.bundle.tokenizer.charset))
             else:
                 texts.append(self.bundle.tokenizer.decode_ctc(log_probs.argmax(-1).tolist()))
@@ -318,10 +327,3 @@ class OnnxRuntimeModel:
             "model_dir": str(self.model_dir),
             "source_model_dir": str(self.source_model_dir) if self.source_model_dir else None,
         }
-
-
-def _log_softmax(scores: np.ndarray) -> np.ndarray:
-    """log-softmax over the last axis in float64 (what the reader and the confidence read)."""
-    rows = scores.astype(np.float64)
-    top = rows.max(-1, keepdims=True)
-    return rows - top - np.log(np.exp(rows - top).sum(-1, keepdims=True))

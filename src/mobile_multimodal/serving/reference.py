@@ -64,11 +64,14 @@ class ReferenceModel:
         self._lock = asyncio.Lock()
 
     async def get(self, served: ServableModel) -> MobileMultiModalLLM | None:
-        if self.model is not None or self.unavailable is not None:
-            return self.model
-        async with self._lock:
-            if self.model is None and self.unavailable is None:
-                await self._load(served)
+        if self.model is None and self.unavailable is None:
+            async with self._lock:
+                if self.model is None and self.unavailable is None:
+                    await self._load(served)
+        if self.model is not None:
+            # read text lines as the served model does (the same charset: its fp32 parent), so
+            # a loss is the quantization's, not a decoding's (MOBILE_MM_OCR_DECODING, a reload)
+            self.model.ocr_reader = getattr(served, "ocr_reader", None)
         return self.model
 
     async def _load(self, served: ServableModel) -> None:

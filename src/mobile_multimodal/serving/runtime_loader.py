@@ -67,18 +67,26 @@ def load_model(settings: Settings) -> ServableModel:
     trace.get_current_span().set_attribute("model.runtime", settings.runtime)
     if settings.runtime == "pytorch":
         llm = default_loader(settings)
-        if settings.ocr_decoding == "lm" and isinstance(llm, MobileMultiModalLLM):
-            llm.ocr_reader = _ocr_reader(llm.tokenizer, settings)
+        if isinstance(llm, MobileMultiModalLLM):
+            # from_pretrained attached the directory's own language model, if it ships one
+            llm.ocr_reader = _ocr_reader(settings, llm.tokenizer, llm.ocr_reader)
         return llm
     bundled = load_onnx_runtime_model(settings)
-    if settings.ocr_decoding == "lm":
-        bundled.ocr_reader = _ocr_reader(bundled.bundle.tokenizer, settings)
+    # tasks.ocr's decoding: the bundle's language model, None for greedy
+    bundled.ocr_reader = _ocr_reader(settings, bundled.bundle.tokenizer, bundled.bundle.ocr_reader)
     return bundled
 
 
-def _ocr_reader(tokenizer: Any, settings: Settings) -> LmReader:
-    """MOBILE_MM_OCR_DECODING=lm: the reader's language model, fitted on the first start and
-    read from <data_dir>/ocr_lm after it (``training/ocr_lm.py``)."""
+def _ocr_reader(settings: Settings, tokenizer: Any, shipped: LmReader | None) -> LmReader | None:
+    """How the served model reads text lines (``MOBILE_MM_OCR_DECODING``): ``auto`` with the
+    language model the model directory or bundle ships (``shipped``, read with it) and greedily
+    when it ships none; ``lm`` with the shipped one, or one fitted on the first start and read
+    from <data_dir>/ocr_lm after it (``training/ocr_lm.py``; the ``ocr_lm`` stage of the
+    ``model_load`` trace); ``greedy`` greedily."""
+    if settings.ocr_decoding == "greedy":
+        return None
+    if shipped is not None or settings.ocr_decoding == "auto":
+        return shipped
     with stage("ocr_lm", {"model.ocr_decoding": "lm"}):
         return cached_ocr_reader(tokenizer, settings.data_dir / OCR_LM_DIR, log=_log.warning)
 
@@ -199,6 +207,9 @@ def verify_bundle(directory: Path, signing_key: str | None) -> dict[str, Any]:
     except BundleVersionError as exc:
         raise ModelLoadError(str(exc), code="MODEL_MANIFEST_INVALID") from exc
     read = {BUNDLE_FILE, TOKENIZER_FILE, *(g["file"] for g in description.get("graphs", {}).values())}
+    language_model = description.get("tasks", {}).get("ocr", {}).get("language_model")
+    if language_model:  # the OCR reader's language model (tasks.ocr.decode ctc_prefix_beam_lm)
+        read.add(str(language_model["file"]))
     unlisted = sorted(read - listed)
     if unlisted:
         raise ModelLoadError(

@@ -128,4 +128,14 @@ def evaluate_canary(model: CanaryModel, size: int = DEFAULT_CANARY_SIZE) -> dict
     run = CanaryRun(CanarySet.build(size), model)
     for work in run.slices():
         work()
-    return {"size": size, "tasks": {task: {"primary": score} for task, score in run.scores().items()}}
+    return {
+        "size": size,
+        "ocr_decoding": ocr_decoding_of(model),  # a server reading otherwise is compared with its reference
+        "tasks": {task: {"primary": score} for task, score in run.scores().items()},
+    }
+
+
+def ocr_decoding_of(model: object) -> str:
+    """How ``model`` reads text lines: "lm" with a language-model reader attached, else "greedy"
+    (``model_info``'s ``ocr_decoding``)."""
+    return "greedy" if getattr(model, "ocr_reader", None) is None else "lm"

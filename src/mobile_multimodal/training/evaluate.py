@@ -35,7 +35,7 @@ from mobile_multimodal.training.eval_metrics import (
     recall_at_k,
     word_accuracy,
 )
-from mobile_multimodal.training.ocr_lm import build_ocr_reader
+from mobile_multimodal.training.ocr_lm import OCR_DECODINGS, build_ocr_reader, describe_reader
 from mobile_multimodal.training.user_eval import USER_TASKS, evaluate_user_tasks
 
 TASKS = ("captioning", "ocr", "ocr_unseen_fonts", "vqa", "easy_vqa", "retrieval")
@@ -145,24 +145,23 @@ def evaluate_model(
     quantization: str = "fp32",
     limit: int | None = None,
     tasks: Sequence[str] = EVAL_TASKS,
-    ocr_lm: bool = False,
+    ocr_decoding: str = "auto",
 ) -> dict[str, Any]:
-    """``ocr_lm``: every OCR task reads with a character language model fitted on the training
-    text (``training/ocr_lm.py``) instead of greedily; the report then says so."""
+    """``ocr_decoding`` as ``MOBILE_MM_OCR_DECODING``: ``auto`` reads text lines with the
+    character language model the model ships (``training/ocr_lm.py``) and greedily when it
+    ships none, ``lm`` with the shipped one or one fitted on the training text, ``greedy``
+    greedily. The report says how (``ocr_decoding``) when a language model read."""
+    if ocr_decoding not in OCR_DECODINGS:
+        raise ValueError(f"ocr_decoding must be one of {OCR_DECODINGS}, got {ocr_decoding!r}")
     loaded = MobileMultiModalLLM.from_pretrained(model, quantization=quantization)
-    if ocr_lm:
+    shipped = loaded.ocr_reader is not None
+    if ocr_decoding == "greedy":
+        loaded.ocr_reader = None
+    elif ocr_decoding == "lm" and not shipped:
         loaded.ocr_reader = build_ocr_reader(loaded.tokenizer)
     report = evaluate_loaded(loaded, limit, tasks)
     if loaded.ocr_reader is not None:
-        reader = loaded.ocr_reader
-        report["ocr_decoding"] = {
-            "kind": "ctc-prefix-beam+char-lm",
-            "order": reader.lm.order,
-            "alpha": reader.alpha,
-            "beta": reader.beta,
-            "width": reader.width,
-            "per_frame": reader.per_frame,
-        }
+        report["ocr_decoding"] = {**describe_reader(loaded.ocr_reader), "shipped": shipped}
     return report
 
 

@@ -22,7 +22,6 @@ Example::
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 import os
@@ -30,19 +29,34 @@ import tempfile
 import zlib
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from mobile_multimodal import __version__
 from mobile_multimodal.data.text_images import train_words
 from mobile_multimodal.data.text_styles import sample_styled_text
-from mobile_multimodal.model.ctc_lm import CharNgramLM, LmReader
+from mobile_multimodal.model import checkpoint
+from mobile_multimodal.model.ctc_lm import (
+    LM_FILE,
+    MANIFEST_KEY,
+    CharNgramLM,
+    LmReader,
+    lm_file_bytes,
+    read_lm_file,
+    shipped_section,
+)
 from mobile_multimodal.model.tokenizer import Tokenizer
 
 ORDER = 5
 STYLED_LINES = 60_000
 SEED = 0
 ALPHA, BETA = 0.3, 2.0
+OCR_DECODINGS = ("auto", "greedy", "lm")  # MOBILE_MM_OCR_DECODING, `mobile-mm eval --ocr-decoding`
+# n-grams of orders 4-5 seen once are dropped: half the counts (0.75 MB gzipped for a lowercase
+# charset, 1.5 MB for printable ASCII) for reading within noise of the full model (issue 18,
+# session 17: bundled model's lowercase user OCR 0.913 against 0.92, generator OCR 0.98 both)
+PRUNE_MIN_COUNT, PRUNE_FROM_ORDER = 2, 4
 
 
 def training_texts(tokenizer: Tokenizer, styled_lines: int = STYLED_LINES, seed: int = SEED) -> list[str]:
@@ -67,17 +81,28 @@ def build_ocr_reader(
     alpha: float = ALPHA,
     beta: float = BETA,
 ) -> LmReader:
-    """An ``LmReader`` whose language model is fitted on ``training_texts`` (deterministic)."""
+    """An ``LmReader`` whose language model is fitted on ``training_texts`` and pruned
+    (``PRUNE_MIN_COUNT``, ``PRUNE_FROM_ORDER``); deterministic."""
     lm = CharNgramLM.fit(training_texts(tokenizer, styled_lines), order=order, alphabet=tokenizer.charset)
-    return LmReader(lm, alpha=alpha, beta=beta)
+    return LmReader(lm.pruned(PRUNE_MIN_COUNT, PRUNE_FROM_ORDER), alpha=alpha, beta=beta)
+
+
+def _recipe(order: int = ORDER, styled_lines: int = STYLED_LINES) -> dict[str, Any]:
+    return {
+        "order": order,
+        "lines": styled_lines,
+        "seed": SEED,
+        "prune": {"min_count": PRUNE_MIN_COUNT, "from_order": PRUNE_FROM_ORDER},
+        "version": __version__,
+    }
 
 
 def recipe_key(tokenizer: Tokenizer, order: int = ORDER, styled_lines: int = STYLED_LINES) -> str:
     """What the fitted counts depend on: the charset, the recipe, and the package's version (its
     generators draw the text). The cache file's name: a changed generator released under the
     same version keeps the old file (delete ``<data_dir>/ocr_lm`` then)."""
-    recipe = {"charset": tokenizer.charset, "order": order, "lines": styled_lines, "seed": SEED}
-    recipe["version"] = __version__
+    recipe = _recipe(order, styled_lines)
+    recipe["charset"] = tokenizer.charset
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -93,15 +118,12 @@ def cached_ocr_reader(
     path = cache_dir / f"{recipe_key(tokenizer, styled_lines=styled_lines)}.json.gz"
     if path.exists():
         try:
-            lm = CharNgramLM.from_dict(json.loads(gzip.decompress(path.read_bytes())))
-            return LmReader(lm, alpha=ALPHA, beta=BETA)
+            return LmReader(read_lm_file(path), alpha=ALPHA, beta=BETA)
         except (OSError, EOFError, zlib.error, ValueError, KeyError, TypeError) as exc:
             log(f"the cached OCR language model {path} is unreadable ({exc}): fitting it again")
     reader = build_ocr_reader(tokenizer, styled_lines=styled_lines)
     try:
-        _write_atomically(
-            path, gzip.compress(json.dumps(reader.lm.to_dict(), separators=(",", ":")).encode(), 6)
-        )
+        _write_atomically(path, lm_file_bytes(reader.lm))
     except OSError as exc:  # a read-only or full disk costs the next start a fit, not this one its model
         log(f"could not cache the OCR language model in {cache_dir} ({exc}): the next start fits it again")
     return reader
@@ -114,7 +136,34 @@ def _write_atomically(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+            os.fchmod(f.fileno(), 0o644)  # mkstemp's 0600 would hide a shipped model from other users
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+# ---- shipped with the weights ------------------------------------------------------------------
+def describe_reader(reader: LmReader) -> dict[str, Any]:
+    """The manifest's ``ocr_decoding`` section for a reader this recipe fitted."""
+    return shipped_section(reader, _recipe(reader.lm.order))
+
+
+def ship_ocr_lm(directory: Path, reader: LmReader | None = None) -> dict[str, Any]:
+    """Write the OCR reader's language model into the model directory ``directory`` (fitted
+    for its tokenizer unless ``reader`` is given: a quantized variant ships its parent's) and
+    list it in the manifest, hashed like the weights and described under ``MANIFEST_KEY``.
+    Returns the manifest written (signed when a signing key is configured)."""
+    manifest = checkpoint.read_manifest(directory)
+    tokenizer = Tokenizer.from_dict(manifest["tokenizer"])
+    reader = reader if reader is not None else build_ocr_reader(tokenizer)
+    if reader.lm.alphabet != tokenizer.charset:
+        raise ValueError(f"the language model's alphabet is not the charset of the model in {directory}")
+    _write_atomically(directory / LM_FILE, lm_file_bytes(reader.lm))
+    files = [f for f in manifest["files"] if f["path"] != LM_FILE]
+    manifest = {
+        **manifest,
+        "files": [*files, checkpoint.file_entry(directory, LM_FILE)],
+        MANIFEST_KEY: describe_reader(reader),
+    }
+    return checkpoint.write_manifest(directory, manifest)

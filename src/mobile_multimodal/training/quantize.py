@@ -39,6 +39,7 @@ from mobile_multimodal.training.batches import Batch, BatchBuilder, BatchSizes
 from mobile_multimodal.training.canary_set import evaluate_canary
 from mobile_multimodal.training.distillation import distillation_loss, outputs
 from mobile_multimodal.training.evaluate import TASKS, evaluate_loaded
+from mobile_multimodal.training.ocr_lm import ship_ocr_lm
 from mobile_multimodal.training.train import compute_losses
 
 METHODS = ("rtn", "gptq", "qat")
@@ -148,6 +149,8 @@ def quantize_model(opts: QuantizeOptions, log: Callable[[str], None] = print) ->
     manifest = save_variant(
         opts.out, fp32, float_net, quantized, plan, opts.method, opts.bits, group_size, extra
     )
+    if fp32.ocr_reader is not None:  # the variant reads OCR with its parent's language model
+        manifest = ship_ocr_lm(opts.out, fp32.ocr_reader)
 
     # score what was written, loaded the way users load it
     variant = MobileMultiModalLLM.from_pretrained(opts.out)

@@ -20,12 +20,14 @@ from tqdm import tqdm
 from mobile_multimodal.data.easyvqa import load_easy_vqa
 from mobile_multimodal.data.training_data import V1, V2, V3, data_version
 from mobile_multimodal.data.vocabulary import CHARSETS
+from mobile_multimodal.model.ctc_lm import shipped_reader
 from mobile_multimodal.model.llm import MobileMultiModalLLM
 from mobile_multimodal.model.model_config import ModelConfig
 from mobile_multimodal.model.network import MultiModalNet
 from mobile_multimodal.model.tokenizer import Tokenizer
 from mobile_multimodal.training.batches import Batch, BatchBuilder, BatchSizes
 from mobile_multimodal.training.bn_calibration import recalibrate_batchnorm
+from mobile_multimodal.training.ocr_lm import ship_ocr_lm
 from mobile_multimodal.training.replicas import SingleProcess
 from mobile_multimodal.training.warm_start import warm_start
 
@@ -160,6 +162,9 @@ class TrainOptions:
     init_from: Path | None = None
     # override the preset's pretrained_stem (False: the same stem from random init, an ablation)
     pretrained_stem: bool | None = None
+    # fit the OCR reader's character language model and ship it with the weights (ocr_lm.py;
+    # 5-9 s): servers then read OCR with it without fitting it on their first start
+    ocr_lm: bool = True
 
 
 def compute_losses(net: MultiModalNet, batch: Batch, contrastive_weight: float) -> dict[str, torch.Tensor]:
@@ -374,6 +379,9 @@ def train_model(opts: TrainOptions, replicas: SingleProcess | None = None) -> Pa
         },
     }
     model.save(out)
+    if opts.ocr_lm:  # the canary baseline below then reads as the served model will
+        model.manifest = ship_ocr_lm(out)
+        model.ocr_reader = shipped_reader(out, model.manifest, model.tokenizer.charset)
     if opts.evaluate:
         from mobile_multimodal.training.canary_set import evaluate_canary
         from mobile_multimodal.training.evaluate import attach_report, evaluate_loaded
