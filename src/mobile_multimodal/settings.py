@@ -96,7 +96,7 @@ class Settings(BaseSettings):
     onnx_weights: Literal["packed", "float"] = "packed"
     # How OCR turns the reader's frames into text, on either runtime. lm = a beam search scored
     # by a character language model fitted on the training text (model/ctc_lm.py: more words read
-    # right for 1.6-3 ms more a line, benchmarks/ocr_decoding): the one the model directory or
+    # right for 1-1.7 ms more a line, benchmarks/ocr_decoding): the one the model directory or
     # export bundle ships (`mobile-mm train` ships it), else fitted at the first start (6-9 s on
     # two cores) and cached in <data_dir>/ocr_lm; greedy = each frame's best class; auto = lm
     # when the model ships a language model, greedy when it does not
