@@ -122,6 +122,12 @@ def test_mobile_mm_eval_ocr_decoding_as_the_readme_shows_it() -> None:
     )
     assert greedy.exit_code == 0, greedy.output
     assert "ocr_decoding" not in json.loads(greedy.stdout)
+    text = runner.invoke(app, ["eval", "--tasks", "ocr", "--limit", "4"])  # the table says how it read
+    assert (
+        text.exit_code == 0 and "OCR read with a character language model: ctc_prefix_beam_lm" in text.stdout
+    )
+    plain = runner.invoke(app, ["eval", "--tasks", "ocr", "--limit", "4", "--ocr-decoding", "greedy"])
+    assert plain.exit_code == 0 and "OCR read greedily" in plain.stdout
     wrong = runner.invoke(app, ["eval", "--tasks", "ocr", "--ocr-decoding", "beam"])
     assert wrong.exit_code == 2 and "auto, greedy, lm" in wrong.output
 

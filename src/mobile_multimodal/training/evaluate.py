@@ -189,4 +189,11 @@ def format_report(report: dict[str, Any]) -> str:
             if k not in ("primary", "n", "examples", "pool") and isinstance(v, float)
         )
         lines.append(f"{task:<18}{r['primary']:>10.4f}{r['n']:>8}  {details}")
+    decoding = report.get("ocr_decoding")
+    lines.append(
+        "OCR read greedily (each frame's best class)"
+        if decoding is None
+        else f"OCR read with a character language model: {decoding['decode']}, order {decoding['order']}, "
+        f"alpha {decoding['alpha']}, beta {decoding['beta']}, width {decoding['width']}"
+    )
     return "\n".join(lines)

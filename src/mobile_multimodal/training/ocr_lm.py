@@ -53,7 +53,7 @@ STYLED_LINES = 60_000
 SEED = 0
 ALPHA, BETA = 0.3, 2.0
 OCR_DECODINGS = ("auto", "greedy", "lm")  # MOBILE_MM_OCR_DECODING, `mobile-mm eval --ocr-decoding`
-# n-grams of orders 4-5 seen once are dropped: half the counts (0.75 MB gzipped for a lowercase
+# n-grams of orders 4-5 seen once are dropped: half the counts (0.67 MB gzipped for a lowercase
 # charset, 1.5 MB for printable ASCII) for reading within noise of the full model (issue 18,
 # session 17: bundled model's lowercase user OCR 0.913 against 0.92, generator OCR 0.98 both)
 PRUNE_MIN_COUNT, PRUNE_FROM_ORDER = 2, 4
