@@ -37,7 +37,7 @@ from mobile_multimodal.export.decode_rules import TaskRules
 from mobile_multimodal.export.formats import GraphRunner
 from mobile_multimodal.export.step_caches import ArraySteps, DecoderSteps, PromptCache
 from mobile_multimodal.model.ctc_lm import DECODE as LM_DECODE
-from mobile_multimodal.model.ctc_lm import LmReader, read_lm_file, reader_from_params
+from mobile_multimodal.model.ctc_lm import LmReader, reader_from_file
 
 # The decode contract this reader follows (bundle.json "bundle_version"; bundle.py writes it):
 # 2: decoder_step takes one cache buffer per layer and returns only the new token's keys/values
@@ -89,10 +89,10 @@ def described_ocr_reader(bundle: Bundle) -> LmReader | None:
     if decode != LM_DECODE:
         raise ValueError(f"{bundle.directory}: unknown OCR decoding {decode!r}")
     spec = ocr["language_model"]
-    lm = read_lm_file(bundle.directory / spec["file"])
-    if lm.alphabet != bundle.tokenizer["ctc"]["charset"]:
-        raise ValueError(f"{bundle.directory}: the language model's alphabet is not tokenizer.ctc.charset")
-    return reader_from_params(lm, spec)
+    try:
+        return reader_from_file(bundle.directory / spec["file"], spec, bundle.tokenizer["ctc"]["charset"])
+    except ValueError as exc:
+        raise ValueError(f"{bundle.directory}: {exc}") from exc
 
 
 def log_softmax(scores: np.ndarray) -> np.ndarray:

@@ -273,6 +273,21 @@ def shipped_section(reader: LmReader, recipe: dict[str, Any] | None = None) -> d
     }
 
 
+def ocr_decoding_of(model: object) -> str:
+    """How ``model`` reads text lines: "lm" with a language-model reader attached (its
+    ``ocr_reader``), else "greedy" (``model_info``'s ``ocr_decoding``, the canary report's)."""
+    return "greedy" if getattr(model, "ocr_reader", None) is None else "lm"
+
+
+def reader_from_file(path: Path, params: dict[str, Any], charset: str) -> LmReader:
+    """The reader a description (``params``) asks for over the language model in ``path``, which
+    must be fitted for ``charset``. ValueError when it is not, or a setting is missing."""
+    lm = read_lm_file(path)
+    if lm.alphabet != charset:
+        raise ValueError("the language model's alphabet is not the reader's charset")
+    return reader_from_params(lm, params)
+
+
 def reader_from_params(lm: CharNgramLM, params: dict[str, Any]) -> LmReader:
     """The reader a description asks for; every setting must be given (a description missing
     one is refused rather than read with this release's defaults)."""
@@ -303,9 +318,6 @@ def shipped_reader(directory: Path | None, manifest: dict[str, Any], charset: st
         name = str(entry["language_model"])
         if name not in {str(f.get("path")) for f in manifest.get("files", [])}:
             raise ValueError(f"{name} is not among the manifest's files")
-        lm = read_lm_file(directory / name)
-        if lm.alphabet != charset:
-            raise ValueError("the language model's alphabet is not the reader's charset")
-        return reader_from_params(lm, entry)
+        return reader_from_file(directory / name, entry, charset)
     except (OSError, EOFError, zlib.error, KeyError, TypeError) as exc:
         raise ValueError(f"{type(exc).__name__}: {exc}") from exc

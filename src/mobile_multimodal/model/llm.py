@@ -41,7 +41,14 @@ from torch import nn
 from mobile_multimodal.manifest_signing import FROM_SETTINGS, SigningKey
 from mobile_multimodal.model import checkpoint
 from mobile_multimodal.model.constraints import TaskConstraints
-from mobile_multimodal.model.ctc_lm import LM_FILE, LmReader, lm_file_bytes, shipped_reader, shipped_section
+from mobile_multimodal.model.ctc_lm import (
+    LM_FILE,
+    LmReader,
+    lm_file_bytes,
+    ocr_decoding_of,
+    shipped_reader,
+    shipped_section,
+)
 from mobile_multimodal.model.ctc_lm import MANIFEST_KEY as LM_MANIFEST_KEY
 from mobile_multimodal.model.decoder import Stops
 from mobile_multimodal.model.domain import PREFIX_TOKENS, SCORED_TOKENS, DomainCheck, domain_scores
@@ -433,7 +440,7 @@ class MobileMultiModalLLM:
             "version": self.manifest.get("version", "0.1.0"),
             "quantization": self.quantization,
             "runtime": "pytorch",
-            "ocr_decoding": "greedy" if self.ocr_reader is None else "lm",
+            "ocr_decoding": ocr_decoding_of(self),
             "parameters": self.parameter_count(),
             "size_bytes": self.size_bytes(),
             "components": self.component_memory_bytes(),

@@ -38,6 +38,7 @@ from typing import Any
 
 from opentelemetry.context import Context
 
+from mobile_multimodal.model.ctc_lm import ocr_decoding_of
 from mobile_multimodal.observability import metrics
 from mobile_multimodal.observability.model_metrics import accuracy_loss, kv_cache_peak_bytes, primaries
 from mobile_multimodal.observability.tracing import stage
@@ -45,7 +46,7 @@ from mobile_multimodal.serving.background_slices import BackgroundSlices
 from mobile_multimodal.serving.engine import InferenceEngine, ServableModel
 from mobile_multimodal.serving.reference import ReferenceModel
 from mobile_multimodal.settings import Settings
-from mobile_multimodal.training.canary_set import CanaryModel, CanaryRun, CanarySet, ocr_decoding_of
+from mobile_multimodal.training.canary_set import CanaryModel, CanaryRun, CanarySet
 
 log = logging.getLogger(__name__)
 

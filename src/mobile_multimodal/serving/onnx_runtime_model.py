@@ -50,7 +50,7 @@ from mobile_multimodal.export.batch_decode import (
     greedy_batch,
 )
 from mobile_multimodal.export.decode import BundleModel, load_bundle, log_softmax
-from mobile_multimodal.model.ctc_lm import LmReader
+from mobile_multimodal.model.ctc_lm import LmReader, ocr_decoding_of
 from mobile_multimodal.model.llm import DEFAULT_ANSWER_TOKENS, PROMPT_MARKERS
 from mobile_multimodal.model.model_errors import ModelLoadError, check_question_tokens
 from mobile_multimodal.serving.onnx_sessions import BundleSessions
@@ -319,7 +319,7 @@ class OnnxRuntimeModel:
             "format": self.spec.get("format", "onnx"),
             "matmul_nbits_2bit_widened": self.widened_2bit,
             "matmul_nbits_as_float": self.float_matmuls,
-            "ocr_decoding": "greedy" if self.ocr_reader is None else "lm",
+            "ocr_decoding": ocr_decoding_of(self),
             "size_bytes": self.size_bytes(),
             "components": self.component_memory_bytes(),
             "tasks": list(TASKS),

@@ -32,6 +32,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from mobile_multimodal.data.splits import Example, load_eval_split
+from mobile_multimodal.model.ctc_lm import ocr_decoding_of
 from mobile_multimodal.training.eval_metrics import cider_d, exact_match_accuracy, recall_at_k, word_accuracy
 
 CANARY_TASKS = ("captioning", "ocr", "vqa", "retrieval")
@@ -133,9 +134,3 @@ def evaluate_canary(model: CanaryModel, size: int = DEFAULT_CANARY_SIZE) -> dict
         "ocr_decoding": ocr_decoding_of(model),  # a server reading otherwise is compared with its reference
         "tasks": {task: {"primary": score} for task, score in run.scores().items()},
     }
-
-
-def ocr_decoding_of(model: object) -> str:
-    """How ``model`` reads text lines: "lm" with a language-model reader attached, else "greedy"
-    (``model_info``'s ``ocr_decoding``)."""
-    return "greedy" if getattr(model, "ocr_reader", None) is None else "lm"
