@@ -130,7 +130,7 @@ if [[ "$INSTALL" == 1 ]]; then
   run rm -rf "$DEST"
   run mkdir -p "$DEST"
   run cp -a "$MODEL/model.safetensors" "$MODEL/manifest.json" "$MODEL/eval_report.json" \
-    "$MODEL/int8" "$MODEL/int4" "$MODEL/int2" "$DEST/"
+    "$MODEL/ocr_lm.json.gz" "$MODEL/int8" "$MODEL/int4" "$MODEL/int2" "$DEST/"
   echo "installed $MODEL as the bundled model (previous one in $OUT/previous-default)" >&2
 fi
 echo "done: $OUT" >&2

@@ -78,7 +78,8 @@ def test_each_precision_converts_and_matches_its_bundle(
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("quantization", "widths"), [("fp32", set()), ("int8", {"8"}), ("int4", {"4", "8"}), ("int2", {"2", "8"})]
+    ("quantization", "widths"),
+    [("fp32", set()), ("int8", {"8"}), ("int4", {"4", "8"}), ("int2", {"2", "4", "8"})],
 )
 def test_every_packed_weight_is_stored_at_its_code_width(
     coreml_bundle: Callable[[str], Built], quantization: str, widths: set[str]

@@ -179,7 +179,8 @@ def test_vision_takes_any_question_length_and_a_caption_passes_no_slot(onnx_fp32
     assert all("question_axes" not in g for n, g in bundle["graphs"].items() if n != "vision")
     session = ort.InferenceSession(str(onnx_fp32.out / "vision.onnx"), providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(1)
-    image = rng.uniform(-1, 1, (2, 3, 64, 64)).astype(np.float32)
+    side = bundle["image_preprocessing"]["scene"]["height"]
+    image = rng.uniform(-1, 1, (2, 3, side, side)).astype(np.float32)
     words = rng.integers(4, 40, (2, 5)).astype(np.int64)
 
     def tokens(slots: int, real: int) -> np.ndarray:

@@ -132,7 +132,8 @@ def test_bundle_json_describes_the_graph_files(onnx_int2: BuiltBundle) -> None:
     assert tokenizer["vocab"] == model_tok.itos and tokenizer["ctc"]["charset"] == model_tok.charset
     assert bundle["special_tokens"]["<eos>"] == model_tok.eos_id
     assert bundle["tasks"]["captioning"]["prompt"] == model_tok.prompt("captioning")
-    assert bundle["image_preprocessing"]["scene"]["height"] == 64
+    scene_size = MobileMultiModalLLM.from_pretrained("default").config.scene_size
+    assert bundle["image_preprocessing"]["scene"]["height"] == scene_size
     assert any("argmax" in step for step in bundle["decode_loop"])
     assert bundle["weights"]["packed_layers"]["linear int2"]["group_sizes"] == [80]
     assert bundle["weights"]["storage"]["initializer_bytes_by_dtype"]["uint8"] > 0

@@ -1,13 +1,14 @@
-"""The OCR charset and reader geometry are the model's own: the bundled model keeps its lowercase
-charset and squeezed 32x256 reader (a manifest without a charset gets that one), a printable-ASCII
-model reads case and punctuation as written, and a letterboxed reader never distorts a long line;
-the export bundle carries both and preprocesses exactly as the PyTorch model does."""
+"""The OCR charset and reader geometry are the model's own: the bundled model reads printable
+ASCII through a letterboxed 32x512 reader (case, digits and punctuation as written; a manifest
+without a charset gets the first models' lowercase one and squeezed reader), and a letterboxed
+reader never distorts a long line; the export bundle carries both and preprocesses exactly as the
+PyTorch model does."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 from mobile_multimodal.data.vocabulary import CHARSETS, OCR_CHARSET, OCR_CHARSET_ASCII
 from mobile_multimodal.export.bundle import tokenizer_json
@@ -24,15 +25,31 @@ def test_printable_ascii_charset_has_95_characters() -> None:
     assert CHARSETS == {"lowercase": OCR_CHARSET, "ascii": OCR_CHARSET_ASCII}
 
 
-def test_the_bundled_model_keeps_its_lowercase_charset_and_squeezed_reader(
+def test_the_bundled_model_reads_printable_ascii_through_a_letterboxed_reader(
     bundled_model: MobileMultiModalLLM,
 ) -> None:
     tok = bundled_model.tokenizer
-    assert tok.charset == OCR_CHARSET and tok.folds_case and tok.ctc_classes == 38
-    assert tok.encode_chars("Hello, World!") == tok.encode_chars("hello world")  # folded, "!" dropped
+    assert tok.charset == OCR_CHARSET_ASCII and not tok.folds_case and tok.ctc_classes == 96
+    assert "".join(tok.charset[i - 1] for i in tok.encode_chars("Hello, World!")) == "Hello, World!"
     cfg = bundled_model.config
-    assert (cfg.ocr_height, cfg.ocr_width, cfg.ocr_fit) == (32, 256, "squeeze")
-    assert tokenizer_json(tok)["ctc"]["charset"] == OCR_CHARSET
+    assert (cfg.ocr_height, cfg.ocr_width, cfg.ocr_fit) == (32, 512, "letterbox")
+    assert tokenizer_json(tok)["ctc"]["charset"] == OCR_CHARSET_ASCII
+
+
+def _line(text: str, font_size: int = 28) -> Image.Image:
+    font = ImageFont.truetype("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf", font_size)
+    image = Image.new("RGB", (int(font.getlength(text)) + 24, font_size + 16), "white")
+    ImageDraw.Draw(image).text((12, 6), text, fill="black", font=font)
+    return image
+
+
+@pytest.mark.parametrize("quantization", ["fp32", "int2"])
+def test_the_bundled_model_reads_case_digits_and_punctuation(quantization: str) -> None:
+    model = MobileMultiModalLLM.from_pretrained("default", quantization=quantization)
+    # the last: 32 characters (issue 18: lines of up to at least 32), a 483x44 image that the
+    # letterbox scales to the reader's 32-px height, 351 of its 512 columns
+    lines = ["Hello, World!", "Price: 19.99", "Main St. 42", "OPEN 24/7", "Order #4521: 3 items, total $58."]
+    assert model.extract_texts([_line(text) for text in lines]) == lines
 
 
 def test_a_manifest_without_charset_or_fit_gets_the_first_models_ones() -> None:

@@ -25,6 +25,9 @@ FIXED_EXAMPLES = 24
 # exact-match task, and keep this fraction of fp32's CIDEr-D
 ALLOWED_MISSES = {"int8": 0, "int4": 1, "int2": 1}
 CIDER_KEPT = {"int8": 0.99, "int4": 0.97, "int2": 0.95}
+# the widths each variant stores (quantization/policy.py: INT2 keeps the OCR reader's column
+# projection at 4 bits)
+WIDTHS = {"int8": {8}, "int4": {8, 4}, "int2": {8, 4, 2}}
 
 
 def _manifest(q: str) -> dict:
@@ -41,11 +44,11 @@ def test_variant_manifest_states_its_quantization_and_meets_the_loss_target(q: s
     section = manifest["quantization"]
     assert section["mode"] == q and section["bits"] == int(q[3:])
     assert section["layers"]["embeddings"]["bits"] == 8
-    assert {spec["bits"] for spec in section["layers"].values()} == ({8} if q == "int8" else {8, int(q[3:])})
-    # built from these very fp32 weights (the OCR language model was shipped after the variants)
+    assert {spec["bits"] for spec in section["layers"].values()} == WIDTHS[q]
+    # built from these very fp32 weights and the OCR language model they ship
     bundled = json.loads((BUNDLED / "manifest.json").read_text())
-    weights = {f["path"]: f["sha256"] for f in bundled["files"] if f["path"] != "ocr_lm.json.gz"}
-    assert {f["path"]: f["sha256"] for f in section["source"]["files"]} == weights
+    files = {f["path"]: f["sha256"] for f in bundled["files"]}
+    assert {f["path"]: f["sha256"] for f in section["source"]["files"]} == files
     fp32 = section["baseline_eval"]["tasks"]
     for task, result in manifest["eval"]["tasks"].items():
         assert result["n"] == fp32[task]["n"]
@@ -66,7 +69,7 @@ def test_variant_loads_packed_and_passes_the_fixed_held_out_examples(
     model = MobileMultiModalLLM.from_pretrained("default", quantization=q)
     assert model.quantization == q
     packed = [m for m in model.network.modules() if isinstance(m, PackedWeight)]
-    assert packed and {m.bits for m in packed} == ({8} if q == "int8" else {8, int(q[3:])})
+    assert packed and {m.bits for m in packed} == WIDTHS[q]
     # packed weights are buffers, yet they are the same parameters as fp32's
     assert model.get_model_info()["parameters"] == bundled_model.get_model_info()["parameters"]
     got = evaluate_loaded(model, FIXED_EXAMPLES, TASKS)["tasks"]
