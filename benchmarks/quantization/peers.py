@@ -2,7 +2,9 @@
 
 Every peer gets the same starting point: the fp32 network with the policy's INT8 layers
 (embedding/output head, patch embedding, CTC output) already replaced by our INT8 modules, so
-that the comparison isolates the low-bit method. Each peer then quantizes every other Linear:
+that the comparison isolates the low-bit method. Each peer then quantizes every other Linear,
+each at the bits and group size the policy gives it (at INT2, ``int8-io-v2`` keeps the OCR
+reader's column projection at 4 bits, groups of 96: the peers get the same):
 
 - optimum-quanto ``qint2`` / ``qint4``: its MaxOptimizer (min-max affine), at our group size;
 - hqq: half-quadratic optimisation of the zero points (and scales), 2 or 4 bits, our group size;
@@ -55,6 +57,10 @@ def _low_bit(plan: dict[str, LayerSpec]) -> list[str]:
     return [n for n, s in plan.items() if s.bits < 8 and s.kind == "linear"]
 
 
+def _group(spec: LayerSpec, default: int) -> int:
+    return spec.group_size or default
+
+
 def _numel(net: nn.Module, names: list[str]) -> int:
     total = 0
     for name in names:
@@ -75,11 +81,13 @@ def quanto(
     net = with_int8_layers(fp32, int8)
     names = _low_bit(plan)
     weights = _numel(net, names)
-    quantize(net, weights={2: qint2, 4: qint4}[bits], include=names)
+    for width in sorted({plan[n].bits for n in names}):
+        layers = [n for n in names if plan[n].bits == width]
+        quantize(net, weights={2: qint2, 4: qint4}[width], include=layers)
     for name in names:
         module = net.get_submodule(name)
         # quanto picks its own group size from in_features; give it ours, for matched bits
-        module.weight_group_size = group_size  # type: ignore[assignment]
+        module.weight_group_size = _group(plan[name], group_size)  # type: ignore[assignment]
     freeze(net)
     stored = 0
     for name in names:
@@ -115,10 +123,11 @@ def hqq(
     net = with_int8_layers(fp32, int8)
     names = _low_bit(plan)
     weights = _numel(net, names)
-    cfg = BaseQuantizeConfig(nbits=bits, group_size=group_size, axis=1)
     stored = 0
     for name in names:
         module = net.get_submodule(name)
+        spec = plan[name]
+        cfg = BaseQuantizeConfig(nbits=spec.bits, group_size=_group(spec, group_size), axis=1)
         q = HQQLinear(module, quant_config=cfg, compute_dtype=torch.float32, device="cpu", del_orig=True)
         stored += q.W_q.numel() * q.W_q.element_size()
         stored += sum(q.meta[k].numel() * q.meta[k].element_size() for k in ("scale", "zero"))
@@ -183,7 +192,7 @@ def onnxruntime_rtn(
     with torch.no_grad():
         for name in names:
             module: Any = net.get_submodule(name)
-            wq, nbytes = ort_rtn_weight(module.weight, bits)
+            wq, nbytes = ort_rtn_weight(module.weight, plan[name].bits)
             module.weight.copy_(wq)
             stored += nbytes
     return PeerResult(

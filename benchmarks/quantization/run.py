@@ -184,9 +184,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         print(f"[{time.time() - started:7.1f}s] {msg}", flush=True)
 
     def wrap(network: MultiModalNet, label: str) -> MobileMultiModalLLM:
-        return MobileMultiModalLLM(
+        model = MobileMultiModalLLM(
             network, fp32.tokenizer, {"name": fp32.manifest.get("name")}, None, quantization=label
         )
+        model.ocr_reader = fp32.ocr_reader  # text lines read as the shipped variants read them
+        return model
 
     log("fp32")
     fp32_report = evaluate_loaded(fp32, limit, TASKS)

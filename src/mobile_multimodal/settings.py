@@ -79,8 +79,9 @@ class Settings(BaseSettings):
     shadow_sample_rate: float = Field(0.01, ge=0, le=1)
     shadow_queue: int = Field(32, ge=1, le=10_000)
     # Scene tasks whose results say out_of_domain (model/domain.py), comma-separated. A caption
-    # is scored by its own decode, free; vqa and retrieval each cost one more 8-token caption
-    # decode of the image (about as long as the answer's), so they are opt-in. "" = none.
+    # (budget of 32 tokens or more) is scored by its own decode and pays only for the image's and
+    # the caption's embeddings; vqa and retrieval each cost one more caption decode of the image,
+    # so they are opt-in. "" = none.
     domain_check_tasks: str = "captioning"
     # auto = cuda when torch sees a GPU, else cpu.
     device: Literal["auto", "cpu", "cuda"] = "auto"

@@ -7,6 +7,7 @@ import threading
 from collections import Counter
 from functools import lru_cache
 
+import numpy as np
 import pytest
 import torch
 
@@ -58,6 +59,7 @@ def test_rows_joining_at_different_steps_decode_as_they_would_alone(quantization
     joins = {0: [c[0]], 2: [v[0], c[1]], 3: [c[2], c[3], v[1]], 7: [c[4], c[5], v[2], v[3]]}
     decoding = TaskDecoding(model)
     got: dict[object, tuple[str, float, float | None]] = {}
+    embedded: dict[object, np.ndarray] = {}
     most_rows = 0
     for step in range(MAX_STEPS):
         if step in joins:
@@ -66,6 +68,8 @@ def test_rows_joining_at_different_steps_decode_as_they_would_alone(quantization
         most_rows = max(most_rows, len(decoding))
         for r in decoding.step():
             got[r.tag] = (r.text, r.confidence, r.domain_score)
+            if r.domain_embedding is not None:  # the check's embedding, from the caption's own tokens
+                embedded[r.tag] = r.domain_embedding
         if step > max(joins) and not len(decoding):
             break
     assert most_rows >= 5  # they did decode side by side
@@ -75,9 +79,11 @@ def test_rows_joining_at_different_steps_decode_as_they_would_alone(quantization
         assert got[r.tag][0] == text, r.tag  # token for token
         assert got[r.tag][1] == pytest.approx(confidence, abs=1e-6)
         if domain is None:
-            assert got[r.tag][2] is None
+            assert got[r.tag][2] is None and r.tag not in embedded
         else:
             assert got[r.tag][2] == pytest.approx(domain, abs=1e-6)
+            np.testing.assert_allclose(embedded[r.tag], model.get_image_embeddings([r.image])[0], atol=1e-5)
+    assert sorted(map(str, embedded)) == ["c0", "c3"]  # the captions of a 32-token budget
 
 
 def test_a_row_leaves_and_a_join_shrinks_the_cache_to_the_rows_left() -> None:

@@ -50,6 +50,7 @@ LIVE = ("curl", "promtool query")
 NOT_METRICS = {
     "get_model_info": "a Python method (README's API example)",
     "uptime_seconds": "a field of the /health JSON body",
+    "domain_score": "a field of an /inference result (the out-of-domain check's confidence)",
     "alertmanager_notifications_failed_total": "Alertmanager's own metric, scraped from it",
 }
 # Documented environment variables not in settings.py, and where they are read instead.

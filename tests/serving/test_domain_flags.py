@@ -43,7 +43,8 @@ def test_the_service_flags_a_photograph_and_counts_it(live_server: Callable[...,
     answer = client.post("/inference", json={"image": data_uri(photo), "task": "captioning"})
     assert answer.status_code == 200, answer.text
     result = answer.json()["result"]
-    assert result["out_of_domain"] is True and result["domain_score"] < 0.9
+    assert result["out_of_domain"] is True and 0 < result["domain_score"] < 1
+    assert -1 <= result["domain_agreement"] <= 1  # the second signal (model/domain.py)
     ok = client.post(
         "/inference", json={"image": data_uri(scene.image), "task": "vqa", "question": scene.question}
     )

@@ -26,9 +26,11 @@ import numpy as np
 import onnx
 import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from PIL import Image
 from tests.reliability.serve_process import ServeProcess
 
 from mobile_multimodal import export as export_package
+from mobile_multimodal.data.natural_images import empty_images, natural_photographs
 from mobile_multimodal.data.splits import load_eval_split
 from mobile_multimodal.data.user_style import load_user_split
 from mobile_multimodal.export.decode import BundleModel, BundleVersionError, load_bundle
@@ -150,6 +152,35 @@ def test_every_task_answers_as_pytorch_and_as_the_bundle_validation_decodes(
     assert (info["runtime"], info["quantization"]) == ("onnxruntime", quantization)
     assert onnx.max_question_tokens == torch_model.max_question_tokens
     assert onnx.tokenizer.prompt("vqa", "what color ?") == torch_model.tokenizer.prompt("vqa", "what color ?")
+
+
+@pytest.mark.parametrize("quantization", ["fp32", "int2"])
+def test_the_bundle_carries_the_domain_check_and_flags_as_pytorch_does(
+    quantization: str, int2_data_dir: Path, fp32_bundle: Path
+) -> None:
+    """Served on ONNX Runtime, a photograph or an empty canvas is flagged out of domain as on
+    PyTorch: the bundle carries the model's calibrated thresholds (bundle.json's domain_check,
+    where an app finds them too), and both signals come from the bundle's own graphs."""
+    onnx = _onnx_model(quantization, int2_data_dir, fp32_bundle)
+    torch_model = MobileMultiModalLLM.from_pretrained("default", quantization=quantization)
+    entry, section = torch_model.manifest["domain_check"], onnx.spec["domain_check"]
+    assert (section["threshold"], section["agreement_threshold"]) == (
+        entry["threshold"],
+        entry["agreement_threshold"],
+    )
+    assert section["caption_tokens"] == 32 and section["how"]
+    red = Image.new("RGB", (300, 300), (220, 30, 30))  # confidently a red rectangle: agreement flags it
+    scenes = [e.image for e in load_eval_split("captioning", 3)]
+    images = [*natural_photographs(crops_per_photo=0)[:2], empty_images()[0], red, *scenes]
+    flags, scores, agreements = onnx.out_of_domain(images)
+    theirs = torch_model.out_of_domain(images)
+    assert flags == theirs[0] and flags == [True] * 4 + [False] * 3
+    np.testing.assert_allclose(scores, theirs[1], atol=1e-4)
+    np.testing.assert_allclose(agreements, theirs[2], atol=1e-4)
+    own: list[float] = []  # a served caption's own decode carries the score: no second decode
+    captions = onnx.generate_captions(images, max_tokens=32, domain=own)
+    np.testing.assert_allclose(own, scores, atol=1e-6)
+    assert onnx.out_of_domain(images, own, captions)[0] == flags
 
 
 def test_a_stopped_row_ends_and_its_neighbours_decode_on(int2_data_dir: Path, fp32_bundle: Path) -> None:
@@ -309,8 +340,12 @@ def test_served_over_http_every_task_with_the_runtime_in_model_info_and_the_load
             "/v1/chat/completions",
             json={"model": "mobile-multimodal-llm", "messages": [{"role": "user", "content": content}]},
         )
+        photo = client.post(
+            "/inference",
+            json={"image": data_uri(natural_photographs(crops_per_photo=0)[0]), "task": "captioning"},
+        )
         metrics_text = client.get("/metrics").text
-    for response in (caption, answer, text, scored, chat):
+    for response in (caption, answer, text, scored, chat, photo):
         assert response.status_code == 200, response.text
     assert caption.json()["result"]["caption"] == direct.generate_captions([probe])[0]
     assert ProbeCase.default().is_correct(caption.json()["result"]["caption"])
@@ -319,6 +354,9 @@ def test_served_over_http_every_task_with_the_runtime_in_model_info_and_the_load
     assert text.json()["result"]["text"] == direct.extract_texts([line])[0]
     assert scored.json()["result"]["best"] == "a large red circle"
     assert 0 < caption.json()["result"]["confidence"] <= 1
+    assert caption.json()["result"]["out_of_domain"] is False  # the bundle's own domain check
+    assert photo.json()["result"]["out_of_domain"] is True and "domain_agreement" in photo.json()["result"]
+    assert metric_value(metrics_text, "model_out_of_domain_inputs_total", task="captioning") >= 1
     assert chat.json()["choices"][0]["message"]["content"] == "red"
     assert metric_value(metrics_text, "model_info", runtime="onnxruntime", quantization="int2") == 1
     assert metric_value(metrics_text, "model_inference_requests_total", task="ocr", status="success") >= 1
@@ -651,6 +689,11 @@ def test_continuous_batching_on_onnx_runtime_answers_as_each_request_alone(int2_
         confidences: list[float] = []
         assert o.result["caption"] == model.generate_captions([image], n, confidences=confidences)[0]
         assert o.result["confidence"] == pytest.approx(confidences[0], abs=2e-6)
+        # the domain check: from the caption's own decode at 32 tokens, the check's own below
+        [flag], [score], [agreement] = model.out_of_domain([image])
+        assert o.result["out_of_domain"] is flag is False
+        assert o.result["domain_score"] == pytest.approx(score, abs=2e-6)
+        assert o.result["domain_agreement"] == pytest.approx(agreement, abs=2e-6)
     for o, e in zip(outcomes[len(captions) :], vqa, strict=True):
         assert o.result["answer"] == model.answer_question(e.image, e.question)
 

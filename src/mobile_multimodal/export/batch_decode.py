@@ -70,7 +70,11 @@ def batch_line_log_probs(model: BundleModel, images: Sequence[Any]) -> np.ndarra
 def batch_image_embeddings(model: BundleModel, images: Sequence[Any]) -> np.ndarray:
     """Retrieval embeddings (B, E) of the images: their tokens in one 'vision' call
     (``batch_image_tokens``), then one 'image_embed' call, where the graphs take a batch."""
-    tokens = batch_image_tokens(model, images, [None] * len(images))
+    return batch_token_embeddings(model, batch_image_tokens(model, images, [None] * len(images)))
+
+
+def batch_token_embeddings(model: BundleModel, tokens: np.ndarray) -> np.ndarray:
+    """Retrieval embeddings (B, E) of images already encoded without a question (B, N, D)."""
     return _stacked_run(model, "image_embed", [{"image_tokens": t[None]} for t in tokens], "embedding")
 
 

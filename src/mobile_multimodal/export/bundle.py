@@ -29,6 +29,7 @@ from mobile_multimodal.filehash import sha256_file
 from mobile_multimodal.manifest_signing import maybe_sign
 from mobile_multimodal.model.constraints import TaskConstraints
 from mobile_multimodal.model.ctc_lm import LM_KIND, READER_PARAMS
+from mobile_multimodal.model.domain import CAPTION_TOKENS, MANIFEST_KEY, SCORED_TOKENS
 from mobile_multimodal.model.llm import MobileMultiModalLLM
 from mobile_multimodal.model.tokenizer import _SPLIT, SPECIALS, TASK_TOKENS, Tokenizer
 
@@ -105,6 +106,30 @@ OCR_LM_SEARCH = [
     "After the last frame, the line is the prefix with the highest log(P_blank + P_char) + "
     "lm_score + alpha * log P(END | prefix), with surrounding spaces stripped.",
 ]
+
+
+def domain_check_section(manifest: dict[str, Any]) -> dict[str, Any] | None:
+    """bundle.json's ``domain_check``: the model's calibrated out-of-domain thresholds and how an
+    app computes what it compares with them (model/domain.py); None for a model without them."""
+    entry = manifest.get(MANIFEST_KEY) or {}
+    if not isinstance(entry.get("threshold"), int | float):
+        return None
+    return {
+        "threshold": entry["threshold"],
+        "agreement_threshold": entry.get("agreement_threshold"),
+        "caption_tokens": CAPTION_TOKENS,
+        "scored_tokens": SCORED_TOKENS,
+        "how": [
+            "Optional: say when an image is not a scene of shapes or printed text the model knows (a "
+            "photograph, an empty image), so its caption or answer is a guess, not a reading.",
+            f"Caption the image greedily (decode_loop) with max_new_tokens = {CAPTION_TOKENS}; score = "
+            f"exp(mean of the log-probabilities of its first {SCORED_TOKENS} answer tokens, <eos> "
+            "included when reached; unconstrained softmax, as confidences).",
+            "agreement = dot(image embedding, text embedding of that caption's text) (retrieval's graphs).",
+            "The image is out of domain when score < threshold, or agreement < agreement_threshold "
+            "(skip the agreement when agreement_threshold is null).",
+        ],
+    }
 
 
 PREFILL_CACHE = (
@@ -291,6 +316,7 @@ def describe_bundle(
             },
             "retrieval": {"graphs": ["vision", "image_embed", "text_embed"], "similarity": "dot product"},
         },
+        **({"domain_check": domain} if (domain := domain_check_section(model.manifest)) else {}),
         "decode_loop": DECODE_LOOP,
         "constraint_rules": CONSTRAINT_RULES,
         "weights": weights or {},

@@ -51,7 +51,7 @@ from mobile_multimodal.model.ctc_lm import (
 )
 from mobile_multimodal.model.ctc_lm import MANIFEST_KEY as LM_MANIFEST_KEY
 from mobile_multimodal.model.decoder import Stops
-from mobile_multimodal.model.domain import PREFIX_TOKENS, SCORED_TOKENS, DomainCheck, domain_scores
+from mobile_multimodal.model.domain import CAPTION_TOKENS, SCORED_TOKENS, DomainCheck, check_images
 from mobile_multimodal.model.model_config import ModelConfig
 from mobile_multimodal.model.model_errors import ModelLoadError, check_question_tokens
 from mobile_multimodal.model.network import MultiModalNet
@@ -280,11 +280,12 @@ class MobileMultiModalLLM:
         stop: Stops = None,
         confidences: list[float] | None = None,
         domain: list[float] | None = None,
+        embeddings: list[np.ndarray] | None = None,
     ) -> list[str]:
         """Greedy decoding of one prompt per image; one token beyond the budget lets <eos> end it.
         With questions, the image encoding is conditioned on them (see ``question_fusion``).
-        ``domain`` (captions of at least ``PREFIX_TOKENS``): filled with each image's in-domain
-        score from this very decode (``domain.py``), so a caption costs no second check."""
+        ``domain`` (captions of a budget of at least ``CAPTION_TOKENS``): filled with each image's
+        in-domain score from this very decode (``domain.py``), so a caption costs no second decode."""
         if max_tokens < 1:
             raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
         # the network uses the questions only when it was built with question_fusion
@@ -295,7 +296,9 @@ class MobileMultiModalLLM:
         tokens, _ = self.network.encode_images(self._scenes(images), *question)
         scores: list[float] | None = [] if confidences is not None else None
         prefix: list[float] = []
-        score_prefix = domain is not None and max_tokens >= PREFIX_TOKENS
+        score_prefix = domain is not None and max_tokens >= CAPTION_TOKENS
+        if score_prefix and embeddings is not None:  # the check's image embedding, from these tokens
+            embeddings[:] = list(self.network.image_head(tokens).float().cpu().numpy())
         rules = TaskConstraints.from_tokenizer(self.tokenizer) if self.constrained_decoding else None
         out = self.network.decoder.generate(
             prompts,
@@ -322,11 +325,21 @@ class MobileMultiModalLLM:
         stop: Stops = None,
         confidences: list[float] | None = None,
         domain: list[float] | None = None,
+        embeddings: list[np.ndarray] | None = None,
     ) -> list[str]:
-        """``domain``: see ``_generate`` (left empty when ``max_tokens`` < ``PREFIX_TOKENS``)."""
+        """``domain``: see ``_generate`` (left empty when ``max_tokens`` < ``CAPTION_TOKENS``);
+        ``embeddings``, with ``domain``: filled with each image's embedding (``get_image_embeddings``'s)
+        from the tokens the caption was decoded from, for the check's caption agreement."""
         prompts = [self.tokenizer.prompt("captioning")] * len(images)
         return self._generate(
-            "captioning", images, prompts, max_tokens, stop=stop, confidences=confidences, domain=domain
+            "captioning",
+            images,
+            prompts,
+            max_tokens,
+            stop=stop,
+            confidences=confidences,
+            domain=domain,
+            embeddings=embeddings,
         )
 
     @torch.inference_mode()
@@ -402,16 +415,17 @@ class MobileMultiModalLLM:
         return self.extract_texts([image])[0]
 
     def out_of_domain(
-        self, images: Sequence[ImageInput], scores: Sequence[float] | None = None
-    ) -> tuple[list[bool | None], list[float]]:
-        """Per scene image: out of domain (None when this model has no calibrated threshold) and
-        its in-domain score (``domain.py``); ``scores`` already measured (by a caption decode's
-        ``domain``) are used as they are."""
+        self,
+        images: Sequence[ImageInput],
+        scores: Sequence[float] | None = None,
+        captions: Sequence[str] | None = None,
+        embeddings: Sequence[np.ndarray] | None = None,
+    ) -> tuple[list[bool | None], list[float], list[float]]:
+        """Per scene image: out of domain (None when this model has no calibrated threshold), its
+        in-domain score and its caption agreement (``domain.check_images``); ``scores``,
+        ``captions`` and ``embeddings`` already measured by a caption decode are used as they are."""
         check = DomainCheck.from_manifest(self.manifest)
-        if check.threshold is None:
-            return [None] * len(images), []
-        scores = list(scores) if scores else domain_scores(self, list(images))
-        return [check.flag(s) for s in scores], scores
+        return check_images(self, check, images, scores, captions, embeddings)
 
     # ---- introspection -----------------------------------------------------------------
     def component_memory_bytes(self) -> dict[str, int]:

@@ -3,8 +3,8 @@
 A serving scheduler admits requests (image, task, token budget, question) into one running batch
 at any step and collects each as soon as it is done; what it gets back is what
 ``generate_captions`` / ``answer_questions`` return for that request alone: the same text, the
-same confidence (``exp`` of the mean token log-probability) and, for a caption of at least
-``PREFIX_TOKENS``, the same in-domain score (``domain.py``).
+same confidence (``exp`` of the mean token log-probability) and, for a caption with a budget of
+at least ``CAPTION_TOKENS``, the same in-domain score (``domain.py``).
 
 :meth:`TaskDecoding.admit` encodes the admitted images in one encoder pass per task (VQA's
 conditioned on its questions, as ``answer_questions`` does), builds each prompt and its decoding
@@ -28,12 +28,13 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from mobile_multimodal.model.constraints import TaskConstraints
 from mobile_multimodal.model.decode_batch import DecodeBatch, DecodeRow, FinishedRow
 from mobile_multimodal.model.decoder import StopSignal
-from mobile_multimodal.model.domain import PREFIX_TOKENS, SCORED_TOKENS
+from mobile_multimodal.model.domain import CAPTION_TOKENS, SCORED_TOKENS
 from mobile_multimodal.model.llm import MobileMultiModalLLM
 from mobile_multimodal.model.preprocess import ImageInput, scene_tensor
 
@@ -43,8 +44,8 @@ DECODED_TASKS = ("captioning", "vqa")
 @dataclass
 class TaskRequest:
     """One caption (``task="captioning"``) or answer (``"vqa"``, with ``question``) to decode, at
-    most ``max_tokens`` words. ``domain``: measure the in-domain score (captions of at least
-    ``PREFIX_TOKENS`` only, as ``generate_captions``; ignored for answers)."""
+    most ``max_tokens`` words. ``domain``: measure the in-domain score (captions with a budget of
+    at least ``CAPTION_TOKENS`` only, as ``generate_captions``; ignored for answers)."""
 
     task: str
     image: ImageInput
@@ -62,6 +63,14 @@ class TaskResult:
     confidence: float
     domain_score: float | None
     stopped: bool
+    # the image's embedding from the caption's own image tokens (the check's caption agreement)
+    domain_embedding: np.ndarray | None = None
+
+
+def scores_domain(request: TaskRequest) -> bool:
+    """Whether ``request``'s own decode measures the domain check's evidence: a caption that asks
+    for it, with a budget that decodes the check's caption."""
+    return request.domain and request.task == "captioning" and request.max_tokens >= CAPTION_TOKENS
 
 
 def check_request(request: TaskRequest, check_question: Callable[[str], None]) -> None:
@@ -82,6 +91,7 @@ class TaskDecoding:
         self.model = model
         tok = model.tokenizer
         self.batch = DecodeBatch(model.network.decoder, tok.eos_id, tok.pad_id)
+        self._embeddings: dict[int, np.ndarray] = {}  # id(request) -> its image's embedding
 
     def __len__(self) -> int:
         return len(self.batch)
@@ -127,6 +137,10 @@ class TaskDecoding:
             ids, valid = model.encode_texts([r.question or "" for r in group], allow_empty=True)
             question = (ids.to(model.device), valid.to(model.device))
         tokens, _ = model.network.encode_images(scenes, *question)
+        scored = [i for i, r in enumerate(group) if scores_domain(r)]
+        if scored:  # the domain check's image embeddings, from the tokens the captions decode from
+            embedded = model.network.image_head(tokens[scored]).float().cpu().numpy()
+            self._embeddings.update((id(group[i]), e) for i, e in zip(scored, embedded, strict=True))
         rules = TaskConstraints.from_tokenizer(model.tokenizer) if model.constrained_decoding else None
         rows = [
             DecodeRow(
@@ -136,9 +150,7 @@ class TaskDecoding:
                 stop=r.stop,
                 scores=True,
                 # the in-domain score is a caption's (domain.py): an answer's decode gives none
-                prefix_tokens=SCORED_TOKENS
-                if r.domain and task == "captioning" and r.max_tokens >= PREFIX_TOKENS
-                else 0,
+                prefix_tokens=SCORED_TOKENS if scores_domain(r) else 0,
                 tag=r,
             )
             for r in group
@@ -152,6 +164,7 @@ class TaskDecoding:
 
     def clear(self) -> list[TaskRequest]:
         """Drop every active request (after a failed step); the requests dropped."""
+        self._embeddings.clear()
         return [t for t in self.batch.clear() if isinstance(t, TaskRequest)]
 
     def _result(self, row: FinishedRow) -> TaskResult:
@@ -160,4 +173,5 @@ class TaskDecoding:
         text = self.model.tokenizer.decode(row.tokens[: request.max_tokens])
         confidence = math.exp(row.score) if row.score is not None else 1.0
         domain = math.exp(row.prefix_score) if row.prefix_score is not None else None
-        return TaskResult(request.tag, text, confidence, domain, row.stopped)
+        embedding = self._embeddings.pop(id(request), None)
+        return TaskResult(request.tag, text, confidence, domain, row.stopped, embedding)

@@ -83,12 +83,12 @@ def run_batch(
     live = [i for i, j in enumerate(jobs) if not j.cancelled.is_set()]
     results: list[dict[str, Any]] = [{} for _ in jobs]
     if live:
-        domain: list[float] = []
-        done = _run_jobs(
-            model, key, [jobs[i] for i in live], domain if key[0] in domain_tasks.split(",") else None
-        )
-        # out_of_domain, domain_score (a caption batch measured its scores itself)
-        annotate(model, key[0], [jobs[i].image for i in live], done, domain_tasks, domain)
+        evidence = DomainEvidence([], [])
+        checked = key[0] in domain_tasks.split(",")
+        done = _run_jobs(model, key, [jobs[i] for i in live], evidence if checked else None)
+        # out_of_domain, domain_score, domain_agreement (a caption batch measured its evidence itself)
+        images = [jobs[i].image for i in live]
+        annotate(model, key[0], images, done, domain_tasks, evidence.scores, evidence.embeddings)
         for i, result in zip(live, done, strict=True):
             results[i] = result
     return results
@@ -110,8 +110,16 @@ def retrieval_margin(scores: np.ndarray) -> float:
     return min(1.0, max(0.0, margin))
 
 
+@dataclass
+class DomainEvidence:
+    """What a caption batch's own decode measured for the domain check (``domain_flags.py``)."""
+
+    scores: list[float]
+    embeddings: list[np.ndarray]
+
+
 def _run_jobs(
-    model: ServableModel, key: BatchKey, jobs: list[Job], domain: list[float] | None = None
+    model: ServableModel, key: BatchKey, jobs: list[Job], domain: DomainEvidence | None = None
 ) -> list[dict[str, Any]]:
     task, max_tokens = key
     images = [j.image for j in jobs]
@@ -119,7 +127,11 @@ def _run_jobs(
     confidences: list[float] = []
     if task == "captioning":
         # a model with the domain check scores each image in the caption's own decode
-        scored = {"domain": domain} if domain is not None and hasattr(model, "out_of_domain") else {}
+        scored = (
+            {"domain": domain.scores, "embeddings": domain.embeddings}
+            if domain is not None and hasattr(model, "out_of_domain")
+            else {}
+        )
         captions = model.generate_captions(
             images, max_tokens=max_tokens, stop=stop, confidences=confidences, **scored
         )

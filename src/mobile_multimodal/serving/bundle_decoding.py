@@ -6,8 +6,8 @@ The continuous batcher (``continuous_batcher.py``) drives a running batch one st
 served on ONNX Runtime it is this class, over ``export/running_decode.RunningDecode`` (the
 bundle's own greedy loop, rows joining at their own positions). Each request gets what
 ``OnnxRuntimeModel.generate_captions`` / ``answer_questions`` give it alone: the same text and
-confidence (``exp`` of the mean token log-probability). The ONNX graphs carry no in-domain score,
-as the static path carries none.
+confidence (``exp`` of the mean token log-probability) and, for a caption that asks for it, the
+same in-domain score (``model/domain.py``).
 
 Example::
 
@@ -23,9 +23,18 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from mobile_multimodal.export.batch_decode import batch_image_tokens
+import numpy as np
+
+from mobile_multimodal.export.batch_decode import batch_image_tokens, batch_token_embeddings
 from mobile_multimodal.export.running_decode import DecodedAnswer, DecodeRequest, RunningDecode
-from mobile_multimodal.model.task_decoding import DECODED_TASKS, TaskRequest, TaskResult, check_request
+from mobile_multimodal.model.domain import prefix_score
+from mobile_multimodal.model.task_decoding import (
+    DECODED_TASKS,
+    TaskRequest,
+    TaskResult,
+    check_request,
+    scores_domain,
+)
 from mobile_multimodal.serving.onnx_runtime_model import OnnxRuntimeModel
 
 
@@ -41,6 +50,7 @@ class BundleTaskDecoding:
     def __init__(self, model: OnnxRuntimeModel) -> None:
         self.model = model
         self._running = RunningDecode(model.bundle)
+        self._embeddings: dict[int, np.ndarray] = {}  # id(request) -> its image's embedding
 
     def __len__(self) -> int:
         return len(self._running)
@@ -83,6 +93,10 @@ class BundleTaskDecoding:
             tokens = batch_image_tokens(
                 bundle, [r.image for r in group], [q if fused else None for q in questions]
             )
+            scored = [i for i, r in enumerate(group) if scores_domain(r)]
+            if scored:  # the domain check's image embeddings, from the tokens the captions decode from
+                embedded = batch_token_embeddings(bundle, tokens[scored])
+                self._embeddings.update((id(group[i]), e) for i, e in zip(scored, embedded, strict=True))
             rows = [
                 DecodeRequest(
                     bundle.prompt(task, q), r.max_tokens, None if r.stop is None else r.stop.is_set, r
@@ -100,6 +114,7 @@ class BundleTaskDecoding:
 
     def clear(self) -> list[TaskRequest]:
         """Drop every active request (after a failed step); the requests dropped."""
+        self._embeddings.clear()
         return [t for t in self._running.clear() if isinstance(t, TaskRequest)]
 
     def _result(self, answer: DecodedAnswer) -> TaskResult:
@@ -107,4 +122,6 @@ class BundleTaskDecoding:
         assert isinstance(request, TaskRequest)
         text = self.model.tokenizer.decode(answer.ids[: request.max_tokens])
         mean = sum(answer.log_probs) / len(answer.log_probs) if answer.log_probs else 0.0
-        return TaskResult(request.tag, text, math.exp(mean), None, answer.stopped)
+        domain = prefix_score(answer.log_probs) if scores_domain(request) else None
+        embedding = self._embeddings.pop(id(request), None)
+        return TaskResult(request.tag, text, math.exp(mean), domain, answer.stopped, embedding)

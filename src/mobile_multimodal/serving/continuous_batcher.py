@@ -405,7 +405,9 @@ class ContinuousBatcher(BatchLoop):
             result: Result = {RESULT_FIELD[task]: r.text, "confidence": round(r.confidence, 6)}
             try:
                 scores = [r.domain_score] if r.domain_score is not None else None
-                annotate(model, task, [pending.job.image], [result], self._domain_tasks(), scores)
+                embeddings = [r.domain_embedding] if r.domain_embedding is not None else None
+                image = [pending.job.image]
+                annotate(model, task, image, [result], self._domain_tasks(), scores, embeddings)
             except Exception as exc:
                 out.append((pending, exc))
                 continue

@@ -47,10 +47,12 @@ from mobile_multimodal.export.batch_decode import (
     batch_image_tokens,
     batch_line_log_probs,
     batch_text_embeddings,
+    batch_token_embeddings,
     greedy_batch,
 )
 from mobile_multimodal.export.decode import BundleModel, load_bundle, log_softmax
 from mobile_multimodal.model.ctc_lm import LmReader, ocr_decoding_of
+from mobile_multimodal.model.domain import CAPTION_TOKENS, DomainCheck, check_images, prefix_score
 from mobile_multimodal.model.llm import DEFAULT_ANSWER_TOKENS, PROMPT_MARKERS
 from mobile_multimodal.model.model_errors import ModelLoadError, check_question_tokens
 from mobile_multimodal.serving.onnx_sessions import BundleSessions
@@ -84,6 +86,17 @@ class BundleTextTokenizer:
 
     def decode(self, ids: Sequence[int]) -> str:
         return self._tokens.decode(ids)
+
+
+def _scores(
+    rows: list[list[float]], max_tokens: int, confidences: list[float] | None, domain: list[float] | None
+) -> None:
+    """Fill ``confidences`` (exp of each row's mean token log-probability) and ``domain`` (its
+    in-domain score, for a budget that decodes the check's caption) from the rows' log-probs."""
+    if confidences is not None:
+        confidences[:] = [math.exp(sum(r) / len(r)) if r else 1.0 for r in rows]
+    if domain is not None and max_tokens >= CAPTION_TOKENS:
+        domain[:] = [prefix_score(r) for r in rows]
 
 
 def _stopped(stop: Sequence[threading.Event] | None, i: int) -> bool:
@@ -171,16 +184,22 @@ class OnnxRuntimeModel:
         max_tokens: int,
         stop: Sequence[threading.Event] | None,
         confidences: list[float] | None,
+        domain: list[float] | None = None,
+        embeddings: list[np.ndarray] | None = None,
     ) -> list[str]:
-        """Greedy answers, one row at a time through decode.BundleModel (the bundle's loop)."""
+        """Greedy answers, one row at a time through decode.BundleModel (the bundle's loop).
+        ``domain``, ``embeddings``: as ``generate_captions``'s."""
         if max_tokens < 1:
             raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
         if stop is not None and len(stop) != len(images):
             raise ValueError(f"{len(stop)} stop signals for {len(images)} images")
         if self.batched and len(images) > 1:
-            return self._decode_batch(task, images, questions, max_tokens, stop, confidences)
+            return self._decode_batch(
+                task, images, questions, max_tokens, stop, confidences, domain, embeddings
+            )
         texts: list[str] = []
-        means: list[float] = []
+        rows: list[list[float]] = []
+        encoded: list[np.ndarray] = []  # each row's image tokens, for the domain check's embeddings
         for i, image in enumerate(images):
             question = questions[i] if questions is not None else ""
             log_probs: list[float] = []
@@ -188,14 +207,16 @@ class OnnxRuntimeModel:
             if not _stopped(stop, i):  # a request that gave up before its row runs costs nothing
                 fused = bool(self.spec["tasks"][task].get("question"))
                 tokens = self.bundle.image_tokens(image, question if fused else None)
+                encoded.append(tokens[0])
                 row_stop = (lambda e=stop[i]: e.is_set()) if stop is not None else None
                 ids = self.bundle.greedy(
                     tokens, self.bundle.prompt(task, question), max_tokens, stop=row_stop, log_probs=log_probs
                 )
             texts.append(self.tokenizer.decode(ids[:max_tokens]))
-            means.append(sum(log_probs) / len(log_probs) if log_probs else 0.0)
-        if confidences is not None:
-            confidences[:] = [math.exp(m) for m in means]
+            rows.append(log_probs)
+        _scores(rows, max_tokens, confidences, domain)
+        if domain and embeddings is not None and len(encoded) == len(images):
+            embeddings[:] = list(batch_token_embeddings(self.bundle, np.stack(encoded)))
         return texts
 
     def _decode_batch(
@@ -206,6 +227,8 @@ class OnnxRuntimeModel:
         max_tokens: int,
         stop: Sequence[threading.Event] | None,
         confidences: list[float] | None,
+        domain: list[float] | None = None,
+        embeddings: list[np.ndarray] | None = None,
     ) -> list[str]:
         """The rows' greedy answers, decoded together (``greedy_batch``); a row whose request
         gave up before it started costs nothing, as in ``_decode_rows``."""
@@ -220,12 +243,13 @@ class OnnxRuntimeModel:
         log_probs: list[list[float]] = [[] for _ in live]
         answers = greedy_batch(self.bundle, tokens, prompts, max_tokens, stops, log_probs)
         ids: list[list[int]] = [[] for _ in images]
-        means = [0.0] * len(images)
+        rows: list[list[float]] = [[] for _ in images]
         for row, i in enumerate(live):
             ids[i] = answers[row]
-            means[i] = sum(log_probs[row]) / len(log_probs[row]) if log_probs[row] else 0.0
-        if confidences is not None:
-            confidences[:] = [math.exp(m) for m in means]
+            rows[i] = log_probs[row]
+        _scores(rows, max_tokens, confidences, domain)
+        if domain and embeddings is not None and len(live) == len(images):  # a stopped row has none
+            embeddings[:] = list(batch_token_embeddings(self.bundle, tokens))
         return [self.tokenizer.decode(row[:max_tokens]) for row in ids]
 
     def generate_captions(
@@ -234,8 +258,15 @@ class OnnxRuntimeModel:
         max_tokens: int = 32,
         stop: Sequence[threading.Event] | None = None,
         confidences: list[float] | None = None,
+        domain: list[float] | None = None,
+        embeddings: list[np.ndarray] | None = None,
     ) -> list[str]:
-        return self._decode_rows("captioning", images, None, max_tokens, stop, confidences)
+        """``domain`` (a budget of at least ``CAPTION_TOKENS``) and ``embeddings``: filled with each
+        image's in-domain score and embedding from this very decode, as
+        ``MobileMultiModalLLM.generate_captions``."""
+        return self._decode_rows(
+            "captioning", images, None, max_tokens, stop, confidences, domain, embeddings
+        )
 
     def answer_questions(
         self,
@@ -275,6 +306,18 @@ class OnnxRuntimeModel:
         if not texts:
             raise ValueError("texts must not be empty")
         return batch_text_embeddings(self.bundle, texts)
+
+    def out_of_domain(
+        self,
+        images: Sequence[Any],
+        scores: Sequence[float] | None = None,
+        captions: Sequence[str] | None = None,
+        embeddings: Sequence[np.ndarray] | None = None,
+    ) -> tuple[list[bool | None], list[float], list[float]]:
+        """As ``MobileMultiModalLLM.out_of_domain``, with the thresholds the bundle carries
+        (``bundle.json``'s ``domain_check``, from the model it was exported from)."""
+        check = DomainCheck.from_manifest(self.spec)
+        return check_images(self, check, images, scores, captions, embeddings)
 
     # ---- the PyTorch API's single-item forms (the Python API, the health probe) -------------
     def generate_caption(self, image: Any, max_tokens: int = 32) -> str:

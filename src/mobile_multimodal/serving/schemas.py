@@ -97,7 +97,18 @@ class SceneDomain(BaseModel):
         "an empty image): the output is a guess, not a reading. Absent when the model has no check.",
     )
     domain_score: float | None = Field(
-        None, ge=0, le=1, description="The in-domain score the flag compares with the model's threshold."
+        None,
+        ge=0,
+        le=1,
+        description="The model's confidence in the start of the image's caption; flagged when under the "
+        "model's calibrated threshold.",
+    )
+    domain_agreement: float | None = Field(
+        None,
+        ge=-1,
+        le=1,
+        description="Cosine between the image's embedding and its own caption's; flagged when under the "
+        "model's calibrated agreement threshold. Absent when the model checks confidence alone.",
     )
 
 

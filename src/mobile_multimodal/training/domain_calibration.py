@@ -1,11 +1,13 @@
-"""Calibrate a model's out-of-domain threshold (``model/domain.py``) and measure it.
+"""Calibrate a model's out-of-domain thresholds (``model/domain.py``) and measure them.
 
-The threshold is the ``quantile`` (default 0.5%) of the in-domain scores of the generator's
-held-out captioning scenes (500). It is then measured on data it was not fitted on: the held-out
-retrieval scenes (1,000 other seeds: the false-flag rate, which must stay tiny), the user-style
-scenes (what share of users' drawings the model admits it cannot read), natural photographs
-(scikit-image's samples and crops of them) and empty canvases (both should all be flagged).
-``--write`` stores the entry in the model's manifest (``domain_check``), where serving reads it.
+Each signal's threshold (confidence, caption agreement) is its ``quantile`` (default 0.5%) over
+the generator's held-out captioning scenes (500). The check (either signal low) is then measured
+on data it was not fitted on: the held-out retrieval scenes (1,000 other seeds: the false-flag
+rate, which must stay about 1%), the user-style scenes (what share of users' drawings the model
+admits it cannot read), natural photographs (scikit-image's samples and crops of them) and empty
+canvases (both should all be flagged), with what each signal alone would flag.
+``--write`` stores the entry in the model's manifest (``domain_check``), where serving and the
+export bundle read it.
 
 Example::
 
@@ -25,16 +27,17 @@ from mobile_multimodal.data.natural_images import empty_images, natural_photogra
 from mobile_multimodal.data.splits import load_eval_split
 from mobile_multimodal.data.user_style import load_user_split
 from mobile_multimodal.model import checkpoint
-from mobile_multimodal.model.domain import MANIFEST_KEY, PREFIX_TOKENS, domain_scores
+from mobile_multimodal.model.domain import CAPTION_TOKENS, MANIFEST_KEY, SCORED_TOKENS, domain_signals
 from mobile_multimodal.model.llm import MobileMultiModalLLM, resolve_model_dir
 
 QUANTILE = 0.005
 
 
 def calibrate(model: MobileMultiModalLLM, quantile: float = QUANTILE, n: int = 500) -> dict[str, Any]:
-    """The ``domain_check`` manifest entry: threshold and what it flags on each kind of input."""
-    fit = domain_scores(model, [e.image for e in load_eval_split("captioning", n)])
-    threshold = float(np.quantile(fit, quantile))
+    """The ``domain_check`` manifest entry: thresholds and what they flag on each kind of input."""
+    fit_scores, fit_agreements = domain_signals(model, [e.image for e in load_eval_split("captioning", n)])
+    threshold = float(np.quantile(fit_scores, quantile))
+    agreement_threshold = float(np.quantile(fit_agreements, quantile))
     sets = {
         "held_out_scenes": [e.image for e in load_eval_split("retrieval", 2 * n)],
         "user_style_scenes": [e.image for e in load_user_split("user_captioning")],
@@ -43,16 +46,23 @@ def calibrate(model: MobileMultiModalLLM, quantile: float = QUANTILE, n: int = 5
     }
     measured = {}
     for name, images in sets.items():
-        scores = np.asarray(domain_scores(model, images))
+        signals = domain_signals(model, images)
+        scores, agreements = (np.asarray(x) for x in signals)
+        unsure, disagree = scores < threshold, agreements < agreement_threshold
         measured[name] = {
             "n": len(images),
-            "flag_rate": float((scores < threshold).mean()),
+            "flag_rate": float((unsure | disagree).mean()),
+            "flag_rate_confidence_alone": float(unsure.mean()),
+            "flag_rate_agreement_alone": float(disagree.mean()),
             "median_score": float(np.median(scores)),
+            "median_agreement": float(np.median(agreements)),
         }
     return {
         "threshold": threshold,
-        "signal": f"confidence of the first {PREFIX_TOKENS} caption tokens (geometric mean probability)",
-        "fitted_on": {"split": "captioning", "n": len(fit), "quantile": quantile},
+        "agreement_threshold": agreement_threshold,
+        "signal": f"confidence of the first {SCORED_TOKENS} caption tokens (geometric mean probability)",
+        "agreement_signal": f"cosine of the image's embedding with its caption's ({CAPTION_TOKENS} tokens)",
+        "fitted_on": {"split": "captioning", "n": len(fit_scores), "quantile": quantile},
         "measured": measured,
     }
 
