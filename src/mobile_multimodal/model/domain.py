@@ -22,7 +22,8 @@ model and precision (``training/domain_calibration.py``) and stored in the model
 the scene tasks (captioning, vqa, retrieval); OCR lines are not scenes and are not checked.
 
 A caption decoded with a budget of at least ``CAPTION_TOKENS`` carries both signals (its own
-confidence prefix and its own text), so a served caption costs only the two embeddings.
+confidence prefix, its own text, and the image's embedding from the image tokens it was decoded
+from), so a served caption costs only its text's embedding and the image's embedding head.
 
 Example::
 
@@ -133,7 +134,7 @@ def caption_agreement(
     if not images:
         return []
     given = embeddings is not None and len(embeddings) == len(images)
-    image = np.stack(list(embeddings)) if given else model.get_image_embeddings(list(images))  # type: ignore[arg-type]
+    image = np.stack(list(embeddings or [])) if given else model.get_image_embeddings(list(images))
     text = model.get_text_embeddings(list(captions))
     return [float(v) for v in (image * text).sum(-1)]
 
