@@ -29,7 +29,7 @@ from mobile_multimodal.filehash import sha256_file
 from mobile_multimodal.manifest_signing import maybe_sign
 from mobile_multimodal.model.constraints import TaskConstraints
 from mobile_multimodal.model.ctc_lm import LM_KIND, READER_PARAMS
-from mobile_multimodal.model.domain import CAPTION_TOKENS, MANIFEST_KEY, SCORED_TOKENS
+from mobile_multimodal.model.domain import CAPTION_TOKENS, SCORED_TOKENS, DomainCheck
 from mobile_multimodal.model.llm import MobileMultiModalLLM
 from mobile_multimodal.model.tokenizer import _SPLIT, SPECIALS, TASK_TOKENS, Tokenizer
 
@@ -111,12 +111,12 @@ OCR_LM_SEARCH = [
 def domain_check_section(manifest: dict[str, Any]) -> dict[str, Any] | None:
     """bundle.json's ``domain_check``: the model's calibrated out-of-domain thresholds and how an
     app computes what it compares with them (model/domain.py); None for a model without them."""
-    entry = manifest.get(MANIFEST_KEY) or {}
-    if not isinstance(entry.get("threshold"), int | float):
+    check = DomainCheck.from_manifest(manifest)  # the same reading of the entry serving makes
+    if check.threshold is None:
         return None
     return {
-        "threshold": entry["threshold"],
-        "agreement_threshold": entry.get("agreement_threshold"),
+        "threshold": check.threshold,
+        "agreement_threshold": check.agreement_threshold,
         "caption_tokens": CAPTION_TOKENS,
         "scored_tokens": SCORED_TOKENS,
         "how": [
