@@ -249,3 +249,42 @@ def test_rows_leave_the_caches_with_only_the_rows_past_the_survivors_moved() -> 
     np.testing.assert_array_equal(caches.k[1], before[0][1][[order[2], order[0]]])
     assert caches.k[1].flags["C_CONTIGUOUS"]
     assert prefix_order([]) == [] and prefix_order([3]) == [3] and prefix_order([0, 1]) == [0, 1]
+
+
+def test_a_step_writes_every_layer_in_place_before_and_after_rows_leave_and_join() -> None:
+    """``LayerCaches.write`` puts each row's new keys/values into its slot of every layer's bound
+    buffer (one assignment over the stacked layers), at one position for every row or one per
+    row, and still does after rows left (the buffers are then views of the first rows) and
+    after rows joined; the slots written before stay."""
+    rng = np.random.default_rng(1)
+    layers, rows = 3, 4
+    cross = rng.standard_normal((layers, rows, 5, 64, 32), dtype=np.float32)
+    caches = LayerCaches(cross, cross, (layers, rows, 5, 48, 32))
+    buffers = [a.ctypes.data for a in (*caches.k, *caches.v)]
+
+    def new(count: int) -> np.ndarray:
+        return rng.standard_normal((layers, count, 5, 1, 32), dtype=np.float32)
+
+    first_k, first_v = new(rows), new(rows)
+    caches.write(first_k, first_v, 7)
+    order = prefix_order([0, 2, 3])  # row 1 leaves: row 3 moves into its place
+    caches.keep(order)
+    assert [a.ctypes.data for a in (*caches.k, *caches.v)] == buffers
+    step_k, step_v, positions = new(3), new(3), [5, 9, 11]
+    caches.write(step_k, step_v, positions)
+    for layer in range(layers):
+        for row, source in enumerate(order):
+            for cache, first, step in ((caches.k, first_k, step_k), (caches.v, first_v, step_v)):
+                np.testing.assert_array_equal(cache[layer][row, :, 7], first[layer, source, :, 0])
+                np.testing.assert_array_equal(cache[layer][row, :, positions[row]], step[layer, row, :, 0])
+    caches.join(cross[:, :2], cross[:, :2])  # two rows join, their caches empty
+    joined_k, joined_v = new(5), new(5)
+    caches.write(joined_k, joined_v, 12)
+    for layer in range(layers):
+        assert caches.k[layer].shape[0] == 5 and caches.k[layer].flags["C_CONTIGUOUS"]
+        np.testing.assert_array_equal(caches.k[layer][:, :, 12], joined_k[layer, :, :, 0])
+        np.testing.assert_array_equal(caches.v[layer][:, :, 12], joined_v[layer, :, :, 0])
+        np.testing.assert_array_equal(caches.k[layer][:3, :, 7], first_k[layer, order, :, 0])
+        assert not caches.k[layer][3:, :, :12].any()  # the joined rows' earlier slots: zeros
+    stacked_k, _ = caches.stacked()
+    np.testing.assert_array_equal(stacked_k, np.stack(caches.k))

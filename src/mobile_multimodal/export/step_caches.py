@@ -38,9 +38,11 @@ class DecoderSteps(Protocol):
 
 class LayerCaches:
     """The fixed-size self-attention cache of B rows as the app holds it: one C-ordered
-    (B, nh, S, hs) buffer per layer for keys and one for values (bundle.json ``kv_cache``), and
-    the rows' cross-attention keys/values split per layer, all fed to ``decoder_step`` as they
-    are; each step's new_k/new_v go into slot ``position`` (``write``), the only per-step copy.
+    (B, nh, S, hs) buffer per layer for keys and one for values (bundle.json ``kv_cache``; here
+    the layers' views of one (L, B, nh, S, hs) array each), and the rows' cross-attention
+    keys/values split per layer, all fed to ``decoder_step`` as they are; each step's
+    new_k/new_v go into slot ``position`` (``write``, one assignment for all layers), the only
+    per-step copy.
     ``prompt``: the rows' first slots as 'prefill' computed them (the rest start at zero)."""
 
     def __init__(
@@ -55,10 +57,19 @@ class LayerCaches:
         # C order: ONNX Runtime binds a buffer in place only when it is contiguous
         self.cross_k = [np.ascontiguousarray(c, dtype=np.float32) for c in cross_k]
         self.cross_v = [np.ascontiguousarray(c, dtype=np.float32) for c in cross_v]
-        self.k = [np.zeros((rows, heads, slots, head_dim), dtype=np.float32) for _ in range(layers)]
-        self.v = [np.zeros((rows, heads, slots, head_dim), dtype=np.float32) for _ in range(layers)]
+        self._use(
+            np.zeros((layers, rows, heads, slots, head_dim), dtype=np.float32),
+            np.zeros((layers, rows, heads, slots, head_dim), dtype=np.float32),
+        )
         if prompt is not None:
             self._fill_prompt(0, prompt)
+
+    def _use(self, k: np.ndarray, v: np.ndarray) -> None:
+        """Hold every layer's cache in one (L, B, nh, S, hs) array each for keys and values: the
+        per-layer buffers are its first-axis views (each C-ordered), and a step's new keys/values
+        go into all layers in one assignment instead of one per layer."""
+        self._all_k, self._all_v = k, v
+        self.k, self.v = list(k), list(v)
 
     def _fill_prompt(self, first_row: int, prompt: PromptCache) -> None:
         """Slots 0..P-1 of rows ``first_row``.. get 'prefill''s keys/values (L, B', nh, P, hs)."""
@@ -81,14 +92,15 @@ class LayerCaches:
         into each row's own slot when ``position`` gives one per row (rows that joined a running
         batch at different steps)."""
         slot = _common_slot(position)
-        rows = np.arange(self.k[0].shape[0]) if slot is None else None
-        for layer, (k, v) in enumerate(zip(self.k, self.v, strict=True)):
-            if slot is not None:
-                k[:, :, slot] = new_k[layer, :, :, 0]
-                v[:, :, slot] = new_v[layer, :, :, 0]
-            else:  # (rows, positions) picks one slot per row: (B, nh, hs)
-                k[rows, :, position] = new_k[layer, :, :, 0]
-                v[rows, :, position] = new_v[layer, :, :, 0]
+        count = self.k[0].shape[0]  # the rows in use: the first ``count`` of the arrays (keep)
+        keys, values = self._all_k[:, :count], self._all_v[:, :count]
+        if slot is not None:
+            keys[:, :, :, slot] = new_k[:, :, :, 0]
+            values[:, :, :, slot] = new_v[:, :, :, 0]
+        else:  # (rows, positions) picks one slot per row; those index axes come first: (B, L, nh, hs)
+            rows = np.arange(count)
+            keys[:, rows, :, position] = new_k[:, :, :, 0].transpose(1, 0, 2, 3)
+            values[:, rows, :, position] = new_v[:, :, :, 0].transpose(1, 0, 2, 3)
 
     def join(self, cross_k: np.ndarray, cross_v: np.ndarray, prompt: PromptCache | None = None) -> None:
         """Add rows (their cross keys/values (L, B', nh, N, hs)) after the current ones, with
@@ -96,14 +108,16 @@ class LayerCaches:
         or with their prompt's keys/values in the first slots."""
         extra, first = cross_k.shape[1], self.k[0].shape[0]
 
-        def grown(arrays: list[np.ndarray], new: np.ndarray | None) -> list[np.ndarray]:
-            out = []
-            for i, a in enumerate(arrays):
-                tail = np.zeros((extra, *a.shape[1:]), dtype=np.float32) if new is None else new[i]
-                out.append(np.ascontiguousarray(np.concatenate([a, tail]), dtype=np.float32))
-            return out
+        def grown(arrays: list[np.ndarray], new: np.ndarray) -> list[np.ndarray]:
+            pairs = zip(arrays, new, strict=True)
+            return [np.ascontiguousarray(np.concatenate([a, b]), dtype=np.float32) for a, b in pairs]
 
-        self.k, self.v = grown(self.k, None), grown(self.v, None)
+        def grown_cache(stacked: np.ndarray) -> np.ndarray:  # (L, B, ...) -> (L, B + extra, ...), zeros
+            current = stacked[:, :first]
+            tail = np.zeros((current.shape[0], extra, *current.shape[2:]), dtype=np.float32)
+            return np.concatenate([current, tail], axis=1)
+
+        self._use(grown_cache(self._all_k), grown_cache(self._all_v))
         self.cross_k, self.cross_v = grown(self.cross_k, cross_k), grown(self.cross_v, cross_v)
         if prompt is not None:
             self._fill_prompt(first, prompt)
@@ -118,9 +132,14 @@ class LayerCaches:
         count = len(index)
         if all(j == i or j >= count for i, j in enumerate(index)):
             moved = [(i, j) for i, j in enumerate(index) if j != i]
-            for arrays in (self.k, self.v, self.cross_k, self.cross_v):
+            for to, source in moved:  # sources lie past the kept rows: none is overwritten
+                self._all_k[:, to] = self._all_k[:, source]
+                self._all_v[:, to] = self._all_v[:, source]
+            self.k = [a[:count] for a in self._all_k]
+            self.v = [a[:count] for a in self._all_v]
+            for arrays in (self.cross_k, self.cross_v):
                 for n, a in enumerate(arrays):
-                    for to, source in moved:  # sources lie past the kept rows: none is overwritten
+                    for to, source in moved:
                         a[to] = a[source]
                     arrays[n] = a[:count]
             return
@@ -128,15 +147,16 @@ class LayerCaches:
         def kept(arrays: list[np.ndarray]) -> list[np.ndarray]:
             return [np.ascontiguousarray(a[index]) for a in arrays]
 
-        self.k, self.v = kept(self.k), kept(self.v)
+        self._use(np.ascontiguousarray(self._all_k[:, index]), np.ascontiguousarray(self._all_v[:, index]))
         self.cross_k, self.cross_v = kept(self.cross_k), kept(self.cross_v)
 
     def nbytes(self) -> int:
         return sum(a.nbytes for a in (*self.k, *self.v, *self.cross_k, *self.cross_v))
 
     def stacked(self) -> tuple[np.ndarray, np.ndarray]:
-        """(self_k, self_v) stacked as (L, B, nh, S, hs): for comparing two decoders' caches."""
-        return np.stack(self.k), np.stack(self.v)
+        """(self_k, self_v) as (L, B, nh, S, hs), copies: for comparing two decoders' caches."""
+        count = self.k[0].shape[0]
+        return self._all_k[:, :count].copy(), self._all_v[:, :count].copy()
 
 
 def prefix_order(kept: Sequence[int]) -> list[int]:
