@@ -10,9 +10,11 @@ the test; a command that cannot run here is listed in ``NOT_RUN_HERE`` with the 
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import shlex
 import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -208,6 +210,13 @@ def _check_python(command: str) -> None:
         compile(code, "<doc>", "exec")  # the snippet is Python; the README quick start runs it
         for module in re.findall(r"from ([\w.]+) import", code):
             assert (REPO / "src" / (module.replace(".", "/") + ".py")).is_file(), module
+    elif "-m" in words:  # a module run as a command: it exists and its --help runs
+        module = words[words.index("-m") + 1]
+        assert importlib.util.find_spec(module) is not None, f"{command}: no module {module}"
+        result = subprocess.run(
+            [sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=300, check=False
+        )
+        assert result.returncode == 0, f"{command}: {result.stderr}"
     else:
         script = next(w for w in words[1:] if w.endswith(".py"))
         assert (REPO / script).is_file(), f"{command}: no {script}"

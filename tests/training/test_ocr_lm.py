@@ -52,6 +52,14 @@ def test_no_held_out_word_is_in_the_text() -> None:
     assert held_out and not tokens & held_out
 
 
+def test_the_text_spells_everyday_conventions_in_a_third_of_the_styled_lines_count() -> None:
+    words = training_texts(ASCII, styled_lines=0)  # the training words alone
+    texts = training_texts(ASCII, styled_lines=600)
+    assert ocr_lm.everyday_lines(600) == 200 and len(texts) == len(words) + 600 + 200
+    assert sum(bool(re.fullmatch(r"\d{1,2}(:\d\d)? (AM|PM)", t)) for t in texts[-200:]) >= 5
+    assert any(re.fullmatch(r"(Hello|Hi|Dear|Thanks), [A-Z][a-z]+[!,.]", t) for t in texts[-200:])
+
+
 def test_the_text_is_the_same_every_time() -> None:
     assert training_texts(ASCII, styled_lines=300) == training_texts(ASCII, styled_lines=300)
 

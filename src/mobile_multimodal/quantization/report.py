@@ -56,6 +56,11 @@ def accuracy_losses(fp32: dict[str, Any], quantized: dict[str, Any]) -> dict[str
     return out
 
 
+def worst_loss(tasks: dict[str, dict[str, Any]]) -> float:
+    """The largest defined loss of ``accuracy_losses``' tasks (0.0 when none is defined)."""
+    return max((t["accuracy_loss"] for t in tasks.values() if t["accuracy_loss"] is not None), default=0.0)
+
+
 def build_report(
     fp32_eval: dict[str, Any],
     q_eval: dict[str, Any],
@@ -64,7 +69,7 @@ def build_report(
     section: dict[str, Any],
 ) -> dict[str, Any]:
     tasks = accuracy_losses(fp32_eval, q_eval)
-    worst = max((t["accuracy_loss"] for t in tasks.values() if t["accuracy_loss"] is not None), default=0.0)
+    worst = worst_loss(tasks)
     return {
         "model": q_eval.get("model"),
         "quantization": section["mode"],
