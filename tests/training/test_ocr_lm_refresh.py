@@ -72,9 +72,13 @@ def test_a_refit_language_model_reaches_the_variants_and_their_records(tmp_path:
     assert report["max_accuracy_loss"] == worst_loss(report["tasks"])
 
 
-def test_the_command_refuses_a_directory_without_a_model(
+def test_the_command_refuses_a_directory_without_a_model_and_a_limit_below_one(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main([str(tmp_path)])
     assert exit_info.value.code == 2 and "not a model directory" in capsys.readouterr().err
+    MobileMultiModalLLM.from_config(ModelConfig.tiny(), seed=0).save(tmp_path / "model")
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tmp_path / "model"), "--limit", "0"])
+    assert exit_info.value.code == 2 and "--limit must be at least 1" in capsys.readouterr().err

@@ -108,16 +108,18 @@ def refresh_ocr_lm(
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("model_dir", type=Path, help="a trained fp32 model directory (its variants below it)")
+    parser.add_argument("--limit", type=int, default=None, help="measure at most N lines per OCR split")
     args = parser.parse_args(argv)
     if not (args.model_dir / checkpoint.MANIFEST).is_file():
         parser.error(f"{args.model_dir} holds no {checkpoint.MANIFEST}: not a model directory")
-    for name, manifest in refresh_ocr_lm(args.model_dir).items():
+    if args.limit is not None and args.limit < 1:
+        parser.error("--limit must be at least 1")
+    for name, manifest in refresh_ocr_lm(args.model_dir, limit=args.limit).items():
         tasks = manifest["eval"]["tasks"] if "eval" in manifest else {}
         print(name, {task: round(tasks[task]["primary"], 4) for task in OCR_TASKS if task in tasks})
 
 
+__all__ = ["main", "refresh_ocr_lm", "variant_dirs"]
+
 if __name__ == "__main__":
     main()
-
-
-__all__ = ["refresh_ocr_lm", "variant_dirs"]
