@@ -86,9 +86,9 @@ def _line(kind: str, rng: np.random.Generator, words: tuple[str, ...]) -> str:
         return f"{_pick(rng, PLACES)} {int(rng.integers(1, 1000))}"
     if kind == "price":
         form = int(rng.integers(3))
-        if form == 0 and rng.random() < 0.5:
-            return f"{_pick(rng, PRICE_LABELS)}: ${_amount(rng)}"
-        if form == 0:
+        if form == 0:  # a labelled amount, half of them in dollars
+            if rng.random() < 0.5:
+                return f"{_pick(rng, PRICE_LABELS)}: ${_amount(rng)}"
             return f"Price: {_amount(rng)}"
         if form == 1:
             return f"${_amount(rng)}"
