@@ -193,6 +193,16 @@ def quantize(
     report: Path | None = typer.Option(None, help="Also write the JSON report here."),
     limit: int | None = typer.Option(None, help="Evaluate at most N examples per task (default: all)."),
     calibration_batches: int = typer.Option(16, help="Training batches for GPTQ calibration."),
+    zero_points: str = typer.Option(
+        "whole",
+        help="Zero points below 8 bits: whole (as the bundled variants) or free (any float16; "
+        "more accurate at 2 bits, see the README).",
+    ),
+    gptq_min_rows: int = typer.Option(
+        0,
+        help="GPTQ: round to nearest any Linear with fewer calibration rows than this per input "
+        "column (0: GPTQ everywhere; 8 measured best with --zero-points free).",
+    ),
     qat_steps: int = typer.Option(600, help="QAT steps (method qat)."),
     threads: int | None = typer.Option(None, help="CPU threads for torch."),
 ) -> None:
@@ -211,6 +221,8 @@ def quantize(
             report=report,
             eval_limit=limit,
             calibration_batches=calibration_batches,
+            zero_points=zero_points,
+            gptq_min_rows=gptq_min_rows,
             qat=QATOptions(steps=qat_steps),
             threads=threads,
         )

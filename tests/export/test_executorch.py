@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from mobile_multimodal.export.formats import package_version
+from mobile_multimodal.model.quantized_weight import QuantizedWeight
 
 pytestmark = pytest.mark.skipif(
     package_version("executorch") is None, reason="executorch is not installed (pip install '.[export]')"
@@ -129,13 +130,23 @@ def test_hand_written_layer_norm_and_attention_equal_the_stock_ops() -> None:
     assert torch.equal(where(write, k[:1], cache[0]), torch.where(write, k[:1], cache[0]))
 
 
+def _whole_zero_rtn(weight: torch.Tensor, bits: int) -> QuantizedWeight:
+    """Round-to-nearest with whole zero points (ours are free below 8 bits)."""
+    from mobile_multimodal.quantization.schemes import params_from_range, quantize_with
+
+    groups = weight.detach().reshape(weight.shape[0], -1, 80)
+    scale, zero = params_from_range(groups.amin(-1), groups.amax(-1), bits, step=1.0)
+    return quantize_with(weight, scale, zero, bits, 80)
+
+
 @pytest.mark.parametrize("in_features", [160, 400])
-def test_int2_codes_are_carried_exactly_in_xnnpack_4bit_blocks(in_features: int) -> None:
+def test_int2_codes_with_whole_zero_points_are_carried_exactly_in_xnnpack_4bit_blocks(
+    in_features: int,
+) -> None:
     from mobile_multimodal.export.xnnpack_quant import BlockwiseLinear
-    from mobile_multimodal.quantization.schemes import quantize_rtn
 
     linear = torch.nn.Linear(in_features, 64)
-    qw = quantize_rtn(linear.weight, bits=2, group_size=80)
+    qw = _whole_zero_rtn(linear.weight, 2)
     block = BlockwiseLinear(linear, qw)
     assert block.exact_blocks == block.blocks == 64 * (in_features // 80) * 3
     stored = block.linear.weight.dequantize().view(64, in_features // 80, 96)
@@ -150,9 +161,8 @@ def test_int2_codes_are_carried_exactly_in_xnnpack_4bit_blocks(in_features: int)
 
 def test_int4_codes_are_exact_where_they_fit_and_within_one_step_elsewhere() -> None:
     from mobile_multimodal.export.xnnpack_quant import blockwise_codes
-    from mobile_multimodal.quantization.schemes import quantize_rtn
 
-    qw = quantize_rtn(torch.randn(64, 160), bits=4, group_size=80)
+    qw = _whole_zero_rtn(torch.randn(64, 160), 4)
     q4, scale, exact = blockwise_codes(qw)
     stored = (q4.float() * scale.repeat_interleave(32, dim=1)).view(64, 2, 96)[..., :80].reshape(64, 160)
     error = (stored - qw.dequantize()).abs()
@@ -166,3 +176,25 @@ def test_toolchain_reports_executorch() -> None:
 
     assert WRITER.toolchain()["executorch"] == package_version("executorch") is not None
     assert WRITER.toolchain()["torchao"] is not None
+
+
+def test_free_zero_points_are_carried_within_a_fraction_of_a_step() -> None:
+    from mobile_multimodal.export.xnnpack_quant import blockwise_codes
+    from mobile_multimodal.quantization.schemes import quantize_rtn, quantize_with
+
+    def stored(q4: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        return (q4.float() * scale.repeat_interleave(32, dim=1)).view(64, 2, 96)[..., :80].reshape(64, 160)
+
+    for bits, bound in ((2, 3 / 14), (4, 15 / 14)):
+        qw = quantize_rtn(torch.randn(64, 160), bits=bits, group_size=80, zero_points="free")
+        zeros = qw.zeros.float()
+        assert bool((zeros != zeros.round()).any())
+        q4, scale, _ = blockwise_codes(qw)
+        step = qw.scales.float().repeat_interleave(80, dim=1)
+        assert bool(((stored(q4, scale) - qw.dequantize()).abs() <= bound * step + 1e-6).all())
+    # half-integer zero points: a grid of half our step holds them exactly
+    q2 = quantize_rtn(torch.randn(64, 160), bits=2, group_size=80, zero_points="free")
+    half = quantize_with(q2.dequantize(), q2.scales.float(), (q2.zeros.float() * 2).round() / 2, 2, 80)
+    q4, scale, exact = blockwise_codes(half)
+    assert exact == scale.numel()
+    assert torch.equal(stored(q4, scale), half.dequantize())

@@ -65,15 +65,17 @@ def test_matmul_nbits_computes_our_dequantized_weight(bits: int, group: int | No
     np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-5)  # float summation order only
 
 
-def test_fractional_zero_points_are_kept_as_floats() -> None:
+@pytest.mark.parametrize("bits", [4, 2])  # QAT's free ones; --zero-points free
+def test_fractional_zero_points_are_kept_as_floats(bits: int) -> None:
     weight = torch.randn(32, 160)
     lo, hi = weight.reshape(32, 2, 80).amin(-1), weight.reshape(32, 2, 80).amax(-1)
-    scale, zero = params_from_range(lo, hi, 4, integer_zero=False)
-    qw = quantize_with(weight, scale, zero, 4, 80)
+    scale, zero = params_from_range(lo, hi, bits, step=0)
+    assert bool((zero != zero.round()).any())
+    qw = quantize_with(weight, scale, zero, bits, 80)
     tensors = matmul_nbits_tensors(qw, 16)
     assert tensors["zero_points"].dtype == np.float32
     x = np.random.default_rng(1).standard_normal((3, 160)).astype(np.float32)
-    got = _run_matmul_nbits(tensors, 160, 32, 4, 16, x)
+    got = _run_matmul_nbits(tensors, 160, 32, bits, 16, x)
     np.testing.assert_allclose(got, x @ qw.dequantize().numpy().T, atol=1e-4, rtol=0)
     assert not matmul_nbits_exact(quantize_with(weight, scale.mean(1, keepdim=True), zero[:, :1], 8, 160))
 

@@ -3,7 +3,13 @@ from __future__ import annotations
 import torch
 
 from mobile_multimodal.model import MobileMultiModalLLM
-from mobile_multimodal.quantization.gptq import collect_hessians, gptq_quantize, quantize_gptq_layers
+from mobile_multimodal.quantization.gptq import (
+    MIN_ROWS_PER_INPUT,
+    calibrate,
+    collect_hessians,
+    gptq_quantize,
+    quantize_gptq_layers,
+)
 from mobile_multimodal.quantization.policy import make_plan
 from mobile_multimodal.quantization.schemes import quantize_rtn
 from mobile_multimodal.training.batches import BatchBuilder, BatchSizes
@@ -46,7 +52,36 @@ def test_hessians_cover_every_linear_and_are_symmetric_psd(tiny_model: MobileMul
 def test_gptq_plan_quantizes_every_planned_layer_at_its_width(tiny_model: MobileMultiModalLLM) -> None:
     plan = make_plan(tiny_model.network, 2, 32)
     builder = BatchBuilder(tiny_model.tokenizer, 0, SIZES, None)
-    quantized = quantize_gptq_layers(tiny_model.network, plan, [builder.build(0)], calibration_forward)
+    quantized = quantize_gptq_layers(
+        tiny_model.network, plan, [builder.build(0)], calibration_forward
+    ).quantized
     assert set(quantized) == set(plan)
     assert {quantized[n].bits for n in plan} == {2, 4, 8}  # INT2's column projection: 4 bits
     assert all(quantized[n].bits == plan[n].bits for n in plan)
+
+
+def test_layers_with_too_few_calibration_rows_are_rounded_to_nearest(tiny_model: MobileMultiModalLLM) -> None:
+    net = tiny_model.network
+    plan = make_plan(net, 2, 32)
+    builder = BatchBuilder(tiny_model.tokenizer, 0, SIZES, None)
+    batches = [builder.build(0)]
+    rows = calibrate(
+        net, [n for n, s in plan.items() if s.kind == "linear"], batches, calibration_forward
+    ).rows
+    # the retrieval projection sees one row per example: fewer than its inputs
+    proj = "text_encoder.proj"
+    assert rows[proj] < net.get_submodule(proj).in_features
+    result = quantize_gptq_layers(
+        net, plan, batches, calibration_forward, min_rows_per_input=MIN_ROWS_PER_INPUT
+    )
+    assert result.rounded_to_nearest[proj] == rows[proj]
+    assert all(
+        rows[n] < MIN_ROWS_PER_INPUT * net.get_submodule(n).in_features for n in result.rounded_to_nearest
+    )
+    assert torch.equal(
+        result.quantized[proj].dequantize(), quantize_rtn(net.get_submodule(proj).weight, 2, 32).dequantize()
+    )
+    # with the rule off (the default) every Linear is GPTQ's, and that projection comes out differently
+    every = quantize_gptq_layers(net, plan, batches, calibration_forward)
+    assert every.rounded_to_nearest == {}
+    assert not torch.equal(every.quantized[proj].dequantize(), result.quantized[proj].dequantize())

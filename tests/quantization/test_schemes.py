@@ -1,12 +1,20 @@
 from __future__ import annotations
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mobile_multimodal.model.quantized_weight import num_groups
 from mobile_multimodal.quantization.gptq import gptq_quantize
-from mobile_multimodal.quantization.schemes import minmax_params, qmax, quantize_codes, quantize_rtn
+from mobile_multimodal.quantization.schemes import (
+    minmax_params,
+    params_from_range,
+    qmax,
+    quantize_codes,
+    quantize_rtn,
+    zero_step,
+)
 
 
 def representable(
@@ -93,3 +101,33 @@ def test_clip_search_never_loses_to_min_max() -> None:
             return float((((q - z[:, col]) * s[:, col] - w) ** 2).mean())
 
         assert mse(searched) < mse(plain)
+
+
+@settings(max_examples=20, deadline=None)
+@given(bits=st.sampled_from([2, 4, 8]), seed=st.integers(0, 2**31))
+def test_zero_points_are_whole_unless_free_is_asked_for_below_8_bits(bits: int, seed: int) -> None:
+    w = torch.randn(16, 160, generator=torch.Generator().manual_seed(seed))
+    gs = 80 if bits < 8 else None
+    whole = quantize_rtn(w, bits, gs).zeros.float()
+    free = quantize_rtn(w, bits, gs, zero_points="free").zeros.float()
+    assert zero_step(bits) == 1.0 and zero_step(bits, "free") == (1.0 if bits == 8 else 0.0)
+    assert torch.equal(whole, whole.round())
+    assert torch.equal(free, free.round()) == (bits == 8)
+    assert bool(((free >= 0) & (free <= qmax(bits))).all())
+
+
+def test_free_zero_points_allow_the_symmetric_2_bit_grid() -> None:
+    # a group symmetric about 0 at 4 levels: (±0.5, ±1.5) * s needs the zero point at 1.5
+    w = torch.tensor([[-1.5, -0.5, 0.5, 1.5] * 20])
+    qw = quantize_rtn(w, 2, 80, zero_points="free")
+    assert float(qw.zeros[0, 0]) == 1.5
+    assert torch.equal(qw.dequantize(), w)
+    s, z = params_from_range(w.amin(-1, keepdim=True), w.amax(-1, keepdim=True), 2, step=1.0)
+    assert float(z[0, 0]) in (1.0, 2.0)  # whole zero points cannot: one end is clipped
+    codes = quantize_codes(w, s, z, 80, 2).float()
+    assert float(((codes - z) * s - w).abs().max()) > 0.4
+
+
+def test_unknown_zero_points_are_refused() -> None:
+    with pytest.raises(ValueError, match="zero_points"):
+        quantize_rtn(torch.randn(4, 80), 2, 80, zero_points="half")

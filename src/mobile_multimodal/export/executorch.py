@@ -18,9 +18,10 @@ Precision, XNNPACK's own low-bit scheme (``xnnpack_quant.py`` has the details):
   a zero point XNNPACK cannot take);
 - ``int4`` / ``int2``: Linears quantized to 4 or 2 bits become XNNPACK 4-bit blockwise weights
   (blocks of 32) with int8 dynamic activations. Our groups of 80 are padded to 96 columns so no
-  block straddles two groups; a 2-bit code minus its zero point (-3..3) fits a signed 4-bit code
-  exactly, with our scale, so INT2 carries our own 2-bit weights (XNNPACK has no 2-bit kernel);
-  INT4 codes carry exactly where the block's offsets fit -8..7, else at a doubled scale.
+  block straddles two groups; each block holds a code's offset from its zero point on a grid
+  of its own (XNNPACK has no 2-bit kernel and no zero point): exactly for whole zero points,
+  else within half the block's grid step, for free ones (QAT's, ``--zero-points free``): 0.22 of
+  our step at 2 bits, about one at 4 (``xnnpack_quant``).
   XNNPACK runs 4-bit weights only with int8 activations (a weight-only 4-bit linear has no
   XNNPACK kernel), so the exported model differs from PyTorch's by that rounding; validation
   measures what it costs in task accuracy. 8-bit Linears of the mixed policy are as ``int8``.

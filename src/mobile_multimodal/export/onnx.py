@@ -4,8 +4,9 @@ Each Linear whose weight came from our packed INT2/INT4/INT8 codes is written as
 ``com.microsoft::MatMulNBits`` holding those very codes: our groups (80 weights, or a whole row
 at INT8) are cut into blocks of the largest power of two (>= 16) that divides the group, each
 block repeating its group's float16 scale (exact in float32). Integer zero points are stored
-packed as uint8 (exact); the non-integer ones our INT4 QAT/GPTQ variants may carry are stored as
-float zero points (ORT accepts those at 2 and 4 bits). So the exported model computes what our
+packed as uint8 (exact); free ones (the INT4 QAT variant's, or any variant quantized with
+``--zero-points free``: ``quantization.schemes.zero_step``) are stored as float zero points,
+one per block like the scales (ORT accepts those at 2 and 4 bits). So the exported model computes what our
 PyTorch model computes: ``(code - zero) * scale`` per weight, then a float matmul.
 The other packed weights (conv stem, token embedding, a group not a multiple of 16) are stored
 as uint8 codes behind a per-output-channel ``DequantizeLinear`` (ONNX standard, exact with an

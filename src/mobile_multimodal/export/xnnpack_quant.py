@@ -7,17 +7,21 @@ bfloat16), no zero point. Our weights are affine, ``w = (q - z) * s`` per group 
 
 - a 2- or 4-bit layer keeps its codes: the input is padded from groups of 80 to groups of 96
   (three blocks of 32, the last 16 columns zero) so that no block straddles two of our groups,
-  and each block stores ``q - z`` with our scale ``s``. A 2-bit offset (-3..3) always fits the
-  signed 4-bit range: INT2 is carried exactly. A 4-bit offset (-15..15) fits only when the
-  block's offsets lie in -8..7; other blocks store ``round((q - z) / m)`` at scale ``m * s``
-  with the smallest m that fits (``BlockwiseLinear.exact_blocks`` counts the exact ones);
+  and each block stores ``round((q - z) / m)`` at scale ``m * s``, m chosen per block
+  (``_block_multiples``; ``BlockwiseLinear.exact_blocks`` counts the blocks carried exactly).
+  Whole zero points give whole offsets: a 2-bit one (-3..3) always fits the signed 4-bit range
+  at m = 1, exactly, and a 4-bit one (-15..15) where the block's offsets lie in -8..7, else at
+  the smallest whole m that fits. Free zero points (QAT's, or ``quantize --zero-points free``:
+  ``quantization.schemes.zero_step``) give offsets that are not whole: the block then takes the
+  finest grid that spans it, within ``m / 2`` of each offset (for 2-bit codes m <= 3/7: within
+  0.22 of our step, a small part of the 2-bit rounding itself; for 4-bit codes m <= 15/7);
 - an 8-bit layer is re-rounded to symmetric int8 per channel from its dequantized weight
   (our int8 codes have a zero point, so ``q - z`` spans -255..255).
 
 Example::
 
     stats = quantize_for_xnnpack(module, spec.quantized, "int2")
-    stats["exact_4bit_blocks"] == stats["4bit_blocks"]      # INT2 codes carried exactly
+    stats["exact_4bit_blocks"], stats["4bit_blocks"]       # blocks carried exactly, of all
 """
 
 from __future__ import annotations
@@ -52,6 +56,26 @@ def _int8_activation_weight(qdata: Tensor, scale: Tensor, target: torch.dtype, b
     )
 
 
+def _block_multiples(offsets: Tensor, need: Tensor) -> Tensor:
+    """Per block, the multiple m of our scale whose grid ``m * k`` (k in -8..7) holds the
+    block's offsets ``q - z`` with the smallest largest error: 1 for whole offsets that fit
+    (exact), the smallest whole m for wider ones, 1/k where it is exact (half-integer zero
+    points: 1/2), else ``need``, the finest grid that still spans the block (error at most
+    ``need / 2`` of our scale: for 2-bit codes ``need`` <= 3/7, so within 0.22 of a step)."""
+    # exact grids first, so a block they hold (all zeros, say) keeps one
+    candidates = [need.ceil().clamp(min=1)] + [torch.full_like(need, 1.0 / k) for k in range(2, 9)]
+    candidates.append(need.clamp(min=1e-12))
+    best = candidates[0]
+    best_err = torch.full_like(need, float("inf"))
+    for m in candidates:
+        ratio = offsets / m[..., None]
+        err = ((torch.round(ratio).clamp(INT4_MIN, INT4_MAX) - ratio).abs() * m[..., None]).amax(-1)
+        better = (m >= need * (1 - 1e-6)) & (err < best_err)
+        best = torch.where(better, m, best)
+        best_err = torch.where(better, err, best_err)
+    return best
+
+
 def blockwise_codes(qw: QuantizedWeight) -> tuple[Tensor, Tensor, int]:
     """(out, n) 2/4-bit codes -> signed 4-bit codes (out, groups * padded) int8, block scales
     (out, groups * padded / 32) float32, and how many blocks hold our codes exactly."""
@@ -68,10 +92,11 @@ def blockwise_codes(qw: QuantizedWeight) -> tuple[Tensor, Tensor, int]:
     offsets = F.pad(offsets * mask, (0, padded - gs)).view(out, ng, padded // BLOCK, BLOCK)
     high = offsets.amax(-1).clamp(min=0) / INT4_MAX
     low = (-offsets.amin(-1)).clamp(min=0) / -INT4_MIN
-    multiple = torch.maximum(high, low).ceil().clamp(min=1)  # (out, ng, blocks per group)
-    q4 = torch.round(offsets / multiple[..., None]).clamp(INT4_MIN, INT4_MAX)
+    multiple = _block_multiples(offsets, torch.maximum(high, low))
+    ratio = offsets / multiple[..., None]
+    q4 = torch.round(ratio).clamp(INT4_MIN, INT4_MAX)
     scale = qw.scales.float()[..., None] * multiple
-    exact = int((multiple == 1).sum())
+    exact = int((q4 == ratio).all(-1).sum())
     return q4.reshape(out, -1).to(torch.int8), scale.reshape(out, -1), exact
 
 

@@ -24,9 +24,9 @@ def layer_weight(network: nn.Module, name: str) -> Tensor:
 
 
 def quantize_rtn_layers(
-    network: nn.Module, plan: dict[str, LayerSpec], clip_search: bool = False
+    network: nn.Module, plan: dict[str, LayerSpec], clip_search: bool = False, zero_points: str = "whole"
 ) -> dict[str, QuantizedWeight]:
     return {
-        name: quantize_rtn(layer_weight(network, name), spec.bits, spec.group_size, clip_search)
+        name: quantize_rtn(layer_weight(network, name), spec.bits, spec.group_size, clip_search, zero_points)
         for name, spec in plan.items()
     }

@@ -34,6 +34,7 @@ from mobile_multimodal.quantization.policy import DEFAULT_GROUP_SIZE, make_plan
 from mobile_multimodal.quantization.qat import QATOptions, run_qat, summary
 from mobile_multimodal.quantization.report import build_report
 from mobile_multimodal.quantization.rtn import quantize_rtn_layers
+from mobile_multimodal.quantization.schemes import ZERO_POINTS
 from mobile_multimodal.quantization.variant_io import save_variant
 from mobile_multimodal.training.batches import Batch, BatchBuilder, BatchSizes
 from mobile_multimodal.training.canary_set import evaluate_canary
@@ -70,6 +71,10 @@ class QuantizeOptions:
     qat: QATOptions = field(default_factory=QATOptions)
     threads: int | None = None
     use_easy_vqa: bool = True
+    # below 8 bits: "whole" (the shipped variants) or "free" zero points (schemes.zero_step)
+    zero_points: str = "whole"
+    # GPTQ: Linears with fewer calibration rows per input column are rounded to nearest (0: none)
+    gptq_min_rows: int = 0
 
     def validate(self) -> None:
         if self.bits not in (2, 4, 8):
@@ -80,6 +85,10 @@ class QuantizeOptions:
             raise ValueError("--calibration-batches must be >= 1")
         if self.method == "qat" and self.qat.steps < 1:
             raise ValueError("--qat-steps must be >= 1")
+        if self.zero_points not in ZERO_POINTS:
+            raise ValueError(f"--zero-points must be one of {ZERO_POINTS}, got {self.zero_points!r}")
+        if self.gptq_min_rows < 0:
+            raise ValueError("--gptq-min-rows must be >= 0")
 
 
 def _fp32_eval(fp32: MobileMultiModalLLM, q_eval: dict[str, Any], limit: int | None) -> dict[str, Any]:
@@ -93,6 +102,23 @@ def _fp32_eval(fp32: MobileMultiModalLLM, q_eval: dict[str, Any], limit: int | N
     return evaluate_loaded(fp32, limit, tuple(q_eval["tasks"]))
 
 
+def calibration_builder(fp32: MobileMultiModalLLM, opts: QuantizeOptions) -> BatchBuilder:
+    """The batches GPTQ calibrates and QAT distils on: drawn like the model's own training data,
+    with a seed training never used."""
+    cfg = fp32.config
+    return BatchBuilder(
+        fp32.tokenizer,
+        CALIBRATION_SEED,
+        opts.batch_sizes,
+        load_easy_vqa("train") if opts.use_easy_vqa else None,
+        cfg.scene_size,
+        cfg.ocr_height,
+        cfg.ocr_width,
+        data_version=fp32.manifest.get("data_version"),
+        ocr_fit=cfg.ocr_fit,
+    )
+
+
 def quantize_model(opts: QuantizeOptions, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Quantize, write ``opts.out`` (and ``opts.report``), return the report."""
     opts.validate()
@@ -103,34 +129,34 @@ def quantize_model(opts: QuantizeOptions, log: Callable[[str], None] = print) ->
         raise ValueError(f"{opts.model} is already quantized ({fp32.quantization}); quantize its fp32 model")
     net = fp32.network.eval()
     plan = make_plan(net, opts.bits, opts.group_size)
-    cfg = fp32.config
-    builder = BatchBuilder(
-        fp32.tokenizer,
-        CALIBRATION_SEED,
-        opts.batch_sizes,
-        load_easy_vqa("train") if opts.use_easy_vqa else None,
-        cfg.scene_size,
-        cfg.ocr_height,
-        cfg.ocr_width,
-        # calibrate on data drawn like the model's own training data
-        data_version=fp32.manifest.get("data_version"),
-        ocr_fit=cfg.ocr_fit,
-    )
-    extra: dict[str, Any] = {"source": {"model": str(opts.model), "files": fp32.manifest.get("files", [])}}
+    builder = calibration_builder(fp32, opts)
+    extra: dict[str, Any] = {
+        "source": {"model": str(opts.model), "files": fp32.manifest.get("files", [])},
+        "zero_points": opts.zero_points,
+    }
     float_net = net
     if opts.method == "rtn":
-        quantized = quantize_rtn_layers(net, plan)
+        quantized = quantize_rtn_layers(net, plan, zero_points=opts.zero_points)
     else:
         log(f"calibrating on {opts.calibration_batches} training batches (GPTQ)")
-        quantized = quantize_gptq_layers(
-            net, plan, (builder.build(i) for i in range(opts.calibration_batches)), calibration_forward
+        gptq = quantize_gptq_layers(
+            net,
+            plan,
+            (builder.build(i) for i in range(opts.calibration_batches)),
+            calibration_forward,
+            min_rows_per_input=opts.gptq_min_rows,
+            zero_points=opts.zero_points,
         )
+        quantized = gptq.quantized
         extra["calibration"] = {
             "batches": opts.calibration_batches,
             "seed": CALIBRATION_SEED,
             "batch_sizes": opts.batch_sizes.__dict__,
             "data": "procedural corpus + easy-VQA train",
             "data_version": builder.data.name,
+            # Linears GPTQ left to round-to-nearest (too few calibration rows), with their rows
+            "min_rows_per_input": opts.gptq_min_rows,
+            "rounded_to_nearest": gptq.rounded_to_nearest,
         }
         if opts.method == "qat":
             log(f"quantization-aware training, {opts.qat.steps} steps, distilling from fp32")
