@@ -8,6 +8,7 @@ from typer.testing import CliRunner
 
 from mobile_multimodal.cli import app
 from mobile_multimodal.model import MobileMultiModalLLM
+from mobile_multimodal.model.quantized_layers import PackedWeight
 from mobile_multimodal.training.evaluate import TASKS
 
 runner = CliRunner()
@@ -90,3 +91,42 @@ def test_quantize_rejects_bad_options_with_a_clear_message(tmp_path: Path) -> No
     assert "--bits must be 8, 4 or 2" in result.output
     result = runner.invoke(app, ["quantize", "--bits", "2", "--method", "awq", "--out", str(tmp_path / "x")])
     assert result.exit_code != 0 and "--method must be one of" in result.output
+    result = runner.invoke(
+        app, ["quantize", "--bits", "2", "--zero-points", "half", "--out", str(tmp_path / "x")]
+    )
+    assert result.exit_code != 0 and "--zero-points must be one of" in result.output
+    result = runner.invoke(
+        app, ["quantize", "--bits", "2", "--gptq-min-rows", "-1", "--out", str(tmp_path / "x")]
+    )
+    assert result.exit_code != 0 and "--gptq-min-rows must be >= 0" in result.output
+
+
+def test_free_zero_points_and_the_calibration_rows_rule_are_written_and_recorded(
+    tiny_model: MobileMultiModalLLM, tmp_path: Path
+) -> None:
+    model_dir = tiny_model.save(tmp_path / "model")
+    out = model_dir / "int2"
+    args = ["--bits", "2", "--model", str(model_dir), "--group-size", "16", "--out", str(out)]
+    result = runner.invoke(
+        app,
+        [
+            "quantize",
+            *args,
+            "--limit",
+            "2",
+            "--calibration-batches",
+            "1",
+            "--zero-points",
+            "free",
+            "--gptq-min-rows",
+            "8",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    section = json.loads((out / "manifest.json").read_text())["quantization"]
+    assert section["zero_points"] == "free" and section["calibration"]["min_rows_per_input"] == 8
+    rounded = section["calibration"]["rounded_to_nearest"]
+    assert "text_encoder.proj" in rounded  # one row per caption: too few for its Hessian
+    variant = MobileMultiModalLLM.from_pretrained(model_dir, quantization="int2")
+    low = [m.zeros.float() for m in variant.network.modules() if isinstance(m, PackedWeight) and m.bits < 8]
+    assert low and all(bool((z != z.round()).any()) for z in low)  # not whole codes
