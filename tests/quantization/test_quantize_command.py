@@ -76,6 +76,7 @@ def test_quantize_writes_a_loadable_variant_whose_reported_loss_is_what_eval_mea
         assert row["accuracy_loss"] == expected
     manifest = json.loads((model_dir / "int2" / "manifest.json").read_text())
     assert manifest["quantization"]["method"] == method
+    assert manifest["quantization"]["zero_points"] == ("learned" if method == "qat" else "whole")
     assert manifest["eval"]["tasks"] == int2["tasks"]
     # the live canary's baseline: what this variant scores on the canary set, loaded as served
     from mobile_multimodal.model import MobileMultiModalLLM

@@ -132,7 +132,8 @@ def quantize_model(opts: QuantizeOptions, log: Callable[[str], None] = print) ->
     builder = calibration_builder(fp32, opts)
     extra: dict[str, Any] = {
         "source": {"model": str(opts.model), "files": fp32.manifest.get("files", [])},
-        "zero_points": opts.zero_points,
+        # QAT starts from GPTQ's and learns them as floats
+        "zero_points": "learned" if opts.method == "qat" else opts.zero_points,
     }
     float_net = net
     if opts.method == "rtn":
