@@ -100,6 +100,11 @@ def test_quantize_rejects_bad_options_with_a_clear_message(tmp_path: Path) -> No
         app, ["quantize", "--bits", "2", "--gptq-min-rows", "-1", "--out", str(tmp_path / "x")]
     )
     assert result.exit_code != 0 and "--gptq-min-rows must be >= 0" in result.output
+    result = runner.invoke(
+        app,
+        ["quantize", "--bits", "2", "--method", "rtn", "--gptq-min-rows", "8", "--out", str(tmp_path / "x")],
+    )
+    assert result.exit_code != 0 and "--gptq-min-rows applies to --method gptq or qat" in result.output
 
 
 def test_free_zero_points_and_the_calibration_rows_rule_are_written_and_recorded(

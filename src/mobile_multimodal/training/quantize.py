@@ -89,6 +89,8 @@ class QuantizeOptions:
             raise ValueError(f"--zero-points must be one of {ZERO_POINTS}, got {self.zero_points!r}")
         if self.gptq_min_rows < 0:
             raise ValueError("--gptq-min-rows must be >= 0")
+        if self.gptq_min_rows and self.method == "rtn":
+            raise ValueError("--gptq-min-rows applies to --method gptq or qat, not rtn")
 
 
 def _fp32_eval(fp32: MobileMultiModalLLM, q_eval: dict[str, Any], limit: int | None) -> dict[str, Any]:
