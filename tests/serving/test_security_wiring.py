@@ -40,10 +40,13 @@ def model_dir(tmp_path: Path) -> Path:
 
 
 def _flip_last_byte(model_dir: Path) -> None:
-    weights = model_dir / "model.safetensors"
-    data = bytearray(weights.read_bytes())
-    data[-1] ^= 0xFF  # same size, another sha256
-    weights.write_bytes(bytes(data))
+    """Same size, another sha256, in one write of one byte: rewriting the whole file (truncate,
+    then write) let a check that ran in between see a short file, a second incident."""
+    with open(model_dir / "model.safetensors", "r+b") as weights:
+        weights.seek(-1, os.SEEK_END)
+        last = weights.read(1)[0]
+        weights.seek(-1, os.SEEK_END)
+        weights.write(bytes([last ^ 0xFF]))
 
 
 def _metrics(client: httpx.Client) -> str:
