@@ -207,20 +207,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         shipped = json.loads(shipped_manifest.read_text())["quantization"]
         # the methods the shipped int2 was not built with (QAT, at ~8 min, is left out)
         same = "built in memory; same policy, group size and calibration as the shipped int2"
-        ablations: list[tuple[str, Callable[[], dict[str, QuantizedWeight]], str]] = []
-        for method in [m for m in ("rtn", "gptq") if m != shipped["method"]]:
-            if method == "rtn":
-                ablations.append(
-                    (f"ours int2 ({method} only)", lambda: quantize_rtn_layers(net, plans[2]), same)
-                )
-            else:
-                ablations.append(
-                    (
-                        f"ours int2 ({method} only)",
-                        lambda: quantize_gptq_layers(net, plans[2], batches, calibration_forward).quantized,
-                        same,
-                    )
-                )
+        methods: dict[str, Callable[[], dict[str, QuantizedWeight]]] = {
+            "rtn": lambda: quantize_rtn_layers(net, plans[2]),
+            "gptq": lambda: quantize_gptq_layers(net, plans[2], batches, calibration_forward).quantized,
+        }
+        ablations = [
+            (f"ours int2 ({method} only)", build, same)
+            for method, build in methods.items()
+            if method != shipped["method"]
+        ]
         # the opt-in quantizer: free zero points, GPTQ only where calibration covers a layer
         ablations.append(
             (

@@ -6,7 +6,6 @@ from mobile_multimodal.model import MobileMultiModalLLM
 from mobile_multimodal.quantization.gptq import (
     MIN_ROWS_PER_INPUT,
     calibrate,
-    collect_hessians,
     gptq_quantize,
     quantize_gptq_layers,
 )
@@ -38,7 +37,7 @@ def test_hessians_cover_every_linear_and_are_symmetric_psd(tiny_model: MobileMul
     net = tiny_model.network
     builder = BatchBuilder(tiny_model.tokenizer, 0, SIZES, None)
     names = [n for n, m in net.named_modules() if isinstance(m, torch.nn.Linear)]
-    hessians = collect_hessians(net, names, [builder.build(0)], calibration_forward)
+    hessians = calibrate(net, names, [builder.build(0)], calibration_forward).hessians
     assert set(hessians) == set(names)
     for name, h in hessians.items():
         n = net.get_submodule(name).in_features

@@ -20,7 +20,7 @@ Pre-trained Transformers" (Algorithm 1, lazy batch updates, Cholesky form of H�
 
 Example::
 
-    hessians = collect_hessians(net, names, [builder.build(i) for i in range(8)], calibration_forward)
+    hessians = calibrate(net, names, [builder.build(i) for i in range(8)], calibration_forward).hessians
     qw = gptq_quantize(net.get_submodule(name).weight, hessians[name], bits=2, group_size=80)
 """
 
@@ -63,25 +63,14 @@ class GptqResult(NamedTuple):
 
 
 @torch.no_grad()
-def collect_hessians(
-    network: N,
-    names: Iterable[str],
-    batches: Iterable[B],
-    forward: Callable[[N, B], object],
-) -> dict[str, Tensor]:
-    """Layer name -> mean of xᵀx over every input row the layer saw (n, n), while
-    ``forward(network, batch)`` runs over ``batches`` (its result is not used)."""
-    return calibrate(network, names, batches, forward).hessians
-
-
-@torch.no_grad()
 def calibrate(
     network: N,
     names: Iterable[str],
     batches: Iterable[B],
     forward: Callable[[N, B], object],
 ) -> Calibration:
-    """``collect_hessians`` with the number of input rows behind each layer's Hessian."""
+    """Layer name -> mean of xᵀx over every input row the layer saw (n, n), and how many rows
+    that was, while ``forward(network, batch)`` runs over ``batches`` (its result is not used)."""
     sums: dict[str, Tensor] = {}
     rows: dict[str, int] = {}
     hooks = []

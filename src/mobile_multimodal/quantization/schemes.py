@@ -96,13 +96,12 @@ def zero_step(bits: int, zero_points: str = "whole") -> float:
     return 0.0 if zero_points == "free" and bits < 8 else 1.0
 
 
-def params_from_range(lo: Tensor, hi: Tensor, bits: int, step: float | None = None) -> tuple[Tensor, Tensor]:
+def params_from_range(lo: Tensor, hi: Tensor, bits: int, step: float = 1.0) -> tuple[Tensor, Tensor]:
     """Scale and zero point that map [lo, hi] (widened to contain 0) onto [0, qmax], the zero
-    point rounded to a multiple of ``step`` (default 1: whole codes; 0 leaves it free)."""
+    point rounded to a multiple of ``step`` (1: whole codes; 0 leaves it free)."""
     lo, hi = lo.clamp(max=0.0), hi.clamp(min=0.0)
     scale = round_scale((hi - lo) / qmax(bits))
     zero = (-lo / scale).clamp(0, qmax(bits))
-    step = 1.0 if step is None else step
     if step > 0:
         zero = torch.round(zero / step) * step
     return scale, zero.half().float()
