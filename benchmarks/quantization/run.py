@@ -4,9 +4,11 @@ One run, one machine, the same held-out examples for every row:
 
 - fp32: the bundled model.
 - ours: the shipped variants (``<model>/int8``, ``int4``, ``int2``), loaded with
-  ``from_pretrained`` exactly as users load them; plus, as ablations, our INT2 by plain
-  round-to-nearest and by GPTQ alone, whichever the shipped INT2 is not (built in memory, same
-  policy and group size).
+  ``from_pretrained`` exactly as users load them; plus, as ablations, our INT2 with each of the
+  shipped INT2's choices undone in turn (round-to-nearest instead of GPTQ, the other zero
+  points, GPTQ on every layer or only where calibration covers it) and with `mobile-mm
+  quantize`'s defaults (``int2_ablations``: built in memory, same policy, group size and
+  calibration).
 - peers at 2 and 4 bits on the same low-bit layers at the same group size where the library
   allows it (see peers.py), the policy's INT8 layers identical to ours.
 
@@ -205,34 +207,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         _wait_for(args.model, "int2", args.wait_s)
         shipped_manifest = resolve_model_dir(args.model, "int2") / "manifest.json"
         shipped = json.loads(shipped_manifest.read_text())["quantization"]
-        # the methods the shipped int2 was not built with (QAT, at ~8 min, is left out)
-        same = "built in memory; same policy, group size and calibration as the shipped int2"
-        methods: dict[str, Callable[[], dict[str, QuantizedWeight]]] = {
-            "rtn": lambda: quantize_rtn_layers(net, plans[2]),
-            "gptq": lambda: quantize_gptq_layers(net, plans[2], batches, calibration_forward).quantized,
-        }
-        ablations = [
-            (f"ours int2 ({method} only)", build, same)
-            for method, build in methods.items()
-            if method != shipped["method"]
-        ]
-        # the opt-in quantizer: free zero points, GPTQ only where calibration covers a layer
-        ablations.append(
-            (
-                f"ours int2 (gptq, free zero points, min rows {MIN_ROWS_PER_INPUT})",
-                lambda: (
-                    quantize_gptq_layers(
-                        net,
-                        plans[2],
-                        batches,
-                        calibration_forward,
-                        min_rows_per_input=MIN_ROWS_PER_INPUT,
-                        zero_points="free",
-                    ).quantized
-                ),
-                f"{same}; as `quantize --zero-points free --gptq-min-rows {MIN_ROWS_PER_INPUT}`",
-            )
-        )
+        ablations = int2_ablations(net, plans[2], batches, shipped)
         for label, build, note in ablations:
             log(f"{label} (ablation)")
             quantized = build()
@@ -334,6 +309,50 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     results["checks"] = check_targets(results)
     return results
+
+
+def int2_ablations(
+    net: MultiModalNet, plan: dict[str, Any], batches: list[Any], shipped: dict[str, Any]
+) -> list[tuple[str, Callable[[], dict[str, QuantizedWeight]], str]]:
+    """INT2 built in memory with the shipped variant's policy, group size and calibration, each of
+    its choices undone in turn (method, zero points, which layers GPTQ runs on: ``shipped`` is its
+    manifest's ``quantization``), and with `mobile-mm quantize --bits 2`'s defaults: (label,
+    build, note) for the rows the shipped INT2 is not. QAT (~8 min) is left out."""
+    method = str(shipped["method"])
+    zeros = str(shipped.get("zero_points", "whole"))
+    rows = int(shipped.get("calibration", {}).get("min_rows_per_input", 0))
+    other_zeros = "whole" if zeros == "free" else "free"
+    other_rows = 0 if rows else MIN_ROWS_PER_INPUT
+    defaults = ("gptq", "whole", 0)
+    kinds = [("rtn", zeros, 0), ("gptq", other_zeros, rows), ("gptq", zeros, other_rows), defaults]
+    same = "built in memory; same policy, group size and calibration as the shipped int2"
+    out: list[tuple[str, Callable[[], dict[str, QuantizedWeight]], str]] = []
+    for kind in dict.fromkeys(kinds):  # in order, without repeats
+        if kind == (method, zeros, rows) or (kind[0] == "rtn" and method == "rtn"):
+            continue
+        how, zero_points, min_rows = kind
+        if how == "rtn":
+            label = f"ours int2 (rtn, {zero_points} zero points)"
+            out.append((label, _rtn_builder(net, plan, zero_points), same))
+            continue
+        label = f"ours int2 (gptq, {zero_points} zero points, min rows {min_rows})"
+        note = same + ("; `mobile-mm quantize --bits 2`'s defaults" if kind == defaults else "")
+        out.append((label, _gptq_builder(net, plan, batches, zero_points, min_rows), note))
+    return out
+
+
+def _rtn_builder(net: MultiModalNet, plan: dict[str, Any], zero_points: str) -> Callable[[], Any]:
+    return lambda: quantize_rtn_layers(net, plan, zero_points=zero_points)
+
+
+def _gptq_builder(
+    net: MultiModalNet, plan: dict[str, Any], batches: list[Any], zero_points: str, min_rows: int
+) -> Callable[[], Any]:
+    return lambda: (
+        quantize_gptq_layers(
+            net, plan, batches, calibration_forward, min_rows_per_input=min_rows, zero_points=zero_points
+        ).quantized
+    )
 
 
 def check_targets(results: dict[str, Any]) -> dict[str, Any]:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
-from benchmarks.quantization.run import check_targets
+from benchmarks.quantization.run import check_targets, int2_ablations
 
 
 def test_ort_peer_recovers_the_exact_weight_its_kernel_computes_with() -> None:
@@ -69,3 +71,22 @@ def test_target_checks_compare_our_variants_with_the_targets_and_the_peers() -> 
     assert checks["int2_loses_less_than_quanto_int2"]["pass"] is False
     # peers are compared at 2 bits only, ablations never
     assert not any("ablation" in k or k.endswith("int4") for k in checks)
+
+
+def test_int2_ablations_undo_each_choice_of_the_shipped_int2_once() -> None:
+    def labels(shipped: dict[str, Any]) -> list[str]:
+        return [label for label, _, _ in int2_ablations(None, {}, [], shipped)]  # type: ignore[arg-type]
+
+    shipped = {"method": "gptq", "zero_points": "free", "calibration": {"min_rows_per_input": 8}}
+    assert labels(shipped) == [
+        "ours int2 (rtn, free zero points)",
+        "ours int2 (gptq, whole zero points, min rows 8)",
+        "ours int2 (gptq, free zero points, min rows 0)",
+        "ours int2 (gptq, whole zero points, min rows 0)",  # quantize's defaults
+    ]
+    defaults = {"method": "gptq", "calibration": {}}  # a manifest written before the options existed
+    assert labels(defaults) == [
+        "ours int2 (rtn, whole zero points)",
+        "ours int2 (gptq, free zero points, min rows 0)",
+        "ours int2 (gptq, whole zero points, min rows 8)",
+    ]

@@ -42,6 +42,7 @@ from mobile_multimodal.export.step_caches import ArrayBatchSteps, ArraySteps
 from mobile_multimodal.filehash import sha256_file
 from mobile_multimodal.manifest_signing import sign_manifest
 from mobile_multimodal.model import MobileMultiModalLLM, bundled_model_dir
+from mobile_multimodal.model.domain import BLANK_MAX_SHARE, BLANK_SIDE, BLANK_TOLERANCE
 from mobile_multimodal.model.model_errors import ModelLoadError
 from mobile_multimodal.model.task_decoding import TaskRequest, TaskResult
 from mobile_multimodal.observability.model_metrics import kv_cache_peak_bytes
@@ -169,7 +170,9 @@ def test_the_bundle_carries_the_domain_check_and_flags_as_pytorch_does(
         entry["agreement_threshold"],
     )
     assert section["caption_tokens"] == 32 and section["how"]
-    red = Image.new("RGB", (300, 300), (220, 30, 30))  # confidently a red rectangle: agreement flags it
+    blank = {"side": BLANK_SIDE, "tolerance": BLANK_TOLERANCE, "max_share": BLANK_MAX_SHARE}
+    assert section["blank"] == blank
+    red = Image.new("RGB", (300, 300), (220, 30, 30))  # confidently a red rectangle: flagged as blank
     scenes = [e.image for e in load_eval_split("captioning", 3)]
     images = [*natural_photographs(crops_per_photo=0)[:2], empty_images()[0], red, *scenes]
     flags, scores, agreements = onnx.out_of_domain(images)

@@ -72,6 +72,12 @@ def test_every_command_of_the_chain_is_accepted_by_the_cli(tmp_path: Path) -> No
     # the bundled variants' methods: int8 rtn, int4 qat, int2 gptq
     methods = [(c[c.index("--bits") + 1], c[c.index("--method") + 1]) for c in commands if "quantize" in c]
     assert methods == [("8", "rtn"), ("4", "qat"), ("2", "gptq")]
+    # and the bundled INT2's options (its manifest records them)
+    int2 = next(c for c in commands if "quantize" in c and c[c.index("--bits") + 1] == "2")
+    shipped = json.loads((ROOT / "src/mobile_multimodal/weights/default/int2/manifest.json").read_text())
+    options = shipped["quantization"]
+    assert int2[int2.index("--zero-points") + 1] == options["zero_points"] == "free"
+    assert int2[int2.index("--gptq-min-rows") + 1] == str(options["calibration"]["min_rows_per_input"])
     assert not any("weights/default" in " ".join(c) for c in commands)  # no --install, no copy
 
 

@@ -29,7 +29,14 @@ from mobile_multimodal.filehash import sha256_file
 from mobile_multimodal.manifest_signing import maybe_sign
 from mobile_multimodal.model.constraints import TaskConstraints
 from mobile_multimodal.model.ctc_lm import LM_KIND, READER_PARAMS
-from mobile_multimodal.model.domain import CAPTION_TOKENS, SCORED_TOKENS, DomainCheck
+from mobile_multimodal.model.domain import (
+    BLANK_MAX_SHARE,
+    BLANK_SIDE,
+    BLANK_TOLERANCE,
+    CAPTION_TOKENS,
+    SCORED_TOKENS,
+    DomainCheck,
+)
 from mobile_multimodal.model.llm import MobileMultiModalLLM
 from mobile_multimodal.model.tokenizer import _SPLIT, SPECIALS, TASK_TOKENS, Tokenizer
 
@@ -127,8 +134,12 @@ def domain_check_section(manifest: dict[str, Any]) -> dict[str, Any] | None:
             "included when reached; unconstrained softmax, as confidences).",
             "agreement = dot(image embedding, text embedding of that caption's text) (retrieval's graphs).",
             "The image is out of domain when score < threshold, or agreement < agreement_threshold "
-            "(skip the agreement when agreement_threshold is null).",
+            "(skip the agreement when agreement_threshold is null), or when it is blank.",
+            f"blank: shrink the image (box filter) to at most {BLANK_SIDE} px on its long side; it is "
+            f"blank when at most {BLANK_MAX_SHARE:.2%} of its pixels differ by more than "
+            f"{BLANK_TOLERANCE} (of 255, in any RGB channel) from its per-channel median colour.",
         ],
+        "blank": {"side": BLANK_SIDE, "tolerance": BLANK_TOLERANCE, "max_share": BLANK_MAX_SHARE},
     }
 
 

@@ -94,7 +94,9 @@ class SceneDomain(BaseModel):
     out_of_domain: bool | None = Field(
         None,
         description="True when the image is not a scene of shapes the model knows (a natural photograph, "
-        "an empty image): the output is a guess, not a reading. Absent when the model has no check.",
+        "an empty image): the output is a guess, not a reading. Either signal under its threshold flags "
+        "it, and an image of one flat colour is flagged whatever they say. Absent when the model has "
+        "no check.",
     )
     domain_score: float | None = Field(
         None,
