@@ -57,6 +57,7 @@ from mobile_multimodal.serving.onnx_sessions import (
     BundleSessions,
     dequantize_matmuls,
     unpack_low_first,
+    widen_2bit_matmuls,
 )
 from mobile_multimodal.serving.probe import ProbeCase
 from mobile_multimodal.serving.runtime_loader import (
@@ -474,6 +475,58 @@ def test_two_bit_weights_in_four_bit_containers_compute_what_the_shipped_graphs_
         ours, theirs = served.run(graph, inputs), shipped.run(graph, inputs)
         for name in theirs:
             np.testing.assert_allclose(ours[name], theirs[name], atol=1e-4, rtol=0)
+
+
+def test_float_zero_points_become_whole_ones_plus_an_exact_correction() -> None:
+    """A free-zero-point INT2 MatMulNBits (float zero points: ONNX Runtime's slow path) is served
+    as a 4-bit one with uint8 zero points plus the block-sum correction: the same products."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(2)
+    k, n, block = 40, 24, 16  # a short last block too: 40 = 16 + 16 + 8
+    blocks = -(-k // block)
+    codes = rng.integers(0, 4, (n, blocks, block), dtype=np.uint8)
+    scales = rng.uniform(0.01, 0.1, n * blocks).astype(np.float32)
+    zeros = rng.uniform(-0.2, 3.2, n * blocks).astype(np.float32)
+    node = helper.make_node(
+        "MatMulNBits", ["x", "B", "S", "Z"], ["y"], domain="com.microsoft", K=k, N=n, bits=2, block_size=block
+    )
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["M", k])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["M", n])],
+        initializer=[
+            numpy_helper.from_array(pack_low_first(codes, 2), "B"),
+            numpy_helper.from_array(scales, "S"),
+            numpy_helper.from_array(zeros, "Z"),
+        ],
+    )
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+    shipped = helper.make_model(graph, opset_imports=opsets)
+    served = onnx.ModelProto()
+    served.CopyFrom(shipped)
+    assert widen_2bit_matmuls(served) == 1
+    packed = [n for n in served.graph.node if n.op_type == "MatMulNBits"]
+    assert [a.i for a in packed[0].attribute if a.name == "bits"] == [4]
+    zero_points = {i.name: numpy_helper.to_array(i) for i in served.graph.initializer}["Z"]
+    assert zero_points.dtype == np.uint8  # the kernel's fast path
+    x = {"x": rng.standard_normal((3, k)).astype(np.float32)}
+    run = [
+        ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+        for m in (shipped, served)
+    ]
+    want = x["x"] @ (
+        (
+            (unpack_low_first(pack_low_first(codes, 2), 2) - zeros.reshape(n, blocks, 1))
+            * scales.reshape(n, blocks, 1)
+        )
+        .reshape(n, -1)[:, :k]
+        .T
+    )
+    for session in run:
+        np.testing.assert_allclose(session.run(None, x)[0], want, atol=1e-5, rtol=1e-5)
 
 
 def test_the_memory_reported_is_what_the_sessions_hold(int2_data_dir: Path, fp32_bundle: Path) -> None:
