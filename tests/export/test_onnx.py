@@ -214,7 +214,9 @@ def test_vision_takes_any_question_length_and_a_caption_passes_no_slot(onnx_fp32
         model.vision_inputs(scene, "is there a star ?", slots=2)
 
 
-def test_int2_bundle_runs_our_2_bit_codes(onnx_int2: BuiltBundle, onnx_fp32: BuiltBundle) -> None:
+def test_int2_bundle_runs_our_2_bit_codes(
+    onnx_int2: BuiltBundle, onnx_int4: BuiltBundle, onnx_fp32: BuiltBundle
+) -> None:
     _assert_parity(onnx_int2)
     nbits = [n for n in _ops(onnx_int2, "decoder_step") if n.op_type == "MatMulNBits"]
     widths = [next(a.i for a in n.attribute if a.name == "bits") for n in nbits]
@@ -222,8 +224,12 @@ def test_int2_bundle_runs_our_2_bit_codes(onnx_int2: BuiltBundle, onnx_fp32: Bui
     # cross-attention kv projection runs once per image, in cross_kv)
     assert widths.count(2) == 28 and all(n.domain == "com.microsoft" for n in nbits)
     assert any(n.op_type == "DequantizeLinear" for n in _ops(onnx_int2, "vision"))  # int8 conv stem
+    # the shipped INT2's zero points are free: float32, one per block of 16 (MatMulNBits takes float
+    # zero points only in the activations' type), so its bundle is 0.26x the fp32 one (the INT2
+    # before it, whose whole zero points packed as uint8, 0.21x); still the smallest ONNX bundle
     size = sum(f["bytes"] for f in onnx_int2.manifest["files"])
-    assert size < sum(f["bytes"] for f in onnx_fp32.manifest["files"]) / 4
+    assert size < 0.3 * sum(f["bytes"] for f in onnx_fp32.manifest["files"])
+    assert size < sum(f["bytes"] for f in onnx_int4.manifest["files"])
 
 
 @pytest.mark.parametrize("name", ["onnx_int4", "onnx_int8"])

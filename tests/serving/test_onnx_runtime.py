@@ -57,6 +57,7 @@ from mobile_multimodal.serving.onnx_sessions import (
     BundleSessions,
     dequantize_matmuls,
     unpack_low_first,
+    whole_zero_points,
     widen_2bit_matmuls,
 )
 from mobile_multimodal.serving.probe import ProbeCase
@@ -477,20 +478,30 @@ def test_two_bit_weights_in_four_bit_containers_compute_what_the_shipped_graphs_
             np.testing.assert_allclose(ours[name], theirs[name], atol=1e-4, rtol=0)
 
 
-def test_float_zero_points_become_whole_ones_plus_an_exact_correction() -> None:
-    """A free-zero-point INT2 MatMulNBits (float zero points: ONNX Runtime's slow path) is served
-    as a 4-bit one with uint8 zero points plus the block-sum correction: the same products."""
+@pytest.mark.parametrize("bits", [2, 4])
+def test_float_zero_points_become_whole_ones_plus_an_exact_correction(bits: int) -> None:
+    """A MatMulNBits with float zero points (free ones at INT2, QAT's learned ones at INT4: ONNX
+    Runtime's slow path) is served as a 4-bit one with uint8 zero points plus the block-sum
+    correction: the same products."""
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(2)
     k, n, block = 40, 24, 16  # a short last block too: 40 = 16 + 16 + 8
     blocks = -(-k // block)
-    codes = rng.integers(0, 4, (n, blocks, block), dtype=np.uint8)
+    top = (1 << bits) - 1
+    codes = rng.integers(0, top + 1, (n, blocks, block), dtype=np.uint8)
     scales = rng.uniform(0.01, 0.1, n * blocks).astype(np.float32)
-    zeros = rng.uniform(-0.2, 3.2, n * blocks).astype(np.float32)
+    zeros = rng.uniform(-0.2, top + 0.2, n * blocks).astype(np.float32)
     node = helper.make_node(
-        "MatMulNBits", ["x", "B", "S", "Z"], ["y"], domain="com.microsoft", K=k, N=n, bits=2, block_size=block
+        "MatMulNBits",
+        ["x", "B", "S", "Z"],
+        ["y"],
+        domain="com.microsoft",
+        K=k,
+        N=n,
+        bits=bits,
+        block_size=block,
     )
     graph = helper.make_graph(
         [node],
@@ -498,7 +509,7 @@ def test_float_zero_points_become_whole_ones_plus_an_exact_correction() -> None:
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["M", k])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["M", n])],
         initializer=[
-            numpy_helper.from_array(pack_low_first(codes, 2), "B"),
+            numpy_helper.from_array(pack_low_first(codes, bits), "B"),
             numpy_helper.from_array(scales, "S"),
             numpy_helper.from_array(zeros, "Z"),
         ],
@@ -507,7 +518,8 @@ def test_float_zero_points_become_whole_ones_plus_an_exact_correction() -> None:
     shipped = helper.make_model(graph, opset_imports=opsets)
     served = onnx.ModelProto()
     served.CopyFrom(shipped)
-    assert widen_2bit_matmuls(served) == 1
+    assert widen_2bit_matmuls(served) == (bits == 2)
+    assert whole_zero_points(served) == 1 and whole_zero_points(served) == 0  # once
     packed = [n for n in served.graph.node if n.op_type == "MatMulNBits"]
     assert [a.i for a in packed[0].attribute if a.name == "bits"] == [4]
     zero_points = {i.name: numpy_helper.to_array(i) for i in served.graph.initializer}["Z"]
@@ -517,16 +529,29 @@ def test_float_zero_points_become_whole_ones_plus_an_exact_correction() -> None:
         ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
         for m in (shipped, served)
     ]
-    want = x["x"] @ (
-        (
-            (unpack_low_first(pack_low_first(codes, 2), 2) - zeros.reshape(n, blocks, 1))
-            * scales.reshape(n, blocks, 1)
-        )
-        .reshape(n, -1)[:, :k]
-        .T
-    )
+    weight = (
+        unpack_low_first(pack_low_first(codes, bits), bits) - zeros.reshape(n, blocks, 1)
+    ) * scales.reshape(n, blocks, 1)
+    want = x["x"] @ weight.reshape(n, -1)[:, :k].T
     for session in run:
         np.testing.assert_allclose(session.run(None, x)[0], want, atol=1e-5, rtol=1e-5)
+
+
+def test_an_int4_bundle_with_learned_zero_points_is_served_on_the_fast_kernel_as_pytorch_answers(
+    tmp_path: Path,
+) -> None:
+    """QAT's learned zero points ship as floats: the server makes them whole (with the exact
+    correction) and still answers every task as the PyTorch INT4 model."""
+    onnx_model = load_onnx_runtime_model(_settings(tmp_path, "int4"), export_examples=EXAMPLES)
+    assert sum(onnx_model.bundle.runner.made_whole.values()) > 0  # type: ignore[attr-defined]
+    torch_model = MobileMultiModalLLM.from_pretrained("default", quantization="int4")
+    images = [e.image for e in load_eval_split("captioning", EXAMPLES)]
+    assert onnx_model.generate_captions(images) == torch_model.generate_captions(images)
+    vqa = load_eval_split("vqa", EXAMPLES)
+    images, questions = [e.image for e in vqa], [e.question for e in vqa]
+    assert onnx_model.answer_questions(images, questions) == torch_model.answer_questions(images, questions)
+    lines = [e.image for e in load_eval_split("ocr", EXAMPLES)]
+    assert onnx_model.extract_texts(lines) == torch_model.extract_texts(lines)
 
 
 def test_the_memory_reported_is_what_the_sessions_hold(int2_data_dir: Path, fp32_bundle: Path) -> None:

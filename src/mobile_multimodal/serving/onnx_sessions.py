@@ -11,12 +11,12 @@ as shipped (tested equal, to float rounding, to the shipped graph and to PyTorch
 disk, which the integrity checks hash and phones run, are untouched. ``widen_2bit=False`` runs
 the shipped bytes as they are (the benchmark measures both).
 
-A variant quantized with free zero points (``quantize --zero-points free``: the bundled INT2)
-ships them as floats, and the 4-bit kernel is slow with float zero points too (INT2 decode 4.0 ms
-a token against 0.55 with the rewrite below, measured: benchmarks/runtime). So each such node
-gets whole zero points, z = round(zero), plus the exact difference (z - zero) * scale applied
-to the input's per-block sums by two small MatMuls (``_whole_zero_points``): three more nodes
-per MatMulNBits, about 0.1 ms a token.
+A variant with fractional zero points (``quantize --zero-points free``: the bundled INT2; QAT's
+learned ones: the bundled INT4) ships them as floats, and the 4-bit kernel is slow with float
+zero points too (INT2 decode 4.0 ms a token against 0.55 with the rewrite below, measured:
+benchmarks/runtime). So each such node gets whole zero points, z = round(zero), plus the exact
+difference (z - zero) * scale applied to the input's per-block sums by two small MatMuls
+(``whole_zero_points``): three more nodes per MatMulNBits, about 0.1 ms a token at INT2.
 
 Decoding binds ``decoder_step``'s inputs and outputs to buffers held for the whole answer
 (``decoder_steps``, ONNX Runtime's IO binding): the fixed-size KV cache lives in one buffer per
@@ -59,9 +59,8 @@ def unpack_low_first(packed: np.ndarray, bits: int) -> np.ndarray:
 
 def widen_2bit_matmuls(proto: Any) -> int:
     """Rewrite every 2-bit MatMulNBits of ``proto`` (an onnx.ModelProto) as a 4-bit one holding
-    the same codes; returns how many. Float zero points (a variant quantized with free ones)
-    become whole ones plus an exact correction (``_whole_zero_points``): the 4-bit kernel is
-    fast only with uint8 zero points."""
+    the same codes; returns how many. Float zero points stay floats (``whole_zero_points``
+    makes them whole)."""
     from onnx import numpy_helper
 
     initializers = {i.name: i for i in proto.graph.initializer}
@@ -83,8 +82,6 @@ def widen_2bit_matmuls(proto: Any) -> int:
             if zeros.dtype == np.uint8:  # packed like the codes, each row padded to whole bytes
                 rows = unpack_low_first(zeros.reshape(n_out, -1), 2)[:, :k_blocks]
                 zp.CopyFrom(numpy_helper.from_array(_packed_zero_points(rows), zp.name))
-            else:
-                _whole_zero_points(proto, node, initializers, zeros.reshape(n_out, k_blocks))
         attrs["bits"].i = WIDE_BITS
         count += 1
     return count
@@ -98,7 +95,29 @@ def _packed_zero_points(rows: np.ndarray) -> np.ndarray:
     return pack_low_first(padded, WIDE_BITS).reshape(-1)
 
 
-def _whole_zero_points(proto: Any, node: Any, initializers: dict[str, Any], zeros: np.ndarray) -> None:
+def whole_zero_points(proto: Any) -> int:
+    """Give every 4-bit MatMulNBits of ``proto`` that has float zero points whole ones plus the
+    exact correction (``_make_whole``); returns how many. Run after ``widen_2bit_matmuls``."""
+    from onnx import numpy_helper
+
+    initializers = {i.name: i for i in proto.graph.initializer}
+    count = 0
+    for node in list(proto.graph.node):
+        if node.op_type != "MatMulNBits" or node.domain != "com.microsoft" or len(node.input) < 4:
+            continue
+        bits = next(a.i for a in node.attribute if a.name == "bits")
+        zp = initializers.get(node.input[3])
+        if bits != WIDE_BITS or zp is None:
+            continue
+        zeros = numpy_helper.to_array(zp)
+        if zeros.dtype != np.uint8:
+            n_out = next(a.i for a in node.attribute if a.name == "N")
+            _make_whole(proto, node, initializers, zeros.reshape(n_out, -1))
+            count += 1
+    return count
+
+
+def _make_whole(proto: Any, node: Any, initializers: dict[str, Any], zeros: np.ndarray) -> None:
     """Give ``node`` (a MatMulNBits with float zero points ``zeros``, (N, k_blocks)) whole ones,
     z = round(zero), and add back what that moved: (q - zero) * s = (q - z) * s + (z - zero) * s,
     so y = MatMulNBits(x; z) + (x's per-block sums) @ D with D[b, n] = (z - zero)[n, b] * s[n, b].
@@ -215,13 +234,16 @@ class BundleSessions:
         self.output_names: dict[str, list[str]] = {}
         self.widened: dict[str, int] = {}
         self.dequantized: dict[str, int] = {}  # float_weights: MatMulNBits run as float MatMul
+        self.made_whole: dict[str, int] = {}  # MatMulNBits whose float zero points were made whole
         # Bytes of each graph as handed to its session (2-bit weights widened: more than the file)
         # and the largest KV cache one answer's decode has held (model_memory_usage_bytes).
         self.graph_bytes: dict[str, int] = {}
         self.peak_cache_bytes = 0
         for name, file in files.items():
             proto = onnx.load(str(directory / file))
-            self.widened[name] = widen_2bit_matmuls(proto) if widen_2bit and not float_weights else 0
+            served_form = widen_2bit and not float_weights  # else the shipped bytes, or float MatMuls
+            self.widened[name] = widen_2bit_matmuls(proto) if served_form else 0
+            self.made_whole[name] = whole_zero_points(proto) if served_form else 0
             self.dequantized[name] = dequantize_matmuls(proto) if float_weights else 0
             serialized = proto.SerializeToString()
             self.graph_bytes[name] = len(serialized)
