@@ -57,6 +57,18 @@ def unpack_low_first(packed: np.ndarray, bits: int) -> np.ndarray:
     return out.reshape(*packed.shape[:-1], packed.shape[-1] * per_byte).astype(np.uint8)
 
 
+def _matmul_nbits(proto: Any) -> list[tuple[Any, dict[str, Any]]]:
+    """Every ``MatMulNBits`` node of ``proto`` with its attributes (name -> value), listed up
+    front so that a rewrite may insert nodes as it goes."""
+    from onnx import helper
+
+    return [
+        (node, {a.name: helper.get_attribute_value(a) for a in node.attribute})
+        for node in proto.graph.node
+        if node.op_type == "MatMulNBits" and node.domain == "com.microsoft"
+    ]
+
+
 def widen_2bit_matmuls(proto: Any) -> int:
     """Rewrite every 2-bit MatMulNBits of ``proto`` (an onnx.ModelProto) as a 4-bit one holding
     the same codes; returns how many. Float zero points stay floats (``whole_zero_points``
@@ -65,13 +77,10 @@ def widen_2bit_matmuls(proto: Any) -> int:
 
     initializers = {i.name: i for i in proto.graph.initializer}
     count = 0
-    for node in list(proto.graph.node):
-        if node.op_type != "MatMulNBits" or node.domain != "com.microsoft":
+    for node, attrs in _matmul_nbits(proto):
+        if attrs["bits"] != 2:
             continue
-        attrs = {a.name: a for a in node.attribute}
-        if attrs["bits"].i != 2:
-            continue
-        n_out = attrs["N"].i
+        n_out = int(attrs["N"])
         b = initializers[node.input[1]]
         codes = unpack_low_first(numpy_helper.to_array(b), 2)  # (N, k_blocks, block)
         k_blocks = codes.shape[1]
@@ -82,7 +91,7 @@ def widen_2bit_matmuls(proto: Any) -> int:
             if zeros.dtype == np.uint8:  # packed like the codes, each row padded to whole bytes
                 rows = unpack_low_first(zeros.reshape(n_out, -1), 2)[:, :k_blocks]
                 zp.CopyFrom(numpy_helper.from_array(_packed_zero_points(rows), zp.name))
-        attrs["bits"].i = WIDE_BITS
+        next(a for a in node.attribute if a.name == "bits").i = WIDE_BITS
         count += 1
     return count
 
@@ -102,22 +111,20 @@ def whole_zero_points(proto: Any) -> int:
 
     initializers = {i.name: i for i in proto.graph.initializer}
     count = 0
-    for node in list(proto.graph.node):
-        if node.op_type != "MatMulNBits" or node.domain != "com.microsoft" or len(node.input) < 4:
-            continue
-        bits = next(a.i for a in node.attribute if a.name == "bits")
-        zp = initializers.get(node.input[3])
-        if bits != WIDE_BITS or zp is None:
+    for node, attrs in _matmul_nbits(proto):
+        zp = initializers.get(node.input[3]) if len(node.input) > 3 else None
+        if attrs["bits"] != WIDE_BITS or zp is None:
             continue
         zeros = numpy_helper.to_array(zp)
         if zeros.dtype != np.uint8:
-            n_out = next(a.i for a in node.attribute if a.name == "N")
-            _make_whole(proto, node, initializers, zeros.reshape(n_out, -1))
+            _make_whole(proto, node, attrs, initializers, zeros.reshape(int(attrs["N"]), -1))
             count += 1
     return count
 
 
-def _make_whole(proto: Any, node: Any, initializers: dict[str, Any], zeros: np.ndarray) -> None:
+def _make_whole(
+    proto: Any, node: Any, attrs: dict[str, Any], initializers: dict[str, Any], zeros: np.ndarray
+) -> None:
     """Give ``node`` (a MatMulNBits with float zero points ``zeros``, (N, k_blocks)) whole ones,
     z = round(zero), and add back what that moved: (q - zero) * s = (q - z) * s + (z - zero) * s,
     so y = MatMulNBits(x; z) + (x's per-block sums) @ D with D[b, n] = (z - zero)[n, b] * s[n, b].
@@ -125,7 +132,6 @@ def _make_whole(proto: Any, node: Any, initializers: dict[str, Any], zeros: np.n
     kernel ONNX Runtime runs an order of magnitude faster than the float-zero-point one."""
     from onnx import helper, numpy_helper
 
-    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
     k, n, block = int(attrs["K"]), int(attrs["N"]), int(attrs["block_size"])
     k_blocks = zeros.shape[1]
     scales = numpy_helper.to_array(initializers[node.input[2]]).reshape(n, k_blocks).astype(np.float32)
