@@ -85,12 +85,13 @@ def zero_step(bits: int, zero_points: str = "whole") -> float:
     levels it rules out the symmetric grid (±0.5, ±1.5) * scale that a group straddling 0 wants,
     and costs about half a level on one side. Measured on the bundled model at INT2 (GPTQ with
     ``gptq.MIN_ROWS_PER_INPUT``): OCR over 4,000 held-out lines lost 0.31% of fp32's accuracy
-    with free zero points, 0.74% with half-integer ones; the shipped INT2, with whole ones, lost
-    0.62%. Round-to-nearest with whole zero points lost 3.1% of retrieval's recall@1, with free
+    with free zero points, 0.74% with half-integer ones; with whole ones (the INT2 shipped before
+    2026-12-07) 0.62%. Round-to-nearest with whole zero points lost 3.1% of retrieval's recall@1, with free
     ones nothing. Free zero points are float16 like the scales, so storage does not change; ONNX
     Runtime's MatMulNBits and Core ML take them as floats, and XNNPACK's signed 4-bit blocks
-    carry them on a grid of their own (``export/xnnpack_quant.py``). Whole is the default
-    because the shipped variants are made with it (see ``quantize --zero-points``)."""
+    carry them on a grid of their own (``export/xnnpack_quant.py``). Whole stays the default so
+    that a quantize command that worked before builds the same bytes; the bundled INT2 is built
+    with free ones (``scripts/retrain_default.sh``)."""
     if zero_points not in ZERO_POINTS:
         raise ValueError(f"zero_points must be one of {ZERO_POINTS}, got {zero_points!r}")
     return 0.0 if zero_points == "free" and bits < 8 else 1.0

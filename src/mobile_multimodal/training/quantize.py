@@ -71,7 +71,7 @@ class QuantizeOptions:
     qat: QATOptions = field(default_factory=QATOptions)
     threads: int | None = None
     use_easy_vqa: bool = True
-    # below 8 bits: "whole" (the shipped variants) or "free" zero points (schemes.zero_step)
+    # below 8 bits: "whole" (the default) or "free" zero points (the bundled INT2; schemes.zero_step)
     zero_points: str = "whole"
     # GPTQ: Linears with fewer calibration rows per input column are rounded to nearest (0: none)
     gptq_min_rows: int = 0
