@@ -224,11 +224,12 @@ def test_int2_bundle_runs_our_2_bit_codes(
     # cross-attention kv projection runs once per image, in cross_kv)
     assert widths.count(2) == 28 and all(n.domain == "com.microsoft" for n in nbits)
     assert any(n.op_type == "DequantizeLinear" for n in _ops(onnx_int2, "vision"))  # int8 conv stem
-    # the shipped INT2's zero points are free: float32, one per block of 16 (MatMulNBits takes float
-    # zero points only in the activations' type), so its bundle is 0.26x the fp32 one (the INT2
-    # before it, whose whole zero points packed as uint8, 0.21x); still the smallest ONNX bundle
+    # the shipped INT2's zero points are free: floats, one per block of 16 like the scales
+    # (MatMulNBits takes float zero points only in the activations' type). Stored as float32 they
+    # made the bundle 0.26x the fp32 one; as the float16 numbers they are (onnx_half.py), 0.20x
+    # (5.45 MiB), and the smallest ONNX bundle
     size = sum(f["bytes"] for f in onnx_int2.manifest["files"])
-    assert size < 0.3 * sum(f["bytes"] for f in onnx_fp32.manifest["files"])
+    assert size < 0.25 * sum(f["bytes"] for f in onnx_fp32.manifest["files"])
     assert size < sum(f["bytes"] for f in onnx_int4.manifest["files"])
 
 

@@ -10,7 +10,9 @@ one per block like the scales (ORT accepts those at 2 and 4 bits). So the export
 PyTorch model computes: ``(code - zero) * scale`` per weight, then a float matmul.
 The other packed weights (conv stem, token embedding, a group not a multiple of 16) are stored
 as uint8 codes behind a per-output-channel ``DequantizeLinear`` (ONNX standard, exact with an
-integer zero point); float weights (norms, position tables, biases) stay float32.
+integer zero point). Float tensors (norms, position tables, biases) are float32 in the graphs;
+a quantized variant's float16 ones, the group scales and float zero points among them, are
+stored as float16 behind a ``Cast`` (``onnx_half.py``: the same values, folded at load).
 
 Graphs are traced with torch's TorchScript-based exporter: the torch.export-based one needs
 onnxscript, which is not a dependency, and the custom ops above are one ``symbolic`` each here.
@@ -38,6 +40,7 @@ from torch import Tensor, nn
 from mobile_multimodal.errors import conversion_errors
 from mobile_multimodal.export.formats import package_version
 from mobile_multimodal.export.graphs import GraphSpec
+from mobile_multimodal.export.onnx_half import store_half
 from mobile_multimodal.export.xnnpack_ops import additive_mask
 from mobile_multimodal.model.layers import Attention, KVCache
 from mobile_multimodal.model.llm import MobileMultiModalLLM
@@ -289,6 +292,8 @@ def export_onnx(
         proto = onnx.load_from_string(buffer.getvalue())
         if dynamic_axes:
             _pin_static_dims(proto, module, spec, dynamic_axes)
+        if quantization != "fp32":  # the variant's float16 tensors stored as float16 (onnx_half.py)
+            store_half(proto)
         proto.doc_string = f"mobile-multimodal-llm {spec.name} ({quantization}): {counts}"
         onnx.checker.check_model(proto)
     path.write_bytes(proto.SerializeToString())

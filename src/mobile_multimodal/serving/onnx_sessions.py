@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 
 from mobile_multimodal.export.onnx import pack_low_first
+from mobile_multimodal.export.onnx_half import load_full
 from mobile_multimodal.export.step_caches import LayerCaches, PromptCache
 
 WIDE_BITS = 4
@@ -75,6 +76,7 @@ def widen_2bit_matmuls(proto: Any) -> int:
     makes them whole)."""
     from onnx import numpy_helper
 
+    load_full(proto)  # scales and zero points stored as float16 (export/onnx_half.py)
     initializers = {i.name: i for i in proto.graph.initializer}
     count = 0
     for node, attrs in _matmul_nbits(proto):
@@ -109,6 +111,7 @@ def whole_zero_points(proto: Any) -> int:
     exact correction (``_make_whole``); returns how many. Run after ``widen_2bit_matmuls``."""
     from onnx import numpy_helper
 
+    load_full(proto)  # scales and zero points stored as float16 (export/onnx_half.py)
     initializers = {i.name: i for i in proto.graph.initializer}
     count = 0
     for node, attrs in _matmul_nbits(proto):
@@ -167,6 +170,7 @@ def dequantize_matmuls(proto: Any) -> int:
     memory of the fp32 model). Not the served default (see ``BundleSessions``)."""
     from onnx import helper, numpy_helper
 
+    load_full(proto)  # scales and zero points stored as float16 (export/onnx_half.py)
     initializers = {i.name: i for i in proto.graph.initializer}
     nodes, count = [], 0
     for node in proto.graph.node:
