@@ -17,6 +17,9 @@ zero points too (INT2 decode 4.0 ms a token against 0.55 with the rewrite below,
 benchmarks/runtime). So each such node gets whole zero points, z = round(zero), plus the exact
 difference (z - zero) * scale applied to the input's per-block sums by two small MatMuls
 (``whole_zero_points``): three more nodes per MatMulNBits, about 0.1 ms a token at INT2.
+Each rewrite first turns the bundle's float16-stored scales and zero points back into the
+float32 initializers it reads (``export/onnx_half.load_full``); the shipped form keeps the
+``Cast``s, which ONNX Runtime folds at load as a phone's does.
 
 Decoding binds ``decoder_step``'s inputs and outputs to buffers held for the whole answer
 (``decoder_steps``, ONNX Runtime's IO binding): the fixed-size KV cache lives in one buffer per
