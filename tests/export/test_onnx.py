@@ -231,6 +231,15 @@ def test_int2_bundle_runs_our_2_bit_codes(
     size = sum(f["bytes"] for f in onnx_int2.manifest["files"])
     assert size < 0.25 * sum(f["bytes"] for f in onnx_fp32.manifest["files"])
     assert size < sum(f["bytes"] for f in onnx_int4.manifest["files"])
+    # each block's scale and zero point reach MatMulNBits from a Cast of a float16 initializer
+    proto = onnx.load(str(onnx_int2.out / "decoder_step.onnx"))
+    half = {i.name for i in proto.graph.initializer if i.data_type == TensorProto.FLOAT16}
+    cast_of = {n.output[0]: n.input[0] for n in proto.graph.node if n.op_type == "Cast"}
+    for node in (n for n in proto.graph.node if n.op_type == "MatMulNBits"):
+        assert cast_of[node.input[2]] in half and cast_of[node.input[3]] in half
+    # the fp32 bundle's trained weights are not float16 numbers: nothing of it moves
+    fp32 = onnx.load(str(onnx_fp32.out / "decoder_step.onnx"))
+    assert not [i for i in fp32.graph.initializer if i.data_type == TensorProto.FLOAT16]
 
 
 @pytest.mark.parametrize("name", ["onnx_int4", "onnx_int8"])
