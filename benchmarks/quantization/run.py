@@ -7,8 +7,8 @@ One run, one machine, the same held-out examples for every row:
   ``from_pretrained`` exactly as users load them; plus, as ablations, our INT2 with each of the
   shipped INT2's choices undone in turn (round-to-nearest instead of GPTQ, the other zero
   points, GPTQ on every layer or only where calibration covers it) and with `mobile-mm
-  quantize`'s defaults (``int2_ablations``: built in memory, same policy, group size and
-  calibration).
+  quantize`'s former defaults at 2 bits, whole zero points and GPTQ everywhere
+  (``int2_ablations``: built in memory, same policy, group size and calibration).
 - peers at 2 and 4 bits on the same low-bit layers at the same group size where the library
   allows it (see peers.py), the policy's INT8 layers identical to ours.
 
@@ -316,15 +316,16 @@ def int2_ablations(
 ) -> list[tuple[str, Callable[[], dict[str, QuantizedWeight]], str]]:
     """INT2 built in memory with the shipped variant's policy, group size and calibration, each of
     its choices undone in turn (method, zero points, which layers GPTQ runs on: ``shipped`` is its
-    manifest's ``quantization``), and with `mobile-mm quantize --bits 2`'s defaults: (label,
+    manifest's ``quantization``), and with `mobile-mm quantize --bits 2`'s former defaults (whole
+    zero points, GPTQ everywhere; its defaults are the shipped INT2's since 2026-12-07): (label,
     build, note) for the rows the shipped INT2 is not. QAT (~8 min) is left out."""
     method = str(shipped["method"])
     zeros = str(shipped.get("zero_points", "whole"))
     rows = int(shipped.get("calibration", {}).get("min_rows_per_input", 0))
     other_zeros = "whole" if zeros == "free" else "free"
     other_rows = 0 if rows else MIN_ROWS_PER_INPUT
-    defaults = ("gptq", "whole", 0)
-    kinds = [("rtn", zeros, 0), ("gptq", other_zeros, rows), ("gptq", zeros, other_rows), defaults]
+    former_defaults = ("gptq", "whole", 0)
+    kinds = [("rtn", zeros, 0), ("gptq", other_zeros, rows), ("gptq", zeros, other_rows), former_defaults]
     same = "built in memory; same policy, group size and calibration as the shipped int2"
     out: list[tuple[str, Callable[[], dict[str, QuantizedWeight]], str]] = []
     for kind in dict.fromkeys(kinds):  # in order, without repeats
@@ -336,7 +337,7 @@ def int2_ablations(
             out.append((label, _rtn_builder(net, plan, zero_points), same))
             continue
         label = f"ours int2 (gptq, {zero_points} zero points, min rows {min_rows})"
-        note = same + ("; `mobile-mm quantize --bits 2`'s defaults" if kind == defaults else "")
+        note = same + ("; `mobile-mm quantize --bits 2`'s former defaults" if kind == former_defaults else "")
         out.append((label, _gptq_builder(net, plan, batches, zero_points, min_rows), note))
     return out
 

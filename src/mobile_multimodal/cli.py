@@ -194,14 +194,15 @@ def quantize(
     limit: int | None = typer.Option(None, help="Evaluate at most N examples per task (default: all)."),
     calibration_batches: int = typer.Option(16, help="Training batches for GPTQ calibration."),
     zero_points: str = typer.Option(
-        "whole",
-        help="Zero points below 8 bits: whole (as the bundled variants) or free (any float16; "
-        "more accurate at 2 bits, see the README).",
+        "auto",
+        help="Zero points below 8 bits: whole, free (any float16) or auto: free at 2 bits with rtn "
+        "or gptq (how the bundled INT2 is built, more accurate there, see the README), else whole.",
     ),
-    gptq_min_rows: int = typer.Option(
-        0,
+    gptq_min_rows: int | None = typer.Option(
+        None,
         help="GPTQ: round to nearest any Linear with fewer calibration rows than this per input "
-        "column (0: GPTQ everywhere; 8 measured best with --zero-points free).",
+        "column (0: GPTQ everywhere). Default: 8 at 2 bits with gptq (measured best with free zero "
+        "points), else 0.",
     ),
     qat_steps: int = typer.Option(600, help="QAT steps (method qat)."),
     threads: int | None = typer.Option(None, help="CPU threads for torch."),

@@ -82,7 +82,7 @@ def test_int2_ablations_undo_each_choice_of_the_shipped_int2_once() -> None:
         "ours int2 (rtn, free zero points)",
         "ours int2 (gptq, whole zero points, min rows 8)",
         "ours int2 (gptq, free zero points, min rows 0)",
-        "ours int2 (gptq, whole zero points, min rows 0)",  # quantize's defaults
+        "ours int2 (gptq, whole zero points, min rows 0)",  # quantize's former defaults
     ]
     defaults = {"method": "gptq", "calibration": {}}  # a manifest written before the options existed
     assert labels(defaults) == [

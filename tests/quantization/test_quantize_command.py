@@ -76,7 +76,11 @@ def test_quantize_writes_a_loadable_variant_whose_reported_loss_is_what_eval_mea
         assert row["accuracy_loss"] == expected
     manifest = json.loads((model_dir / "int2" / "manifest.json").read_text())
     assert manifest["quantization"]["method"] == method
-    assert manifest["quantization"]["zero_points"] == ("learned" if method == "qat" else "whole")
+    # the defaults at 2 bits (QuantizeOptions.resolved): free zero points for rtn and gptq (QAT
+    # learns its own), and GPTQ only where calibration covers a Linear (8 rows per input column)
+    assert manifest["quantization"]["zero_points"] == ("learned" if method == "qat" else "free")
+    if method != "rtn":
+        assert manifest["quantization"]["calibration"]["min_rows_per_input"] == (8 if method == "gptq" else 0)
     assert manifest["eval"]["tasks"] == int2["tasks"]
     # the live canary's baseline: what this variant scores on the canary set, loaded as served
     from mobile_multimodal.model import MobileMultiModalLLM
@@ -105,6 +109,30 @@ def test_quantize_rejects_bad_options_with_a_clear_message(tmp_path: Path) -> No
         ["quantize", "--bits", "2", "--method", "rtn", "--gptq-min-rows", "8", "--out", str(tmp_path / "x")],
     )
     assert result.exit_code != 0 and "--gptq-min-rows applies to --method gptq or qat" in result.output
+
+
+@pytest.mark.parametrize(
+    ("bits", "method", "given", "expected"),
+    [
+        (2, "gptq", {}, ("free", 8)),  # how the bundled INT2 is built
+        (2, "rtn", {}, ("free", 0)),
+        (2, "qat", {}, ("whole", 0)),  # QAT learns its zero points from GPTQ's start
+        (4, "gptq", {}, ("whole", 0)),  # nothing measured to move the defaults at 4 and 8 bits
+        (8, "rtn", {}, ("whole", 0)),
+        (2, "gptq", {"zero_points": "whole", "gptq_min_rows": 0}, ("whole", 0)),  # the former defaults
+        (4, "gptq", {"zero_points": "free", "gptq_min_rows": 8}, ("free", 8)),  # asked for: kept
+    ],
+)
+def test_the_quantize_defaults_are_chosen_by_bits_and_method(
+    bits: int, method: str, given: dict[str, object], expected: tuple[str, int], tmp_path: Path
+) -> None:
+    from mobile_multimodal.training.quantize import QuantizeOptions
+
+    options = QuantizeOptions(bits=bits, out=tmp_path, method=method, **given)  # type: ignore[arg-type]
+    options.validate()
+    resolved = options.resolved()
+    assert (resolved.zero_points, resolved.gptq_min_rows) == expected
+    assert resolved.resolved() == resolved  # nothing left to choose
 
 
 def test_free_zero_points_and_the_calibration_rows_rule_are_written_and_recorded(

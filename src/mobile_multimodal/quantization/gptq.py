@@ -44,8 +44,8 @@ DAMP = 0.01
 # directions calibration never saw but use does. Such layers are rounded to nearest instead.
 # On the bundled model at INT2 (free zero points): retrieval's recall@1 over five pools of 1,000
 # lost 1.0% with GPTQ everywhere, 0.3% with this rule at 8 rows per input (the other tasks as
-# before). Off by default (0), so a quantize command that worked before builds the same bytes;
-# the bundled INT2 is built with it (quantize --gptq-min-rows 8, scripts/retrain_default.sh).
+# before). ``mobile-mm quantize`` applies it at 2 bits with gptq unless told otherwise (off, 0, at
+# 4 and 8 bits: training/quantize.QuantizeOptions.resolved); the bundled INT2 is built with it.
 MIN_ROWS_PER_INPUT = 8
 
 B = TypeVar("B")  # a calibration batch: whatever ``forward`` takes

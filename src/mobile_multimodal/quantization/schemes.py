@@ -89,9 +89,10 @@ def zero_step(bits: int, zero_points: str = "whole") -> float:
     2026-12-07) 0.62%. Round-to-nearest with whole zero points lost 3.1% of retrieval's recall@1, with free
     ones nothing. Free zero points are float16 like the scales, so storage does not change; ONNX
     Runtime's MatMulNBits and Core ML take them as floats, and XNNPACK's signed 4-bit blocks
-    carry them on a grid of their own (``export/xnnpack_quant.py``). Whole stays the default so
-    that a quantize command that worked before builds the same bytes; the bundled INT2 is built
-    with free ones (``scripts/retrain_default.sh``)."""
+    carry them on a grid of their own (``export/xnnpack_quant.py``). ``mobile-mm quantize`` uses
+    free ones at 2 bits with rtn and gptq unless told otherwise, whole ones at 4 and 8 bits
+    (``training/quantize.QuantizeOptions.resolved``); the bundled INT2 is built with free ones
+    (``scripts/retrain_default.sh``)."""
     if zero_points not in ZERO_POINTS:
         raise ValueError(f"zero_points must be one of {ZERO_POINTS}, got {zero_points!r}")
     return 0.0 if zero_points == "free" and bits < 8 else 1.0
