@@ -6,7 +6,10 @@ beside the generator's held-out splits.
   ``attribute_precision``: the fraction of named (colour, shape) pairs that are in the image;
   ``invented_repeat_rate``: captions naming one (colour, shape) more often than the image has it;
   ``attribute_recall_<background>`` per background kind (light, dark, gradient, textured), and
-  ``attribute_recall_<size>`` per object size relative to the image (``recall_by_size``).
+  ``attribute_recall_<size>`` per object size relative to the image (``recall_by_size``), and
+  ``missed_named_when_magnified``: of the objects the captions missed, the share named when the
+  object's region alone is captioned (``magnified_misses``): near 1, the misses are the scene
+  input's resolution rather than objects the model does not know.
 - ``user_vqa``: ``accuracy`` (primary), and per question kind (``accuracy_color`` ...).
 - ``user_ocr``: lowercase held-out words, ``word_accuracy`` (primary) and ``cer``; both OCR
   tasks also per line length and polarity (``ocr_breakdown``).
@@ -25,10 +28,10 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from mobile_multimodal.data.user_style import USER_SIZES, USER_TASKS, UserExample, load_user_split
+from mobile_multimodal.data.user_style import USER_SIZES, USER_TASKS, UserExample, UserObject, load_user_split
 from mobile_multimodal.data.vocabulary import COLORS, OCR_CHARSET, SHAPES
 from mobile_multimodal.training.eval_metrics import char_error_rate, exact_match_accuracy, word_accuracy
 
@@ -69,26 +72,63 @@ def _size_bucket(extent: float, image_size: tuple[int, int]) -> str:
     return next(name for low, high, name in SIZE_BUCKETS if low <= share < high)
 
 
+def object_matches(
+    predictions: list[str], examples: list[UserExample]
+) -> Iterator[tuple[UserExample, UserObject, bool]]:
+    """Each drawn object with whether its caption names it: its (colour, shape) pair among the
+    caption's, each mention counted once, the larger of two identical objects first."""
+    for caption, ex in zip(predictions, examples, strict=True):
+        left = Counter(caption_pairs(caption))
+        for o in sorted(ex.objects, key=lambda o: -o.extent):
+            named = left[(o.color, o.shape)] > 0
+            left[(o.color, o.shape)] -= named
+            yield ex, o, named
+
+
 def recall_by_size(predictions: list[str], examples: list[UserExample]) -> dict[str, float]:
     """``attribute_recall`` per object size (``SIZE_BUCKETS``), with each bucket's object count:
     an object counts as named when the caption names its (colour, shape) pair, the larger of
     two identical objects first."""
     hits: Counter[str] = Counter()
     objects: Counter[str] = Counter()
-    for caption, ex in zip(predictions, examples, strict=True):
-        left = Counter(caption_pairs(caption))
-        for o in sorted(ex.objects, key=lambda o: -o.extent):
-            bucket = _size_bucket(o.extent, ex.image.size)
-            objects[bucket] += 1
-            if left[(o.color, o.shape)] > 0:
-                left[(o.color, o.shape)] -= 1
-                hits[bucket] += 1
+    for ex, o, named in object_matches(predictions, examples):
+        bucket = _size_bucket(o.extent, ex.image.size)
+        objects[bucket] += 1
+        hits[bucket] += named
     out: dict[str, float] = {}
     for _, _, name in SIZE_BUCKETS:
         if objects[name]:
             out[f"attribute_recall_{name}"] = hits[name] / objects[name]
             out[f"objects_{name}"] = objects[name]
     return out
+
+
+# a missed object's region: a square this many times its extent, centred on it (inside the image)
+MAGNIFY = 3.0
+
+
+def region_of(ex: UserExample, o: UserObject) -> tuple[int, int, int, int]:
+    """The crop box (left, top, right, bottom) of ``o``'s region: ``MAGNIFY`` times its extent,
+    centred on it, moved (and cut only when the image is smaller) to lie inside the image."""
+    width, height = ex.image.size
+    side = min(max(MAGNIFY * o.extent, 16.0), width, height)
+    left = min(max(o.center[0] - side / 2, 0.0), width - side)
+    top = min(max(o.center[1] - side / 2, 0.0), height - side)
+    return round(left), round(top), round(left + side), round(top + side)
+
+
+def magnified_misses(
+    model: Any, predictions: list[str], examples: list[UserExample], run: Batched
+) -> dict[str, float]:
+    """Of the objects the captions missed, how many the model names when their region alone
+    (``region_of``) is captioned: ``missed_objects`` and ``missed_named_when_magnified``."""
+    missed = [(ex, o) for ex, o, named in object_matches(predictions, examples) if not named]
+    if not missed:
+        return {"missed_objects": 0}
+    crops = [ex.image.crop(region_of(ex, o)) for ex, o in missed]
+    captions = run(crops, model.generate_captions, "user_captioning magnified misses")
+    named = sum((o.color, o.shape) in caption_pairs(c) for (_, o), c in zip(missed, captions, strict=True))
+    return {"missed_objects": len(missed), "missed_named_when_magnified": named / len(missed)}
 
 
 def ocr_breakdown(predictions: list[str], examples: list[UserExample]) -> dict[str, float]:
@@ -140,6 +180,7 @@ def evaluate_user_tasks(
             part = attribute_scores([preds[i] for i in idx], [ex[i] for i in idx])
             scores[f"attribute_recall_{kind}"] = part["attribute_recall"]
         scores.update(recall_by_size(preds, ex))
+        scores.update(magnified_misses(model, preds, ex, run))
         res["user_captioning"] = {
             "primary": scores["attribute_recall"],
             **scores,
