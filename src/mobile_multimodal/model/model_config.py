@@ -64,11 +64,6 @@ class ModelConfig:
     # the 64-px model read) plus N learned full-resolution channels added into the stem's first
     # conv (vision.SceneDetail). 0: the scene goes straight into the stem (v1/v2).
     scene_detail: int = 0
-    # A second, finer stage on top (issue 18: what the 128-px model still misses are shapes of 6-12
-    # px). With M > 0 a scene comes in at twice scene_detail's size (256) and M learned channels of
-    # it are added into the detail stage's conv, which goes on reading the 2x2 average, as the
-    # 128-px model did (vision.FineDetail); still 64 tokens. Needs scene_detail.
-    scene_detail_fine: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -79,10 +74,6 @@ class ModelConfig:
             raise ValueError("image sizes must be multiples of the stem stride (8)")
         if self.scene_detail < 0:
             raise ValueError(f"scene_detail must be >= 0, got {self.scene_detail}")
-        if self.scene_detail_fine < 0:
-            raise ValueError(f"scene_detail_fine must be >= 0, got {self.scene_detail_fine}")
-        if self.scene_detail_fine and not self.scene_detail:
-            raise ValueError("scene_detail_fine needs scene_detail (it adds into that stage's conv)")
         if self.scene_detail and self.stem != "conv":
             raise ValueError("scene_detail needs the conv stem (its first conv takes the detail)")
         if self.scene_size % self.scene_stride:
@@ -112,9 +103,8 @@ class ModelConfig:
 
     @property
     def scene_stride(self) -> int:
-        """Scene pixels per token side: the stem's 8, times 2 with the detail stage, times 2 again
-        with the fine one."""
-        return 8 * (2 if self.scene_detail else 1) * (2 if self.scene_detail_fine else 1)
+        """Scene pixels per token side: the stem's 8, times 2 with the detail stage."""
+        return 16 if self.scene_detail else 8
 
     @property
     def scene_grid(self) -> int:
@@ -162,17 +152,6 @@ class ModelConfig:
         return replace(cls.default_wide_ocr(), scene_size=128, scene_detail=16)
 
     @classmethod
-    def default_scene_fine(cls) -> ModelConfig:
-        """``default_scene_detail`` reading scenes at 256 px: 16 more channels of the full
-        resolution added into the detail stage, still 64 tokens."""
-        return replace(cls.default_scene_detail(), scene_size=256, scene_detail_fine=16)
-
-    @classmethod
-    def tiny_scene_fine(cls) -> ModelConfig:
-        """``tiny_scene_detail`` with ``default_scene_fine``'s 256-px scene input, for tests."""
-        return replace(cls.tiny_scene_detail(), scene_size=256, scene_detail_fine=4)
-
-    @classmethod
     def tiny_scene_detail(cls) -> ModelConfig:
         """``tiny_wide_ocr`` with ``default_scene_detail``'s scene input, for tests of that path."""
         return replace(cls.tiny_wide_ocr(), scene_size=128, scene_detail=4)
@@ -189,11 +168,9 @@ class ModelConfig:
             "default-effnet": cls.default_effnet,
             "default-wide-ocr": cls.default_wide_ocr,
             "default-scene-detail": cls.default_scene_detail,
-            "default-scene-fine": cls.default_scene_fine,
             "tiny": cls.tiny,
             "tiny-wide-ocr": cls.tiny_wide_ocr,
             "tiny-scene-detail": cls.tiny_scene_detail,
-            "tiny-scene-fine": cls.tiny_scene_fine,
         }
         if name not in presets:
             raise ValueError(f"unknown model preset {name!r}; choose one of {sorted(presets)}")

@@ -35,26 +35,6 @@ class ConvNormAct(nn.Module):
         return F.gelu(self.norm(y, domain))
 
 
-class FineDetail(nn.Module):
-    """The scene at twice ``SceneDetail``'s resolution (``ModelConfig.scene_detail_fine``): the
-    detail stage goes on reading its 2x2 average, and ``channels`` learned features of the full
-    resolution are added into that stage's conv through ``into_detail``, which starts at zero, so
-    a model warm-started from a 128-px one computes what it did (on the average of the 256 px)."""
-
-    def __init__(self, channels: int, detail_channels: int) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(3, channels, 3, stride=2, padding=1, bias=False)
-        self.norm = DomainBatchNorm2d(channels)
-        self.into_detail = nn.Conv2d(channels, detail_channels, 3, stride=2, padding=1, bias=False)
-        nn.init.zeros_(self.into_detail.weight)
-
-    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        """(B, 3, 4S, 4S) -> the detail stage's input (B, 3, 2S, 2S) and what to add to its
-        conv's output (B, c, S, S)."""
-        fine = F.gelu(self.norm(self.conv(images), "scene"))
-        return F.avg_pool2d(images, 2), self.into_detail(fine)
-
-
 class SceneDetail(nn.Module):
     """A scene at twice the stem's resolution, still 64 tokens (``ModelConfig.scene_detail``).
 
@@ -65,23 +45,17 @@ class SceneDetail(nn.Module):
     use the detail from there. Text lines never pass here: the reader keeps its 32-px lines.
     """
 
-    def __init__(self, channels: int, stem_channels: int, fine_channels: int = 0) -> None:
+    def __init__(self, channels: int, stem_channels: int) -> None:
         super().__init__()
         self.conv = nn.Conv2d(3, channels, 3, stride=2, padding=1, bias=False)
         self.norm = DomainBatchNorm2d(channels)
         self.into_stem = nn.Conv2d(channels, stem_channels, 3, stride=2, padding=1, bias=False)
         nn.init.zeros_(self.into_stem.weight)
-        self.fine = FineDetail(fine_channels, channels) if fine_channels else None
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
         """(B, 3, 2S, 2S) -> the stem's input (B, 3, S, S) and what to add to its first conv's
-        output (B, c1, S/2, S/2); with the fine stage the scene comes in at (B, 3, 4S, 4S)."""
-        if self.fine is None:
-            y = self.conv(images)
-        else:
-            images, fine = self.fine(images)
-            y = self.conv(images) + fine
-        detail = F.gelu(self.norm(y, "scene"))
+        output (B, c1, S/2, S/2)."""
+        detail = F.gelu(self.norm(self.conv(images), "scene"))
         return F.avg_pool2d(images, 2), self.into_stem(detail)
 
 
@@ -102,9 +76,7 @@ class VisionEncoder(nn.Module):
                 ]
             )
             features = c3
-            self.scene_detail = (
-                SceneDetail(cfg.scene_detail, c1, cfg.scene_detail_fine) if cfg.scene_detail else None
-            )
+            self.scene_detail = SceneDetail(cfg.scene_detail, c1) if cfg.scene_detail else None
         else:  # "efficientnet-lite0" (the config validated the name)
             self.stem = efficientnet_lite0_stem()
             features = EFFICIENTNET_CHANNELS
@@ -150,7 +122,7 @@ class VisionEncoder(nn.Module):
         f, detail, stride = images, None, 8
         if self.scene_detail is not None and not columns:
             f, detail = self.scene_detail(images)
-            stride = 32 if self.scene_detail.fine is not None else 16
+            stride = 16
         for i, layer in enumerate(self.stem):
             if i == 0 and detail is not None:
                 f = layer(f, "scene", detail)

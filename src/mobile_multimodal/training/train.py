@@ -109,11 +109,6 @@ _USER_STYLE_FONTS_CONTINUE = replace(
     data_version=V3,
     reshape_init=False,
 )
-# Issue 18, fourth recipe: the third with scenes read at 256 px (ModelConfig.scene_detail_fine),
-# both detail stages fresh, for 6-12 px shapes at 128 px, most of what the third's captions miss.
-# At 1.53 s a step (2 cores, 2026-12-07), 2,300 steps take ~59 min: with the default preset's
-# 60 the recipe fills the 2-hour budget.
-_USER_STYLE_FINE_CONTINUE = replace(_USER_STYLE_DETAIL_CONTINUE, model="default-scene-fine", steps=2300)
 PRESETS = {
     "default": _DEFAULT,
     # the default recipe with an ImageNet-pretrained EfficientNet-Lite0 stem instead of our conv
@@ -135,8 +130,6 @@ PRESETS = {
     "user-style-detail-continue": _USER_STYLE_DETAIL_CONTINUE,
     # use with --init-from a user-style-detail-continue model
     "user-style-fonts-continue": _USER_STYLE_FONTS_CONTINUE,
-    # use with --init-from a default-preset model, as user-style-detail-continue
-    "user-style-fine-continue": _USER_STYLE_FINE_CONTINUE,
     # the user-style recipe (data v2, ASCII charset, wide letterboxed reader) at tiny's size, for
     # tests and a quick check of the whole path
     "tiny-user-style": replace(_TINY, model="tiny-wide-ocr", data_version=V2, charset="ascii"),
