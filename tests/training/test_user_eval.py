@@ -144,10 +144,11 @@ def test_magnified_misses_caption_each_missed_object_alone() -> None:
     }
 
 
-def test_the_bundled_models_caption_misses_are_its_input_resolution() -> None:
+def test_the_bundled_models_caption_misses_are_objects_too_small_in_its_input() -> None:
     """Of the objects the bundled model's captions miss on users' scenes (mostly under a tenth of
-    the image), most are named once their region alone is captioned (measured 47 of 53 on the
-    split's 300 scenes at fp32): the 128-px scene input, not the model's knowledge, loses them."""
+    the image), most are named once their region alone is captioned (measured 48 of 53 on the
+    split's 300 scenes at fp32): their size in the scene input, not the model's knowledge, loses
+    them."""
     model = MobileMultiModalLLM.from_pretrained("default")
     entry = evaluate_user_tasks(model, ("user_captioning",), limit=100)["user_captioning"]
     assert entry["missed_objects"] >= 5

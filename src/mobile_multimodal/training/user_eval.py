@@ -8,8 +8,9 @@ beside the generator's held-out splits.
   ``attribute_recall_<background>`` per background kind (light, dark, gradient, textured), and
   ``attribute_recall_<size>`` per object size relative to the image (``recall_by_size``), and
   ``missed_named_when_magnified``: of the objects the captions missed, the share named when the
-  object's region alone is captioned (``magnified_misses``): near 1, the misses are the scene
-  input's resolution rather than objects the model does not know.
+  object's region alone is captioned (``magnified_misses``): near 1, the misses are objects too
+  small in the scene input rather than objects the model does not know (reading the scene at 256
+  px instead of 128 did not name more of them: the README's "Scenes at 256 px").
 - ``user_vqa``: ``accuracy`` (primary), and per question kind (``accuracy_color`` ...).
 - ``user_ocr``: lowercase held-out words, ``word_accuracy`` (primary) and ``cer``; both OCR
   tasks also per line length and polarity (``ocr_breakdown``).
