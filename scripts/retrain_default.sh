@@ -5,8 +5,8 @@
 #   1. train      mobile-mm train --preset user-style (printable-ASCII OCR through a 32x512
 #                 letterboxed reader, data version procedural-v2: half the scenes and 65% of the
 #                 text lines drawn user-style); evaluates the held-out splits into the manifest
-#   2. quantize   int8 (rtn), int4 (qat), int2 (gptq, group 80, free zero points, GPTQ only
-#                 where calibration covers a layer): the methods and options the bundled
+#   2. quantize   int8 (rtn), int4 (qat), int2 (gptq, group 80, free zero points with quarter-code
+#                 ones in the decoder, GPTQ only where calibration covers a layer): the methods and options the bundled
 #                 variants were made with (their manifests' quantization.method); calibration
 #                 and QAT draw batches of the model's own data version
 #   3. calibrate  the out-of-domain threshold of every precision (domain_calibration --write)
@@ -103,7 +103,7 @@ run "$MM" quantize --bits 8 --method rtn --model "$MODEL" --out "$MODEL/int8" \
   --report "$REPORTS/quantize_int8.json" "${limit_opt[@]}" "${threads_opt[@]}"
 run "$MM" quantize --bits 4 --method qat --model "$MODEL" --out "$MODEL/int4" \
   --report "$REPORTS/quantize_int4.json" "${limit_opt[@]}" "${threads_opt[@]}" "${qat_opt[@]}"
-run "$MM" quantize --bits 2 --method gptq --group-size 80 --zero-points free --gptq-min-rows 8 \
+run "$MM" quantize --bits 2 --method gptq --group-size 80 --zero-points decoder-quarter --gptq-min-rows 8 \
   --model "$MODEL" --out "$MODEL/int2" --report "$REPORTS/quantize_int2.json" "${limit_opt[@]}" "${threads_opt[@]}"
 
 # 3. the out-of-domain threshold of each precision, stored in its manifest

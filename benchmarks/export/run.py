@@ -32,6 +32,7 @@ Writes results.json, results.md and results.png into --out (default: this direct
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -87,6 +88,35 @@ def _versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             out[dist] = "not installed"
     return out
+
+
+def model_fingerprint(model: str) -> str:
+    """sha256 over every manifest of ``model``'s directory (fp32 and each variant): they hash the
+    weight files they list, so a retrained or re-quantized model changes it."""
+    from mobile_multimodal.model.llm import resolve_model_dir
+
+    root = resolve_model_dir(model, "fp32")
+    digest = hashlib.sha256()
+    for manifest in sorted(root.rglob("manifest.json")):
+        digest.update(str(manifest.relative_to(root)).encode() + b"\0" + manifest.read_bytes())
+    return digest.hexdigest()
+
+
+def keep_cells_of(work: Path, fingerprint: str) -> bool:
+    """Discard ``work``'s kept cells when they were measured on another model (or on one not
+    recorded); stamp ``work`` with ``fingerprint``. Whether kept cells were discarded: a cell kept
+    from the model before would otherwise be reported as this model's."""
+    stamp = work / "model.json"
+    discarded = False
+    if work.exists() and any(work.iterdir()):
+        kept = json.loads(stamp.read_text()).get("fingerprint") if stamp.exists() else None
+        if kept != fingerprint:
+            shutil.rmtree(work)
+            discarded = True
+    work.mkdir(parents=True, exist_ok=True)
+    if not stamp.exists():
+        stamp.write_text(json.dumps({"fingerprint": fingerprint}))
+    return discarded
 
 
 def _commit() -> str:
@@ -198,6 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     work = args.work
     if args.fresh and work.exists():
         shutil.rmtree(work)
+    if not args.report_only and keep_cells_of(work, model_fingerprint(args.model)):
+        print(f"the cells kept in {work} were of another model: measuring again", flush=True)
     formats, skipped = available_formats(args.formats)
     timeouts = {"export": args.export_timeout}
     timeouts.update(dict.fromkeys(("runtime", "task", "torch"), args.cell_timeout))

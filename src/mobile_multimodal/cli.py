@@ -195,8 +195,10 @@ def quantize(
     calibration_batches: int = typer.Option(16, help="Training batches for GPTQ calibration."),
     zero_points: str = typer.Option(
         "auto",
-        help="Zero points below 8 bits: whole, free (any float16) or auto: free at 2 bits with rtn "
-        "or gptq (how the bundled INT2 is built, more accurate there, see the README), else whole.",
+        help="Zero points below 8 bits: whole, free (any float16), quarter (multiples of 1/4, which "
+        "the ONNX Runtime backend serves at 2 bits with no correction), decoder-quarter (quarter in "
+        "the text decoder, free elsewhere) or auto: at 2 bits decoder-quarter with gptq (how the "
+        "bundled INT2 is built, see the README) and free with rtn, else whole.",
     ),
     gptq_min_rows: int | None = typer.Option(
         None,

@@ -76,3 +76,22 @@ def test_readme_table_option_prints_the_committed_table(capsys: pytest.CaptureFi
     assert run.main(["--readme-table"]) == 0
     results = json.loads((run.OUT / "results.json").read_text())
     assert capsys.readouterr().out.splitlines() == readme_table(results)
+
+
+def test_cells_kept_from_another_model_are_measured_again(tmp_path: Path) -> None:
+    """A kept cell is reused only for the model it was measured on: re-quantizing a variant changes
+    its manifest (the weights' hashes), and cells kept from before are discarded."""
+    model = MobileMultiModalLLM.from_config(ModelConfig.tiny(), seed=0).save(tmp_path / "model")
+    work = tmp_path / "work"
+    before = run.model_fingerprint(str(model))
+    assert run.keep_cells_of(work, before) is False  # nothing kept yet
+    (work / "export-onnx-int2.json").write_text("{}")
+    assert run.keep_cells_of(work, before) is False and (work / "export-onnx-int2.json").exists()
+    manifest = model / "manifest.json"
+    manifest.write_text(manifest.read_text() + "\n")  # any change, as new weights' hashes would make
+    after = run.model_fingerprint(str(model))
+    assert after != before
+    assert run.keep_cells_of(work, after) is True and not (work / "export-onnx-int2.json").exists()
+    (work / "cell.json").write_text("{}")
+    (work / "model.json").unlink()  # a work directory from before the stamp: not this model's
+    assert run.keep_cells_of(work, after) is True

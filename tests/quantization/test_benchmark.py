@@ -84,6 +84,13 @@ def test_int2_ablations_undo_each_choice_of_the_shipped_int2_once() -> None:
         "ours int2 (gptq, free zero points, min rows 0)",
         "ours int2 (gptq, whole zero points, min rows 0)",  # quantize's former defaults
     ]
+    shipped = {"method": "gptq", "zero_points": "decoder-quarter", "calibration": {"min_rows_per_input": 8}}
+    assert labels(shipped) == [
+        "ours int2 (rtn, decoder-quarter zero points)",
+        "ours int2 (gptq, free zero points, min rows 8)",  # the decoder's free too: the INT2 before
+        "ours int2 (gptq, decoder-quarter zero points, min rows 0)",
+        "ours int2 (gptq, whole zero points, min rows 0)",
+    ]
     defaults = {"method": "gptq", "calibration": {}}  # a manifest written before the options existed
     assert labels(defaults) == [
         "ours int2 (rtn, whole zero points)",

@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from mobile_multimodal.cli import app
@@ -76,9 +77,11 @@ def test_quantize_writes_a_loadable_variant_whose_reported_loss_is_what_eval_mea
         assert row["accuracy_loss"] == expected
     manifest = json.loads((model_dir / "int2" / "manifest.json").read_text())
     assert manifest["quantization"]["method"] == method
-    # the defaults at 2 bits (QuantizeOptions.resolved): free zero points for rtn and gptq (QAT
-    # learns its own), and GPTQ only where calibration covers a Linear (8 rows per input column)
-    assert manifest["quantization"]["zero_points"] == ("learned" if method == "qat" else "free")
+    # the defaults at 2 bits (QuantizeOptions.resolved): free zero points for rtn, quarter-code ones
+    # in the decoder and free ones elsewhere for gptq (QAT learns its own), and GPTQ only where
+    # calibration covers a Linear (8 rows per input column)
+    expected = {"qat": "learned", "rtn": "free", "gptq": "decoder-quarter"}[method]
+    assert manifest["quantization"]["zero_points"] == expected
     if method != "rtn":
         assert manifest["quantization"]["calibration"]["min_rows_per_input"] == (8 if method == "gptq" else 0)
     assert manifest["eval"]["tasks"] == int2["tasks"]
@@ -114,13 +117,14 @@ def test_quantize_rejects_bad_options_with_a_clear_message(tmp_path: Path) -> No
 @pytest.mark.parametrize(
     ("bits", "method", "given", "expected"),
     [
-        (2, "gptq", {}, ("free", 8)),  # how the bundled INT2 is built
-        (2, "rtn", {}, ("free", 0)),
+        (2, "gptq", {}, ("decoder-quarter", 8)),  # how the bundled INT2 is built
+        (2, "rtn", {}, ("free", 0)),  # quarter codes cost rtn more (no GPTQ to absorb them)
         (2, "qat", {}, ("whole", 0)),  # QAT learns its zero points from GPTQ's start
         (4, "gptq", {}, ("whole", 0)),  # nothing measured to move the defaults at 4 and 8 bits
         (8, "rtn", {}, ("whole", 0)),
         (2, "gptq", {"zero_points": "whole", "gptq_min_rows": 0}, ("whole", 0)),  # the former defaults
         (4, "gptq", {"zero_points": "free", "gptq_min_rows": 8}, ("free", 8)),  # asked for: kept
+        (2, "gptq", {"zero_points": "free"}, ("free", 8)),  # the INT2 shipped before 2026-12-07 evening
     ],
 )
 def test_the_quantize_defaults_are_chosen_by_bits_and_method(
@@ -164,3 +168,29 @@ def test_free_zero_points_and_the_calibration_rows_rule_are_written_and_recorded
     variant = MobileMultiModalLLM.from_pretrained(model_dir, quantization="int2")
     low = [m.zeros.float() for m in variant.network.modules() if isinstance(m, PackedWeight) and m.bits < 8]
     assert low and all(bool((z != z.round()).any()) for z in low)  # not whole codes
+
+
+def test_decoder_quarter_zero_points_are_quarter_codes_in_the_decoder_and_free_elsewhere(
+    tiny_model: MobileMultiModalLLM, tmp_path: Path
+) -> None:
+    """``--zero-points decoder-quarter`` (the 2-bit default): the decoder's zero points on the
+    quarter-code grid (what lets ONNX Runtime serve its per-token graph with no correction), free
+    float16 ones in every other low-bit layer."""
+    model_dir = tiny_model.save(tmp_path / "model")
+    out = model_dir / "int2"
+    args = ["--bits", "2", "--model", str(model_dir), "--group-size", "16", "--out", str(out)]
+    result = runner.invoke(app, ["quantize", *args, "--limit", "2", "--calibration-batches", "1"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "manifest.json").read_text())["quantization"]["zero_points"] == "decoder-quarter"
+    variant = MobileMultiModalLLM.from_pretrained(model_dir, quantization="int2")
+    low = {
+        name: m.zeros.float()
+        for name, m in variant.network.named_modules()
+        if isinstance(m, PackedWeight) and m.bits < 8
+    }
+    decoder = [z for name, z in low.items() if name.startswith("decoder.")]
+    others = [z for name, z in low.items() if not name.startswith("decoder.")]
+    assert decoder and others
+    assert all(torch.equal(z * 4, (z * 4).round()) for z in decoder)
+    assert any(bool((z != z.round()).any()) for z in decoder)  # quarter codes, not only whole ones
+    assert all(not torch.equal(z * 4, (z * 4).round()) for z in others)  # free: off any quarter grid

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 from mobile_multimodal.model.quantized_weight import num_groups
 from mobile_multimodal.quantization.gptq import gptq_quantize
 from mobile_multimodal.quantization.schemes import (
+    layer_zero_points,
     minmax_params,
     params_from_range,
     qmax,
@@ -126,6 +127,30 @@ def test_free_zero_points_allow_the_symmetric_2_bit_grid() -> None:
     assert float(z[0, 0]) in (1.0, 2.0)  # whole zero points cannot: one end is clipped
     codes = quantize_codes(w, s, z, 80, 2).float()
     assert float(((codes - z) * s - w).abs().max()) > 0.4
+
+
+@settings(max_examples=20, deadline=None)
+@given(bits=st.sampled_from([2, 4, 8]), seed=st.integers(0, 2**31))
+def test_quarter_zero_points_are_multiples_of_a_quarter_below_8_bits(bits: int, seed: int) -> None:
+    w = torch.randn(16, 160, generator=torch.Generator().manual_seed(seed))
+    gs = 80 if bits < 8 else None
+    quarter = quantize_rtn(w, bits, gs, zero_points="quarter").zeros.float()
+    assert zero_step(bits, "quarter") == (1.0 if bits == 8 else 0.25)
+    assert torch.equal(quarter * 4, (quarter * 4).round())
+    assert bool(((quarter >= 0) & (quarter <= qmax(bits))).all())
+    if bits == 2:  # a 4-bit container holds 4 * code and 4 * zero point whole (serving/onnx_sessions.py)
+        assert float(quarter.max()) * 4 <= 15
+
+
+def test_decoder_quarter_gives_the_decoders_layers_quarter_zero_points_and_the_others_free_ones() -> None:
+    assert layer_zero_points("decoder-quarter", "decoder.blocks.0.mlp.fc1") == "quarter"
+    assert layer_zero_points("decoder-quarter", "encoder.blocks.0.mlp.fc1") == "free"
+    assert (
+        layer_zero_points("decoder-quarter", "text_encoder.blocks.0.attn.q") == "free"
+    )  # not a prefix match
+    assert layer_zero_points("whole", "decoder.blocks.0.mlp.fc1") == "whole"
+    with pytest.raises(ValueError, match="zero_points"):  # a model's mode, not one layer's
+        zero_step(2, "decoder-quarter")
 
 
 def test_unknown_zero_points_are_refused() -> None:

@@ -462,6 +462,9 @@ def test_two_bit_weights_in_four_bit_containers_compute_what_the_shipped_graphs_
     served = BundleSessions(bundle_dir, files, widen_2bit=True)
     shipped = BundleSessions(bundle_dir, files, widen_2bit=False)
     assert served.widened["decoder_step"] > 0 and sum(shipped.widened.values()) == 0
+    # the bundled INT2's decoder holds quarter-code zero points (quantize --zero-points
+    # decoder-quarter): the per-token graph needs no correction; the others' free ones do
+    assert served.made_whole["decoder_step"] == 0 and served.made_whole["vision"] > 0
     spec = json.loads((bundle_dir / "bundle.json").read_text())["graphs"]
     rng = np.random.default_rng(1)
     for graph in files:
@@ -535,6 +538,75 @@ def test_float_zero_points_become_whole_ones_plus_an_exact_correction(bits: int)
     want = x["x"] @ weight.reshape(n, -1)[:, :k].T
     for session in run:
         np.testing.assert_allclose(session.run(None, x)[0], want, atol=1e-5, rtol=1e-5)
+
+
+def _one_matmul_nbits(
+    codes: np.ndarray, scales: np.ndarray, zeros: np.ndarray, k: int, bits: int
+) -> onnx.ModelProto:
+    from onnx import TensorProto, helper, numpy_helper
+
+    n, _, block = codes.shape
+    node = helper.make_node(
+        "MatMulNBits",
+        ["x", "B", "S", "Z"],
+        ["y"],
+        domain="com.microsoft",
+        K=k,
+        N=n,
+        bits=bits,
+        block_size=block,
+    )
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["M", k])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["M", n])],
+        initializer=[
+            numpy_helper.from_array(pack_low_first(codes, bits), "B"),
+            numpy_helper.from_array(scales, "S"),
+            numpy_helper.from_array(zeros, "Z"),
+        ],
+    )
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+    return helper.make_model(graph, opset_imports=opsets)
+
+
+def test_quarter_grid_zero_points_widen_to_whole_4bit_ones_with_no_correction() -> None:
+    """2-bit zero points on the quarter-code grid (``quantize --zero-points quarter``) are whole
+    4-bit ones once codes and zero points are multiplied by 4 and the scales divided by 4: the
+    served node needs no correction nodes, and its weights dequantize to the shipped node's to
+    the last bit. One zero point off the grid sends the node to the correction instead."""
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    rng = np.random.default_rng(3)
+    k, n, block = 40, 24, 16
+    blocks = -(-k // block)
+    codes = rng.integers(0, 4, (n, blocks, block), dtype=np.uint8)
+    scales = rng.uniform(0.01, 0.1, n * blocks).astype(np.float32)
+    zeros = (rng.integers(0, 13, n * blocks) / 4).astype(np.float32)  # 0, 0.25, ..., 3
+    zeros[:2] = [0.0, 3.0]  # both ends of the grid
+    shipped = _one_matmul_nbits(codes, scales, zeros, k, 2)
+    served = onnx.ModelProto()
+    served.CopyFrom(shipped)
+    assert widen_2bit_matmuls(served) == 1
+    assert whole_zero_points(served) == 0  # nothing left to correct
+    assert [node.op_type for node in served.graph.node] == ["MatMulNBits"]
+    held = {i.name: numpy_helper.to_array(i) for i in served.graph.initializer}
+    assert held["Z"].dtype == np.uint8
+    wide_codes = unpack_low_first(held["B"], 4).reshape(n, blocks, block)
+    wide_zeros = unpack_low_first(held["Z"].reshape(n, -1), 4)[:, :blocks]
+    dequantized = (wide_codes.astype(np.float32) - wide_zeros[..., None]) * held["S"].reshape(n, blocks, 1)
+    weight = (codes.astype(np.float32) - zeros.reshape(n, blocks, 1)) * scales.reshape(n, blocks, 1)
+    np.testing.assert_array_equal(dequantized, weight)
+    x = {"x": rng.standard_normal((3, k)).astype(np.float32)}
+    want = x["x"] @ weight.reshape(n, -1)[:, :k].T
+    got = ort.InferenceSession(served.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, x)[0]
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
+
+    zeros[5] = 1.1  # off the grid
+    off_grid = _one_matmul_nbits(codes, scales, zeros, k, 2)
+    assert widen_2bit_matmuls(off_grid) == 1 and whole_zero_points(off_grid) == 1
 
 
 def test_an_int4_bundle_with_learned_zero_points_is_served_on_the_fast_kernel_as_pytorch_answers(

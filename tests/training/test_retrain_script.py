@@ -76,7 +76,7 @@ def test_every_command_of_the_chain_is_accepted_by_the_cli(tmp_path: Path) -> No
     int2 = next(c for c in commands if "quantize" in c and c[c.index("--bits") + 1] == "2")
     shipped = json.loads((ROOT / "src/mobile_multimodal/weights/default/int2/manifest.json").read_text())
     options = shipped["quantization"]
-    assert int2[int2.index("--zero-points") + 1] == options["zero_points"] == "free"
+    assert int2[int2.index("--zero-points") + 1] == options["zero_points"] == "decoder-quarter"
     assert int2[int2.index("--gptq-min-rows") + 1] == str(options["calibration"]["min_rows_per_input"])
     assert not any("weights/default" in " ".join(c) for c in commands)  # no --install, no copy
 

@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from mobile_multimodal.model.quantized_weight import LayerSpec, QuantizedWeight, from_codes
 from mobile_multimodal.quantization.rtn import layer_weight
-from mobile_multimodal.quantization.schemes import minmax_params, qmax, quantize_rtn
+from mobile_multimodal.quantization.schemes import layer_zero_points, minmax_params, qmax, quantize_rtn
 
 BLOCK = 128
 DAMP = 0.01
@@ -173,9 +173,12 @@ def quantize_gptq_layers(
         rows = calibration.rows.get(name, 0)
         if name in calibration.hessians and rows >= min_rows_per_input * weight.shape[1]:
             hessian = calibration.hessians[name]
-            out[name] = gptq_quantize(weight, hessian, spec.bits, spec.group_size, clip_search, zero_points)
+            zeros = layer_zero_points(zero_points, name)
+            out[name] = gptq_quantize(weight, hessian, spec.bits, spec.group_size, clip_search, zeros)
         else:
             if spec.kind == "linear":
                 rounded[name] = rows
-            out[name] = quantize_rtn(weight, spec.bits, spec.group_size, zero_points=zero_points)
+            out[name] = quantize_rtn(
+                weight, spec.bits, spec.group_size, zero_points=layer_zero_points(zero_points, name)
+            )
     return GptqResult(out, rounded)

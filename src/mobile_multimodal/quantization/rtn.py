@@ -13,7 +13,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from mobile_multimodal.model.quantized_weight import LayerSpec, QuantizedWeight
-from mobile_multimodal.quantization.schemes import quantize_rtn
+from mobile_multimodal.quantization.schemes import layer_zero_points, quantize_rtn
 
 
 def layer_weight(network: nn.Module, name: str) -> Tensor:
@@ -27,6 +27,12 @@ def quantize_rtn_layers(
     network: nn.Module, plan: dict[str, LayerSpec], clip_search: bool = False, zero_points: str = "whole"
 ) -> dict[str, QuantizedWeight]:
     return {
-        name: quantize_rtn(layer_weight(network, name), spec.bits, spec.group_size, clip_search, zero_points)
+        name: quantize_rtn(
+            layer_weight(network, name),
+            spec.bits,
+            spec.group_size,
+            clip_search,
+            layer_zero_points(zero_points, name),
+        )
         for name, spec in plan.items()
     }

@@ -73,12 +73,28 @@ def round_scale(scale: Tensor) -> Tensor:
     return h.float()
 
 
-ZERO_POINTS = ("whole", "free")
+ZERO_POINTS = ("whole", "free", "quarter", "decoder-quarter")
+# "quarter": a multiple of this below 8 bits. At 2 bits such a zero point, and the codes, times 4
+# are whole 4-bit values, so a 2-bit MatMulNBits widens to a 4-bit one without a correction
+# (serving/onnx_sessions.widen_2bit_matmuls)
+QUARTER = 0.25
+# "decoder-quarter": quarter zero points in the layers under this prefix (the text decoder's, which
+# run once per generated token), free ones elsewhere (``layer_zero_points``)
+DECODER_PREFIX = "decoder."
+
+
+def layer_zero_points(zero_points: str, layer: str) -> str:
+    """The zero-point mode of one layer under the model's mode ``zero_points``: the mode itself,
+    except ``"decoder-quarter"``, which is ``"quarter"`` for the decoder's layers and ``"free"``
+    for the others."""
+    if zero_points != "decoder-quarter":
+        return zero_points
+    return "quarter" if layer.startswith(DECODER_PREFIX) else "free"
 
 
 def zero_step(bits: int, zero_points: str = "whole") -> float:
-    """The grid a zero point is rounded to: whole codes, or free (0) below 8 bits with
-    ``zero_points="free"``.
+    """The grid a zero point is rounded to: whole codes, or below 8 bits free (0) with
+    ``zero_points="free"`` or quarter codes with ``zero_points="quarter"``.
 
     A whole zero point puts one of the grid's levels exactly at 0. With 256 levels that costs
     nothing, and ONNX's ``DequantizeLinear`` (our INT8 export) needs it. With 2 bits' four
@@ -89,13 +105,19 @@ def zero_step(bits: int, zero_points: str = "whole") -> float:
     2026-12-07) 0.62%. Round-to-nearest with whole zero points lost 3.1% of retrieval's recall@1, with free
     ones nothing. Free zero points are float16 like the scales, so storage does not change; ONNX
     Runtime's MatMulNBits and Core ML take them as floats, and XNNPACK's signed 4-bit blocks
-    carry them on a grid of their own (``export/xnnpack_quant.py``). ``mobile-mm quantize`` uses
-    free ones at 2 bits with rtn and gptq unless told otherwise, whole ones at 4 and 8 bits
-    (``training/quantize.QuantizeOptions.resolved``); the bundled INT2 is built with free ones
+    carry them on a grid of their own (``export/xnnpack_quant.py``). Quarter ones cost retrieval's
+    recall@1 0.3% over five pools of 1,000 scenes against free ones when every layer has them, and
+    nothing measurable in the decoder alone, whose per-token graph they let ONNX Runtime serve
+    with no correction. ``mobile-mm quantize`` uses ``"decoder-quarter"`` at 2 bits with gptq and
+    free ones with rtn unless told otherwise, whole ones at 4 and 8 bits
+    (``training/quantize.QuantizeOptions.resolved``); the bundled INT2 is built with it
     (``scripts/retrain_default.sh``)."""
-    if zero_points not in ZERO_POINTS:
-        raise ValueError(f"zero_points must be one of {ZERO_POINTS}, got {zero_points!r}")
-    return 0.0 if zero_points == "free" and bits < 8 else 1.0
+    if zero_points not in ZERO_POINTS or zero_points == "decoder-quarter":
+        allowed = tuple(z for z in ZERO_POINTS if z != "decoder-quarter")  # a model's mode, not a layer's
+        raise ValueError(f"zero_points must be one of {allowed}, got {zero_points!r}")
+    if bits >= 8 or zero_points == "whole":
+        return 1.0
+    return 0.0 if zero_points == "free" else QUARTER
 
 
 def params_from_range(lo: Tensor, hi: Tensor, bits: int, step: float = 1.0) -> tuple[Tensor, Tensor]:

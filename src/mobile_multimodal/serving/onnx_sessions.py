@@ -11,12 +11,14 @@ as shipped (tested equal, to float rounding, to the shipped graph and to PyTorch
 disk, which the integrity checks hash and phones run, are untouched. ``widen_2bit=False`` runs
 the shipped bytes as they are (the benchmark measures both).
 
-A variant with fractional zero points (``quantize --zero-points free``: the bundled INT2; QAT's
-learned ones: the bundled INT4) ships them as floats, and the 4-bit kernel is slow with float
-zero points too (INT2 decode 4.0 ms a token against 0.55 with the rewrite below, measured:
-benchmarks/runtime). So each such node gets whole zero points, z = round(zero), plus the exact
-difference (z - zero) * scale applied to the input's per-block sums by two small MatMuls
-(``whole_zero_points``): three more nodes per MatMulNBits, about 0.1 ms a token at INT2.
+A variant with fractional zero points (``quantize --zero-points free``; QAT's learned ones: the
+bundled INT4) ships them as floats, and the 4-bit kernel is slow with float zero points too
+(INT2 decode 4.0 ms a token against 0.55 with the rewrite below, measured: benchmarks/runtime).
+So each such node gets whole zero points, z = round(zero), plus the exact difference
+(z - zero) * scale applied to the input's per-block sums by two small MatMuls
+(``whole_zero_points``): three more nodes per MatMulNBits, about 0.1 ms a token at INT2. Zero
+points on a quarter-code grid (``--zero-points quarter``) need none of that: with the codes
+and zero points times 4 and the scale over 4, the 4-bit node holds them whole and exact.
 Each rewrite first turns the bundle's float16-stored scales and zero points back into the
 float32 initializers it reads (``export/onnx_half.load_full``); the shipped form keeps the
 ``Cast``s, which ONNX Runtime folds at load as a phone's does.
@@ -75,8 +77,9 @@ def _matmul_nbits(proto: Any) -> list[tuple[Any, dict[str, Any]]]:
 
 def widen_2bit_matmuls(proto: Any) -> int:
     """Rewrite every 2-bit MatMulNBits of ``proto`` (an onnx.ModelProto) as a 4-bit one holding
-    the same codes; returns how many. Float zero points stay floats (``whole_zero_points``
-    makes them whole)."""
+    the same codes; returns how many. Float zero points on the quarter-code grid (``quantize
+    --zero-points quarter``) become whole ones of a 4-bit grid four times as fine (``_quarter_zero_points``);
+    other float zero points stay floats (``whole_zero_points`` makes them whole)."""
     from onnx import numpy_helper
 
     load_full(proto)  # scales and zero points stored as float16 (export/onnx_half.py)
@@ -89,16 +92,45 @@ def widen_2bit_matmuls(proto: Any) -> int:
         b = initializers[node.input[1]]
         codes = unpack_low_first(numpy_helper.to_array(b), 2)  # (N, k_blocks, block)
         k_blocks = codes.shape[1]
+        zp = initializers.get(node.input[3]) if len(node.input) > 3 else None
+        zeros = numpy_helper.to_array(zp) if zp is not None else None
+        if zp is not None and zeros is not None and zeros.dtype == np.uint8:
+            # packed like the codes, each row padded to whole bytes
+            rows = unpack_low_first(zeros.reshape(n_out, -1), 2)[:, :k_blocks]
+            zp.CopyFrom(numpy_helper.from_array(_packed_zero_points(rows), zp.name))
+        elif zp is not None and zeros is not None and _on_quarter_grid(zeros):
+            codes = codes * QUARTER_FACTOR
+            _quarter_zero_points(zp, initializers[node.input[2]], zeros.reshape(n_out, k_blocks))
         b.CopyFrom(numpy_helper.from_array(pack_low_first(codes, WIDE_BITS), b.name))
-        if len(node.input) > 3 and node.input[3] in initializers:
-            zp = initializers[node.input[3]]
-            zeros = numpy_helper.to_array(zp)
-            if zeros.dtype == np.uint8:  # packed like the codes, each row padded to whole bytes
-                rows = unpack_low_first(zeros.reshape(n_out, -1), 2)[:, :k_blocks]
-                zp.CopyFrom(numpy_helper.from_array(_packed_zero_points(rows), zp.name))
         next(a for a in node.attribute if a.name == "bits").i = WIDE_BITS
         count += 1
     return count
+
+
+# 2-bit codes and quarter-grid zero points times this are whole 4-bit values: codes 0..12, zero
+# points 0..12 (a 2-bit zero point lies in [0, 3])
+QUARTER_FACTOR = 4
+
+
+def _on_quarter_grid(zeros: np.ndarray) -> bool:
+    """Whether float zero points are all multiples of 1/4 in [0, 3]: exactly a 4-bit grid's
+    whole zero points divided by ``QUARTER_FACTOR``."""
+    scaled = zeros.astype(np.float64) * QUARTER_FACTOR
+    return bool(
+        np.all(scaled == np.round(scaled)) and scaled.min() >= 0 and scaled.max() <= 3 * QUARTER_FACTOR
+    )
+
+
+def _quarter_zero_points(zp: Any, scales: Any, zeros: np.ndarray) -> None:
+    """Zero points z = k/4 and scale s as whole 4-bit zero points 4z and scale s/4, the codes
+    times 4 (the caller): (4q - 4z) * s/4 = (q - z) * s, each factor exact in binary floating
+    point, so every weight dequantizes to the same float as the shipped 2-bit node's."""
+    from onnx import numpy_helper
+
+    whole = np.round(zeros.astype(np.float64) * QUARTER_FACTOR).astype(np.uint8)
+    zp.CopyFrom(numpy_helper.from_array(_packed_zero_points(whole), zp.name))
+    quarter = numpy_helper.to_array(scales) / np.float32(QUARTER_FACTOR)
+    scales.CopyFrom(numpy_helper.from_array(quarter.astype(np.float32), scales.name))
 
 
 def _packed_zero_points(rows: np.ndarray) -> np.ndarray:
