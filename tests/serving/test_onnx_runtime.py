@@ -481,68 +481,11 @@ def test_two_bit_weights_in_four_bit_containers_compute_what_the_shipped_graphs_
             np.testing.assert_allclose(ours[name], theirs[name], atol=1e-4, rtol=0)
 
 
-@pytest.mark.parametrize("bits", [2, 4])
-def test_float_zero_points_become_whole_ones_plus_an_exact_correction(bits: int) -> None:
-    """A MatMulNBits with float zero points (free ones at INT2, QAT's learned ones at INT4: ONNX
-    Runtime's slow path) is served as a 4-bit one with uint8 zero points plus the block-sum
-    correction: the same products."""
-    import onnxruntime as ort
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(2)
-    k, n, block = 40, 24, 16  # a short last block too: 40 = 16 + 16 + 8
-    blocks = -(-k // block)
-    top = (1 << bits) - 1
-    codes = rng.integers(0, top + 1, (n, blocks, block), dtype=np.uint8)
-    scales = rng.uniform(0.01, 0.1, n * blocks).astype(np.float32)
-    zeros = rng.uniform(-0.2, top + 0.2, n * blocks).astype(np.float32)
-    node = helper.make_node(
-        "MatMulNBits",
-        ["x", "B", "S", "Z"],
-        ["y"],
-        domain="com.microsoft",
-        K=k,
-        N=n,
-        bits=bits,
-        block_size=block,
-    )
-    graph = helper.make_graph(
-        [node],
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["M", k])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["M", n])],
-        initializer=[
-            numpy_helper.from_array(pack_low_first(codes, bits), "B"),
-            numpy_helper.from_array(scales, "S"),
-            numpy_helper.from_array(zeros, "Z"),
-        ],
-    )
-    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
-    shipped = helper.make_model(graph, opset_imports=opsets)
-    served = onnx.ModelProto()
-    served.CopyFrom(shipped)
-    assert widen_2bit_matmuls(served) == (bits == 2)
-    assert whole_zero_points(served) == 1 and whole_zero_points(served) == 0  # once
-    packed = [n for n in served.graph.node if n.op_type == "MatMulNBits"]
-    assert [a.i for a in packed[0].attribute if a.name == "bits"] == [4]
-    zero_points = {i.name: numpy_helper.to_array(i) for i in served.graph.initializer}["Z"]
-    assert zero_points.dtype == np.uint8  # the kernel's fast path
-    x = {"x": rng.standard_normal((3, k)).astype(np.float32)}
-    run = [
-        ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
-        for m in (shipped, served)
-    ]
-    weight = (
-        unpack_low_first(pack_low_first(codes, bits), bits) - zeros.reshape(n, blocks, 1)
-    ) * scales.reshape(n, blocks, 1)
-    want = x["x"] @ weight.reshape(n, -1)[:, :k].T
-    for session in run:
-        np.testing.assert_allclose(session.run(None, x)[0], want, atol=1e-5, rtol=1e-5)
-
-
 def _one_matmul_nbits(
     codes: np.ndarray, scales: np.ndarray, zeros: np.ndarray, k: int, bits: int
 ) -> onnx.ModelProto:
+    """A graph of one MatMulNBits, x (M, k) -> y (M, n), holding ``codes`` (n, blocks, block) with
+    ``scales`` and float ``zeros`` (one per block), as a bundle ships it."""
     from onnx import TensorProto, helper, numpy_helper
 
     n, _, block = codes.shape
@@ -569,6 +512,43 @@ def _one_matmul_nbits(
     )
     opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
     return helper.make_model(graph, opset_imports=opsets)
+
+
+@pytest.mark.parametrize("bits", [2, 4])
+def test_float_zero_points_become_whole_ones_plus_an_exact_correction(bits: int) -> None:
+    """A MatMulNBits with float zero points (free ones at INT2, QAT's learned ones at INT4: ONNX
+    Runtime's slow path) is served as a 4-bit one with uint8 zero points plus the block-sum
+    correction: the same products."""
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    rng = np.random.default_rng(2)
+    k, n, block = 40, 24, 16  # a short last block too: 40 = 16 + 16 + 8
+    blocks = -(-k // block)
+    top = (1 << bits) - 1
+    codes = rng.integers(0, top + 1, (n, blocks, block), dtype=np.uint8)
+    scales = rng.uniform(0.01, 0.1, n * blocks).astype(np.float32)
+    zeros = rng.uniform(-0.2, top + 0.2, n * blocks).astype(np.float32)
+    shipped = _one_matmul_nbits(codes, scales, zeros, k, bits)
+    served = onnx.ModelProto()
+    served.CopyFrom(shipped)
+    assert widen_2bit_matmuls(served) == (bits == 2)
+    assert whole_zero_points(served) == 1 and whole_zero_points(served) == 0  # once
+    packed = [n for n in served.graph.node if n.op_type == "MatMulNBits"]
+    assert [a.i for a in packed[0].attribute if a.name == "bits"] == [4]
+    zero_points = {i.name: numpy_helper.to_array(i) for i in served.graph.initializer}["Z"]
+    assert zero_points.dtype == np.uint8  # the kernel's fast path
+    x = {"x": rng.standard_normal((3, k)).astype(np.float32)}
+    run = [
+        ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+        for m in (shipped, served)
+    ]
+    weight = (
+        unpack_low_first(pack_low_first(codes, bits), bits) - zeros.reshape(n, blocks, 1)
+    ) * scales.reshape(n, blocks, 1)
+    want = x["x"] @ weight.reshape(n, -1)[:, :k].T
+    for session in run:
+        np.testing.assert_allclose(session.run(None, x)[0], want, atol=1e-5, rtol=1e-5)
 
 
 def test_quarter_grid_zero_points_widen_to_whole_4bit_ones_with_no_correction() -> None:
