@@ -93,14 +93,14 @@ def widen_2bit_matmuls(proto: Any) -> int:
         codes = unpack_low_first(numpy_helper.to_array(b), 2)  # (N, k_blocks, block)
         k_blocks = codes.shape[1]
         zp = initializers.get(node.input[3]) if len(node.input) > 3 else None
-        zeros = numpy_helper.to_array(zp) if zp is not None else None
-        if zp is not None and zeros is not None and zeros.dtype == np.uint8:
-            # packed like the codes, each row padded to whole bytes
-            rows = unpack_low_first(zeros.reshape(n_out, -1), 2)[:, :k_blocks]
-            zp.CopyFrom(numpy_helper.from_array(_packed_zero_points(rows), zp.name))
-        elif zp is not None and zeros is not None and _on_quarter_grid(zeros):
-            codes = codes * QUARTER_FACTOR
-            _quarter_zero_points(zp, initializers[node.input[2]], zeros.reshape(n_out, k_blocks))
+        if zp is not None:
+            zeros = numpy_helper.to_array(zp)
+            if zeros.dtype == np.uint8:  # packed like the codes, each row padded to whole bytes
+                rows = unpack_low_first(zeros.reshape(n_out, -1), 2)[:, :k_blocks]
+                zp.CopyFrom(numpy_helper.from_array(_packed_zero_points(rows), zp.name))
+            elif _on_quarter_grid(zeros):
+                codes = codes * QUARTER_FACTOR
+                _quarter_zero_points(zp, initializers[node.input[2]], zeros.reshape(n_out, k_blocks))
         b.CopyFrom(numpy_helper.from_array(pack_low_first(codes, WIDE_BITS), b.name))
         next(a for a in node.attribute if a.name == "bits").i = WIDE_BITS
         count += 1

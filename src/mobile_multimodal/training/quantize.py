@@ -89,9 +89,9 @@ class QuantizeOptions:
         decoder cost captioning and VQA a few examples in 1,000 and let ONNX Runtime serve each
         generated token ~18% faster (no correction nodes: serving/onnx_sessions.py). Without GPTQ
         to absorb their rounding they cost more (round-to-nearest: captioning 1.33% against free
-        ones' 0.54%), so rtn keeps free ones. At 4 and 8
-        bits, and for QAT (which learns its zero points from GPTQ's start), nothing was measured to
-        move the defaults, so they stay whole zero points and GPTQ everywhere."""
+        ones' 0.54%), so rtn keeps free ones. At 4 and 8 bits, and for QAT (which learns its zero
+        points from GPTQ's start), nothing was measured to move the defaults, so they stay whole
+        zero points and GPTQ everywhere."""
         two_bit = self.bits == 2
         zero_points = self.zero_points
         if zero_points == AUTO:
