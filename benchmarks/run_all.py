@@ -39,6 +39,7 @@ BENCHMARKS = (
     "export",
     "ocr_decoding",
     "ocr_baseline",
+    "training",
 )
 # Run only when named: backbone trains models for the better part of an hour; before_after
 # compares the service with an older commit (issue 17's before/after), not a standing target.

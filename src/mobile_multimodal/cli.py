@@ -128,6 +128,13 @@ def train(
         help="Data-parallel processes (torch.distributed: gloo on CPU, NCCL on GPU); the same steps, "
         "global batch and seed as one process.",
     ),
+    data_workers: int | None = typer.Option(
+        None,
+        min=0,
+        help="Processes drawing the next batches while the network trains (the same batches, "
+        "sooner); 0 draws them in the training process. Default: 1 with --nproc 1 when a core is "
+        "left over beside torch's threads (--threads, or a GPU run), else 0.",
+    ),
 ) -> None:
     """Train the model on the procedural corpus (+ easy-VQA train split)."""
     from mobile_multimodal.training.distributed import launch
@@ -145,6 +152,7 @@ def train(
             evaluate=evaluate,
             init_from=init_from,
             ocr_lm=ocr_lm,
+            data_workers=data_workers,
         ),
         nproc,
     )

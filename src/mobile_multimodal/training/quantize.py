@@ -29,6 +29,7 @@ from mobile_multimodal.data.easyvqa import load_easy_vqa
 from mobile_multimodal.model import checkpoint
 from mobile_multimodal.model.llm import MobileMultiModalLLM
 from mobile_multimodal.model.network import MultiModalNet
+from mobile_multimodal.model.quantized_weight import LayerSpec, QuantizedWeight
 from mobile_multimodal.quantization.gptq import MIN_ROWS_PER_INPUT, quantize_gptq_layers
 from mobile_multimodal.quantization.policy import DEFAULT_GROUP_SIZE, make_plan
 from mobile_multimodal.quantization.qat import QATOptions, run_qat, summary
@@ -41,6 +42,7 @@ from mobile_multimodal.training.canary_set import evaluate_canary
 from mobile_multimodal.training.distillation import distillation_loss, outputs
 from mobile_multimodal.training.evaluate import TASKS, evaluate_loaded
 from mobile_multimodal.training.ocr_lm import ship_ocr_lm
+from mobile_multimodal.training.prefetch import Prefetcher, auto_workers
 from mobile_multimodal.training.train import compute_losses
 
 METHODS = ("rtn", "gptq", "qat")
@@ -148,6 +150,55 @@ def calibration_builder(fp32: MobileMultiModalLLM, opts: QuantizeOptions) -> Bat
     )
 
 
+def _calibrated(
+    opts: QuantizeOptions,
+    net: MultiModalNet,
+    plan: dict[str, LayerSpec],
+    batches: Callable[[int], Batch],
+    data_version: str,
+    extra: dict[str, Any],
+    log: Callable[[str], None],
+) -> tuple[dict[str, QuantizedWeight], MultiModalNet]:
+    """GPTQ, then QAT for method qat, on the calibration ``batches``: (the quantized layers, the
+    network carrying the float tensors to save). Records what was done in ``extra``."""
+    float_net = net
+    log(f"calibrating on {opts.calibration_batches} training batches (GPTQ)")
+    min_rows = opts.gptq_min_rows or 0  # resolved above: never None here
+    gptq = quantize_gptq_layers(
+        net,
+        plan,
+        (batches(i) for i in range(opts.calibration_batches)),
+        calibration_forward,
+        min_rows_per_input=min_rows,
+        zero_points=opts.zero_points,
+    )
+    quantized = gptq.quantized
+    extra["calibration"] = {
+        "batches": opts.calibration_batches,
+        "seed": CALIBRATION_SEED,
+        "batch_sizes": opts.batch_sizes.__dict__,
+        "data": "procedural corpus + easy-VQA train",
+        "data_version": data_version,
+        # Linears GPTQ left to round-to-nearest (too few calibration rows), with their rows
+        "min_rows_per_input": min_rows,
+        "rounded_to_nearest": gptq.rounded_to_nearest,
+    }
+    if opts.method == "qat":
+        log(f"quantization-aware training, {opts.qat.steps} steps, distilling from fp32")
+        float_net, quantized, qat_log = run_qat(
+            net,
+            quantized,
+            plan,
+            batches,
+            opts.qat,
+            outputs,
+            lambda t, s: distillation_loss(t, s, opts.qat.retrieval_weight),
+            progress=lambda r: log(f"  qat step {r['step']}: loss {r['loss']:.4f} ({r['elapsed_s']}s)"),
+        )
+        extra["qat"] = summary(opts.qat, qat_log)
+    return quantized, float_net
+
+
 def quantize_model(opts: QuantizeOptions, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Quantize, write ``opts.out`` (and ``opts.report``), return the report."""
     opts.validate()
@@ -169,40 +220,9 @@ def quantize_model(opts: QuantizeOptions, log: Callable[[str], None] = print) ->
     if opts.method == "rtn":
         quantized = quantize_rtn_layers(net, plan, zero_points=opts.zero_points)
     else:
-        log(f"calibrating on {opts.calibration_batches} training batches (GPTQ)")
-        min_rows = opts.gptq_min_rows or 0  # resolved above: never None here
-        gptq = quantize_gptq_layers(
-            net,
-            plan,
-            (builder.build(i) for i in range(opts.calibration_batches)),
-            calibration_forward,
-            min_rows_per_input=min_rows,
-            zero_points=opts.zero_points,
-        )
-        quantized = gptq.quantized
-        extra["calibration"] = {
-            "batches": opts.calibration_batches,
-            "seed": CALIBRATION_SEED,
-            "batch_sizes": opts.batch_sizes.__dict__,
-            "data": "procedural corpus + easy-VQA train",
-            "data_version": builder.data.name,
-            # Linears GPTQ left to round-to-nearest (too few calibration rows), with their rows
-            "min_rows_per_input": min_rows,
-            "rounded_to_nearest": gptq.rounded_to_nearest,
-        }
-        if opts.method == "qat":
-            log(f"quantization-aware training, {opts.qat.steps} steps, distilling from fp32")
-            float_net, quantized, qat_log = run_qat(
-                net,
-                quantized,
-                plan,
-                builder.build,
-                opts.qat,
-                outputs,
-                lambda t, s: distillation_loss(t, s, opts.qat.retrieval_weight),
-                progress=lambda r: log(f"  qat step {r['step']}: loss {r['loss']:.4f} ({r['elapsed_s']}s)"),
-            )
-            extra["qat"] = summary(opts.qat, qat_log)
+        # drawn while the network runs, where a core is left over for it
+        with Prefetcher(builder.build, workers=auto_workers()) as batches:
+            quantized, float_net = _calibrated(opts, net, plan, batches.get, builder.data.name, extra, log)
     group_size = None if opts.bits == 8 else opts.group_size  # INT8 is per output channel
     manifest = save_variant(
         opts.out, fp32, float_net, quantized, plan, opts.method, opts.bits, group_size, extra

@@ -28,6 +28,7 @@ from mobile_multimodal.model.tokenizer import Tokenizer
 from mobile_multimodal.training.batches import Batch, BatchBuilder, BatchSizes
 from mobile_multimodal.training.bn_calibration import recalibrate_batchnorm
 from mobile_multimodal.training.ocr_lm import ship_ocr_lm
+from mobile_multimodal.training.prefetch import Prefetcher, auto_workers
 from mobile_multimodal.training.replicas import SingleProcess
 from mobile_multimodal.training.warm_start import warm_start
 
@@ -165,6 +166,9 @@ class TrainOptions:
     # fit the OCR reader's character language model and ship it with the weights (ocr_lm.py;
     # 5-9 s): servers then read OCR with it without fitting it on their first start
     ocr_lm: bool = True
+    # processes drawing the next batches while the network trains (prefetch.py); None: one for a
+    # single training process with a core torch leaves idle, else none (prefetch.auto_workers)
+    data_workers: int | None = None
 
 
 def compute_losses(net: MultiModalNet, batch: Batch, contrastive_weight: float) -> dict[str, torch.Tensor]:
@@ -309,6 +313,9 @@ def train_model(opts: TrainOptions, replicas: SingleProcess | None = None) -> Pa
         data_version=preset.data_version,
         ocr_fit=model.config.ocr_fit,
     )
+    workers = auto_workers(replicas.world_size, device) if opts.data_workers is None else opts.data_workers
+    # the same batches as builder.build(step), drawn ahead while the network trains
+    prefetched = Prefetcher(builder.build, workers=workers)
     log = open(out / "train_log.jsonl" if replicas.is_main else os.devnull, "a")  # noqa: SIM115 - closed in finally
     started = time.time()
     try:
@@ -322,7 +329,7 @@ def train_model(opts: TrainOptions, replicas: SingleProcess | None = None) -> Pa
             disable=not replicas.is_main,
         )
         for step in bar:
-            batch = replicas.shard(builder.build(step))
+            batch = replicas.shard(prefetched.get(step))
             if device != "cpu":
                 batch = batch.to(device)
             for g in optim.param_groups:
@@ -347,6 +354,7 @@ def train_model(opts: TrainOptions, replicas: SingleProcess | None = None) -> Pa
                 torch.save({"model": net.state_dict(), "optim": optim.state_dict(), "step": step + 1}, tmp)
                 tmp.replace(ckpt_path)
     finally:
+        prefetched.close()
         log.close()
     if end < total or not replicas.is_main:
         return out
