@@ -49,7 +49,7 @@ RUN_HERE = ("mobile-mm monitoring k8s-rules", "mobile-mm train")
 
 def test_every_command_is_run_or_checked() -> None:
     commands = deploy_doc.bash_commands()
-    assert len(commands) == 6
+    assert len(commands) == 7
     for command in commands:
         assert command.startswith(RUN_HERE) or command.startswith(tuple(NOT_RUN_HERE)), command
 
@@ -91,9 +91,16 @@ def test_the_k8s_rules_command_runs() -> None:
     assert "is up to date" in result.output
 
 
+TRAINING_COMMANDS = [c for c in deploy_doc.bash_commands() if c.startswith("mobile-mm train")]
+
+
+def test_the_training_section_shows_both_commands() -> None:
+    assert len(TRAINING_COMMANDS) == 2 and "--data-workers 1" in TRAINING_COMMANDS[1]
+
+
 @pytest.mark.slow
-def test_the_training_command_runs(tmp_path: Path) -> None:
-    (command,) = [c for c in deploy_doc.bash_commands() if c.startswith("mobile-mm train")]
+@pytest.mark.parametrize("command", TRAINING_COMMANDS)
+def test_the_training_command_runs(tmp_path: Path, command: str) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MOBILE_MM_")}
     result = subprocess.run(
         [str(MOBILE_MM), *command.split()[1:]],
@@ -104,7 +111,8 @@ def test_the_training_command_runs(tmp_path: Path) -> None:
         timeout=900,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    out = tmp_path / "runs" / "dp-tiny"
+    words = command.split()
+    out = tmp_path / words[words.index("--out") + 1]
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["training"]["processes"] == 2 and manifest["training"]["steps"] == 8
     assert len((out / "train_log.jsonl").read_text().splitlines()) == 8
