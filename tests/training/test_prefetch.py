@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import textwrap
 from dataclasses import fields
+from pathlib import Path
 
 import pytest
 import torch
 
 from mobile_multimodal.model.tokenizer import Tokenizer
 from mobile_multimodal.training.batches import BatchBuilder, BatchSizes
-from mobile_multimodal.training.prefetch import Prefetcher, auto_workers, spare_cores
+from mobile_multimodal.training.prefetch import START_METHOD, Prefetcher, auto_workers, spare_cores
 
 
 def _builder() -> BatchBuilder:
@@ -67,7 +71,7 @@ def test_a_dead_worker_ends_with_a_clear_error() -> None:
 def test_without_workers_batches_are_drawn_in_this_process() -> None:
     calls: list[int] = []
 
-    def record(step: int) -> int:  # not picklable: proves nothing left this process
+    def record(step: int) -> int:  # a call recorded here was made in this process
         calls.append(step)
         return step
 
@@ -93,3 +97,22 @@ def test_a_worker_only_where_a_core_is_spare(monkeypatch: pytest.MonkeyPatch) ->
 def test_a_negative_worker_count_is_refused() -> None:
     with pytest.raises(ValueError, match="--data-workers"):
         Prefetcher(_fails_at_two, workers=-1)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(START_METHOD != "fork", reason="only forked workers spare a script its main guard")
+def test_a_script_without_a_main_guard_gets_its_batches(tmp_path: Path) -> None:
+    script = tmp_path / "draw.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            from mobile_multimodal.training.prefetch import Prefetcher
+
+            with Prefetcher(lambda step: step * step, workers=1) as batches:
+                print([batches.get(s) for s in range(4)])
+            """
+        )
+    )
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "[0, 1, 4, 9]"

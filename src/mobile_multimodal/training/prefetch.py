@@ -9,10 +9,13 @@ beside one torch thread made a step 1.06-1.25x faster, beside torch's 2 threads 
 (``auto_workers``, ``benchmarks/training/``); a GPU run, whose step leaves the CPU idle, is where
 it matters most.
 
-Workers are spawned, not forked: a fork of a process whose torch already runs OpenMP threads can
-hang in the child. Each worker receives the function once, pickled (the builder, easy-VQA's
-images included, ~50 MB), and runs one torch thread. A worker's exception is re-raised by
-``get`` for the step that raised it; a worker that dies ends ``get`` with an error saying so.
+Workers are forked where the platform can (as torch's DataLoader does on Linux), so a script
+that calls ``train_model`` needs no ``if __name__ == "__main__"`` guard and the builder (easy-VQA's
+images included, ~50 MB) is inherited, not pickled; elsewhere they are spawned and receive it
+pickled once. Each worker first drops to one torch thread: with one thread torch's parallel
+loops run inline and never enter the OpenMP pool the parent's threads left behind, which a
+forked child cannot use. A worker's exception is re-raised by ``get`` for the step that raised
+it; a worker that dies ends ``get`` with an error saying so.
 
 Example::
 
@@ -33,6 +36,7 @@ from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 
+START_METHOD = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
 # set in each worker by _install: the function the parent handed over
 _worker_fn: Callable[[int], Any] | None = None
 
@@ -88,7 +92,7 @@ class Prefetcher(Generic[T]):
         if workers:
             self._pool = ProcessPoolExecutor(
                 max_workers=workers,
-                mp_context=multiprocessing.get_context("spawn"),
+                mp_context=multiprocessing.get_context(START_METHOD),
                 initializer=_install,
                 initargs=(fn,),
             )
