@@ -134,8 +134,8 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         "`mobile-mm train`'s loop, `--data-workers 0` (batches drawn in the training process) "
         "against `--data-workers 1` (the next batches drawn by a worker process while the network "
-        "trains; the same batches). `--data-workers`' default takes the worker only where a core is "
-        "left over beside torch's threads (`training/prefetch.py`). Seconds a step, median:",
+        "trains; the same batches). `--data-workers`' default takes one worker for a single training "
+        "process on 2 cores or more (`training/prefetch.py`). Seconds a step, median:",
         "",
         "| preset | torch threads | drawn in the training process | drawn ahead by a worker | speedup "
         "| each run's median, in the process / by a worker |",

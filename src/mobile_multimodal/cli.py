@@ -132,8 +132,8 @@ def train(
         None,
         min=0,
         help="Processes drawing the next batches while the network trains (the same batches, "
-        "sooner); 0 draws them in the training process. Default: 1 with --nproc 1 when a core is "
-        "left over beside torch's threads (--threads, or a GPU run), else 0.",
+        "sooner); 0 draws them in the training process. Default: 1 with --nproc 1 on 2 cores or "
+        "more, else 0.",
     ),
 ) -> None:
     """Train the model on the procedural corpus (+ easy-VQA train split)."""

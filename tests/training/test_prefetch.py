@@ -14,7 +14,7 @@ import torch
 
 from mobile_multimodal.model.tokenizer import Tokenizer
 from mobile_multimodal.training.batches import BatchBuilder, BatchSizes
-from mobile_multimodal.training.prefetch import START_METHOD, Prefetcher, auto_workers, spare_cores
+from mobile_multimodal.training.prefetch import START_METHOD, Prefetcher, auto_workers, usable_cores
 
 
 def _builder() -> BatchBuilder:
@@ -80,18 +80,12 @@ def test_without_workers_batches_are_drawn_in_this_process() -> None:
     assert calls == [0, 1, 5]
 
 
-def test_a_worker_only_where_a_core_is_spare(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_one_worker_for_one_process_on_two_cores_or_more(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
-    before = torch.get_num_threads()
-    try:
-        torch.set_num_threads(2)  # torch's threads take both cores
-        assert spare_cores() == 0 and auto_workers() == 0
-        assert spare_cores("cuda") == 1 and auto_workers(1, "cuda") == 1
-        torch.set_num_threads(1)
-        assert auto_workers() == 1
-        assert auto_workers(world_size=2) == 0  # data-parallel ranks share the cores already
-    finally:
-        torch.set_num_threads(before)
+    assert usable_cores() == 2 and auto_workers() == 1
+    assert auto_workers(world_size=2) == 0  # data-parallel ranks share the cores already
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+    assert auto_workers() == 0
 
 
 def test_a_negative_worker_count_is_refused() -> None:

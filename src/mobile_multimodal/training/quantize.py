@@ -220,7 +220,7 @@ def quantize_model(opts: QuantizeOptions, log: Callable[[str], None] = print) ->
     if opts.method == "rtn":
         quantized = quantize_rtn_layers(net, plan, zero_points=opts.zero_points)
     else:
-        # drawn while the network runs, where a core is left over for it
+        # drawn while the network runs (prefetch.py)
         with Prefetcher(builder.build, workers=auto_workers()) as batches:
             quantized, float_net = _calibrated(opts, net, plan, batches.get, builder.data.name, extra, log)
     group_size = None if opts.bits == 8 else opts.group_size  # INT8 is per output channel

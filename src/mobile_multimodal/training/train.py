@@ -167,7 +167,7 @@ class TrainOptions:
     # 5-9 s): servers then read OCR with it without fitting it on their first start
     ocr_lm: bool = True
     # processes drawing the next batches while the network trains (prefetch.py); None: one for a
-    # single training process with a core torch leaves idle, else none (prefetch.auto_workers)
+    # single training process on 2 cores or more, else none (prefetch.auto_workers)
     data_workers: int | None = None
 
 
@@ -313,7 +313,7 @@ def train_model(opts: TrainOptions, replicas: SingleProcess | None = None) -> Pa
         data_version=preset.data_version,
         ocr_fit=model.config.ocr_fit,
     )
-    workers = auto_workers(replicas.world_size, device) if opts.data_workers is None else opts.data_workers
+    workers = auto_workers(replicas.world_size) if opts.data_workers is None else opts.data_workers
     # the same batches as builder.build(step), drawn ahead while the network trains
     prefetched = Prefetcher(builder.build, workers=workers)
     log = open(out / "train_log.jsonl" if replicas.is_main else os.devnull, "a")  # noqa: SIM115 - closed in finally
