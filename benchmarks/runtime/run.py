@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -344,16 +343,9 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
 def machine() -> dict[str, Any]:
     import onnxruntime
     import torch
-    from benchmarks.serving.run import cpu_name
+    from benchmarks.serving.run import host
 
-    return {
-        "cpu": cpu_name(),
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "onnxruntime": onnxruntime.__version__,
-        "loadavg_at_start": list(os.getloadavg()),
-    }
+    return {**host(), "torch": torch.__version__, "onnxruntime": onnxruntime.__version__}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

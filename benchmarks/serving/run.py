@@ -328,16 +328,19 @@ def cpu_name() -> str:
     return platform.processor()
 
 
-def machine() -> dict[str, Any]:
-    wrk = subprocess.run(["wrk", "--version"], capture_output=True, text=True).stdout.split("\n")[0]
+def host() -> dict[str, Any]:
+    """What every benchmark records of the machine it ran on (the load average at its start)."""
     return {
         "cpu": cpu_name(),
         "cores": os.cpu_count(),
-        "memory_bytes": int(psutil.virtual_memory().total),
         "python": platform.python_version(),
         "loadavg_at_start": list(os.getloadavg()),
-        "wrk": wrk,
     }
+
+
+def machine() -> dict[str, Any]:
+    wrk = subprocess.run(["wrk", "--version"], capture_output=True, text=True).stdout.split("\n")[0]
+    return {**host(), "memory_bytes": int(psutil.virtual_memory().total), "wrk": wrk}
 
 
 def prepare_peers(peers: list[str]) -> dict[str, float]:

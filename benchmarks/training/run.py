@@ -26,7 +26,6 @@ import argparse
 import itertools
 import json
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -108,16 +107,9 @@ def measure(
 
 def machine() -> dict[str, Any]:
     import torch
-    from benchmarks.serving.run import cpu_name
+    from benchmarks.serving.run import host
 
-    return {
-        "cpu": cpu_name(),
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "loadavg_at_start": list(os.getloadavg()),
-    }
+    return {**host(), "torch": torch.__version__, "torch_threads": torch.get_num_threads()}
 
 
 def markdown(result: dict[str, Any]) -> str:
