@@ -1,5 +1,6 @@
 """Training benchmark: seconds a step with the next batches drawn ahead by a worker process
-(``--data-workers 1``, the default) against drawn in the training process (``--data-workers 0``).
+(``--data-workers 1``, the default on 2 cores or more) against drawn in the training process
+(``--data-workers 0``).
 
 Both sides are ``mobile-mm train``'s own loop (``training.train.train_model``), run for the same
 first steps of a preset's schedule (``stop_after``); a step's time is read from the run's
