@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -32,6 +33,11 @@ def _fails_at_two(step: int) -> int:
     return step * 10
 
 
+def _touch(folder: Path, step: int) -> int:
+    (folder / str(step)).touch()  # a file per step drawn: the worker's calls seen from here
+    return step
+
+
 def _dies_at_one(step: int) -> int:
     if step == 1:
         os._exit(3)  # a worker killed mid-batch (the OOM killer's way)
@@ -58,6 +64,14 @@ def test_a_workers_exception_is_raised_for_its_step() -> None:
         with pytest.raises(ValueError, match="no batch for step 2"):
             batches.get(2)
         assert batches.get(3) == 30  # the worker lives on
+
+
+@pytest.mark.slow
+def test_nothing_is_drawn_for_steps_past_the_end(tmp_path: Path) -> None:
+    with Prefetcher(functools.partial(_touch, tmp_path), workers=1, end=3) as batches:
+        assert [batches.get(s) for s in range(3)] == [0, 1, 2]
+    # close() waited for the worker: steps 3 and 4, which the two ahead would be, never ran
+    assert sorted(int(f.name) for f in tmp_path.iterdir()) == [0, 1, 2]
 
 
 @pytest.mark.slow

@@ -71,15 +71,20 @@ class Prefetcher(Generic[T]):
     """``fn(step)`` for ``get(step)``, with the ``ahead`` steps after it already being drawn.
 
     ``workers=0`` calls ``fn`` in this process (no prefetch). ``get`` may be called with any
-    step; the steps ahead of the last one asked for are what is drawn early."""
+    step; the steps ahead of the last one asked for are what is drawn early, never ``end`` or
+    later when given (a training run's last step is ``end - 1``: nothing is drawn for steps
+    that will not run)."""
 
-    def __init__(self, fn: Callable[[int], T], workers: int = 1, ahead: int = 2) -> None:
+    def __init__(
+        self, fn: Callable[[int], T], workers: int = 1, ahead: int = 2, end: int | None = None
+    ) -> None:
         if workers < 0:
             raise ValueError(f"--data-workers must be >= 0, got {workers}")
         if ahead < 1:
             raise ValueError(f"ahead must be >= 1, got {ahead}")
         self._fn = fn
         self._ahead = max(ahead, workers)
+        self._end = end
         self._pending: dict[int, Future[T]] = {}
         self._pool: ProcessPoolExecutor | None = None
         if workers:
@@ -102,7 +107,8 @@ class Prefetcher(Generic[T]):
         if self._pool is None:
             return self._fn(step)
         future = self._submit(step)
-        for later in range(step + 1, step + 1 + self._ahead):
+        last = step + self._ahead if self._end is None else min(step + self._ahead, self._end - 1)
+        for later in range(step + 1, last + 1):
             self._submit(later)
         # drop what was drawn ahead for steps that will not be asked for now (a jump back/ahead)
         for stale in [s for s in self._pending if s < step or s > step + self._ahead]:

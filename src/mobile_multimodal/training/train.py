@@ -314,12 +314,12 @@ def train_model(opts: TrainOptions, replicas: SingleProcess | None = None) -> Pa
         ocr_fit=model.config.ocr_fit,
     )
     workers = auto_workers(replicas.world_size) if opts.data_workers is None else opts.data_workers
+    end = total if opts.stop_after is None else min(total, opts.stop_after)
     # the same batches as builder.build(step), drawn ahead while the network trains
-    prefetched = Prefetcher(builder.build, workers=workers)
+    prefetched = Prefetcher(builder.build, workers=workers, end=end)
     log = open(out / "train_log.jsonl" if replicas.is_main else os.devnull, "a")  # noqa: SIM115 - closed in finally
     started = time.time()
     try:
-        end = total if opts.stop_after is None else min(total, opts.stop_after)
         bar = tqdm(
             range(start, end),
             initial=start,
