@@ -85,6 +85,31 @@ def markdown(result: dict[str, Any], notes: list[str] | None = None) -> str:
                 for q, b in batches.items()
             ],
         ]
+    steps = {q: per for q, per in result["precisions"].items() if "step_us" in per}
+    if steps:
+        lines += [
+            "",
+            "Where a token's time goes on ONNX Runtime (`step_breakdown.py`): one `decoder_step` call "
+            "(batch 1, IO-bound buffers, mid-answer) as served, with every weight matrix replaced by "
+            "one float matrix per shape (all weights cache-resident: the step with weights that cost "
+            "nothing to fetch or unpack), and with quantized weights dequantized to float MatMuls; "
+            "the loop = per-token minus the served step (Python, the cache write, the token's pick). "
+            "Microseconds, medians, the forms alternating:",
+            "",
+            "| precision | per token | served step | shared weights | weights' share | "
+            "float weights | loop |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for q, per in steps.items():
+            st = per["step_us"]
+            token_us = per["per_token"]["onnxruntime"]["median_ms"] * 1000
+            share = 1 - st["shared_weights_us"] / st["served_us"]
+            float_us = st.get("float_weights_us")
+            lines.append(
+                f"| {q} | {token_us:.0f} | {st['served_us']:.0f} | {st['shared_weights_us']:.0f} | "
+                f"{share:.0%} | {'-' if float_us is None else format(float_us, '.0f')} | "
+                f"{token_us - st['served_us']:.0f} |"
+            )
     kernels = result.get("matmul_nbits_us")
     if kernels:
         k, n = kernels["shape"]

@@ -19,6 +19,8 @@ it is there), one request at a time (batch 1), the same intra-op thread count on
   on ONNX Runtime one ``decoder_step`` call per step for every row still answering,
   ``export/batch_decode.py``), as the server's batches are decoded.
 - The outputs of the two runtimes are compared on every measured input (they must be equal).
+- Where a token's time goes: one ``decoder_step`` call as served, with all weights shared
+  (cache-resident) and with float weights (``step_breakdown.py``).
 - The MatMulNBits kernels ONNX Runtime has on this CPU, at the model's decoder shapes: which
   bits / block / accuracy_level combinations are fast (explains the INT2 result).
 
@@ -350,6 +352,7 @@ def machine() -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     from benchmarks.runtime.report import plot, write_markdown
+    from benchmarks.runtime.step_breakdown import step_breakdown
 
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--model", default="default")
@@ -390,6 +393,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "tasks": measure_tasks(models, inputs, args.repeats),
             "batch": measure_batch(models, inputs["batch"], max(1, args.repeats // 3)),
         }
+        served = models["onnxruntime"]
+        result["precisions"][q]["step_us"] = step_breakdown(
+            served.model_dir,
+            served.spec["graphs"]["decoder_step"]["file"],
+            args.threads,
+            args.repeats,
+            quantized=q != "fp32",
+        )
         print(q, json.dumps({k: v["median_ms"] for k, v in result["precisions"][q]["per_token"].items()}))
     config = models["pytorch"].config
     k, n = int(config.dim), int(config.dim * config.mlp_ratio)  # the decoder's MLP input layer

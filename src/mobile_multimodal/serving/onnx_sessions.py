@@ -243,6 +243,25 @@ def dequantize_matmuls(proto: Any) -> int:
     return count
 
 
+def session_options(threads: int) -> Any:
+    """The ``onnxruntime.SessionOptions`` every served graph is loaded with."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    # pool threads sleep when a graph ends instead of spinning for the next one: beside the
+    # event loop on few cores a spinning thread takes the core HTTP work needs
+    # (serving.model_loading.onnx_threads_for)
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.log_severity_level = 3  # ORT's optimizer warnings are not the operator's business
+    # constant-fold DequantizeLinear of initializers at load (ORT keeps QDQ pairs unfolded by
+    # default, for quantized execution providers the CPU one is not): the INT2 token
+    # embedding, which the tied output head reads too, was dequantized twice every step
+    options.add_session_config_entry("session.disable_quant_qdq", "1")
+    return options
+
+
 class BundleSessions:
     """One ONNX Runtime session per graph (CPU), as a ``GraphRunner`` for ``decode.BundleModel``.
 
@@ -263,18 +282,7 @@ class BundleSessions:
         import onnx
         import onnxruntime as ort
 
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        # pool threads sleep when a graph ends instead of spinning for the next one: beside the
-        # event loop on few cores a spinning thread takes the core HTTP work needs
-        # (serving.model_loading.onnx_threads_for)
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        options.log_severity_level = 3  # ORT's optimizer warnings are not the operator's business
-        # constant-fold DequantizeLinear of initializers at load (ORT keeps QDQ pairs unfolded by
-        # default, for quantized execution providers the CPU one is not): the INT2 token
-        # embedding, which the tied output head reads too, was dequantized twice every step
-        options.add_session_config_entry("session.disable_quant_qdq", "1")
+        options = session_options(threads)
         self.sessions: dict[str, Any] = {}
         self.output_names: dict[str, list[str]] = {}
         self.widened: dict[str, int] = {}
