@@ -49,6 +49,8 @@ def share_weights(proto: Any) -> int:
     other weights."""
     from onnx import helper, numpy_helper
 
+    from mobile_multimodal.serving.onnx_sessions import replace_nodes
+
     initializers = _initializer_names(proto)
     shared: dict[tuple[int, int], str] = {}
 
@@ -77,12 +79,7 @@ def share_weights(proto: Any) -> int:
                 node.input[1] = matrix((dims[0], dims[1]))
                 count += 1
         nodes.append(node)
-    del proto.graph.node[:]
-    proto.graph.node.extend(nodes)
-    used = {i for node in proto.graph.node for i in node.input}
-    kept = [i for i in proto.graph.initializer if i.name in used]
-    del proto.graph.initializer[:]
-    proto.graph.initializer.extend(kept)
+    replace_nodes(proto, nodes)
     return count
 
 

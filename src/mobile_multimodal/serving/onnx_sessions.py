@@ -198,6 +198,16 @@ def _make_whole(
         proto.graph.node.insert(position + offset, new_node)
 
 
+def replace_nodes(proto: Any, nodes: list[Any]) -> None:
+    """Make ``nodes`` the graph of ``proto`` and drop the initializers none of them reads."""
+    del proto.graph.node[:]
+    proto.graph.node.extend(nodes)
+    used = {i for node in proto.graph.node for i in node.input}
+    kept = [i for i in proto.graph.initializer if i.name in used]
+    del proto.graph.initializer[:]
+    proto.graph.initializer.extend(kept)
+
+
 def dequantize_matmuls(proto: Any) -> int:
     """Rewrite every ``MatMulNBits`` of ``proto`` as a float ``MatMul`` on its dequantized weight,
     ``(code - zero point) * scale`` per block, the weight PyTorch's packed layers compute with;
@@ -234,12 +244,7 @@ def dequantize_matmuls(proto: Any) -> int:
         )
         nodes.append(helper.make_node("MatMul", [node.input[0], name], list(node.output), name=node.name))
         count += 1
-    del proto.graph.node[:]
-    proto.graph.node.extend(nodes)
-    used = {i for node in proto.graph.node for i in node.input}
-    kept = [i for i in proto.graph.initializer if i.name in used]
-    del proto.graph.initializer[:]
-    proto.graph.initializer.extend(kept)
+    replace_nodes(proto, nodes)
     return count
 
 
