@@ -118,12 +118,7 @@ def _sessions(directory: Path, file: str, threads: int, quantized: bool) -> dict
     import onnx
     import onnxruntime as ort
 
-    from mobile_multimodal.serving.onnx_sessions import (
-        BundleSessions,
-        session_options,
-        whole_zero_points,
-        widen_2bit_matmuls,
-    )
+    from mobile_multimodal.serving.onnx_sessions import BundleSessions, session_options, to_served_form
 
     files = {"decoder_step": file}
     out = {"served": BundleSessions(directory, files, threads).sessions["decoder_step"]}
@@ -132,8 +127,7 @@ def _sessions(directory: Path, file: str, threads: int, quantized: bool) -> dict
             "decoder_step"
         ]
     proto = onnx.load(str(directory / file))
-    widen_2bit_matmuls(proto)  # the served form first, so every remaining float input is float32
-    whole_zero_points(proto)
+    to_served_form(proto)  # first, so that every remaining float input is float32
     share_weights(proto)
     options = session_options(threads)
     out["shared_weights"] = ort.InferenceSession(

@@ -248,6 +248,13 @@ def dequantize_matmuls(proto: Any) -> int:
     return count
 
 
+def to_served_form(proto: Any) -> tuple[int, int]:
+    """The graph as the server runs it (module docstring): 2-bit MatMulNBits widened to 4-bit
+    containers, then float zero points made whole; (how many widened, how many made whole)."""
+    widened = widen_2bit_matmuls(proto)
+    return widened, whole_zero_points(proto)
+
+
 def session_options(threads: int) -> Any:
     """The ``onnxruntime.SessionOptions`` every served graph is loaded with."""
     import onnxruntime as ort
@@ -300,8 +307,7 @@ class BundleSessions:
         for name, file in files.items():
             proto = onnx.load(str(directory / file))
             served_form = widen_2bit and not float_weights  # else the shipped bytes, or float MatMuls
-            self.widened[name] = widen_2bit_matmuls(proto) if served_form else 0
-            self.made_whole[name] = whole_zero_points(proto) if served_form else 0
+            self.widened[name], self.made_whole[name] = to_served_form(proto) if served_form else (0, 0)
             self.dequantized[name] = dequantize_matmuls(proto) if float_weights else 0
             serialized = proto.SerializeToString()
             self.graph_bytes[name] = len(serialized)
